@@ -1,0 +1,21 @@
+"""Where each component of the stack answers: one place for every address the kit uses.
+
+Everything binds to 127.0.0.1. The same ports are published by docker-compose.yaml.
+"""
+
+HOST = "127.0.0.1"
+
+AMQP_PORT = 5672
+ETCD_PORT = 2379
+ETCD_PEER_PORT = 2380
+STATSD_PORT = 8125          # UDP
+STATSD_ADMIN_PORT = 8126    # TCP
+CARBON_PORT = 2003          # plaintext protocol
+CARBON_PICKLE_PORT = 2004
+CARBON_QUERY_PORT = 7002    # carbonlink: graphite-web reads not-yet-written points here
+GRAPHITE_PORT = 8080        # graphite-web (render API and UI)
+
+# guest/guest is RabbitMQ's loopback-only default account; it is no secret.
+AMQP_URL = f"amqp://guest:guest@{HOST}:{AMQP_PORT}/%2F"
+ETCD_ENDPOINT = f"{HOST}:{ETCD_PORT}"
+GRAPHITE_URL = f"http://{HOST}:{GRAPHITE_PORT}"
