@@ -1,0 +1,53 @@
+"""Shared fixtures: the real services the tests talk to.
+
+A fixture checks its service when asked for it. In CI (CI=true) a missing service fails the
+test; elsewhere it is skipped with the command that starts it.
+"""
+
+import os
+import socket
+
+import pytest
+
+from nirvana import endpoints
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+START_HINT = "start the stack with `./kit up`"
+
+
+def need(what: str, ok: bool) -> None:
+    """Fail (in CI) or skip (elsewhere) when a service the test needs is not answering."""
+    if ok:
+        return
+    message = f"{what} is not answering: {START_HINT}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    need(f"RabbitMQ on {endpoints.HOST}:{endpoints.AMQP_PORT}", tcp_open(endpoints.HOST, endpoints.AMQP_PORT))
+    return endpoints.AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoint() -> str:
+    need(f"etcd on {endpoints.ETCD_ENDPOINT}", tcp_open(endpoints.HOST, endpoints.ETCD_PORT))
+    return endpoints.ETCD_ENDPOINT
+
+
+@pytest.fixture(scope="session")
+def graphite_url() -> str:
+    need(f"graphite-web on {endpoints.GRAPHITE_URL}", tcp_open(endpoints.HOST, endpoints.GRAPHITE_PORT))
+    need(f"statsd admin on {endpoints.HOST}:{endpoints.STATSD_ADMIN_PORT}",
+         tcp_open(endpoints.HOST, endpoints.STATSD_ADMIN_PORT))
+    return endpoints.GRAPHITE_URL
