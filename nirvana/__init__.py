@@ -1,4 +1,8 @@
-"""Reliability Nirvana presentation kit: the stack, the services, the panels and plots."""
+"""Reliability Nirvana presentation kit: the stack, the services, the panels and plots.
+
+The notebooks call two things from here: :func:`reset` at the top of a chapter and
+:func:`teardown` at its end.
+"""
 
 
 def reset() -> None:
@@ -11,3 +15,11 @@ def reset() -> None:
 
     services.stop_all()
     stack.reset()
+
+
+def teardown() -> None:
+    """End a chapter: stop every ``svc`` process the kit started and say how many are left."""
+    from . import services
+
+    services.stop_all()
+    print(f"svc processes left: {len(services.running_pids())}")

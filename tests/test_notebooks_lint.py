@@ -1,0 +1,100 @@
+"""Lint over every notebook of the talk: what nbval and RISE rely on, checked without a kernel.
+
+Strict nbval compares a cell's saved outputs with a fresh run, so a cell saved unrun is not
+tested at all, and a saved error or stderr line would make the reference itself wrong.
+RISE presents a cell by its ``slideshow.slide_type``; a cell without it lands on the previous slide.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from nirvana.paths import NOTEBOOKS
+
+NOTEBOOK_PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
+KNOWN_TAGS = {"nbval-ignore-output", "nbval-skip", "raises-exception", "teardown"}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_the_chapters_are_there():
+    # Given the talk's outline, I expect one notebook per chapter, numbered in order.
+    names = [p.stem for p in NOTEBOOK_PATHS]
+    assert names == ["00_setup", "01_consume_produce", "02_recovery", "03_idempotency"]
+
+
+@pytest.fixture(params=NOTEBOOK_PATHS, ids=lambda p: p.stem)
+def notebook(request) -> dict:
+    return load(request.param)
+
+
+def test_kernelspec_is_the_kits_python(notebook):
+    spec = notebook["metadata"]["kernelspec"]
+    assert spec["name"] == "python3"
+    assert spec["language"] == "python"
+
+
+def test_every_cell_has_slide_metadata(notebook):
+    missing = [i for i, c in enumerate(notebook["cells"])
+               if c["metadata"].get("slideshow", {}).get("slide_type") not in SLIDE_TYPES]
+    assert missing == [], f"cells without slideshow.slide_type: {missing}"
+    assert notebook["cells"][0]["metadata"]["slideshow"]["slide_type"] == "slide"
+
+
+def test_code_cells_are_saved_run_without_errors_or_stderr(notebook):
+    for i, cell in enumerate(code_cells(notebook)):
+        assert cell["execution_count"] is not None, f"code cell {i} saved unrun"
+        for out in cell["outputs"]:
+            assert out["output_type"] != "error", f"code cell {i} saved an error"
+            assert out.get("name") != "stderr", f"code cell {i} saved stderr: {out.get('text')!r}"
+            text = "".join(out.get("data", {}).get("text/plain", ""))
+            assert not text.startswith("<Figure size"), f"code cell {i} prints a Figure repr"
+
+
+def test_tags_are_known(notebook):
+    for i, cell in enumerate(notebook["cells"]):
+        unknown = set(cell["metadata"].get("tags", [])) - KNOWN_TAGS
+        assert not unknown, f"cell {i} has unknown tags {unknown}"
+
+
+def test_starts_clean_and_ends_with_teardown(notebook):
+    # Given a chapter runs on its own, I expect it to reset first and tear down last.
+    cells = code_cells(notebook)
+    assert re.search(r"nirvana\.(reset|stack\.up)\(", source(cells[0]) + source(cells[1]))
+    last = cells[-1]
+    assert "teardown" in last["metadata"].get("tags", [])
+    assert "nirvana.teardown()" in source(last)
+
+
+def test_cells_that_vary_are_excluded_from_comparison_but_facts_are_not(notebook):
+    # Widget views and plots vary from run to run; the facts of the talk must stay compared.
+    compared = 0
+    for i, cell in enumerate(code_cells(notebook)):
+        tags = cell["metadata"].get("tags", [])
+        text = source(cell)
+        shows_widget = any(o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+                           for o in cell["outputs"])
+        if shows_widget or "plt.show()" in text:
+            assert "nbval-ignore-output" in tags, f"cell {i} shows a widget or plot but is compared"
+        if "nbval-ignore-output" not in tags and cell["outputs"]:
+            compared += 1
+    assert compared >= 2, "a chapter should compare at least two facts strictly"
+
+
+def test_no_sleep_without_a_deadline_helper(notebook):
+    # Every wait lives inside a helper with a deadline that prints progress.
+    for i, cell in enumerate(code_cells(notebook)):
+        assert "time.sleep" not in source(cell), f"cell {i} sleeps silently"
