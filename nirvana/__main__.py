@@ -1,0 +1,52 @@
+"""``python -m nirvana up | status | reset | down | lab``: the stack from a terminal (see README.md)."""
+
+import argparse
+import sys
+
+from . import stack
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nirvana", description="Run the kit's local stack.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (("up", "start every component that is not answering yet"),
+                       ("status", "one row per component; exit status 1 if any is not healthy"),
+                       ("down", "stop what the kit started, and only that")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("components", nargs="*", metavar="COMPONENT",
+                         help=f"only these ({', '.join(c.name for c in stack.COMPONENTS)}); default all")
+    commands.add_parser("reset", help="stop kit-started services, purge the kit's queues, delete its etcd "
+                                      "keys and whisper files")
+    lab = commands.add_parser("lab", help="start JupyterLab on notebooks/ (once) and print its URL")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser (headless machine)")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "up":
+            rows = stack.up(only=args.components)
+            print(stack.render_status(rows))
+            return 0 if all(row.healthy for row in rows) else 1
+        if args.command == "status":
+            rows = stack.status(args.components)
+            print(stack.render_status(rows))
+            return 0 if all(row.healthy for row in rows) else 1
+        if args.command == "down":
+            stack.down(only=args.components)
+            return 0
+        if args.command == "reset":
+            import nirvana
+
+            nirvana.reset()
+            return 0
+        if args.command == "lab":
+            url = stack.lab(open_browser=not args.no_browser)
+            print(f"JupyterLab: {url}")
+            return 0
+    except stack.StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
