@@ -1,0 +1,52 @@
+"""One way to wait: poll with a deadline and say what is awaited.
+
+A notebook cell never waits silently: it prints one line when a wait starts, one every few
+seconds while it lasts, and the helper returns (or raises a TimeoutError naming what it saw).
+"""
+
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+Progress = Callable[[str], None]
+
+POLL_SECONDS = 0.25
+REPORT_EVERY_SECONDS = 5.0
+
+
+def quiet(_line: str) -> None:
+    """A progress sink that says nothing (for callers that report on their own)."""
+
+
+def poll(
+    read: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    what: str,
+    timeout: float,
+    progress: Progress = print,
+    describe: Callable[[T], str] = str,
+    interval: float = POLL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``read()`` until ``done(value)``; return that value.
+
+    Raises TimeoutError after ``timeout`` seconds, naming ``what`` and the last value seen.
+    """
+    start = clock()
+    deadline = start + timeout
+    next_report = start + REPORT_EVERY_SECONDS
+    progress(f"waiting for {what} (up to {timeout:g} s)")
+    while True:
+        value = read()
+        if done(value):
+            return value
+        now = clock()
+        if now >= deadline:
+            raise TimeoutError(f"gave up after {timeout:g} s waiting for {what}: saw {describe(value)}")
+        if now >= next_report:
+            progress(f"  still waiting after {now - start:.0f} s: {describe(value)}")
+            next_report += REPORT_EVERY_SECONDS
+        sleep(min(interval, max(deadline - now, 0)))

@@ -1,0 +1,128 @@
+"""nirvana.graphite: the bucket arithmetic of a counter since a mark, and the real render API."""
+
+import time
+import uuid
+
+import pytest
+import statsd
+
+from nirvana import endpoints, graphite
+from nirvana._wait import poll
+
+# ---------------------------------------------------------------- bucket arithmetic (pure)
+
+
+def one_second_series(values_by_ts):
+    return graphite.Series("x", tuple(sorted(values_by_ts.items())))
+
+
+def test_a_counter_sums_the_whole_buckets_from_the_mark_to_the_last_ended_one():
+    # Given 1 s buckets stamped 100..105, each holding 1, 2, 4, 8, 16, 32
+    series = one_second_series({100: 1, 101: 2, 102: 4, 103: 8, 104: 16, 105: 32})
+    # When I count from a mark at 101.3 (statsd would stamp it 101) at 104.2
+    # I expect buckets 101, 102, 103: 104 has not ended, its flush may still be on its way
+    assert series.buckets(101.3, 104.2) == [(101, 2), (102, 4), (103, 8)]
+    assert series.total(101.3, 104.2) == 14
+
+
+def test_the_mark_is_rounded_like_statsd_rounds_its_flush_stamps():
+    series = one_second_series({100: 1, 101: 2, 102: 4, 103: 8})
+    # A flush after a mark at 100.5 is stamped Math.round(>= 100.5) >= 101: bucket 100 is before it
+    assert series.total(100.5, 104.0) == 14
+    # A flush after a mark at 100.4 may be stamped 100 (flushed at 100.45): bucket 100 counts
+    assert series.total(100.4, 104.0) == 15
+
+
+def test_the_partial_newest_bucket_is_dropped_until_its_interval_has_ended():
+    series = one_second_series({100: 1, 101: 2})
+    assert series.total(99.0, 101.999) == 1    # bucket 101 spans [101, 102): still open
+    assert series.total(99.0, 102.0) == 3      # now it has ended: final
+
+
+def test_empty_buckets_read_as_zero():
+    series = one_second_series({100: None, 101: 3, 102: None})
+    assert series.total(99.0, 110.0) == 3
+    # plotted at each bucket's end, in seconds after the mark
+    xs, ys = series.cumulative(99.6, 110.0)
+    assert xs == pytest.approx([1.4, 2.4, 3.4]) and ys == [0, 3, 3]
+
+
+def test_coarser_buckets_use_the_step_graphite_returns():
+    # Given 10 s buckets (the docker image's retention)
+    series = one_second_series({100: 5, 110: 7, 120: 11, 130: 13})
+    assert series.step == 10
+    # The mark falls in bucket 110 and bucket 130 has not ended at 135: 110 and 120 count
+    assert series.total(115.0, 135.0) == 18
+
+
+def test_a_counter_that_does_not_exist_reads_as_zero():
+    missing = graphite.Series("never_counted", exists=False)
+    assert missing.total(0, time.time()) == 0
+    assert missing.cumulative(0, time.time()) == ([], [])
+
+
+# ---------------------------------------------------------------- waits (pure)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_a_wait_says_what_it_waits_for_and_returns_the_value_that_satisfied_it():
+    clock, lines, values = FakeClock(), [], iter([0, 1, 2, 3])
+    seen = poll(lambda: next(values), lambda v: v >= 2, what="x >= 2", timeout=10,
+                progress=lines.append, clock=clock, sleep=clock.sleep)
+    assert seen == 2
+    assert lines == ["waiting for x >= 2 (up to 10 s)"]
+
+
+def test_a_wait_that_times_out_names_what_it_saw_and_reported_while_waiting():
+    clock, lines = FakeClock(), []
+    with pytest.raises(TimeoutError, match=r"gave up after 7 s waiting for x >= 2: saw x = 1"):
+        poll(lambda: 1, lambda v: v >= 2, what="x >= 2", timeout=7, progress=lines.append,
+             describe=lambda v: f"x = {v}", clock=clock, sleep=clock.sleep)
+    assert lines[0] == "waiting for x >= 2 (up to 7 s)"
+    assert lines[1].startswith("  still waiting after 5 s: x = 1")
+
+
+# ---------------------------------------------------------------- the real render API
+
+
+def test_wait_for_sees_a_real_counter_reach_its_target(graphite_url):
+    # Given a counter nobody has used, incremented 3 times through statsd after a mark
+    name = f"nirvana_test_{uuid.uuid4().hex[:8]}"
+    since = graphite.mark()
+    assert graphite.counter(name, since, url=graphite_url) == 0
+    client = statsd.StatsClient(endpoints.HOST, endpoints.STATSD_PORT)
+    for _ in range(3):
+        client.incr(name)
+    lines = []
+    # When I wait for it to reach 3, I expect 3, one line to start and one with the value
+    assert graphite.wait_for(name, 3, since, timeout=10, progress=lines.append, url=graphite_url) == 3
+    assert lines[0] == f"waiting for {name} >= 3 (up to 10 s)"
+    assert lines[-1] == f"{name} = 3"
+    # and the series exists now, with nothing counted before the mark
+    assert graphite.fetch([name], since, url=graphite_url)[name].exists
+    assert graphite.counter(name, time.time() + 2, url=graphite_url) == 0
+
+
+def test_a_metric_that_does_not_exist_is_zero_and_a_wait_for_it_names_it(graphite_url):
+    name = f"nirvana_never_{uuid.uuid4().hex[:8]}"
+    since = graphite.mark()
+    assert graphite.fetch([name], since, url=graphite_url)[name].exists is False
+    assert graphite.counters([name, name], since, url=graphite_url) == {name: 0}
+    with pytest.raises(TimeoutError, match=rf"{name} = 0 \(want 1\)"):
+        graphite.wait_for(name, 1, since, timeout=0.5, progress=lambda _: None, url=graphite_url)
+
+
+def test_graphite_down_says_which_command_starts_it():
+    closed = f"http://{endpoints.HOST}:9"   # the discard port: nothing listens on loopback
+    with pytest.raises(graphite.GraphiteUnavailable, match=r"not answering at .*`\./kit up`"):
+        graphite.counter("anything", time.time(), url=closed)
