@@ -1,0 +1,150 @@
+"""Counters as pictures: cumulative counts since a mark, once or refreshed live.
+
+``plot_counters`` draws one figure for a notebook cell (end the cell with ``plt.show()``).
+``live_chart`` redraws the same picture every few seconds while presenting; it is an image
+widget fed by one background thread that stops on its button or after its duration.
+"""
+
+import io
+import threading
+import time
+from typing import Callable, Iterable, Mapping
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from . import endpoints, graphite
+from ._wait import Progress
+
+Fetch = Callable[[list[str], float], Mapping[str, graphite.Series]]
+LIVE_SECONDS = 120.0
+LIVE_EVERY = 2.0
+
+
+def missing_note(name: str) -> str:
+    return f"note: no data yet for {name} (no service has counted it yet)"
+
+
+def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: float) -> list[str]:
+    """Draw each series' running total since the mark on ``ax``; return the names with no data."""
+    missing = []
+    for name, one in series.items():
+        if not one.exists:
+            missing.append(name)
+            continue
+        xs, ys = one.cumulative(since, now)
+        total = ys[-1] if ys else 0
+        ax.step([0.0] + xs, [0] + ys, where="post", label=f"{name} ({total})")
+    ax.set_xlabel("seconds since the mark")
+    ax.set_ylabel("events counted (cumulative)")
+    ax.set_xlim(left=0, right=max(now - since, 1.0))
+    ax.set_ylim(bottom=0)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, alpha=0.3)
+    if missing:
+        ax.text(0.02, 0.98, "\n".join(f"no data yet: {name}" for name in missing),
+                transform=ax.transAxes, va="top", fontsize=9, color="0.4")
+    if len(missing) < len(series):
+        ax.legend(loc="lower right")
+    return missing
+
+
+def _default_fetch(url: str) -> Fetch:
+    return lambda names, since: graphite.fetch(names, since, url=url)
+
+
+def plot_counters(
+    names: Iterable[str],
+    since: float,
+    *,
+    title: str | None = None,
+    progress: Progress = print,
+    url: str = endpoints.GRAPHITE_URL,
+    fetch: Fetch | None = None,
+) -> Figure:
+    """One figure: each counter's running total since the mark. Prints a note per missing counter."""
+    names = list(names)
+    now = time.time()
+    series = (fetch or _default_fetch(url))(names, since)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name in draw(ax, series, since, now):
+        progress(missing_note(name))
+    ax.set_title(title or "counted since the mark")
+    fig.tight_layout()
+    return fig
+
+
+class LiveChart:
+    """A chart that redraws itself every ``every`` seconds until stopped or ``seconds`` passed."""
+
+    def __init__(
+        self,
+        names: Iterable[str],
+        since: float,
+        *,
+        seconds: float = LIVE_SECONDS,
+        every: float = LIVE_EVERY,
+        title: str | None = None,
+        url: str = endpoints.GRAPHITE_URL,
+        fetch: Fetch | None = None,
+    ) -> None:
+        self.names, self.since, self.seconds, self.every = list(names), since, seconds, every
+        self.title = title or "live: counted since the mark"
+        self._fetch = fetch or _default_fetch(url)
+        self._stop = threading.Event()
+        self.frames = 0
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width="700px"))
+        self.label = widgets.Label("starting")
+        self.stop_button = widgets.Button(description="stop", icon="stop")
+        self.stop_button.on_click(lambda _button: self.stop())
+        self.widget = widgets.VBox([self.image, widgets.HBox([self.stop_button, self.label])])
+        self._thread = threading.Thread(target=self._run, name="nirvana-live-chart", daemon=True)
+        self._thread.start()
+
+    def render(self) -> bytes:
+        """Fetch and draw one frame as PNG (its own Figure: no pyplot state shared with the kernel)."""
+        now = time.time()
+        fig = Figure(figsize=(7, 3.2))
+        ax = fig.subplots()
+        draw(ax, self._fetch(self.names, self.since), self.since, now)
+        ax.set_title(self.title)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        return buffer.getvalue()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                self.image.value = self.render()
+                self.frames += 1
+                self.label.value = f"refreshing every {self.every:g} s, until {self.seconds:g} s have passed"
+            except Exception as error:   # shown beside the chart: a thread has no cell to raise into
+                self.label.value = f"could not refresh: {error}"
+            self._stop.wait(self.every)
+        self.label.value = "stopped"
+        self.stop_button.disabled = True
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop refreshing and wait for the thread to end."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def live_chart(names: Iterable[str], since: float, *, seconds: float = LIVE_SECONDS, **options) -> LiveChart:
+    """A self-refreshing chart for presenting (display it; it stops after ``seconds``)."""
+    return LiveChart(names, since, seconds=seconds, **options)
+
+
+__all__ = ["plot_counters", "live_chart", "LiveChart", "draw", "missing_note"]
