@@ -1,0 +1,29 @@
+"""svc: the service of the Reliability Nirvana talk, consumers and a publisher that can be trusted.
+
+Run a consumer with ``SERVICE_NAME=orders python -m svc`` (``ENABLE_ETCD=true`` to deduplicate)
+and publish with ``python -m svc.publish``.
+"""
+
+from ._etcd import Etcd
+from .config import Config, mask_url
+from .dedup import EtcdDedup, NoDedup, Verdict
+from .effects import count as count_effects, counts_by_id
+from .errors import BrokerUnavailable, ConfigError, DedupUnavailable, InvalidEvent, PublishError, SvcError
+from .event import EVENT_TYPES, Event, parse
+from .publisher import Publisher, PublishResult
+from .topology import DEFAULT_EXCHANGE, DEFAULT_SERVICES, declare, queue_name
+
+__all__ = [
+    # configuration
+    "Config", "mask_url",
+    # events
+    "EVENT_TYPES", "Event", "parse",
+    # topology
+    "DEFAULT_EXCHANGE", "DEFAULT_SERVICES", "declare", "queue_name",
+    # deduplication and effects
+    "Etcd", "EtcdDedup", "NoDedup", "Verdict", "count_effects", "counts_by_id",
+    # publishing
+    "Publisher", "PublishResult",
+    # errors
+    "SvcError", "ConfigError", "InvalidEvent", "DedupUnavailable", "BrokerUnavailable", "PublishError",
+]

@@ -1,0 +1,234 @@
+"""The one place that deals with etcd3, gRPC and protobuf.
+
+etcd3 0.12.0 ships protobuf modules made by protoc 3.x, which protobuf 4+ refuses to import.
+``svc/_etcdrpc`` holds the same descriptors regenerated for protobuf 4+ (see its ``_generate.py``);
+they are installed in ``sys.modules`` under etcd3's names before etcd3 is first imported, so etcd3
+runs on the fast upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable.
+"""
+
+import logging
+import sys
+import threading
+
+from .errors import DedupUnavailable
+
+log = logging.getLogger(__name__)
+_import_lock = threading.Lock()
+
+
+def _etcd3():
+    """Import etcd3 with the regenerated protobuf modules (idempotent, thread-safe)."""
+    with _import_lock:
+        if "etcd3.client" not in sys.modules:
+            from ._etcdrpc import auth_pb2, kv_pb2, rpc_pb2
+            for name, module in (("kv_pb2", kv_pb2), ("auth_pb2", auth_pb2), ("rpc_pb2", rpc_pb2)):
+                sys.modules.setdefault(f"etcd3.etcdrpc.{name}", module)
+        import etcd3
+        import etcd3.etcdrpc
+        return etcd3
+
+
+def _rpc():
+    return _etcd3().etcdrpc
+
+
+def _bytes(text) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()
+
+
+def prefix_end(prefix) -> bytes:
+    """The range end that covers every key starting with ``prefix``."""
+    key = bytearray(_bytes(prefix))
+    while key and key[-1] == 0xFF:
+        key.pop()
+    if not key:
+        return b"\0"
+    key[-1] += 1
+    return bytes(key)
+
+
+# -- request builders (plain protobuf, so transactions may nest) ----------------------------
+
+def op_put(key, value, lease: int = 0):
+    return _rpc().RequestOp(request_put=_rpc().PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
+
+
+def op_get(key):
+    return _rpc().RequestOp(request_range=_rpc().RangeRequest(key=_bytes(key)))
+
+
+def op_txn(compare=(), success=(), failure=()):
+    return _rpc().RequestOp(request_txn=txn_request(compare, success, failure))
+
+
+def txn_request(compare=(), success=(), failure=()):
+    return _rpc().TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+
+
+def absent(key):
+    """Compare: the key does not exist (its create revision is 0)."""
+    rpc = _rpc()
+    return rpc.Compare(key=_bytes(key), target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
+                       create_revision=0)
+
+
+def value_is(key, value):
+    rpc = _rpc()
+    return rpc.Compare(key=_bytes(key), target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL,
+                       value=_bytes(value))
+
+
+class Etcd:
+    """A small etcd v3 client over etcd3's gRPC channel; fails over between endpoints.
+
+    Each call has a deadline (``timeout``); any failure raises DedupUnavailable and moves the
+    next call to the next endpoint, so an etcd cluster keeps serving when one member is down.
+    """
+
+    def __init__(self, endpoints, timeout: float = 2.0) -> None:
+        self._endpoints = tuple(endpoints)
+        self._timeout = timeout
+        self._index = 0
+        self._client = None
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._endpoints[self._index]
+        return f"{host}:{port}"
+
+    def _stubs(self):
+        with self._lock:
+            if self._client is None:
+                host, port = self._endpoints[self._index]
+                self._client = _etcd3().client(host=host, port=port, timeout=self._timeout)
+            return self._client
+
+    def _call(self, what: str, stub_name: str, method: str, request, timeout: float | None = None):
+        client = self._stubs()
+        try:
+            return getattr(getattr(client, stub_name), method)(request, timeout or self._timeout)
+        except Exception as error:  # grpc.RpcError and anything etcd3 raises: etcd is unusable
+            self._fail_over(client)
+            raise DedupUnavailable(f"etcd {what} at {self.endpoint} failed: {_describe(error)}") from None
+
+    def _fail_over(self, client) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+                self._index = (self._index + 1) % len(self._endpoints)
+        client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- key-value ----------------------------------------------------------------------------
+
+    def txn(self, request):
+        return self._call("transaction", "kvstub", "Txn", request)
+
+    def put(self, key, value, lease: int = 0) -> None:
+        self._call("put", "kvstub", "Put", _rpc().PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
+
+    def get(self, key) -> bytes | None:
+        kvs = self._call("get", "kvstub", "Range", _rpc().RangeRequest(key=_bytes(key))).kvs
+        return kvs[0].value if kvs else None
+
+    def count_prefix(self, prefix) -> int:
+        request = _rpc().RangeRequest(key=_bytes(prefix), range_end=prefix_end(prefix), count_only=True)
+        return self._call("count", "kvstub", "Range", request).count
+
+    def delete_prefix(self, prefix) -> int:
+        request = _rpc().DeleteRangeRequest(key=_bytes(prefix), range_end=prefix_end(prefix))
+        return self._call("delete", "kvstub", "DeleteRange", request).deleted
+
+    def scan_prefix(self, prefix, page: int = 1000):
+        """Yield ``(key, value)`` pages of every key under ``prefix`` at one revision.
+
+        Returns (as the generator's value) that revision, from which a watch can continue.
+        """
+        key, end, revision = _bytes(prefix), prefix_end(prefix), 0
+        while True:
+            request = _rpc().RangeRequest(key=key, range_end=end, limit=page, revision=revision)
+            response = self._call("range", "kvstub", "Range", request)
+            revision = revision or response.header.revision
+            yield [(kv.key, kv.value) for kv in response.kvs]
+            if not response.more or not response.kvs:
+                return revision
+            key = response.kvs[-1].key + b"\0"
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        return self._call("lease grant", "leasestub", "LeaseGrant", _rpc().LeaseGrantRequest(TTL=ttl)).ID
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; its remaining TTL (0 or less: it has expired)."""
+        client = self._stubs()
+        try:
+            responses = client.leasestub.LeaseKeepAlive(iter([_rpc().LeaseKeepAliveRequest(ID=lease_id)]),
+                                                        self._timeout)
+            return next(iter(responses)).TTL
+        except Exception as error:
+            self._fail_over(client)
+            raise DedupUnavailable(f"etcd lease keepalive at {self.endpoint} failed: {_describe(error)}") from None
+
+    def revoke(self, lease_id: int) -> None:
+        self._call("lease revoke", "leasestub", "LeaseRevoke", _rpc().LeaseRevokeRequest(ID=lease_id))
+
+    # -- watch --------------------------------------------------------------------------------
+
+    def watch_prefix(self, prefix, start_revision: int):
+        """A started watch of every change under ``prefix`` from ``start_revision``.
+
+        Iterate it for ``(is_put, key, value, revision)``; ``cancel()`` ends it. Raises
+        DedupUnavailable when the stream breaks (the caller resumes from the last revision).
+        """
+        rpc = _rpc()
+        create = rpc.WatchCreateRequest(key=_bytes(prefix), range_end=prefix_end(prefix),
+                                        start_revision=start_revision)
+        return _Watch(self, rpc.WatchRequest(create_request=create))
+
+
+class _Watch:
+    def __init__(self, etcd: Etcd, request) -> None:
+        self._etcd = etcd
+        self._client = etcd._stubs()
+        stub = _rpc().WatchStub(self._client.channel)
+        self._stop = threading.Event()
+        self._call = stub.Watch(self._requests(request))
+
+    def _requests(self, first):
+        yield first
+        self._stop.wait()  # keep the request stream open until cancelled
+
+    def __iter__(self):
+        put = 0  # mvccpb.Event.EventType.PUT
+        try:
+            for response in self._call:
+                if response.compact_revision:
+                    raise DedupUnavailable(f"etcd watch fell behind compaction at {response.compact_revision}")
+                for event in response.events:
+                    yield event.type == put, event.kv.key, event.kv.value, event.kv.mod_revision
+        except DedupUnavailable:
+            raise
+        except Exception as error:
+            if self._stop.is_set():
+                return
+            self._etcd._fail_over(self._client)
+            raise DedupUnavailable(f"etcd watch broke: {_describe(error)}") from None
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._call.cancel()
+
+
+def _describe(error: Exception) -> str:
+    details = getattr(error, "details", None)
+    code = getattr(error, "code", None)
+    if callable(details) and callable(code):
+        return f"{code().name}: {details()}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,140 @@
+"""Settings of ``python -m svc``, read once from the environment into a frozen object."""
+
+import dataclasses
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+
+from .errors import ConfigError
+from .topology import DEFAULT_EXCHANGE
+
+SERVICE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+PREFIX_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_ETCD_ENDPOINTS = "127.0.0.1:2379"
+DEFAULT_STATSD_HOST = "127.0.0.1"
+DEFAULT_STATSD_PORT = 8125
+DEFAULT_ETCD_PREFIX = "/nirvana"
+DEFAULT_PREFETCH = 100
+DEFAULT_CLAIM_TTL = 10          # seconds a claim outlives a consumer that died mid-work
+DEFAULT_DEDUP_RETENTION = 86400  # seconds a done mark is kept
+DEFAULT_ETCD_TIMEOUT = 2.0      # seconds per etcd call before it counts as unavailable
+MAX_PREFETCH = 1000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything a consumer needs, validated once at start."""
+
+    service: str
+    enable_etcd: bool = False
+    amqp_url: str = DEFAULT_AMQP_URL
+    etcd_endpoints: tuple[tuple[str, int], ...] = (("127.0.0.1", 2379),)
+    statsd_host: str = DEFAULT_STATSD_HOST
+    statsd_port: int = DEFAULT_STATSD_PORT
+    exchange: str = DEFAULT_EXCHANGE
+    etcd_prefix: str = DEFAULT_ETCD_PREFIX
+    prefetch: int = DEFAULT_PREFETCH
+    claim_ttl: int = DEFAULT_CLAIM_TTL
+    dedup_retention: int = DEFAULT_DEDUP_RETENTION
+    etcd_timeout: float = DEFAULT_ETCD_TIMEOUT
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        """Read and check every setting; raise ConfigError naming the first bad variable."""
+        env = os.environ if environ is None else environ
+        get = lambda name, default: env.get(name, default).strip()  # noqa: E731
+        service = get("SERVICE_NAME", "")
+        if not service:
+            raise ConfigError("SERVICE_NAME is required, e.g. SERVICE_NAME=orders")
+        _match("SERVICE_NAME", service, SERVICE_NAME_RE, "[a-z][a-z0-9_-]{0,31}, e.g. orders")
+        exchange = _match("EVENTS_EXCHANGE", get("EVENTS_EXCHANGE", DEFAULT_EXCHANGE), EXCHANGE_RE,
+                          "letters, digits and _.:- (e.g. events)")
+        prefix = _match("ETCD_PREFIX", get("ETCD_PREFIX", DEFAULT_ETCD_PREFIX).rstrip("/") or "/",
+                        PREFIX_RE, "an absolute key prefix such as /nirvana")
+        log_level = get("LOG_LEVEL", "INFO").upper()
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"LOG_LEVEL={log_level!r} is invalid: use DEBUG, INFO, WARNING or ERROR")
+        return cls(
+            service=service,
+            enable_etcd=_bool("ENABLE_ETCD", get("ENABLE_ETCD", "false")),
+            amqp_url=_amqp_url(get("AMQP_URL", DEFAULT_AMQP_URL)),
+            etcd_endpoints=parse_endpoints(get("ETCD_ENDPOINTS", DEFAULT_ETCD_ENDPOINTS)),
+            statsd_host=get("STATSD_HOST", DEFAULT_STATSD_HOST) or DEFAULT_STATSD_HOST,
+            statsd_port=_int("STATSD_PORT", get("STATSD_PORT", str(DEFAULT_STATSD_PORT)), 1, 65535),
+            exchange=exchange,
+            etcd_prefix=prefix,
+            prefetch=_int("PREFETCH", get("PREFETCH", str(DEFAULT_PREFETCH)), 1, MAX_PREFETCH),
+            claim_ttl=_int("CLAIM_TTL", get("CLAIM_TTL", str(DEFAULT_CLAIM_TTL)), 1, 3600),
+            dedup_retention=_int("DEDUP_RETENTION", get("DEDUP_RETENTION", str(DEFAULT_DEDUP_RETENTION)),
+                                 10, 365 * 86400),
+            etcd_timeout=_float("ETCD_TIMEOUT", get("ETCD_TIMEOUT", str(DEFAULT_ETCD_TIMEOUT)), 0.1, 60),
+            log_level=log_level,
+        )
+
+
+def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
+    """``host:port[,host:port...]`` (an optional http:// is dropped) -> ((host, port), ...)."""
+    endpoints = []
+    for item in text.split(","):
+        item = item.strip().removeprefix("http://")
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"ETCD_ENDPOINTS={text!r} is invalid: use host:port[,host:port...], "
+                              "e.g. 127.0.0.1:2379")
+        endpoints.append((host, int(port)))
+    return tuple(endpoints)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe for logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _match(name: str, value: str, pattern: re.Pattern, expected: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
+    return value
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"", "0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={value!r} is invalid: use true or false")
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    return _number(name, value, int, low, high, "a whole number")
+
+
+def _float(name: str, value: str, low: float, high: float) -> float:
+    return _number(name, value, float, low, high, "a number")
+
+
+def _number(name, value, cast, low, high, what):
+    try:
+        number = cast(value)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise ConfigError(f"{name}={value!r} is invalid: expected {what} from {low} to {high}")
+    return number
+
+
+def _amqp_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
+        raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid: expected "
+                          "amqp://user:password@host:port/vhost")
+    return value

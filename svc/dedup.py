@@ -1,0 +1,229 @@
+"""Deduplication with etcd: claim atomically on a lease, mark done with the effect, skip repeats.
+
+Keys: ``<prefix>/dedup/<service>/<encoded id>``, value ``claimed <digest> <lease>`` while a
+consumer works on the event, then ``done <digest>`` for the retention time. A window of events is
+claimed in one etcd transaction (one nested create-if-absent transaction per event) and committed
+in another, so a round trip is paid per batch, not per event.
+"""
+
+import enum
+import logging
+import threading
+import time
+
+from . import _etcd, keys
+from .effects import effect_key, record
+from .errors import DedupUnavailable
+from .event import Event
+
+log = logging.getLogger(__name__)
+
+MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
+IMPORT_PAGE = 1000         # done ids read per range request at start
+RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
+
+
+class Verdict(enum.Enum):
+    CLAIMED = "claimed"          # this consumer may process the event
+    OK = "ok"                    # processed: done mark and effect written
+    SKIPPED = "skipped"          # done before: ack without processing
+    CONFLICT = "conflict"        # same id, other payload: dead-letter
+    HELD = "held"                # a live sibling holds the claim: requeue after a short delay
+    UNAVAILABLE = "unavailable"  # etcd did not answer: requeue with backoff (fail closed)
+    LOST = "lost"                # our claim expired before the done mark: requeue, process again
+
+
+def _chunks(items, size=MAX_TXN_OPS):
+    for start in range(0, len(items), size):
+        yield start, items[start:start + size]
+
+
+class NoDedup:
+    """Deduplication off (the talk's first run): every event is processed, effects still recorded."""
+
+    enabled = False
+
+    def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
+        self.etcd, self.prefix, self.service = etcd, prefix, service
+
+    def open(self) -> None:
+        """Nothing to import without deduplication."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def claim(self, events: list[Event]) -> list[Verdict]:
+        return [Verdict.CLAIMED] * len(events)
+
+    def commit(self, events: list[Event]) -> list[Verdict]:
+        """Write the effect of each event; a chunk that etcd refuses is UNAVAILABLE."""
+        verdicts = [Verdict.UNAVAILABLE] * len(events)
+        for start, chunk in _chunks(events):
+            ops = [_etcd.op_put(effect_key(self.prefix, self.service, e), record(self.service, e)) for e in chunk]
+            try:
+                self.etcd.txn(_etcd.txn_request(success=ops))
+            except DedupUnavailable as error:
+                log.debug("%s", error)
+                break
+            verdicts[start:start + len(chunk)] = [Verdict.OK] * len(chunk)
+        return verdicts
+
+
+class EtcdDedup(NoDedup):
+    """Deduplication on: claims on a lease, done marks with the effect, a local set of done ids."""
+
+    enabled = True
+
+    def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str, *,
+                 claim_ttl: int, retention: int) -> None:
+        super().__init__(etcd, prefix, service)
+        self.claim_ttl, self.retention = claim_ttl, retention
+        self.key_prefix = keys.dedup_prefix(prefix, service).encode()
+        self.done: dict[bytes, bytes] = {}   # encoded id -> digest, from the import and the watch
+        self._lease = 0
+        self._retention_lease, self._retention_until = 0, 0.0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._watch = None
+
+    # -- start and stop -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Import the done ids (paged), then watch the prefix from that revision. Raises
+        DedupUnavailable if etcd does not answer (the caller retries)."""
+        started = time.monotonic()
+        pages = self.etcd.scan_prefix(self.key_prefix, IMPORT_PAGE)
+        try:
+            while True:
+                for key, value in next(pages):
+                    self._learn(True, key, value)
+        except StopIteration as end:
+            revision = end.value
+        self._lease = self.etcd.grant(self.claim_ttl)
+        log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
+                 len(self.done), self.service, time.monotonic() - started, revision)
+        self._start(self._keep_claims_alive, "claim-keepalive")
+        self._start(lambda: self._follow(revision + 1), "dedup-watch")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.cancel()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self._lease:
+            try:
+                self.etcd.revoke(self._lease)  # our claims end now, not after CLAIM_TTL
+            except DedupUnavailable:
+                pass
+
+    def _start(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=f"{self.service}-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _keep_claims_alive(self) -> None:
+        # While we work, our claims must not expire; if they do (etcd was away longer than the
+        # TTL), the done transaction's guard fails and the event is requeued, never lost.
+        while not self._stop.wait(self.claim_ttl / 3):
+            try:
+                if self._lease and self.etcd.keepalive(self._lease) <= 0:
+                    log.warning("claim lease expired; a new one is taken for the next claims")
+                    self._lease = 0
+            except DedupUnavailable as error:
+                log.debug("claim keepalive: %s", error)
+
+    def _follow(self, revision: int) -> None:
+        """Learn siblings' done marks (and expiries) from the watch; resume after a break."""
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                self._watch = self.etcd.watch_prefix(self.key_prefix, revision)
+                for is_put, key, value, mod_revision in self._watch:
+                    self._learn(is_put, key, value)
+                    revision, delay = mod_revision + 1, 0.2
+            except DedupUnavailable as error:
+                log.debug("dedup watch: %s", error)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _learn(self, is_put: bool, key: bytes, value: bytes) -> None:
+        encoded = key[len(self.key_prefix):]
+        if not is_put:
+            self.done.pop(encoded, None)
+        elif value.startswith(b"done "):
+            self.done[encoded] = value[5:]
+
+    # -- claim and commit ---------------------------------------------------------------------
+
+    def _key(self, event: Event) -> bytes:
+        return self.key_prefix + keys.encode_id(event.id).encode()
+
+    def _claim_value(self, event: Event) -> bytes:
+        return f"claimed {event.digest} {self._lease:x}".encode()
+
+    def claim(self, events: list[Event]) -> list[Verdict]:
+        """Claim every event not known done, in one transaction per chunk of the window."""
+        verdicts: list[Verdict | None] = [self._known(e) for e in events]
+        todo = [i for i, v in enumerate(verdicts) if v is None]
+        try:
+            if todo and not self._lease:
+                self._lease = self.etcd.grant(self.claim_ttl)
+            for _, chunk in _chunks(todo):
+                ops = [_etcd.op_txn([_etcd.absent(self._key(events[i]))],
+                                    [_etcd.op_put(self._key(events[i]), self._claim_value(events[i]), self._lease)],
+                                    [_etcd.op_get(self._key(events[i]))]) for i in chunk]
+                response = self.etcd.txn(_etcd.txn_request(success=ops))
+                for i, reply in zip(chunk, response.responses):
+                    verdicts[i] = self._claim_verdict(events[i], reply.response_txn)
+        except DedupUnavailable as error:
+            log.debug("%s", error)
+        return [Verdict.UNAVAILABLE if v is None else v for v in verdicts]
+
+    def _known(self, event: Event) -> Verdict | None:
+        digest = self.done.get(keys.encode_id(event.id).encode())
+        if digest is None:
+            return None
+        return Verdict.SKIPPED if digest == event.digest.encode() else Verdict.CONFLICT
+
+    def _claim_verdict(self, event: Event, reply) -> Verdict:
+        if reply.succeeded:
+            return Verdict.CLAIMED
+        kvs = reply.responses[0].response_range.kvs
+        if not kvs:
+            return Verdict.HELD
+        state, digest, *owner = kvs[0].value.decode().split(" ")
+        if digest != event.digest:
+            return Verdict.CONFLICT
+        if state == "done":
+            self.done[keys.encode_id(event.id).encode()] = digest.encode()
+            return Verdict.SKIPPED
+        # Our own claim (a redelivery after a broker reconnect) is ours to finish.
+        return Verdict.CLAIMED if owner == [f"{self._lease:x}"] else Verdict.HELD
+
+    def commit(self, events: list[Event]) -> list[Verdict]:
+        """Mark each event done and write its effect in one guarded transaction per event."""
+        verdicts = [Verdict.UNAVAILABLE] * len(events)
+        try:
+            lease = self._retention()
+            for start, chunk in _chunks(events):
+                ops = [_etcd.op_txn([_etcd.value_is(self._key(e), self._claim_value(e))],
+                                    [_etcd.op_put(self._key(e), f"done {e.digest}", lease),
+                                     _etcd.op_put(effect_key(self.prefix, self.service, e), record(self.service, e))])
+                       for e in chunk]
+                response = self.etcd.txn(_etcd.txn_request(success=ops))
+                for offset, (event, reply) in enumerate(zip(chunk, response.responses)):
+                    if reply.response_txn.succeeded:
+                        self.done[keys.encode_id(event.id).encode()] = event.digest.encode()
+                    verdicts[start + offset] = Verdict.OK if reply.response_txn.succeeded else Verdict.LOST
+        except DedupUnavailable as error:
+            log.debug("%s", error)
+        return verdicts
+
+    def _retention(self) -> int:
+        """A lease that keeps done marks for the retention time, shared for a tenth of it."""
+        now = time.monotonic()
+        if now >= self._retention_until:
+            self._retention_lease = self.etcd.grant(self.retention)
+            self._retention_until = now + self.retention * RETENTION_LEASE_REUSE
+        return self._retention_lease

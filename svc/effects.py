@@ -1,0 +1,64 @@
+"""Effects: what processing an event does, written so that a test can count it per event id.
+
+Every processed event leaves one record under ``<prefix>/effects/<service>/<encoded id>/<suffix>``
+(an order recorded, a user banned). With deduplication on it is written in the same etcd
+transaction as the done mark, so "processed exactly once" is a count of records, not a belief.
+"""
+
+import json
+import os
+import uuid
+
+from . import keys
+from ._etcd import Etcd
+from .config import DEFAULT_ETCD_PREFIX, parse_endpoints
+from .event import Event
+
+ACTIONS = {"new_order": "order recorded", "ban_user": "user banned"}
+
+
+def effect_key(prefix: str, service: str, event: Event) -> str:
+    # A unique suffix per processing: processing the same event twice leaves two records.
+    return f"{keys.effects_prefix(prefix, service, event.id)}{uuid.uuid4().hex[:16]}"
+
+
+def record(service: str, event: Event) -> str:
+    """The effect of handling ``event`` in ``service``, as stored (small: the args stay out)."""
+    return json.dumps({"service": service, "id": event.id, "type": event.type,
+                       "action": ACTIONS[event.type], "pid": os.getpid()})
+
+
+def count(client, service: str, event_id: str | None = None, *, prefix: str = DEFAULT_ETCD_PREFIX) -> int:
+    """How many times ``service`` processed ``event_id`` (or any event, when None).
+
+    ``client`` is an :class:`svc.Etcd` or an endpoint list such as ``"127.0.0.1:2379"``.
+    """
+    with _client(client) as etcd:
+        return etcd.count_prefix(keys.effects_prefix(prefix, service, event_id))
+
+
+def counts_by_id(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> dict[str, int]:
+    """``{event id: times processed}`` for every event ``service`` processed."""
+    base = keys.effects_prefix(prefix, service).encode()
+    counts: dict[str, int] = {}
+    with _client(client) as etcd:
+        for page in etcd.scan_prefix(base):
+            for key, _ in page:
+                event_id = keys.decode_id(key[len(base):].split(b"/", 1)[0].decode())
+                counts[event_id] = counts.get(event_id, 0) + 1
+    return counts
+
+
+class _client:
+    """Use a given Etcd as is, or open (and later close) one for an endpoint string."""
+
+    def __init__(self, client) -> None:
+        self._owned = None if isinstance(client, Etcd) else Etcd(parse_endpoints(client))
+        self._etcd = client if self._owned is None else self._owned
+
+    def __enter__(self) -> Etcd:
+        return self._etcd
+
+    def __exit__(self, *exc) -> None:
+        if self._owned is not None:
+            self._owned.close()

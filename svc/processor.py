@@ -1,0 +1,87 @@
+"""Turn a window of message bodies into outcomes (ack, dead-letter, requeue), broker-agnostic.
+
+Parsing, deduplication, effects and metrics meet here; ``consumer.py`` only applies the outcomes.
+"""
+
+import dataclasses
+import time
+
+from . import metrics
+from .dedup import NoDedup, Verdict
+from .errors import InvalidEvent
+from .event import Event, parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What to do with one delivery. ``reason`` is set for dead letters, ``backoff`` for requeues
+    that wait for etcd (longer, growing) rather than for a sibling (short)."""
+
+    action: str            # "ack" | "dead" | "requeue"
+    reason: str = ""
+    backoff: bool = False
+
+
+ACK = Outcome("ack")
+HELD = Outcome("requeue")
+UNAVAILABLE = Outcome("requeue", backoff=True)
+
+
+class Processor:
+    def __init__(self, service: str, dedup: NoDedup, meter: metrics.Metrics) -> None:
+        self.service, self.dedup, self.meter = service, dedup, meter
+
+    def process(self, bodies: list[bytes]) -> list[Outcome]:
+        started = time.monotonic()
+        outcomes: list[Outcome | None] = [None] * len(bodies)
+        events: dict[int, Event] = {}
+        for i, body in enumerate(bodies):
+            try:
+                events[i] = parse(body)
+            except InvalidEvent as error:
+                # Never crash, never drop: the body goes to the dead letters with its reason.
+                outcomes[i] = Outcome("dead", error.reason)
+                self.meter.incr(metrics.invalid(self.service))
+        # With dedup, the first copy of an id in the window leads; its repeats follow its fate.
+        leaders: dict[str, int] = {}
+        followers: dict[int, int] = {}
+        for i, event in events.items():
+            if self.dedup.enabled and event.id in leaders:
+                followers[i] = leaders[event.id]
+            else:
+                leaders.setdefault(event.id, i)
+        lead = [i for i in events if i not in followers]
+        verdicts = dict(zip(lead, self.dedup.claim([events[i] for i in lead])))
+        claimed = [i for i in lead if verdicts[i] is Verdict.CLAIMED]
+        verdicts.update(zip(claimed, self.dedup.commit([events[i] for i in claimed])))
+        elapsed_ms = (time.monotonic() - started) * 1000
+        for i, leader in followers.items():
+            verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)
+        for i, verdict in verdicts.items():
+            outcomes[i] = self._outcome(events[i], verdict, elapsed_ms)
+        self.meter.flush()
+        return outcomes
+
+    def _outcome(self, event: Event, verdict: Verdict, elapsed_ms: float) -> Outcome:
+        service = self.service
+        if verdict is Verdict.OK:
+            self.meter.incr(metrics.ok(service, event.type))
+            self.meter.timing(metrics.timer(service, event.type), elapsed_ms)
+            return ACK
+        if verdict is Verdict.SKIPPED:
+            self.meter.incr(metrics.skipped(service, event.type))
+            return ACK
+        if verdict is Verdict.CONFLICT:
+            self.meter.incr(metrics.conflict(service, event.type))
+            return Outcome("dead", f"conflict: id {event.id[:64]!r} was seen with another payload")
+        if verdict is Verdict.UNAVAILABLE:
+            self.meter.incr(metrics.dedup_unavailable(service))
+            return UNAVAILABLE
+        return HELD  # HELD by a sibling, or LOST: requeue; the next delivery decides again
+
+
+def _follow(leader: Verdict, same_payload: bool) -> Verdict:
+    """The verdict of a repeat of an id within one window, from its leader's."""
+    if leader in (Verdict.OK, Verdict.SKIPPED):
+        return Verdict.SKIPPED if same_payload else Verdict.CONFLICT
+    return Verdict.UNAVAILABLE if leader is Verdict.UNAVAILABLE else Verdict.HELD

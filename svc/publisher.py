@@ -1,0 +1,167 @@
+"""Publish events with publisher confirms and the mandatory flag (the CLI is svc.publish).
+
+Confirms are pipelined: every event is sent, then the broker's (multiple) acks are awaited, so
+bulk publishing costs one round trip per batch, not per event. An event no queue is bound for
+comes back (mandatory) and is reported as unroutable.
+"""
+
+import dataclasses
+import json
+import uuid
+
+import pika
+import pika.exceptions
+
+from . import topology
+from .config import DEFAULT_AMQP_URL, mask_url
+from .errors import BrokerUnavailable, PublishError
+
+DEFAULT_ROUTING_KEY = "foo"
+DEFAULT_TIMEOUT = 30.0  # seconds for one publish() to be confirmed
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishResult:
+    """What the broker said about one ``publish()``: confirmed + nacked = events sent."""
+
+    confirmed: int
+    unroutable: int
+    nacked: int
+    ids: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.unroutable == 0 and self.nacked == 0 and self.confirmed == len(self.ids)
+
+
+class Publisher:
+    """Publishes events to an exchange; declares the topology (idempotently) first.
+
+    ``services`` are the queues declared and bound before the first publish, so no event is lost
+    to a queue that does not exist yet; pass ``()`` to declare only the exchanges.
+    """
+
+    def __init__(self, amqp_url: str = DEFAULT_AMQP_URL, exchange: str = topology.DEFAULT_EXCHANGE, *,
+                 services=topology.DEFAULT_SERVICES, declare: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.amqp_url, self.exchange, self.services = amqp_url, exchange, tuple(services)
+        self.timeout = timeout
+        self._declared = not declare
+
+    def __enter__(self) -> "Publisher":
+        self._declare()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Each publish() closes its own connection; nothing is left open."""
+
+    def _declare(self) -> None:
+        if self._declared:
+            return
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            try:
+                topology.declare(connection.channel(), self.exchange, services=self.services)
+            finally:
+                connection.close()
+        except (pika.exceptions.AMQPError, OSError) as error:
+            raise BrokerUnavailable(f"cannot declare the topology at {mask_url(self.amqp_url)}: {error!r}") from None
+        self._declared = True
+
+    def publish(self, event, routing_key: str = DEFAULT_ROUTING_KEY, count: int = 1,
+                fresh_ids: bool = False) -> PublishResult:
+        """Publish ``event`` ``count`` times (the same id: duplicates, unless ``fresh_ids``).
+
+        ``event`` is a dict (sent as JSON) or bytes/str sent as they are (to show bad input).
+        """
+        if count < 0:
+            raise ValueError("count must be 0 or more")
+        if fresh_ids and not isinstance(event, dict):
+            raise ValueError("fresh_ids needs the event as a dict")
+        self._declare()
+        bodies, ids = [], []
+        for _ in range(count):
+            if isinstance(event, dict):
+                copy = dict(event, id=f"{event.get('id', 'e')}-{uuid.uuid4().hex[:12]}") if fresh_ids else event
+                bodies.append(json.dumps(copy).encode())
+                ids.append(str(copy.get("id")))
+            else:
+                bodies.append(event.encode() if isinstance(event, str) else bytes(event))
+                ids.append("")
+        return _ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, self.timeout).run()
+
+
+class _ConfirmedBatch:
+    """One SelectConnection that sends every body, then waits for all confirms (or the deadline)."""
+
+    def __init__(self, amqp_url, exchange, routing_key, bodies, ids, timeout) -> None:
+        self.url, self.exchange, self.routing_key = amqp_url, exchange, routing_key
+        self.bodies, self.ids, self.timeout = bodies, ids, timeout
+        self.pending: set[int] = set()
+        self.confirmed = self.nacked = self.unroutable = 0
+        self.error: str | None = None
+
+    def run(self) -> PublishResult:
+        if not self.bodies:
+            return PublishResult(0, 0, 0, ())
+        self.connection = pika.SelectConnection(pika.URLParameters(self.url), on_open_callback=self._on_open,
+                                                on_open_error_callback=self._on_open_error,
+                                                on_close_callback=self._on_closed)
+        self.connection.ioloop.call_later(self.timeout, self._on_timeout)
+        self.connection.ioloop.start()
+        if self.error:
+            raise (BrokerUnavailable if self.confirmed + self.nacked == 0 else PublishError)(self.error)
+        return PublishResult(self.confirmed, self.unroutable, self.nacked, tuple(self.ids))
+
+    def _on_open(self, connection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_open_error(self, connection, error) -> None:
+        self.error = f"cannot connect to {mask_url(self.url)}: {error!r}"
+        connection.ioloop.stop()
+
+    def _on_closed(self, connection, reason) -> None:
+        if self.pending and not self.error:
+            self.error = f"connection closed with {len(self.pending)} events unconfirmed: {reason!r}"
+        connection.ioloop.stop()
+
+    def _on_channel_open(self, channel) -> None:
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _: self._send(channel))
+
+    def _on_channel_closed(self, channel, reason) -> None:
+        if self.pending and not self.error:
+            self.error = f"channel closed with {len(self.pending)} events unconfirmed: {reason!r}"
+        self._close()
+
+    def _send(self, channel) -> None:
+        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        for tag, body in enumerate(self.bodies, start=1):
+            channel.basic_publish(self.exchange, self.routing_key, body, properties, mandatory=True)
+            self.pending.add(tag)
+
+    def _on_return(self, channel, method, properties, body) -> None:
+        # The broker returns an unroutable event before it acks it: count it, report it.
+        self.unroutable += 1
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        tags = [t for t in self.pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        self.pending.difference_update(tags)
+        if isinstance(method, pika.spec.Basic.Ack):
+            self.confirmed += len(tags)
+        else:
+            self.nacked += len(tags)
+        if not self.pending:
+            self._close()
+
+    def _on_timeout(self) -> None:
+        if self.pending:
+            self.error = f"{len(self.pending)} of {len(self.bodies)} events not confirmed within {self.timeout:g} s"
+        self._close()
+
+    def _close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+        elif self.connection.is_closed:
+            self.connection.ioloop.stop()
