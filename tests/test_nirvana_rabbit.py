@@ -1,0 +1,55 @@
+"""nirvana.rabbit against the real RabbitMQ, each test on its own exchange and queues."""
+
+import uuid
+
+import pika
+import pytest
+
+from nirvana import endpoints, rabbit
+from svc import topology
+
+
+@pytest.fixture
+def exchange(amqp_url):
+    """A fresh exchange with queues for `orders` and `notify`, deleted afterwards."""
+    name = f"nirvana-test-{uuid.uuid4().hex[:8]}"
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    topology.declare(channel, exchange=name)
+    yield name, channel
+    topology.delete(channel, name, services=topology.DEFAULT_SERVICES)
+    connection.close()
+
+
+def test_queue_depth_counts_the_events_waiting_in_one_service_queue(exchange, amqp_url):
+    name, channel = exchange
+    assert rabbit.queue_depth("notify", exchange=name, url=amqp_url) == 0
+    # When 3 events are published to the exchange, each service's queue holds 3
+    for _ in range(3):
+        channel.basic_publish(name, "foo", b'{"type":"new_order","id":"123"}')
+    lines = []
+    assert rabbit.wait_for_depth("notify", 3, exchange=name, timeout=5, progress=lines.append, url=amqp_url) == 3
+    assert lines[-1] == f"{name}.notify: 3 waiting"
+    assert rabbit.queue_depth("orders", exchange=name, url=amqp_url) == 3
+    assert rabbit.dead_letters(exchange=name, url=amqp_url) == 0
+
+
+def test_consumers_counts_who_consumes_a_service_queue(exchange, amqp_url):
+    name, channel = exchange
+    assert rabbit.consumers("orders", exchange=name, url=amqp_url) == 0
+    channel.basic_consume(topology.queue_name("orders", name), lambda *args: None)
+    assert rabbit.consumers("orders", exchange=name, url=amqp_url) == 1
+    assert rabbit.consumers("notify", exchange=name, url=amqp_url) == 0
+
+
+def test_a_queue_that_does_not_exist_yet_holds_nothing(amqp_url):
+    counts = rabbit.queue_counts(f"nirvana-missing-{uuid.uuid4().hex[:8]}", url=amqp_url)
+    assert counts == rabbit.QueueCounts(0, 0, exists=False)
+
+
+def test_rabbitmq_down_names_the_address_and_the_command_but_no_password():
+    url = f"amqp://guest:s3cret@{endpoints.HOST}:9/%2F"   # nothing listens on the discard port
+    with pytest.raises(rabbit.RabbitUnavailable) as caught:
+        rabbit.queue_depth("orders", url=url)
+    assert f"{endpoints.HOST}:9" in str(caught.value) and "`./kit up`" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

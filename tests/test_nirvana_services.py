@@ -1,0 +1,187 @@
+"""nirvana.services with the real `python -m svc`: start, stop, kill, restart, and no orphans.
+
+Each test runs its services under a state dir of its own, on an exchange and etcd prefix of its
+own, with service names of its own, so it shares nothing with the demo or with other tests.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pika
+import psutil
+import pytest
+
+from nirvana import paths, rabbit, services
+from svc import topology
+
+
+@pytest.fixture
+def kit(tmp_path, monkeypatch, amqp_url, etcd_endpoint):
+    """A private state dir and exchange; every service started under it is stopped afterwards."""
+    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
+    tag = uuid.uuid4().hex[:8]
+    exchange = f"nirvana-test-{tag}"
+    env = {"EVENTS_EXCHANGE": exchange, "ETCD_PREFIX": f"/nirvana-test-{tag}"}
+    names = {"a": f"a{tag}", "b": f"b{tag}"}
+    yield {"env": env, "exchange": exchange, "names": names, "url": amqp_url}
+    services.stop_all(timeout=2)
+    assert services.running_pids() == []
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    topology.delete(connection.channel(), exchange, services=list(names.values()))
+    connection.close()
+
+
+def group_pids(pgid):
+    pids = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                pids.append(process.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return pids
+
+
+def publish(kit, count):
+    connection = pika.BlockingConnection(pika.URLParameters(kit["url"]))
+    channel = connection.channel()
+    for i in range(count):
+        channel.basic_publish(kit["exchange"], "foo", json.dumps({"type": "new_order", "id": f"e{i}"}).encode())
+    connection.close()
+
+
+# ---------------------------------------------------------------- pure checks
+
+
+def test_a_bad_service_name_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"bad service name 'Orders!': use 1-32 of a-z"):
+        services.start("Orders!")
+
+
+def test_a_recorded_pid_that_is_now_another_process_is_never_signalled(tmp_path, monkeypatch):
+    # Given a record that names this very test process (a reused pid, another start time)
+    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path))
+    (tmp_path / "services").mkdir()
+    record = services.Service("ghost", os.getpid(), 0.0, False, "events", "ghost.log")
+    (tmp_path / "services" / "ghost.json").write_text(json.dumps(record.__dict__))
+    # I expect the kit to see no service there, forget the record, and stop nothing
+    assert services.running("ghost") is None
+    assert services.stop_all() == []
+    assert not (tmp_path / "services" / "ghost.json").exists()
+
+
+def test_status_lines_say_the_facts_without_pids():
+    up = services.Status("orders", "running", pid=4242, dedup=True, uptime=3.2)
+    assert up.summary == "orders: running, dedup on"
+    assert str(up) == "orders: running, dedup on (pid 4242, up 3 s)"
+    assert str(services.Status("notify", "exited with status 2")) == "notify: exited with status 2"
+
+
+# ---------------------------------------------------------------- the real python -m svc
+
+
+def test_start_waits_until_ready_and_stop_leaves_nothing(kit):
+    name, lines = kit["names"]["a"], []
+    service = services.start(name, env=kit["env"], progress=lines.append)
+    # ready means its queue has a consumer; it runs in a group of its own, recorded on disk
+    assert rabbit.consumers(name, exchange=kit["exchange"]) == 1
+    assert os.getpgid(service.pid) == service.pid
+    assert services.status([name])[name].summary == f"{name}: running, dedup off"
+    assert services.running_pids() == [service.pid]
+    assert (paths.state_dir() / "services" / f"{name}.json").exists()
+    assert lines[-1] == f"{name}: ready, dedup off"
+    # starting it again is a no-op that says so; the other dedup setting points at restart()
+    assert services.start(name, env=kit["env"], progress=lines.append) == service
+    assert lines[-1] == f"{name}: already running, dedup off"
+    with pytest.raises(services.ServiceError, match=r"use restart\(.*dedup=True\)"):
+        services.start(name, dedup=True, env=kit["env"])
+    # a graceful stop ends the whole group and the record
+    assert services.stop(name, progress=lines.append) is True
+    assert lines[-1] == f"{name}: stopped"
+    assert group_pids(service.pid) == [] and services.running_pids() == []
+    assert services.status([name])[name].summary == f"{name}: stopped"
+    assert services.stop(name, progress=lines.append) is False and lines[-1] == f"{name}: not running"
+
+
+def test_a_crash_leaves_the_events_waiting_and_a_restart_drains_them(kit):
+    name = kit["names"]["a"]
+    crashed = services.start(name, env=kit["env"], progress=lambda _: None)
+    # When the service is killed (SIGKILL), then 3 events are published
+    assert services.kill(name, progress=lambda _: None) is True
+    assert group_pids(crashed.pid) == [] and services.running(name) is None
+    publish(kit, 3)
+    # I expect them to wait in its queue, and a restart to consume them all
+    assert rabbit.queue_depth(name, exchange=kit["exchange"]) == 3
+    again = services.restart(name, env=kit["env"], progress=lambda _: None)
+    assert again.pid != crashed.pid and again.dedup is False
+    assert rabbit.wait_for_depth(name, 0, exchange=kit["exchange"], timeout=10, progress=lambda _: None) == 0
+    assert "error" not in services.logs(name).lower()
+
+
+def test_restart_keeps_or_changes_dedup(kit):
+    name = kit["names"]["a"]
+    services.start(name, dedup=True, env=kit["env"], progress=lambda _: None)
+    kept = services.restart(name, env=kit["env"], progress=lambda _: None)
+    assert kept.dedup is True
+    changed = services.restart(name, dedup=False, env=kit["env"], progress=lambda _: None)
+    assert changed.dedup is False
+    assert services.summary([name]) == f"{name}: running, dedup off"
+
+
+def test_a_start_that_fails_says_why_with_the_last_log_lines(kit):
+    name = kit["names"]["b"]
+    with pytest.raises(services.ServiceError) as caught:
+        services.start(name, env={**kit["env"], "PREFETCH": "lots"}, progress=lambda _: None)
+    message = str(caught.value)
+    assert message.startswith(f"{name} exited with status 2 before it was ready:")
+    assert "PREFETCH" in message.splitlines()[-1]
+    assert services.status([name])[name].summary == f"{name}: exited with status 2"
+    assert services.running_pids() == []
+
+
+SUBPROCESS = textwrap.dedent("""
+    import os, sys
+    from nirvana import services
+    services.start(sys.argv[1], env={"EVENTS_EXCHANGE": sys.argv[2]}, progress=lambda _: None)
+    if sys.argv[3] == "vanish":
+        os._exit(0)   # like a kernel killed with SIGKILL: no atexit
+""")
+
+
+def run_kernel(kit, name, how):
+    """Another interpreter (a notebook kernel) that starts a service and exits ``how``."""
+    subprocess.run([sys.executable, "-c", SUBPROCESS, name, kit["exchange"], how],
+                   cwd=paths.ROOT, env=dict(os.environ), check=True, timeout=30)
+
+
+def test_a_kernel_that_exits_stops_the_services_it_started(kit):
+    run_kernel(kit, kit["names"]["a"], "exit")
+    assert services.running_pids() == []
+    assert services.running(kit["names"]["a"]) is None
+
+
+def test_stop_all_stops_a_service_an_earlier_kernel_left_behind(kit):
+    # Given a kernel that died without cleaning up: its service runs on, orphaned
+    name = kit["names"]["b"]
+    run_kernel(kit, name, "vanish")
+    [orphan] = services.running_pids()
+    assert services.status([name])[name].summary == f"{name}: running, dedup off"
+    # When this kernel stops everything, I expect the orphan gone too
+    assert services.stop_all() == [name]
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+    assert services.running_pids() == []
+
+
+def test_a_service_that_ignores_sigterm_is_killed_at_the_deadline(kit):
+    name = kit["names"]["a"]
+    service = services.start(name, env=kit["env"], progress=lambda _: None)
+    os.kill(service.pid, signal.SIGSTOP)   # a stopped process cannot act on SIGTERM
+    lines = []
+    assert services.stop(name, timeout=0.5, progress=lines.append) is True
+    assert lines == [f"{name}: killed, it ignored SIGTERM for 0.5 s"]
+    assert group_pids(service.pid) == []
