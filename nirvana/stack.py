@@ -11,7 +11,6 @@ Every call has a deadline and every error is one line saying what to do.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -36,7 +35,6 @@ from . import endpoints, paths
 HOST = endpoints.HOST
 SETUP_HINT = "run `./kit setup`"
 DOCKER_HINT = "or use `docker compose up -d` (see README.md)"
-ETCD_PREFIX = os.environ.get("ETCD_PREFIX") or "/nirvana"
 PROBE_TIMEOUT = 1.0
 STOP_TIMEOUT = 10.0
 
@@ -347,7 +345,7 @@ def _kit_process(name: str) -> psutil.Process | None:
     try:
         record = json.loads(pid_file.read_text())
         process = psutil.Process(record["pid"])
-        if abs(process.create_time() - record["create_time"]) < 0.5 and process.status() != psutil.STATUS_ZOMBIE:
+        if abs(process.create_time() - record["create_time"]) < 0.5 and _alive(process):
             return process
     except FileNotFoundError:
         return None
@@ -383,16 +381,28 @@ def _stop(process: psutil.Process, timeout: float = STOP_TIMEOUT) -> None:
         group = os.getpgid(process.pid)
     except ProcessLookupError:
         return
-    members = [p for p in psutil.process_iter() if _pgid(p) == group]
+    members = everyone = [p for p in psutil.process_iter() if _pgid(p) == group]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(group, sig)
         except ProcessLookupError:
-            return
-        _, alive = psutil.wait_procs(members, timeout=timeout)
-        if not alive:
-            return
-        members = alive
+            break
+        deadline = time.monotonic() + timeout
+        while (members := [p for p in members if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not members:
+            break
+    for member in everyone:  # our own children would stay zombies in a long-lived kernel
+        _reap(member)
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie: an exited process whose parent (often init here) has not reaped
+    it yet holds no port and no file, so it counts as stopped."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _pgid(process: psutil.Process) -> int | None:
@@ -506,7 +516,7 @@ def _wait_healthy(component: Component, process: psutil.Process, started: float,
         if probe.up:
             progress(f"{component.name:<13} up in {time.monotonic() - started:.1f} s at {component.address}")
             return
-        if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+        if not _alive(process):
             _reap(process)
             _pid_file(component.name).unlink(missing_ok=True)
             log = log_file(component.name)
@@ -599,13 +609,22 @@ def down(progress: Progress = print, only: Iterable[str] = ()) -> list[str]:
 
 # --------------------------------------------------------------------------- reset
 
+def etcd_prefix() -> str:
+    """The kit's etcd prefix: ETCD_PREFIX as the services read it, default ``/nirvana``."""
+    return (os.environ.get("ETCD_PREFIX") or "/nirvana").rstrip("/")
+
+
 def kit_queues(exchange: str = "events") -> list[str]:
-    """The queues that belong to the kit: the talk's services, the dead letters, and any other
-    ``<exchange>.*`` queue RabbitMQ's management API shows (when that plugin is enabled)."""
+    """The queues that belong to the kit: the talk's services, any service the kit has started,
+    the dead letters, and any other ``<exchange>.*`` queue RabbitMQ's management API shows (when
+    that plugin is enabled)."""
     from svc import topology
 
-    names = [topology.queue_name(service, exchange=exchange) for service in ("orders", "notify")]
-    names.append(f"{exchange}.dead-letters")
+    from . import services
+
+    names = [topology.queue_name(service, exchange=exchange)
+             for service in (*topology.DEFAULT_SERVICES, *services.known_names())]
+    names.append(topology.dead_letter_queue(exchange))
     try:
         answer = requests.get(f"http://{HOST}:15672/api/queues/%2F", auth=("guest", "guest"),
                               params={"columns": "name"}, timeout=2)
@@ -640,29 +659,28 @@ def purge_queues(queues: Iterable[str]) -> dict[str, int]:
     return removed
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+def etcd_client():
+    """svc's etcd client (gRPC: Debian's etcd has no JSON gateway) on the kit's endpoint."""
+    from svc import Etcd
+
+    return Etcd([(HOST, endpoints.ETCD_PORT)], timeout=5)
 
 
-def _prefix_range(prefix: str) -> dict[str, str]:
-    prefix = prefix.rstrip("/") + "/"
-    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return {"key": _b64(prefix), "range_end": _b64(end)}
+def _with_etcd(call):
+    client = etcd_client()
+    try:
+        return call(client)
+    finally:
+        client.close()
 
 
-def delete_etcd_prefix(prefix: str = ETCD_PREFIX) -> int:
-    """Delete every etcd key under ``prefix/`` (through etcd's JSON gateway); returns how many."""
-    answer = requests.post(f"http://{endpoints.ETCD_ENDPOINT}/v3/kv/deleterange",
-                           json=_prefix_range(prefix), timeout=5)
-    answer.raise_for_status()
-    return int(answer.json().get("deleted", 0))
+def delete_etcd_prefix(prefix: str | None = None) -> int:
+    """Delete every etcd key under ``prefix/`` (default the kit's); returns how many."""
+    return _with_etcd(lambda etcd: etcd.delete_prefix((prefix or etcd_prefix()) + "/"))
 
 
-def count_etcd_prefix(prefix: str = ETCD_PREFIX) -> int:
-    answer = requests.post(f"http://{endpoints.ETCD_ENDPOINT}/v3/kv/range",
-                           json={**_prefix_range(prefix), "count_only": True}, timeout=5)
-    answer.raise_for_status()
-    return int(answer.json().get("count", 0))
+def count_etcd_prefix(prefix: str | None = None) -> int:
+    return _with_etcd(lambda etcd: etcd.count_prefix((prefix or etcd_prefix()) + "/"))
 
 
 def whisper_dir() -> Path:
@@ -686,7 +704,7 @@ def reset(progress: Progress = print, exchange: str = "events") -> None:
     else:
         progress("rabbitmq      not answering: nothing purged (start it with `./kit up`)")
     if rows["etcd"].healthy:
-        progress(f"etcd          deleted {delete_etcd_prefix()} keys under {ETCD_PREFIX}/")
+        progress(f"etcd          deleted {delete_etcd_prefix()} keys under {etcd_prefix()}/")
     else:
         progress("etcd          not answering: no keys deleted (start it with `./kit up`)")
     if rows["carbon"].origin == "found running":

@@ -51,3 +51,20 @@ def graphite_url() -> str:
     need(f"statsd admin on {endpoints.HOST}:{endpoints.STATSD_ADMIN_PORT}",
          tcp_open(endpoints.HOST, endpoints.STATSD_ADMIN_PORT))
     return endpoints.GRAPHITE_URL
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``stack`` stop or restart components: run them last (after the notebooks too),
+    so nothing else sees the stack go down; each leaves the stack up."""
+    items.sort(key=lambda item: item.get_closest_marker("stack") is not None)
+
+
+@pytest.fixture
+def svc_world(amqp_url, etcd_endpoint, tmp_path):
+    """An isolated svc world: its own exchange, etcd prefix and service names, services run as real
+    ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys."""
+    from svc.testing import World
+
+    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT))
+    yield world
+    world.close()

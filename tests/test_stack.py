@@ -1,0 +1,226 @@
+"""The stack against its real components: up, status, the 1 s metrics path, reset, down, errors.
+
+Tests marked ``stack`` stop or restart components; tests/conftest.py runs them last and each
+leaves the whole stack up again.
+"""
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+
+import pika
+import pytest
+import requests
+import statsd
+
+from nirvana import endpoints, paths, stack
+
+NAMES = [component.name for component in stack.COMPONENTS]
+VISIBLE_WITHIN = 5.0   # seconds for a counter to reach the render API (measured ~1.5 s: bench/)
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture
+def running() -> list[stack.Row]:
+    """The whole stack up (started now if it is not); every test here needs it."""
+    rows = stack.up(progress=quiet)
+    assert [row.name for row in rows if not row.healthy] == []
+    return rows
+
+
+def kit_pids() -> dict[str, int]:
+    pids = {}
+    for name in NAMES:
+        process = stack._kit_process(name)
+        if process is not None:
+            pids[name] = process.pid
+    return pids
+
+
+def test_second_up_is_a_no_op(running):
+    # Given a running stack
+    before = kit_pids()
+    lines: list[str] = []
+    # When up runs again
+    rows = stack.up(progress=lines.append)
+    # I expect nothing started or restarted, every component reported as up
+    assert kit_pids() == before
+    assert all(row.healthy for row in rows)
+    assert [line for line in lines if "starting" in line] == []
+    assert len(lines) == len(NAMES) and all(" up, " in line for line in lines)
+
+
+def test_status_names_every_component_and_the_cli_exits_zero(running):
+    # Given a running stack, when status is asked in code and on the command line
+    rows = stack.status()
+    table = stack.render_status(rows)
+    cli = subprocess.run([sys.executable, "-m", "nirvana", "status"], cwd=paths.ROOT,
+                         capture_output=True, text=True, timeout=60)
+    # I expect one row per component, each with its address and where it came from
+    assert [row.name for row in rows] == NAMES
+    assert table.splitlines()[0].split() == ["component", "address", "state", "origin", "log"]
+    for row in rows:
+        assert row.origin in ("started by kit", "found running")
+        assert row.log or row.origin == "found running"
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == table
+
+
+def render_total(target: str) -> float:
+    answer = requests.get(f"{endpoints.GRAPHITE_URL}/render",
+                          params={"target": target, "from": "-5min", "format": "json"}, timeout=5)
+    answer.raise_for_status()
+    return sum(value or 0 for series in answer.json() for value, _ in series["datapoints"])
+
+
+def wait_total(target: str, at_least: float, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        total = render_total(target)
+        if total >= at_least or time.monotonic() >= deadline:
+            return total
+        time.sleep(0.1)
+
+
+def test_statsd_counter_is_readable_from_the_render_api_within_seconds(running):
+    # Given a counter name nobody has used
+    name = f"nirvana_test_{uuid.uuid4().hex[:12]}"
+    # When it is incremented by 3 through statsd on 127.0.0.1:8125
+    statsd.StatsClient(endpoints.HOST, endpoints.STATSD_PORT).incr(name, 3)
+    sent = time.monotonic()
+    total = wait_total(f"stats_counts.{name}", 3, VISIBLE_WITHIN)
+    # I expect graphite-web to answer exactly 3 within the deadline
+    assert total == 3, f"stats_counts.{name} summed to {total} after {time.monotonic() - sent:.1f} s"
+
+
+def seconds_per_point(path) -> int:
+    """The resolution of a whisper file's first archive, read from its header."""
+    with open(path, "rb") as whisper:
+        header = whisper.read(16 + 12)
+    _aggregation, _max_retention, _xff, archives = struct.unpack("!LLfL", header[:16])
+    _offset, seconds, _points = struct.unpack("!LLL", header[16:28])
+    assert archives >= 1
+    return seconds
+
+
+@pytest.mark.stack
+def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
+    from svc import topology
+
+    exchange = topology.DEFAULT_EXCHANGE
+    params = pika.URLParameters(endpoints.AMQP_URL)
+    # Given messages waiting in the kit's queues, keys under the kit's etcd prefix, whisper files
+    with pika.BlockingConnection(params) as connection:
+        channel = connection.channel()
+        topology.declare(channel, exchange=exchange)
+        channel.confirm_delivery()
+        for number in range(3):
+            channel.basic_publish(exchange, "reset-test", f'{{"type":"new_order","id":"r{number}"}}'.encode())
+        channel.basic_publish(topology.dead_letter_exchange(exchange), "", b"{}")
+    prefix = stack.etcd_prefix()
+    outside = "/nirvana-reset-test-outside"   # shares the prefix's letters, not its folder
+    etcd = stack.etcd_client()
+    for key in (f"{prefix}/dedup/reset-test/a", f"{prefix}/effects/reset-test/a", outside):
+        etcd.put(key, "x")
+    name = f"nirvana_test_{uuid.uuid4().hex[:12]}"
+    statsd.StatsClient(endpoints.HOST, endpoints.STATSD_PORT).incr(name)
+    assert wait_total(f"stats_counts.{name}", 1, VISIBLE_WITHIN) == 1
+    counter_file = stack.whisper_dir() / "stats_counts" / f"{name}.wsp"
+    assert seconds_per_point(counter_file) == 1  # the 1 s retention of assets/carbon
+    # When the stack is reset
+    stack.reset(progress=quiet)
+    # I expect the kit's queues empty, its etcd keys gone, no whisper file — and nothing else touched
+    with pika.BlockingConnection(params) as connection:
+        channel = connection.channel()
+        depths = {queue: channel.queue_declare(queue, passive=True).method.message_count
+                  for queue in stack.kit_queues(exchange)}
+    assert depths and set(depths.values()) == {0}, depths
+    assert stack.count_etcd_prefix() == 0
+    assert etcd.get(outside) == b"x"
+    etcd.delete_prefix(outside)
+    etcd.close()
+    assert stack.whisper_files() == []
+
+
+@pytest.mark.stack
+def test_down_stops_what_the_kit_started_and_up_brings_all_back(running):
+    # Given a running stack, part of it found running (RabbitMQ on this machine and in CI)
+    origin = {row.name: row.origin for row in running}
+    ours = sorted(name for name, how in origin.items() if how == "started by kit")
+    found = sorted(name for name, how in origin.items() if how == "found running")
+    # When the kit's stack goes down
+    stopped = stack.down(progress=quiet, only=NAMES)
+    after = {row.name: row for row in stack.status()}
+    # I expect exactly the kit's components stopped and not answering, the others untouched
+    assert sorted(stopped) == ours
+    assert all(after[name].state == "down" for name in ours), after
+    assert all(after[name].healthy for name in found), after
+    # And when up runs from nothing, every component is healthy again
+    lines: list[str] = []
+    rows = stack.up(progress=lines.append)
+    assert [row.name for row in rows if not row.healthy] == []
+    assert sorted(row.name for row in rows if row.origin == "started by kit") == ours
+    assert sum("starting" in line for line in lines) == len(ours)
+
+
+@pytest.mark.stack
+def test_a_held_port_or_a_missing_program_gives_a_one_line_error(running, monkeypatch):
+    # Given statsd stopped, and its admin port taken by this test's own listening socket
+    stack.down(progress=quiet, only=["statsd"])
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind((endpoints.HOST, endpoints.STATSD_ADMIN_PORT))
+        holder.listen()
+        # When up runs
+        with pytest.raises(stack.StackError) as held:
+            stack.up(progress=quiet)
+        # I expect one line naming the port and this program, and status calling it unhealthy
+        message = str(held.value)
+        assert "\n" not in message
+        assert f"port {endpoints.STATSD_ADMIN_PORT}/tcp" in message
+        assert f"pid {os.getpid()}" in message
+        row = stack.status(["statsd"])[0]
+        assert (row.state, row.origin) == ("unhealthy", "found running")
+        assert f"pid {os.getpid()}" in row.detail
+    finally:
+        holder.close()
+    # Given the port free but Node.js not on the PATH
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(stack.StackError) as missing:
+        stack.up(progress=quiet, only=["statsd"])
+    # I expect one line naming what is missing and the set-up command
+    assert "\n" not in str(missing.value)
+    assert "node is missing" in str(missing.value) and "./kit setup" in str(missing.value)
+    monkeypatch.undo()
+    # And with the PATH back, up brings statsd back
+    assert all(row.healthy for row in stack.up(progress=quiet))
+
+
+@pytest.mark.stack
+def test_a_component_that_dies_on_start_names_its_log(running, monkeypatch, tmp_path):
+    # Given etcd stopped and an etcd whose data folder cannot be created (a file stands in its way)
+    stack.down(progress=quiet, only=["etcd"])
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "etcd").write_text("not a folder")
+    monkeypatch.setenv("NIRVANA_STATE", str(state))
+    try:
+        # When up starts it
+        with pytest.raises(stack.StackError) as died:
+            stack.up(progress=quiet, only=["etcd"])
+        # I expect one line: it died, where its log is, and the log's last words
+        message = str(died.value)
+        assert "\n" not in message
+        assert message.startswith("etcd died on start; its log ")
+        assert str(state / "logs" / "etcd.log") in message
+    finally:
+        monkeypatch.undo()
+        assert all(row.healthy for row in stack.up(progress=quiet))
