@@ -27,12 +27,14 @@ def kit(tmp_path, monkeypatch, amqp_url, etcd_endpoint):
     tag = uuid.uuid4().hex[:8]
     exchange = f"nirvana-test-{tag}"
     env = {"EVENTS_EXCHANGE": exchange, "ETCD_PREFIX": f"/nirvana-test-{tag}"}
+    for variable, value in env.items():   # for what starts services without env= (panels, kernels)
+        monkeypatch.setenv(variable, value)
     names = {"a": f"a{tag}", "b": f"b{tag}"}
     yield {"env": env, "exchange": exchange, "names": names, "url": amqp_url}
     services.stop_all(timeout=2)
     assert services.running_pids() == []
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    topology.delete(connection.channel(), exchange, services=list(names.values()))
+    topology.delete(connection.channel(), exchange, services=[*names.values(), *topology.DEFAULT_SERVICES])
     connection.close()
 
 

@@ -1,0 +1,295 @@
+"""Panels for presenting: publish events, start and stop services, with buttons.
+
+Every button has the same call in code, so a notebook run by CI does exactly what the presenter
+clicks: ``panel.publish_button.click()`` is ``panel.publish()``. What a panel says goes to its
+``output`` (an ``ipywidgets.Output``), never to a bare print; its state (``last_result``,
+``last_error``) is what tests assert on, because ``Button.click()`` swallows exceptions.
+"""
+
+import threading
+import uuid
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import ipywidgets as widgets
+
+from svc.topology import DEFAULT_EXCHANGE
+
+from . import endpoints, services
+
+EVENT_TYPES = ("new_order", "ban_user")
+TALK_ID = "123"
+TALK_ROUTING_KEY = "foo"
+MAX_COUNT = 100
+REFRESH_EVERY = 1.0         # seconds between status-light refreshes
+REFRESH_FOR = 2 * 3600.0    # the refresher stops by itself after a talk's length
+
+PublisherFactory = Callable[[str, str], AbstractContextManager]
+
+
+def _svc_publisher(amqp_url: str, exchange: str) -> AbstractContextManager:
+    from svc.publish import Publisher
+
+    return Publisher(amqp_url, exchange=exchange)
+
+
+def fresh_id() -> str:
+    """A new event id, short enough to read on a slide."""
+    return uuid.uuid4().hex[:8]
+
+
+class _Panel:
+    """What both panels share: an Output that collects their lines and errors."""
+
+    def __init__(self) -> None:
+        self.output = widgets.Output(layout=widgets.Layout(max_height="12em", overflow="auto"))
+        self.last_error: str | None = None
+
+    def say(self, line: str) -> None:
+        """One line into the panel's output (thread-safe: no capture context involved)."""
+        self.output.append_stdout(line + "\n")
+
+    def _attempt(self, action: Callable[[], Any]) -> Any:
+        """Run an action, show its error in the output instead of raising (a click has no cell)."""
+        self.last_error = None
+        try:
+            return action()
+        except Exception as error:
+            self.last_error = f"{type(error).__name__}: {error}"
+            self.say(f"error: {self.last_error}")
+            return None
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one click publishes: these events (each id once, or one id ``count`` times)."""
+
+    event_type: str
+    ids: tuple[str, ...]
+    routing_key: str
+
+    def describe(self) -> str:
+        ids = sorted(set(self.ids))
+        shown = ids[0] if len(ids) == 1 else f"{len(ids)} fresh ids"
+        return f"{len(self.ids)} x {self.event_type} id {shown} (routing key {self.routing_key})"
+
+
+@dataclass(frozen=True)
+class Published:
+    """The outcome of one click: the batch and what the broker confirmed."""
+
+    batch: Batch
+    confirmed: int
+    unroutable: int = 0
+    nacked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.confirmed == len(self.batch.ids) and not self.unroutable and not self.nacked
+
+    def __str__(self) -> str:
+        line = f"published {self.batch.describe()}: {self.confirmed} confirmed"
+        if self.unroutable:
+            line += f", {self.unroutable} UNROUTABLE (no queue is bound for routing key {self.batch.routing_key})"
+        if self.nacked:
+            line += f", {self.nacked} REFUSED by the broker"
+        return line
+
+
+class PublishPanel(_Panel):
+    """Event type, id (the talk's fixed "123" or fresh), routing key, count; publish / again."""
+
+    def __init__(
+        self,
+        *,
+        amqp_url: str = endpoints.AMQP_URL,
+        exchange: str = DEFAULT_EXCHANGE,
+        publisher: PublisherFactory = _svc_publisher,
+    ) -> None:
+        super().__init__()
+        self.amqp_url, self.exchange, self._publisher = amqp_url, exchange, publisher
+        self.last_result: Published | None = None
+        self.event_type = widgets.Dropdown(options=EVENT_TYPES, value="new_order", description="event")
+        self.id_mode = widgets.ToggleButtons(options=("fixed", "fresh"), value="fixed", description="id")
+        self.event_id = widgets.Text(value=TALK_ID, description="fixed id")
+        self.routing_key = widgets.Text(value=TALK_ROUTING_KEY, description="routing key")
+        self.count = widgets.BoundedIntText(value=1, min=1, max=MAX_COUNT, description="count")
+        self.publish_button = widgets.Button(description="publish", button_style="primary", icon="paper-plane")
+        self.again_button = widgets.Button(description="publish the same again", icon="repeat", disabled=True)
+        self.publish_button.on_click(lambda _button: self.publish())
+        self.again_button.on_click(lambda _button: self.publish_again())
+        self.widget = widgets.VBox([
+            widgets.HBox([self.event_type, self.id_mode]),
+            widgets.HBox([self.event_id, self.routing_key, self.count]),
+            widgets.HBox([self.publish_button, self.again_button]),
+            self.output,
+        ])
+
+    def publish(
+        self,
+        event_type: str | None = None,
+        *,
+        event_id: str | None = None,
+        fresh: bool | None = None,
+        routing_key: str | None = None,
+        count: int | None = None,
+    ) -> Published | None:
+        """Publish what the form says; arguments set the form first, as if typed in."""
+        if event_type is not None:
+            self.event_type.value = event_type
+        if event_id is not None:
+            self.event_id.value, self.id_mode.value = event_id, "fixed"
+        if fresh is not None:
+            self.id_mode.value = "fresh" if fresh else "fixed"
+        if routing_key is not None:
+            self.routing_key.value = routing_key
+        if count is not None:
+            self.count.value = count
+        return self._attempt(lambda: self._send(self._batch_from_form()))
+
+    def publish_again(self) -> Published | None:
+        """Publish exactly the last batch again: the same ids, so the services see duplicates."""
+        if self.last_result is None:
+            self.last_error = "nothing published yet: publish first"
+            self.say(self.last_error)
+            return None
+        return self._attempt(lambda: self._send(self.last_result.batch))
+
+    def _batch_from_form(self) -> Batch:
+        count = self.count.value
+        if self.id_mode.value == "fresh":
+            ids = tuple(fresh_id() for _ in range(count))
+        else:
+            event_id = self.event_id.value.strip()
+            if not event_id:
+                raise ValueError("the fixed id is empty: type one (the talk uses 123) or choose fresh ids")
+            ids = (event_id,) * count
+        routing_key = self.routing_key.value.strip() or TALK_ROUTING_KEY
+        return Batch(self.event_type.value, ids, routing_key)
+
+    def _send(self, batch: Batch) -> Published:
+        confirmed = unroutable = nacked = 0
+        with self._publisher(self.amqp_url, self.exchange) as publisher:
+            for event_id in dict.fromkeys(batch.ids):
+                result = publisher.publish(
+                    {"type": batch.event_type, "id": event_id},
+                    routing_key=batch.routing_key,
+                    count=batch.ids.count(event_id),
+                )
+                confirmed += result.confirmed
+                unroutable += result.unroutable
+                nacked += result.nacked
+        self.last_result = Published(batch, confirmed, unroutable, nacked)
+        self.again_button.disabled = False
+        self.say(str(self.last_result))
+        return self.last_result
+
+
+LIGHTS = {"running": "#2e7d32", "starting": "#f9a825", "stopping": "#f9a825", "stopped": "#9e9e9e"}
+FAILED_LIGHT = "#c62828"
+
+
+def light(state: str, detail: str = "") -> str:
+    """HTML for one status light: a coloured dot and the state in words."""
+    color = LIGHTS.get(state, FAILED_LIGHT)
+    text = f"{state}, {detail}" if detail else state
+    return f'<span style="color:{color};font-size:1.3em">&#9679;</span> {text}'
+
+
+class ServicePanel(_Panel):
+    """Start / stop / kill per service, a dedup switch, and a status light per service."""
+
+    def __init__(
+        self,
+        names: Iterable[str] = services.NAMES,
+        *,
+        refresh_every: float | None = REFRESH_EVERY,
+        refresh_for: float = REFRESH_FOR,
+    ) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.dedup = widgets.Checkbox(value=False, description="dedup through etcd (ENABLE_ETCD=true)", indent=False)
+        self.lights = {name: widgets.HTML() for name in self.names}
+        self.buttons: dict[str, dict[str, widgets.Button]] = {}
+        rows = []
+        for name in self.names:
+            buttons = {
+                "start": widgets.Button(description="start", icon="play", button_style="success"),
+                "stop": widgets.Button(description="stop", icon="stop"),
+                "kill": widgets.Button(description="kill", icon="bolt", button_style="danger"),
+            }
+            buttons["start"].on_click(lambda _b, name=name: self.start(name))
+            buttons["stop"].on_click(lambda _b, name=name: self.stop(name))
+            buttons["kill"].on_click(lambda _b, name=name: self.kill(name))
+            self.buttons[name] = buttons
+            label = widgets.Label(name, layout=widgets.Layout(width="6em"))
+            rows.append(widgets.HBox([label, *buttons.values(), self.lights[name]]))
+        self.widget = widgets.VBox([*rows, self.dedup, self.output])
+        self.states: dict[str, str] = {}
+        self._busy: set[str] = set()   # names in the middle of an action: the refresher leaves their light alone
+        self.refresh()
+        self._closed = threading.Event()
+        self._refresher = None
+        if refresh_every:
+            self._refresher = threading.Thread(
+                target=self._keep_refreshing, args=(refresh_every, refresh_for),
+                name="nirvana-service-lights", daemon=True,
+            )
+            self._refresher.start()
+
+    def start(self, name: str) -> services.Service | None:
+        """What the start button does: start ``name`` with the dedup switch's setting."""
+        return self._act(name, "starting", lambda: services.start(name, dedup=self.dedup.value, progress=self.say))
+
+    def stop(self, name: str) -> bool | None:
+        """What the stop button does: a graceful stop (SIGTERM, SIGKILL after the deadline)."""
+        return self._act(name, "stopping", lambda: services.stop(name, progress=self.say))
+
+    def kill(self, name: str) -> bool | None:
+        """What the kill button does: a crash (SIGKILL), events in flight go back to the queue."""
+        return self._act(name, None, lambda: services.kill(name, progress=self.say))
+
+    def _act(self, name: str, state: str | None, action: Callable[[], Any]) -> Any:
+        self._busy.add(name)
+        try:
+            if state:
+                self._show(name, state)
+            return self._attempt(action)
+        finally:
+            self._busy.discard(name)
+            self.refresh()
+
+    def _show(self, name: str, state: str, detail: str = "") -> None:
+        self.states[name] = state
+        self.lights[name].value = light(state, detail)
+
+    def refresh(self) -> dict[str, str]:
+        """Read each service's status and set its light; return the states."""
+        for name, now in services.status(self.names).items():
+            if name in self._busy:
+                continue
+            state = "running" if now.running else now.state
+            self._show(name, state, ("dedup on" if now.dedup else "dedup off") if now.running else "")
+        return dict(self.states)
+
+    def _keep_refreshing(self, every: float, seconds: float) -> None:
+        remaining = seconds
+        while remaining > 0 and not self._closed.wait(every):
+            remaining -= every
+            try:
+                self.refresh()
+            except Exception as error:  # shown, not raised: a thread has no cell to raise into
+                self.say(f"status refresh failed: {error}")
+
+    def close(self) -> None:
+        """Stop refreshing the lights (the services keep running)."""
+        self._closed.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=2 * REFRESH_EVERY + 1)
+
+
+__all__ = ["PublishPanel", "ServicePanel", "Batch", "Published", "light", "fresh_id", "EVENT_TYPES"]
