@@ -109,7 +109,7 @@ def _probe_etcd() -> Probe:
 def _probe_statsd() -> Probe:
     try:
         with socket.create_connection((HOST, endpoints.STATSD_ADMIN_PORT), timeout=PROBE_TIMEOUT) as conn:
-            conn.settimeout(2)
+            conn.settimeout(1)
             conn.sendall(b"health\n")
             answer = conn.recv(64)
     except ConnectionRefusedError:

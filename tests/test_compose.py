@@ -1,0 +1,93 @@
+"""docker-compose.yaml and the configs in assets/ agree with the native stack (Docker cannot run here,
+so these read the files: the same ports, loopback only, the same 1 s metrics path)."""
+
+import configparser
+import re
+
+import pytest
+import yaml
+
+from nirvana import endpoints, paths, stack
+
+COMPOSE = paths.ROOT / "docker-compose.yaml"
+MANAGEMENT_PORT = 15672   # RabbitMQ's management UI: published by docker-compose only
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def published(compose: dict) -> list[tuple[str, int, str]]:
+    """(host address, host port, protocol) of every published port."""
+    result = []
+    for service in compose["services"].values():
+        for mapping in service.get("ports", []):
+            spec, _, protocol = str(mapping).partition("/")
+            host_ip, host_port, _container = spec.split(":")
+            result.append((host_ip, int(host_port), protocol or "tcp"))
+    return result
+
+
+def native_ports() -> set[tuple[int, str]]:
+    """What the native stack listens on for its clients (etcd's peer port is internal)."""
+    ports = {(port, "tcp") for c in stack.COMPONENTS for port in c.tcp_ports}
+    ports |= {(port, "udp") for c in stack.COMPONENTS for port in c.udp_ports}
+    return ports - {(endpoints.ETCD_PEER_PORT, "tcp")}
+
+
+def test_compose_publishes_the_native_ports_on_loopback_only(compose):
+    ports = published(compose)
+    assert {host_ip for host_ip, _, _ in ports} == {endpoints.HOST}
+    assert len(ports) == len(set(ports)), "a port is published twice"
+    assert {(port, protocol) for _, port, protocol in ports} == native_ports() | {(MANAGEMENT_PORT, "tcp")}
+
+
+def test_native_ports_are_the_endpoints(compose):
+    expected = {(endpoints.AMQP_PORT, "tcp"), (endpoints.ETCD_PORT, "tcp"), (endpoints.STATSD_PORT, "udp"),
+                (endpoints.STATSD_ADMIN_PORT, "tcp"), (endpoints.CARBON_PORT, "tcp"),
+                (endpoints.CARBON_PICKLE_PORT, "tcp"), (endpoints.CARBON_QUERY_PORT, "tcp"),
+                (endpoints.GRAPHITE_PORT, "tcp")}
+    assert native_ports() == expected
+
+
+def test_compose_mounts_the_kit_configs_that_exist(compose):
+    mounts = [volume.split(":") for service in compose["services"].values()
+              for volume in service.get("volumes", []) if volume.startswith("./")]
+    assert {source for source, *_ in mounts} == {"./assets/carbon/storage-schemas.conf",
+                                                 "./assets/carbon/storage-aggregation.conf",
+                                                 "./assets/statsd/docker.js"}
+    for source, _target, *mode in mounts:
+        assert (paths.ROOT / source).is_file(), source
+        assert mode == ["ro"]
+
+
+def statsd_settings(name: str) -> dict[str, str]:
+    """The top-level `key: value` pairs of a statsd config (a JavaScript object literal)."""
+    text = re.sub(r"/\*.*?\*/", "", (paths.ASSETS / "statsd" / name).read_text(), flags=re.S)
+    return {key: value.strip().strip('"') for key, value in re.findall(r"^\s*(\w+):\s*([^,\n]+)", text, re.M)}
+
+
+@pytest.mark.parametrize("name, listen", [("config.js", endpoints.HOST), ("docker.js", "0.0.0.0")])
+def test_statsd_configs_use_the_endpoints_and_a_1s_flush(name, listen):
+    settings = statsd_settings(name)
+    assert settings["port"] == str(endpoints.STATSD_PORT)
+    assert settings["mgmt_port"] == str(endpoints.STATSD_ADMIN_PORT)
+    assert settings["graphitePort"] == str(endpoints.CARBON_PORT)
+    assert settings["graphiteHost"] == endpoints.HOST   # carbon: the same machine, or container
+    assert settings["address"] == settings["mgmt_address"] == listen
+    assert settings["flushInterval"] == "1000"
+
+
+def test_carbon_keeps_1s_points_for_statsd_and_sums_counts():
+    schemas = configparser.ConfigParser()
+    schemas.read(paths.ASSETS / "carbon" / "storage-schemas.conf")
+    stats_rule = next(section for section in schemas.sections()
+                      if re.match(schemas[section]["pattern"], "stats_counts.orders_new_order_ok"))
+    assert re.match(schemas[stats_rule]["pattern"], "stats.orders_new_order_ok")
+    assert schemas[stats_rule]["retentions"].split(",")[0] == "1s:6h"
+    aggregation = configparser.ConfigParser()
+    aggregation.read(paths.ASSETS / "carbon" / "storage-aggregation.conf")
+    counts_rule = next(section for section in aggregation.sections()
+                       if re.search(aggregation[section]["pattern"], "stats_counts.orders_new_order_ok"))
+    assert aggregation[counts_rule]["aggregationMethod"] == "sum"
