@@ -187,3 +187,21 @@ def test_a_service_that_ignores_sigterm_is_killed_at_the_deadline(kit):
     assert services.stop(name, timeout=0.5, progress=lines.append) is True
     assert lines == [f"{name}: killed, it ignored SIGTERM for 0.5 s"]
     assert group_pids(service.pid) == []
+
+
+def test_a_notebook_kernel_stops_its_services_when_it_shuts_down(kit):
+    from jupyter_client.manager import start_new_kernel
+
+    name = kit["names"]["a"]
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(paths.ROOT))
+    try:
+        reply = client.execute_interactive(
+            f"from nirvana import services; services.start({name!r}, progress=lambda _: None).pid",
+            timeout=30, output_hook=lambda _msg: None)
+        assert reply["content"]["status"] == "ok"
+        [pid] = services.running_pids()
+    finally:
+        manager.shutdown_kernel(now=False)   # what JupyterLab's "shut down kernel" sends
+        client.stop_channels()
+    assert services.running_pids() == []
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
