@@ -42,6 +42,8 @@ class Config:
     dedup_retention: int = DEFAULT_DEDUP_RETENTION
     etcd_timeout: float = DEFAULT_ETCD_TIMEOUT
     log_level: str = "INFO"
+    work_ms: int = 0          # simulated work per window (demos and tests of concurrent claims)
+    crash_at: str = ""        # "claimed" or "done": SIGKILL itself there, once (fault injection)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -56,9 +58,8 @@ class Config:
                           "letters, digits and _.:- (e.g. events)")
         prefix = _match("ETCD_PREFIX", get("ETCD_PREFIX", DEFAULT_ETCD_PREFIX).rstrip("/") or "/",
                         PREFIX_RE, "an absolute key prefix such as /nirvana")
-        log_level = get("LOG_LEVEL", "INFO").upper()
-        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(f"LOG_LEVEL={log_level!r} is invalid: use DEBUG, INFO, WARNING or ERROR")
+        log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+        crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "done"))
         return cls(
             service=service,
             enable_etcd=_bool("ENABLE_ETCD", get("ENABLE_ETCD", "false")),
@@ -74,6 +75,8 @@ class Config:
                                  10, 365 * 86400),
             etcd_timeout=_float("ETCD_TIMEOUT", get("ETCD_TIMEOUT", str(DEFAULT_ETCD_TIMEOUT)), 0.1, 60),
             log_level=log_level,
+            work_ms=_int("WORK_MS", get("WORK_MS", "0"), 0, 60000),
+            crash_at=crash_at,
         )
 
 
@@ -102,6 +105,12 @@ def mask_url(url: str) -> str:
 def _match(name: str, value: str, pattern: re.Pattern, expected: str) -> str:
     if not pattern.fullmatch(value):
         raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
+    return value
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is invalid: use one of {', '.join(c or repr(c) for c in choices)}")
     return value
 
 

@@ -6,6 +6,7 @@ processed and skipped events are acked after their work is recorded; the rest ar
 """
 
 import logging
+import os
 import threading
 import time
 
@@ -27,6 +28,10 @@ BACKOFF_MAX = 5.0
 BROKER_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 
+def connection_name(service: str, pid: int | None = None) -> str:
+    return f"svc {service} pid {os.getpid() if pid is None else pid}"
+
+
 class Consumer:
     """Consumes one service's queue over one connection until stopped or disconnected."""
 
@@ -39,8 +44,11 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until ``stop`` is set (returns) or the connection fails (BrokerUnavailable)."""
+        parameters = pika.URLParameters(self.config.amqp_url)
+        # A name per process, so an operator (or a test) can find and close this very connection.
+        parameters.client_properties = {"connection_name": connection_name(self.config.service)}
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.config.amqp_url))
+            connection = pika.BlockingConnection(parameters)
         except BROKER_ERRORS as error:
             raise BrokerUnavailable(f"cannot connect to {mask_url(self.config.amqp_url)}: {error!r}") from None
         try:

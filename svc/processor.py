@@ -4,6 +4,8 @@ Parsing, deduplication, effects and metrics meet here; ``consumer.py`` only appl
 """
 
 import dataclasses
+import os
+import signal
 import time
 
 from . import metrics
@@ -28,8 +30,14 @@ UNAVAILABLE = Outcome("requeue", backoff=True)
 
 
 class Processor:
-    def __init__(self, service: str, dedup: NoDedup, meter: metrics.Metrics) -> None:
+    """``work_ms`` simulates slow work between claim and done; ``crash_at`` ("claimed" or "done")
+    makes the process SIGKILL itself at that point of the first window that gets there, so the
+    talk's failure windows can be shown and tested exactly."""
+
+    def __init__(self, service: str, dedup: NoDedup, meter: metrics.Metrics, *,
+                 work_ms: int = 0, crash_at: str = "") -> None:
         self.service, self.dedup, self.meter = service, dedup, meter
+        self.work_ms, self.crash_at = work_ms, crash_at
 
     def process(self, bodies: list[bytes]) -> list[Outcome]:
         started = time.monotonic()
@@ -53,7 +61,12 @@ class Processor:
         lead = [i for i in events if i not in followers]
         verdicts = dict(zip(lead, self.dedup.claim([events[i] for i in lead])))
         claimed = [i for i in lead if verdicts[i] is Verdict.CLAIMED]
-        verdicts.update(zip(claimed, self.dedup.commit([events[i] for i in claimed])))
+        if claimed:
+            self._fault("claimed")
+            time.sleep(self.work_ms / 1000)
+            verdicts.update(zip(claimed, self.dedup.commit([events[i] for i in claimed])))
+            if any(verdicts[i] is Verdict.OK for i in claimed):
+                self._fault("done")
         elapsed_ms = (time.monotonic() - started) * 1000
         for i, leader in followers.items():
             verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)
@@ -61,6 +74,11 @@ class Processor:
             outcomes[i] = self._outcome(events[i], verdict, elapsed_ms)
         self.meter.flush()
         return outcomes
+
+    def _fault(self, point: str) -> None:
+        if self.crash_at == point:
+            self.meter.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _outcome(self, event: Event, verdict: Verdict, elapsed_ms: float) -> Outcome:
         service = self.service

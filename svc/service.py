@@ -43,7 +43,8 @@ def main(environ=None) -> int:
              config.etcd_prefix, "on" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
     try:
         if open_dedup(dedup, stop):
-            Supervisor(config, Processor(config.service, dedup, meter), stop).run()
+            processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at)
+            Supervisor(config, processor, stop).run()
     finally:
         dedup.close()
         etcd.close()

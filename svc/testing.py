@@ -1,0 +1,217 @@
+"""Test support (in the spirit of nameko.testing): an isolated world of names and real processes.
+
+A ``World`` gives a test its own exchange, etcd prefix and service names (so queues, keys and
+metric paths never collide with another test or the demo), runs ``python -m svc`` as real
+subprocesses in their own process groups, and on ``close()`` kills them and removes every queue,
+exchange and key it made. Every wait has a deadline and says what it waited for.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pika
+
+from . import topology
+from ._etcd import Etcd
+from .config import parse_endpoints
+from .consumer import connection_name
+from .effects import count, counts_by_id
+from .publisher import Publisher
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"waited {timeout:g} s for {what}")
+        time.sleep(interval)
+
+
+class ServiceProcess:
+    """One ``python -m svc`` subprocess, in its own session; its stderr in a log file."""
+
+    def __init__(self, service: str, env: dict, log_path: Path) -> None:
+        self.service, self.log_path = service, log_path
+        with open(log_path, "ab") as log:
+            self.popen = subprocess.Popen([sys.executable, "-m", "svc"], env=env, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, wait for the exit (SIGKILL after ``timeout``); the exit status."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"{self.service} (pid {self.pid}) did not stop within {timeout:g} s") from None
+
+    def kill(self) -> int:
+        self.signal(signal.SIGKILL)
+        return self.popen.wait(STOP_TIMEOUT)
+
+
+class World:
+    """An isolated set of names on the real RabbitMQ, etcd and statsd."""
+
+    def __init__(self, amqp_url: str, etcd_endpoint: str, log_dir: Path, *,
+                 statsd: tuple[str, int] = ("127.0.0.1", 8125)) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
+        self.exchange, self.prefix = f"t-{tag}", f"/t-{tag}"
+        self.etcd = Etcd(parse_endpoints(etcd_endpoint))
+        self.processes: list[ServiceProcess] = []
+        self.services: set[str] = set()
+        self._connection = None
+
+    # -- names and settings -------------------------------------------------------------------
+
+    def service_name(self, base: str = "orders") -> str:
+        """A unique service name (so its metric paths are new), its queue declared now."""
+        name = f"t{uuid.uuid4().hex[:6]}_{base}"
+        self.services.add(name)
+        topology.declare(self.channel(), self.exchange, services=(name,))
+        return name
+
+    def env(self, service: str, *, enable_etcd: bool = False, **settings) -> dict:
+        env = {key: value for key, value in os.environ.items() if key not in {"CRASH_AT", "WORK_MS"}}
+        env.update(SERVICE_NAME=service, ENABLE_ETCD="true" if enable_etcd else "false", AMQP_URL=self.amqp_url,
+                   ETCD_ENDPOINTS=self.etcd_endpoint, STATSD_HOST=self.statsd[0], STATSD_PORT=str(self.statsd[1]),
+                   EVENTS_EXCHANGE=self.exchange, ETCD_PREFIX=self.prefix, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+        env.update({key.upper(): str(value) for key, value in settings.items()})
+        return env
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def start(self, service: str, *, replicas: int = 1, wait: bool = True, enable_etcd: bool = False,
+              **settings) -> list[ServiceProcess]:
+        """Start ``replicas`` processes of ``service``; wait until the queue has them as consumers."""
+        self.services.add(service)
+        before = self.consumers(service)
+        started = [ServiceProcess(service, self.env(service, enable_etcd=enable_etcd, **settings),
+                                  self.log_dir / f"{service}-{len(self.processes) + i}.log")
+                   for i in range(replicas)]
+        self.processes.extend(started)
+        if wait:
+            self.wait_consumers(service, before + replicas, started)
+        return started
+
+    def wait_consumers(self, service: str, consumers: int, processes=(), timeout: float = START_TIMEOUT) -> None:
+        def ready():
+            for process in processes:
+                if not process.alive():
+                    raise RuntimeError(f"{service} exited with {process.popen.returncode}:\n{process.log()}")
+            return self.consumers(service) >= consumers
+        wait_for(ready, f"{consumers} consumers on {self.queue(service)}", timeout)
+
+    # -- RabbitMQ -----------------------------------------------------------------------------
+
+    def channel(self):
+        if self._connection is None or not self._connection.is_open:
+            self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            self._channel = self._connection.channel()
+        return self._channel
+
+    def queue(self, service: str) -> str:
+        return topology.queue_name(service, self.exchange)
+
+    def consumers(self, service: str) -> int:
+        return self.channel().queue_declare(self.queue(service), passive=True).method.consumer_count
+
+    def depth(self, service: str) -> int:
+        """Messages ready in the service's queue (not those delivered and not yet acked)."""
+        return self.channel().queue_declare(self.queue(service), passive=True).method.message_count
+
+    def publisher(self, *services: str) -> Publisher:
+        return Publisher(self.amqp_url, self.exchange, services=services)
+
+    def publish(self, service: str, event, count: int = 1, **options):
+        result = self.publisher(service).publish(event, count=count, **options)
+        assert result.ok, result
+        return result
+
+    def dead_letters(self) -> list[tuple[bytes, dict]]:
+        """Take every dead letter of this world: ``[(body, headers)]``."""
+        letters = []
+        while True:
+            method, properties, body = self.channel().basic_get(topology.dead_letter_queue(self.exchange), auto_ack=True)
+            if method is None:
+                return letters
+            letters.append((body, dict(properties.headers or {})))
+
+    def close_connections(self, process: ServiceProcess) -> int:
+        """Close the broker connections of one service process (as an operator would with
+        ``rabbitmqctl close_connection``); how many were closed."""
+        out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        marker = connection_name(process.service, process.pid)
+        pids = [line.split("\t", 1)[0] for line in out.splitlines() if f'"{marker}"' in line]
+        for pid in pids:
+            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"],
+                           capture_output=True, timeout=30, check=True)
+        return len(pids)
+
+    # -- etcd ---------------------------------------------------------------------------------
+
+    def effects(self, service: str, event_id: str | None = None) -> int:
+        return count(self.etcd, service, event_id, prefix=self.prefix)
+
+    def effects_by_id(self, service: str) -> dict[str, int]:
+        return counts_by_id(self.etcd, service, prefix=self.prefix)
+
+    # -- teardown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill every process (SIGKILL by group), then remove queues, exchanges and keys."""
+        for process in self.processes:
+            if process.alive():
+                process.kill()
+        try:
+            channel = self.channel()
+            topology.delete(channel, self.exchange, services=sorted(self.services))
+            self._connection.close()
+        except pika.exceptions.AMQPError:
+            pass
+        try:
+            self.etcd.delete_prefix(self.prefix + "/")
+        finally:
+            self.etcd.close()
+
+
+def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> float:
+    """The sum of a Graphite series (``stats_counts.<name>``, ``stats.timers.<name>.count``)."""
+    query = urllib.parse.urlencode({"target": target, "from": since, "format": "json"})
+    with urllib.request.urlopen(f"{graphite_url}/render?{query}", timeout=5) as response:
+        series = json.load(response)
+    return sum(value or 0 for item in series for value, _ in item["datapoints"])

@@ -1,0 +1,57 @@
+"""Configuration of ``python -m svc``: defaults, one-line errors naming the variable, exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from svc.config import Config, mask_url
+from svc.errors import ConfigError
+
+
+def test_defaults_are_the_talks():
+    config = Config.from_env({"SERVICE_NAME": "orders"})
+    assert config.service == "orders" and config.enable_etcd is False
+    assert config.exchange == "events" and config.etcd_prefix == "/nirvana"
+    assert config.etcd_endpoints == (("127.0.0.1", 2379),)
+
+
+def test_a_cluster_of_endpoints():
+    config = Config.from_env({"SERVICE_NAME": "notify", "ENABLE_ETCD": "true",
+                              "ETCD_ENDPOINTS": "10.0.0.1:2379, http://10.0.0.2:2379,etcd3:12379"})
+    assert config.enable_etcd
+    assert config.etcd_endpoints == (("10.0.0.1", 2379), ("10.0.0.2", 2379), ("etcd3", 12379))
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("SERVICE_NAME", ""), ("SERVICE_NAME", "Orders"), ("SERVICE_NAME", "a" * 33), ("SERVICE_NAME", "../x"),
+    ("ENABLE_ETCD", "maybe"), ("ETCD_ENDPOINTS", "localhost"), ("ETCD_ENDPOINTS", "h:99999"),
+    ("STATSD_PORT", "eighty"), ("PREFETCH", "0"), ("CLAIM_TTL", "0"), ("AMQP_URL", "http://x"),
+    ("EVENTS_EXCHANGE", "a b"), ("ETCD_PREFIX", "nirvana"), ("LOG_LEVEL", "loud"), ("CRASH_AT", "later"),
+])
+def test_a_bad_value_names_its_variable(variable, value):
+    env = {"SERVICE_NAME": "orders", variable: value}
+    with pytest.raises(ConfigError) as raised:
+        Config.from_env(env)
+    assert str(raised.value).startswith(variable) and "\n" not in str(raised.value)
+
+
+def test_the_password_never_shows():
+    assert mask_url("amqp://user:s3cret@host:5672/%2F") == "amqp://user:***@host:5672/%2F"
+    with pytest.raises(ConfigError) as raised:
+        Config.from_env({"SERVICE_NAME": "orders", "AMQP_URL": "ftp://user:s3cret@host"})
+    assert "s3cret" not in str(raised.value)
+
+
+def test_python_m_svc_exits_2_with_one_line():
+    # Given a bad setting, when the service starts, I expect one line naming it and status 2.
+    result = subprocess.run([sys.executable, "-m", "svc"], env={"SERVICE_NAME": "orders", "PREFETCH": "lots"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "PREFETCH" in result.stderr
+
+
+def test_publish_refuses_bad_json_with_2():
+    result = subprocess.run([sys.executable, "-m", "svc.publish", "--input", "{not json"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "not valid JSON" in result.stderr and "nothing was published" in result.stderr

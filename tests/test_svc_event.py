@@ -1,0 +1,84 @@
+"""Event parsing and id encoding: pure logic, no services."""
+
+import json
+
+import pytest
+
+from svc import keys
+from svc.errors import InvalidEvent
+from svc.event import MAX_BODY_BYTES, MAX_ID_BYTES, parse
+
+# (name, body, words the reason must contain): every kind of bad input the consumer must survive.
+BAD_INPUT = [
+    ("empty", b"", "empty body"),
+    ("oversized body", b'{"type":"new_order","id":"1","args":{"x":"' + b"a" * MAX_BODY_BYTES + b'"}}', "over the limit"),
+    ("not utf-8", b'{"type":"new_order","id":"\xff"}', "not UTF-8"),
+    ("latin-1 text", "{\"id\": \"caf\xe9\"}".encode("latin-1"), "not UTF-8"),
+    ("not json", b"hello", "not JSON"),
+    ("truncated json", b'{"type":"new_order","id":', "not JSON"),
+    ("utf-8 bom", b'\xef\xbb\xbf{"type":"new_order","id":"1"}', "not JSON"),
+    ("json array", b'[{"type":"new_order","id":"1"}]', "array, not an object"),
+    ("json string", b'"new_order"', "string, not an object"),
+    ("json number", b"123", "number, not an object"),
+    ("json null", b"null", "null, not an object"),
+    ("NaN", b'{"type":"new_order","id":"1","args":{"x":NaN}}', "NaN"),
+    ("nested too deep", b"[" * 50000, "nested too deeply"),
+    ("duplicate key", b'{"type":"new_order","id":"1","id":"2"}', "appears twice"),
+    ("no id", b'{"type":"new_order"}', "no id"),
+    ("id null", b'{"type":"new_order","id":null}', "id is a JSON null"),
+    ("id number", b'{"type":"new_order","id":123}', "id is a JSON number"),
+    ("id object", b'{"type":"new_order","id":{"a":1}}', "id is a JSON object"),
+    ("id empty", b'{"type":"new_order","id":""}', "id is empty"),
+    ("id oversized", json.dumps({"type": "new_order", "id": "x" * (MAX_ID_BYTES + 1)}).encode(), "over the limit"),
+    ("id lone surrogate", b'{"type":"new_order","id":"\\ud800"}', "lone surrogate"),
+    ("no type", b'{"id":"1"}', "no type"),
+    ("type unknown", b'{"type":"drop_tables","id":"1"}', "unknown type"),
+    ("type number", b'{"type":7,"id":"1"}', "type is a JSON number"),
+    ("args array", b'{"type":"new_order","id":"1","args":[1,2]}', "args is a JSON array"),
+    ("args string", b'{"type":"new_order","id":"1","args":"x"}', "args is a JSON string"),
+]
+
+
+@pytest.mark.parametrize("body, words", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_refused_with_a_reason(body, words):
+    # Given a body that is not a valid event, when parsed, I expect InvalidEvent saying why.
+    with pytest.raises(InvalidEvent) as raised:
+        parse(body)
+    assert words in raised.value.reason
+    assert len(raised.value.reason) < 200 and "\n" not in raised.value.reason
+
+
+def test_the_talks_event_parses():
+    event = parse(b'{"type":"new_order","id":"123"}')
+    assert (event.type, event.id, dict(event.args)) == ("new_order", "123", {})
+
+
+def test_digest_tells_payloads_apart_but_not_key_order():
+    a = parse(b'{"type":"new_order","id":"1","args":{"x":1,"y":2}}')
+    b = parse(b'{"args":{"y":2,"x":1},"id":"1","type":"new_order"}')
+    c = parse(b'{"type":"new_order","id":"1","args":{"x":2,"y":2}}')
+    d = parse(b'{"type":"ban_user","id":"1","args":{"x":1,"y":2}}')
+    assert a.digest == b.digest
+    assert len({a.digest, c.digest, d.digest}) == 3
+
+
+HOSTILE_IDS = ["../notify/123", "/", "..", "a/b", "\0", "a\0b", "%2F", "%", "ü", "x y", "orders", "-", "_", "a.b",
+               "\U0001f600", "\\", "\n"]
+
+
+@pytest.mark.parametrize("event_id", HOSTILE_IDS)
+def test_an_id_stays_under_its_service_prefix(event_id):
+    # Given any id, I expect its key to be one path segment under the service's prefix.
+    key = keys.dedup_key("/nirvana", "orders", event_id)
+    prefix = keys.dedup_prefix("/nirvana", "orders")
+    segment = key[len(prefix):]
+    assert key.startswith(prefix)
+    assert segment and all(ch.isalnum() or ch in "%_-" for ch in segment) and segment.isascii()
+    assert keys.decode_id(segment) == event_id
+
+
+def test_id_encoding_is_injective():
+    ids = HOSTILE_IDS + [i.upper() for i in HOSTILE_IDS] + ["%25", "%", "25"]
+    encoded = {keys.encode_id(i) for i in set(ids)}
+    assert len(encoded) == len(set(ids))
+    assert keys.encode_id("123") == "123"

@@ -1,0 +1,161 @@
+"""Faults against the real stack: replicas racing, SIGKILL mid-work, etcd away, connections closed.
+
+The effects in etcd turn "nothing lost, nothing done twice" into counts per event id.
+"""
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from svc.testing import wait_for
+
+NEW_ORDER = {"type": "new_order", "id": "dup"}
+
+
+@pytest.mark.parametrize("replicas", [2, 8])
+def test_replicas_given_the_same_id_leave_one_effect(svc_world, replicas):
+    orders = svc_world.service_name("orders")
+    # WORK_MS keeps each claim held a while, so siblings really meet a live claim.
+    svc_world.start(orders, replicas=replicas, enable_etcd=True, work_ms=200, claim_ttl=5)
+    svc_world.publish(orders, NEW_ORDER, count=4 * replicas)
+    svc_world.publish(orders, {"type": "new_order", "id": "x"}, count=20, fresh_ids=True)
+    wait_for(lambda: svc_world.depth(orders) == 0 and len(svc_world.effects_by_id(orders)) == 21,
+             "every event handled", timeout=20)
+    time.sleep(0.5)  # let a late (wrong) second processing show, if there were one
+    assert svc_world.effects(orders, "dup") == 1
+    assert set(svc_world.effects_by_id(orders).values()) == {1}
+    assert all(p.alive() for p in svc_world.processes)
+
+
+def test_sigkill_between_claim_and_done_processes_once_after_the_lease(svc_world):
+    orders = svc_world.service_name("orders")
+    [crashing] = svc_world.start(orders, enable_etcd=True, claim_ttl=1, crash_at="claimed")
+    svc_world.publish(orders, NEW_ORDER)
+    # Given a consumer killed after its claim, before its work was marked done...
+    assert crashing.popen.wait(10) == -9
+    assert svc_world.effects(orders, "dup") == 0
+    # ... when a fresh consumer gets the redelivery, it waits out the dead claim, then processes it once.
+    svc_world.start(orders, enable_etcd=True, claim_ttl=1)
+    wait_for(lambda: svc_world.effects(orders, "dup") == 1, "the event processed after the lease expired")
+    wait_for(lambda: svc_world.depth(orders) == 0, "the queue drained")
+    time.sleep(0.5)
+    assert svc_world.effects(orders, "dup") == 1
+
+
+@pytest.mark.parametrize("enable_etcd, effects", [(True, 1), (False, 2)])
+def test_sigkill_after_done_before_ack(svc_world, enable_etcd, effects):
+    orders = svc_world.service_name("orders")
+    [crashing] = svc_world.start(orders, enable_etcd=enable_etcd, crash_at="done")
+    svc_world.publish(orders, NEW_ORDER)
+    assert crashing.popen.wait(10) == -9
+    assert svc_world.effects(orders, "dup") == 1
+    # When the unacked event is redelivered: with dedup skipped (1 effect), without processed again (2).
+    svc_world.start(orders, enable_etcd=enable_etcd)
+    wait_for(lambda: svc_world.depth(orders) == 0 and svc_world.effects(orders, "dup") >= 1, "redelivery handled")
+    svc_world.publish(orders, {"type": "new_order", "id": "marker"})
+    wait_for(lambda: svc_world.effects(orders, "marker") == 1, "a later event processed")
+    assert svc_world.effects(orders, "dup") == effects
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not on PATH")
+@pytest.mark.parametrize("enable_etcd", [True, False])
+def test_closed_broker_connections_reconnect_and_lose_nothing(svc_world, enable_etcd):
+    orders = svc_world.service_name("orders")
+    [process] = svc_world.start(orders, enable_etcd=enable_etcd, prefetch=20)
+    publisher = svc_world.publisher(orders)
+    ids = []
+    for round_ in range(3):
+        ids += publisher.publish({"type": "new_order", "id": f"r{round_}"}, count=300, fresh_ids=True).ids
+        # Given events in flight, when the broker closes the consumer's connection...
+        assert svc_world.close_connections(process) >= 1
+    # ... I expect it back, every event processed, and with dedup none twice.
+    wait_for(lambda: len(svc_world.effects_by_id(orders)) == len(ids), "every event processed", timeout=30)
+    svc_world.wait_consumers(orders, 1, [process])
+    counts = svc_world.effects_by_id(orders)
+    assert set(counts) == set(ids)
+    if enable_etcd:
+        assert set(counts.values()) == {1}
+    assert "reconnecting" in process.log() and process.alive()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class OwnEtcd:
+    """A throwaway etcd on free ports, for stopping mid-stream (never the shared stack's etcd)."""
+
+    def __init__(self, data_dir) -> None:
+        self.client, peer = _free_port(), _free_port()
+        self.endpoint = f"127.0.0.1:{self.client}"
+        self.args = ["etcd", "--name", "t", "--data-dir", str(data_dir),
+                     "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
+                     "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                     "--initial-cluster", f"t=http://127.0.0.1:{peer}"]
+        self.process = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        wait_for(lambda: _tcp_open(self.client), f"etcd on {self.endpoint}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def own_etcd(tmp_path):
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not on PATH")
+    etcd = OwnEtcd(tmp_path / "etcd")
+    etcd.start()
+    yield etcd
+    etcd.stop()
+
+
+def test_etcd_stopped_mid_stream_fails_closed_then_processes_once(svc_world, own_etcd, graphite_url):
+    from svc import Etcd, counts_by_id
+    from svc.config import parse_endpoints
+    from svc.testing import graphite_total
+
+    orders = svc_world.service_name("orders")
+    [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own_etcd.endpoint, etcd_timeout=0.5)
+    publisher = svc_world.publisher(orders)
+    first = publisher.publish({"type": "new_order", "id": "a"}, count=50, fresh_ids=True).ids
+    etcd = Etcd(parse_endpoints(own_etcd.endpoint))
+    try:
+        wait_for(lambda: len(counts_by_id(etcd, orders, prefix=svc_world.prefix)) == 50, "the first 50 processed")
+        # Given etcd gone mid-stream, when more events (and repeats) arrive, nothing is processed...
+        own_etcd.stop()
+        second = publisher.publish({"type": "new_order", "id": "b"}, count=50, fresh_ids=True).ids
+        publisher.publish({"type": "new_order", "id": first[0]}, count=5)
+        unavailable = f"stats_counts.{orders}_dedup_unavailable"
+        wait_for(lambda: graphite_total(graphite_url, unavailable) > 0, "dedup_unavailable counted", timeout=15,
+                 interval=0.5)
+        assert process.alive()
+        # ... and when etcd is back, every event is processed exactly once.
+        own_etcd.start()
+        wait_for(lambda: len(counts_by_id(etcd, orders, prefix=svc_world.prefix)) == 100, "all 100 processed",
+                 timeout=30)
+        wait_for(lambda: svc_world.depth(orders) == 0, "the queue drained", timeout=15)
+        time.sleep(0.5)
+        counts = counts_by_id(etcd, orders, prefix=svc_world.prefix)
+        assert set(counts) == set(first) | set(second) and set(counts.values()) == {1}
+    finally:
+        etcd.close()

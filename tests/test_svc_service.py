@@ -1,0 +1,112 @@
+"""``python -m svc`` against the real RabbitMQ, etcd and statsd/Graphite: the talk, as tests."""
+
+import signal
+import time
+
+import pytest
+
+from svc import metrics
+from svc.testing import graphite_total, wait_for
+from svc.topology import REASON_HEADER, ROUTING_KEY_HEADER, SERVICE_HEADER
+
+from test_svc_event import BAD_INPUT
+
+NEW_ORDER = {"type": "new_order", "id": "123"}
+
+
+def test_chapter_3_idempotency(svc_world):
+    orders = svc_world.service_name("orders")
+    # Given orders without etcd, when the same event comes three times, it is processed each time.
+    svc_world.start(orders)
+    svc_world.publish(orders, NEW_ORDER, count=3)
+    wait_for(lambda: svc_world.effects(orders, "123") >= 3, "3 effects without dedup")
+    [process] = svc_world.processes
+    assert process.stop() == 0
+    assert svc_world.effects(orders, "123") == 3
+    # When restarted with ENABLE_ETCD=true: the first is processed, the repeats are skipped.
+    svc_world.start(orders, enable_etcd=True)
+    svc_world.publish(orders, NEW_ORDER, count=3)
+    svc_world.publish(orders, {"type": "new_order", "id": "124"})
+    wait_for(lambda: svc_world.effects(orders, "124") == 1 and svc_world.depth(orders) == 0, "124 processed")
+    assert svc_world.effects(orders, "123") == 4
+    assert svc_world.processes[-1].stop() == 0
+    # When restarted again, the repeats are skipped at once: the done ids were imported at start.
+    svc_world.start(orders, enable_etcd=True)
+    assert "imported 2 done ids" in svc_world.processes[-1].log()
+    svc_world.publish(orders, NEW_ORDER, count=3)
+    svc_world.publish(orders, {"type": "new_order", "id": "125"})
+    wait_for(lambda: svc_world.effects(orders, "125") == 1 and svc_world.depth(orders) == 0, "125 processed")
+    assert svc_world.effects(orders, "123") == 4
+    assert svc_world.effects(orders) == 6
+
+
+def test_every_metric_name_reaches_graphite(svc_world, graphite_url):
+    orders, notify = svc_world.service_name("orders"), svc_world.service_name("notify")
+    # Given both services on one exchange (each queue bound with #, so each gets every event)...
+    for service in (orders, notify):
+        svc_world.start(service, enable_etcd=True)
+    publisher = svc_world.publisher(orders, notify)
+    publisher.publish({"type": "new_order", "id": "o1"}, count=2)                     # ok + skipped
+    publisher.publish({"type": "ban_user", "id": "u1", "args": {"user": "mallory"}}, count=2)
+    publisher.publish({"type": "new_order", "id": "o1", "args": {"other": True}})      # conflict
+    publisher.publish(b"not json")                                                    # invalid
+    expected = {}
+    for service in (orders, notify):
+        expected.update({metrics.ok(service, "new_order"): 1, metrics.skipped(service, "new_order"): 1,
+                         metrics.ok(service, "ban_user"): 1, metrics.skipped(service, "ban_user"): 1,
+                         metrics.conflict(service, "new_order"): 1, metrics.invalid(service): 1})
+    targets = {f"stats_counts.{name}": count for name, count in expected.items()}
+    for service in (orders, notify):
+        for kind in ("new_order", "ban_user"):
+            targets[f"stats.timers.{metrics.timer(service, kind)}.count"] = 1
+    # Then Graphite shows each name with its count (statsd flushes every second).
+    wait_for(lambda: all(graphite_total(graphite_url, t) >= n for t, n in targets.items()),
+             "every metric in Graphite", timeout=20, interval=0.5)
+    assert {t: graphite_total(graphite_url, t) for t in targets} == targets
+    assert orders.startswith("t") and metrics.ok(orders, "new_order") == f"{orders}_new_order_ok"
+
+
+def test_bad_input_is_dead_lettered_and_the_consumer_goes_on(svc_world):
+    orders = svc_world.service_name("orders")
+    [process] = svc_world.start(orders, enable_etcd=True)
+    publisher = svc_world.publisher(orders)
+    # Given every kind of bad input, each between two good events...
+    for n, (name, body, _) in enumerate(BAD_INPUT):
+        publisher.publish({"type": "new_order", "id": f"good-{n}"})
+        assert publisher.publish(body).ok, name
+    publisher.publish({"type": "new_order", "id": "good-last"})
+    # ... I expect each dead-lettered with its reason and the service, and every good one processed.
+    wait_for(lambda: len(svc_world.effects_by_id(orders)) == len(BAD_INPUT) + 1, "every good event processed")
+    letters = wait_for(lambda: _all_letters(svc_world, len(BAD_INPUT)), "every dead letter")
+    assert process.alive()
+    assert sorted(body for body, _ in letters) == sorted(body for _, body, _ in BAD_INPUT)
+    reasons = {body: headers for body, headers in letters}
+    for name, body, words in BAD_INPUT:
+        headers = reasons[body]
+        assert words in headers[REASON_HEADER], name
+        assert headers[SERVICE_HEADER] == orders and headers[ROUTING_KEY_HEADER] == "foo"
+    assert set(svc_world.effects_by_id(orders).values()) == {1}
+
+
+def _all_letters(world, n, _seen=[]):  # noqa: B006  (collects across polls within one test)
+    letters = world.dead_letters()
+    _seen.extend(letters)
+    if len(_seen) >= n:
+        found, _seen[:] = list(_seen), []
+        return found
+    return None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_finishes_acks_and_exits_0(svc_world, signum):
+    orders = svc_world.service_name("orders")
+    [process] = svc_world.start(orders, work_ms=1500)
+    svc_world.publish(orders, {"type": "new_order", "id": "slow"}, count=1)
+    wait_for(lambda: svc_world.depth(orders) == 0, "the event delivered")
+    time.sleep(0.3)  # the consumer takes a delivery within 0.2 s; its work lasts 1.5 s
+    # Given an event in the middle of its work, when signalled, I expect it finished and acked.
+    process.signal(signum)
+    assert process.popen.wait(10) == 0
+    assert svc_world.effects(orders, "slow") == 1
+    assert svc_world.depth(orders) == 0 and svc_world.consumers(orders) == 0
+    assert "stopped" in process.log() and "Traceback" not in process.log()
