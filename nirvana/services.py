@@ -51,10 +51,16 @@ class Service:
     dedup: bool
     exchange: str
     log: str
+    instance: int = 1       # 1, 2, ... when several replicas of one service run
+
+    @property
+    def key(self) -> str:
+        """The name of its record and log: ``orders``, then ``orders@2`` for a second replica."""
+        return _key(self.name, self.instance)
 
     @property
     def dedup_label(self) -> str:
-        return "dedup on" if self.dedup else "dedup off"
+        return _dedup_label(self.dedup)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class Status:
 
     name: str
     state: str              # "running", "stopped" or "exited with status N"
-    pid: int | None = None
+    pids: tuple[int, ...] = ()
     dedup: bool | None = None
     uptime: float | None = None
 
@@ -72,25 +78,38 @@ class Status:
         return self.state == "running"
 
     @property
+    def pid(self) -> int | None:
+        return self.pids[0] if self.pids else None
+
+    @property
     def summary(self) -> str:
-        if self.running:
-            return f"{self.name}: running, {'dedup on' if self.dedup else 'dedup off'}"
-        return f"{self.name}: {self.state}"
+        if not self.running:
+            return f"{self.name}: {self.state}"
+        replicas = f" x{len(self.pids)}" if len(self.pids) > 1 else ""
+        return f"{self.name}: running{replicas}, {_dedup_label(self.dedup)}"
 
     def __str__(self) -> str:
         if self.running:
-            return f"{self.summary} (pid {self.pid}, up {self.uptime:.0f} s)"
+            return f"{self.summary} (pid {', '.join(map(str, self.pids))}, up {self.uptime:.0f} s)"
         return self.summary
 
 
-# The processes this interpreter started, by name: reaped here, stopped at exit.
+def _dedup_label(dedup: bool | None) -> str:
+    return "dedup on" if dedup else "dedup off"
+
+
+def _key(name: str, instance: int) -> str:
+    return name if instance == 1 else f"{name}@{instance}"
+
+
+# The processes this interpreter started, by record key: reaped here, stopped at exit.
 _children: dict[str, subprocess.Popen] = {}
-_exit_codes: dict[str, int] = {}
+_exit_codes: dict[str, int] = {}   # by service name: how its last process ended, if it failed
 _atexit_registered = False
 
 
 def _check_name(name: str) -> str:
-    if not NAME_PATTERN.fullmatch(name or ""):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"bad service name {name!r}: use 1-32 of a-z, 0-9, _ and -, starting with a letter")
     return name
 
@@ -99,30 +118,31 @@ def _records_dir() -> Path:
     return paths.state_dir() / "services"
 
 
-def _record_path(name: str) -> Path:
-    return _records_dir() / f"{name}.json"
+def _record_path(key: str) -> Path:
+    return _records_dir() / f"{key}.json"
 
 
-def log_path(name: str) -> Path:
-    return paths.log_dir() / f"svc-{_check_name(name)}.log"
+def log_path(name: str, instance: int = 1) -> Path:
+    return paths.log_dir() / f"svc-{_key(_check_name(name), instance)}.log"
 
 
-def _read_record(name: str) -> Service | None:
+def _read_record(path: Path) -> Service | None:
     try:
-        return Service(**json.loads(_record_path(name).read_text()))
+        return Service(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
 
 
 def _write_record(service: Service) -> None:
     _records_dir().mkdir(parents=True, exist_ok=True)
-    tmp = _record_path(service.name).with_suffix(".tmp")
+    path = _record_path(service.key)
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(service)))
-    tmp.replace(_record_path(service.name))
+    tmp.replace(path)
 
 
-def _forget(name: str) -> None:
-    _record_path(name).unlink(missing_ok=True)
+def _forget(service: Service) -> None:
+    _record_path(service.key).unlink(missing_ok=True)
 
 
 def _is_svc(process: psutil.Process) -> bool:
@@ -135,10 +155,7 @@ def _is_svc(process: psutil.Process) -> bool:
 
 def _alive(service: Service) -> bool:
     """The recorded pid is still the process the kit started (same start time, still svc)."""
-    child = _children.get(service.name)
-    if child is not None and child.pid == service.pid and child.poll() is not None:
-        _exit_codes[service.name] = child.returncode
-        return False
+    _reap(service)
     try:
         process = psutil.Process(service.pid)
         return abs(process.create_time() - service.started) < SAME_START and _is_svc(process)
@@ -146,15 +163,27 @@ def _alive(service: Service) -> bool:
         return False
 
 
+def instances(name: str) -> list[Service]:
+    """Every live replica of the service, first instance first (stale records are dropped)."""
+    _check_name(name)
+    if not _records_dir().is_dir():
+        return []
+    live = []
+    for path in [_record_path(name), *_records_dir().glob(f"{name}@*.json")]:
+        service = _read_record(path)
+        if service is None:
+            continue
+        if _alive(service):
+            live.append(service)
+        else:
+            _forget(service)
+    return sorted(live, key=lambda service: service.instance)
+
+
 def running(name: str) -> Service | None:
-    """The running service of that name, or None (a stale record is dropped)."""
-    service = _read_record(_check_name(name))
-    if service is None:
-        return None
-    if _alive(service):
-        return service
-    _forget(name)
-    return None
+    """The service's first live replica, or None when it is not running."""
+    live = instances(name)
+    return live[0] if live else None
 
 
 def _environment(name: str, dedup: bool, env: dict[str, str] | None) -> dict[str, str]:
@@ -173,35 +202,8 @@ def _environment(name: str, dedup: bool, env: dict[str, str] | None) -> dict[str
     return environment
 
 
-def start(
-    name: str,
-    *,
-    dedup: bool = False,
-    wait: bool = True,
-    timeout: float = DEFAULT_TIMEOUT,
-    env: dict[str, str] | None = None,
-    progress: Progress = print,
-) -> Service:
-    """Start ``python -m svc`` as ``name``; with ``dedup`` it deduplicates through etcd.
-
-    ``env`` adds settings (EVENTS_EXCHANGE, ETCD_PREFIX, ...). Starting a running service is a
-    no-op that says so; asking for the other dedup setting is an error pointing at restart().
-    With ``wait`` it returns once the service's queue has a consumer, or raises ServiceError
-    with the last log lines (and stops what it started) when it exits or the deadline passes.
-    """
-    current = running(name)
-    if current is not None:
-        if current.dedup != dedup:
-            raise ServiceError(
-                f"{name} is already running with {current.dedup_label}: "
-                f"use restart({name!r}, dedup={dedup}) to change it"
-            )
-        progress(f"{name}: already running, {current.dedup_label}")
-        return current
-    environment = _environment(name, dedup, env)
-    exchange = environment.get("EVENTS_EXCHANGE") or DEFAULT_EXCHANGE
-    rabbit.queue_counts(rabbit.queue_of(name, exchange), url=environment["AMQP_URL"])  # says if RabbitMQ is down
-    log = log_path(name)
+def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -> Service:
+    log = log_path(name, instance)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         child = subprocess.Popen(
@@ -210,32 +212,78 @@ def start(
             start_new_session=True,   # its own process group: a stop reaches all of it, Ctrl-C in Jupyter none
         )
     _register_atexit()
-    _children[name] = child
-    _exit_codes.pop(name, None)
-    service = Service(name, child.pid, psutil.Process(child.pid).create_time(), dedup, exchange, str(log))
+    exchange = environment.get("EVENTS_EXCHANGE") or DEFAULT_EXCHANGE
+    service = Service(name, child.pid, psutil.Process(child.pid).create_time(), dedup, exchange, str(log), instance)
+    _children[service.key] = child
     _write_record(service)
-    label = service.dedup_label
+    return service
+
+
+def start(
+    name: str,
+    *,
+    dedup: bool = False,
+    wait: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    replicas: int = 1,
+    env: dict[str, str] | None = None,
+    progress: Progress = print,
+) -> Service:
+    """Start ``python -m svc`` as ``name``; with ``dedup`` it deduplicates through etcd.
+
+    ``env`` adds settings (EVENTS_EXCHANGE, ETCD_PREFIX, ...); ``replicas`` runs that many
+    copies on the one queue. Starting a running service is a no-op that says so (or starts
+    the replicas still missing); asking for the other dedup setting is an error pointing at
+    restart(). With ``wait`` it returns once the queue has a consumer per replica, or raises
+    ServiceError with the last log lines (and stops what it started) when a replica exits or
+    the deadline passes. Returns the first replica.
+    """
+    _check_name(name)
+    if replicas < 1:
+        raise ValueError(f"replicas={replicas}: run at least 1")
+    live = instances(name)
+    if live and live[0].dedup != dedup:
+        raise ServiceError(
+            f"{name} is already running with {live[0].dedup_label}: use restart({name!r}, dedup={dedup}) to change it"
+        )
+    label = _dedup_label(dedup) + (f", {replicas} replicas" if replicas > 1 else "")
+    if len(live) >= replicas:
+        progress(f"{name}: already running, {label}")
+        return live[0]
+    environment = _environment(name, dedup, env)
+    exchange = environment.get("EVENTS_EXCHANGE") or DEFAULT_EXCHANGE
+    url = environment["AMQP_URL"]
+    rabbit.queue_counts(rabbit.queue_of(name, exchange), url=url)   # RabbitMQ down: says which command starts it
+    free = (i for i in range(1, replicas + len(live) + 1) if i not in {s.instance for s in live})
+    started = [_spawn(name, next(free), dedup, environment) for _ in range(replicas - len(live))]
     if not wait:
         progress(f"{name}: started, {label}")
-        return service
+        return (live + started)[0]
+
+    def failed() -> Service | None:
+        return next((s for s in started if _children[s.key].poll() is not None), None)
+
     try:
         poll(
-            lambda: (child.poll(), rabbit.consumers(name, exchange=exchange, url=environment["AMQP_URL"])),
-            lambda seen: seen[0] is not None or seen[1] > 0,
+            lambda: (failed(), rabbit.consumers(name, exchange=exchange, url=url)),
+            lambda seen: seen[0] is not None or seen[1] >= replicas,
             what=f"{name} to consume its queue ({label})",
             timeout=timeout,
             progress=progress,
             describe=lambda seen: f"{seen[1]} consumer(s)",
         )
     except TimeoutError as error:
-        _stop_now([service], 0)
+        _stop_now(started, 0)
         raise ServiceError(f"{name} did not become ready: {error}\n{logs(name)}") from None
-    if child.returncode is not None:
-        _exit_codes[name] = child.returncode
-        _forget(name)
-        raise ServiceError(f"{name} exited with status {child.returncode} before it was ready:\n{logs(name)}")
+    dead = failed()
+    if dead is not None:
+        code = _children[dead.key].returncode
+        _stop_now(started, 0)
+        _exit_codes[name] = code
+        raise ServiceError(f"{name} exited with status {code} before it was ready:\n{logs(name, instance=dead.instance)}")
+    _exit_codes.pop(name, None)
     progress(f"{name}: ready, {label}")
-    return service
+    return (live + started)[0]
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
@@ -259,7 +307,8 @@ def _signal_group(service: Service, sig: signal.Signals) -> None:
 def _stop_now(services: list[Service], timeout: float) -> dict[str, str]:
     """SIGTERM each group, wait up to ``timeout`` together, SIGKILL what is left; reap; forget.
 
-    ``timeout=0`` is a crash: SIGKILL at once. Returns how each one ended, "stopped" or "killed".
+    ``timeout=0`` is a crash: SIGKILL at once. Returns how each one ended by record key,
+    "stopped" or "killed".
     """
     for service in services:
         _signal_group(service, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
@@ -271,8 +320,8 @@ def _stop_now(services: list[Service], timeout: float) -> dict[str, str]:
             _signal_group(service, signal.SIGKILL)
             how = "killed"
             _wait_group(service, time.monotonic() + KILL_WAIT)
-        _forget(service.name)
-        ended[service.name] = how
+        _forget(service)
+        ended[service.key] = how
     return ended
 
 
@@ -289,30 +338,43 @@ def _wait_group(service: Service, deadline: float) -> bool:
 
 def _reap(service: Service) -> None:
     """Collect an exited child of ours (no zombie) and keep its exit status for status()."""
-    child = _children.get(service.name)
+    child = _children.get(service.key)
     if child is not None and child.pid == service.pid and child.poll() is not None:
         _exit_codes[service.name] = child.returncode
 
 
-def stop(name: str, timeout: float = DEFAULT_TIMEOUT, *, progress: Progress = print) -> bool:
-    """Stop gracefully: SIGTERM to the group, then SIGKILL after ``timeout``. False if not running."""
-    service = running(name)
-    if service is None:
-        progress(f"{name}: not running")
+def _targets(name: str, instance: int | None) -> list[Service]:
+    live = instances(name)
+    return live if instance is None else [s for s in live if s.instance == instance]
+
+
+def stop(
+    name: str, timeout: float = DEFAULT_TIMEOUT, *, instance: int | None = None, progress: Progress = print
+) -> bool:
+    """Stop gracefully: SIGTERM to the group, SIGKILL after ``timeout``. False if not running.
+
+    Every replica, or only ``instance`` (1, 2, ...).
+    """
+    targets = _targets(name, instance)
+    if not targets:
+        progress(f"{_key(name, instance or 1)}: not running")
         return False
-    how = _stop_now([service], timeout)[name]
-    progress(f"{name}: stopped" if how == "stopped" else f"{name}: killed, it ignored SIGTERM for {timeout:g} s")
+    for key, how in _stop_now(targets, timeout).items():
+        progress(f"{key}: stopped" if how == "stopped" else f"{key}: killed, it ignored SIGTERM for {timeout:g} s")
     return True
 
 
-def kill(name: str, *, progress: Progress = print) -> bool:
-    """Crash it: SIGKILL to the group, no goodbye. Unacked events go back to its queue."""
-    service = running(name)
-    if service is None:
-        progress(f"{name}: not running")
+def kill(name: str, *, instance: int | None = None, progress: Progress = print) -> bool:
+    """Crash it: SIGKILL to the group, no goodbye; events it had not acked go back to its queue.
+
+    Every replica, or only ``instance`` (its siblings carry on).
+    """
+    targets = _targets(name, instance)
+    if not targets:
+        progress(f"{_key(name, instance or 1)}: not running")
         return False
-    _stop_now([service], 0)
-    progress(f"{name}: killed (SIGKILL)")
+    for key in _stop_now(targets, 0):
+        progress(f"{key}: killed (SIGKILL)")
     return True
 
 
@@ -321,35 +383,38 @@ def restart(
     *,
     dedup: bool | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    replicas: int | None = None,
     env: dict[str, str] | None = None,
     progress: Progress = print,
 ) -> Service:
-    """Stop (if running) and start again; ``dedup=None`` keeps the current setting."""
-    current = running(name)
+    """Stop (if running) and start again; ``dedup``/``replicas`` None keep the current setting."""
+    live = instances(name)
     if dedup is None:
-        dedup = current.dedup if current else False
-    if current is not None:
+        dedup = live[0].dedup if live else False
+    if replicas is None:
+        replicas = max(len(live), 1)
+    if live:
         stop(name, timeout, progress=progress)
-    return start(name, dedup=dedup, timeout=timeout, env=env, progress=progress)
+    return start(name, dedup=dedup, timeout=timeout, replicas=replicas, env=env, progress=progress)
 
 
 def known_names() -> list[str]:
     """The talk's services, then any other service the kit has a record or a process for."""
-    names = list(NAMES) + sorted(_children)
+    keys = sorted(_children)
     if _records_dir().is_dir():
-        names += sorted(path.stem for path in _records_dir().glob("*.json"))
-    return list(dict.fromkeys(names))
+        keys += sorted(path.stem for path in _records_dir().glob("*.json"))
+    return list(dict.fromkeys([*NAMES, *(key.split("@")[0] for key in keys)]))
 
 
 def status(names: list[str] | tuple[str, ...] | None = None) -> dict[str, Status]:
     """Each service's state: ``print(status()["orders"])`` or ``for s in status().values()``."""
     result = {}
     for name in names or known_names():
-        service = running(name)
-        if service is not None:
-            uptime = time.time() - service.started
-            result[name] = Status(name, "running", service.pid, service.dedup, uptime)
-        elif name in _exit_codes and _exit_codes[name] not in (0, -signal.SIGTERM, -signal.SIGKILL):
+        live = instances(name)
+        if live:
+            uptime = time.time() - live[0].started
+            result[name] = Status(name, "running", tuple(s.pid for s in live), live[0].dedup, uptime)
+        elif _exit_codes.get(name, 0) not in (0, -signal.SIGTERM, -signal.SIGKILL):
             result[name] = Status(name, f"exited with status {_exit_codes[name]}")
         else:
             result[name] = Status(name, "stopped")
@@ -361,12 +426,12 @@ def summary(names: list[str] | tuple[str, ...] | None = None) -> str:
     return "\n".join(s.summary for s in status(names).values())
 
 
-def logs(name: str, lines: int = LOG_TAIL_LINES) -> str:
+def logs(name: str, lines: int = LOG_TAIL_LINES, *, instance: int = 1) -> str:
     """The last lines the service wrote (its log survives a stop, until the next start)."""
     try:
-        text = log_path(name).read_text(errors="replace")
+        text = log_path(name, instance).read_text(errors="replace")
     except FileNotFoundError:
-        return f"{name}: no log yet"
+        return f"{_key(name, instance)}: no log yet"
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -384,11 +449,10 @@ def running_pids() -> list[int]:
 
 
 def stop_all(timeout: float = DEFAULT_TIMEOUT, *, progress: Progress = quiet) -> list[str]:
-    """Stop every service the kit started, this kernel's and earlier ones'; return their names."""
-    services = [s for s in (running(name) for name in known_names()) if s is not None]
-    ended = _stop_now(services, timeout)
-    for name, how in ended.items():
-        progress(f"{name}: {how}")
+    """Stop every service the kit started, this kernel's and earlier ones'; return their keys."""
+    ended = _stop_now([s for name in known_names() for s in instances(name)], timeout)
+    for key, how in ended.items():
+        progress(f"{key}: {how}")
     return list(ended)
 
 
@@ -401,12 +465,13 @@ def _register_atexit() -> None:
 
 def _stop_children() -> None:
     """At interpreter exit: stop what this process started (and is still the same process)."""
-    services = [s for s in (running(name) for name in list(_children)) if s is not None]
-    _stop_now([s for s in services if _children[s.name].pid == s.pid], 5.0)
+    names = dict.fromkeys(key.split("@")[0] for key in _children)
+    mine = [s for name in names for s in instances(name) if s.key in _children and _children[s.key].pid == s.pid]
+    _stop_now(mine, 5.0)
 
 
 __all__ = [
     "ServiceError", "Service", "Status", "NAMES",
-    "start", "stop", "kill", "restart", "running", "status", "summary", "logs", "log_path",
+    "start", "stop", "kill", "restart", "instances", "running", "status", "summary", "logs", "log_path",
     "running_pids", "stop_all", "known_names",
 ]

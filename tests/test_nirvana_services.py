@@ -78,9 +78,11 @@ def test_a_recorded_pid_that_is_now_another_process_is_never_signalled(tmp_path,
 
 
 def test_status_lines_say_the_facts_without_pids():
-    up = services.Status("orders", "running", pid=4242, dedup=True, uptime=3.2)
+    up = services.Status("orders", "running", pids=(4242,), dedup=True, uptime=3.2)
     assert up.summary == "orders: running, dedup on"
     assert str(up) == "orders: running, dedup on (pid 4242, up 3 s)"
+    two = services.Status("orders", "running", pids=(4242, 4243), dedup=False, uptime=0)
+    assert two.summary == "orders: running x2, dedup off"
     assert str(services.Status("notify", "exited with status 2")) == "notify: exited with status 2"
 
 
@@ -133,6 +135,26 @@ def test_restart_keeps_or_changes_dedup(kit):
     changed = services.restart(name, dedup=False, env=kit["env"], progress=lambda _: None)
     assert changed.dedup is False
     assert services.summary([name]) == f"{name}: running, dedup off"
+
+
+def test_replicas_share_one_queue_and_one_can_crash_while_its_sibling_carries_on(kit):
+    name, lines = kit["names"]["a"], []
+    first = services.start(name, dedup=True, replicas=2, env=kit["env"], progress=lines.append)
+    assert lines[-1] == f"{name}: ready, dedup on, 2 replicas"
+    assert rabbit.consumers(name, exchange=kit["exchange"]) == 2
+    assert [s.instance for s in services.instances(name)] == [1, 2] and first.instance == 1
+    assert services.summary([name]) == f"{name}: running x2, dedup on"
+    # When replica 2 crashes, replica 1 still consumes
+    assert services.kill(name, instance=2, progress=lines.append)
+    assert lines[-1] == f"{name}@2: killed (SIGKILL)"
+    assert rabbit.consumers(name, exchange=kit["exchange"]) == 1
+    assert services.summary([name]) == f"{name}: running, dedup on"
+    # and asking for 2 replicas again starts only the missing one
+    services.start(name, dedup=True, replicas=2, env=kit["env"], progress=lines.append)
+    assert services.instances(name)[0] == first and len(services.running_pids()) == 2
+    assert services.stop(name, progress=lines.append)
+    assert lines[-2:] == [f"{name}: stopped", f"{name}@2: stopped"]
+    assert services.running_pids() == []
 
 
 def test_a_start_that_fails_says_why_with_the_last_log_lines(kit):
