@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from nirvana import rabbit, services, widgets
+from nirvana import graphite, rabbit, services, widgets
 from svc.publisher import PublishResult
 from test_nirvana_services import kit  # noqa: F401  (the isolated-kit fixture)
 
@@ -145,3 +145,20 @@ def test_a_failed_start_turns_the_light_red_and_says_why(kit, monkeypatch):  # n
     assert panel.states[name] == "exited with status 2"
     assert widgets.FAILED_LIGHT in panel.lights[name].value
     assert "PREFETCH" in panel.last_error
+
+
+def test_the_talks_idempotency_shows_in_graphite_after_clicks(kit, graphite_url):  # noqa: F811
+    # Given a service deduplicating through etcd, and a mark
+    name = kit["names"]["a"]
+    services.start(name, dedup=True, progress=lambda _: None)
+    since = graphite.mark()
+    # When the talk's event is published, then the same again twice
+    panel = widgets.PublishPanel(exchange=kit["exchange"])
+    panel.publish_button.click()
+    panel.again_button.click()
+    panel.again_button.click()
+    # I expect it processed once and skipped twice, as counted by statsd and read from Graphite
+    ok, skipped = f"{name}_new_order_ok", f"{name}_new_order_skipped"
+    seen = graphite.wait_until({ok: 1, skipped: 2}, since, timeout=10, progress=lambda _: None)
+    assert seen == {ok: 1, skipped: 2}
+    assert rabbit.queue_depth(name, exchange=kit["exchange"]) == 0
