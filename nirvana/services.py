@@ -99,7 +99,7 @@ def _dedup_label(dedup: bool | None) -> str:
 
 
 def _key(name: str, instance: int) -> str:
-    return name if instance == 1 else f"{name}@{instance}"
+    return name if instance == 1 else f"{name}@{instance or 'unrecorded'}"
 
 
 # The processes this interpreter started, by record key: reaped here, stopped at exit.
@@ -142,7 +142,8 @@ def _write_record(service: Service) -> None:
 
 
 def _forget(service: Service) -> None:
-    _record_path(service.key).unlink(missing_ok=True)
+    if service.instance > 0:
+        _record_path(service.key).unlink(missing_ok=True)
 
 
 def _is_svc(process: psutil.Process) -> bool:
@@ -267,7 +268,7 @@ def start(
         poll(
             lambda: (failed(), rabbit.consumers(name, exchange=exchange, url=url)),
             lambda seen: seen[0] is not None or seen[1] >= replicas,
-            what=f"{name} to consume its queue ({label})",
+            what=f"{name} ({label}) to consume {rabbit.queue_of(name, exchange)}",
             timeout=timeout,
             progress=progress,
             describe=lambda seen: f"{seen[1]} consumer(s)",
@@ -435,22 +436,36 @@ def logs(name: str, lines: int = LOG_TAIL_LINES, *, instance: int = 1) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def running_pids() -> list[int]:
-    """Pids of every live ``python -m svc`` that this kit state dir started, recorded or not."""
-    state = str(paths.state_dir())
-    pids = []
+def _kit_processes() -> list[Service]:
+    """Every live ``python -m svc`` this kit state dir started, read from the processes themselves."""
+    state, found = str(paths.state_dir()), []
     for process in psutil.process_iter():
         try:
             if _is_svc(process) and process.environ().get(KIT_MARK) == state:
-                pids.append(process.pid)
+                environ = process.environ()
+                found.append(Service(
+                    environ.get("SERVICE_NAME", "svc"), process.pid, process.create_time(),
+                    environ.get("ENABLE_ETCD") == "true", environ.get("EVENTS_EXCHANGE", DEFAULT_EXCHANGE),
+                    "", instance=0,   # instance 0: no record of its own to forget
+                ))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return sorted(pids)
+    return found
+
+
+def running_pids() -> list[int]:
+    """Pids of every live ``python -m svc`` that this kit state dir started, recorded or not."""
+    return sorted(service.pid for service in _kit_processes())
 
 
 def stop_all(timeout: float = DEFAULT_TIMEOUT, *, progress: Progress = quiet) -> list[str]:
-    """Stop every service the kit started, this kernel's and earlier ones'; return their keys."""
-    ended = _stop_now([s for name in known_names() for s in instances(name)], timeout)
+    """Stop every service the kit started, this kernel's and earlier ones'; return their keys.
+
+    Recorded services first; then any process the kit started whose record was lost.
+    """
+    recorded = [s for name in known_names() for s in instances(name)]
+    pids = {s.pid for s in recorded}
+    ended = _stop_now(recorded + [s for s in _kit_processes() if s.pid not in pids], timeout)
     for key, how in ended.items():
         progress(f"{key}: {how}")
     return list(ended)

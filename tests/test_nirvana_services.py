@@ -227,3 +227,12 @@ def test_a_notebook_kernel_stops_its_services_when_it_shuts_down(kit):
         client.stop_channels()
     assert services.running_pids() == []
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_stop_all_also_stops_a_kit_service_whose_record_was_lost(kit):
+    name = kit["names"]["b"]
+    service = services.start(name, env=kit["env"], progress=lambda _: None)
+    (paths.state_dir() / "services" / f"{name}.json").unlink()
+    assert services.running(name) is None and services.running_pids() == [service.pid]
+    assert services.stop_all() == [f"{name}@unrecorded"]
+    assert group_pids(service.pid) == [] and services.running_pids() == []
