@@ -137,11 +137,13 @@ def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
     # When the stack is reset
     stack.reset(progress=quiet)
     # I expect the kit's queues empty, its etcd keys gone, no whisper file — and nothing else touched
+    talk_queues = [topology.queue_name(s, exchange) for s in topology.DEFAULT_SERVICES]
+    talk_queues.append(topology.dead_letter_queue(exchange))
+    assert set(talk_queues) <= set(stack.kit_queues(exchange))
     with pika.BlockingConnection(params) as connection:
-        channel = connection.channel()
-        depths = {queue: channel.queue_declare(queue, passive=True).method.message_count
-                  for queue in stack.kit_queues(exchange)}
-    assert depths and set(depths.values()) == {0}, depths
+        depths = {queue: connection.channel().queue_declare(queue, passive=True).method.message_count
+                  for queue in talk_queues}
+    assert depths == dict.fromkeys(talk_queues, 0)
     assert stack.count_etcd_prefix() == 0
     assert etcd.get(outside) == b"x"
     etcd.delete_prefix(outside)
