@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 DEFAULT_TIMEOUT = 10.0
 LOG_TAIL_LINES = 20
 KIT_MARK = "NIRVANA_KIT_STATE"   # set in each service's environment: which kit state dir started it
+ETCD_CONNECT_TIMEOUT = 1.0       # seconds: etcd answers on loopback at once or not at all
 KILL_WAIT = 2.0                  # seconds for the kernel to finish a SIGKILL
 SAME_START = 0.05                # seconds: a recorded start time matches the live process's
 
@@ -203,6 +205,19 @@ def _environment(name: str, dedup: bool, env: dict[str, str] | None) -> dict[str
     return environment
 
 
+def _check_etcd(endpoints_text: str) -> None:
+    """Raise ServiceError unless one of the etcd endpoints (``host:port,...``) accepts a connection."""
+    for endpoint in endpoints_text.split(","):
+        host, _, port = endpoint.strip().rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=ETCD_CONNECT_TIMEOUT).close()
+            return
+        except (OSError, ValueError):
+            continue
+    raise ServiceError(f"etcd is not answering at {endpoints_text}: start the stack with `./kit up` "
+                       "(deduplication needs etcd; start with dedup=False to run without it)")
+
+
 def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -> Service:
     log = log_path(name, instance)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +270,8 @@ def start(
     exchange = environment.get("EVENTS_EXCHANGE") or DEFAULT_EXCHANGE
     url = environment["AMQP_URL"]
     rabbit.queue_counts(rabbit.queue_of(name, exchange), url=url)   # RabbitMQ down: says which command starts it
+    if dedup and wait:
+        _check_etcd(environment["ETCD_ENDPOINTS"])   # with dedup on, svc consumes only once etcd answers
     free = (i for i in range(1, replicas + len(live) + 1) if i not in {s.instance for s in live})
     started = [_spawn(name, next(free), dedup, environment) for _ in range(replicas - len(live))]
     if not wait:

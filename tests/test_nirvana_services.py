@@ -236,3 +236,10 @@ def test_stop_all_also_stops_a_kit_service_whose_record_was_lost(kit):
     assert services.running(name) is None and services.running_pids() == [service.pid]
     assert services.stop_all() == [f"{name}@unrecorded"]
     assert group_pids(service.pid) == [] and services.running_pids() == []
+
+
+def test_dedup_without_etcd_is_refused_up_front_with_the_command_that_starts_it(kit):
+    name = kit["names"]["b"]
+    with pytest.raises(services.ServiceError, match=r"etcd is not answering at 127.0.0.1:9: start the stack with `./kit up`"):
+        services.start(name, dedup=True, env={**kit["env"], "ETCD_ENDPOINTS": "127.0.0.1:9"})
+    assert services.running_pids() == []
