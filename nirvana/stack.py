@@ -745,12 +745,15 @@ def lab(open_browser: bool = True, progress: Progress = print) -> str:
         if holder:
             raise _held_error(LAB, LAB_PORT, holder)
         paths.state_dir().mkdir(parents=True, exist_ok=True)
+        paths.NOTEBOOKS.mkdir(exist_ok=True)  # git keeps no empty folder
         token = secrets.token_hex(16)
         lab_token_file().write_text(token)
         lab_token_file().chmod(0o600)
         argv = [str(paths.ROOT / ".venv" / "bin" / "jupyter"), "lab", f"--notebook-dir={paths.NOTEBOOKS}",
                 f"--ServerApp.ip={HOST}", f"--ServerApp.port={LAB_PORT}", "--ServerApp.port_retries=0",
                 f"--ServerApp.open_browser={open_browser}"]
+        if os.geteuid() == 0:  # containers and CI machines run as root; Jupyter refuses without this
+            argv.append("--allow-root")
         if not Path(argv[0]).exists():
             raise StackError(f"JupyterLab is not installed in .venv: {SETUP_HINT}")
         process = _start(LAB, Launch(argv, {"JUPYTER_TOKEN": token}))
