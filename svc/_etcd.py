@@ -16,20 +16,31 @@ log = logging.getLogger(__name__)
 _import_lock = threading.Lock()
 
 
-def _etcd3():
-    """Import etcd3 with the regenerated protobuf modules (idempotent, thread-safe)."""
-    with _import_lock:
-        if "etcd3.client" not in sys.modules:
-            from ._etcdrpc import auth_pb2, kv_pb2, rpc_pb2
-            for name, module in (("kv_pb2", kv_pb2), ("auth_pb2", auth_pb2), ("rpc_pb2", rpc_pb2)):
-                sys.modules.setdefault(f"etcd3.etcdrpc.{name}", module)
-        import etcd3
-        import etcd3.etcdrpc
-        return etcd3
+_rpc_module = None
 
 
 def _rpc():
-    return _etcd3().etcdrpc
+    """etcd3's protobuf and gRPC module, imported with the regenerated protobuf modules."""
+    global _rpc_module
+    if _rpc_module is None:
+        with _import_lock:
+            if "etcd3.client" not in sys.modules:
+                from ._etcdrpc import auth_pb2, kv_pb2, rpc_pb2
+                for name, module in (("kv_pb2", kv_pb2), ("auth_pb2", auth_pb2), ("rpc_pb2", rpc_pb2)):
+                    sys.modules.setdefault(f"etcd3.etcdrpc.{name}", module)
+            import etcd3
+            import etcd3.etcdrpc
+            _rpc_module = etcd3.etcdrpc
+    return _rpc_module
+
+
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]  # pages of long ids
+
+
+def _client(host: str, port: int, timeout: float):
+    _rpc()
+    import etcd3
+    return etcd3.client(host=host, port=port, timeout=timeout, grpc_options=GRPC_OPTIONS)
 
 
 def _bytes(text) -> bytes:
@@ -47,35 +58,42 @@ def prefix_end(prefix) -> bytes:
     return bytes(key)
 
 
-# -- request builders (plain protobuf, so transactions may nest) ----------------------------
+# -- transaction builders: fill protobuf messages in place (cheap), so transactions may nest --
 
-def op_put(key, value, lease: int = 0):
-    return _rpc().RequestOp(request_put=_rpc().PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
-
-
-def op_get(key):
-    return _rpc().RequestOp(request_range=_rpc().RangeRequest(key=_bytes(key)))
+def new_txn():
+    return _rpc().TxnRequest()
 
 
-def op_txn(compare=(), success=(), failure=()):
-    return _rpc().RequestOp(request_txn=txn_request(compare, success, failure))
+def add_put(ops, key: bytes, value: bytes, lease: int = 0) -> None:
+    put = ops.add().request_put
+    put.key, put.value = key, value
+    if lease:
+        put.lease = lease
 
 
-def txn_request(compare=(), success=(), failure=()):
-    return _rpc().TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+def add_get(ops, key: bytes) -> None:
+    ops.add().request_range.key = key
 
 
-def absent(key):
+def add_txn(ops):
+    """A nested transaction appended to ``ops``; fill its compare, success and failure."""
+    return ops.add().request_txn
+
+
+def add_absent(compares, key: bytes) -> None:
     """Compare: the key does not exist (its create revision is 0)."""
-    rpc = _rpc()
-    return rpc.Compare(key=_bytes(key), target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
-                       create_revision=0)
+    compare = compares.add()
+    compare.key, compare.target, compare.result = key, _CREATE, _EQUAL
+    compare.create_revision = 0
 
 
-def value_is(key, value):
-    rpc = _rpc()
-    return rpc.Compare(key=_bytes(key), target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL,
-                       value=_bytes(value))
+def add_value_is(compares, key: bytes, value: bytes) -> None:
+    compare = compares.add()
+    compare.key, compare.target, compare.result = key, _VALUE, _EQUAL
+    compare.value = value
+
+
+_CREATE, _VALUE, _EQUAL = 1, 3, 0  # etcdserverpb.Compare.CompareTarget.CREATE / VALUE, CompareResult.EQUAL
 
 
 class Etcd:
@@ -101,7 +119,7 @@ class Etcd:
         with self._lock:
             if self._client is None:
                 host, port = self._endpoints[self._index]
-                self._client = _etcd3().client(host=host, port=port, timeout=self._timeout)
+                self._client = _client(host, port, self._timeout)
             return self._client
 
     def _call(self, what: str, stub_name: str, method: str, request, timeout: float | None = None):
@@ -128,7 +146,16 @@ class Etcd:
     # -- key-value ----------------------------------------------------------------------------
 
     def txn(self, request):
-        return self._call("transaction", "kvstub", "Txn", request)
+        return self.txn_async(request).result()
+
+    def txn_async(self, request) -> "_Pending":
+        """Send a transaction now; ``result()`` waits for it (the caller works meanwhile)."""
+        client = self._stubs()
+        try:
+            return _Pending(self, client, client.kvstub.Txn.future(request, self._timeout))
+        except Exception as error:
+            self._fail_over(client)
+            raise DedupUnavailable(f"etcd transaction at {self.endpoint} failed: {_describe(error)}") from None
 
     def put(self, key, value, lease: int = 0) -> None:
         self._call("put", "kvstub", "Put", _rpc().PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
@@ -191,6 +218,18 @@ class Etcd:
         create = rpc.WatchCreateRequest(key=_bytes(prefix), range_end=prefix_end(prefix),
                                         start_revision=start_revision)
         return _Watch(self, rpc.WatchRequest(create_request=create))
+
+
+class _Pending:
+    def __init__(self, etcd: Etcd, client, future) -> None:
+        self._etcd, self._client, self._future = etcd, client, future
+
+    def result(self):
+        try:
+            return self._future.result()
+        except Exception as error:
+            self._etcd._fail_over(self._client)
+            raise DedupUnavailable(f"etcd transaction at {self._etcd.endpoint} failed: {_describe(error)}") from None
 
 
 class _Watch:

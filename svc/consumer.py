@@ -74,16 +74,24 @@ class Consumer:
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
         self.on_consuming()
         self.connection, self.channel = connection, channel
+        # Two windows of half the prefetch each: while one window's commit is in flight to etcd,
+        # the next is received, parsed and claimed.
+        window = max(1, self.config.prefetch // 2)
+        in_flight = None
         while not self.stop.is_set():
-            connection.process_data_events(time_limit=IDLE_WAIT)
-            while self._pending and len(self._pending) < self.config.prefetch:
+            connection.process_data_events(time_limit=0 if in_flight or self._pending else IDLE_WAIT)
+            while self._pending and len(self._pending) < window:
                 before = len(self._pending)
                 connection.process_data_events(time_limit=0)
                 if len(self._pending) == before:
                     break
-            if self._pending:
-                batch, self._pending = self._pending, []
-                self._settle(batch)
+            batch, self._pending = self._pending[:window], self._pending[window:]
+            begun = (batch, self.processor.begin([body for _, _, body in batch])) if batch else None
+            if in_flight:
+                self._settle(*in_flight)
+            in_flight = begun
+        if in_flight:
+            self._settle(*in_flight)
         # Stopping: the current window was finished and settled; what is still buffered was
         # never worked on and returns to the queue when the channel closes.
         channel.basic_cancel(tag)
@@ -92,8 +100,8 @@ class Consumer:
     def _on_message(self, channel, method, properties, body) -> None:
         self._pending.append((method, properties, body))
 
-    def _settle(self, batch) -> None:
-        outcomes = self.processor.process([body for _, _, body in batch])
+    def _settle(self, batch, window) -> None:
+        outcomes = window.finish()
         for (method, properties, body), outcome in zip(batch, outcomes):
             if outcome.action == "dead":
                 self._dead_letter(method, properties, body, outcome.reason)

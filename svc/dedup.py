@@ -19,7 +19,8 @@ from .event import Event
 log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
-IMPORT_PAGE = 1000         # done ids read per range request at start
+IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest of the
+                           # range on every page, so small pages cost quadratic time)
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
 
 
@@ -55,18 +56,54 @@ class NoDedup:
     def claim(self, events: list[Event]) -> list[Verdict]:
         return [Verdict.CLAIMED] * len(events)
 
-    def commit(self, events: list[Event]) -> list[Verdict]:
-        """Write the effect of each event; a chunk that etcd refuses is UNAVAILABLE."""
-        verdicts = [Verdict.UNAVAILABLE] * len(events)
+    def commit(self, events: list[Event]) -> "Commit":
+        """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
+        commit = Commit(self.etcd, len(events))
         for start, chunk in _chunks(events):
-            ops = [_etcd.op_put(effect_key(self.prefix, self.service, e), record(self.service, e)) for e in chunk]
+            request = _etcd.new_txn()
+            for event in chunk:
+                _etcd.add_put(request.success, self._effect_key(event), self._record(event))
+            commit.send(start, chunk, request, lambda event, reply: Verdict.OK)
+        return commit
+
+    def _effect_key(self, event: Event) -> bytes:
+        return effect_key(self.prefix, self.service, event).encode()
+
+    def _record(self, event: Event) -> bytes:
+        return record(self.service, event).encode()
+
+
+class Commit:
+    """Transactions in flight for one window; ``result()`` gives a verdict per event. A chunk etcd
+    does not confirm is UNAVAILABLE (its events are requeued; a done mark, if it was written after
+    all, turns the redelivery into a skip)."""
+
+    def __init__(self, etcd: _etcd.Etcd, size: int) -> None:
+        self.etcd = etcd
+        self.verdicts = [Verdict.UNAVAILABLE] * size
+        self._parts: list = []
+        self._failed = False
+
+    def send(self, start: int, chunk: list[Event], request, judge) -> None:
+        if self._failed:
+            return
+        try:
+            self._parts.append((start, chunk, self.etcd.txn_async(request), judge))
+        except DedupUnavailable as error:
+            log.debug("%s", error)
+            self._failed = True
+
+    def result(self) -> list[Verdict]:
+        for start, chunk, pending, judge in self._parts:
             try:
-                self.etcd.txn(_etcd.txn_request(success=ops))
+                replies = pending.result().responses
             except DedupUnavailable as error:
                 log.debug("%s", error)
-                break
-            verdicts[start:start + len(chunk)] = [Verdict.OK] * len(chunk)
-        return verdicts
+                continue
+            for offset, (event, reply) in enumerate(zip(chunk, replies)):
+                self.verdicts[start + offset] = judge(event, reply)
+        self._parts.clear()
+        return self.verdicts
 
 
 class EtcdDedup(NoDedup):
@@ -93,10 +130,10 @@ class EtcdDedup(NoDedup):
         DedupUnavailable if etcd does not answer (the caller retries)."""
         started = time.monotonic()
         pages = self.etcd.scan_prefix(self.key_prefix, IMPORT_PAGE)
+        skip = len(self.key_prefix)
         try:
             while True:
-                for key, value in next(pages):
-                    self._learn(True, key, value)
+                self.done.update((key[skip:], value[5:]) for key, value in next(pages) if value.startswith(b"done "))
         except StopIteration as end:
             revision = end.value
         self._lease = self.etcd.grant(self.claim_ttl)
@@ -163,17 +200,22 @@ class EtcdDedup(NoDedup):
         return f"claimed {event.digest} {self._lease:x}".encode()
 
     def claim(self, events: list[Event]) -> list[Verdict]:
-        """Claim every event not known done, in one transaction per chunk of the window."""
+        """Claim every event not known done: per chunk of the window one transaction holding a
+        create-if-absent transaction per event (a claim on our lease, or the current value)."""
         verdicts: list[Verdict | None] = [self._known(e) for e in events]
         todo = [i for i, v in enumerate(verdicts) if v is None]
         try:
             if todo and not self._lease:
                 self._lease = self.etcd.grant(self.claim_ttl)
             for _, chunk in _chunks(todo):
-                ops = [_etcd.op_txn([_etcd.absent(self._key(events[i]))],
-                                    [_etcd.op_put(self._key(events[i]), self._claim_value(events[i]), self._lease)],
-                                    [_etcd.op_get(self._key(events[i]))]) for i in chunk]
-                response = self.etcd.txn(_etcd.txn_request(success=ops))
+                request = _etcd.new_txn()
+                for i in chunk:
+                    key = self._key(events[i])
+                    claim = _etcd.add_txn(request.success)
+                    _etcd.add_absent(claim.compare, key)
+                    _etcd.add_put(claim.success, key, self._claim_value(events[i]), self._lease)
+                    _etcd.add_get(claim.failure, key)
+                response = self.etcd.txn(request)
                 for i, reply in zip(chunk, response.responses):
                     verdicts[i] = self._claim_verdict(events[i], reply.response_txn)
         except DedupUnavailable as error:
@@ -201,24 +243,31 @@ class EtcdDedup(NoDedup):
         # Our own claim (a redelivery after a broker reconnect) is ours to finish.
         return Verdict.CLAIMED if owner == [f"{self._lease:x}"] else Verdict.HELD
 
-    def commit(self, events: list[Event]) -> list[Verdict]:
-        """Mark each event done and write its effect in one guarded transaction per event."""
-        verdicts = [Verdict.UNAVAILABLE] * len(events)
+    def commit(self, events: list[Event]) -> Commit:
+        """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
+        retention lease) and the effect, written together or not at all."""
+        commit = Commit(self.etcd, len(events))
         try:
             lease = self._retention()
-            for start, chunk in _chunks(events):
-                ops = [_etcd.op_txn([_etcd.value_is(self._key(e), self._claim_value(e))],
-                                    [_etcd.op_put(self._key(e), f"done {e.digest}", lease),
-                                     _etcd.op_put(effect_key(self.prefix, self.service, e), record(self.service, e))])
-                       for e in chunk]
-                response = self.etcd.txn(_etcd.txn_request(success=ops))
-                for offset, (event, reply) in enumerate(zip(chunk, response.responses)):
-                    if reply.response_txn.succeeded:
-                        self.done[keys.encode_id(event.id).encode()] = event.digest.encode()
-                    verdicts[start + offset] = Verdict.OK if reply.response_txn.succeeded else Verdict.LOST
         except DedupUnavailable as error:
             log.debug("%s", error)
-        return verdicts
+            return commit
+        for start, chunk in _chunks(events):
+            request = _etcd.new_txn()
+            for event in chunk:
+                key = self._key(event)
+                done = _etcd.add_txn(request.success)
+                _etcd.add_value_is(done.compare, key, self._claim_value(event))
+                _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
+                _etcd.add_put(done.success, self._effect_key(event), self._record(event))
+            commit.send(start, chunk, request, self._commit_verdict)
+        return commit
+
+    def _commit_verdict(self, event: Event, reply) -> Verdict:
+        if not reply.response_txn.succeeded:
+            return Verdict.LOST
+        self.done[keys.encode_id(event.id).encode()] = event.digest.encode()
+        return Verdict.OK
 
     def _retention(self) -> int:
         """A lease that keeps done marks for the retention time, shared for a tenth of it."""

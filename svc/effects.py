@@ -7,6 +7,7 @@ transaction as the done mark, so "processed exactly once" is a count of records,
 
 import json
 import os
+import time
 import uuid
 
 from . import keys
@@ -25,7 +26,7 @@ def effect_key(prefix: str, service: str, event: Event) -> str:
 def record(service: str, event: Event) -> str:
     """The effect of handling ``event`` in ``service``, as stored (small: the args stay out)."""
     return json.dumps({"service": service, "id": event.id, "type": event.type,
-                       "action": ACTIONS[event.type], "pid": os.getpid()})
+                       "action": ACTIONS[event.type], "pid": os.getpid(), "at": round(time.time(), 6)})
 
 
 def count(client, service: str, event_id: str | None = None, *, prefix: str = DEFAULT_ETCD_PREFIX) -> int:
@@ -47,6 +48,13 @@ def counts_by_id(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> 
                 event_id = keys.decode_id(key[len(base):].split(b"/", 1)[0].decode())
                 counts[event_id] = counts.get(event_id, 0) + 1
     return counts
+
+
+def records(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> list[dict]:
+    """Every effect record of ``service`` (id, type, action, pid, and ``at``: when, Unix time)."""
+    with _client(client) as etcd:
+        return [json.loads(value) for page in etcd.scan_prefix(keys.effects_prefix(prefix, service))
+                for _, value in page]
 
 
 class _client:

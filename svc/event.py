@@ -1,6 +1,7 @@
 """Events: the frozen Event and ``parse(body)``, the one gate every message body passes."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -20,7 +21,7 @@ class Event:
     id: str
     args: types.MappingProxyType = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         canonical = json.dumps({"type": self.type, "id": self.id, "args": dict(self.args)},
                                sort_keys=True, separators=(",", ":"), ensure_ascii=True)

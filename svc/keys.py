@@ -4,13 +4,18 @@ An id is percent-encoded byte by byte (UTF-8), keeping only ``[A-Za-z0-9_-]``: t
 injective and its output holds no ``/``, ``.``, NUL or other byte that could leave the prefix.
 """
 
+import re
 import string
 
 SAFE = frozenset((string.ascii_letters + string.digits + "_-").encode())
+_ALL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+_BYTE = [chr(b) if b in SAFE else f"%{b:02X}" for b in range(256)]
 
 
 def encode_id(event_id: str) -> str:
-    return "".join(chr(b) if b in SAFE else f"%{b:02X}" for b in event_id.encode("utf-8"))
+    if _ALL_SAFE.fullmatch(event_id):
+        return event_id  # the common case: nothing to escape
+    return "".join([_BYTE[b] for b in event_id.encode("utf-8")])
 
 
 def decode_id(encoded: str) -> str:

@@ -40,40 +40,12 @@ class Processor:
         self.work_ms, self.crash_at = work_ms, crash_at
 
     def process(self, bodies: list[bytes]) -> list[Outcome]:
-        started = time.monotonic()
-        outcomes: list[Outcome | None] = [None] * len(bodies)
-        events: dict[int, Event] = {}
-        for i, body in enumerate(bodies):
-            try:
-                events[i] = parse(body)
-            except InvalidEvent as error:
-                # Never crash, never drop: the body goes to the dead letters with its reason.
-                outcomes[i] = Outcome("dead", error.reason)
-                self.meter.incr(metrics.invalid(self.service))
-        # With dedup, the first copy of an id in the window leads; its repeats follow its fate.
-        leaders: dict[str, int] = {}
-        followers: dict[int, int] = {}
-        for i, event in events.items():
-            if self.dedup.enabled and event.id in leaders:
-                followers[i] = leaders[event.id]
-            else:
-                leaders.setdefault(event.id, i)
-        lead = [i for i in events if i not in followers]
-        verdicts = dict(zip(lead, self.dedup.claim([events[i] for i in lead])))
-        claimed = [i for i in lead if verdicts[i] is Verdict.CLAIMED]
-        if claimed:
-            self._fault("claimed")
-            time.sleep(self.work_ms / 1000)
-            verdicts.update(zip(claimed, self.dedup.commit([events[i] for i in claimed])))
-            if any(verdicts[i] is Verdict.OK for i in claimed):
-                self._fault("done")
-        elapsed_ms = (time.monotonic() - started) * 1000
-        for i, leader in followers.items():
-            verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)
-        for i, verdict in verdicts.items():
-            outcomes[i] = self._outcome(events[i], verdict, elapsed_ms)
-        self.meter.flush()
-        return outcomes
+        return self.begin(bodies).finish()
+
+    def begin(self, bodies: list[bytes]) -> "Window":
+        """Parse and claim a window and send its commit; ``finish()`` waits for the commit, so the
+        consumer can take in the next window meanwhile."""
+        return Window(self, bodies)
 
     def _fault(self, point: str) -> None:
         if self.crash_at == point:
@@ -96,6 +68,53 @@ class Processor:
             self.meter.incr(metrics.dedup_unavailable(service))
             return UNAVAILABLE
         return HELD  # HELD by a sibling, or LOST: requeue; the next delivery decides again
+
+
+class Window:
+    """One window of deliveries on its way through parse, claim, work and commit."""
+
+    def __init__(self, processor: Processor, bodies: list[bytes]) -> None:
+        self.processor, self.started = processor, time.monotonic()
+        meter, service, dedup = processor.meter, processor.service, processor.dedup
+        self.outcomes: list[Outcome | None] = [None] * len(bodies)
+        self.events: dict[int, Event] = {}
+        for i, body in enumerate(bodies):
+            try:
+                self.events[i] = parse(body)
+            except InvalidEvent as error:
+                # Never crash, never drop: the body goes to the dead letters with its reason.
+                self.outcomes[i] = Outcome("dead", error.reason)
+                meter.incr(metrics.invalid(service))
+        # With dedup, the first copy of an id in the window leads; its repeats follow its fate.
+        leaders: dict[str, int] = {}
+        self.followers: dict[int, int] = {}
+        for i, event in self.events.items():
+            if dedup.enabled and event.id in leaders:
+                self.followers[i] = leaders[event.id]
+            else:
+                leaders.setdefault(event.id, i)
+        lead = [i for i in self.events if i not in self.followers]
+        self.verdicts = dict(zip(lead, dedup.claim([self.events[i] for i in lead])))
+        self.claimed = [i for i in lead if self.verdicts[i] is Verdict.CLAIMED]
+        self.commit = None
+        if self.claimed:
+            processor._fault("claimed")
+            time.sleep(processor.work_ms / 1000)
+            self.commit = dedup.commit([self.events[i] for i in self.claimed])
+
+    def finish(self) -> list[Outcome]:
+        verdicts, events, processor = self.verdicts, self.events, self.processor
+        if self.commit is not None:
+            verdicts.update(zip(self.claimed, self.commit.result()))
+            if any(verdicts[i] is Verdict.OK for i in self.claimed):
+                processor._fault("done")
+        elapsed_ms = (time.monotonic() - self.started) * 1000
+        for i, leader in self.followers.items():
+            verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)
+        for i, verdict in verdicts.items():
+            self.outcomes[i] = processor._outcome(events[i], verdict, elapsed_ms)
+        processor.meter.flush()
+        return self.outcomes
 
 
 def _follow(leader: Verdict, same_payload: bool) -> Verdict:

@@ -90,7 +90,7 @@ class World:
         tag = uuid.uuid4().hex[:8]
         self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
         self.exchange, self.prefix = f"t-{tag}", f"/t-{tag}"
-        self.etcd = Etcd(parse_endpoints(etcd_endpoint))
+        self.etcd = Etcd(parse_endpoints(etcd_endpoint), timeout=10.0)
         self.processes: list[ServiceProcess] = []
         self.services: set[str] = set()
         self._connection = None

@@ -1,11 +1,10 @@
 """``python -m svc`` against the real RabbitMQ, etcd and statsd/Graphite: the talk, as tests."""
 
 import signal
-import time
 
 import pytest
 
-from svc import metrics
+from svc import keys, metrics
 from svc.testing import graphite_total, wait_for
 from svc.topology import REASON_HEADER, ROUTING_KEY_HEADER, SERVICE_HEADER
 
@@ -100,13 +99,14 @@ def _all_letters(world, n, _seen=[]):  # noqa: B006  (collects across polls with
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_finishes_acks_and_exits_0(svc_world, signum):
     orders = svc_world.service_name("orders")
-    [process] = svc_world.start(orders, work_ms=1500)
+    [process] = svc_world.start(orders, enable_etcd=True, work_ms=1500)
     svc_world.publish(orders, {"type": "new_order", "id": "slow"}, count=1)
-    wait_for(lambda: svc_world.depth(orders) == 0, "the event delivered")
-    time.sleep(0.3)  # the consumer takes a delivery within 0.2 s; its work lasts 1.5 s
+    claim = keys.dedup_key(svc_world.prefix, orders, "slow")
+    wait_for(lambda: (svc_world.etcd.get(claim) or b"").startswith(b"claimed"), "the event claimed (work begun)")
     # Given an event in the middle of its work, when signalled, I expect it finished and acked.
     process.signal(signum)
     assert process.popen.wait(10) == 0
     assert svc_world.effects(orders, "slow") == 1
+    assert svc_world.etcd.get(claim).startswith(b"done")
     assert svc_world.depth(orders) == 0 and svc_world.consumers(orders) == 0
     assert "stopped" in process.log() and "Traceback" not in process.log()
