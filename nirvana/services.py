@@ -64,6 +64,10 @@ class Service:
     def dedup_label(self) -> str:
         return _dedup_label(self.dedup)
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """In a notebook, a cell ending in ``start(...)`` shows the same text every run (no pid)."""
+        printer.text(f"{self.key}: running, {self.dedup_label}")
+
 
 @dataclass(frozen=True)
 class Status:
@@ -94,6 +98,16 @@ class Status:
         if self.running:
             return f"{self.summary} (pid {', '.join(map(str, self.pids))}, up {self.uptime:.0f} s)"
         return self.summary
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(self.summary)
+
+
+class StatusTable(dict):
+    """``status()``'s answer: a dict by name that a notebook shows as one line per service."""
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text("\n".join(str(one) for one in self.values()))
 
 
 def _dedup_label(dedup: bool | None) -> str:
@@ -424,9 +438,9 @@ def known_names() -> list[str]:
     return list(dict.fromkeys([*NAMES, *(key.split("@")[0] for key in keys)]))
 
 
-def status(names: list[str] | tuple[str, ...] | None = None) -> dict[str, Status]:
+def status(names: list[str] | tuple[str, ...] | None = None) -> StatusTable:
     """Each service's state: ``print(status()["orders"])`` or ``for s in status().values()``."""
-    result = {}
+    result = StatusTable()
     for name in names or known_names():
         live = instances(name)
         if live:
@@ -503,7 +517,7 @@ def _stop_children() -> None:
 
 
 __all__ = [
-    "ServiceError", "Service", "Status", "NAMES",
+    "ServiceError", "Service", "Status", "StatusTable", "NAMES",
     "start", "stop", "kill", "restart", "instances", "running", "status", "summary", "logs", "log_path",
     "running_pids", "stop_all", "known_names",
 ]

@@ -84,6 +84,12 @@ def test_status_lines_say_the_facts_without_pids():
     two = services.Status("orders", "running", pids=(4242, 4243), dedup=False, uptime=0)
     assert two.summary == "orders: running x2, dedup off"
     assert str(services.Status("notify", "exited with status 2")) == "notify: exited with status 2"
+    # a notebook shows the facts, never the pid, for a cell that ends in start() or status()["orders"]
+    from IPython.lib.pretty import pretty
+
+    assert pretty(up) == "orders: running, dedup on"
+    assert pretty(services.Service("orders", 4242, 0.0, False, "events", "", instance=2)) == "orders@2: running, dedup off"
+    assert pretty(services.StatusTable(orders=up)) == str(up)
 
 
 # ---------------------------------------------------------------- the real python -m svc
