@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     lab = commands.add_parser("lab", help="start JupyterLab on notebooks/ (once) and print its URL")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser (headless machine)")
     args = parser.parse_args(argv)
+    unknown = [name for name in getattr(args, "components", []) if name not in stack.BY_NAME]
+    if unknown:
+        parser.error(f"unknown component {', '.join(unknown)}: choose from {', '.join(stack.BY_NAME)}")
 
     try:
         if args.command == "up":

@@ -592,8 +592,8 @@ def render_status(rows: Iterable[Row]) -> str:
 def down(progress: Progress = print, only: Iterable[str] = ()) -> list[str]:
     """Stop what the kit started (by process group) and only that. Returns the names stopped."""
     stopped = []
-    components = _select(only) if only else [LAB, *COMPONENTS]
-    for component in reversed(components):
+    components = _select(only) if only else [*COMPONENTS, LAB]
+    for component in reversed(components):  # JupyterLab first, then the stack in reverse start order
         process = _kit_process(component.name)
         if process is None:
             probe = component.probe()

@@ -5,6 +5,7 @@ leaves the whole stack up again.
 """
 
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -35,6 +36,11 @@ def running() -> list[stack.Row]:
     return rows
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nirvana", *args], cwd=paths.ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
 def kit_pids() -> dict[str, int]:
     pids = {}
     for name in NAMES:
@@ -61,8 +67,7 @@ def test_status_names_every_component_and_the_cli_exits_zero(running):
     # Given a running stack, when status is asked in code and on the command line
     rows = stack.status()
     table = stack.render_status(rows)
-    cli = subprocess.run([sys.executable, "-m", "nirvana", "status"], cwd=paths.ROOT,
-                         capture_output=True, text=True, timeout=60)
+    cli = run_cli("status")
     # I expect one row per component, each with its address and where it came from
     assert [row.name for row in rows] == NAMES
     assert table.splitlines()[0].split() == ["component", "address", "state", "origin", "log"]
@@ -71,6 +76,12 @@ def test_status_names_every_component_and_the_cli_exits_zero(running):
         assert row.log or row.origin == "found running"
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.strip() == table
+
+
+def test_an_unknown_component_is_a_usage_error():
+    cli = run_cli("down", "nonsense")
+    assert cli.returncode == 2
+    assert "unknown component nonsense: choose from rabbitmq, etcd" in cli.stderr
 
 
 def render_total(target: str) -> float:
@@ -176,6 +187,8 @@ def test_down_stops_what_the_kit_started_and_up_brings_all_back(running):
 def test_a_held_port_or_a_missing_program_gives_a_one_line_error(running, monkeypatch):
     # Given statsd stopped, and its admin port taken by this test's own listening socket
     stack.down(progress=quiet, only=["statsd"])
+    cli = run_cli("status")
+    assert cli.returncode == 1 and re.search(r"^statsd +\S+ +\(admin \d+\) +down ", cli.stdout, re.M), cli.stdout
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
