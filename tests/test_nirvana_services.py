@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from nirvana import paths, rabbit, services
-from svc import topology
+from svc import Etcd, topology
+from svc.config import parse_endpoints
 
 
 @pytest.fixture
@@ -36,6 +37,11 @@ def kit(tmp_path, monkeypatch, amqp_url, etcd_endpoint):
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     topology.delete(connection.channel(), exchange, services=[*names.values(), *topology.DEFAULT_SERVICES])
     connection.close()
+    etcd = Etcd(parse_endpoints(etcd_endpoint))
+    try:
+        etcd.delete_prefix(env["ETCD_PREFIX"] + "/")
+    finally:
+        etcd.close()
 
 
 def group_pids(pgid):
