@@ -38,6 +38,20 @@ class GraphiteUnavailable(ConnectionError):
     """graphite-web did not answer the render API."""
 
 
+def counter_names(
+    services: Iterable[str] = ("orders", "notify"),
+    event_type: str = "new_order",
+    outcomes: Iterable[str] = ("ok", "skipped"),
+) -> list[str]:
+    """The talk's counters by service: ``["orders_new_order_ok", "orders_new_order_skipped", ...]``.
+
+    ``outcomes`` are names of svc.metrics' builders: ok, skipped, conflict.
+    """
+    from svc import metrics
+
+    return [getattr(metrics, outcome)(service, event_type) for service in services for outcome in outcomes]
+
+
 def mark() -> float:
     """A point in time to count from: take it just before the step whose effect you count."""
     return time.time()
@@ -160,5 +174,5 @@ def wait_for(
 
 __all__ = [
     "GraphiteUnavailable", "Series",
-    "mark", "fetch", "counter", "counters", "wait_for", "wait_until",
+    "counter_names", "mark", "fetch", "counter", "counters", "wait_for", "wait_until",
 ]

@@ -126,3 +126,9 @@ def test_graphite_down_says_which_command_starts_it():
     closed = f"http://{endpoints.HOST}:9"   # the discard port: nothing listens on loopback
     with pytest.raises(graphite.GraphiteUnavailable, match=r"not answering at .*`\./kit up`"):
         graphite.counter("anything", time.time(), url=closed)
+
+
+def test_counter_names_are_the_talks_names_by_service():
+    assert graphite.counter_names() == [
+        "orders_new_order_ok", "orders_new_order_skipped", "notify_new_order_ok", "notify_new_order_skipped"]
+    assert graphite.counter_names(["notify"], "ban_user", ["ok"]) == ["notify_ban_user_ok"]

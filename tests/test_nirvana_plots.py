@@ -85,3 +85,10 @@ def test_a_failing_fetch_is_shown_beside_the_chart_and_does_not_kill_it():
     assert chart.running and chart.label.value.startswith("could not refresh: graphite-web")
     chart.stop()
     assert not chart.running
+
+
+def test_a_live_chart_draws_from_the_real_graphite(graphite_url):
+    chart = plots.live_chart(["nirvana_never_counted"], time.time() - 5, seconds=0.5, every=0.2, url=graphite_url)
+    chart._thread.join(5)
+    assert chart.frames >= 1 and chart.label.value == "stopped"
+    assert bytes(chart.image.value).startswith(b"\x89PNG")
