@@ -50,10 +50,6 @@ class StackError(Exception):
 Progress = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
 # --------------------------------------------------------------------------- health probes
 
 @dataclass(frozen=True)
@@ -304,8 +300,12 @@ COMPONENTS: tuple[Component, ...] = (
                ("/usr/lib/python3/dist-packages/graphite", "apt package graphite-web")), deadline=40),
 )
 
+def _launch_lab_elsewhere(state: Path) -> Launch:
+    raise StackError("JupyterLab is started by `./kit present` (nirvana.stack.lab()), not by up")
+
+
 LAB = Component("jupyterlab", f"http://{HOST}:{LAB_PORT}/lab", (LAB_PORT,), _probe_lab,
-                lambda state: Launch([]), (), deadline=60)
+                _launch_lab_elsewhere, (), deadline=60)
 
 BY_NAME = {component.name: component for component in COMPONENTS + (LAB,)}
 
