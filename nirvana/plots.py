@@ -21,6 +21,7 @@ from ._wait import Progress
 Fetch = Callable[[list[str], float], Mapping[str, graphite.Series]]
 LIVE_SECONDS = 120.0
 LIVE_EVERY = 2.0
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def missing_note(name: str) -> str:
@@ -29,18 +30,22 @@ def missing_note(name: str) -> str:
 
 def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: float) -> list[str]:
     """Draw each series' running total since the mark on ``ax``; return the names with no data."""
-    missing = []
+    missing, highest = [], 0
     for name, one in series.items():
         if not one.exists:
             missing.append(name)
             continue
         xs, ys = one.cumulative(since, now)
         total = ys[-1] if ys else 0
-        ax.step([0.0] + xs, [0] + ys, where="post", label=f"{name} ({total})")
+        highest = max(highest, total)
+        # services often count the same: later lines are thinner and dashed, so none hides another
+        drawn = len(ax.get_lines())
+        ax.step([0.0] + xs, [0] + ys, where="post", label=f"{name} ({total})",
+                linewidth=max(3.0 - drawn, 1.2), linestyle=LINE_STYLES[drawn % len(LINE_STYLES)])
     ax.set_xlabel("seconds since the mark")
     ax.set_ylabel("events counted (cumulative)")
     ax.set_xlim(left=0, right=max(now - since, 1.0))
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0, top=max(highest, 1) * 1.15)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, alpha=0.3)
     if missing:
