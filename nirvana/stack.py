@@ -733,6 +733,17 @@ def lab_url() -> str:
     return f"http://{HOST}:{LAB_PORT}/lab" + (f"?token={token}" if token else "")
 
 
+def _lab_settings() -> Path:
+    """JupyterLab's user settings for the kit, under state/: the news prompt answered "no" (it
+    would cover a slide and fetch from the internet); anything the presenter changes is kept."""
+    settings = paths.state_dir() / "jupyterlab" / "settings"
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    if not notification.exists():
+        notification.parent.mkdir(parents=True, exist_ok=True)
+        notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}, indent=2))
+    return settings
+
+
 def lab(open_browser: bool = True, progress: Progress = print) -> str:
     """Start JupyterLab on notebooks/ in the background (once); returns its URL."""
     if _probe_lab().up:
@@ -751,12 +762,16 @@ def lab(open_browser: bool = True, progress: Progress = print) -> str:
         lab_token_file().chmod(0o600)
         argv = [str(paths.ROOT / ".venv" / "bin" / "jupyter"), "lab", f"--notebook-dir={paths.NOTEBOOKS}",
                 f"--ServerApp.ip={HOST}", f"--ServerApp.port={LAB_PORT}", "--ServerApp.port_retries=0",
-                f"--ServerApp.open_browser={open_browser}"]
+                f"--ServerApp.open_browser={open_browser}",
+                # on stage there may be no internet, and no prompt should cover a slide
+                "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
         if os.geteuid() == 0:  # containers and CI machines run as root; Jupyter refuses without this
             argv.append("--allow-root")
         if not Path(argv[0]).exists():
             raise StackError(f"JupyterLab is not installed in .venv: {SETUP_HINT}")
-        process = _start(LAB, Launch(argv, {"JUPYTER_TOKEN": token}))
+        settings = _lab_settings()
+        process = _start(LAB, Launch(argv, {"JUPYTER_TOKEN": token, "JUPYTERLAB_SETTINGS_DIR": str(settings),
+                                            "JUPYTERLAB_WORKSPACES_DIR": str(settings.parent / "workspaces")}))
         progress(f"{LAB.name:<13} starting (log {_display(log_file(LAB.name))})")
     else:
         process = _kit_process(LAB.name)

@@ -239,3 +239,20 @@ def test_a_component_that_dies_on_start_names_its_log(running, monkeypatch, tmp_
     finally:
         monkeypatch.undo()
         assert all(row.healthy for row in stack.up(progress=quiet))
+
+
+@pytest.mark.stack
+def test_present_leaves_jupyterlab_answering_on_its_url():
+    # Given JupyterLab running (started here unless a presenter already has it open)
+    already = stack.status(["jupyterlab"])[0].healthy
+    url = stack.lab(open_browser=False, progress=quiet)
+    try:
+        # I expect its URL, token included, to open the lab, and the API to refuse a caller without it
+        assert url.startswith(f"http://{endpoints.HOST}:{stack.LAB_PORT}/lab?token=")
+        assert requests.get(url, timeout=10).status_code == 200
+        assert requests.get(f"http://{endpoints.HOST}:{stack.LAB_PORT}/api/contents", timeout=10).status_code == 403
+        # and a second call to give the same URL without starting another
+        assert stack.lab(open_browser=False, progress=quiet) == url
+    finally:
+        if not already:
+            assert stack.down(progress=quiet, only=["jupyterlab"]) == ["jupyterlab"]
