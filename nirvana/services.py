@@ -62,7 +62,7 @@ class Service:
 
     @property
     def dedup_label(self) -> str:
-        return _dedup_label(self.dedup)
+        return dedup_label(self.dedup)
 
     def _repr_pretty_(self, printer, cycle) -> None:
         """In a notebook, a cell ending in ``start(...)`` shows the same text every run (no pid)."""
@@ -92,7 +92,7 @@ class Status:
         if not self.running:
             return f"{self.name}: {self.state}"
         replicas = f" x{len(self.pids)}" if len(self.pids) > 1 else ""
-        return f"{self.name}: running{replicas}, {_dedup_label(self.dedup)}"
+        return f"{self.name}: running{replicas}, {dedup_label(self.dedup)}"
 
     def __str__(self) -> str:
         if self.running:
@@ -110,7 +110,7 @@ class StatusTable(dict):
         printer.text("\n".join(str(one) for one in self.values()))
 
 
-def _dedup_label(dedup: bool | None) -> str:
+def dedup_label(dedup: bool | None) -> str:
     return "dedup on" if dedup else "dedup off"
 
 
@@ -276,7 +276,7 @@ def start(
         raise ServiceError(
             f"{name} is already running with {live[0].dedup_label}: use restart({name!r}, dedup={dedup}) to change it"
         )
-    label = _dedup_label(dedup) + (f", {replicas} replicas" if replicas > 1 else "")
+    label = dedup_label(dedup) + (f", {replicas} replicas" if replicas > 1 else "")
     if len(live) >= replicas:
         progress(f"{name}: already running, {label}")
         return live[0]

@@ -6,6 +6,7 @@ clicks: ``panel.publish_button.click()`` is ``panel.publish()``. What a panel sa
 ``last_error``) is what tests assert on, because ``Button.click()`` swallows exceptions.
 """
 
+import os
 import threading
 import uuid
 from contextlib import AbstractContextManager
@@ -16,7 +17,7 @@ import ipywidgets as widgets
 
 from svc.topology import DEFAULT_EXCHANGE
 
-from . import endpoints, services
+from . import endpoints, rabbit, services
 
 EVENT_TYPES = ("new_order", "ban_user")
 TALK_ID = "123"
@@ -272,9 +273,19 @@ class ServicePanel(_Panel):
         for name, now in services.status(self.names).items():
             if name in self._busy:
                 continue
-            state = "running" if now.running else now.state
-            self._show(name, state, ("dedup on" if now.dedup else "dedup off") if now.running else "")
+            details = [services.dedup_label(now.dedup)] if now.running else []
+            if len(now.pids) > 1:
+                details.append(f"{len(now.pids)} replicas")
+            details.append(self._waiting(name))
+            self._show(name, "running" if now.running else now.state, ", ".join(details))
         return dict(self.states)
+
+    def _waiting(self, name: str) -> str:
+        """How many events wait in the service's queue: the catch-up of chapter 2, on the light."""
+        try:
+            return f"{rabbit.queue_depth(name, exchange=os.environ.get('EVENTS_EXCHANGE'))} waiting"
+        except rabbit.RabbitUnavailable:
+            return "RabbitMQ not answering"
 
     def _keep_refreshing(self, every: float, seconds: float) -> None:
         remaining = seconds

@@ -120,6 +120,10 @@ def test_service_panel_buttons_start_kill_and_stop_with_the_lights_following(kit
     panel.buttons[name]["kill"].click()
     assert panel.states == {name: "stopped"} and services.running_pids() == []
     assert f"{name}: killed (SIGKILL)" in out_text(panel)
+    # events published while it is down wait in its queue, and its light says how many
+    widgets.PublishPanel(exchange=kit["exchange"]).publish(count=2)
+    panel.refresh()
+    assert panel.lights[name].value.endswith("stopped, 2 waiting")
     panel.start(name)
     panel.buttons[name]["stop"].click()
     assert panel.states == {name: "stopped"} and out_text(panel).endswith(f"{name}: stopped\n")
