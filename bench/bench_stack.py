@@ -3,7 +3,8 @@
 Run with the packages installed (`./kit setup`):  .venv/bin/python bench/bench_stack.py [--samples 20]
 
 It stops what the kit started (never a component found running), so a cold `up` is measured,
-and leaves the stack up. Goals from issue 2: cold up <= 20 s, warm up <= 2 s, visibility p95 <= 1.5 s.
+and leaves the stack up. Goals from issue 2: cold up <= 20 s, warm up <= 2 s, visibility p95 <= 1.5 s (for a counter that
+exists already; a new counter's first point is printed too).
 """
 
 import argparse
@@ -103,8 +104,10 @@ def main() -> int:
     for label, values in (("existing counter", samples), ("new counter", new_samples)):
         print(row(f"statsd->render p50, {label}", statistics.median(values), VISIBLE_P95_GOAL))
         print(row(f"statsd->render p95, {label}", percentile(values, 0.95), VISIBLE_P95_GOAL))
-    print(f"(n={args.samples} each, sent at random moments of statsd's 1 s flush cycle: "
-          f"about 0.5 s of each figure is the wait for the next flush)")
+    print(f"(n={args.samples} each, sent at random moments of statsd's 1 s flush cycle: about 0.5 s of each "
+          f"figure is the wait for the next flush. The goal is for existing counters, as a demo's are; a new "
+          f"counter waits up to 1 s more for carbon's writer, which looks for new metrics once a second, "
+          f"to create its whisper file)")
     ok = cold <= COLD_UP_GOAL and warm <= WARM_UP_GOAL and percentile(samples, 0.95) <= VISIBLE_P95_GOAL
     print("all goals met" if ok else "a goal was missed")
     return 0 if ok else 1
