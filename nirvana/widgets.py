@@ -114,18 +114,28 @@ class PublishPanel(_Panel):
         super().__init__()
         self.amqp_url, self.exchange, self._publisher = amqp_url, exchange, publisher
         self.last_result: Published | None = None
-        self.event_type = widgets.Dropdown(options=EVENT_TYPES, value="new_order", description="event")
-        self.id_mode = widgets.ToggleButtons(options=("fixed", "fresh"), value="fixed", description="id")
-        self.event_id = widgets.Text(value=TALK_ID, description="fixed id")
-        self.routing_key = widgets.Text(value=TALK_ROUTING_KEY, description="routing key")
-        self.count = widgets.BoundedIntText(value=1, min=1, max=MAX_COUNT, description="count")
+        label = {"description_width": "7em"}
+        self.event_type = widgets.Dropdown(options=EVENT_TYPES, value="new_order", description="event",
+                                           style=label, layout=widgets.Layout(width="17em"))
+        self.routing_key = widgets.Text(value=TALK_ROUTING_KEY, description="routing key",
+                                        style=label, layout=widgets.Layout(width="17em"))
+        self.count = widgets.BoundedIntText(value=1, min=1, max=MAX_COUNT, description="count",
+                                            style=label, layout=widgets.Layout(width="12em"))
+        self.id_mode = widgets.ToggleButtons(options=("fixed", "fresh"), value="fixed",
+                                             style={"button_width": "5em"},
+                                             tooltips=("the same id every time, like the talk's 123",
+                                                       "a new id for every event"))
+        self.event_id = widgets.Text(value=TALK_ID, placeholder=TALK_ID, layout=widgets.Layout(width="10em"))
         self.publish_button = widgets.Button(description="publish", button_style="primary", icon="paper-plane")
-        self.again_button = widgets.Button(description="publish the same again", icon="repeat", disabled=True)
+        self.again_button = widgets.Button(description="publish the same again", icon="repeat", disabled=True,
+                                           layout=widgets.Layout(width="auto"))
+        self.id_mode.observe(lambda change: setattr(self.event_id, "disabled", change["new"] == "fresh"), "value")
         self.publish_button.on_click(lambda _button: self.publish())
         self.again_button.on_click(lambda _button: self.publish_again())
         self.widget = widgets.VBox([
-            widgets.HBox([self.event_type, self.id_mode]),
-            widgets.HBox([self.event_id, self.routing_key, self.count]),
+            widgets.HBox([self.event_type, self.routing_key, self.count]),
+            widgets.HBox([widgets.Label("id", layout=widgets.Layout(width="7em", justify_content="flex-end")),
+                          self.id_mode, self.event_id]),
             widgets.HBox([self.publish_button, self.again_button]),
             self.output,
         ])

@@ -54,6 +54,7 @@ def test_publish_in_code_sets_the_form_as_if_typed_and_again_sends_the_same_ids(
     assert panel.again_button.disabled
     first = panel.publish("ban_user", fresh=True, count=3, routing_key="bar")
     assert (panel.event_type.value, panel.id_mode.value, panel.count.value) == ("ban_user", "fresh", 3)
+    assert panel.event_id.disabled   # fresh ids: the fixed id field is greyed out
     ids = [event_id for _, event_id, _ in fake.sent]
     assert len(set(ids)) == 3 and first.confirmed == 3
     # "publish the same again" repeats those very ids (duplicates), not new ones
