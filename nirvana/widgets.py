@@ -212,7 +212,13 @@ def light(state: str, detail: str = "") -> str:
 
 
 class ServicePanel(_Panel):
-    """Start / stop / kill per service, a dedup switch, and a status light per service."""
+    """Start / stop / kill per service, a dedup switch, and a status light per service.
+
+    The lights refresh every ``refresh_every`` seconds from one thread, which ends on close(),
+    after ``refresh_for`` seconds, or when a newer panel starts refreshing (a cell run again).
+    """
+
+    _refreshing: "ServicePanel | None" = None
 
     def __init__(
         self,
@@ -246,6 +252,9 @@ class ServicePanel(_Panel):
         self._closed = threading.Event()
         self._refresher = None
         if refresh_every:
+            if ServicePanel._refreshing is not None:
+                ServicePanel._refreshing.close()
+            ServicePanel._refreshing = self
             self._refresher = threading.Thread(
                 target=self._keep_refreshing, args=(refresh_every, refresh_for),
                 name="nirvana-service-lights", daemon=True,

@@ -138,8 +138,11 @@ def test_the_lights_refresh_by_themselves_until_the_panel_is_closed(kit):  # noq
     while panel.states[name] != "running" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert panel.states[name] == "running"
-    panel.close()
+    # a newer panel (the cell run again) takes over: the older one stops refreshing
+    newer = widgets.ServicePanel(names=[name], refresh_every=0.1)
     assert not panel._refresher.is_alive()
+    newer.close()
+    assert not newer._refresher.is_alive()
 
 
 def test_a_failed_start_turns_the_light_red_and_says_why(kit, monkeypatch):  # noqa: F811
