@@ -115,7 +115,7 @@ def wait_for_depth(
     seen = poll(
         lambda: queue_counts(queue, url=url).messages,
         lambda messages: messages == depth,
-        what=f"{depth} event(s) waiting in {queue}",
+        what=f"{queue} to hold {depth} event(s)",
         timeout=timeout,
         progress=progress,
         describe=lambda messages: f"{messages} waiting",
