@@ -111,11 +111,34 @@ def wait_for_depth(
     url: str = endpoints.AMQP_URL,
 ) -> int:
     """Wait until exactly ``depth`` events wait in the service's queue (0 = it caught up)."""
-    queue = queue_of(service, exchange)
+    return wait_for_queue(queue_of(service, exchange), depth, timeout=timeout, progress=progress, url=url)
+
+
+def wait_for_dead_letters(
+    count: int,
+    *,
+    exchange: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress = print,
+    url: str = endpoints.AMQP_URL,
+) -> int:
+    """Wait until exactly ``count`` events wait in the dead-letter queue."""
+    return wait_for_queue(dead_letter_queue(exchange), count, timeout=timeout, progress=progress, url=url)
+
+
+def wait_for_queue(
+    queue: str,
+    depth: int,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress = print,
+    url: str = endpoints.AMQP_URL,
+) -> int:
+    """Wait until exactly ``depth`` events wait in ``queue`` (by its full name)."""
     seen = poll(
         lambda: queue_counts(queue, url=url).messages,
         lambda messages: messages == depth,
-        what=f"{queue} to hold {depth} event(s)",
+        what=f"{depth} event(s) waiting in {queue}",
         timeout=timeout,
         progress=progress,
         describe=lambda messages: f"{messages} waiting",
@@ -124,8 +147,45 @@ def wait_for_depth(
     return seen
 
 
+def peek_dead_letters(
+    limit: int = 20, *, exchange: str | None = None, url: str = endpoints.AMQP_URL
+) -> list[str]:
+    """One line per dead letter, ``<service>: <reason>``, sorted; the letters stay in the queue.
+
+    Each letter is fetched without an acknowledgement; closing the channel hands them all back to
+    the queue, so looking loses nothing.
+    """
+    from svc import topology
+
+    lines = []
+    with _connection(url) as connection:
+        channel = connection.channel()
+        queue = dead_letter_queue(exchange)
+        try:
+            for _ in range(limit):
+                method, properties, _body = channel.basic_get(queue, auto_ack=False)
+                if method is None:
+                    break
+                headers = properties.headers or {}
+                service = headers.get(topology.SERVICE_HEADER, "?")
+                reason = headers.get(topology.REASON_HEADER, "no reason given")
+                lines.append(f"{_text(service)}: {_text(reason)}")
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != NOT_FOUND:
+                raise
+        finally:
+            if channel.is_open:
+                channel.close()   # unacknowledged letters go back to the queue
+    return sorted(lines)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 __all__ = [
     "RabbitUnavailable", "QueueCounts",
     "queue_counts", "queue_of", "dead_letter_queue",
-    "queue_depth", "consumers", "dead_letters", "wait_for_depth",
+    "queue_depth", "consumers", "dead_letters", "wait_for_depth", "wait_for_dead_letters",
+    "wait_for_queue", "peek_dead_letters",
 ]

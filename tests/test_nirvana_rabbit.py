@@ -53,3 +53,17 @@ def test_rabbitmq_down_names_the_address_and_the_command_but_no_password():
         rabbit.queue_depth("orders", url=url)
     assert f"{endpoints.HOST}:9" in str(caught.value) and "`./kit up`" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_peek_dead_letters_shows_service_and_reason_and_loses_none(exchange, amqp_url):
+    name, channel = exchange
+    # Given two dead letters, as svc publishes them (reason and service in the headers)
+    for service, reason in (("orders", "not JSON"), ("notify", "conflict: id '123'")):
+        headers = {topology.SERVICE_HEADER: service, topology.REASON_HEADER: reason}
+        channel.basic_publish(topology.dead_letter_exchange(name), "", b"x",
+                              pika.BasicProperties(headers=headers))
+    assert rabbit.wait_for_dead_letters(2, exchange=name, timeout=5, progress=lambda _: None, url=amqp_url) == 2
+    # When I peek, I expect one sorted line per letter, and both letters still in the queue
+    assert rabbit.peek_dead_letters(exchange=name, url=amqp_url) == [
+        "notify: conflict: id '123'", "orders: not JSON"]
+    assert rabbit.wait_for_dead_letters(2, exchange=name, timeout=5, progress=lambda _: None, url=amqp_url) == 2
