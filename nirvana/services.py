@@ -393,6 +393,7 @@ def stop(
         return False
     for key, how in _stop_now(targets, timeout).items():
         progress(f"{key}: stopped" if how == "stopped" else f"{key}: killed, it ignored SIGTERM for {timeout:g} s")
+    _await_detached(name, targets[0].exchange)
     return True
 
 
@@ -407,7 +408,23 @@ def kill(name: str, *, instance: int | None = None, progress: Progress = print) 
         return False
     for key in _stop_now(targets, 0):
         progress(f"{key}: killed (SIGKILL)")
+    _await_detached(name, targets[0].exchange)
     return True
+
+
+def _await_detached(name: str, exchange: str, timeout: float = 5.0) -> None:
+    """Wait until RabbitMQ has noticed: the queue has one consumer per replica still running.
+
+    A killed process's socket closes at once, but the broker drops its consumer a moment later;
+    until then it could hand a new event to the dead consumer. Waiting here makes "published while
+    it was down" mean exactly that (the event waits in the queue, ready).
+    """
+    left = len(instances(name))
+    try:
+        poll(lambda: rabbit.consumers(name, exchange=exchange), lambda seen: seen <= left,
+             what=f"RabbitMQ to drop the consumers of {name}", timeout=timeout, progress=quiet)
+    except (rabbit.RabbitUnavailable, TimeoutError):
+        pass   # nothing more to learn from a broker that is down or slow; the stop itself is done
 
 
 def restart(
