@@ -79,7 +79,7 @@ def test_repeats_in_one_window_are_processed_once():
 
 def test_done_before_is_skipped_and_a_live_claim_is_requeued():
     dedup = MemoryDedup()
-    dedup.state = {"done": ("done", json.loads('"x"') and _digest("done")), "busy": ("claimed", _digest("busy"))}
+    dedup.state = {"done": ("done", _digest("done")), "busy": ("claimed", _digest("busy"))}
     outcomes = Processor("orders", dedup, Meter()).process([body("done"), body("busy")])
     assert [(o.action, o.backoff) for o in outcomes] == [("ack", False), ("requeue", False)]
     assert dedup.effects == []
