@@ -31,6 +31,8 @@ def missing_note(name: str) -> str:
 def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: float) -> list[str]:
     """Draw each series' running total since the mark on ``ax``; return the names with no data."""
     missing, highest = [], 0
+    # a little room on the right, so a step in the newest whole bucket is seen, not hidden by the frame
+    right = max(now - since, 1.0) * 1.06 + 0.5
     for name, one in series.items():
         if not one.exists:
             missing.append(name)
@@ -40,11 +42,11 @@ def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: flo
         highest = max(highest, total)
         # services often count the same: later lines are thinner and dashed, so none hides another
         drawn = len(ax.get_lines())
-        ax.step([0.0] + xs, [0] + ys, where="post", label=f"{name} ({total})",
+        ax.step([0.0] + xs + [right], [0] + ys + [total], where="post", label=f"{name} ({total})",
                 linewidth=max(3.0 - drawn, 1.2), linestyle=LINE_STYLES[drawn % len(LINE_STYLES)])
     ax.set_xlabel("seconds since the mark")
     ax.set_ylabel("events counted (cumulative)")
-    ax.set_xlim(left=0, right=max(now - since, 1.0))
+    ax.set_xlim(left=0, right=right)
     ax.set_ylim(bottom=0, top=max(highest, 1) * 1.15)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, alpha=0.3)
@@ -52,7 +54,7 @@ def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: flo
         ax.text(0.02, 0.98, "\n".join(f"no data yet: {name}" for name in missing),
                 transform=ax.transAxes, va="top", fontsize=9, color="0.4")
     if len(missing) < len(series):
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     return missing
 
 
