@@ -76,7 +76,8 @@ def test_bad_input_is_dead_lettered_and_the_consumer_goes_on(svc_world):
     publisher.publish({"type": "new_order", "id": "good-last"})
     # ... I expect each dead-lettered with its reason and the service, and every good one processed.
     wait_for(lambda: len(svc_world.effects_by_id(orders)) == len(BAD_INPUT) + 1, "every good event processed")
-    letters = wait_for(lambda: _all_letters(svc_world, len(BAD_INPUT)), "every dead letter")
+    letters = []
+    wait_for(lambda: letters.extend(svc_world.dead_letters()) or len(letters) >= len(BAD_INPUT), "every dead letter")
     assert process.alive()
     assert sorted(body for body, _ in letters) == sorted(body for _, body, _ in BAD_INPUT)
     reasons = {body: headers for body, headers in letters}
@@ -85,15 +86,6 @@ def test_bad_input_is_dead_lettered_and_the_consumer_goes_on(svc_world):
         assert words in headers[REASON_HEADER], name
         assert headers[SERVICE_HEADER] == orders and headers[ROUTING_KEY_HEADER] == "foo"
     assert set(svc_world.effects_by_id(orders).values()) == {1}
-
-
-def _all_letters(world, n, _seen=[]):  # noqa: B006  (collects across polls within one test)
-    letters = world.dead_letters()
-    _seen.extend(letters)
-    if len(_seen) >= n:
-        found, _seen[:] = list(_seen), []
-        return found
-    return None
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
