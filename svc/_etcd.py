@@ -93,6 +93,7 @@ def add_value_is(compares, key: bytes, value: bytes) -> None:
     compare.value = value
 
 
+_CONNECTION_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL"}
 _CREATE, _VALUE, _EQUAL = 1, 3, 0  # etcdserverpb.Compare.CompareTarget.CREATE / VALUE, CompareResult.EQUAL
 
 
@@ -127,10 +128,16 @@ class Etcd:
         try:
             return getattr(getattr(client, stub_name), method)(request, timeout or self._timeout)
         except Exception as error:  # grpc.RpcError and anything etcd3 raises: etcd is unusable
-            self._fail_over(client)
+            self._fail_over(client, error)
             raise DedupUnavailable(f"etcd {what} at {self.endpoint} failed: {_describe(error)}") from None
 
-    def _fail_over(self, client) -> None:
+    def _fail_over(self, client, error: Exception | None = None) -> None:
+        """After a connection failure, the next call goes to the next endpoint. An error etcd
+        answered (a refused request) says nothing about the connection: it is logged instead."""
+        code = getattr(error, "code", None)
+        if callable(code) and code().name not in _CONNECTION_CODES:
+            log.warning("etcd refused a request: %s", _describe(error))
+            return
         with self._lock:
             if self._client is client:
                 self._client = None
@@ -154,7 +161,7 @@ class Etcd:
         try:
             return _Pending(self, client, client.kvstub.Txn.future(request, self._timeout))
         except Exception as error:
-            self._fail_over(client)
+            self._fail_over(client, error)
             raise DedupUnavailable(f"etcd transaction at {self.endpoint} failed: {_describe(error)}") from None
 
     def put(self, key, value, lease: int = 0) -> None:
@@ -200,7 +207,7 @@ class Etcd:
                                                         self._timeout)
             return next(iter(responses)).TTL
         except Exception as error:
-            self._fail_over(client)
+            self._fail_over(client, error)
             raise DedupUnavailable(f"etcd lease keepalive at {self.endpoint} failed: {_describe(error)}") from None
 
     def revoke(self, lease_id: int) -> None:
@@ -228,7 +235,7 @@ class _Pending:
         try:
             return self._future.result()
         except Exception as error:
-            self._etcd._fail_over(self._client)
+            self._etcd._fail_over(self._client, error)
             raise DedupUnavailable(f"etcd transaction at {self._etcd.endpoint} failed: {_describe(error)}") from None
 
 
@@ -257,7 +264,7 @@ class _Watch:
         except Exception as error:
             if self._stop.is_set():
                 return
-            self._etcd._fail_over(self._client)
+            self._etcd._fail_over(self._client, error)
             raise DedupUnavailable(f"etcd watch broke: {_describe(error)}") from None
 
     def cancel(self) -> None:

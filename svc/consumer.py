@@ -75,7 +75,7 @@ class Consumer:
         self.on_consuming()
         self.connection, self.channel = connection, channel
         # Two windows of half the prefetch each: while one window's commit is in flight to etcd,
-        # the next is received, parsed and claimed.
+        # the next is received and parsed and its claims are sent.
         window = max(1, self.config.prefetch // 2)
         in_flight = None
         while not self.stop.is_set():
@@ -89,6 +89,8 @@ class Consumer:
             begun = (batch, self.processor.begin([body for _, _, body in batch])) if batch else None
             if in_flight:
                 self._settle(*in_flight)
+            if begun:
+                begun[1].proceed()
             in_flight = begun
         if in_flight:
             self._settle(*in_flight)

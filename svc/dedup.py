@@ -18,7 +18,8 @@ from .event import Event
 
 log = logging.getLogger(__name__)
 
-MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
+TXN_EVENTS = 64            # events per etcd transaction: etcd's default --max-txn-ops is 128
+                           # and an event takes up to two operations
 IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest of the
                            # range on every page, so small pages cost quadratic time)
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
@@ -34,9 +35,9 @@ class Verdict(enum.Enum):
     LOST = "lost"                # our claim expired before the done mark: requeue, process again
 
 
-def _chunks(items, size=MAX_TXN_OPS):
+def _chunks(items, size=TXN_EVENTS):
     for start in range(0, len(items), size):
-        yield start, items[start:start + size]
+        yield list(items[start:start + size])
 
 
 class NoDedup:
@@ -53,17 +54,17 @@ class NoDedup:
     def close(self) -> None:
         """Nothing to release."""
 
-    def claim(self, events: list[Event]) -> list[Verdict]:
-        return [Verdict.CLAIMED] * len(events)
+    def claim(self, events: list[Event]) -> "Ready":
+        return Ready([Verdict.CLAIMED] * len(events))
 
-    def commit(self, events: list[Event]) -> "Commit":
+    def commit(self, events: list[Event]) -> "InFlight":
         """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
-        commit = Commit(self.etcd, len(events))
-        for start, chunk in _chunks(events):
+        commit = InFlight(self.etcd, [None] * len(events))
+        for indices in _chunks(range(len(events))):
             request = _etcd.new_txn()
-            for event in chunk:
-                _etcd.add_put(request.success, self._effect_key(event), self._record(event))
-            commit.send(start, chunk, request, lambda event, reply: Verdict.OK)
+            for i in indices:
+                _etcd.add_put(request.success, self._effect_key(events[i]), self._record(events[i]))
+            commit.send(indices, [events[i] for i in indices], request, lambda event, reply: Verdict.OK)
         return commit
 
     def _effect_key(self, event: Event) -> bytes:
@@ -73,36 +74,45 @@ class NoDedup:
         return record(self.service, event).encode()
 
 
-class Commit:
-    """Transactions in flight for one window; ``result()`` gives a verdict per event. A chunk etcd
-    does not confirm is UNAVAILABLE (its events are requeued; a done mark, if it was written after
-    all, turns the redelivery into a skip)."""
+class InFlight:
+    """Transactions in flight for one window; ``result()`` waits and gives a verdict per event.
+    An event etcd did not answer for is UNAVAILABLE: it is requeued (fail closed), and a done
+    mark written after all turns its redelivery into a skip."""
 
-    def __init__(self, etcd: _etcd.Etcd, size: int) -> None:
-        self.etcd = etcd
-        self.verdicts = [Verdict.UNAVAILABLE] * size
+    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None]) -> None:
+        self.etcd, self.verdicts = etcd, verdicts
         self._parts: list = []
         self._failed = False
 
-    def send(self, start: int, chunk: list[Event], request, judge) -> None:
+    def send(self, indices: list[int], events: list[Event], request, judge) -> None:
         if self._failed:
             return
         try:
-            self._parts.append((start, chunk, self.etcd.txn_async(request), judge))
+            self._parts.append((indices, events, self.etcd.txn_async(request), judge))
         except DedupUnavailable as error:
             log.debug("%s", error)
             self._failed = True
 
     def result(self) -> list[Verdict]:
-        for start, chunk, pending, judge in self._parts:
+        for indices, events, pending, judge in self._parts:
             try:
                 replies = pending.result().responses
             except DedupUnavailable as error:
                 log.debug("%s", error)
                 continue
-            for offset, (event, reply) in enumerate(zip(chunk, replies)):
-                self.verdicts[start + offset] = judge(event, reply)
+            for i, event, reply in zip(indices, events, replies):
+                self.verdicts[i] = judge(event, reply)
         self._parts.clear()
+        return [Verdict.UNAVAILABLE if v is None else v for v in self.verdicts]
+
+
+class Ready:
+    """Verdicts known without asking etcd, with the same ``result()`` as InFlight."""
+
+    def __init__(self, verdicts: list[Verdict]) -> None:
+        self.verdicts = verdicts
+
+    def result(self) -> list[Verdict]:
         return self.verdicts
 
 
@@ -199,28 +209,27 @@ class EtcdDedup(NoDedup):
     def _claim_value(self, event: Event) -> bytes:
         return f"claimed {event.digest} {self._lease:x}".encode()
 
-    def claim(self, events: list[Event]) -> list[Verdict]:
+    def claim(self, events: list[Event]) -> InFlight:
         """Claim every event not known done: per chunk of the window one transaction holding a
         create-if-absent transaction per event (a claim on our lease, or the current value)."""
-        verdicts: list[Verdict | None] = [self._known(e) for e in events]
-        todo = [i for i, v in enumerate(verdicts) if v is None]
-        try:
-            if todo and not self._lease:
+        claims = InFlight(self.etcd, [self._known(e) for e in events])
+        todo = [i for i, verdict in enumerate(claims.verdicts) if verdict is None]
+        if todo and not self._lease:
+            try:
                 self._lease = self.etcd.grant(self.claim_ttl)
-            for _, chunk in _chunks(todo):
-                request = _etcd.new_txn()
-                for i in chunk:
-                    key = self._key(events[i])
-                    claim = _etcd.add_txn(request.success)
-                    _etcd.add_absent(claim.compare, key)
-                    _etcd.add_put(claim.success, key, self._claim_value(events[i]), self._lease)
-                    _etcd.add_get(claim.failure, key)
-                response = self.etcd.txn(request)
-                for i, reply in zip(chunk, response.responses):
-                    verdicts[i] = self._claim_verdict(events[i], reply.response_txn)
-        except DedupUnavailable as error:
-            log.debug("%s", error)
-        return [Verdict.UNAVAILABLE if v is None else v for v in verdicts]
+            except DedupUnavailable as error:
+                log.debug("%s", error)
+                return claims
+        for chunk in _chunks(todo):
+            request = _etcd.new_txn()
+            for i in chunk:
+                key = self._key(events[i])
+                claim = _etcd.add_txn(request.success)
+                _etcd.add_absent(claim.compare, key)
+                _etcd.add_put(claim.success, key, self._claim_value(events[i]), self._lease)
+                _etcd.add_get(claim.failure, key)
+            claims.send(chunk, [events[i] for i in chunk], request, lambda e, reply: self._claim_verdict(e, reply.response_txn))
+        return claims
 
     def _known(self, event: Event) -> Verdict | None:
         digest = self.done.get(keys.encode_id(event.id).encode())
@@ -243,24 +252,24 @@ class EtcdDedup(NoDedup):
         # Our own claim (a redelivery after a broker reconnect) is ours to finish.
         return Verdict.CLAIMED if owner == [f"{self._lease:x}"] else Verdict.HELD
 
-    def commit(self, events: list[Event]) -> Commit:
+    def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
-        commit = Commit(self.etcd, len(events))
+        commit = InFlight(self.etcd, [None] * len(events))
         try:
             lease = self._retention()
         except DedupUnavailable as error:
             log.debug("%s", error)
             return commit
-        for start, chunk in _chunks(events):
+        for chunk in _chunks(range(len(events))):
             request = _etcd.new_txn()
-            for event in chunk:
-                key = self._key(event)
+            for i in chunk:
+                key, event = self._key(events[i]), events[i]
                 done = _etcd.add_txn(request.success)
                 _etcd.add_value_is(done.compare, key, self._claim_value(event))
                 _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
                 _etcd.add_put(done.success, self._effect_key(event), self._record(event))
-            commit.send(start, chunk, request, self._commit_verdict)
+            commit.send(chunk, [events[i] for i in chunk], request, self._commit_verdict)
         return commit
 
     def _commit_verdict(self, event: Event, reply) -> Verdict:

@@ -43,8 +43,9 @@ class Processor:
         return self.begin(bodies).finish()
 
     def begin(self, bodies: list[bytes]) -> "Window":
-        """Parse and claim a window and send its commit; ``finish()`` waits for the commit, so the
-        consumer can take in the next window meanwhile."""
+        """Parse a window and send its claims. ``proceed()`` waits for them and sends the commit,
+        ``finish()`` waits for that: between the steps the consumer settles the previous window
+        and takes in the next one, so etcd's round trips overlap with the broker's."""
         return Window(self, bodies)
 
     def _fault(self, point: str) -> None:
@@ -93,16 +94,24 @@ class Window:
                 self.followers[i] = leaders[event.id]
             else:
                 leaders.setdefault(event.id, i)
-        lead = [i for i in self.events if i not in self.followers]
-        self.verdicts = dict(zip(lead, dedup.claim([self.events[i] for i in lead])))
-        self.claimed = [i for i in lead if self.verdicts[i] is Verdict.CLAIMED]
+        self.lead = [i for i in self.events if i not in self.followers]
+        self.claims = dedup.claim([self.events[i] for i in self.lead])
         self.commit = None
+
+    def proceed(self) -> None:
+        """Wait for the claims, do the work of what was claimed, send the commit (not waited)."""
+        if self.claims is None:
+            return
+        self.verdicts = dict(zip(self.lead, self.claims.result()))
+        self.claims = None
+        self.claimed = [i for i in self.lead if self.verdicts[i] is Verdict.CLAIMED]
         if self.claimed:
-            processor._fault("claimed")
-            time.sleep(processor.work_ms / 1000)
-            self.commit = dedup.commit([self.events[i] for i in self.claimed])
+            self.processor._fault("claimed")
+            time.sleep(self.processor.work_ms / 1000)
+            self.commit = self.processor.dedup.commit([self.events[i] for i in self.claimed])
 
     def finish(self) -> list[Outcome]:
+        self.proceed()
         verdicts, events, processor = self.verdicts, self.events, self.processor
         if self.commit is not None:
             verdicts.update(zip(self.claimed, self.commit.result()))

@@ -50,7 +50,7 @@ class MemoryDedup:
                 verdicts.append(Verdict.CONFLICT)
             else:
                 verdicts.append(Verdict.SKIPPED if held[0] == "done" else Verdict.HELD)
-        return verdicts
+        return Done(verdicts)
 
     def commit(self, events):
         for event in events:
