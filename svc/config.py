@@ -24,6 +24,11 @@ DEFAULT_DEDUP_RETENTION = 86400  # seconds a done mark is kept
 DEFAULT_ETCD_TIMEOUT = 2.0      # seconds per etcd call before it counts as unavailable
 MAX_PREFETCH = 1000
 
+# Every environment variable svc reads.
+VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
+             "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
+             "LOG_LEVEL", "WORK_MS", "CRASH_AT")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:

@@ -21,7 +21,7 @@ import pika
 
 from . import topology
 from ._etcd import Etcd
-from .config import parse_endpoints
+from .config import VARIABLES, parse_endpoints
 from .consumer import connection_name
 from .effects import count, counts_by_id
 from .publisher import Publisher
@@ -105,7 +105,7 @@ class World:
         return name
 
     def env(self, service: str, *, enable_etcd: bool = False, **settings) -> dict:
-        env = {key: value for key, value in os.environ.items() if key not in {"CRASH_AT", "WORK_MS"}}
+        env = {key: value for key, value in os.environ.items() if key not in VARIABLES}
         env.update(SERVICE_NAME=service, ENABLE_ETCD="true" if enable_etcd else "false", AMQP_URL=self.amqp_url,
                    ETCD_ENDPOINTS=self.etcd_endpoint, STATSD_HOST=self.statsd[0], STATSD_PORT=str(self.statsd[1]),
                    EVENTS_EXCHANGE=self.exchange, ETCD_PREFIX=self.prefix, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")

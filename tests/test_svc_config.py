@@ -1,5 +1,6 @@
 """Configuration of ``python -m svc``: defaults, one-line errors naming the variable, exit status 2."""
 
+import re
 import subprocess
 import sys
 
@@ -55,3 +56,12 @@ def test_publish_refuses_bad_json_with_2():
     result = subprocess.run([sys.executable, "-m", "svc.publish", "--input", "{not json"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "not valid JSON" in result.stderr and "nothing was published" in result.stderr
+
+
+def test_every_variable_read_is_listed():
+    import inspect
+
+    from svc import config
+
+    read = set(re.findall(r'get\("([A-Z_]+)"', inspect.getsource(config.Config.from_env)))
+    assert read == set(config.VARIABLES)
