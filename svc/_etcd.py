@@ -227,6 +227,10 @@ class Etcd:
         return _Watch(self, rpc.WatchRequest(create_request=create))
 
 
+class Compacted(DedupUnavailable):
+    """The watch's start revision was compacted away: read the state again, then watch on."""
+
+
 class _Pending:
     def __init__(self, etcd: Etcd, client, future) -> None:
         self._etcd, self._client, self._future = etcd, client, future
@@ -256,10 +260,10 @@ class _Watch:
         try:
             for response in self._call:
                 if response.compact_revision:
-                    raise DedupUnavailable(f"etcd watch fell behind compaction at {response.compact_revision}")
+                    raise Compacted(f"etcd compacted past the watch's revision ({response.compact_revision})")
                 for event in response.events:
                     yield event.type == put, event.kv.key, event.kv.value, event.kv.mod_revision
-        except DedupUnavailable:
+        except Compacted:
             raise
         except Exception as error:
             if self._stop.is_set():

@@ -139,18 +139,23 @@ class EtcdDedup(NoDedup):
         """Import the done ids (paged), then watch the prefix from that revision. Raises
         DedupUnavailable if etcd does not answer (the caller retries)."""
         started = time.monotonic()
-        pages = self.etcd.scan_prefix(self.key_prefix, IMPORT_PAGE)
-        skip = len(self.key_prefix)
-        try:
-            while True:
-                self.done.update((key[skip:], value[5:]) for key, value in next(pages) if value.startswith(b"done "))
-        except StopIteration as end:
-            revision = end.value
+        revision = self._import()
         self._lease = self.etcd.grant(self.claim_ttl)
         log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
                  len(self.done), self.service, time.monotonic() - started, revision)
         self._start(self._keep_claims_alive, "claim-keepalive")
         self._start(lambda: self._follow(revision + 1), "dedup-watch")
+
+    def _import(self) -> int:
+        """Read every done id of this service into ``done``; the revision read at."""
+        pages = self.etcd.scan_prefix(self.key_prefix, IMPORT_PAGE)
+        skip, done = len(self.key_prefix), {}
+        try:
+            while True:
+                done.update((key[skip:], value[5:]) for key, value in next(pages) if value.startswith(b"done "))
+        except StopIteration as end:
+            self.done = done
+            return end.value
 
     def close(self) -> None:
         self._stop.set()
@@ -189,8 +194,16 @@ class EtcdDedup(NoDedup):
                 for is_put, key, value, mod_revision in self._watch:
                     self._learn(is_put, key, value)
                     revision, delay = mod_revision + 1, 0.2
+            except _etcd.Compacted as error:
+                log.info("%s; reading the done ids again", error)
+                try:
+                    revision = self._import() + 1
+                except DedupUnavailable as again:
+                    log.debug("dedup re-import: %s", again)
             except DedupUnavailable as error:
                 log.debug("dedup watch: %s", error)
+            if self._watch is not None:
+                self._watch.cancel()  # end the broken stream before a new one starts
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
