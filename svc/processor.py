@@ -107,7 +107,8 @@ class Window:
         self.claimed = [i for i in self.lead if self.verdicts[i] is Verdict.CLAIMED]
         if self.claimed:
             self.processor._fault("claimed")
-            time.sleep(self.processor.work_ms / 1000)
+            if self.processor.work_ms:
+                time.sleep(self.processor.work_ms / 1000)
             self.commit = self.processor.dedup.commit([self.events[i] for i in self.claimed])
 
     def finish(self) -> list[Outcome]:
