@@ -14,6 +14,7 @@ CARBON_PORT = 2003          # plaintext protocol
 CARBON_PICKLE_PORT = 2004
 CARBON_QUERY_PORT = 7002    # carbonlink: graphite-web reads not-yet-written points here
 GRAPHITE_PORT = 8080        # graphite-web (render API and UI)
+LAB_PORT = 8888             # JupyterLab, started by `./kit present`
 
 # guest/guest is RabbitMQ's loopback-only default account; it is no secret.
 AMQP_URL = f"amqp://guest:guest@{HOST}:{AMQP_PORT}/%2F"

@@ -40,7 +40,7 @@ STOP_TIMEOUT = 10.0
 
 # JupyterLab is not part of the stack, but `./kit present` starts it the same way (pid file, log,
 # own process group) so that `down` stops it too.
-LAB_PORT = 8888
+LAB_PORT = endpoints.LAB_PORT
 
 
 class StackError(Exception):
