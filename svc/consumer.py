@@ -50,7 +50,8 @@ class Consumer:
         try:
             connection = pika.BlockingConnection(parameters)
         except BROKER_ERRORS as error:
-            raise BrokerUnavailable(f"cannot connect to {mask_url(self.config.amqp_url)}: {error!r}") from None
+            raise BrokerUnavailable(f"cannot connect to {mask_url(self.config.amqp_url)}: {error!r} "
+                                    "(is RabbitMQ running? `./kit up` starts the stack)") from None
         try:
             self._consume(connection)
         except BROKER_ERRORS as error:
@@ -174,7 +175,8 @@ def open_dedup(dedup, stop: threading.Event) -> bool:
             dedup.open()
             return True
         except DedupUnavailable as error:
-            log.warning("%s; deduplication waits for etcd, retrying in %.1f s", error, delay)
+            log.warning("%s; deduplication waits for etcd (is it running? `./kit up` starts the stack), "
+                        "retrying in %.1f s", error, delay)
             stop.wait(delay)
             delay = min(delay * 2, BACKOFF_MAX)
     return False

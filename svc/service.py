@@ -26,8 +26,9 @@ def main(environ=None) -> int:
         return 2
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pika logs every connection step at INFO; ours is one line per start, stop and reconnect.
-    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # pika logs every connection step, and each failed attempt as ERROR with a traceback; ours is
+    # one line per start, stop and reconnect, so pika speaks only when asked (LOG_LEVEL=DEBUG).
+    logging.getLogger("pika").setLevel(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         # Finish the current window, settle it, close: the handler only asks the loop to stop.
