@@ -13,6 +13,7 @@ def reset() -> None:
     """
     from . import services, stack
 
+    stack.etcd_prefix()   # a bad ETCD_PREFIX stops here, before anything is stopped or deleted
     services.stop_all()
     stack.reset()
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except stack.StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, stack.SettingError) else 1
     return 2
 
 

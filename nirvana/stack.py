@@ -47,6 +47,10 @@ class StackError(Exception):
     """A component cannot be started or reached; the message is one line saying what to do."""
 
 
+class SettingError(StackError):
+    """A setting (environment variable) has a value the kit refuses; exit status 2."""
+
+
 Progress = Callable[[str], None]
 
 
@@ -592,6 +596,13 @@ def render_status(rows: Iterable[Row]) -> str:
 def down(progress: Progress = print, only: Iterable[str] = ()) -> list[str]:
     """Stop what the kit started (by process group) and only that. Returns the names stopped."""
     stopped = []
+    if not only:
+        # the services consume from the stack: stop them first, so none is left orphaned to
+        # compete for the queues with the next run
+        from . import services
+
+        for name in services.stop_all():
+            progress(f"{name:<13} stopped (svc)")
     components = _select(only) if only else [*COMPONENTS, LAB]
     for component in reversed(components):  # JupyterLab first, then the stack in reverse start order
         process = _kit_process(component.name)
@@ -610,14 +621,24 @@ def down(progress: Progress = print, only: Iterable[str] = ()) -> list[str]:
 # --------------------------------------------------------------------------- reset
 
 def etcd_prefix() -> str:
-    """The kit's etcd prefix: ETCD_PREFIX as the services read it, default ``/nirvana``."""
-    return (os.environ.get("ETCD_PREFIX") or "/nirvana").rstrip("/")
+    """The kit's etcd prefix: ETCD_PREFIX as the services read it, default ``/nirvana``.
+
+    Checked as svc checks it, so ``reset`` can never be pointed at the root of etcd (``/``) or at
+    anything but one absolute key prefix.
+    """
+    from svc.config import PREFIX_RE
+
+    prefix = os.environ.get("ETCD_PREFIX") or "/nirvana"
+    if not PREFIX_RE.fullmatch(prefix.rstrip("/") or "/"):
+        raise SettingError(f"ETCD_PREFIX={prefix!r} is not an absolute key prefix such as /nirvana: "
+                         "reset deletes every key under it, so fix or unset ETCD_PREFIX")
+    return prefix.rstrip("/")
 
 
 def kit_queues(exchange: str = "events") -> list[str]:
     """The queues that belong to the kit: the talk's services, any service the kit has started,
-    the dead letters, and any other ``<exchange>.*`` queue RabbitMQ's management API shows (when
-    that plugin is enabled)."""
+    and the dead letters. Nothing is guessed from names: on a shared RabbitMQ another
+    application's ``events.*`` queue is not the kit's to purge."""
     from svc import topology
 
     from . import services
@@ -625,13 +646,6 @@ def kit_queues(exchange: str = "events") -> list[str]:
     names = [topology.queue_name(service, exchange=exchange)
              for service in (*topology.DEFAULT_SERVICES, *services.known_names())]
     names.append(topology.dead_letter_queue(exchange))
-    try:
-        answer = requests.get(f"http://{HOST}:15672/api/queues/%2F", auth=("guest", "guest"),
-                              params={"columns": "name"}, timeout=2)
-        if answer.status_code == 200:
-            names += [q["name"] for q in answer.json() if q.get("name", "").startswith(f"{exchange}.")]
-    except (requests.RequestException, ValueError, TypeError, AttributeError):
-        pass  # no management plugin: the known names are enough
     return sorted(set(names))
 
 
@@ -697,6 +711,7 @@ def reset(progress: Progress = print, exchange: str = "events") -> None:
     Purges the kit's queues, deletes the etcd keys under the kit's prefix, and deletes the whisper
     files of the native stack (so a changed retention takes effect on the next point).
     """
+    prefix = etcd_prefix()   # a bad ETCD_PREFIX stops the reset before anything is touched
     rows = {row.name: row for row in status()}
     if rows["rabbitmq"].healthy:
         removed = purge_queues(kit_queues(exchange))
@@ -704,7 +719,7 @@ def reset(progress: Progress = print, exchange: str = "events") -> None:
     else:
         progress("rabbitmq      not answering: nothing purged (start it with `./kit up`)")
     if rows["etcd"].healthy:
-        progress(f"etcd          deleted {delete_etcd_prefix()} keys under {etcd_prefix()}/")
+        progress(f"etcd          deleted {delete_etcd_prefix(prefix)} keys under {prefix}/")
     else:
         progress("etcd          not answering: no keys deleted (start it with `./kit up`)")
     if rows["carbon"].origin == "found running":

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from nirvana._wait import poll  # noqa: E402
 from nirvana import graphite, plots  # noqa: E402
 
 
@@ -81,7 +82,8 @@ def test_a_failing_fetch_is_shown_beside_the_chart_and_does_not_kill_it():
         raise graphite.GraphiteUnavailable("graphite-web is not answering")
 
     chart = plots.live_chart(["x"], time.time(), seconds=5, every=0.05, fetch=broken)
-    time.sleep(0.2)
+    poll(lambda: chart.label.value, lambda text: text.startswith("could not refresh"),
+         what="the chart to show the error", timeout=3, progress=lambda _: None)
     assert chart.running and chart.label.value.startswith("could not refresh: graphite-web")
     chart.stop()
     assert not chart.running

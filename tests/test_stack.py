@@ -135,6 +135,11 @@ def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
         for number in range(3):
             channel.basic_publish(exchange, "reset-test", f'{{"type":"new_order","id":"r{number}"}}'.encode())
         channel.basic_publish(topology.dead_letter_exchange(exchange), "", b"{}")
+        # and a queue that only looks like the kit's: another application's, bound to the exchange
+        stranger = f"{exchange}.not-the-kits-{uuid.uuid4().hex[:8]}"
+        channel.queue_declare(stranger)
+        channel.queue_bind(stranger, exchange, "#")
+        channel.basic_publish(exchange, "reset-test", b'{"type":"new_order","id":"s"}')
     prefix = stack.etcd_prefix()
     outside = "/nirvana-reset-test-outside"   # shares the prefix's letters, not its folder
     etcd = stack.etcd_client()
@@ -154,7 +159,10 @@ def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
     with pika.BlockingConnection(params) as connection:
         depths = {queue: connection.channel().queue_declare(queue, passive=True).method.message_count
                   for queue in talk_queues}
+        stranger_depth = connection.channel().queue_declare(stranger, passive=True).method.message_count
+        connection.channel().queue_delete(stranger)
     assert depths == dict.fromkeys(talk_queues, 0)
+    assert stranger_depth == 1
     assert stack.count_etcd_prefix() == 0
     assert etcd.get(outside) == b"x"
     etcd.delete_prefix(outside)
@@ -256,3 +264,15 @@ def test_present_leaves_jupyterlab_answering_on_its_url():
     finally:
         if not already:
             assert stack.down(progress=quiet, only=["jupyterlab"]) == ["jupyterlab"]
+
+
+@pytest.mark.parametrize("prefix", ["/", "//", "nirvana", "/a b"])
+def test_reset_refuses_an_etcd_prefix_that_is_not_one_absolute_prefix(prefix, monkeypatch):
+    # Given ETCD_PREFIX=/ (every key in etcd) or another bad value, I expect reset to stop before
+    # touching anything, with one line naming the variable, and the CLI to exit 2.
+    monkeypatch.setenv("ETCD_PREFIX", prefix)
+    with pytest.raises(stack.SettingError, match="ETCD_PREFIX"):
+        stack.reset(progress=quiet)
+    result = run_cli("reset")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "ETCD_PREFIX" in result.stderr
