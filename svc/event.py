@@ -23,8 +23,7 @@ class Event:
 
     @functools.cached_property
     def digest(self) -> str:
-        canonical = json.dumps({"type": self.type, "id": self.id, "args": dict(self.args)},
-                               sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        canonical = _CANONICAL.encode({"type": self.type, "id": self.id, "args": dict(self.args)})
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
     def to_json(self) -> str:
@@ -42,7 +41,9 @@ def parse(body: bytes) -> Event:
     except UnicodeDecodeError as error:
         raise InvalidEvent(f"body is not UTF-8 ({error.reason} at byte {error.start})") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        if text.startswith("\ufeff"):  # as json.loads says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise InvalidEvent(f"body is not JSON ({error.msg} at char {error.pos})") from None
     except RecursionError:
@@ -98,6 +99,12 @@ def _no_duplicate_keys(pairs: list) -> dict:
 
 def _no_constant(name: str):
     raise InvalidEvent(f"body holds {name}, which is not JSON")
+
+
+# Built once (json.loads and json.dumps with options build a new one per call); the digest's
+# canonical form must never change, or done marks already in etcd would turn into conflicts.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def _json_kind(value) -> str:
