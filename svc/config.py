@@ -6,6 +6,8 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 
+import pika
+
 from .errors import ConfigError
 from .topology import DEFAULT_EXCHANGE
 
@@ -90,6 +92,9 @@ def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
     endpoints = []
     for item in text.split(","):
         item = item.strip().removeprefix("http://")
+        if "://" in item:  # https:// would need TLS, which the client does not speak: refuse, not retry forever
+            raise ConfigError(f"ETCD_ENDPOINTS={text!r} is invalid: only plain http:// endpoints are "
+                              "supported, e.g. 127.0.0.1:2379")
         host, sep, port = item.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"ETCD_ENDPOINTS={text!r} is invalid: use host:port[,host:port...], "
@@ -98,13 +103,14 @@ def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
     return tuple(endpoints)
 
 
+# scheme://, then user:password@ up to the last @ before the path (as urllib splits it); no
+# parsing beyond that, so even a URL urllib refuses (a broken IPv6 host) is masked.
+_USERINFO_RE = re.compile(r"(?P<head>(?:[^:/?#]+:)?//[^:/?#@]*:)(?P<password>[^/?#]*)@")
+
+
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***``, safe for logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return _USERINFO_RE.sub(lambda m: f"{m['head']}***@", url, count=1)
 
 
 def _match(name: str, value: str, pattern: re.Pattern, expected: str) -> str:
@@ -147,8 +153,16 @@ def _number(name, value, cast, low, high, what):
 
 
 def _amqp_url(value: str) -> str:
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
-        raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid: expected "
-                          "amqp://user:password@host:port/vhost")
+    expected = "expected amqp://user:password@host:port/vhost"
+    if not value.startswith(("amqp://", "amqps://")):
+        raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid: {expected}")
+    try:
+        # pika's own parser, so a URL accepted here is one the consumer can use (port, query).
+        parameters = pika.URLParameters(value)
+    except ValueError as error:
+        match = _USERINFO_RE.search(value)
+        reason = str(error).replace(match["password"], "***") if match and match["password"] else str(error)
+        raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid ({reason}): {expected}") from None
+    if not urllib.parse.urlsplit(value).hostname or not 0 < parameters.port < 65536:
+        raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid: {expected}")
     return value

@@ -44,6 +44,37 @@ def test_the_password_never_shows():
     assert "s3cret" not in str(raised.value)
 
 
+BAD_AMQP_URLS = ["amqp://u:s3cret@h:abc/", "amqp://u:s3cret@h/?heartbeat=x", "amqp://u:s3cret@[::1/",
+                  "amqp://u:s3cret@h:0/", "amqp://u:s3cret@h/?no_such_option=1", "amqp:///"]
+
+
+@pytest.mark.parametrize("url", BAD_AMQP_URLS)
+def test_a_broken_amqp_url_is_one_line_without_the_password(url):
+    # Given an AMQP_URL that pika cannot use, I expect a ConfigError (not pika's ValueError later).
+    with pytest.raises(ConfigError) as raised:
+        Config.from_env({"SERVICE_NAME": "orders", "AMQP_URL": url})
+    message = str(raised.value)
+    assert message.startswith("AMQP_URL") and "\n" not in message and "s3cret" not in message
+
+
+@pytest.mark.parametrize("endpoints", ["https://h:2379", "127.0.0.1:2379,https://h:2379", "unix://x:1"])
+def test_an_etcd_endpoint_with_another_scheme_is_refused(endpoints):
+    # Given https:// (TLS, which the client does not speak), I expect a refusal, not retries forever.
+    with pytest.raises(ConfigError) as raised:
+        Config.from_env({"SERVICE_NAME": "orders", "ETCD_ENDPOINTS": endpoints})
+    assert str(raised.value).startswith("ETCD_ENDPOINTS") and "http://" in str(raised.value)
+
+
+@pytest.mark.parametrize("variable, value", [("AMQP_URL", "amqp://u:s3cret@h:abc/"),
+                                             ("AMQP_URL", "amqp://u:s3cret@[::1/"),
+                                             ("ETCD_ENDPOINTS", "https://h:2379")])
+def test_python_m_svc_exits_2_with_one_line_for_a_broken_url(variable, value):
+    result = subprocess.run([sys.executable, "-m", "svc"], env={"SERVICE_NAME": "orders", variable: value},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and variable in result.stderr and "s3cret" not in result.stderr
+
+
 def test_python_m_svc_exits_2_with_one_line():
     # Given a bad setting, when the service starts, I expect one line naming it and status 2.
     result = subprocess.run([sys.executable, "-m", "svc"], env={"SERVICE_NAME": "orders", "PREFETCH": "lots"},
