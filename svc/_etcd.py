@@ -112,6 +112,11 @@ class Etcd:
         self._lock = threading.Lock()
 
     @property
+    def timeout(self) -> float:
+        """Seconds each call may take before it counts as failed."""
+        return self._timeout
+
+    @property
     def endpoint(self) -> str:
         host, port = self._endpoints[self._index]
         return f"{host}:{port}"
@@ -128,8 +133,14 @@ class Etcd:
         try:
             return getattr(getattr(client, stub_name), method)(request, timeout or self._timeout)
         except Exception as error:  # grpc.RpcError and anything etcd3 raises: etcd is unusable
-            self._fail_over(client, error)
-            raise DedupUnavailable(f"etcd {what} at {self.endpoint} failed: {_describe(error)}") from None
+            raise self._failed(what, client, error) from None
+
+    def _failed(self, what: str, client, error: Exception) -> DedupUnavailable:
+        """The error to raise for a failed call (after failing over): LeaseNotFound when the
+        request named a lease etcd no longer has, else DedupUnavailable."""
+        self._fail_over(client, error)
+        kind = LeaseNotFound if _lease_not_found(error) else DedupUnavailable
+        return kind(f"etcd {what} at {self.endpoint} failed: {_describe(error)}")
 
     def _fail_over(self, client, error: Exception | None = None) -> None:
         """After a connection failure, the next call goes to the next endpoint. An error etcd
@@ -161,8 +172,7 @@ class Etcd:
         try:
             return _Pending(self, client, client.kvstub.Txn.future(request, self._timeout))
         except Exception as error:
-            self._fail_over(client, error)
-            raise DedupUnavailable(f"etcd transaction at {self.endpoint} failed: {_describe(error)}") from None
+            raise self._failed("transaction", client, error) from None
 
     def put(self, key, value, lease: int = 0) -> None:
         self._call("put", "kvstub", "Put", _rpc().PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
@@ -199,19 +209,24 @@ class Etcd:
     def grant(self, ttl: int) -> int:
         return self._call("lease grant", "leasestub", "LeaseGrant", _rpc().LeaseGrantRequest(TTL=ttl)).ID
 
-    def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease; its remaining TTL (0 or less: it has expired)."""
+    def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
+        """Refresh a lease within ``timeout`` (default: the client's); its remaining TTL (0 or
+        less: it has expired)."""
         client = self._stubs()
         try:
             responses = client.leasestub.LeaseKeepAlive(iter([_rpc().LeaseKeepAliveRequest(ID=lease_id)]),
-                                                        self._timeout)
+                                                        timeout or self._timeout)
             return next(iter(responses)).TTL
         except Exception as error:
-            self._fail_over(client, error)
-            raise DedupUnavailable(f"etcd lease keepalive at {self.endpoint} failed: {_describe(error)}") from None
+            raise self._failed("lease keepalive", client, error) from None
 
     def revoke(self, lease_id: int) -> None:
         self._call("lease revoke", "leasestub", "LeaseRevoke", _rpc().LeaseRevokeRequest(ID=lease_id))
+
+    def leases(self) -> list[int]:
+        """The id of every lease etcd holds (what an operator lists before revoking one)."""
+        reply = self._call("lease list", "leasestub", "LeaseLeases", _rpc().LeaseLeasesRequest())
+        return [lease.ID for lease in reply.leases]
 
     # -- watch --------------------------------------------------------------------------------
 
@@ -231,6 +246,11 @@ class Compacted(DedupUnavailable):
     """The watch's start revision was compacted away: read the state again, then watch on."""
 
 
+class LeaseNotFound(DedupUnavailable):
+    """A request named a lease etcd no longer has (revoked, expired, or etcd restored from a
+    backup): every later request with that lease fails too, so take a new one."""
+
+
 class _Pending:
     def __init__(self, etcd: Etcd, client, future) -> None:
         self._etcd, self._client, self._future = etcd, client, future
@@ -239,8 +259,7 @@ class _Pending:
         try:
             return self._future.result()
         except Exception as error:
-            self._etcd._fail_over(self._client, error)
-            raise DedupUnavailable(f"etcd transaction at {self._etcd.endpoint} failed: {_describe(error)}") from None
+            raise self._etcd._failed("transaction", self._client, error) from None
 
 
 class _Watch:
@@ -274,6 +293,12 @@ class _Watch:
     def cancel(self) -> None:
         self._stop.set()
         self._call.cancel()
+
+
+def _lease_not_found(error: Exception) -> bool:
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    return (callable(code) and callable(details) and code().name == "NOT_FOUND"
+            and "lease not found" in (details() or ""))
 
 
 def _describe(error: Exception) -> str:

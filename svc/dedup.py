@@ -79,8 +79,8 @@ class InFlight:
     An event etcd did not answer for is UNAVAILABLE: it is requeued (fail closed), and a done
     mark written after all turns its redelivery into a skip."""
 
-    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None]) -> None:
-        self.etcd, self.verdicts = etcd, verdicts
+    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], on_lease_lost=None) -> None:
+        self.etcd, self.verdicts, self.on_lease_lost = etcd, verdicts, on_lease_lost
         self._parts: list = []
         self._failed = False
 
@@ -90,15 +90,20 @@ class InFlight:
         try:
             self._parts.append((indices, events, self.etcd.txn_async(request), judge))
         except DedupUnavailable as error:
-            log.debug("%s", error)
+            self._fail(error)
             self._failed = True
+
+    def _fail(self, error: DedupUnavailable) -> None:
+        log.debug("%s", error)
+        if isinstance(error, _etcd.LeaseNotFound) and self.on_lease_lost is not None:
+            self.on_lease_lost()
 
     def result(self) -> list[Verdict]:
         for indices, events, pending, judge in self._parts:
             try:
                 replies = pending.result().responses
             except DedupUnavailable as error:
-                log.debug("%s", error)
+                self._fail(error)
                 continue
             for i, event, reply in zip(indices, events, replies):
                 self.verdicts[i] = judge(event, reply)
@@ -177,9 +182,13 @@ class EtcdDedup(NoDedup):
     def _keep_claims_alive(self) -> None:
         # While we work, our claims must not expire; if they do (etcd was away longer than the
         # TTL), the done transaction's guard fails and the event is requeued, never lost.
-        while not self._stop.wait(self.claim_ttl / 3):
+        # Each refresh must end before the next is due: a 2 s etcd timeout with CLAIM_TTL=1 would
+        # let one slow call outlive the lease.
+        interval = self.claim_ttl / 3
+        deadline = min(self.etcd.timeout, interval)
+        while not self._stop.wait(interval):
             try:
-                if self._lease and self.etcd.keepalive(self._lease) <= 0:
+                if self._lease and self.etcd.keepalive(self._lease, timeout=deadline) <= 0:
                     log.warning("claim lease expired; a new one is taken for the next claims")
                     self._lease = 0
             except DedupUnavailable as error:
@@ -225,7 +234,7 @@ class EtcdDedup(NoDedup):
     def claim(self, events: list[Event]) -> InFlight:
         """Claim every event not known done: per chunk of the window one transaction holding a
         create-if-absent transaction per event (a claim on our lease, or the current value)."""
-        claims = InFlight(self.etcd, [self._known(e) for e in events])
+        claims = InFlight(self.etcd, [self._known(e) for e in events], self._claim_lease_lost)
         todo = [i for i, verdict in enumerate(claims.verdicts) if verdict is None]
         if todo and not self._lease:
             try:
@@ -243,6 +252,12 @@ class EtcdDedup(NoDedup):
                 _etcd.add_get(claim.failure, key)
             claims.send(chunk, [events[i] for i in chunk], request, lambda e, reply: self._claim_verdict(e, reply.response_txn))
         return claims
+
+    def _claim_lease_lost(self) -> None:
+        # The claims of this window were refused whole (requeued); the next window claims on a
+        # new lease instead of waiting for the keepalive to notice.
+        log.warning("claim lease %x is gone from etcd; a new one is taken for the next claims", self._lease)
+        self._lease = 0
 
     def _known(self, event: Event) -> Verdict | None:
         digest = self.done.get(keys.encode_id(event.id).encode())
@@ -268,7 +283,7 @@ class EtcdDedup(NoDedup):
     def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
-        commit = InFlight(self.etcd, [None] * len(events))
+        commit = InFlight(self.etcd, [None] * len(events), self._retention_lease_lost)
         try:
             lease = self._retention()
         except DedupUnavailable as error:
@@ -290,6 +305,12 @@ class EtcdDedup(NoDedup):
             return Verdict.LOST
         self.done[keys.encode_id(event.id).encode()] = event.digest.encode()
         return Verdict.OK
+
+    def _retention_lease_lost(self) -> None:
+        # Without this, every commit would fail on the lost lease until its reuse time ran out.
+        log.warning("retention lease %x is gone from etcd; a new one is taken for the next done marks",
+                    self._retention_lease)
+        self._retention_until = 0.0
 
     def _retention(self) -> int:
         """A lease that keeps done marks for the retention time, shared for a tenth of it."""
