@@ -4,8 +4,9 @@
     python -m svc.publish --input '{"type":"new_order","id":"123"}' --count 5        # 5 duplicates
     python -m svc.publish --input '{"type":"new_order","id":"o"}' --count 10000 --fresh-ids
 
-Input that is not JSON is refused with exit status 2 and nothing is published; exit status 1
-means not every event was confirmed and routed (the reason is printed).
+Input that is not JSON is refused with exit status 2 and nothing is published; JSON that is not an
+object is published exactly as given (the consumers dead-letter it). Exit status 1 means not every
+event was confirmed and routed (the reason is printed).
 """
 
 import argparse
@@ -43,9 +44,12 @@ def main(argv=None) -> int:
     if not EXCHANGE_RE.fullmatch(args.exchange):
         parser.exit(2, f"svc.publish: --exchange {args.exchange!r} is invalid; nothing was published\n")
     services = tuple(args.services) if args.services else topology.DEFAULT_SERVICES
+    # JSON that is not an object (3, null, "x", [1]) goes out as typed: the consumers dead-letter
+    # it, which is how the kit shows bad input.
+    body = event if isinstance(event, dict) else args.input
     try:
         result = Publisher(args.amqp_url, args.exchange, services=services).publish(
-            event, args.routing_key, count=args.count, fresh_ids=args.fresh_ids)
+            body, args.routing_key, count=args.count, fresh_ids=args.fresh_ids)
     except (BrokerUnavailable, PublishError) as error:
         print(f"svc.publish: {error} (is RabbitMQ running? `./kit up` starts the stack)", file=sys.stderr)
         return 1

@@ -7,10 +7,12 @@ comes back (mandatory) and is reported as unroutable.
 
 import dataclasses
 import json
+import time
 import uuid
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import topology
 from .config import DEFAULT_AMQP_URL, mask_url
@@ -18,6 +20,7 @@ from .errors import BrokerUnavailable, PublishError
 
 DEFAULT_ROUTING_KEY = "foo"
 DEFAULT_TIMEOUT = 30.0  # seconds for one publish() to be confirmed
+CLOSE_GRACE = 1.0       # seconds a timed-out publish waits for the broker to close, then gives up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,22 +51,23 @@ class Publisher:
         self._declared = not declare
 
     def __enter__(self) -> "Publisher":
-        self._declare()
+        self._declare(self.timeout)
         return self
 
     def __exit__(self, *exc) -> None:
         """Each publish() closes its own connection; nothing is left open."""
 
-    def _declare(self) -> None:
+    def _declare(self, timeout: float) -> None:
         if self._declared:
             return
+        # A silent broker ends in a handshake timeout: an AMQPConnectorException, not an AMQPError.
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            connection = pika.BlockingConnection(_parameters(self.amqp_url, timeout))
             try:
                 topology.declare(connection.channel(), self.exchange, services=self.services)
             finally:
                 connection.close()
-        except (pika.exceptions.AMQPError, OSError) as error:
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as error:
             raise BrokerUnavailable(f"cannot declare the topology at {mask_url(self.amqp_url)}: {error!r}") from None
         self._declared = True
 
@@ -72,12 +76,16 @@ class Publisher:
         """Publish ``event`` ``count`` times (the same id: duplicates, unless ``fresh_ids``).
 
         ``event`` is a dict (sent as JSON) or bytes/str sent as they are (to show bad input).
+        Returns or raises within ``timeout`` (+ CLOSE_GRACE), whatever the broker does.
         """
+        deadline = time.monotonic() + self.timeout
+        if not isinstance(event, (dict, str, bytes, bytearray)):
+            raise TypeError(f"event must be a dict, str or bytes, not {type(event).__name__}")
         if count < 0:
             raise ValueError("count must be 0 or more")
         if fresh_ids and not isinstance(event, dict):
             raise ValueError("fresh_ids needs the event as a dict")
-        self._declare()
+        self._declare(self.timeout)
         bodies, ids = [], []
         for _ in range(count):
             if isinstance(event, dict):
@@ -87,7 +95,20 @@ class Publisher:
             else:
                 bodies.append(event.encode() if isinstance(event, str) else bytes(event))
                 ids.append("")
-        return _ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, self.timeout).run()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BrokerUnavailable(f"declaring the topology at {mask_url(self.amqp_url)} took the whole "
+                                    f"{self.timeout:g} s; nothing was published")
+        return _ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, remaining).run()
+
+
+def _parameters(url: str, timeout: float) -> pika.URLParameters:
+    """The URL's parameters, with opening the connection (TCP and AMQP handshake) and being
+    blocked by the broker (a resource alarm) each bounded by ``timeout``."""
+    parameters = pika.URLParameters(url)
+    parameters.stack_timeout = min(parameters.stack_timeout or timeout, timeout)
+    parameters.blocked_connection_timeout = min(parameters.blocked_connection_timeout or timeout, timeout)
+    return parameters
 
 
 class _ConfirmedBatch:
@@ -99,11 +120,12 @@ class _ConfirmedBatch:
         self.pending: set[int] = set()
         self.confirmed = self.nacked = self.unroutable = 0
         self.error: str | None = None
+        self.opened = False
 
     def run(self) -> PublishResult:
         if not self.bodies:
             return PublishResult(0, 0, 0, ())
-        self.connection = pika.SelectConnection(pika.URLParameters(self.url), on_open_callback=self._on_open,
+        self.connection = pika.SelectConnection(_parameters(self.url, self.timeout), on_open_callback=self._on_open,
                                                 on_open_error_callback=self._on_open_error,
                                                 on_close_callback=self._on_closed)
         self.connection.ioloop.call_later(self.timeout, self._on_timeout)
@@ -113,10 +135,11 @@ class _ConfirmedBatch:
         return PublishResult(self.confirmed, self.unroutable, self.nacked, tuple(self.ids))
 
     def _on_open(self, connection) -> None:
+        self.opened = True
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, connection, error) -> None:
-        self.error = f"cannot connect to {mask_url(self.url)}: {error!r}"
+        self.error = self.error or f"cannot connect to {mask_url(self.url)}: {error!r}"
         connection.ioloop.stop()
 
     def _on_closed(self, connection, reason) -> None:
@@ -156,9 +179,17 @@ class _ConfirmedBatch:
             self._close()
 
     def _on_timeout(self) -> None:
-        if self.pending:
-            self.error = f"{len(self.pending)} of {len(self.bodies)} events not confirmed within {self.timeout:g} s"
-        self._close()
+        unconfirmed = len(self.bodies) - self.confirmed - self.nacked
+        if not self.opened:
+            # pika's stack timeout (the same deadline) aborts the handshake; a close() now would race it.
+            self.error = f"no connection to {mask_url(self.url)} within {self.timeout:g} s"
+        else:
+            if unconfirmed and not self.error:
+                self.error = f"{unconfirmed} of {len(self.bodies)} events not confirmed within {self.timeout:g} s"
+            self._close()
+        # A blocked connection (resource alarm) or a silent broker may never finish closing:
+        # stop waiting for it, so publish() ends within its deadline either way.
+        self.connection.ioloop.call_later(CLOSE_GRACE, self.connection.ioloop.stop)
 
     def _close(self) -> None:
         if self.connection.is_open:
