@@ -194,22 +194,32 @@ class World:
     # -- teardown -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Kill every process (SIGKILL by group), then remove queues, exchanges and keys."""
+        """Kill every process (SIGKILL by group), then remove queues, exchanges and keys.
+
+        Each step runs whatever the one before did: a process that will not die does not leave
+        the world's queues and keys behind. A process that would not die is raised at the end
+        (it is still running); a broker or etcd that went away is only reported, so the test's
+        own error is not hidden."""
+        stuck = []
         for process in self.processes:
-            if process.alive():
-                process.kill()
+            try:
+                if process.alive():
+                    process.kill()
+            except (subprocess.TimeoutExpired, OSError) as error:
+                stuck.append(f"{process.service} (pid {process.pid}): {error}")
         try:
-            channel = self.channel()
-            topology.delete(channel, self.exchange, services=sorted(self.services))
+            topology.delete(self.channel(), self.exchange, services=sorted(self.services))
             self._connection.close()
-        except pika.exceptions.AMQPError:
-            pass
+        except (pika.exceptions.AMQPError, OSError) as error:
+            print(f"svc.testing: could not delete the queues of {self.exchange}: {error!r}", file=sys.stderr)
         try:
             self.etcd.delete_prefix(self.prefix + "/")
-        except DedupUnavailable as error:  # etcd went away: say so, do not hide the test's own error
+        except DedupUnavailable as error:
             print(f"svc.testing: could not delete {self.prefix}/ from etcd: {error}", file=sys.stderr)
         finally:
             self.etcd.close()
+        if stuck:
+            raise TimeoutError(f"svc processes did not die: {'; '.join(stuck)}")
 
 
 def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> float:
