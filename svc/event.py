@@ -11,6 +11,8 @@ from .errors import InvalidEvent
 EVENT_TYPES = ("new_order", "ban_user")
 MAX_BODY_BYTES = 64 * 1024
 MAX_ID_BYTES = 256
+MAX_DEPTH = 64  # levels of JSON nesting, the event object included: deeper cannot be digested
+                # safely (the digest re-encodes args a few stack frames deeper than parse decoded them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,8 @@ def parse(body: bytes) -> Event:
         raise InvalidEvent(f"body is not JSON ({error.msg} at char {error.pos})") from None
     except RecursionError:
         raise InvalidEvent("body is JSON nested too deeply") from None
+    except ValueError as error:  # JSON Python will not read, such as an integer of over 4300 digits
+        raise InvalidEvent(f"body is JSON that cannot be read ({str(error).split(':')[0][:120]})") from None
     if not isinstance(data, dict):
         raise InvalidEvent(f"event is a JSON {_json_kind(data)}, not an object")
     return Event(type=_type(data), id=_id(data), args=_args(data))
@@ -85,6 +89,14 @@ def _args(data: dict) -> types.MappingProxyType:
     args = data.get("args", {})
     if not isinstance(args, dict):
         raise InvalidEvent(f"args is a JSON {_json_kind(args)}, not an object")
+    # Iterative, so checking the depth is never what runs out of stack.
+    containers = [(args, 2)]
+    while containers:
+        value, depth = containers.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidEvent(f"body is JSON nested too deeply (over {MAX_DEPTH} levels)")
+        children = value.values() if isinstance(value, dict) else value
+        containers.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return types.MappingProxyType(args)
 
 

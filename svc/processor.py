@@ -4,6 +4,7 @@ Parsing, deduplication, effects and metrics meet here; ``consumer.py`` only appl
 """
 
 import dataclasses
+import logging
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ from .dedup import NoDedup, Verdict
 from .errors import InvalidEvent
 from .event import Event, parse
 
+log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
@@ -85,6 +87,11 @@ class Window:
             except InvalidEvent as error:
                 # Never crash, never drop: the body goes to the dead letters with its reason.
                 self.outcomes[i] = Outcome("dead", error.reason)
+                meter.incr(metrics.invalid(service))
+            except Exception as error:  # a case parse missed: one body must not stop the service
+                log.exception("parse failed on a body of %d bytes; dead-lettered", len(body))
+                reason = f"parse failed: {type(error).__name__}: {error}".replace("\n", " ")[:200]
+                self.outcomes[i] = Outcome("dead", reason)
                 meter.incr(metrics.invalid(service))
         # With dedup, the first copy of an id in the window leads; its repeats follow its fate.
         leaders: dict[str, int] = {}

@@ -6,7 +6,7 @@ import pytest
 
 from svc import keys
 from svc.errors import InvalidEvent
-from svc.event import MAX_BODY_BYTES, MAX_ID_BYTES, parse
+from svc.event import MAX_BODY_BYTES, MAX_DEPTH, MAX_ID_BYTES, parse
 
 # (name, body, words the reason must contain): every kind of bad input the consumer must survive.
 BAD_INPUT = [
@@ -23,6 +23,11 @@ BAD_INPUT = [
     ("json null", b"null", "null, not an object"),
     ("NaN", b'{"type":"new_order","id":"1","args":{"x":NaN}}', "NaN"),
     ("nested too deep", b"[" * 50000, "nested too deeply"),
+    ("args nested 100 deep", b'{"type":"new_order","id":"deep","args":{"a":' + b"[" * 100 + b"]" * 100 + b"}}",
+     "nested too deeply"),
+    ("args nested 990 deep", b'{"type":"new_order","id":"deeper","args":{"a":' + b"[" * 990 + b"]" * 990 + b"}}",
+     "nested too deeply"),
+    ("number of 5001 digits", b'{"type":"new_order","id":"big","args":{"n":1' + b"0" * 5000 + b"}}", "4300 digits"),
     ("duplicate key", b'{"type":"new_order","id":"1","id":"2"}', "appears twice"),
     ("no id", b'{"type":"new_order"}', "no id"),
     ("id null", b'{"type":"new_order","id":null}', "id is a JSON null"),
@@ -46,6 +51,12 @@ def test_bad_input_is_refused_with_a_reason(body, words):
         parse(body)
     assert words in raised.value.reason
     assert len(raised.value.reason) < 200 and "\n" not in raised.value.reason
+
+
+def test_args_as_deep_as_the_limit_parse_and_have_a_digest():
+    depth = MAX_DEPTH - 2  # the event object and args are the first two levels
+    event = parse(b'{"type":"new_order","id":"1","args":{"a":' + b"[" * depth + b"]" * depth + b"}}")
+    assert len(event.digest) == 32
 
 
 def test_the_talks_event_parses():

@@ -2,7 +2,7 @@
 
 import json
 
-from svc import metrics
+from svc import metrics, processor
 from svc.dedup import Verdict
 from svc.processor import Processor
 
@@ -97,3 +97,21 @@ def test_etcd_away_fails_closed():
 def _digest(event_id):
     from svc.event import parse
     return parse(body(event_id)).digest
+
+
+def test_a_body_parse_fails_on_unexpectedly_is_dead_lettered_not_a_crash(monkeypatch):
+    # Given a parse that fails with something other than InvalidEvent (a bug, a new edge case)...
+    real_parse = processor.parse
+
+    def parse(raw):
+        if raw == b"trap":
+            raise ValueError("surprise")
+        return real_parse(raw)
+
+    monkeypatch.setattr(processor, "parse", parse)
+    dedup, meter = MemoryDedup(), Meter()
+    # ... I expect that body dead-lettered with the reason, counted, and the rest of the window done.
+    outcomes = Processor("orders", dedup, meter).process([body("1"), b"trap", body("2")])
+    assert [o.action for o in outcomes] == ["ack", "dead", "ack"]
+    assert "ValueError: surprise" in outcomes[1].reason
+    assert dedup.effects == ["1", "2"] and meter.counts[metrics.invalid("orders")] == 1
