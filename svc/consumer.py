@@ -12,6 +12,7 @@ import time
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import topology
 from .config import Config, mask_url
@@ -25,7 +26,9 @@ HELD_DELAY = 0.3         # seconds before requeueing an event a live sibling hol
 BACKOFF_START = 0.2      # seconds; doubled up to BACKOFF_MAX while etcd or RabbitMQ is away
 BACKOFF_MAX = 5.0
 
-BROKER_ERRORS = (pika.exceptions.AMQPError, OSError)
+# A broker that takes the TCP connection but never answers ends in a handshake timeout, an
+# AMQPConnectorException (not an AMQPError): retried like any other broker failure.
+BROKER_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
 
 
 def connection_name(service: str, pid: int | None = None) -> str:

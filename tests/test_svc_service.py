@@ -1,11 +1,14 @@
 """``python -m svc`` against the real RabbitMQ, etcd and statsd/Graphite: the talk, as tests."""
 
+import os
 import signal
+import socket
 
 import pytest
 
 from svc import keys, metrics
-from svc.testing import graphite_total, wait_for
+from svc.config import VARIABLES
+from svc.testing import ServiceProcess, graphite_total, wait_for
 from svc.topology import REASON_HEADER, ROUTING_KEY_HEADER, SERVICE_HEADER
 
 from test_svc_event import BAD_INPUT
@@ -111,3 +114,22 @@ def test_a_stop_signal_finishes_acks_and_exits_0(svc_world, signum):
     assert svc_world.etcd.get(claim).startswith(b"done")
     assert svc_world.depth(orders) == 0 and svc_world.consumers(orders) == 0
     assert "stopped" in process.log() and "Traceback" not in process.log()
+
+
+def test_a_broker_that_never_answers_is_retried_not_a_crash(tmp_path):
+    # Given AMQP_URL pointing at a port that takes the connection and never speaks AMQP...
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        env = {key: value for key, value in os.environ.items() if key not in VARIABLES}
+        env.update(SERVICE_NAME="orders", PYTHONUNBUFFERED="1",
+                   AMQP_URL=f"amqp://guest:guest@127.0.0.1:{server.getsockname()[1]}/%2F?stack_timeout=0.5")
+        process = ServiceProcess("orders", env, tmp_path / "orders.log")
+        try:
+            # ... I expect the handshake timeout treated as the broker being away: retried, logged.
+            wait_for(lambda: process.log().count("reconnecting") >= 2 or not process.alive(),
+                     "two reconnect attempts", timeout=15)
+            assert process.alive(), process.log()
+            assert process.stop() == 0 and "Traceback" not in process.log()
+        finally:
+            process.kill()
