@@ -2,8 +2,6 @@
 
 import time
 
-import pytest
-
 from nirvana import graphite, rabbit, services, widgets
 from svc.publisher import PublishResult
 from test_nirvana_services import kit  # noqa: F401  (the isolated-kit fixture)
