@@ -78,7 +78,8 @@ class Consumer:
             backoff = BACKOFF_START
             while not self.stop.is_set():
                 try:
-                    self._consume(connection)
+                    if self._consume(connection):
+                        self._sleep(BACKOFF_START)  # cancelled by the broker: consume again shortly
                     backoff = BACKOFF_START
                 except BROKER_ERRORS as error:
                     svc_error = _amqp.translate(error, f"consuming {self.queue}")
@@ -101,12 +102,26 @@ class Consumer:
 
     # -- one channel ---------------------------------------------------------------------------
 
-    def _consume(self, connection) -> None:
+    def _consume(self, connection) -> bool:
+        """Consume on a new channel until stopped (False) or cancelled by the broker (True); the
+        channels are closed on the way out, so what they held unacked returns to the queue."""
         self._pending: list = []
         self._kept: list[_Kept] = []
         self._cancelled = False
-        channel = connection.channel()
-        channel = topology.declare(channel, self.config.exchange, services=(self.config.service,))
+        self.channel = self._dead = None
+        try:
+            return self._consume_on(connection)
+        finally:
+            for channel in (self.channel, self._dead):
+                if channel is not None and channel.is_open:
+                    try:
+                        channel.close()
+                    except BROKER_ERRORS:
+                        pass  # the connection went: the broker requeues all the same
+
+    def _consume_on(self, connection) -> bool:
+        channel = self.channel = connection.channel()
+        channel = self.channel = topology.declare(channel, self.config.exchange, services=(self.config.service,))
         channel.basic_qos(prefetch_count=self.config.prefetch)
         self._dead = connection.channel()
         self._dead.confirm_delivery()
@@ -115,7 +130,6 @@ class Consumer:
         log.info("%s consuming %s (prefetch %d, dedup %s)", self.config.service, self.queue,
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
         self.on_consuming()
-        self.channel = channel
         # Two windows of half the prefetch each: while one window's commit is in flight to etcd,
         # the next is received and parsed and its claims are sent.
         window = max(1, self.config.prefetch // 2)
@@ -141,11 +155,12 @@ class Consumer:
         if self._cancelled:
             # The broker cancelled the consumer (its queue deleted, or its node lost): what this
             # channel holds unacked goes back when it closes; a new channel declares the queue again.
-            raise pika.exceptions.ConsumerCancelled()
+            return True
         # Stopping: the current window was finished and settled; what is still buffered (and any
         # kept dead letter) was never acked and returns to the queue when the channel closes.
         channel.basic_cancel(tag)
         log.info("%s stopped consuming %s", self.config.service, self.queue)
+        return False
 
     def _on_message(self, channel, method, properties, body) -> None:
         self._pending.append((method, properties, body))

@@ -40,10 +40,11 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
     ``channel`` is a pika BlockingChannel. Declaring what exists with the same arguments is a no-op.
     Each service queue names the dead-letter exchange (``x-dead-letter-exchange``), so what the
     broker itself dead-letters (a message's TTL expired, a rejection, a delivery limit) lands in the
-    dead letters too, with its ``x-death`` header (see ``dead_letter_reason``). A queue declared by
-    an earlier kit without that argument is kept as it is, with a warning (the broker refuses to
-    change a queue's arguments: 406 PRECONDITION_FAILED); any other difference is raised as pika's
-    ChannelClosedByBroker for the caller's broker edge (svc._amqp) to report.
+    dead letters too, with its ``x-death`` header (see ``dead_letter_reason``). A queue an earlier
+    kit declared without arguments is declared again with it when empty and unused, else kept as it
+    is with a warning (the broker never changes a queue's arguments: 406 PRECONDITION_FAILED); any
+    other difference is raised as pika's ChannelClosedByBroker for the caller's broker edge
+    (svc._amqp) to report.
     """
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     dlx, dead_letters = dead_letter_exchange(exchange), dead_letter_queue(exchange)
@@ -58,13 +59,30 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
             if f"inequivalent arg '{DEAD_LETTER_EXCHANGE_ARG}'" not in error.reply_text \
                     or not error.reply_text.endswith("but current is none"):
                 raise
-            channel = channel.connection.channel()
-            channel.queue_declare(queue, durable=True)  # raises if it differs in anything else
-            log.warning("queue %s has no dead-letter exchange (declared by an earlier kit): what the broker "
-                        "dead-letters from it (expired, rejected) is dropped; delete it when empty "
-                        "(rabbitmqctl delete_queue %s) so it is declared again with one", queue, queue)
+            channel = _upgrade(channel.connection.channel(), queue, dlx)
         channel.queue_bind(queue, exchange, routing_key=BINDING_KEY)
     return channel
+
+
+def _upgrade(channel, queue: str, dlx: str):
+    """Give a queue declared without arguments its dead-letter exchange if it is empty and unused;
+    the channel to go on with. Raises (ChannelClosedByBroker) if the queue differs in anything else."""
+    channel.queue_declare(queue, durable=True)  # no arguments at all, or this raises: never delete those
+    try:
+        # The broker deletes it only if empty and unused, atomically; a publish in the moment
+        # before it is declared again is returned to its publisher (mandatory), not lost.
+        channel.queue_delete(queue, if_unused=True, if_empty=True)
+        channel.queue_declare(queue, durable=True, arguments={DEAD_LETTER_EXCHANGE_ARG: dlx})
+        log.info("queue %s declared again with its dead-letter exchange %s", queue, dlx)
+        return channel
+    except pika.exceptions.ChannelClosedByBroker:  # 406: not empty, or in use
+        channel = channel.connection.channel()
+        channel.queue_declare(queue, durable=True)
+        log.warning("queue %s has no dead-letter exchange (declared by an earlier kit) and holds messages "
+                    "or has consumers: what the broker dead-letters from it (expired, rejected) is dropped; "
+                    "once it is empty, delete it (rabbitmqctl delete_queue %s) to have it declared again",
+                    queue, queue)
+        return channel
 
 
 def dead_letter_reason(headers: dict | None) -> str:
@@ -82,7 +100,7 @@ def dead_letter_reason(headers: dict | None) -> str:
                "maxlen": "dropped from a full queue (max-length)", "delivery_limit": "over the delivery limit"}
         kind = _text(death.get("reason", "?"))
         return (f"dead-lettered by the broker: {why.get(kind, kind)} in queue {_text(death.get('queue', '?'))}"
-                f" ({death.get('count', 1)} time(s))")
+                f" (count {death.get('count', 1)})")
     return "no reason given"
 
 

@@ -63,25 +63,30 @@ def test_a_queue_that_exists_with_other_arguments_stops_svc_with_one_line_and_ex
     assert "Traceback" not in log and "reconnecting" not in log
 
 
-def test_a_dead_letter_queue_that_refuses_publishes_touches_only_that_message(svc_world, graphite_url):
+def _full_dead_letter_queue(world) -> str:
+    """Make the world's dead-letter queue refuse publishes (max-length 1, reject-publish) and fill
+    it with one earlier dead letter; the policy's name."""
     need("rabbitmqctl (on PATH, to set a policy)", shutil.which("rabbitmqctl") is not None)
+    dead_letters = topology.dead_letter_queue(world.exchange)
+    topology.declare(world.channel(), world.exchange, services=())
+    policy = world.set_policy("dlq-full", f"^{re.escape(dead_letters)}$", {"max-length": 1, "overflow": "reject-publish"})
+    world.channel().basic_publish("", dead_letters, b"an earlier dead letter")
+    depth = lambda: world.channel().queue_declare(dead_letters, passive=True).method.message_count  # noqa: E731
+    wait_for(lambda: depth() == 1, "the earlier dead letter queued")
+    return policy
+
+
+def test_a_dead_letter_queue_that_refuses_publishes_touches_only_that_message(svc_world):
     orders = svc_world.service_name("orders")
-    dead_letters = topology.dead_letter_queue(svc_world.exchange)
     # Given the dead-letter queue full (max-length 1, reject-publish) with one earlier dead letter...
-    policy = svc_world.set_policy("dlq-full", f"^{re.escape(dead_letters)}$",
-                                  {"max-length": 1, "overflow": "reject-publish"})
-    svc_world.channel().basic_publish("", dead_letters, b"an earlier dead letter")
-    dlq_depth = lambda: svc_world.channel().queue_declare(dead_letters, passive=True).method.message_count  # noqa: E731
-    wait_for(lambda: dlq_depth() == 1, "the earlier dead letter queued")
+    policy = _full_dead_letter_queue(svc_world)
     # ... and an invalid event and a good one in one window (dedup off)...
     svc_world.publish(orders, b"not json")
     svc_world.publish(orders, NEW_ORDER)
     [process] = svc_world.start(orders)
-    # ... I expect the good event processed once and the refused dead letter kept and retried, counted.
+    # ... I expect the good event processed once and the refused dead letter kept and retried.
     wait_for(lambda: svc_world.effects(orders, "good") >= 1, "the good event processed")
     wait_for(lambda: process.log().count("dead letter refused") >= 3, "the refused dead letter retried", timeout=15)
-    wait_for(lambda: _graphite(graphite_url, f"stats_counts.{orders}_dead_letter_refused") >= 1,
-             "dead_letter_refused counted", timeout=30, interval=0.5)
     assert svc_world.effects(orders, "good") == 1
     assert svc_world.depth(orders) == 0, "the kept message was requeued"
     assert "reconnecting" not in process.log() and process.alive()
@@ -93,6 +98,15 @@ def test_a_dead_letter_queue_that_refuses_publishes_touches_only_that_message(sv
     svc_world.publish(orders, {"type": "new_order", "id": "marker"})
     wait_for(lambda: svc_world.effects(orders, "marker") == 1, "a later event processed")
     assert svc_world.effects(orders, "good") == 1
+
+
+def test_a_refused_dead_letter_is_counted(svc_world, graphite_url):
+    orders = svc_world.service_name("orders")
+    _full_dead_letter_queue(svc_world)
+    svc_world.start(orders)
+    svc_world.publish(orders, b"not json")
+    wait_for(lambda: _graphite(graphite_url, f"stats_counts.{orders}_dead_letter_refused") >= 2,
+             "dead_letter_refused counted", timeout=30, interval=0.5)
 
 
 # -- B. pika's I/O loop ------------------------------------------------------------------------
@@ -205,6 +219,24 @@ def test_messages_the_broker_dead_letters_land_in_the_dead_letters_with_a_reason
     assert body == b'{"type":"new_order","id":"late"}'
     reason = topology.dead_letter_reason(headers)
     assert "expired" in reason and svc_world.queue(orders) in reason
+
+
+def test_a_queue_an_earlier_kit_declared_gets_its_dead_letter_exchange_when_empty(svc_world):
+    empty, busy = _fresh_service(svc_world, "empty"), _fresh_service(svc_world, "busy")
+    channel = svc_world.channel()
+    # Given two queues declared without arguments (as the kit did before), one holding an event...
+    for service in (empty, busy):
+        channel.queue_declare(svc_world.queue(service), durable=True)
+    channel.basic_publish("", svc_world.queue(busy), b'{"type":"new_order","id":"kept"}')
+    wait_for(lambda: svc_world.depth(busy) == 1, "the event queued")
+    # ... when the topology is declared, I expect the empty one declared again with the dead-letter
+    # exchange (a message expiring there is dead-lettered) and the other kept, its event too.
+    channel = topology.declare(channel, svc_world.exchange, services=(empty, busy))
+    channel.basic_publish(svc_world.exchange, "foo", b"x", pika.BasicProperties(expiration="1"))
+    letters = wait_for(svc_world.dead_letters, "the expired event dead-lettered")
+    assert [topology.dead_letter_reason(h) for _, h in letters] == [
+        f"dead-lettered by the broker: expired (message TTL) in queue {svc_world.queue(empty)} (count 1)"]
+    assert svc_world.depth(busy) >= 1  # the queue kept, with its event
 
 
 # -- svc.publish -------------------------------------------------------------------------------
