@@ -14,8 +14,8 @@ import pika.exceptions
 
 from svc import topology
 
-from . import endpoints
 from ._wait import Progress, poll
+from .settings import current
 
 CONNECT_TIMEOUT = 2.0   # seconds: RabbitMQ answers on loopback at once or not at all
 DEFAULT_TIMEOUT = 15.0
@@ -42,7 +42,8 @@ def _address(url: str) -> str:
 
 
 @contextmanager
-def _connection(url: str) -> Iterator[pika.BlockingConnection]:
+def _connection(url: str | None) -> Iterator[pika.BlockingConnection]:
+    url = url or current().amqp_url
     params = pika.URLParameters(url)
     params.connection_attempts = 1
     params.socket_timeout = CONNECT_TIMEOUT
@@ -61,7 +62,7 @@ def _connection(url: str) -> Iterator[pika.BlockingConnection]:
             connection.close()
 
 
-def queue_counts(queue: str, *, url: str = endpoints.AMQP_URL) -> QueueCounts:
+def queue_counts(queue: str, *, url: str | None = None) -> QueueCounts:
     """The counts of one queue by its full name (``events.orders``)."""
     with _connection(url) as connection:
         channel = connection.channel()
@@ -74,7 +75,7 @@ def queue_counts(queue: str, *, url: str = endpoints.AMQP_URL) -> QueueCounts:
         return QueueCounts(frame.method.message_count, frame.method.consumer_count)
 
 
-def purge_queues(queues: Iterable[str], *, url: str = endpoints.AMQP_URL) -> dict[str, int]:
+def purge_queues(queues: Iterable[str], *, url: str | None = None) -> dict[str, int]:
     """Purge each queue that exists; returns {queue: messages removed}. Missing queues are skipped."""
     removed: dict[str, int] = {}
     with _connection(url) as connection:
@@ -93,26 +94,27 @@ def purge_queues(queues: Iterable[str], *, url: str = endpoints.AMQP_URL) -> dic
 
 
 def queue_of(service: str, exchange: str | None = None) -> str:
-    """The name of a service's queue, as svc declares it (``events.<service>``)."""
-    return topology.queue_name(service, exchange or topology.DEFAULT_EXCHANGE)
+    """The name of a service's queue, as svc declares it (``events.<service>``); the exchange is
+    the kit's (EVENTS_EXCHANGE, :mod:`nirvana.settings`) unless given."""
+    return topology.queue_name(service, exchange or current().exchange)
 
 
 def dead_letter_queue(exchange: str | None = None) -> str:
     """The name of the dead-letter queue that goes with an exchange (``events.dead-letters``)."""
-    return topology.dead_letter_queue(exchange or topology.DEFAULT_EXCHANGE)
+    return topology.dead_letter_queue(exchange or current().exchange)
 
 
-def queue_depth(service: str, *, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> int:
+def queue_depth(service: str, *, exchange: str | None = None, url: str | None = None) -> int:
     """How many events wait in the service's queue (ready, not yet delivered)."""
     return queue_counts(queue_of(service, exchange), url=url).messages
 
 
-def consumers(service: str, *, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> int:
+def consumers(service: str, *, exchange: str | None = None, url: str | None = None) -> int:
     """How many consumers the service's queue has: 1 per running replica."""
     return queue_counts(queue_of(service, exchange), url=url).consumers
 
 
-def dead_letters(*, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> int:
+def dead_letters(*, exchange: str | None = None, url: str | None = None) -> int:
     """How many events wait in the dead-letter queue (never processable: invalid or conflicting)."""
     return queue_counts(dead_letter_queue(exchange), url=url).messages
 
@@ -124,7 +126,7 @@ def wait_for_depth(
     exchange: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.AMQP_URL,
+    url: str | None = None,
 ) -> int:
     """Wait until exactly ``depth`` events wait in the service's queue (0 = it caught up)."""
     return wait_for_queue(queue_of(service, exchange), depth, timeout=timeout, progress=progress, url=url)
@@ -136,7 +138,7 @@ def wait_for_dead_letters(
     exchange: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.AMQP_URL,
+    url: str | None = None,
 ) -> int:
     """Wait until exactly ``count`` events wait in the dead-letter queue."""
     return wait_for_queue(dead_letter_queue(exchange), count, timeout=timeout, progress=progress, url=url)
@@ -148,7 +150,7 @@ def wait_for_queue(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.AMQP_URL,
+    url: str | None = None,
 ) -> int:
     """Wait until exactly ``depth`` events wait in ``queue`` (by its full name)."""
     seen = poll(
@@ -164,7 +166,7 @@ def wait_for_queue(
 
 
 def peek_dead_letters(
-    limit: int = 20, *, exchange: str | None = None, url: str = endpoints.AMQP_URL
+    limit: int = 20, *, exchange: str | None = None, url: str | None = None
 ) -> list[str]:
     """One line per dead letter, ``<service>: <reason>``, sorted; the letters stay in the queue.
 

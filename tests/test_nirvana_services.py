@@ -16,7 +16,7 @@ import pika
 import psutil
 import pytest
 
-from nirvana import paths, processes, rabbit, services
+from nirvana import paths, processes, rabbit, services, settings
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
@@ -30,6 +30,7 @@ def kit(tmp_path, monkeypatch, amqp_url, etcd_endpoint):
     env = {"EVENTS_EXCHANGE": exchange, "ETCD_PREFIX": f"/nirvana-test-{tag}"}
     for variable, value in env.items():   # for what starts services without env= (panels, kernels)
         monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(settings, "_current", settings.Settings.from_env())   # as a kernel started now reads it
     names = {"a": f"a{tag}", "b": f"b{tag}"}
     yield {"env": env, "exchange": exchange, "names": names, "url": amqp_url}
     services.stop_all(timeout=2)

@@ -18,7 +18,7 @@ import pytest
 import requests
 import statsd
 
-from nirvana import endpoints, paths, stack
+from nirvana import endpoints, paths, settings, stack
 
 NAMES = [component.name for component in stack.COMPONENTS]
 VISIBLE_WITHIN = 5.0   # seconds for a counter to reach the render API (measured ~1.5 s: bench/)
@@ -268,9 +268,10 @@ def test_present_leaves_jupyterlab_answering_on_its_url():
 
 @pytest.mark.parametrize("prefix", ["/", "//", "nirvana", "/a b"])
 def test_reset_refuses_an_etcd_prefix_that_is_not_one_absolute_prefix(prefix, monkeypatch):
-    # Given ETCD_PREFIX=/ (every key in etcd) or another bad value, I expect reset to stop before
-    # touching anything, with one line naming the variable, and the CLI to exit 2.
+    # Given ETCD_PREFIX=/ (every key in etcd) or another bad value, I expect the kit to refuse it
+    # (reset stops before touching anything) with one line naming the variable, and the CLI to exit 2.
     monkeypatch.setenv("ETCD_PREFIX", prefix)
+    monkeypatch.setattr(settings, "_current", None)   # as a kernel started now reads it
     with pytest.raises(stack.SettingError, match="ETCD_PREFIX"):
         stack.reset(progress=quiet)
     result = run_cli("reset")
