@@ -6,10 +6,14 @@ test; elsewhere it is skipped with the command that starts it.
 
 import os
 import socket
+import uuid
 
+import pika
 import pytest
 
-from nirvana import endpoints
+from nirvana import endpoints, services, settings
+from svc import Etcd, topology
+from svc.config import parse_endpoints
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 START_HINT = "start the stack with `./kit up`"
@@ -57,6 +61,43 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked ``stack`` stop or restart components: run them last (after the notebooks too),
     so nothing else sees the stack go down; each leaves the stack up."""
     items.sort(key=lambda item: item.get_closest_marker("stack") is not None)
+
+
+@pytest.fixture
+def kit_env(monkeypatch, amqp_url, etcd_endpoint):
+    """EVENTS_EXCHANGE and ETCD_PREFIX exported to values of this test only, and the kit's settings
+    read again (as a kernel started now would). On teardown it stops every service the kit started,
+    deletes the exchange with the talk's queues and those the test adds to ``services``, and the
+    etcd keys under the prefix."""
+    tag = uuid.uuid4().hex[:8]
+    env = {"EVENTS_EXCHANGE": f"nirvana-test-{tag}", "ETCD_PREFIX": f"/nirvana-test-{tag}"}
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(settings, "_current", None)
+    world = {"tag": tag, "env": env, "exchange": env["EVENTS_EXCHANGE"], "url": amqp_url,
+             "services": list(topology.DEFAULT_SERVICES)}
+    yield world
+    services.stop_all(timeout=2)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    topology.delete(connection.channel(), world["exchange"], services=world["services"])
+    connection.close()
+    etcd = Etcd(parse_endpoints(etcd_endpoint))
+    try:
+        etcd.delete_prefix(env["ETCD_PREFIX"] + "/")
+    finally:
+        etcd.close()
+
+
+@pytest.fixture
+def kit(tmp_path, monkeypatch, kit_env):
+    """A private state dir, exchange and prefix (kit_env: exported, for what starts services without
+    env=, panels and kernels) and service names; every service started under it is stopped afterwards."""
+    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
+    names = {"a": f"a{kit_env['tag']}", "b": f"b{kit_env['tag']}"}
+    kit_env["services"] += names.values()
+    yield {**kit_env, "names": names}
+    services.stop_all(timeout=2)
+    assert services.running_pids() == []
 
 
 @pytest.fixture

@@ -7,15 +7,13 @@ services wrote under /x, the notebook's helpers read /nirvana; PublishPanel igno
 import os
 import subprocess
 import sys
-import uuid
 
-import pika
 import pytest
 
-from nirvana import paths, rabbit, services, settings, widgets
+from nirvana import paths, rabbit, settings, widgets
 from nirvana.errors import SettingError
-from svc import Etcd, topology
-from svc.config import DEFAULT_AMQP_URL, DEFAULT_ETCD_PREFIX, Config, parse_endpoints
+from svc import topology
+from svc.config import DEFAULT_AMQP_URL, DEFAULT_ETCD_PREFIX, Config
 from svc.event import EVENT_TYPES
 from svc.publisher import DEFAULT_ROUTING_KEY
 
@@ -49,39 +47,19 @@ def test_a_bad_variable_is_one_line_naming_it(variable, value):
     assert variable in str(bad.value) and "\n" not in str(bad.value)
 
 
-@pytest.fixture
-def exported(monkeypatch, amqp_url, etcd_endpoint):
-    """EVENTS_EXCHANGE and ETCD_PREFIX exported to values of this test only; removed afterwards."""
-    tag = uuid.uuid4().hex[:8]
-    env = {"EVENTS_EXCHANGE": f"kit-settings-{tag}", "ETCD_PREFIX": f"/kit-settings-{tag}"}
-    for variable, value in env.items():
-        monkeypatch.setenv(variable, value)
-    monkeypatch.setattr(settings, "_current", None)   # as a kernel started now reads it
-    yield env
-    services.stop_all(timeout=2)
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    topology.delete(connection.channel(), env["EVENTS_EXCHANGE"], services=topology.DEFAULT_SERVICES)
-    connection.close()
-    etcd = Etcd(parse_endpoints(etcd_endpoint))
-    try:
-        etcd.delete_prefix(env["ETCD_PREFIX"] + "/")
-    finally:
-        etcd.close()
-
-
-def test_the_publish_panel_publishes_to_the_exported_exchange(exported):
+def test_the_publish_panel_publishes_to_the_exported_exchange(kit_env):
     # Given EVENTS_EXCHANGE exported, when the panel publishes the talk's event
     panel = widgets.PublishPanel()
     panel.publish_button.click()
     # I expect it confirmed, and waiting in that exchange's queues (no service consumes them)
     assert panel.last_result is not None and panel.last_result.ok, panel.last_error
     assert rabbit.queue_depth("orders") == 1
-    assert rabbit.queue_of("orders") == f"{exported['EVENTS_EXCHANGE']}.orders"
+    assert rabbit.queue_of("orders") == f"{kit_env['exchange']}.orders"
 
 
-def test_chapter_3_passes_strict_nbval_with_prefix_and_exchange_exported(exported, graphite_url):
+def test_chapter_3_passes_strict_nbval_with_prefix_and_exchange_exported(kit_env, graphite_url):
     # Given ETCD_PREFIX and EVENTS_EXCHANGE exported, when chapter 3 runs under strict nbval
-    env = {**os.environ, **exported}
+    env = {**os.environ, **kit_env["env"]}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
          *(["--nbval-sanitize-with", "notebooks/sanitize.cfg"] if (paths.NOTEBOOKS / "sanitize.cfg").exists()
