@@ -6,15 +6,21 @@ from svc import publisher
 
 from .settings import current
 
+# seconds for the connection, the topology and each publish to be confirmed: a broker on loopback
+# confirms a click's events in milliseconds, and a presenter should not wait svc's 30 s to hear why not
+PUBLISH_TIMEOUT = 5.0
+
 
 class Publisher(publisher.Publisher):
     """:class:`svc.Publisher` whose broker URL and exchange default to the kit's (AMQP_URL,
     EVENTS_EXCHANGE: :mod:`nirvana.settings`), so events reach the queues the kit's services
-    consume. Other keyword arguments as svc's (``services``, ``declare``, ``timeout`` in s)."""
+    consume, and its deadline is :data:`PUBLISH_TIMEOUT`. Other keyword arguments as svc's
+    (``services``, ``declare``). Raises svc's BrokerUnavailable / PublishError, one line each."""
 
-    def __init__(self, amqp_url: str | None = None, exchange: str | None = None, **options) -> None:
+    def __init__(self, amqp_url: str | None = None, exchange: str | None = None, *,
+                 timeout: float = PUBLISH_TIMEOUT, **options) -> None:
         settings = current()
-        super().__init__(amqp_url or settings.amqp_url, exchange or settings.exchange, **options)
+        super().__init__(amqp_url or settings.amqp_url, exchange or settings.exchange, timeout=timeout, **options)
 
 
 __all__ = ["Publisher"]

@@ -12,18 +12,20 @@ from typing import Iterable, Iterator
 import pika
 import pika.exceptions
 
-from svc import topology
+from svc import _amqp, topology
+from svc.errors import SvcError
 
 from ._wait import Progress, poll
 from .settings import current
 
-CONNECT_TIMEOUT = 2.0   # seconds: RabbitMQ answers on loopback at once or not at all
+CONNECT_TIMEOUT = 2.0   # seconds for TCP, the AMQP handshake and a blocked connection: RabbitMQ on
+                        # loopback answers at once or not at all
 DEFAULT_TIMEOUT = 15.0
 NOT_FOUND = 404
 
 
 class RabbitUnavailable(ConnectionError):
-    """RabbitMQ did not accept a connection."""
+    """RabbitMQ did not answer in time, refused, or dropped the connection; one line."""
 
 
 @dataclass(frozen=True)
@@ -35,36 +37,31 @@ class QueueCounts:
     exists: bool = True
 
 
-def _address(url: str) -> str:
-    """host:port of an AMQP URL, never its password."""
-    params = pika.URLParameters(url)
-    return f"{params.host}:{params.port}"
-
-
 @contextmanager
-def _connection(url: str | None) -> Iterator[pika.BlockingConnection]:
+def _connection(url: str | None, doing: str) -> Iterator[pika.BlockingConnection]:
+    """A connection through svc's broker edge (:mod:`svc._amqp`: every wait bounded by
+    CONNECT_TIMEOUT seconds, one attempt); any broker error inside, ``doing`` something, becomes one
+    line as RabbitUnavailable (the URL's password masked)."""
     url = url or current().amqp_url
-    params = pika.URLParameters(url)
-    params.connection_attempts = 1
-    params.socket_timeout = CONNECT_TIMEOUT
-    params.blocked_connection_timeout = CONNECT_TIMEOUT
+    connection = None
     try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as error:
-        raise RabbitUnavailable(
-            f"RabbitMQ is not answering at {_address(url)} ({type(error).__name__}): "
-            "start the stack with `./kit up`"
-        ) from None
-    try:
+        connection = _amqp.connect(url, CONNECT_TIMEOUT, name="nirvana")
         yield connection
+    except SvcError as error:   # connect() translated it already
+        raise RabbitUnavailable(str(error)) from None
+    except _amqp.BROKER_ERRORS as error:
+        raise RabbitUnavailable(str(_amqp.translate(error, doing, url=url))) from None
     finally:
-        if connection.is_open:
-            connection.close()
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except _amqp.BROKER_ERRORS:
+                pass   # closing a connection the broker already dropped: nothing left to release
 
 
 def queue_counts(queue: str, *, url: str | None = None) -> QueueCounts:
     """The counts of one queue by its full name (``events.orders``)."""
-    with _connection(url) as connection:
+    with _connection(url, f"reading the counts of {queue}") as connection:
         channel = connection.channel()
         try:
             frame = channel.queue_declare(queue=queue, passive=True)
@@ -78,7 +75,7 @@ def queue_counts(queue: str, *, url: str | None = None) -> QueueCounts:
 def purge_queues(queues: Iterable[str], *, url: str | None = None) -> dict[str, int]:
     """Purge each queue that exists; returns {queue: messages removed}. Missing queues are skipped."""
     removed: dict[str, int] = {}
-    with _connection(url) as connection:
+    with _connection(url, "purging the kit's queues") as connection:
         for queue in queues:
             # A passive declare of a missing queue closes the channel: one channel per queue.
             channel = connection.channel()
@@ -174,9 +171,9 @@ def peek_dead_letters(
     the queue, so looking loses nothing.
     """
     lines = []
-    with _connection(url) as connection:
+    queue = dead_letter_queue(exchange)
+    with _connection(url, f"reading {queue}") as connection:
         channel = connection.channel()
-        queue = dead_letter_queue(exchange)
         try:
             for _ in range(limit):
                 method, properties, _body = channel.basic_get(queue, auto_ack=False)

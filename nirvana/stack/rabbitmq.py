@@ -2,27 +2,27 @@
 
 from pathlib import Path
 
+from svc import _amqp
+from svc.errors import SvcError
+
 from .. import endpoints
 from .component import DOWN, HOST, Component, Launch, Probe, tcp_open
 
 # Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user, who cannot write the state
 # folder; the script underneath runs the broker as whoever starts it.
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+PROBE_AMQP_TIMEOUT = 2.0   # seconds for TCP and the AMQP handshake on loopback
 
 
 def probe() -> Probe:
     if not tcp_open(endpoints.AMQP_PORT):
         return DOWN
-    import pika  # imported here: `python -m nirvana status` should not pay for it when unused
-
-    params = pika.URLParameters(endpoints.AMQP_URL)
-    params.socket_timeout = 2
-    params.blocked_connection_timeout = 2
-    params.connection_attempts = 1
     try:
-        pika.BlockingConnection(params).close()
-    except Exception as exc:  # any failure to open an AMQP connection is "not RabbitMQ, or not ready"
-        return Probe("unhealthy", f"no AMQP connection ({type(exc).__name__})")
+        _amqp.connect(endpoints.AMQP_URL, PROBE_AMQP_TIMEOUT, name="nirvana-probe").close()
+    except SvcError as error:   # svc's broker edge translated it: "not RabbitMQ, or not ready"
+        return Probe("unhealthy", f"no AMQP connection ({type(error).__name__})")
+    except _amqp.BROKER_ERRORS as error:   # the close itself failed: it answered, then dropped us
+        return Probe("unhealthy", f"AMQP connection dropped ({type(error).__name__})")
     return Probe("up")
 
 
