@@ -29,6 +29,24 @@ from .publisher import Publisher
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+RABBITMQCTL_TIMEOUT = 30.0
+RABBITMQCTL_UNWRAPPED = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # Debian's script under /usr/sbin's wrapper
+
+
+def rabbitmqctl(*args: str, node: str | None = None, home: str | None = None,
+                timeout: float = RABBITMQCTL_TIMEOUT) -> str:
+    """Run ``rabbitmqctl -q *args`` against the broker node the tests use; its stdout.
+
+    ``node`` (with ``home``, the HOME whose Erlang cookie that node was started with) reaches another
+    node, such as a test's throwaway one; Debian's wrapper, which switches to the rabbitmq user and
+    its cookie, is then bypassed. The one place tests reach a node's CLI, so where the kit's node is
+    can be set here alone. Raises CalledProcessError (with the tool's stderr) or TimeoutExpired."""
+    program, env = "rabbitmqctl", None
+    if home:
+        program, env = RABBITMQCTL_UNWRAPPED, {**os.environ, "HOME": home}
+    target = ["-n", node] if node else []
+    return subprocess.run([program, "-q", *target, *args], capture_output=True, text=True, timeout=timeout,
+                          check=True, env=env).stdout
 
 
 def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05):
@@ -94,6 +112,7 @@ class World:
         self.etcd = Etcd(parse_endpoints(etcd_endpoint), timeout=10.0)
         self.processes: list[ServiceProcess] = []
         self.services: set[str] = set()
+        self.policies: set[str] = set()
         self._connection = None
 
     # -- names and settings -------------------------------------------------------------------
@@ -142,6 +161,8 @@ class World:
         if self._connection is None or not self._connection.is_open:
             self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
             self._channel = self._connection.channel()
+        elif not self._channel.is_open:  # a test's refused declaration closed it
+            self._channel = self._connection.channel()
         return self._channel
 
     def queue(self, service: str) -> str:
@@ -174,14 +195,23 @@ class World:
     def close_connections(self, process: ServiceProcess) -> int:
         """Close the broker connections of one service process (as an operator would with
         ``rabbitmqctl close_connection``); how many were closed."""
-        out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = rabbitmqctl("list_connections", "pid", "client_properties")
         marker = connection_name(process.service, process.pid)
         pids = [line.split("\t", 1)[0] for line in out.splitlines() if f'"{marker}"' in line]
         for pid in pids:
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"],
-                           capture_output=True, timeout=30, check=True)
+            rabbitmqctl("close_connection", pid, "closed by a test")
         return len(pids)
+
+    def set_policy(self, suffix: str, pattern: str, definition: dict, apply_to: str = "queues") -> str:
+        """A broker policy named after this world (removed by ``close``); its name."""
+        name = f"{self.exchange}-{suffix}"
+        rabbitmqctl("set_policy", "--apply-to", apply_to, "--priority", "100", name, pattern, json.dumps(definition))
+        self.policies.add(name)
+        return name
+
+    def clear_policy(self, name: str) -> None:
+        rabbitmqctl("clear_policy", name)
+        self.policies.discard(name)
 
     # -- etcd ---------------------------------------------------------------------------------
 
@@ -207,6 +237,11 @@ class World:
                     process.kill()
             except (subprocess.TimeoutExpired, OSError) as error:
                 stuck.append(f"{process.service} (pid {process.pid}): {error}")
+        for policy in sorted(self.policies):
+            try:
+                self.clear_policy(policy)
+            except (subprocess.SubprocessError, OSError) as error:
+                print(f"svc.testing: could not clear the policy {policy}: {error}", file=sys.stderr)
         try:
             topology.delete(self.channel(), self.exchange, services=sorted(self.services))
             self._connection.close()
