@@ -263,7 +263,7 @@ class EtcdDedup(NoDedup):
         digest = self.done.get(keys.encode_id(event.id).encode())
         if digest is None:
             return None
-        return Verdict.SKIPPED if digest == event.digest.encode() else Verdict.CONFLICT
+        return Verdict.SKIPPED if event.matches(digest) else Verdict.CONFLICT
 
     def _claim_verdict(self, event: Event, reply) -> Verdict:
         if reply.succeeded:
@@ -272,7 +272,7 @@ class EtcdDedup(NoDedup):
         if not kvs:
             return Verdict.HELD
         state, digest, *owner = kvs[0].value.decode().split(" ")
-        if digest != event.digest:
+        if not event.matches(digest):
             return Verdict.CONFLICT
         if state == "done":
             self.done[keys.encode_id(event.id).encode()] = digest.encode()
