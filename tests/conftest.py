@@ -5,6 +5,7 @@ test; elsewhere it is skipped with the command that starts it.
 """
 
 import os
+import shutil
 import socket
 import uuid
 
@@ -109,3 +110,29 @@ def svc_world(amqp_url, etcd_endpoint, tmp_path):
     world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT))
     yield world
     world.close()
+
+
+@pytest.fixture
+def etcd_factory(tmp_path):
+    """Start throwaway etcds (``etcd_factory(*flags)``, e.g. ``"--max-txn-ops", "16"``) on free ports,
+    never the stack's; each is killed at teardown."""
+    from svc.testing import OwnEtcd
+
+    need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
+    started = []
+
+    def start(*flags: str) -> OwnEtcd:
+        etcd = OwnEtcd(tmp_path / f"etcd-{len(started)}", *flags)
+        started.append(etcd)
+        etcd.start()
+        return etcd
+
+    yield start
+    for etcd in started:
+        etcd.stop()
+
+
+@pytest.fixture
+def own_etcd(etcd_factory):
+    """A throwaway etcd with the default limits, for stopping mid-stream."""
+    return etcd_factory()
