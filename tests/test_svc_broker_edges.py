@@ -125,7 +125,7 @@ def test_work_longer_than_the_heartbeat_keeps_the_connection(svc_world):
 
 
 def test_waiting_on_a_silent_etcd_keeps_the_connection(svc_world):
-    from test_svc_reliability import OwnEtcd
+    from svc.testing import OwnEtcd
     need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
     import tempfile
     with tempfile.TemporaryDirectory() as data:
@@ -282,7 +282,7 @@ class OwnRabbitMQ:
     """A throwaway RabbitMQ node on free ports, for resource alarms (never the system's node)."""
 
     def __init__(self, base) -> None:
-        from test_svc_reliability import _free_port
+        from svc.testing import _free_port
 
         self.port, dist = _free_port(), _free_port()
         self.node = f"t{uuid.uuid4().hex[:8]}@localhost"
