@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import psutil
 import requests
 
-from . import endpoints, paths
+from . import endpoints, paths, rabbitmq_node
 
 HOST = endpoints.HOST
 SETUP_HINT = "run `./kit setup`"
@@ -211,27 +211,11 @@ def _ports() -> dict[str, object]:
 
 
 def _launch_rabbitmq(state: Path) -> Launch:
-    base = state / "rabbitmq"
-    env = {
-        "RABBITMQ_NODENAME": "nirvana@localhost",
-        "RABBITMQ_NODE_IP_ADDRESS": HOST,
-        "RABBITMQ_NODE_PORT": str(endpoints.AMQP_PORT),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_LOGS": "-",
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
-        "ERL_EPMD_ADDRESS": HOST,
-    }
-    (base / "mnesia").mkdir(parents=True, exist_ok=True)
-    (base / "log").mkdir(parents=True, exist_ok=True)
-    (base / "enabled_plugins").write_text("[].\n")
-    # Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user, who cannot write the state
-    # folder; the script underneath runs the broker as whoever starts it.
-    return Launch([_RABBITMQ_BIN], env)
+    # the kit's own node, its cookie, data and epmd under state/rabbitmq (nirvana/rabbitmq_node.py)
+    return Launch(*rabbitmq_node.server_launch(state))
 
 
-_RABBITMQ_BIN = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+_RABBITMQ_BIN = str(rabbitmq_node.SERVER)
 
 
 def _launch_etcd(state: Path) -> Launch:
@@ -286,7 +270,8 @@ def _launch_graphite(state: Path) -> Launch:
 COMPONENTS: tuple[Component, ...] = (
     Component("rabbitmq", f"amqp://{HOST}:{endpoints.AMQP_PORT}",
               (endpoints.AMQP_PORT,), _probe_rabbitmq, _launch_rabbitmq,
-              ((_RABBITMQ_BIN, "apt package rabbitmq-server"),), deadline=60),
+              ((_RABBITMQ_BIN, "apt package rabbitmq-server"), ("epmd", "apt package erlang-base")),
+              deadline=60),
     Component("etcd", f"http://{endpoints.ETCD_ENDPOINT}",
               (endpoints.ETCD_PORT, endpoints.ETCD_PEER_PORT), _probe_etcd, _launch_etcd,
               (("etcd", "apt package etcd-server"),), deadline=20),

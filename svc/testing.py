@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Sequence
 
 import pika
 
@@ -87,9 +88,14 @@ class World:
     """An isolated set of names on the real RabbitMQ, etcd and statsd."""
 
     def __init__(self, amqp_url: str, etcd_endpoint: str, log_dir: Path, *,
-                 statsd: tuple[str, int] = ("127.0.0.1", 8125)) -> None:
+                 statsd: tuple[str, int] = ("127.0.0.1", 8125),
+                 rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
+        """``rabbitmqctl`` is the argv prefix that addresses the node answering at ``amqp_url``
+        (the kit gives it: ``nirvana.rabbitmq_node.node().ctl()``); the default is the machine's
+        default node, which is the right one only when that node is the one at ``amqp_url``."""
         tag = uuid.uuid4().hex[:8]
         self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
+        self.rabbitmqctl = list(rabbitmqctl)
         self.exchange, self.prefix = f"t-{tag}", f"/t-{tag}"
         self.etcd = Etcd(parse_endpoints(etcd_endpoint), timeout=10.0)
         self.processes: list[ServiceProcess] = []
@@ -174,12 +180,12 @@ class World:
     def close_connections(self, process: ServiceProcess) -> int:
         """Close the broker connections of one service process (as an operator would with
         ``rabbitmqctl close_connection``); how many were closed."""
-        out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        out = subprocess.run([*self.rabbitmqctl, "-q", "list_connections", "pid", "client_properties"],
                              capture_output=True, text=True, timeout=30, check=True).stdout
         marker = connection_name(process.service, process.pid)
         pids = [line.split("\t", 1)[0] for line in out.splitlines() if f'"{marker}"' in line]
         for pid in pids:
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"],
+            subprocess.run([*self.rabbitmqctl, "-q", "close_connection", pid, "closed by a test"],
                            capture_output=True, timeout=30, check=True)
         return len(pids)
 

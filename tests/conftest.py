@@ -65,6 +65,9 @@ def svc_world(amqp_url, etcd_endpoint, tmp_path):
     ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys."""
     from svc.testing import World
 
-    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT))
+    from nirvana import rabbitmq_node
+
+    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
+                  rabbitmqctl=rabbitmq_node.node().ctl())
     yield world
     world.close()
