@@ -25,6 +25,19 @@ def need(what: str, ok: bool) -> None:
     pytest.skip(message)
 
 
+def native_only(*components: str) -> None:
+    """Skip a test that stops these components or reads their files under state/ when one of them
+    was found running instead of started by the kit (a docker-compose stack): the kit never stops
+    what it did not start, and a container keeps its files inside."""
+    from nirvana import stack
+
+    found = [row.name for row in stack.status(components) if row.origin == "found running"]
+    if found:
+        pytest.skip(f"{', '.join(found)} found running, not started by the kit (a docker-compose stack?): "
+                    "this test stops it or reads its files under state/; run it on the native stack "
+                    "(`docker compose down`, then `./kit up`)")
+
+
 def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
