@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+import nirvana
+
 from . import stack
 
 
@@ -33,16 +35,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = stack.status(args.components)
             print(stack.render_status(rows))
             if any(row.name == "rabbitmq" and row.state != "down" for row in rows):
-                from . import rabbitmq_node
-
-                print(rabbitmq_node.node().describe())
+                print(stack.rabbitmq_node().describe())
             return 0 if all(row.healthy for row in rows) else 1
         if args.command == "down":
             stack.down(only=args.components)
             return 0
         if args.command == "reset":
-            import nirvana
-
             nirvana.reset()
             return 0
         if args.command == "lab":

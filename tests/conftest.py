@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from nirvana import endpoints
+from nirvana import endpoints, stack
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 START_HINT = "start the stack with `./kit up`"
@@ -29,8 +29,6 @@ def native_only(*components: str) -> None:
     """Skip a test that stops these components or reads their files under state/ when one of them
     was found running instead of started by the kit (a docker-compose stack): the kit never stops
     what it did not start, and a container keeps its files inside."""
-    from nirvana import stack
-
     found = [row.name for row in stack.status(components) if row.origin == "found running"]
     if found:
         pytest.skip(f"{', '.join(found)} found running, not started by the kit (a docker-compose stack?): "
@@ -78,9 +76,7 @@ def svc_world(amqp_url, etcd_endpoint, tmp_path):
     ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys."""
     from svc.testing import World
 
-    from nirvana import rabbitmq_node
-
     world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
-                  rabbitmqctl=rabbitmq_node.node().ctl())
+                  rabbitmqctl=stack.rabbitmq_node().ctl())
     yield world
     world.close()

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from nirvana import endpoints, paths, stack
+from nirvana.stack import component
 
 COMPOSE = paths.ROOT / "docker-compose.yaml"
 MANAGEMENT_PORT = 15672   # RabbitMQ's management UI: published by docker-compose only
@@ -102,7 +103,7 @@ def test_carbon_in_docker_has_the_native_settings():
     # first points), but for the folders (the image's defaults) and the interfaces (the container's).
     native = _carbon_cache(string.Template((paths.ASSETS / "carbon" / "carbon.conf.in").read_text())
                            .substitute(CONF_DIR="CONF", STORAGE_DIR="STORAGE", WHISPER_DIR="WHISPER",
-                                       LOG_DIR="LOG", **stack._ports()))
+                                       LOG_DIR="LOG", **component.ports()))
     docker = _carbon_cache((paths.ASSETS / "carbon" / "docker-carbon.conf").read_text())
     folders = {"CONF_DIR", "STORAGE_DIR", "LOCAL_DATA_DIR", "WHITELISTS_DIR", "LOG_DIR", "PID_DIR"}
     interfaces = {key for key in native if key.endswith("_INTERFACE")}

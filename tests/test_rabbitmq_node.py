@@ -18,7 +18,8 @@ import psutil
 import pytest
 from conftest import need
 
-from nirvana import endpoints, paths, rabbitmq_node, stack
+from nirvana import endpoints, paths, processes, stack
+from nirvana.stack import rabbitmq, running
 from svc.testing import World, wait_for
 
 START_TIMEOUT = 60.0   # seconds: the stack's own deadline for RabbitMQ
@@ -48,7 +49,7 @@ def _answers(port: int) -> bool:
 def kit_node(tmp_path_factory):
     """A node the kit started (its pid file under a state folder of its own) on a free AMQP port;
     stopped, with its epmd, at the end. Yields (node, amqp port)."""
-    need("RabbitMQ's server (apt package rabbitmq-server)", rabbitmq_node.SERVER.exists())
+    need("RabbitMQ's server (apt package rabbitmq-server)", rabbitmq.SERVER.exists())
     need("epmd (apt package erlang-base)", shutil.which("epmd") is not None)
     state = tmp_path_factory.mktemp("state")
     port = _free_port()
@@ -57,17 +58,17 @@ def kit_node(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NIRVANA_STATE", str(state))
         paths.log_dir().mkdir(parents=True)
-        argv, env = rabbitmq_node.server_launch(state, port, dist_port=_free_port())
-        process = stack._start(stack.BY_NAME["rabbitmq"], stack.Launch(argv, env))
+        argv, env = rabbitmq.server_launch(state, port, dist_port=_free_port())
+        process = running.start(rabbitmq.COMPONENT, stack.Launch(argv, env))
         try:
-            wait_for(lambda: _answers(port) or not stack._alive(process),
+            wait_for(lambda: _answers(port) or not processes.alive(process),
                      f"the kit's throwaway RabbitMQ on port {port}", START_TIMEOUT, interval=0.5)
-            assert stack._alive(process), stack._tail(stack.log_file("rabbitmq"), 20)
+            assert processes.alive(process), running.tail(running.log_file("rabbitmq"), 20)
             # the kit's node keeps its cookie in the state folder, never in the user's HOME
             assert user_cookie.exists() == had_cookie
-            yield rabbitmq_node.node(port), port
+            yield rabbitmq.node(port), port
         finally:
-            stack._stop(process)
+            running.stop("rabbitmq", process)
 
 
 def test_the_kits_node_is_named_and_keeps_its_cookie_in_the_state_folder(kit_node):
@@ -118,32 +119,37 @@ def test_a_world_closes_its_service_connections_on_the_kits_node(kit_node, etcd_
         world.close()
 
 
-def test_the_kits_node_leaves_no_epmd_behind_when_stopped(tmp_path, monkeypatch):
-    need("RabbitMQ's server (apt package rabbitmq-server)", rabbitmq_node.SERVER.exists())
+def _epmds() -> set[int]:
+    """The epmd processes of this network namespace (another namespace's are another machine's)."""
+    mine = os.readlink("/proc/self/ns/net")
+    found = set()
+    for process in psutil.process_iter(["name"]):
+        try:
+            if process.info["name"] == "epmd" and os.readlink(f"/proc/{process.pid}/ns/net") == mine:
+                found.add(process.pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_the_kits_node_leaves_no_process_behind_when_stopped(tmp_path, monkeypatch):
+    need("RabbitMQ's server (apt package rabbitmq-server)", rabbitmq.SERVER.exists())
     # Given a kit node started and stopped as `./kit up` / `./kit down` do
     monkeypatch.setenv("NIRVANA_STATE", str(tmp_path))
     paths.log_dir().mkdir(parents=True)
+    epmds_before = _epmds()
     port = _free_port()
-    argv, env = rabbitmq_node.server_launch(tmp_path, port, dist_port=_free_port())
-    process = stack._start(stack.BY_NAME["rabbitmq"], stack.Launch(argv, env))
+    argv, env = rabbitmq.server_launch(tmp_path, port, dist_port=_free_port())
+    process = running.start(rabbitmq.COMPONENT, stack.Launch(argv, env))
     group = process.pid
     try:
         wait_for(lambda: _answers(port), f"the kit's throwaway RabbitMQ on port {port}", START_TIMEOUT, interval=0.5)
     finally:
-        stack._stop(process)
-    # I expect nothing of its process group left (epmd included, when the node started one)
+        running.stop("rabbitmq", process)
+    # I expect nothing of its process group left, and no epmd the node started (an `epmd -daemon`
+    # leaves the group): where no epmd ran before, as on a new machine, none runs after
     deadline = time.monotonic() + 5
-    while (left := [p for p in _group(group)]) and time.monotonic() < deadline:
+    while (left := [p.pid for p in processes.group_members(group)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == []
-
-
-def _group(pgid: int) -> list[int]:
-    members = []
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                members.append(process.pid)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return members
+    assert _epmds() <= epmds_before

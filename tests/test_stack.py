@@ -20,6 +20,7 @@ import statsd
 from conftest import native_only
 
 from nirvana import endpoints, paths, stack
+from nirvana.stack import statsd as stack_statsd
 
 NAMES = [component.name for component in stack.COMPONENTS]
 VISIBLE_WITHIN = 5.0   # seconds for a counter to reach the render API (measured ~1.5 s: bench/)
@@ -45,7 +46,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def kit_pids() -> dict[str, int]:
     pids = {}
     for name in NAMES:
-        process = stack._kit_process(name)
+        process = stack.kit_process(name)
         if process is not None:
             pids[name] = process.pid
     return pids
@@ -304,7 +305,7 @@ def test_up_waits_for_a_component_found_running_that_becomes_healthy_late():
     # Given statsd found on its port (not the kit's), answering but not healthy for its first 4 s,
     # as a docker-compose container behind docker's port proxy right after `docker compose up -d`
     stack.down(progress=quiet, only=["statsd"])
-    argv = stack._launch_statsd(paths.state_dir()).argv
+    argv = stack_statsd.launch(paths.state_dir()).argv
     late = subprocess.Popen([sys.executable, "-c", LATE_STATSD, "4", str(endpoints.STATSD_ADMIN_PORT), *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -318,7 +319,7 @@ def test_up_waits_for_a_component_found_running_that_becomes_healthy_late():
         # I expect it to wait within statsd's deadline and find it healthy, not to stop at "held by"
         assert (row.state, row.origin) == ("up", "found running"), row
         assert any("found, not healthy yet: waiting up to" in line for line in lines), lines
-        assert stack._kit_process("statsd") is None
+        assert stack.kit_process("statsd") is None
     finally:
         os.killpg(late.pid, 9)
         late.wait(10)

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import need
 
-from nirvana import rabbitmq_node
+from nirvana import stack
 from svc import keys
 from svc.effects import records
 from svc.testing import wait_for
@@ -81,7 +81,7 @@ def test_sigkill_after_done_before_ack(svc_world, enable_etcd, effects):
 
 @pytest.mark.parametrize("enable_etcd", [True, False])
 def test_closed_broker_connections_reconnect_and_lose_nothing(svc_world, enable_etcd):
-    program = rabbitmq_node.node().program()   # the node's own rabbitmqctl closes the connections
+    program = stack.rabbitmq_node().program()   # the node's own rabbitmqctl closes the connections
     need(f"{program} (to close connections)", shutil.which(program) is not None)
     orders = svc_world.service_name("orders")
     [process] = svc_world.start(orders, enable_etcd=enable_etcd, prefetch=20)

@@ -1,18 +1,18 @@
-"""The RabbitMQ node that answers on the kit's AMQP port, and how to address it with its tools.
+"""RabbitMQ: probed by opening an AMQP connection; started, when none answers, as the kit's own node.
 
-Two cases, and only two:
+The node that answers on the kit's AMQP port is one of two, and every tool call that addresses it
+(``rabbitmqctl`` in the kit, the tests and the benches) goes through :func:`node`:
 
-- the kit started the node (no RabbitMQ answered at ``./kit up``, as on a new machine): it is the
-  kit's own node, ``nirvana@localhost``, with its own Erlang cookie, data, logs and epmd, all under
-  the state folder (``state/rabbitmq/``); nothing of the machine's RabbitMQ set-up is read
+- the kit started it (no RabbitMQ answered at ``./kit up``, as on a new machine): the kit's own
+  node, ``nirvana@localhost``, with its own Erlang cookie, data, logs and epmd, all under the
+  state folder (``state/rabbitmq/``); nothing of the machine's RabbitMQ set-up is read
   (``/etc/rabbitmq``, ``/var/lib/rabbitmq``, its cookie, its node name);
 - a RabbitMQ was found running (the system's service, a docker-compose stack): the machine's own
   ``rabbitmqctl`` with the machine's own settings addresses it, as an operator would.
 
-:func:`node` tells which, and :meth:`Node.ctl` gives the argv prefix every ``rabbitmqctl`` call
-of the kit, the tests and the benches goes through. The cookie is never put on a command line
-(``--erlang-cookie`` would show it in ``ps``): the tools find it as ``$HOME/.erlang.cookie``,
-Erlang's rule (https://www.erlang.org/doc/reference_manual/distributed.html#security).
+The cookie is never put on a command line (``--erlang-cookie`` would show it in ``ps``): the tools
+find it as ``$HOME/.erlang.cookie``, Erlang's rule
+(https://www.erlang.org/doc/reference_manual/distributed.html#security).
 """
 
 from __future__ import annotations
@@ -20,7 +20,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import endpoints, paths
+from .. import endpoints, paths
+from .component import DOWN, HOST, Component, Launch, Probe, tcp_open
+from .running import display, kit_process
+
+
+def probe() -> Probe:
+    if not tcp_open(endpoints.AMQP_PORT):
+        return DOWN
+    import pika  # imported here: `python -m nirvana status` should not pay for it when unused
+
+    params = pika.URLParameters(endpoints.AMQP_URL)
+    params.socket_timeout = 2
+    params.blocked_connection_timeout = 2
+    params.connection_attempts = 1
+    try:
+        pika.BlockingConnection(params).close()
+    except Exception as exc:  # any failure to open an AMQP connection is "not RabbitMQ, or not ready"
+        return Probe("unhealthy", f"no AMQP connection ({type(exc).__name__})")
+    return Probe("up")
+
 
 BIN = Path("/usr/lib/rabbitmq/bin")   # Debian's rabbitmq-server: the scripts without the root->rabbitmq wrapper
 SERVER = BIN / "rabbitmq-server"
@@ -50,7 +69,7 @@ def _tool_env(state: Path, amqp_port: int) -> dict[str, str]:
         "HOME": str(base),
         "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
         "RABBITMQ_NODENAME": node_name(amqp_port),
-        "ERL_EPMD_ADDRESS": endpoints.HOST,
+        "ERL_EPMD_ADDRESS": HOST,
     }
 
 
@@ -74,7 +93,7 @@ def server_launch(state: Path, amqp_port: int = endpoints.AMQP_PORT,
         f'export ERL_FLAGS="{LOOPBACK_DIST}"\n')
     env = {
         **_tool_env(state, amqp_port),
-        "RABBITMQ_NODE_IP_ADDRESS": endpoints.HOST,
+        "RABBITMQ_NODE_IP_ADDRESS": HOST,
         "RABBITMQ_NODE_PORT": str(amqp_port),
         "RABBITMQ_DIST_PORT": str(dist_port or amqp_port + 20000),
         "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
@@ -123,25 +142,23 @@ class Node:
         if not self.started_by_kit:
             return ("rabbitmq node: found running, not the kit's; rabbitmqctl addresses it with the "
                     "machine's own settings (node name and cookie)")
-        return (f"rabbitmq node: {self.name}, started by the kit; cookie {_display(self.home / '.erlang.cookie')}, "
-                f"data {_display(self.home / 'mnesia')}, log {_display(paths.log_dir() / 'rabbitmq.log')}")
+        return (f"rabbitmq node: {self.name}, started by the kit; cookie {display(self.home / '.erlang.cookie')}, "
+                f"data {display(self.home / 'mnesia')}, log {display(paths.log_dir() / 'rabbitmq.log')}")
 
 
 def node(amqp_port: int = endpoints.AMQP_PORT) -> Node:
     """The node that answers on ``amqp_port``: the kit's own when the kit started RabbitMQ (its pid
     file under the state folder names a live process), the machine's otherwise."""
-    from . import stack
-
-    if stack._kit_process("rabbitmq") is not None:
+    if kit_process("rabbitmq") is not None:
         return Node(node_name(amqp_port), True, home(), amqp_port)
     return Node(None, False, None, amqp_port)
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(paths.ROOT))
-    except ValueError:
-        return str(path)
+def launch(state: Path) -> Launch:
+    return Launch(*server_launch(state))
 
 
-__all__ = ["Node", "node", "node_name", "home", "server_launch"]
+COMPONENT = Component("rabbitmq", f"amqp://{HOST}:{endpoints.AMQP_PORT}",
+                      (endpoints.AMQP_PORT,), probe, launch,
+                      ((str(SERVER), "apt package rabbitmq-server"), ("epmd", "apt package erlang-base")),
+                      deadline=60)
