@@ -91,7 +91,7 @@ class World:
                  statsd: tuple[str, int] = ("127.0.0.1", 8125),
                  rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
         """``rabbitmqctl`` is the argv prefix that addresses the node answering at ``amqp_url``
-        (the kit gives it: ``nirvana.rabbitmq_node.node().ctl()``); the default is the machine's
+        (the kit gives it: ``nirvana.stack.rabbitmq_node().ctl()``); the default is the machine's
         default node, which is the right one only when that node is the one at ``amqp_url``."""
         tag = uuid.uuid4().hex[:8]
         self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
