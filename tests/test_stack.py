@@ -77,7 +77,12 @@ def test_status_names_every_component_and_the_cli_exits_zero(running):
         assert row.origin in ("started by kit", "found running")
         assert row.log or row.origin == "found running"
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout.strip() == table
+    # and the CLI to name the RabbitMQ node its rabbitmqctl calls address, after the table
+    *lines, node_line = cli.stdout.strip().splitlines()
+    assert "\n".join(lines) == table
+    node = stack.rabbitmq_node()
+    assert node_line == node.describe()
+    assert (node.name in node_line) if node.started_by_kit else ("found running" in node_line)
 
 
 def test_an_unknown_component_is_a_usage_error():
