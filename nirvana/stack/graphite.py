@@ -34,7 +34,7 @@ def launch(state: Path) -> Launch:
         "NIRVANA_CARBONLINK": f"{HOST}:{endpoints.CARBON_QUERY_PORT}",
     }
     gunicorn = ["gunicorn", "--bind", f"{HOST}:{endpoints.GRAPHITE_PORT}", "--workers", "2",
-                "--timeout", "30", "--graceful-timeout", "5", "nirvana_graphite_wsgi:application"]
+                "--timeout", "30", "--graceful-timeout", "5", "graphite.wsgi:application"]
     # graphite-web keeps users and profiles in sqlite: create its tables once (under a second),
     # then exec, so the pid the kit records is gunicorn's.
     script = ('[ -s "$NIRVANA_GRAPHITE_STORAGE/graphite.db" ] || '
