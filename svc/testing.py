@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Sequence
 
 import pika
 
@@ -106,9 +107,14 @@ class World:
     """An isolated set of names on the real RabbitMQ, etcd and statsd."""
 
     def __init__(self, amqp_url: str, etcd_endpoint: str, log_dir: Path, *,
-                 statsd: tuple[str, int] = ("127.0.0.1", 8125)) -> None:
+                 statsd: tuple[str, int] = ("127.0.0.1", 8125),
+                 rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
+        """``rabbitmqctl`` is the argv prefix that addresses the node answering at ``amqp_url``
+        (the kit gives it: ``nirvana.stack.rabbitmq_node().ctl()``); the default is the machine's
+        default node, which is the right one only when that node is the one at ``amqp_url``."""
         tag = uuid.uuid4().hex[:8]
         self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
+        self.rabbitmqctl = list(rabbitmqctl)
         self.exchange, self.prefix = f"t-{tag}", f"/t-{tag}"
         self.etcd = Etcd(parse_endpoints(etcd_endpoint), timeout=10.0)
         self.processes: list[ServiceProcess] = []
@@ -196,22 +202,27 @@ class World:
     def close_connections(self, process: ServiceProcess) -> int:
         """Close the broker connections of one service process (as an operator would with
         ``rabbitmqctl close_connection``); how many were closed."""
-        out = rabbitmqctl("list_connections", "pid", "client_properties")
+        out = self._rabbitmqctl("list_connections", "pid", "client_properties")
         marker = connection_name(process.service, process.pid)
         pids = [line.split("\t", 1)[0] for line in out.splitlines() if f'"{marker}"' in line]
         for pid in pids:
-            rabbitmqctl("close_connection", pid, "closed by a test")
+            self._rabbitmqctl("close_connection", pid, "closed by a test")
         return len(pids)
+
+    def _rabbitmqctl(self, *args: str) -> str:
+        """``rabbitmqctl -q *args`` against the node this world's broker is (its stdout)."""
+        return subprocess.run([*self.rabbitmqctl, "-q", *args], capture_output=True, text=True,
+                              timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
 
     def set_policy(self, suffix: str, pattern: str, definition: dict, apply_to: str = "queues") -> str:
         """A broker policy named after this world (removed by ``close``); its name."""
         name = f"{self.exchange}-{suffix}"
-        rabbitmqctl("set_policy", "--apply-to", apply_to, "--priority", "100", name, pattern, json.dumps(definition))
+        self._rabbitmqctl("set_policy", "--apply-to", apply_to, "--priority", "100", name, pattern, json.dumps(definition))
         self.policies.add(name)
         return name
 
     def clear_policy(self, name: str) -> None:
-        rabbitmqctl("clear_policy", name)
+        self._rabbitmqctl("clear_policy", name)
         self.policies.discard(name)
 
     # -- etcd ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import uuid
 import pika
 import pytest
 
-from nirvana import endpoints, services, settings
+from nirvana import endpoints, services, settings, stack
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
@@ -28,6 +28,17 @@ def need(what: str, ok: bool) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def native_only(*components: str) -> None:
+    """Skip a test that stops these components or reads their files under state/ when one of them
+    was found running instead of started by the kit (a docker-compose stack): the kit never stops
+    what it did not start, and a container keeps its files inside."""
+    found = [row.name for row in stack.status(components) if row.origin == "found running"]
+    if found:
+        pytest.skip(f"{', '.join(found)} found running, not started by the kit (a docker-compose stack?): "
+                    "this test stops it or reads its files under state/; run it on the native stack "
+                    "(`docker compose down`, then `./kit up`)")
 
 
 def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -107,7 +118,8 @@ def svc_world(amqp_url, etcd_endpoint, tmp_path):
     ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys."""
     from svc.testing import World
 
-    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT))
+    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
+                  rabbitmqctl=stack.rabbitmq_node().ctl())
     yield world
     world.close()
 
