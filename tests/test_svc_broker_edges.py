@@ -17,12 +17,11 @@ import pika
 import pika.data
 import pytest
 from conftest import need, tcp_open
-from test_svc_reliability import OwnEtcd, _free_port
 
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 from svc.effects import count
-from svc.testing import ServiceProcess, graphite_total, rabbitmqctl, wait_for
+from svc.testing import OwnEtcd, ServiceProcess, _free_port, graphite_total, rabbitmqctl, wait_for
 
 NEW_ORDER = {"type": "new_order", "id": "good"}
 
