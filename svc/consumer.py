@@ -22,7 +22,6 @@ from .processor import Processor
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
-HELD_DELAY = 0.3         # seconds before requeueing an event a live sibling holds
 BACKOFF_START = 0.2      # seconds; doubled up to BACKOFF_MAX while etcd or RabbitMQ is away
 BACKOFF_MAX = 5.0
 
@@ -78,11 +77,14 @@ class Consumer:
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
         self.on_consuming()
         self.connection, self.channel = connection, channel
+        # Deliveries a sibling's claim holds wait aside (unacked), never at the head of the queue.
+        self.held = self.processor.held()
         # Two windows of half the prefetch each: while one window's commit is in flight to etcd,
         # the next is received and parsed and its claims are sent.
         window = max(1, self.config.prefetch // 2)
         in_flight = None
         while not self.stop.is_set():
+            self._pending[:0] = self.held.due()
             connection.process_data_events(time_limit=0 if in_flight or self._pending else IDLE_WAIT)
             while self._pending and len(self._pending) < window:
                 before = len(self._pending)
@@ -111,8 +113,11 @@ class Consumer:
         for (method, properties, body), outcome in zip(batch, outcomes):
             if outcome.action == "dead":
                 self._dead_letter(method, properties, body, outcome.reason)
-        acks = [method.delivery_tag for (method, _, _), o in zip(batch, outcomes) if o.action != "requeue"]
+        acks = [method.delivery_tag for (method, _, _), o in zip(batch, outcomes) if o.action in ("ack", "dead")]
         requeues = [(method.delivery_tag, o) for (method, _, _), o in zip(batch, outcomes) if o.action == "requeue"]
+        for delivery, outcome in zip(batch, outcomes):
+            if outcome.action == "hold":
+                self.held.hold(outcome.key, delivery)
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
         # the done mark (with dedup) turns the redelivery into a skip.
         if len(acks) == len(batch):
@@ -140,7 +145,7 @@ class Consumer:
             delay, self._etcd_backoff = self._etcd_backoff, min(self._etcd_backoff * 2, BACKOFF_MAX)
             log.warning("etcd unavailable: %d events requeued after %.1f s", len(requeues), delay)
         else:
-            delay, self._etcd_backoff = HELD_DELAY, BACKOFF_START
+            delay, self._etcd_backoff = 0.0, BACKOFF_START
         deadline = time.monotonic() + delay
         while not self.stop.is_set() and time.monotonic() < deadline:
             self.connection.sleep(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())))

@@ -31,9 +31,10 @@ class Verdict(enum.Enum):
     OK = "ok"                    # processed: done mark and effect written
     SKIPPED = "skipped"          # done before: ack without processing
     CONFLICT = "conflict"        # same id, other payload: dead-letter
-    HELD = "held"                # a live sibling holds the claim: requeue after a short delay
+    HELD = "held"                # a sibling holds the claim: set aside until it is released
     UNAVAILABLE = "unavailable"  # etcd did not answer: requeue with backoff (fail closed)
     LOST = "lost"                # our claim expired before the done mark: requeue, process again
+    RETRY = "retry"              # a repeat in a window whose first copy was not processed: requeue
 
 
 class TxnLimits:
@@ -68,6 +69,7 @@ class NoDedup:
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
         self.etcd, self.prefix, self.service = etcd, prefix, service
         self.limits = TxnLimits()
+        self.on_release = None   # see EtcdDedup: without claims nothing is ever held
 
     def open(self) -> None:
         """Nothing to import without deduplication."""
@@ -99,8 +101,8 @@ class InFlight:
     ``limits``; a transaction etcd refuses as too large is sent again in halves."""
 
     def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
-                 on_lease_lost=None) -> None:
-        self.etcd, self.verdicts, self.limits, self.on_lease_lost = etcd, verdicts, limits, on_lease_lost
+                 on_error=None) -> None:
+        self.etcd, self.verdicts, self.limits, self.on_error = etcd, verdicts, limits, on_error
         self._parts: list = []
         self._failed = False
 
@@ -136,8 +138,8 @@ class InFlight:
 
     def _fail(self, error: DedupUnavailable) -> None:
         log.debug("%s", error)
-        if isinstance(error, _etcd.LeaseNotFound) and self.on_lease_lost is not None:
-            self.on_lease_lost()
+        if self.on_error is not None:
+            self.on_error(error)
 
     def result(self) -> list[Verdict]:
         while self._parts:
@@ -182,6 +184,8 @@ class EtcdDedup(NoDedup):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._watch = None
+        self.alarm = ""    # the alarms etcd has raised ("NOSPACE"): no writes while any is set
+        self._alarms = None  # the alarm list asked for with the last claims, read before the commit
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -190,7 +194,12 @@ class EtcdDedup(NoDedup):
         DedupUnavailable if etcd does not answer (the caller retries)."""
         started = time.monotonic()
         revision = self._import()
-        self._lease = self.etcd.grant(self.claim_ttl)
+        self._check_alarms()
+        if not self.alarm:  # a lease is a write: under an alarm the first claim takes it, once allowed
+            try:
+                self._lease = self.etcd.grant(self.claim_ttl)
+            except _etcd.NoSpace as error:
+                self._on_error(error)
         log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
                  len(self.done), self.service, time.monotonic() - started, revision)
         self._start(self._keep_claims_alive, "claim-keepalive")
@@ -239,6 +248,25 @@ class EtcdDedup(NoDedup):
             except DedupUnavailable as error:
                 log.debug("claim keepalive: %s", error)
 
+    def _check_alarms(self, pending=None) -> None:
+        """Read etcd's alarm list (asked for now, or ``pending``). etcd 3.4 and 3.5 do not count
+        writes inside nested transactions (every claim and commit here) against the space quota,
+        so svc honours NOSPACE itself: each window asks with its claims and reads before its commit."""
+        self._set_alarm(",".join(self.etcd.alarms() if pending is None else pending.result()))
+
+    def _set_alarm(self, alarm: str) -> None:
+        if alarm == self.alarm:
+            return
+        if "NOSPACE" in alarm.split(","):
+            log.error("%s; until then events are requeued with backoff and counted as %s_dedup_unavailable",
+                      _etcd.NOSPACE_HELP, self.service)
+        elif alarm:
+            log.error("etcd raised the alarm %s: deduplication writes nothing until an operator clears it "
+                      "(`etcdctl alarm list`, etcd's maintenance guide)", alarm)
+        else:
+            log.warning("etcd's alarm %s is cleared: deduplication writes again", self.alarm)
+        self.alarm = alarm
+
     def _follow(self, revision: int) -> None:
         """Learn siblings' done marks (and expiries) from the watch; resume after a break."""
         delay = 0.2
@@ -267,10 +295,15 @@ class EtcdDedup(NoDedup):
             self.done.pop(encoded, None)
         elif value.startswith(b"done "):
             self.done[encoded] = value[5:]
+        else:
+            return
+        if self.on_release is not None:
+            self.on_release(key)  # a claim ended: events held for it may be tried again
 
     # -- claim and commit ---------------------------------------------------------------------
 
-    def _key(self, event: Event) -> bytes:
+    def claim_key(self, event: Event) -> bytes:
+        """The etcd key of ``event``'s claim and done mark."""
         return self.key_prefix + keys.encode_id(event.id).encode()
 
     def _claim_value(self, event: Event) -> bytes:
@@ -279,30 +312,45 @@ class EtcdDedup(NoDedup):
     def claim(self, events: list[Event]) -> InFlight:
         """Claim every event not known done: per chunk of the window one transaction holding a
         create-if-absent transaction per event (a claim on our lease, or the current value)."""
-        claims = InFlight(self.etcd, [self._known(e) for e in events], self.limits, self._claim_lease_lost)
+        claims = InFlight(self.etcd, [self._known(e) for e in events], self.limits, self._on_error)
         todo = [i for i, verdict in enumerate(claims.verdicts) if verdict is None]
+        if not todo:
+            return claims
+        try:
+            self._alarms = self.etcd.alarms_async()  # answered while the claims are (no extra wait)
+            if self.alarm:
+                self._check_alarms(self._alarms)  # already raised: cleared yet?
+        except DedupUnavailable as error:
+            self._on_error(error)
+            return claims
+        if self.alarm:
+            return claims  # fail closed: the rest are UNAVAILABLE (requeued with backoff), known ones skip
         if todo and not self._lease:
             try:
                 self._lease = self.etcd.grant(self.claim_ttl)
             except DedupUnavailable as error:
-                log.debug("%s", error)
+                self._on_error(error)
                 return claims
         claims.send(todo, [events[i] for i in todo], self._add_claim,
                     lambda event, reply: self._claim_verdict(event, reply.response_txn))
         return claims
 
     def _add_claim(self, ops, event: Event) -> None:
-        key = self._key(event)
+        key = self.claim_key(event)
         claim = _etcd.add_txn(ops)
         _etcd.add_absent(claim.compare, key)
         _etcd.add_put(claim.success, key, self._claim_value(event), self._lease)
         _etcd.add_get(claim.failure, key)
 
-    def _claim_lease_lost(self) -> None:
-        # The claims of this window were refused whole (requeued); the next window claims on a
-        # new lease instead of waiting for the keepalive to notice.
-        log.warning("claim lease %x is gone from etcd; a new one is taken for the next claims", self._lease)
-        self._lease = 0
+    def _on_error(self, error: DedupUnavailable) -> None:
+        """A request failed (the events it carried are requeued): learn what the error says."""
+        log.debug("%s", error)
+        if isinstance(error, _etcd.NoSpace):
+            self._set_alarm("NOSPACE")
+        elif isinstance(error, _etcd.LeaseNotFound):
+            # The next window claims on a new lease instead of waiting for the keepalive to notice.
+            log.warning("claim lease %x is gone from etcd; a new one is taken for the next claims", self._lease)
+            self._lease = 0
 
     def _known(self, event: Event) -> Verdict | None:
         digest = self.done.get(keys.encode_id(event.id).encode())
@@ -328,15 +376,23 @@ class EtcdDedup(NoDedup):
     def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
-        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._retention_lease_lost)
+        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error)
+        try:
+            if self._alarms is not None:
+                self._check_alarms(self._alarms)
+        except DedupUnavailable as error:
+            self._on_error(error)
+            return commit
+        if self.alarm:
+            return commit  # fail closed: UNAVAILABLE; our claims stay ours for the redelivery
         try:
             lease = self._retention()
         except DedupUnavailable as error:
-            log.debug("%s", error)
+            self._commit_error(error)
             return commit
 
         def add_done(ops, event: Event) -> None:
-            key = self._key(event)
+            key = self.claim_key(event)
             done = _etcd.add_txn(ops)
             _etcd.add_value_is(done.compare, key, self._claim_value(event))
             _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
@@ -351,11 +407,14 @@ class EtcdDedup(NoDedup):
         self.done[keys.encode_id(event.id).encode()] = event.digest.encode()
         return Verdict.OK
 
-    def _retention_lease_lost(self) -> None:
-        # Without this, every commit would fail on the lost lease until its reuse time ran out.
-        log.warning("retention lease %x is gone from etcd; a new one is taken for the next done marks",
-                    self._retention_lease)
-        self._retention_until = 0.0
+    def _commit_error(self, error: DedupUnavailable) -> None:
+        if isinstance(error, _etcd.LeaseNotFound):
+            # Without this, every commit would fail on the lost lease until its reuse time ran out.
+            log.warning("retention lease %x is gone from etcd; a new one is taken for the next done marks",
+                        self._retention_lease)
+            self._retention_until = 0.0
+        else:
+            self._on_error(error)
 
     def _retention(self) -> int:
         """A lease that keeps done marks for the retention time, shared for a tenth of it."""
