@@ -27,6 +27,11 @@ def dedup_unavailable(service: str) -> str:
     return f"{service}_dedup_unavailable"
 
 
+def dedup_lost(service: str) -> str:
+    """A commit refused because the claim expired first (the work is requeued and done again)."""
+    return f"{service}_dedup_lost"
+
+
 class Metrics:
     """Counts and timings of one service, sent to statsd (UDP: never blocks, never fails the work).
 

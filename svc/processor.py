@@ -80,9 +80,16 @@ class Processor:
         if verdict is Verdict.UNAVAILABLE:
             self.meter.incr(metrics.dedup_unavailable(service))
             return UNAVAILABLE
+        if verdict is Verdict.LOST:
+            # The done mark is guarded by "the claim is still mine": nothing was written, the event
+            # is requeued and processed again by whoever claims it next (fencing, not a double effect).
+            self.meter.incr(metrics.dedup_lost(service))
+            log.warning("claim on id %r expired before its done mark (this replica paused or lost etcd longer "
+                        "than CLAIM_TTL): commit refused, event requeued", event.id[:64])
+            return REQUEUE
         if verdict is Verdict.HELD:  # a sibling's claim: set aside, not requeued to the head of the queue
             return Outcome("hold", key=self.dedup.claim_key(event))
-        return REQUEUE  # LOST (our claim expired before the done mark) or RETRY: the next delivery decides
+        return REQUEUE  # RETRY: the next delivery decides
 
 
 class Window:

@@ -4,6 +4,8 @@ request limits, a dead sibling's claims, the space quota, lost claims, the claim
 Limits and faults the stack's etcd must not see run on throwaway etcds (``etcd_factory``).
 """
 
+import signal
+
 import pytest
 
 from svc import keys, metrics
@@ -161,3 +163,43 @@ def test_the_nospace_alarm_is_honoured_and_says_how_to_recover(svc_world, etcd_f
         assert "cleared" in first.log() and first.alive() and second.alive()
     finally:
         etcd.close()
+
+
+def test_kit_status_names_the_nospace_alarm(etcd_factory):
+    from nirvana.stack import etcd as etcd_component
+    from svc import Etcd
+    from svc.config import parse_endpoints
+
+    own = etcd_factory("--quota-backend-bytes", str(8 * 1024 * 1024))
+    port = int(own.endpoint.rsplit(":", 1)[1])
+    assert etcd_component.probe(port).state == "up"
+    # Given an etcd out of space, I expect `./kit status`'s probe to say unhealthy, naming the alarm.
+    etcd = Etcd(parse_endpoints(own.endpoint), timeout=10)
+    try:
+        _fill(etcd)
+    finally:
+        etcd.close()
+    probe = etcd_component.probe(port)
+    assert probe.state == "unhealthy" and "NOSPACE" in probe.detail and "etcdctl alarm disarm" in probe.detail
+
+
+def test_a_claim_lost_while_paused_is_logged_and_counted(svc_world, graphite_url):
+    orders = svc_world.service_name("orders")
+    # Given a replica whose work (2 s) outlives its claim's lease (1 s) once it is paused...
+    [process] = svc_world.start(orders, enable_etcd=True, claim_ttl=1, work_ms=2000)
+    svc_world.publish(orders, {"type": "new_order", "id": "paused"})
+    key = keys.dedup_key(svc_world.prefix, orders, "paused")
+    wait_for(lambda: (svc_world.etcd.get(key) or b"").startswith(b"claimed "), "the claim")
+    # ... when it is paused (SIGSTOP) until its claim expired, then resumed...
+    process.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: svc_world.etcd.get(key) is None, "the claim expired", interval=0.2)
+    finally:
+        process.signal(signal.SIGCONT)
+    # ... its late commit is refused (the effect is written once), and I expect the loss logged
+    # with the event id and counted as <service>_dedup_lost.
+    wait_for(lambda: svc_world.effects(orders, "paused") == 1 and svc_world.depth(orders) == 0, "the event processed")
+    lost = f"stats_counts.{orders}_dedup_lost"
+    wait_for(lambda: graphite_total(graphite_url, lost) >= 1, f"{lost} in Graphite", timeout=20, interval=0.5)
+    assert "claim on id 'paused' expired" in process.log()
+    assert svc_world.effects(orders, "paused") == 1
