@@ -71,6 +71,10 @@ def add_put(ops, key: bytes, value: bytes, lease: int = 0) -> None:
         put.lease = lease
 
 
+def add_delete(ops, key: bytes) -> None:
+    ops.add().request_delete_range.key = key
+
+
 def add_get(ops, key: bytes) -> None:
     ops.add().request_range.key = key
 

@@ -115,9 +115,9 @@ class Consumer:
                 self._dead_letter(method, properties, body, outcome.reason)
         acks = [method.delivery_tag for (method, _, _), o in zip(batch, outcomes) if o.action in ("ack", "dead")]
         requeues = [(method.delivery_tag, o) for (method, _, _), o in zip(batch, outcomes) if o.action == "requeue"]
-        for delivery, outcome in zip(batch, outcomes):
-            if outcome.action == "hold":
-                self.held.hold(outcome.key, delivery)
+        for (method, properties, body), outcome in zip(batch, outcomes):
+            if outcome.action == "hold" and not self.held.hold(outcome.key, (method, properties, body)):
+                requeues.append((method.delivery_tag, outcome))  # waited once already: let any replica have it
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
         # the done mark (with dedup) turns the redelivery into a skip.
         if len(acks) == len(batch):

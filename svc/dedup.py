@@ -7,6 +7,7 @@ in another, so a round trip is paid per batch, not per event.
 """
 
 import enum
+import functools
 import logging
 import threading
 import time
@@ -79,6 +80,9 @@ class NoDedup:
 
     def claim(self, events: list[Event]) -> "Ready":
         return Ready([Verdict.CLAIMED] * len(events))
+
+    def release(self, events: list[Event]) -> None:
+        """Without claims there is nothing to release."""
 
     def commit(self, events: list[Event]) -> "InFlight":
         """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
@@ -179,7 +183,12 @@ class EtcdDedup(NoDedup):
         self.claim_ttl, self.retention = claim_ttl, retention
         self.key_prefix = keys.dedup_prefix(prefix, service).encode()
         self.done: dict[bytes, bytes] = {}   # encoded id -> digest, from the import and the watch
+        # The claim lease is taken and dropped under a lock, each claim window uses one snapshot of
+        # it, and the keepalive drops only the lease it found expired: no claim is ever written
+        # without a lease (it would never expire, and siblings would hold its event forever).
         self._lease = 0
+        self._lease_lock = threading.Lock()
+        self._claimed: dict[bytes, int] = {}   # key -> lease of our claim, from claim to commit
         self._retention_lease, self._retention_until = 0, 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -197,7 +206,7 @@ class EtcdDedup(NoDedup):
         self._check_alarms()
         if not self.alarm:  # a lease is a write: under an alarm the first claim takes it, once allowed
             try:
-                self._lease = self.etcd.grant(self.claim_ttl)
+                self._claim_lease()
             except _etcd.NoSpace as error:
                 self._on_error(error)
         log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
@@ -241,12 +250,28 @@ class EtcdDedup(NoDedup):
         interval = self.claim_ttl / 3
         deadline = min(self.etcd.timeout, interval)
         while not self._stop.wait(interval):
+            lease = self._lease
             try:
-                if self._lease and self.etcd.keepalive(self._lease, timeout=deadline) <= 0:
-                    log.warning("claim lease expired; a new one is taken for the next claims")
-                    self._lease = 0
+                if lease and self.etcd.keepalive(lease, timeout=deadline) <= 0:
+                    self._drop_lease(lease, "expired")
             except DedupUnavailable as error:
                 log.debug("claim keepalive: %s", error)
+
+    def _claim_lease(self) -> int:
+        """The claim lease, taken now if there is none (raises DedupUnavailable)."""
+        with self._lease_lock:
+            if not self._lease:
+                self._lease = self.etcd.grant(self.claim_ttl)
+            return self._lease
+
+    def _drop_lease(self, lease: int, why: str) -> None:
+        """Forget ``lease`` (expired or gone) if it is still the claim lease: the next claims take a
+        new one. A lease taken since is kept."""
+        with self._lease_lock:
+            if self._lease != lease:
+                return
+            self._lease = 0
+        log.warning("claim lease %x %s; a new one is taken for the next claims", lease, why)
 
     def _check_alarms(self, pending=None) -> None:
         """Read etcd's alarm list (asked for now, or ``pending``). etcd 3.4 and 3.5 do not count
@@ -306,8 +331,8 @@ class EtcdDedup(NoDedup):
         """The etcd key of ``event``'s claim and done mark."""
         return self.key_prefix + keys.encode_id(event.id).encode()
 
-    def _claim_value(self, event: Event) -> bytes:
-        return f"claimed {event.digest} {self._lease:x}".encode()
+    def _claim_value(self, event: Event, lease: int) -> bytes:
+        return f"claimed {event.digest} {lease:x}".encode()
 
     def claim(self, events: list[Event]) -> InFlight:
         """Claim every event not known done: per chunk of the window one transaction holding a
@@ -325,32 +350,31 @@ class EtcdDedup(NoDedup):
             return claims
         if self.alarm:
             return claims  # fail closed: the rest are UNAVAILABLE (requeued with backoff), known ones skip
-        if todo and not self._lease:
-            try:
-                self._lease = self.etcd.grant(self.claim_ttl)
-            except DedupUnavailable as error:
-                self._on_error(error)
-                return claims
-        claims.send(todo, [events[i] for i in todo], self._add_claim,
-                    lambda event, reply: self._claim_verdict(event, reply.response_txn))
+        try:
+            lease = self._claim_lease()  # one snapshot for the whole window, never 0
+        except DedupUnavailable as error:
+            self._on_error(error)
+            return claims
+        claims.on_error = functools.partial(self._on_error, lease=lease)
+        claims.send(todo, [events[i] for i in todo], functools.partial(self._add_claim, lease=lease),
+                    lambda event, reply: self._claim_verdict(event, reply.response_txn, lease))
         return claims
 
-    def _add_claim(self, ops, event: Event) -> None:
+    def _add_claim(self, ops, event: Event, lease: int) -> None:
         key = self.claim_key(event)
         claim = _etcd.add_txn(ops)
         _etcd.add_absent(claim.compare, key)
-        _etcd.add_put(claim.success, key, self._claim_value(event), self._lease)
+        _etcd.add_put(claim.success, key, self._claim_value(event, lease), lease)
         _etcd.add_get(claim.failure, key)
 
-    def _on_error(self, error: DedupUnavailable) -> None:
+    def _on_error(self, error: DedupUnavailable, lease: int = 0) -> None:
         """A request failed (the events it carried are requeued): learn what the error says."""
         log.debug("%s", error)
         if isinstance(error, _etcd.NoSpace):
             self._set_alarm("NOSPACE")
-        elif isinstance(error, _etcd.LeaseNotFound):
+        elif isinstance(error, _etcd.LeaseNotFound) and lease:
             # The next window claims on a new lease instead of waiting for the keepalive to notice.
-            log.warning("claim lease %x is gone from etcd; a new one is taken for the next claims", self._lease)
-            self._lease = 0
+            self._drop_lease(lease, "is gone from etcd")
 
     def _known(self, event: Event) -> Verdict | None:
         digest = self.done.get(keys.encode_id(event.id).encode())
@@ -358,8 +382,9 @@ class EtcdDedup(NoDedup):
             return None
         return Verdict.SKIPPED if event.matches(digest) else Verdict.CONFLICT
 
-    def _claim_verdict(self, event: Event, reply) -> Verdict:
+    def _claim_verdict(self, event: Event, reply, lease: int) -> Verdict:
         if reply.succeeded:
+            self._claimed[self.claim_key(event)] = lease
             return Verdict.CLAIMED
         kvs = reply.responses[0].response_range.kvs
         if not kvs:
@@ -370,13 +395,18 @@ class EtcdDedup(NoDedup):
         if state == "done":
             self.done[keys.encode_id(event.id).encode()] = digest.encode()
             return Verdict.SKIPPED
+        if owner != [f"{lease:x}"]:
+            return Verdict.HELD
         # Our own claim (a redelivery after a broker reconnect) is ours to finish.
-        return Verdict.CLAIMED if owner == [f"{self._lease:x}"] else Verdict.HELD
+        self._claimed[self.claim_key(event)] = lease
+        return Verdict.CLAIMED
 
     def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
         commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error)
+        # The lease each claim was written on: the guard compares the value written then.
+        leases = {key: self._claimed.get(key, 0) for key in map(self.claim_key, events)}
         try:
             if self._alarms is not None:
                 self._check_alarms(self._alarms)
@@ -394,14 +424,30 @@ class EtcdDedup(NoDedup):
         def add_done(ops, event: Event) -> None:
             key = self.claim_key(event)
             done = _etcd.add_txn(ops)
-            _etcd.add_value_is(done.compare, key, self._claim_value(event))
+            _etcd.add_value_is(done.compare, key, self._claim_value(event, leases[key]))
             _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
             _etcd.add_put(done.success, self._effect_key(event), self._record(event))
 
         commit.send(range(len(events)), events, add_done, self._commit_verdict)
         return commit
 
+    def release(self, events: list[Event]) -> None:
+        """Delete our claims on ``events``, requeued unfinished (their commit failed), so that a
+        sibling given the redelivery need not wait for our lease; not waited for, best effort (a
+        claim left is ours to finish on a redelivery, or ends with our lease). Each delete is
+        guarded by "the claim is still mine"; etcd takes deletes even under NOSPACE."""
+        leases = {key: self._claimed.pop(key, 0) for key in map(self.claim_key, events)}
+
+        def add_release(ops, event: Event) -> None:
+            key = self.claim_key(event)
+            release = _etcd.add_txn(ops)
+            _etcd.add_value_is(release.compare, key, self._claim_value(event, leases[key]))
+            _etcd.add_delete(release.success, key)
+
+        InFlight(self.etcd, [None] * len(events), self.limits).send(range(len(events)), events, add_release, None)
+
     def _commit_verdict(self, event: Event, reply) -> Verdict:
+        self._claimed.pop(self.claim_key(event), None)
         if not reply.response_txn.succeeded:
             return Verdict.LOST
         self.done[keys.encode_id(event.id).encode()] = event.digest.encode()

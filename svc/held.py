@@ -24,18 +24,25 @@ class Held:
         self._lock = threading.Lock()
         self._waiting: dict[bytes, list[tuple[float, object]]] = {}   # key -> [(deadline, delivery)]
         self._released: dict[bytes, float] = {}                       # key -> when (monotonic)
+        self._waited: set[bytes] = set()   # keys whose last wait ended by its deadline, not a release
 
     def __len__(self) -> int:
         with self._lock:
             return sum(len(items) for items in self._waiting.values())
 
-    def hold(self, key: bytes, delivery, now: float | None = None) -> None:
-        """Set ``delivery`` aside until ``key`` is released or ``retry_after`` seconds pass."""
+    def hold(self, key: bytes, delivery, now: float | None = None) -> bool:
+        """Set ``delivery`` aside until ``key`` is released or ``retry_after`` seconds pass; False
+        (requeue it instead) if it waited out a whole wait and is held again: a live sibling holds
+        the claim and may need the delivery to finish it (it lost its own to a reconnect)."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            if key in self._waited:
+                self._waited.discard(key)
+                return False
             # Released a moment ago (the watch was faster than this window): due at once.
             deadline = now if now - self._released.get(key, -RECENT) < RECENT else now + self.retry_after
             self._waiting.setdefault(key, []).append((deadline, delivery))
+            return True
 
     def release(self, key: bytes, now: float | None = None) -> None:
         """The claim on ``key`` is gone (deleted or done): its deliveries are due now."""
@@ -44,6 +51,7 @@ class Held:
             if key in self._waiting:
                 self._waiting[key] = [(now, delivery) for _, delivery in self._waiting[key]]
             self._released[key] = now
+            self._waited.discard(key)
             if len(self._released) > 10000:  # forget old releases; done marks release every key
                 self._released = {k: t for k, t in self._released.items() if now - t < RECENT}
 
@@ -58,6 +66,8 @@ class Held:
                 items = self._waiting[key]
                 due += [item for item in items if item[0] <= now]
                 rest = [item for item in items if item[0] > now]
+                if len(rest) < len(items) and now - self._released.get(key, -RECENT) >= RECENT:
+                    self._waited.add(key)
                 if rest:
                     self._waiting[key] = rest
                 else:

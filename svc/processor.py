@@ -144,6 +144,10 @@ class Window:
             verdicts.update(zip(self.claimed, self.commit.result()))
             if any(verdicts[i] is Verdict.OK for i in self.claimed):
                 processor._fault("done")
+            # Claimed, not done, requeued: free the claims so a sibling may take the redeliveries.
+            unfinished = [events[i] for i in self.claimed if verdicts[i] is Verdict.UNAVAILABLE]
+            if unfinished:
+                processor.dedup.release(unfinished)
         elapsed_ms = (time.monotonic() - self.started) * 1000
         for i, leader in self.followers.items():
             verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)

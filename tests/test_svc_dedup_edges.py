@@ -203,3 +203,27 @@ def test_a_claim_lost_while_paused_is_logged_and_counted(svc_world, graphite_url
     wait_for(lambda: graphite_total(graphite_url, lost) >= 1, f"{lost} in Graphite", timeout=20, interval=0.5)
     assert "claim on id 'paused' expired" in process.log()
     assert svc_world.effects(orders, "paused") == 1
+
+
+def test_a_claim_lease_expiring_mid_claim_leaves_no_claim_without_a_lease(svc_world, monkeypatch):
+    from svc import Etcd
+    from svc.config import parse_endpoints
+    from svc.dedup import EtcdDedup, Verdict
+    from svc.event import parse
+    from test_svc_dedup import drop_the_lease_while_claiming
+
+    etcd = Etcd(parse_endpoints(svc_world.etcd_endpoint))
+    dedup = EtcdDedup(etcd, svc_world.prefix, "orders", claim_ttl=1, retention=60)
+    try:
+        # Given the claim lease revoked in etcd and dropped by the keepalive in the middle of claim()...
+        drop_the_lease_while_claiming(monkeypatch, dedup, expire=lambda: etcd.revoke(dedup._lease))
+        events = [parse(b'{"type":"new_order","id":"%d"}' % i) for i in range(3)]
+        verdicts = dedup.claim(events).result()
+        # ... I expect the window refused whole by the real etcd (requeued, claimed again on a new
+        # lease), and no claim written without a lease: such a claim would never expire.
+        assert verdicts == [Verdict.UNAVAILABLE] * 3
+        assert [key for page in etcd.scan_prefix(dedup.key_prefix) for key, _ in page] == []
+        assert dedup.claim(events).result() == [Verdict.CLAIMED] * 3
+    finally:
+        dedup.close()
+        etcd.close()

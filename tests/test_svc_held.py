@@ -29,3 +29,18 @@ def test_a_release_just_before_the_hold_is_not_missed():
     # An old release does not count.
     held.hold(b"a", "a2", now=100 + RECENT + 1)
     assert held.due(now=100 + RECENT + 1) == []
+
+
+def test_held_again_after_a_whole_wait_goes_back_to_the_queue():
+    held = Held(retry_after=10)
+    # Given a delivery whose wait ended by its deadline (the claim's owner is alive and kept it)...
+    assert held.hold(b"a", "a1", now=0)
+    assert held.due(now=10) == ["a1"]
+    # ... when it is held again, I expect it requeued instead (the owner may need the delivery to
+    # finish the claim), and the next time held again.
+    assert not held.hold(b"a", "a1", now=10)
+    assert held.hold(b"a", "a1", now=11)
+    # A delivery released by the watch is held again as usual.
+    held.release(b"a", now=12)
+    assert held.due(now=12) == ["a1"]
+    assert held.hold(b"a", "a1", now=12)
