@@ -189,6 +189,7 @@ class EtcdDedup(NoDedup):
         self._lease = 0
         self._lease_lock = threading.Lock()
         self._claimed: dict[bytes, int] = {}   # key -> lease of our claim, from claim to commit
+        self._releasing = None                 # the last release of unfinished claims, in flight
         self._retention_lease, self._retention_until = 0, 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -444,7 +445,10 @@ class EtcdDedup(NoDedup):
             _etcd.add_value_is(release.compare, key, self._claim_value(event, leases[key]))
             _etcd.add_delete(release.success, key)
 
-        InFlight(self.etcd, [None] * len(events), self.limits).send(range(len(events)), events, add_release, None)
+        release = InFlight(self.etcd, [None] * len(events), self.limits)
+        release.send(range(len(events)), events, add_release, None)
+        # Kept until the next release: gRPC cancels a call whose future is garbage-collected.
+        self._releasing = release
 
     def _commit_verdict(self, event: Event, reply) -> Verdict:
         self._claimed.pop(self.claim_key(event), None)

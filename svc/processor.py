@@ -3,6 +3,7 @@
 Parsing, deduplication, effects and metrics meet here; ``consumer.py`` only applies the outcomes.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -153,6 +154,9 @@ class Window:
             verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)
         for i, verdict in verdicts.items():
             self.outcomes[i] = processor._outcome(events[i], verdict, elapsed_ms)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("window of %d: %s", len(self.outcomes),
+                      ", ".join(f"{v.value} {n}" for v, n in collections.Counter(verdicts.values()).items()))
         processor.meter.flush()
         return self.outcomes
 
