@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import need
 
+from nirvana import stack
 from svc import keys
 from svc.effects import records
 from svc.testing import wait_for
@@ -78,7 +79,8 @@ def test_sigkill_after_done_before_ack(svc_world, enable_etcd, effects):
 
 @pytest.mark.parametrize("enable_etcd", [True, False])
 def test_closed_broker_connections_reconnect_and_lose_nothing(svc_world, enable_etcd):
-    need("rabbitmqctl (on PATH, to close connections)", shutil.which("rabbitmqctl") is not None)
+    program = stack.rabbitmq_node().program()   # the node's own rabbitmqctl closes the connections
+    need(f"{program} (to close connections)", shutil.which(program) is not None)
     orders = svc_world.service_name("orders")
     [process] = svc_world.start(orders, enable_etcd=enable_etcd, prefetch=20)
     publisher = svc_world.publisher(orders)
