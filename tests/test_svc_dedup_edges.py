@@ -81,13 +81,17 @@ def test_a_dead_siblings_claims_do_not_stall_the_queue(svc_world):
     dead_claims = _claims(svc_world, orders)
     assert dead_claims
     # ... when a healthy replica takes the queue...
-    svc_world.start(orders, enable_etcd=True, claim_ttl=claim_ttl)
+    [survivor] = svc_world.start(orders, enable_etcd=True, claim_ttl=claim_ttl)
     # ... I expect every other event processed while the dead claims still live: the held events
     # wait aside, they do not come back at the head of the queue and fill every window.
     others = len(ids) - len(dead_claims)
     wait_for(lambda: len(svc_world.effects_by_id(orders)) >= others, f"the {others} unclaimed events processed",
              timeout=claim_ttl * 2 / 3, interval=0.2)
     assert _claims(svc_world, orders) == dead_claims, "the dead claims expired before the others were done"
+    # Held aside means unacked: killed now, the survivor gives every held event back to the queue.
+    survivor.kill()
+    wait_for(lambda: svc_world.depth(orders) == len(dead_claims), "the held events back in the queue")
+    svc_world.start(orders, enable_etcd=True, claim_ttl=claim_ttl)
     # When the dead lease expires, the held events are processed too: every id once.
     wait_for(lambda: len(svc_world.effects_by_id(orders)) == len(ids), "all 2000 processed", timeout=claim_ttl + 15)
     wait_for(lambda: svc_world.depth(orders) == 0, "the queue drained")
