@@ -1,11 +1,15 @@
 """Benchmarks of svc against the real stack, side by side in one run; prints ratios.
 
     .venv/bin/python bench/bench_svc.py [--events 20000] [--repeat 5] [--prefetch 100] [--done-ids 100000]
+                                        [--sibling-events 5000]
 
 - consume: a bare pika consume-and-ack loop, then ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
   (goals: svc without dedup >= 0.8x the bare loop, with dedup >= 0.5x);
 - publish: ``svc.Publisher`` with pipelined confirms, events/s (goal >= 5,000);
+- dead sibling (issue 8 case D): a replica with CRASH_AT=claimed claims a window of a full queue and
+  dies; the survivor's rate on the other events while those claims live, as a ratio of its healthy
+  rate (the same service draining the same number of events alone, in the same round; goal >= 0.8);
 - startup: from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming, with 100,000 done
   ids of that service in etcd (goal <= 1.5 s), once per round.
 
@@ -83,6 +87,28 @@ def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetc
     return (events - 1) / (times[-1] - times[0])
 
 
+def sibling_rate(world: World, service: str, events: int, prefetch: int) -> float:
+    """Events/s of ``python -m svc`` on a full queue after a sibling claimed a window and died,
+    counted over the events that sibling did not claim, all processed while its claims lived."""
+    claim_ttl = 60  # the dead claims outlive the measurement; the survivor is stopped before they end
+    fill(world, service, events)
+    [dead] = world.start(service, enable_etcd=True, prefetch=prefetch, claim_ttl=claim_ttl, crash_at="claimed",
+                         log_level="WARNING", wait=False)
+    assert dead.popen.wait(30) == -9, dead.log()
+    base = keys.dedup_prefix(world.prefix, service)
+    claimed = {keys.decode_id(key[len(base):].decode()) for page in world.etcd.scan_prefix(base)
+               for key, value in page if value.startswith(b"claimed ")}
+    [process] = world.start(service, enable_etcd=True, prefetch=prefetch, claim_ttl=claim_ttl, log_level="WARNING")
+    others = events - len(claimed)
+    wait_for(lambda: world.effects(service) >= others, f"the {others} unclaimed events", timeout=claim_ttl / 2,
+             interval=0.2)
+    assert process.stop() == 0
+    records = effects.records(world.etcd, service, prefix=world.prefix)
+    assert len(records) == others and not claimed & {record["id"] for record in records}, "a dead claim ended"
+    times = sorted(record["at"] for record in records)
+    return (others - 1) / (times[-1] - times[0])
+
+
 def publish_rate(world: World, service: str, events: int) -> float:
     publisher = world.publisher(service)
     publisher.publish(EVENT)  # declares the topology first, outside the timing
@@ -129,9 +155,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds, interleaved; medians are printed")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, help="for both consumers")
     parser.add_argument("--done-ids", type=int, default=100000)
+    parser.add_argument("--sibling-events", type=int, default=5000, help="events of the dead-sibling runs")
     parser.add_argument("--etcd", default=ETCD_ENDPOINT, help="etcd endpoint (default: the stack's)")
     args = parser.parse_args()
-    runs = {name: [] for name in ("bare", "plain", "dedup", "publish", "start")}
+    runs = {name: [] for name in ("bare", "plain", "dedup", "publish", "healthy", "sibling", "start")}
     with tempfile.TemporaryDirectory() as logs:
         world = World(AMQP_URL, args.etcd, Path(logs))
         try:
@@ -143,6 +170,8 @@ def main() -> None:
                 "plain": lambda service: svc_rate(world, service, args.events, False, args.prefetch),
                 "dedup": lambda service: svc_rate(world, service, args.events, True, args.prefetch),
                 "publish": lambda service: publish_rate(world, service, args.events),
+                "healthy": lambda service: svc_rate(world, service, args.sibling_events, True, args.prefetch),
+                "sibling": lambda service: sibling_rate(world, service, args.sibling_events, args.prefetch),
             }
             # Rounds interleave the contenders, so a busy moment of the machine hits all of them;
             # each measured queue is deleted after its run (see retire).
@@ -165,6 +194,11 @@ def main() -> None:
         rate = statistics.median(runs[name])
         print(f"{label:32} {rate:9.0f} events/s   {rate / bare:.2f}x  (goal >= {goal:.2f}x)  {spread(runs[name])} "
               f"{spread(ratios[name], '{:.2f}x')}")
+    held = [rate / base for rate, base in zip(runs["sibling"], runs["healthy"])]
+    label = "svc, a dead sibling's claims"
+    print(f"{label:32} {statistics.median(runs['sibling']):9.0f} events/s   "
+          f"{statistics.median(held):.2f}x of its healthy {statistics.median(runs['healthy']):.0f} events/s "
+          f"(goal >= 0.80x, {args.sibling_events} events)  {spread(runs['sibling'])} {spread(held, '{:.2f}x')}")
     print(f"{'svc.Publisher, confirms':32} {published:9.0f} events/s            (goal >= 5000)  {spread(runs['publish'])}")
     print(f"{'start to consuming, ' + str(args.done_ids) + ' done':32} {seconds:9.2f} s                   "
           f"(goal <= 1.5 s) {spread(runs['start'], '{:.2f}')}")

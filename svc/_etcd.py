@@ -71,6 +71,10 @@ def add_put(ops, key: bytes, value: bytes, lease: int = 0) -> None:
         put.lease = lease
 
 
+def add_delete(ops, key: bytes) -> None:
+    ops.add().request_delete_range.key = key
+
+
 def add_get(ops, key: bytes) -> None:
     ops.add().request_range.key = key
 
@@ -235,9 +239,16 @@ class Etcd:
     def alarms(self) -> list[str]:
         """The names of the alarms raised in the cluster (``NOSPACE``, ``CORRUPT``), each once;
         ``etcdctl alarm list`` shows the same."""
-        rpc = _rpc()
-        reply = self._call("alarm list", "maintenancestub", "Alarm", rpc.AlarmRequest(action=rpc.AlarmRequest.GET))
-        return sorted({rpc.AlarmType.Name(member.alarm) for member in reply.alarms if member.alarm})
+        return self.alarms_async().result()
+
+    def alarms_async(self) -> "_Pending":
+        """Ask for the alarm list now; ``result()`` waits for the names (see ``alarms``)."""
+        rpc, client = _rpc(), self._stubs()
+        try:
+            future = client.maintenancestub.Alarm.future(rpc.AlarmRequest(action=rpc.AlarmRequest.GET), self._timeout)
+        except Exception as error:
+            raise self._failed("alarm list", client, error) from None
+        return _Pending(self, client, future, "alarm list", _alarm_names)
 
     # -- watch --------------------------------------------------------------------------------
 
@@ -278,14 +289,19 @@ NOSPACE_HELP = ("etcd is out of space (NOSPACE alarm: its --quota-backend-bytes 
 
 
 class _Pending:
-    def __init__(self, etcd: Etcd, client, future) -> None:
-        self._etcd, self._client, self._future = etcd, client, future
+    def __init__(self, etcd: Etcd, client, future, what: str = "transaction", read=None) -> None:
+        self._etcd, self._client, self._future, self._what, self._read = etcd, client, future, what, read
 
     def result(self):
         try:
-            return self._future.result()
+            reply = self._future.result()
         except Exception as error:
-            raise self._etcd._failed("transaction", self._client, error) from None
+            raise self._etcd._failed(self._what, self._client, error) from None
+        return reply if self._read is None else self._read(reply)
+
+
+def _alarm_names(reply) -> list[str]:
+    return sorted({_rpc().AlarmType.Name(member.alarm) for member in reply.alarms if member.alarm})
 
 
 class _Watch:

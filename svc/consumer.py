@@ -30,7 +30,6 @@ from .processor import Outcome, Processor
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
-HELD_DELAY = 0.3         # seconds before requeueing an event a live sibling holds
 BACKOFF_START = 0.2      # seconds; doubled up to BACKOFF_MAX while etcd or RabbitMQ is away
 BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 10.0   # seconds for the TCP + AMQP handshake of one connection attempt
@@ -107,6 +106,8 @@ class Consumer:
         channels are closed on the way out, so what they held unacked returns to the queue."""
         self._pending: list = []
         self._kept: list[_Kept] = []
+        # Deliveries a sibling's claim holds wait aside (unacked), never at the head of the queue.
+        self.held = self.processor.held()
         self._cancelled = False
         self.channel = self._dead = None
         try:
@@ -135,6 +136,7 @@ class Consumer:
         window = max(1, self.config.prefetch // 2)
         in_flight = None
         while not self.stop.is_set() and not self._cancelled:
+            self._pending[:0] = self.held.due()
             busy = in_flight or self._pending
             connection.process_data_events(time_limit=0 if busy else self._idle_wait())
             while self._pending and len(self._pending) < window:
@@ -211,12 +213,16 @@ class Consumer:
         for (method, properties, body), outcome in settled:
             if outcome.action == "requeue":
                 requeues.append((method.delivery_tag, outcome))
+            elif outcome.action == "hold":
+                if not self.held.hold(outcome.key, (method, properties, body)):
+                    requeues.append((method.delivery_tag, outcome))  # waited once already: let any replica have it
             elif outcome.action != "dead" or self._dead_letter(method, properties, body, outcome.reason):
                 acks.append(method.delivery_tag)
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
         # the done mark (with dedup) turns the redelivery into a skip. One ack "multiple" covers the
-        # window only when nothing is left unacked below its last tag (a kept dead letter is).
-        if len(acks) == len(batch) and not self._kept:
+        # window only when nothing is left unacked below its last tag (a kept dead letter or a held
+        # delivery is: a held one must never be acked before its work is done).
+        if len(acks) == len(batch) and not self._kept and not len(self.held):
             self.channel.basic_ack(acks[-1], multiple=True)
         else:
             for delivery_tag in acks:
@@ -272,7 +278,7 @@ class Consumer:
             delay, self._etcd_backoff = self._etcd_backoff, min(self._etcd_backoff * 2, BACKOFF_MAX)
             log.warning("etcd unavailable: %d events requeued after %.1f s", len(requeues), delay)
         else:
-            delay, self._etcd_backoff = HELD_DELAY, BACKOFF_START
+            delay, self._etcd_backoff = 0.0, BACKOFF_START
         self._sleep(delay)
         for delivery_tag, _ in requeues:
             # Not done, not acked: back to the queue for another try (fail closed).

@@ -6,58 +6,22 @@ claimed in one etcd transaction (one nested create-if-absent transaction per eve
 in another, so a round trip is paid per batch, not per event.
 """
 
-import enum
+import functools
 import logging
 import threading
 import time
 
 from . import _etcd, keys
+from .batch import InFlight, Ready, TxnLimits, Verdict
 from .effects import effect_key, record
 from .errors import DedupUnavailable
 from .event import Event
 
 log = logging.getLogger(__name__)
 
-TXN_EVENTS = 64            # events per etcd transaction at first: etcd's default --max-txn-ops is
-                           # 128 and an event takes one operation (a nested transaction of up to two)
-TXN_BYTES = 1024 * 1024    # bytes per transaction at first: etcd's default --max-request-bytes is 1.5 MiB
 IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest of the
                            # range on every page, so small pages cost quadratic time)
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
-
-
-class Verdict(enum.Enum):
-    CLAIMED = "claimed"          # this consumer may process the event
-    OK = "ok"                    # processed: done mark and effect written
-    SKIPPED = "skipped"          # done before: ack without processing
-    CONFLICT = "conflict"        # same id, other payload: dead-letter
-    HELD = "held"                # a live sibling holds the claim: requeue after a short delay
-    UNAVAILABLE = "unavailable"  # etcd did not answer: requeue with backoff (fail closed)
-    LOST = "lost"                # our claim expired before the done mark: requeue, process again
-
-
-class TxnLimits:
-    """How many events (``events``) and bytes (``size``) one transaction may carry. etcd does not
-    tell its limits (``--max-txn-ops``, ``--max-request-bytes``); they are learnt from its refusals
-    and kept for the life of the process, so only the first transaction over them is refused."""
-
-    def __init__(self, events: int = TXN_EVENTS, size: int = TXN_BYTES) -> None:
-        self.events, self.size = events, size
-
-    def shrink(self, events: int, size: int, error: _etcd.TxnTooLarge) -> bool:
-        """Lower the limit a refused transaction of ``events`` events and ``size`` bytes broke;
-        False if it held one event (nothing smaller to send)."""
-        if events <= 1:
-            log.error("etcd refuses even one event in a transaction (%s): raise its --max-txn-ops or "
-                      "--max-request-bytes; the event is requeued", error)
-            return False
-        if "too many operations" in str(error):
-            self.events = min(self.events, events // 2)
-        else:
-            self.size = min(self.size, size // 2)
-        log.warning("etcd refused a transaction of %d events, %d bytes (%s); from now on at most %d events "
-                    "and %d bytes per transaction", events, size, error, self.events, self.size)
-        return True
 
 
 class NoDedup:
@@ -68,6 +32,7 @@ class NoDedup:
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
         self.etcd, self.prefix, self.service = etcd, prefix, service
         self.limits = TxnLimits()
+        self.on_release = None   # see EtcdDedup: without claims nothing is ever held
 
     def open(self) -> None:
         """Nothing to import without deduplication."""
@@ -77,6 +42,9 @@ class NoDedup:
 
     def claim(self, events: list[Event]) -> "Ready":
         return Ready([Verdict.CLAIMED] * len(events))
+
+    def release(self, events: list[Event]) -> None:
+        """Without claims there is nothing to release."""
 
     def commit(self, events: list[Event]) -> "InFlight":
         """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
@@ -92,80 +60,6 @@ class NoDedup:
         return record(self.service, event).encode()
 
 
-class InFlight:
-    """Transactions in flight for one window; ``result()`` waits and gives a verdict per event.
-    An event etcd did not answer for is UNAVAILABLE: it is requeued (fail closed), and a done
-    mark written after all turns its redelivery into a skip. Events go in transactions that fit
-    ``limits``; a transaction etcd refuses as too large is sent again in halves."""
-
-    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
-                 on_lease_lost=None) -> None:
-        self.etcd, self.verdicts, self.limits, self.on_lease_lost = etcd, verdicts, limits, on_lease_lost
-        self._parts: list = []
-        self._failed = False
-
-    def send(self, indices, events: list[Event], add, judge) -> None:
-        """Send ``events`` (verdict slots ``indices``): ``add(ops, event)`` appends an event's one
-        operation to a transaction, ``judge(event, reply)`` reads its verdict from etcd's reply."""
-        self._add, self._judge = add, judge
-        self._send(list(zip(indices, events)))
-
-    def _send(self, items: list) -> None:
-        request, part, size = _etcd.new_txn(), [], 0
-        for item in items:
-            self._add(request.success, item[1])
-            op = request.success[-1].ByteSize() + 4  # + the field's tag and length
-            if part and (len(part) == self.limits.events or size + op > self.limits.size):
-                del request.success[-1]
-                self._start(request, part, size)
-                request, part, size = _etcd.new_txn(), [], 0
-                self._add(request.success, item[1])
-            part.append(item)
-            size += op
-        if part:
-            self._start(request, part, size)
-
-    def _start(self, request, part: list, size: int) -> None:
-        if self._failed:
-            return
-        try:
-            self._parts.append((part, size, self.etcd.txn_async(request)))
-        except DedupUnavailable as error:
-            self._fail(error)
-            self._failed = True
-
-    def _fail(self, error: DedupUnavailable) -> None:
-        log.debug("%s", error)
-        if isinstance(error, _etcd.LeaseNotFound) and self.on_lease_lost is not None:
-            self.on_lease_lost()
-
-    def result(self) -> list[Verdict]:
-        while self._parts:
-            part, size, pending = self._parts.pop(0)
-            try:
-                replies = pending.result().responses
-            except _etcd.TxnTooLarge as error:
-                if self.limits.shrink(len(part), size, error):
-                    self._send(part)  # nothing of a refused transaction was applied: send it again
-                continue
-            except DedupUnavailable as error:
-                self._fail(error)
-                continue
-            for (i, event), reply in zip(part, replies):
-                self.verdicts[i] = self._judge(event, reply)
-        return [Verdict.UNAVAILABLE if v is None else v for v in self.verdicts]
-
-
-class Ready:
-    """Verdicts known without asking etcd, with the same ``result()`` as InFlight."""
-
-    def __init__(self, verdicts: list[Verdict]) -> None:
-        self.verdicts = verdicts
-
-    def result(self) -> list[Verdict]:
-        return self.verdicts
-
-
 class EtcdDedup(NoDedup):
     """Deduplication on: claims on a lease, done marks with the effect, a local set of done ids."""
 
@@ -177,11 +71,19 @@ class EtcdDedup(NoDedup):
         self.claim_ttl, self.retention = claim_ttl, retention
         self.key_prefix = keys.dedup_prefix(prefix, service).encode()
         self.done: dict[bytes, bytes] = {}   # encoded id -> digest, from the import and the watch
+        # The claim lease is taken and dropped under a lock, each claim window uses one snapshot of
+        # it, and the keepalive drops only the lease it found expired: no claim is ever written
+        # without a lease (it would never expire, and siblings would hold its event forever).
         self._lease = 0
+        self._lease_lock = threading.Lock()
+        self._claimed: dict[bytes, int] = {}   # key -> lease of our claim, from claim to commit
+        self._releasing = None                 # the last release of unfinished claims, in flight
         self._retention_lease, self._retention_until = 0, 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._watch = None
+        self.alarm = ""    # the alarms etcd has raised ("NOSPACE"): no writes while any is set
+        self._alarms = None  # the alarm list asked for with the last claims, read before the commit
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -190,7 +92,12 @@ class EtcdDedup(NoDedup):
         DedupUnavailable if etcd does not answer (the caller retries)."""
         started = time.monotonic()
         revision = self._import()
-        self._lease = self.etcd.grant(self.claim_ttl)
+        self._check_alarms()
+        if not self.alarm:  # a lease is a write: under an alarm the first claim takes it, once allowed
+            try:
+                self._claim_lease()
+            except _etcd.NoSpace as error:
+                self._on_error(error)
         log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
                  len(self.done), self.service, time.monotonic() - started, revision)
         self._start(self._keep_claims_alive, "claim-keepalive")
@@ -232,12 +139,47 @@ class EtcdDedup(NoDedup):
         interval = self.claim_ttl / 3
         deadline = min(self.etcd.timeout, interval)
         while not self._stop.wait(interval):
+            lease = self._lease
             try:
-                if self._lease and self.etcd.keepalive(self._lease, timeout=deadline) <= 0:
-                    log.warning("claim lease expired; a new one is taken for the next claims")
-                    self._lease = 0
+                if lease and self.etcd.keepalive(lease, timeout=deadline) <= 0:
+                    self._drop_lease(lease, "expired")
             except DedupUnavailable as error:
                 log.debug("claim keepalive: %s", error)
+
+    def _claim_lease(self) -> int:
+        """The claim lease, taken now if there is none (raises DedupUnavailable)."""
+        with self._lease_lock:
+            if not self._lease:
+                self._lease = self.etcd.grant(self.claim_ttl)
+            return self._lease
+
+    def _drop_lease(self, lease: int, why: str) -> None:
+        """Forget ``lease`` (expired or gone) if it is still the claim lease: the next claims take a
+        new one. A lease taken since is kept."""
+        with self._lease_lock:
+            if self._lease != lease:
+                return
+            self._lease = 0
+        log.warning("claim lease %x %s; a new one is taken for the next claims", lease, why)
+
+    def _check_alarms(self, pending=None) -> None:
+        """Read etcd's alarm list (asked for now, or ``pending``). etcd 3.4 and 3.5 do not count
+        writes inside nested transactions (every claim and commit here) against the space quota,
+        so svc honours NOSPACE itself: each window asks with its claims and reads before its commit."""
+        self._set_alarm(",".join(self.etcd.alarms() if pending is None else pending.result()))
+
+    def _set_alarm(self, alarm: str) -> None:
+        if alarm == self.alarm:
+            return
+        if "NOSPACE" in alarm.split(","):
+            log.error("%s; until then events are requeued with backoff and counted as %s_dedup_unavailable",
+                      _etcd.NOSPACE_HELP, self.service)
+        elif alarm:
+            log.error("etcd raised the alarm %s: deduplication writes nothing until an operator clears it "
+                      "(`etcdctl alarm list`, etcd's maintenance guide)", alarm)
+        else:
+            log.warning("etcd's alarm %s is cleared: deduplication writes again", self.alarm)
+        self.alarm = alarm
 
     def _follow(self, revision: int) -> None:
         """Learn siblings' done marks (and expiries) from the watch; resume after a break."""
@@ -267,42 +209,61 @@ class EtcdDedup(NoDedup):
             self.done.pop(encoded, None)
         elif value.startswith(b"done "):
             self.done[encoded] = value[5:]
+        else:
+            return
+        if self.on_release is not None:
+            self.on_release(key)  # a claim ended: events held for it may be tried again
 
     # -- claim and commit ---------------------------------------------------------------------
 
-    def _key(self, event: Event) -> bytes:
+    def claim_key(self, event: Event) -> bytes:
+        """The etcd key of ``event``'s claim and done mark."""
         return self.key_prefix + keys.encode_id(event.id).encode()
 
-    def _claim_value(self, event: Event) -> bytes:
-        return f"claimed {event.digest} {self._lease:x}".encode()
+    def _claim_value(self, event: Event, lease: int) -> bytes:
+        return f"claimed {event.digest} {lease:x}".encode()
 
     def claim(self, events: list[Event]) -> InFlight:
         """Claim every event not known done: per chunk of the window one transaction holding a
         create-if-absent transaction per event (a claim on our lease, or the current value)."""
-        claims = InFlight(self.etcd, [self._known(e) for e in events], self.limits, self._claim_lease_lost)
+        claims = InFlight(self.etcd, [self._known(e) for e in events], self.limits, self._on_error)
         todo = [i for i, verdict in enumerate(claims.verdicts) if verdict is None]
-        if todo and not self._lease:
-            try:
-                self._lease = self.etcd.grant(self.claim_ttl)
-            except DedupUnavailable as error:
-                log.debug("%s", error)
-                return claims
-        claims.send(todo, [events[i] for i in todo], self._add_claim,
-                    lambda event, reply: self._claim_verdict(event, reply.response_txn))
+        if not todo:
+            return claims
+        try:
+            self._alarms = self.etcd.alarms_async()  # answered while the claims are (no extra wait)
+            if self.alarm:
+                self._check_alarms(self._alarms)  # already raised: cleared yet?
+        except DedupUnavailable as error:
+            self._on_error(error)
+            return claims
+        if self.alarm:
+            return claims  # fail closed: the rest are UNAVAILABLE (requeued with backoff), known ones skip
+        try:
+            lease = self._claim_lease()  # one snapshot for the whole window, never 0
+        except DedupUnavailable as error:
+            self._on_error(error)
+            return claims
+        claims.on_error = functools.partial(self._on_error, lease=lease)
+        claims.send(todo, [events[i] for i in todo], functools.partial(self._add_claim, lease=lease),
+                    lambda event, reply: self._claim_verdict(event, reply.response_txn, lease))
         return claims
 
-    def _add_claim(self, ops, event: Event) -> None:
-        key = self._key(event)
+    def _add_claim(self, ops, event: Event, lease: int) -> None:
+        key = self.claim_key(event)
         claim = _etcd.add_txn(ops)
         _etcd.add_absent(claim.compare, key)
-        _etcd.add_put(claim.success, key, self._claim_value(event), self._lease)
+        _etcd.add_put(claim.success, key, self._claim_value(event, lease), lease)
         _etcd.add_get(claim.failure, key)
 
-    def _claim_lease_lost(self) -> None:
-        # The claims of this window were refused whole (requeued); the next window claims on a
-        # new lease instead of waiting for the keepalive to notice.
-        log.warning("claim lease %x is gone from etcd; a new one is taken for the next claims", self._lease)
-        self._lease = 0
+    def _on_error(self, error: DedupUnavailable, lease: int = 0) -> None:
+        """A request failed (the events it carried are requeued): learn what the error says."""
+        log.debug("%s", error)
+        if isinstance(error, _etcd.NoSpace):
+            self._set_alarm("NOSPACE")
+        elif isinstance(error, _etcd.LeaseNotFound) and lease:
+            # The next window claims on a new lease instead of waiting for the keepalive to notice.
+            self._drop_lease(lease, "is gone from etcd")
 
     def _known(self, event: Event) -> Verdict | None:
         digest = self.done.get(keys.encode_id(event.id).encode())
@@ -310,8 +271,9 @@ class EtcdDedup(NoDedup):
             return None
         return Verdict.SKIPPED if event.matches(digest) else Verdict.CONFLICT
 
-    def _claim_verdict(self, event: Event, reply) -> Verdict:
+    def _claim_verdict(self, event: Event, reply, lease: int) -> Verdict:
         if reply.succeeded:
+            self._claimed[self.claim_key(event)] = lease
             return Verdict.CLAIMED
         kvs = reply.responses[0].response_range.kvs
         if not kvs:
@@ -322,40 +284,75 @@ class EtcdDedup(NoDedup):
         if state == "done":
             self.done[keys.encode_id(event.id).encode()] = digest.encode()
             return Verdict.SKIPPED
+        if owner != [f"{lease:x}"]:
+            return Verdict.HELD
         # Our own claim (a redelivery after a broker reconnect) is ours to finish.
-        return Verdict.CLAIMED if owner == [f"{self._lease:x}"] else Verdict.HELD
+        self._claimed[self.claim_key(event)] = lease
+        return Verdict.CLAIMED
 
     def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
-        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._retention_lease_lost)
+        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error)
+        # The lease each claim was written on: the guard compares the value written then.
+        leases = {key: self._claimed.get(key, 0) for key in map(self.claim_key, events)}
+        try:
+            if self._alarms is not None:
+                self._check_alarms(self._alarms)
+        except DedupUnavailable as error:
+            self._on_error(error)
+            return commit
+        if self.alarm:
+            return commit  # fail closed: UNAVAILABLE; our claims stay ours for the redelivery
         try:
             lease = self._retention()
         except DedupUnavailable as error:
-            log.debug("%s", error)
+            self._commit_error(error)
             return commit
 
         def add_done(ops, event: Event) -> None:
-            key = self._key(event)
+            key = self.claim_key(event)
             done = _etcd.add_txn(ops)
-            _etcd.add_value_is(done.compare, key, self._claim_value(event))
+            _etcd.add_value_is(done.compare, key, self._claim_value(event, leases[key]))
             _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
             _etcd.add_put(done.success, self._effect_key(event), self._record(event))
 
         commit.send(range(len(events)), events, add_done, self._commit_verdict)
         return commit
 
+    def release(self, events: list[Event]) -> None:
+        """Delete our claims on ``events``, requeued unfinished (their commit failed), so that a
+        sibling given the redelivery need not wait for our lease; not waited for, best effort (a
+        claim left is ours to finish on a redelivery, or ends with our lease). Each delete is
+        guarded by "the claim is still mine"; etcd takes deletes even under NOSPACE."""
+        leases = {key: self._claimed.pop(key, 0) for key in map(self.claim_key, events)}
+
+        def add_release(ops, event: Event) -> None:
+            key = self.claim_key(event)
+            release = _etcd.add_txn(ops)
+            _etcd.add_value_is(release.compare, key, self._claim_value(event, leases[key]))
+            _etcd.add_delete(release.success, key)
+
+        release = InFlight(self.etcd, [None] * len(events), self.limits)
+        release.send(range(len(events)), events, add_release, None)
+        # Kept until the next release: gRPC cancels a call whose future is garbage-collected.
+        self._releasing = release
+
     def _commit_verdict(self, event: Event, reply) -> Verdict:
+        self._claimed.pop(self.claim_key(event), None)
         if not reply.response_txn.succeeded:
             return Verdict.LOST
         self.done[keys.encode_id(event.id).encode()] = event.digest.encode()
         return Verdict.OK
 
-    def _retention_lease_lost(self) -> None:
-        # Without this, every commit would fail on the lost lease until its reuse time ran out.
-        log.warning("retention lease %x is gone from etcd; a new one is taken for the next done marks",
-                    self._retention_lease)
-        self._retention_until = 0.0
+    def _commit_error(self, error: DedupUnavailable) -> None:
+        if isinstance(error, _etcd.LeaseNotFound):
+            # Without this, every commit would fail on the lost lease until its reuse time ran out.
+            log.warning("retention lease %x is gone from etcd; a new one is taken for the next done marks",
+                        self._retention_lease)
+            self._retention_until = 0.0
+        else:
+            self._on_error(error)
 
     def _retention(self) -> int:
         """A lease that keeps done marks for the retention time, shared for a tenth of it."""

@@ -27,6 +27,11 @@ def dedup_unavailable(service: str) -> str:
     return f"{service}_dedup_unavailable"
 
 
+def dedup_lost(service: str) -> str:
+    """A commit refused because the claim expired first (the work is requeued and done again)."""
+    return f"{service}_dedup_lost"
+
+
 def dead_letter_refused(service: str) -> str:
     """A dead letter the broker refused (kept unacked, published again later)."""
     return f"{service}_dead_letter_refused"

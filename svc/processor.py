@@ -3,6 +3,7 @@
 Parsing, deduplication, effects and metrics meet here; ``consumer.py`` only applies the outcomes.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -13,21 +14,24 @@ from . import metrics
 from .dedup import NoDedup, Verdict
 from .errors import InvalidEvent
 from .event import Event, parse
+from .held import Held
 
 log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What to do with one delivery. ``reason`` is set for dead letters, ``backoff`` for requeues
-    that wait for etcd (longer, growing) rather than for a sibling (short)."""
+    that wait for etcd (longer, growing), ``key`` for deliveries held while a sibling's claim on
+    that etcd key lives (set aside, see svc.held)."""
 
-    action: str            # "ack" | "dead" | "requeue"
+    action: str            # "ack" | "dead" | "requeue" | "hold"
     reason: str = ""
     backoff: bool = False
+    key: bytes = b""
 
 
 ACK = Outcome("ack")
-HELD = Outcome("requeue")
+REQUEUE = Outcome("requeue")
 UNAVAILABLE = Outcome("requeue", backoff=True)
 
 
@@ -40,6 +44,13 @@ class Processor:
                  work_ms: int = 0, crash_at: str = "") -> None:
         self.service, self.dedup, self.meter = service, dedup, meter
         self.work_ms, self.crash_at = work_ms, crash_at
+
+    def held(self) -> Held:
+        """A new set of held deliveries (one per broker channel), released by the dedup watch; a
+        claim lives at most CLAIM_TTL after its owner's last refresh, so that is the longest wait."""
+        held = Held(retry_after=getattr(self.dedup, "claim_ttl", 0) + 0.5)
+        self.dedup.on_release = held.release
+        return held
 
     def process(self, bodies: list[bytes]) -> list[Outcome]:
         return self.begin(bodies).finish()
@@ -70,7 +81,16 @@ class Processor:
         if verdict is Verdict.UNAVAILABLE:
             self.meter.incr(metrics.dedup_unavailable(service))
             return UNAVAILABLE
-        return HELD  # HELD by a sibling, or LOST: requeue; the next delivery decides again
+        if verdict is Verdict.LOST:
+            # The done mark is guarded by "the claim is still mine": nothing was written, the event
+            # is requeued and processed again by whoever claims it next (fencing, not a double effect).
+            self.meter.incr(metrics.dedup_lost(service))
+            log.warning("claim on id %r expired before its done mark (this replica paused or lost etcd longer "
+                        "than CLAIM_TTL): commit refused, event requeued", event.id[:64])
+            return REQUEUE
+        if verdict is Verdict.HELD:  # a sibling's claim: set aside, not requeued to the head of the queue
+            return Outcome("hold", key=self.dedup.claim_key(event))
+        return REQUEUE  # RETRY: the next delivery decides
 
 
 class Window:
@@ -125,11 +145,18 @@ class Window:
             verdicts.update(zip(self.claimed, self.commit.result()))
             if any(verdicts[i] is Verdict.OK for i in self.claimed):
                 processor._fault("done")
+            # Claimed, not done, requeued: free the claims so a sibling may take the redeliveries.
+            unfinished = [events[i] for i in self.claimed if verdicts[i] is Verdict.UNAVAILABLE]
+            if unfinished:
+                processor.dedup.release(unfinished)
         elapsed_ms = (time.monotonic() - self.started) * 1000
         for i, leader in self.followers.items():
             verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)
         for i, verdict in verdicts.items():
             self.outcomes[i] = processor._outcome(events[i], verdict, elapsed_ms)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("window of %d: %s", len(self.outcomes),
+                      ", ".join(f"{v.value} {n}" for v, n in collections.Counter(verdicts.values()).items()))
         processor.meter.flush()
         return self.outcomes
 
@@ -138,4 +165,4 @@ def _follow(leader: Verdict, same_payload: bool) -> Verdict:
     """The verdict of a repeat of an id within one window, from its leader's."""
     if leader in (Verdict.OK, Verdict.SKIPPED):
         return Verdict.SKIPPED if same_payload else Verdict.CONFLICT
-    return Verdict.UNAVAILABLE if leader is Verdict.UNAVAILABLE else Verdict.HELD
+    return leader if leader in (Verdict.UNAVAILABLE, Verdict.HELD) else Verdict.RETRY

@@ -4,9 +4,11 @@ request limits, a dead sibling's claims, the space quota, lost claims, the claim
 Limits and faults the stack's etcd must not see run on throwaway etcds (``etcd_factory``).
 """
 
+import signal
+
 import pytest
 
-from svc import metrics
+from svc import keys, metrics
 from svc.testing import graphite_total, wait_for
 
 
@@ -59,4 +61,173 @@ def test_transactions_fit_the_etcd_servers_limits(svc_world, etcd_factory, flags
         assert "refused a transaction" in log and refusal in log
         assert "etcd unavailable" not in log
     finally:
+        etcd.close()
+
+
+def _claims(svc_world, service) -> set[bytes]:
+    """The keys of the live claims of ``service`` (a replica working, or dead with its lease alive)."""
+    base = keys.dedup_prefix(svc_world.prefix, service)
+    return {key for page in svc_world.etcd.scan_prefix(base) for key, value in page if value.startswith(b"claimed ")}
+
+
+def test_a_dead_siblings_claims_do_not_stall_the_queue(svc_world):
+    orders = svc_world.service_name("orders")
+    claim_ttl = 15
+    ids = svc_world.publish(orders, {"type": "new_order", "id": "d"}, count=2000, fresh_ids=True).ids
+    # Given 2,000 events and a replica that claims a window and dies (its claims live until its
+    # lease expires, at least 2/3 of CLAIM_TTL after its death)...
+    [dead] = svc_world.start(orders, enable_etcd=True, claim_ttl=claim_ttl, crash_at="claimed", wait=False)
+    assert dead.popen.wait(15) == -9
+    dead_claims = _claims(svc_world, orders)
+    assert dead_claims
+    # ... when a healthy replica takes the queue...
+    [survivor] = svc_world.start(orders, enable_etcd=True, claim_ttl=claim_ttl)
+    # ... I expect every other event processed while the dead claims still live: the held events
+    # wait aside, they do not come back at the head of the queue and fill every window.
+    others = len(ids) - len(dead_claims)
+    wait_for(lambda: len(svc_world.effects_by_id(orders)) >= others, f"the {others} unclaimed events processed",
+             timeout=claim_ttl * 2 / 3, interval=0.2)
+    assert _claims(svc_world, orders) == dead_claims, "the dead claims expired before the others were done"
+    # Held aside means unacked: killed now, the survivor gives every held event back to the queue.
+    survivor.kill()
+    wait_for(lambda: svc_world.depth(orders) == len(dead_claims), "the held events back in the queue")
+    svc_world.start(orders, enable_etcd=True, claim_ttl=claim_ttl)
+    # When the dead lease expires, the held events are processed too: every id once.
+    wait_for(lambda: len(svc_world.effects_by_id(orders)) == len(ids), "all 2000 processed", timeout=claim_ttl + 15)
+    wait_for(lambda: svc_world.depth(orders) == 0, "the queue drained")
+    counts = svc_world.effects_by_id(orders)
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+
+
+def _fill(etcd) -> None:
+    """Write 512 KiB values until etcd refuses for space: it raises its NOSPACE alarm."""
+    from svc._etcd import NoSpace
+
+    for i in range(200):
+        try:
+            etcd.put(f"/filler/{i}", b"x" * 512 * 1024)
+        except NoSpace:
+            return
+    raise AssertionError("etcd took 100 MiB without a NOSPACE alarm")
+
+
+def _free_space(endpoint: str) -> None:
+    """What an operator does (etcd's maintenance guide, "Space quota"): delete, compact, defragment,
+    disarm; here through etcd3's client, as etcdctl is not installed."""
+    from svc import _etcd
+
+    host, port = endpoint.rsplit(":", 1)
+    client = _etcd._client(host, int(port), 10)
+    try:
+        client.delete_prefix("/filler/")
+        revision = client.kvstub.Range(_etcd._rpc().RangeRequest(key=b"/"), 10).header.revision
+        client.compact(revision, physical=True)
+        client.defragment()
+        for alarm in list(client.list_alarms()):  # as etcdctl does: member 0 would disarm none
+            client.disarm_alarm(alarm.member_id)
+    finally:
+        client.close()
+
+
+def test_the_nospace_alarm_is_honoured_and_says_how_to_recover(svc_world, etcd_factory, graphite_url):
+    from svc import Etcd
+    from svc.config import parse_endpoints
+
+    own = etcd_factory("--quota-backend-bytes", str(8 * 1024 * 1024))
+    orders = svc_world.service_name("orders")
+    [first] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.endpoint)
+    publisher = svc_world.publisher(orders)
+    etcd = Etcd(parse_endpoints(own.endpoint), timeout=10)
+    processed = lambda: _processed(svc_world, etcd, orders)  # noqa: E731
+    try:
+        before = publisher.publish({"type": "new_order", "id": "a"}, count=5, fresh_ids=True).ids
+        wait_for(lambda: len(processed()) == 5, "the first 5 processed")
+        # Given etcd out of space (its NOSPACE alarm raised)...
+        _fill(etcd)
+        assert etcd.alarms() == ["NOSPACE"]
+        # ... when events come, I expect none processed (etcd would take the nested transactions of
+        # claims and commits), the refusals counted, and one line saying what is wrong and the fix.
+        during = publisher.publish({"type": "new_order", "id": "b"}, count=5, fresh_ids=True).ids
+        unavailable = f"stats_counts.{orders}_dedup_unavailable"
+        wait_for(lambda: graphite_total(graphite_url, unavailable) >= 5, "dedup_unavailable counted", timeout=20,
+                 interval=0.5)
+        assert set(processed()) == set(before)
+        for words in ("NOSPACE", "etcdctl compact", "etcdctl defrag", "etcdctl alarm disarm"):
+            assert words in first.log()
+        # A replica started during the alarm says the same, not "is it running?", and consumes.
+        [second] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.endpoint)
+        wait_for(lambda: "NOSPACE" in second.log(), "the second replica's NOSPACE line")
+        assert "is it running" not in second.log()
+        # When an operator frees space and disarms the alarm, every event is processed once.
+        _free_space(own.endpoint)
+        wait_for(lambda: len(processed()) == 10, "all 10 processed after the alarm", timeout=30)
+        wait_for(lambda: svc_world.depth(orders) == 0, "the queue drained")
+        counts = processed()
+        assert set(counts) == set(before) | set(during) and set(counts.values()) == {1}
+        assert "cleared" in first.log() and first.alive() and second.alive()
+    finally:
+        etcd.close()
+
+
+def test_kit_status_names_the_nospace_alarm(etcd_factory):
+    from nirvana.stack import etcd as etcd_component
+    from svc import Etcd
+    from svc.config import parse_endpoints
+
+    own = etcd_factory("--quota-backend-bytes", str(8 * 1024 * 1024))
+    port = int(own.endpoint.rsplit(":", 1)[1])
+    assert etcd_component.probe(port).state == "up"
+    # Given an etcd out of space, I expect `./kit status`'s probe to say unhealthy, naming the alarm.
+    etcd = Etcd(parse_endpoints(own.endpoint), timeout=10)
+    try:
+        _fill(etcd)
+    finally:
+        etcd.close()
+    probe = etcd_component.probe(port)
+    assert probe.state == "unhealthy" and "NOSPACE" in probe.detail and "etcdctl alarm disarm" in probe.detail
+
+
+def test_a_claim_lost_while_paused_is_logged_and_counted(svc_world, graphite_url):
+    orders = svc_world.service_name("orders")
+    # Given a replica whose work (2 s) outlives its claim's lease (1 s) once it is paused...
+    [process] = svc_world.start(orders, enable_etcd=True, claim_ttl=1, work_ms=2000)
+    svc_world.publish(orders, {"type": "new_order", "id": "paused"})
+    key = keys.dedup_key(svc_world.prefix, orders, "paused")
+    wait_for(lambda: (svc_world.etcd.get(key) or b"").startswith(b"claimed "), "the claim")
+    # ... when it is paused (SIGSTOP) until its claim expired, then resumed...
+    process.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: svc_world.etcd.get(key) is None, "the claim expired", interval=0.2)
+    finally:
+        process.signal(signal.SIGCONT)
+    # ... its late commit is refused (the effect is written once), and I expect the loss logged
+    # with the event id and counted as <service>_dedup_lost.
+    wait_for(lambda: svc_world.effects(orders, "paused") == 1 and svc_world.depth(orders) == 0, "the event processed")
+    lost = f"stats_counts.{orders}_dedup_lost"
+    wait_for(lambda: graphite_total(graphite_url, lost) >= 1, f"{lost} in Graphite", timeout=20, interval=0.5)
+    assert "claim on id 'paused' expired" in process.log()
+    assert svc_world.effects(orders, "paused") == 1
+
+
+def test_a_claim_lease_expiring_mid_claim_leaves_no_claim_without_a_lease(svc_world, monkeypatch):
+    from svc import Etcd
+    from svc.config import parse_endpoints
+    from svc.dedup import EtcdDedup, Verdict
+    from svc.event import parse
+    from test_svc_dedup import drop_the_lease_while_claiming
+
+    etcd = Etcd(parse_endpoints(svc_world.etcd_endpoint))
+    dedup = EtcdDedup(etcd, svc_world.prefix, "orders", claim_ttl=1, retention=60)
+    try:
+        # Given the claim lease revoked in etcd and dropped by the keepalive in the middle of claim()...
+        drop_the_lease_while_claiming(monkeypatch, dedup, expire=lambda: etcd.revoke(dedup._lease))
+        events = [parse(b'{"type":"new_order","id":"%d"}' % i) for i in range(3)]
+        verdicts = dedup.claim(events).result()
+        # ... I expect the window refused whole by the real etcd (requeued, claimed again on a new
+        # lease), and no claim written without a lease: such a claim would never expire.
+        assert verdicts == [Verdict.UNAVAILABLE] * 3
+        assert [key for page in etcd.scan_prefix(dedup.key_prefix) for key, _ in page] == []
+        assert dedup.claim(events).result() == [Verdict.CLAIMED] * 3
+    finally:
+        dedup.close()
         etcd.close()

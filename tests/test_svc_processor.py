@@ -52,6 +52,9 @@ class MemoryDedup:
                 verdicts.append(Verdict.SKIPPED if held[0] == "done" else Verdict.HELD)
         return Done(verdicts)
 
+    def claim_key(self, event):
+        return event.id.encode()
+
     def commit(self, events):
         for event in events:
             self.state[event.id] = ("done", event.digest)
@@ -77,11 +80,12 @@ def test_repeats_in_one_window_are_processed_once():
     assert meter.timings == [metrics.timer("orders", "new_order")] * 2
 
 
-def test_done_before_is_skipped_and_a_live_claim_is_requeued():
+def test_done_before_is_skipped_and_a_live_claim_is_held():
     dedup = MemoryDedup()
     dedup.state = {"done": ("done", _digest("done")), "busy": ("claimed", _digest("busy"))}
-    outcomes = Processor("orders", dedup, Meter()).process([body("done"), body("busy")])
-    assert [(o.action, o.backoff) for o in outcomes] == [("ack", False), ("requeue", False)]
+    outcomes = Processor("orders", dedup, Meter()).process([body("done"), body("busy"), body("busy")])
+    # A sibling's claim: set aside under its key (svc.held), not requeued; its repeat too.
+    assert [(o.action, o.key) for o in outcomes] == [("ack", b""), ("hold", b"busy"), ("hold", b"busy")]
     assert dedup.effects == []
 
 

@@ -1,0 +1,128 @@
+"""A window's operations sent to etcd as transactions that fit the server, and their verdicts.
+
+etcd does not tell its request limits (``--max-txn-ops``, ``--max-request-bytes``): transactions
+start at TXN_EVENTS events and TXN_BYTES bytes, and a refused one is sent again in halves, the
+smaller size kept (TxnLimits).
+"""
+
+import enum
+import logging
+
+from . import _etcd
+from .errors import DedupUnavailable
+from .event import Event
+
+log = logging.getLogger(__name__)
+
+TXN_EVENTS = 64            # events per etcd transaction at first: etcd's default --max-txn-ops is
+                           # 128 and an event takes one operation (a nested transaction of up to two)
+TXN_BYTES = 1024 * 1024    # bytes per transaction at first: etcd's default --max-request-bytes is 1.5 MiB
+
+
+class Verdict(enum.Enum):
+    CLAIMED = "claimed"          # this consumer may process the event
+    OK = "ok"                    # processed: done mark and effect written
+    SKIPPED = "skipped"          # done before: ack without processing
+    CONFLICT = "conflict"        # same id, other payload: dead-letter
+    HELD = "held"                # a sibling holds the claim: set aside until it is released
+    UNAVAILABLE = "unavailable"  # etcd did not answer: requeue with backoff (fail closed)
+    LOST = "lost"                # our claim expired before the done mark: requeue, process again
+    RETRY = "retry"              # a repeat in a window whose first copy was not processed: requeue
+
+
+class TxnLimits:
+    """How many events (``events``) and bytes (``size``) one transaction may carry. etcd does not
+    tell its limits (``--max-txn-ops``, ``--max-request-bytes``); they are learnt from its refusals
+    and kept for the life of the process, so only the first transaction over them is refused."""
+
+    def __init__(self, events: int = TXN_EVENTS, size: int = TXN_BYTES) -> None:
+        self.events, self.size = events, size
+
+    def shrink(self, events: int, size: int, error: _etcd.TxnTooLarge) -> bool:
+        """Lower the limit a refused transaction of ``events`` events and ``size`` bytes broke;
+        False if it held one event (nothing smaller to send)."""
+        if events <= 1:
+            log.error("etcd refuses even one event in a transaction (%s): raise its --max-txn-ops or "
+                      "--max-request-bytes; the event is requeued", error)
+            return False
+        if "too many operations" in str(error):
+            self.events = min(self.events, events // 2)
+        else:
+            self.size = min(self.size, size // 2)
+        log.warning("etcd refused a transaction of %d events, %d bytes (%s); from now on at most %d events "
+                    "and %d bytes per transaction", events, size, error, self.events, self.size)
+        return True
+
+
+class InFlight:
+    """Transactions in flight for one window; ``result()`` waits and gives a verdict per event.
+    An event etcd did not answer for is UNAVAILABLE: it is requeued (fail closed), and a done
+    mark written after all turns its redelivery into a skip. Events go in transactions that fit
+    ``limits``; a transaction etcd refuses as too large is sent again in halves."""
+
+    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
+                 on_error=None) -> None:
+        self.etcd, self.verdicts, self.limits, self.on_error = etcd, verdicts, limits, on_error
+        self._parts: list = []
+        self._failed = False
+
+    def send(self, indices, events: list[Event], add, judge) -> None:
+        """Send ``events`` (verdict slots ``indices``): ``add(ops, event)`` appends an event's one
+        operation to a transaction, ``judge(event, reply)`` reads its verdict from etcd's reply."""
+        self._add, self._judge = add, judge
+        self._send(list(zip(indices, events)))
+
+    def _send(self, items: list) -> None:
+        request, part, size = _etcd.new_txn(), [], 0
+        for item in items:
+            self._add(request.success, item[1])
+            op = request.success[-1].ByteSize() + 4  # + the field's tag and length
+            if part and (len(part) == self.limits.events or size + op > self.limits.size):
+                del request.success[-1]
+                self._start(request, part, size)
+                request, part, size = _etcd.new_txn(), [], 0
+                self._add(request.success, item[1])
+            part.append(item)
+            size += op
+        if part:
+            self._start(request, part, size)
+
+    def _start(self, request, part: list, size: int) -> None:
+        if self._failed:
+            return
+        try:
+            self._parts.append((part, size, self.etcd.txn_async(request)))
+        except DedupUnavailable as error:
+            self._fail(error)
+            self._failed = True
+
+    def _fail(self, error: DedupUnavailable) -> None:
+        log.debug("%s", error)
+        if self.on_error is not None:
+            self.on_error(error)
+
+    def result(self) -> list[Verdict]:
+        while self._parts:
+            part, size, pending = self._parts.pop(0)
+            try:
+                replies = pending.result().responses
+            except _etcd.TxnTooLarge as error:
+                if self.limits.shrink(len(part), size, error):
+                    self._send(part)  # nothing of a refused transaction was applied: send it again
+                continue
+            except DedupUnavailable as error:
+                self._fail(error)
+                continue
+            for (i, event), reply in zip(part, replies):
+                self.verdicts[i] = self._judge(event, reply)
+        return [Verdict.UNAVAILABLE if v is None else v for v in self.verdicts]
+
+
+class Ready:
+    """Verdicts known without asking etcd, with the same ``result()`` as InFlight."""
+
+    def __init__(self, verdicts: list[Verdict]) -> None:
+        self.verdicts = verdicts
+
+    def result(self) -> list[Verdict]:
+        return self.verdicts

@@ -1,0 +1,75 @@
+"""Deliveries set aside while a sibling's claim holds their event id, so they never stall the rest.
+
+A delivery whose id a sibling has claimed (live, or dead with its lease not yet expired) is neither
+acked nor requeued: requeued, it would come back at the head of the queue at once and fill every
+window again. It waits here, unacked (if this consumer dies it returns to the queue), until the
+claim is released — the dedup watch sees the key deleted (the lease expired or was revoked) or
+marked done — or until ``retry_after`` seconds have passed (a claim lives at most CLAIM_TTL after
+its owner's last refresh; an etcd restart resets every lease to its full TTL, and a re-check that
+finds the claim again simply waits once more). Then it is processed again like a new delivery:
+claimed, or skipped if the sibling finished it.
+"""
+
+import threading
+import time
+
+RECENT = 2.0   # seconds a release is remembered: it may reach us just before the held verdict
+
+
+class Held:
+    """Held deliveries by dedup key; ``release(key)`` is safe from any thread (the watch's)."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self._lock = threading.Lock()
+        self._waiting: dict[bytes, list[tuple[float, object]]] = {}   # key -> [(deadline, delivery)]
+        self._released: dict[bytes, float] = {}                       # key -> when (monotonic)
+        self._waited: set[bytes] = set()   # keys whose last wait ended by its deadline, not a release
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(items) for items in self._waiting.values())
+
+    def hold(self, key: bytes, delivery, now: float | None = None) -> bool:
+        """Set ``delivery`` aside until ``key`` is released or ``retry_after`` seconds pass; False
+        (requeue it instead) if it waited out a whole wait and is held again: a live sibling holds
+        the claim and may need the delivery to finish it (it lost its own to a reconnect)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if key in self._waited:
+                self._waited.discard(key)
+                return False
+            # Released a moment ago (the watch was faster than this window): due at once.
+            deadline = now if now - self._released.get(key, -RECENT) < RECENT else now + self.retry_after
+            self._waiting.setdefault(key, []).append((deadline, delivery))
+            return True
+
+    def release(self, key: bytes, now: float | None = None) -> None:
+        """The claim on ``key`` is gone (deleted or done): its deliveries are due now."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if key in self._waiting:
+                self._waiting[key] = [(now, delivery) for _, delivery in self._waiting[key]]
+            self._released[key] = now
+            self._waited.discard(key)
+            if len(self._released) > 10000:  # forget old releases; done marks release every key
+                self._released = {k: t for k, t in self._released.items() if now - t < RECENT}
+
+    def due(self, now: float | None = None) -> list:
+        """Take the deliveries whose claim was released or whose wait is over, oldest first."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if not self._waiting:
+                return []
+            due = []
+            for key in list(self._waiting):
+                items = self._waiting[key]
+                due += [item for item in items if item[0] <= now]
+                rest = [item for item in items if item[0] > now]
+                if len(rest) < len(items) and now - self._released.get(key, -RECENT) >= RECENT:
+                    self._waited.add(key)
+                if rest:
+                    self._waiting[key] = rest
+                else:
+                    del self._waiting[key]
+        return [delivery for _, delivery in sorted(due, key=lambda item: item[0])]

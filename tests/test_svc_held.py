@@ -1,0 +1,46 @@
+"""Held deliveries (svc.held): pure logic, times given explicitly."""
+
+from svc.held import RECENT, Held
+
+
+def test_a_held_delivery_waits_for_its_release_or_its_deadline():
+    held = Held(retry_after=10)
+    # Given two deliveries held for a sibling's claim on key a, one for key b...
+    held.hold(b"a", "a1", now=0)
+    held.hold(b"a", "a2", now=1)
+    held.hold(b"b", "b1", now=1)
+    # ... nothing is due while the claims live.
+    assert held.due(now=5) == [] and len(held) == 3
+    # When the watch sees a's claim deleted, both copies of a are due, b still waits.
+    held.release(b"a", now=6)
+    assert held.due(now=6) == ["a1", "a2"] and len(held) == 1
+    # When b's wait is over (its claim's lease must have ended by then), b is due: it is tried again.
+    assert held.due(now=10.9) == []
+    assert held.due(now=11) == ["b1"] and len(held) == 0
+
+
+def test_a_release_just_before_the_hold_is_not_missed():
+    held = Held(retry_after=10)
+    # Given the watch saw the claim end before the window that met it settled...
+    held.release(b"a", now=100)
+    held.hold(b"a", "a1", now=100.5)
+    # ... the delivery is due at once, not after a whole claim TTL.
+    assert held.due(now=100.5) == ["a1"]
+    # An old release does not count.
+    held.hold(b"a", "a2", now=100 + RECENT + 1)
+    assert held.due(now=100 + RECENT + 1) == []
+
+
+def test_held_again_after_a_whole_wait_goes_back_to_the_queue():
+    held = Held(retry_after=10)
+    # Given a delivery whose wait ended by its deadline (the claim's owner is alive and kept it)...
+    assert held.hold(b"a", "a1", now=0)
+    assert held.due(now=10) == ["a1"]
+    # ... when it is held again, I expect it requeued instead (the owner may need the delivery to
+    # finish the claim), and the next time held again.
+    assert not held.hold(b"a", "a1", now=10)
+    assert held.hold(b"a", "a1", now=11)
+    # A delivery released by the watch is held again as usual.
+    held.release(b"a", now=12)
+    assert held.due(now=12) == ["a1"]
+    assert held.hold(b"a", "a1", now=12)
