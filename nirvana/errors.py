@@ -1,13 +1,37 @@
-"""The kit's errors. Each message is one line saying what is wrong and what to do."""
+"""The kit's errors, under one root. Each message is one line saying what is wrong and what to do.
+
+svc's own errors (:mod:`svc.errors`: BrokerUnavailable, DedupUnavailable, PublishError, ...) reach
+a notebook unchanged where it calls svc (a publish, an effects count); the kit raises these.
+"""
 
 
-class StackError(Exception):
-    """A component cannot be started or reached; the message is one line saying what to do."""
+class KitError(Exception):
+    """Base class of every error the kit raises."""
 
 
-class SettingError(StackError):
+class SettingError(KitError):
     """A setting (environment variable) has a value the kit refuses; exit status 2."""
 
 
-class ServiceError(RuntimeError):
+class StackError(KitError):
+    """A component of the stack cannot be started or reached."""
+
+
+class ServiceError(KitError):
     """A service did not start or could not be found."""
+
+
+class RabbitUnavailable(KitError, ConnectionError):
+    """RabbitMQ did not answer in time, refused, or dropped the connection."""
+
+
+class GraphiteUnavailable(KitError, ConnectionError):
+    """graphite-web did not answer the render API."""
+
+
+class WaitTimeout(KitError, TimeoutError):
+    """A wait reached its deadline; the message names what it waited for and what it saw."""
+
+
+__all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteUnavailable",
+           "WaitTimeout"]

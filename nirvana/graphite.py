@@ -28,16 +28,13 @@ import requests
 from svc import metrics
 
 from ._wait import Progress, poll
+from .errors import GraphiteUnavailable
 from .settings import current
 
 PREFIX = "stats_counts."
 HTTP_TIMEOUT = 2.0      # seconds per render request: graphite-web answers locally in ms
 LOOKBACK = 60           # seconds fetched before the mark, so the aligned first bucket is in range
 DEFAULT_TIMEOUT = 15.0
-
-
-class GraphiteUnavailable(ConnectionError):
-    """graphite-web did not answer the render API."""
 
 
 def counter_names(
