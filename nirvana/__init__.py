@@ -10,8 +10,8 @@ for them (``from nirvana import widgets``), so ``python -m nirvana status`` does
 """
 
 from . import effects, graphite, rabbit, services, settings, stack
-from .errors import GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, StackError, \
-    WaitTimeout
+from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, \
+    StackError, WaitTimeout
 from .publisher import Publisher
 
 __all__ = [
@@ -24,8 +24,8 @@ __all__ = [
     # publishing and where things are
     "Publisher", "settings", "ETCD_ENDPOINT",
     # errors
-    "KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteUnavailable",
-    "WaitTimeout",
+    "KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteError",
+    "GraphiteUnavailable", "WaitTimeout",
 ]
 
 

@@ -25,13 +25,18 @@ class RabbitUnavailable(KitError, ConnectionError):
     """RabbitMQ did not answer in time, refused, or dropped the connection."""
 
 
-class GraphiteUnavailable(KitError, ConnectionError):
-    """graphite-web did not answer the render API."""
+class GraphiteError(KitError):
+    """graphite-web answered a query with an error (an HTTP error status, or not JSON)."""
+
+
+class GraphiteUnavailable(GraphiteError, ConnectionError):
+    """graphite-web did not answer the render API at all."""
 
 
 class WaitTimeout(KitError, TimeoutError):
     """A wait reached its deadline; the message names what it waited for and what it saw."""
 
 
-__all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteUnavailable",
+__all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteError",
+           "GraphiteUnavailable",
            "WaitTimeout"]
