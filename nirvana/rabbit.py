@@ -178,7 +178,7 @@ def peek_dead_letters(
                     break
                 headers = properties.headers or {}
                 service = headers.get(topology.SERVICE_HEADER, "?")
-                reason = headers.get(topology.REASON_HEADER, "no reason given")
+                reason = topology.dead_letter_reason(headers)  # svc's reason, or the broker's x-death
                 lines.append(f"{_text(service)}: {_text(reason)}")
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != NOT_FOUND:

@@ -104,31 +104,35 @@ def translate(error: BaseException, doing: str, *, may_declare: bool = True, url
         return ChannelClosed(f"RabbitMQ closed the channel while {doing}: ({code}) {text}", code=code, text=text)
     if action is Action.MESSAGE:
         return MessageRefused(f"RabbitMQ refused a message while {doing}: {_describe(error)}")
-    return BrokerUnavailable(f"RabbitMQ{where} unavailable while {doing}: {_describe(error)} ({START_HINT})")
+    return BrokerUnavailable(f"RabbitMQ{where} unavailable for {doing}: {_describe(error)} ({START_HINT})")
 
 
-def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None) -> pika.URLParameters:
+def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
+               blocked_timeout: float | None = None) -> pika.URLParameters:
     """pika parameters for ``url`` with every wait bounded by ``timeout`` (seconds) unless the URL
     sets a shorter one: socket_timeout, stack_timeout (TCP + AMQP handshake),
     blocked_connection_timeout (a connection the broker blocks for a resource alarm is closed with
-    ConnectionBlockedTimeout instead of waiting forever). One connection attempt; ``name`` is shown
+    ConnectionBlockedTimeout instead of waiting forever; ``blocked_timeout`` if given, else ``timeout``).
+    One connection attempt; ``name`` is shown
     by ``rabbitmqctl list_connections client_properties`` and the management UI."""
     params = pika.URLParameters(url)
     params.connection_attempts = 1
     params.socket_timeout = min(params.socket_timeout or timeout, timeout)
     params.stack_timeout = min(params.stack_timeout or timeout, timeout)
-    params.blocked_connection_timeout = min(params.blocked_connection_timeout or timeout, timeout)
+    blocked = blocked_timeout or timeout
+    params.blocked_connection_timeout = min(params.blocked_connection_timeout or blocked, blocked)
     if name:
         params.client_properties = {"connection_name": name}
     return params
 
 
-def connect(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None) -> pika.BlockingConnection:
+def connect(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
+            blocked_timeout: float | None = None) -> pika.BlockingConnection:
     """An open BlockingConnection to ``url`` (see ``parameters`` for the bounds), or svc's error:
     BrokerRefused (wrong user or password, no such vhost: exit status 2 material) or
     BrokerUnavailable (nothing answers, or not in time). Raises within about ``timeout`` seconds."""
     try:
-        return pika.BlockingConnection(parameters(url, timeout, name=name))
+        return pika.BlockingConnection(parameters(url, timeout, name=name, blocked_timeout=blocked_timeout))
     except BROKER_ERRORS as error:
         raise translate(error, "the connection", url=url) from None
 
@@ -159,6 +163,8 @@ def _advice(error: BaseException, code: int, text: str) -> str:
         return f"the login ({code} {text}); check the user and password in the AMQP URL"
     if isinstance(error, pika.exceptions.ProbableAccessDeniedError) or code == NOT_ALLOWED:
         return f"the virtual host ({code} {text}); check the vhost in the AMQP URL (rabbitmqctl list_vhosts)"
+    if code == ACCESS_REFUSED and "reserved prefix" in text:
+        return f"{text} (403); names starting with amq. are the broker's own: use another name"
     if code == ACCESS_REFUSED:
         return f"{text} (403); grant the user that permission (rabbitmqctl set_permissions) or use another name"
     if code == NOT_FOUND:
@@ -167,7 +173,8 @@ def _advice(error: BaseException, code: int, text: str) -> str:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".replace("\n", " ")[:300]
+    text = str(error) or repr(error.args)  # pika's connect errors keep the cause in args, str() is ""
+    return f"{type(error).__name__}: {text}".replace("\n", " ")[:300]
 
 
 # -- properties pika cannot decode -------------------------------------------------------------

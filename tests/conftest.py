@@ -5,13 +5,14 @@ test; elsewhere it is skipped with the command that starts it.
 """
 
 import os
+import shutil
 import socket
 import uuid
 
 import pika
 import pytest
 
-from nirvana import endpoints, services, settings
+from nirvana import endpoints, services, settings, stack
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
@@ -27,6 +28,17 @@ def need(what: str, ok: bool) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def native_only(*components: str) -> None:
+    """Skip a test that stops these components or reads their files under state/ when one of them
+    was found running instead of started by the kit (a docker-compose stack): the kit never stops
+    what it did not start, and a container keeps its files inside."""
+    found = [row.name for row in stack.status(components) if row.origin == "found running"]
+    if found:
+        pytest.skip(f"{', '.join(found)} found running, not started by the kit (a docker-compose stack?): "
+                    "this test stops it or reads its files under state/; run it on the native stack "
+                    "(`docker compose down`, then `./kit up`)")
 
 
 def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -106,6 +118,33 @@ def svc_world(amqp_url, etcd_endpoint, tmp_path):
     ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys."""
     from svc.testing import World
 
-    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT))
+    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
+                  rabbitmqctl=stack.rabbitmq_node().ctl())
     yield world
     world.close()
+
+
+@pytest.fixture
+def etcd_factory(tmp_path):
+    """Start throwaway etcds (``etcd_factory(*flags)``, e.g. ``"--max-txn-ops", "16"``) on free ports,
+    never the stack's; each is killed at teardown."""
+    from svc.testing import OwnEtcd
+
+    need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
+    started = []
+
+    def start(*flags: str) -> OwnEtcd:
+        etcd = OwnEtcd(tmp_path / f"etcd-{len(started)}", *flags)
+        started.append(etcd)
+        etcd.start()
+        return etcd
+
+    yield start
+    for etcd in started:
+        etcd.stop()
+
+
+@pytest.fixture
+def own_etcd(etcd_factory):
+    """A throwaway etcd with the default limits, for stopping mid-stream."""
+    return etcd_factory()
