@@ -6,8 +6,7 @@ Limits and faults the stack's etcd must not see run on throwaway etcds (``etcd_f
 
 import pytest
 
-from svc import metrics
-from svc.testing import graphite_total, wait_for
+from svc.testing import wait_for
 
 
 def test_equal_numbers_are_one_payload_skipped_not_a_conflict(svc_world):
