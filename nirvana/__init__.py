@@ -1,19 +1,50 @@
 """Reliability Nirvana presentation kit: the stack, the services, the panels and plots.
 
-The notebooks call two things from here: :func:`reset` at the top of a chapter and
-:func:`teardown` at its end.
+Notebooks import from here only: ``import nirvana`` (:func:`reset` at the top of a chapter,
+:func:`teardown` at its end) and ``from nirvana import services, rabbit, graphite, ...``.
+Every helper takes its broker, exchange, etcd endpoints and prefix from :mod:`nirvana.settings`
+(svc's own variables, read once), and raises the kit's errors (:mod:`nirvana.errors`).
+
+``widgets`` and ``plots`` load ipywidgets and matplotlib: they are imported when a notebook asks
+for them (``from nirvana import widgets``), so ``python -m nirvana status`` does not pay for them.
 """
 
-from . import services, settings, stack
+from . import effects, graphite, rabbit, services, settings, stack
+from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, \
+    StackError, WaitTimeout
+from .publisher import Publisher
+
+__all__ = [
+    # a chapter's first and last call
+    "reset", "teardown",
+    # the stack and the services
+    "stack", "services",
+    # what the talk shows: queues, counters, effects; panels and plots
+    "rabbit", "graphite", "effects", "widgets", "plots",
+    # publishing and where things are
+    "Publisher", "settings", "ETCD_ENDPOINT",
+    # errors
+    "KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteError",
+    "GraphiteUnavailable", "WaitTimeout",
+]
+
+
+def __getattr__(name: str) -> str:
+    """``ETCD_ENDPOINT``: the kit's etcd endpoints as ETCD_ENDPOINTS spells them (from the settings,
+    read at first use, so a notebook counts effects where its services wrote them)."""
+    if name == "ETCD_ENDPOINT":
+        return settings.current().etcd_endpoint
+    raise AttributeError(f"module 'nirvana' has no attribute {name!r}")
 
 
 def reset() -> None:
     """Return the whole demo to a clean start in one call.
 
     Stops every ``svc`` process the kit started, then purges the kit's queues and deletes its
-    etcd keys and whisper files (see :func:`nirvana.stack.reset`).
+    etcd keys and whisper files (see :func:`nirvana.stack.reset`). Raises SettingError for a bad
+    setting before anything is stopped or deleted.
     """
-    settings.current()   # a bad setting (ETCD_PREFIX=/) stops here, before anything is stopped or deleted
+    settings.current()
     services.stop_all()
     stack.reset()
 

@@ -6,6 +6,7 @@ import sys
 import nirvana
 
 from . import stack
+from .errors import KitError, SettingError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.lab(open_browser=not args.no_browser)
             print(f"JupyterLab: {url}")
             return 0
-    except stack.StackError as exc:
+    except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, stack.SettingError) else 1
+        return 2 if isinstance(exc, SettingError) else 1
     return 2
 
 

@@ -7,6 +7,8 @@ seconds while it lasts, and the helper returns (or raises a TimeoutError naming 
 import time
 from typing import Callable, TypeVar
 
+from .errors import WaitTimeout
+
 T = TypeVar("T")
 
 Progress = Callable[[str], None]
@@ -33,7 +35,7 @@ def poll(
 ) -> T:
     """Call ``read()`` until ``done(value)``; return that value.
 
-    Raises TimeoutError after ``timeout`` seconds, naming ``what`` and the last value seen.
+    Raises WaitTimeout (a TimeoutError) after ``timeout`` seconds, naming ``what`` and the last value seen.
     """
     start = clock()
     deadline = start + timeout
@@ -45,7 +47,7 @@ def poll(
             return value
         now = clock()
         if now >= deadline:
-            raise TimeoutError(f"gave up after {timeout:g} s waiting for {what}: saw {describe(value)}")
+            raise WaitTimeout(f"gave up after {timeout:g} s waiting for {what}: saw {describe(value)}")
         if now >= next_report:
             progress(f"  still waiting after {now - start:.0f} s: {describe(value)}")
             next_report += REPORT_EVERY_SECONDS

@@ -1,13 +1,42 @@
-"""The kit's errors. Each message is one line saying what is wrong and what to do."""
+"""The kit's errors, under one root. Each message is one line saying what is wrong and what to do.
+
+svc's own errors (:mod:`svc.errors`: BrokerUnavailable, DedupUnavailable, PublishError, ...) reach
+a notebook unchanged where it calls svc (a publish, an effects count); the kit raises these.
+"""
 
 
-class StackError(Exception):
-    """A component cannot be started or reached; the message is one line saying what to do."""
+class KitError(Exception):
+    """Base class of every error the kit raises."""
 
 
-class SettingError(StackError):
+class SettingError(KitError):
     """A setting (environment variable) has a value the kit refuses; exit status 2."""
 
 
-class ServiceError(RuntimeError):
+class StackError(KitError):
+    """A component of the stack cannot be started or reached."""
+
+
+class ServiceError(KitError):
     """A service did not start or could not be found."""
+
+
+class RabbitUnavailable(KitError, ConnectionError):
+    """RabbitMQ did not answer in time, refused, or dropped the connection."""
+
+
+class GraphiteError(KitError):
+    """graphite-web answered a query with an error (an HTTP error status, or not JSON)."""
+
+
+class GraphiteUnavailable(GraphiteError, ConnectionError):
+    """graphite-web did not answer the render API at all."""
+
+
+class WaitTimeout(KitError, TimeoutError):
+    """A wait reached its deadline; the message names what it waited for and what it saw."""
+
+
+__all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteError",
+           "GraphiteUnavailable",
+           "WaitTimeout"]

@@ -28,16 +28,13 @@ import requests
 from svc import metrics
 
 from ._wait import Progress, poll
+from .errors import GraphiteError, GraphiteUnavailable
 from .settings import current
 
 PREFIX = "stats_counts."
 HTTP_TIMEOUT = 2.0      # seconds per render request: graphite-web answers locally in ms
 LOOKBACK = 60           # seconds fetched before the mark, so the aligned first bucket is in range
 DEFAULT_TIMEOUT = 15.0
-
-
-class GraphiteUnavailable(ConnectionError):
-    """graphite-web did not answer the render API."""
 
 
 def counter_names(
@@ -97,20 +94,27 @@ class Series:
 def fetch(
     names: Iterable[str], since: float, *, now: float | None = None, url: str | None = None
 ) -> dict[str, Series]:
-    """Ask graphite-web for ``stats_counts.<name>`` of each name, from before the mark to now."""
+    """Ask graphite-web for ``stats_counts.<name>`` of each name, from before the mark to now.
+
+    One POST to the render API, whatever the number of names: as a GET, the targets of ~90
+    counters make a request line longer than gunicorn's limit (``limit_request_line``, 4094 bytes,
+    https://docs.gunicorn.org/en/stable/settings.html#limit-request-line), refused before
+    graphite-web sees it; graphite-web reads render parameters from a POST body as from a query
+    string (graphite/render/views.py, parseOptions). Raises GraphiteUnavailable when nothing
+    answers, GraphiteError when graphite-web answers with an error.
+    """
     names = list(dict.fromkeys(names))
     now = time.time() if now is None else now
+    url = url or current().graphite_url
     params = [("target", PREFIX + name) for name in names]
     params += [("from", str(int(since) - LOOKBACK)), ("until", str(int(now) + 1)), ("format", "json")]
     try:
-        url = url or current().graphite_url
-        response = requests.get(f"{url}/render", params=params, timeout=HTTP_TIMEOUT)
-        response.raise_for_status()
-        found = {item["target"]: item["datapoints"] for item in response.json()}
+        response = requests.post(f"{url}/render", data=params, timeout=HTTP_TIMEOUT)
     except requests.RequestException as error:
         raise GraphiteUnavailable(
             f"graphite-web is not answering at {url} ({type(error).__name__}): start the stack with `./kit up`"
         ) from None
+    found = _datapoints(response, url, len(names))
     series = {}
     for name in names:
         points = found.get(PREFIX + name)
@@ -119,6 +123,18 @@ def fetch(
         else:
             series[name] = Series(name, tuple((int(ts), value) for value, ts in points))
     return series
+
+
+def _datapoints(response: requests.Response, url: str, count: int) -> dict[str, list]:
+    """{target: datapoints} of a render answer; GraphiteError (one line) for an error or non-JSON."""
+    what = f"graphite-web at {url} answered the render query for {count} counter(s)"
+    if response.status_code != 200:
+        first = next(iter(response.text.strip().splitlines()), "")[:200]
+        raise GraphiteError(f"{what} with HTTP {response.status_code} {response.reason}: {first}")
+    try:
+        return {item["target"]: item["datapoints"] for item in response.json()}
+    except (ValueError, TypeError, KeyError):
+        raise GraphiteError(f"{what} with something else than the render API's JSON") from None
 
 
 def counters(names: Iterable[str], since: float, *, url: str | None = None) -> dict[str, int]:
@@ -176,6 +192,6 @@ def wait_for(
 
 
 __all__ = [
-    "GraphiteUnavailable", "Series",
+    "GraphiteError", "GraphiteUnavailable", "Series",
     "counter_names", "mark", "fetch", "counter", "counters", "wait_for", "wait_until",
 ]

@@ -134,6 +134,7 @@ def wait_group(pgid: int, deadline: float, reaper: Callable[[int], None] = reap)
     while True:
         reaper(pgid)
         if not group_members(pgid):
+            reaper(pgid)   # it may have turned zombie after the first look: collect it now
             return True
         if time.monotonic() >= deadline:
             return False

@@ -16,16 +16,13 @@ from svc import _amqp, topology
 from svc.errors import SvcError
 
 from ._wait import Progress, poll
+from .errors import RabbitUnavailable
 from .settings import current
 
 CONNECT_TIMEOUT = 2.0   # seconds for TCP, the AMQP handshake and a blocked connection: RabbitMQ on
                         # loopback answers at once or not at all
 DEFAULT_TIMEOUT = 15.0
 NOT_FOUND = 404
-
-
-class RabbitUnavailable(ConnectionError):
-    """RabbitMQ did not answer in time, refused, or dropped the connection; one line."""
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,33 @@
 """The one place that deals with etcd3, gRPC and protobuf.
 
 etcd3 0.12.0 ships protobuf modules made by protoc 3.x, which protobuf 4+ refuses to import.
-``svc/_etcdrpc`` holds the same descriptors regenerated for protobuf 4+ (see its ``_generate.py``);
-they are installed in ``sys.modules`` under etcd3's names before etcd3 is first imported, so etcd3
-runs on the fast upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable.
+``svc/_etcdrpc`` holds the same descriptors regenerated for protobuf 4+ (see its ``_generate.py``)
+and serves them under etcd3's names to whoever imports etcd3 after svc, so etcd3 runs on the fast
+upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable.
 """
 
 import logging
-import sys
 import threading
 
+from . import _etcdrpc
 from .errors import DedupUnavailable
 
 log = logging.getLogger(__name__)
-_import_lock = threading.Lock()
 
+# From here on `import etcd3` finds its protobuf modules in svc/_etcdrpc, whoever imports it
+# (this module, or a learner poking at etcd from a notebook): etcd3 stays importable on its own.
+_etcdrpc.install()
 
 _rpc_module = None
 
 
 def _rpc():
-    """etcd3's protobuf and gRPC module, imported with the regenerated protobuf modules."""
+    """etcd3's protobuf and gRPC module (imported on first use: `import svc` stays light)."""
     global _rpc_module
     if _rpc_module is None:
-        with _import_lock:
-            if "etcd3.client" not in sys.modules:
-                from ._etcdrpc import auth_pb2, kv_pb2, rpc_pb2
-                for name, module in (("kv_pb2", kv_pb2), ("auth_pb2", auth_pb2), ("rpc_pb2", rpc_pb2)):
-                    sys.modules.setdefault(f"etcd3.etcdrpc.{name}", module)
-            import etcd3
-            import etcd3.etcdrpc
-            _rpc_module = etcd3.etcdrpc
+        import etcd3
+        import etcd3.etcdrpc
+        _rpc_module = etcd3.etcdrpc
     return _rpc_module
 
 

@@ -205,7 +205,7 @@ class Consumer:
         outcomes = iter(self._call(window.finish))
         settled = [(delivery, _dead(reason) if reason else next(outcomes))
                    for delivery, reason in ((d, _amqp.undecodable(d[1])) for d in batch)]
-        for (method, properties, body), outcome in settled:
+        for (_method, properties, _body), outcome in settled:
             if _amqp.undecodable(properties):
                 self.processor.meter.incr(metrics.invalid(self.config.service))  # the worker is idle now
                 log.warning("%s: %s; dead-lettered", self.config.service, outcome.reason)

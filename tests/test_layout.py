@@ -4,6 +4,9 @@ Read from the source with ``ast`` (nothing is imported), so a failure names the 
 """
 
 import ast
+import importlib
+import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,43 @@ def test_no_import_cycles():
         if name not in state:
             walk(name, [])
     assert cycles == []
+
+
+def test_every_error_the_kit_defines_is_under_one_root():
+    from nirvana.errors import KitError
+
+    loose = []
+    for name in ALL:
+        if not name.startswith("nirvana") or name == "nirvana.__main__":
+            continue
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if (inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == name
+                    and not issubclass(value, KitError)):
+                loose.append(f"{name}.{attr}")
+    assert loose == []
+
+
+def test_notebooks_import_the_kit_from_one_namespace():
+    # notebooks import from `nirvana` (and plotting/display libraries), never from svc or a layer
+    # under nirvana: the names they use are the ones nirvana.__all__ documents
+    import nirvana
+
+    bad, used = [], set()
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            for node in ast.walk(ast.parse("".join(cell["source"]))):
+                if isinstance(node, ast.ImportFrom):
+                    if node.module != "nirvana" and (node.module or "").split(".")[0] in PACKAGES:
+                        bad.append(f"{path.name}: from {node.module} import ...")
+                    elif node.module == "nirvana":
+                        used |= {alias.name for alias in node.names}
+                elif isinstance(node, ast.Import):
+                    bad += [f"{path.name}: import {a.name}" for a in node.names
+                            if a.name.split(".")[0] in PACKAGES and a.name != "nirvana"]
+    assert bad == []
+    assert used <= set(nirvana.__all__)
+    for name in nirvana.__all__:
+        assert getattr(nirvana, name, None) is not None or (ROOT / "nirvana" / f"{name}.py").exists(), name

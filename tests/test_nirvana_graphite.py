@@ -4,10 +4,13 @@ import time
 import uuid
 
 import pytest
+import requests
 import statsd
 
 from nirvana import endpoints, graphite
 from nirvana._wait import poll
+
+GUNICORN_REQUEST_LINE = 4094   # bytes: gunicorn's default limit_request_line (docs.gunicorn.org, settings)
 
 # ---------------------------------------------------------------- bucket arithmetic (pure)
 
@@ -132,3 +135,32 @@ def test_counter_names_are_the_talks_names_by_service():
     assert graphite.counter_names() == [
         "orders_new_order_ok", "orders_new_order_skipped", "notify_new_order_ok", "notify_new_order_skipped"]
     assert graphite.counter_names(["notify"], "ban_user", ["ok"]) == ["notify_ban_user_ok"]
+
+
+def test_a_query_for_120_long_counter_names_reads_each_one(graphite_url):
+    # Given 120 counters as svc names them (40 services with 32-character names, the longest svc
+    # allows, three outcomes each), one of them counted twice after the mark
+    tag = uuid.uuid4().hex[:8]
+    services = [f"s{i:02d}{tag}".ljust(32, "x") for i in range(40)]
+    names = graphite.counter_names(services, "new_order", ("ok", "skipped", "conflict"))
+    since = graphite.mark()
+    as_get = requests.Request("GET", f"{graphite_url}/render",
+                              params=[("target", graphite.PREFIX + n) for n in names]).prepare()
+    assert len(f"GET {as_get.path_url} HTTP/1.1") > GUNICORN_REQUEST_LINE   # as a GET it would be refused
+    client = statsd.StatsClient(endpoints.HOST, endpoints.STATSD_PORT)
+    for _ in range(2):
+        client.incr(names[-1])
+    # When the kit waits on all of them in one query, I expect every value read: 2 and 119 zeros
+    values = graphite.wait_until({**{n: 0 for n in names}, names[-1]: 2}, since, timeout=10,
+                                 progress=lambda _: None, url=graphite_url)
+    assert values[names[-1]] == 2 and sum(values.values()) == 2 and len(values) == 120
+
+
+def test_graphite_answering_an_error_is_not_called_down(graphite_url):
+    # Given graphite-web up, asked at a path it has no render API under (it answers 404)
+    with pytest.raises(graphite.GraphiteError) as error:
+        graphite.counter("anything", time.time(), url=f"{graphite_url}/no-such-prefix")
+    # I expect one line with its answer, never "not answering ... ./kit up"
+    assert not isinstance(error.value, graphite.GraphiteUnavailable)
+    assert "HTTP 404" in str(error.value) and "not answering" not in str(error.value)
+    assert "\n" not in str(error.value)

@@ -145,7 +145,7 @@ def render_status(rows: Iterable[Row]) -> str:
     lines = [header] + [(r.name, r.address, r.state + (f" ({r.detail})" if r.detail and not r.healthy else ""),
                          r.origin or "-", r.log or "-") for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
 
 
