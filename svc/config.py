@@ -29,7 +29,8 @@ MAX_PREFETCH = 1000
 # Every environment variable svc reads.
 VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
-             "LOG_LEVEL", "WORK_MS", "CRASH_AT")
+             "LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE")
+DEDUP_MODES = ("claims", "talk")   # talk: the talk's original design, see svc/dedup_talk.py
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +52,7 @@ class Config:
     log_level: str = "INFO"
     work_ms: int = 0          # simulated work per window (demos and tests of concurrent claims)
     crash_at: str = ""        # "claimed" or "done": SIGKILL itself there, once (fault injection)
+    dedup_mode: str = "claims"  # with ENABLE_ETCD: "claims" (the kit's) or "talk" (the original design)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -84,6 +86,7 @@ class Config:
             log_level=log_level,
             work_ms=_int("WORK_MS", get("WORK_MS", "0"), 0, 60000),
             crash_at=crash_at,
+            dedup_mode=_choice("DEDUP_MODE", get("DEDUP_MODE", "claims").lower(), DEDUP_MODES),
         )
 
 

@@ -10,6 +10,7 @@ from ._etcd import Etcd
 from .config import Config, mask_url
 from .consumer import Supervisor, open_dedup
 from .dedup import EtcdDedup, NoDedup
+from .dedup_talk import TalkDedup
 from .errors import ConfigError
 from .metrics import Metrics
 from .processor import Processor
@@ -34,14 +35,16 @@ def main(environ=None) -> int:
         # Finish the current window, settle it, close: the handler only asks the loop to stop.
         signal.signal(signum, lambda number, frame: stop.set())
     etcd = Etcd(config.etcd_endpoints, timeout=config.etcd_timeout)
-    if config.enable_etcd:
+    if config.enable_etcd and config.dedup_mode == "talk":
+        dedup = TalkDedup(etcd, config.etcd_prefix, config.service)
+    elif config.enable_etcd:
         dedup = EtcdDedup(etcd, config.etcd_prefix, config.service,
                           claim_ttl=config.claim_ttl, retention=config.dedup_retention)
     else:
         dedup = NoDedup(etcd, config.etcd_prefix, config.service)
     log.info("starting %s: amqp %s, exchange %s, etcd %s%s, dedup %s, statsd %s:%d", config.service,
              mask_url(config.amqp_url), config.exchange, ",".join(f"{h}:{p}" for h, p in config.etcd_endpoints),
-             config.etcd_prefix, "on" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
+             config.etcd_prefix, f"on ({config.dedup_mode})" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
     try:
         if open_dedup(dedup, stop):
             processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at)
