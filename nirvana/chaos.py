@@ -257,6 +257,17 @@ def _dead_ids(exchange: str) -> dict[str, set[str]]:
     return found
 
 
+def _topology(exchange: str, names: tuple[str, ...], action) -> None:
+    """Declare or delete the run's exchange and queues on a connection of its own (a connection
+    kept through a long run would miss its heartbeats and be closed by the broker)."""
+    connection = pika.BlockingConnection(pika.URLParameters(endpoints.AMQP_URL))
+    try:
+        action(connection.channel(), exchange, services=names)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def run(plan: Plan = Plan(), *, progress: Progress = print) -> Report:
     """Run the plan; the Report. Everything it started is stopped and removed, also on error.
 
@@ -267,9 +278,8 @@ def run(plan: Plan = Plan(), *, progress: Progress = print) -> Report:
     tag = uuid.uuid4().hex[:6]
     exchange = f"chaos-{tag}"
     etcd = OwnEtcd(progress=quiet).start()
-    connection = pika.BlockingConnection(pika.URLParameters(endpoints.AMQP_URL))
     try:
-        topology.declare(connection.channel(), exchange, services=plan.services)
+        _topology(exchange, plan.services, topology.declare)
         chaos = _Run(plan, etcd, exchange, progress)
         chaos.start_all()
         ids, bodies = workload(plan, tag)
@@ -307,8 +317,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print) -> Report:
     finally:
         for name in plan.services:
             services.stop(name, progress=quiet)
-        topology.delete(connection.channel(), exchange, services=plan.services)
-        connection.close()
+        _topology(exchange, plan.services, topology.delete)
         etcd.close()
 
 
