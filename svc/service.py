@@ -12,6 +12,7 @@ from .consumer import Supervisor, open_dedup
 from .dedup import EtcdDedup, NoDedup
 from .dedup_talk import TalkDedup
 from .errors import ConfigError
+from .mail import Mailer
 from .metrics import Metrics
 from .processor import Processor
 
@@ -47,7 +48,10 @@ def main(environ=None) -> int:
              config.etcd_prefix, f"on ({config.dedup_mode})" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
     try:
         if open_dedup(dedup, stop):
-            processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at)
+            mailer = Mailer(config.outbox_url, config.service, idempotency=config.outbox_idempotency) \
+                if config.outbox_url else None
+            processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at,
+                                  mailer=mailer)
             Supervisor(config, processor, stop).run()
     finally:
         dedup.close()
