@@ -301,11 +301,16 @@ def run(plan: Plan = Plan(), *, progress: Progress = print) -> Report:
         drain_started = time.monotonic()
         chaos.start_all()   # every replica back, none with a crash point
         want = len(ids)
-        poll(lambda: chaos.accounted(ids),
-             lambda seen: all(n == want for n in seen[:len(plan.services)]) and seen[-1] == 0,
-             what=f"every id processed by {' and '.join(plan.services)}, queues empty",
-             timeout=plan.drain_timeout, progress=progress,
-             describe=lambda seen: f"processed {', '.join(map(str, seen[:-2]))} of {want}, {seen[-1]} waiting")
+        try:
+            poll(lambda: chaos.accounted(ids),
+                 lambda seen: all(n == want for n in seen[:len(plan.services)]) and seen[-1] == 0,
+                 what=f"every id processed by {' and '.join(plan.services)}, queues empty",
+                 timeout=plan.drain_timeout, progress=progress,
+                 describe=lambda seen: f"processed {', '.join(map(str, seen[:-2]))} of {want}, {seen[-1]} waiting")
+        except TimeoutError as error:   # what each replica last said is the way to the cause
+            tails = [f"--- {s.key}:\n{services.logs(name, 8, instance=s.instance)}"
+                     for name in plan.services for s in services.instances(name)]
+            raise TimeoutError("\n".join([str(error), *tails])) from None
         drain_seconds = time.monotonic() - drain_started
         chaos.settle()
         dead = _dead_ids(exchange)
