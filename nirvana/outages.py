@@ -13,7 +13,7 @@ from svc import keys
 from svc._etcd import Etcd
 from svc.config import DEFAULT_ETCD_PREFIX, parse_endpoints
 
-from . import services
+from . import rabbit, services
 from ._wait import Progress, poll
 
 HTTP_TIMEOUT = 2.0     # seconds per request to etcd's gateway on loopback
@@ -75,4 +75,12 @@ def wait_crashed(service: str, *, timeout: float = 15.0, progress: Progress = pr
     progress(f"{service}: gone (SIGKILL at its crash point)")
 
 
-__all__ = ["dedup_value", "lease_left", "watch_claim", "wait_crashed"]
+def wait_consuming(service: str, consumers: int = 1, *, timeout: float = 20.0, progress: Progress = print) -> int:
+    """Wait until the service's queue has ``consumers`` consumers again (after a reconnect)."""
+    seen = poll(lambda: rabbit.consumers(service), lambda n: n >= consumers,
+                what=f"{consumers} consumer(s) on {rabbit.queue_of(service)}", timeout=timeout, progress=progress)
+    progress(f"{service}: consuming again ({seen} consumer(s))")
+    return seen
+
+
+__all__ = ["dedup_value", "lease_left", "watch_claim", "wait_crashed", "wait_consuming"]
