@@ -30,7 +30,7 @@ from svc import topology
 from svc.consumer import connection_name
 from svc.effects import counts_by_id
 
-from . import checker, deadletters, endpoints, rabbit, services
+from . import checker, deadletters, endpoints, rabbit, services, stack
 from ._wait import Progress, poll, quiet
 from .own_etcd import OwnEtcd
 
@@ -117,12 +117,13 @@ def publish_bodies(url: str, exchange: str, bodies: list[bytes]) -> None:
 def cut_connection(service: str, pid: int) -> int:
     """Close the broker connections of one svc process with ``rabbitmqctl close_connection`` (as
     an operator would); how many were closed."""
-    listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+    ctl = stack.rabbitmq_node().ctl()   # the kit's node, or the machine's
+    listing = subprocess.run([*ctl, "-q", "list_connections", "pid", "client_properties"],
                              capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
     marker = f'"{connection_name(service, pid)}"'
     pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
     for connection in pids:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", connection, "closed by the chaos run"],
+        subprocess.run([*ctl, "-q", "close_connection", connection, "closed by the chaos run"],
                        capture_output=True, timeout=RABBITMQCTL_TIMEOUT, check=True)
     return len(pids)
 

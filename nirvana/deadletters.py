@@ -96,7 +96,7 @@ def peek(limit: int = DEFAULT_LIMIT, *, exchange: str | None = None,
     Raises :class:`nirvana.rabbit.RabbitUnavailable` (naming ``./kit up``) when RabbitMQ is down.
     """
     letters: list[DeadLetter] = []
-    with _connection(url) as connection:
+    with _connection(url, "reading the dead letters") as connection:
         channel = connection.channel()
         _walk(channel, dead_letter_queue(exchange), limit, lambda _tag, letter: letters.append(letter))
         if channel.is_open:
@@ -111,7 +111,7 @@ def _take(letter: DeadLetter, exchange: str | None, url: str, limit: int,
     If ``before_ack`` raises, nothing is acked: the letter stays. Raises DeadLetterError when no
     letter with that key is among the first ``limit``.
     """
-    with _connection(url) as connection:
+    with _connection(url, "taking a dead letter") as connection:
         channel = connection.channel()
         found: list[int] = []
         _walk(channel, dead_letter_queue(exchange), limit,
