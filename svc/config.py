@@ -29,7 +29,8 @@ MAX_PREFETCH = 1000
 # Every environment variable svc reads.
 VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
-             "LOG_LEVEL", "WORK_MS", "CRASH_AT")
+             "LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE", "OUTBOX_URL", "OUTBOX_IDEMPOTENCY")
+DEDUP_MODES = ("claims", "talk")   # talk: the talk's original design, see svc/dedup_talk.py
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +52,9 @@ class Config:
     log_level: str = "INFO"
     work_ms: int = 0          # simulated work per window (demos and tests of concurrent claims)
     crash_at: str = ""        # "claimed" or "done": SIGKILL itself there, once (fault injection)
+    dedup_mode: str = "claims"  # with ENABLE_ETCD: "claims" (the kit's) or "talk" (the original design)
+    outbox_url: str = ""        # a mail per event handed to this outbox (svc/mail.py), "" for none
+    outbox_idempotency: bool = False  # hand the event id on as the mail's idempotency key
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -66,7 +70,10 @@ class Config:
         prefix = _match("ETCD_PREFIX", get("ETCD_PREFIX", DEFAULT_ETCD_PREFIX).rstrip("/") or "/",
                         PREFIX_RE, "an absolute key prefix such as /nirvana")
         log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
-        crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "done"))
+        crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "sent", "done"))
+        outbox_url = get("OUTBOX_URL", "")
+        if outbox_url and not re.fullmatch(r"http://[^/\s]+(/\S*)?", outbox_url):
+            raise ConfigError(f"OUTBOX_URL={outbox_url!r} is invalid: expected http://host:port, e.g. http://127.0.0.1:8025")
         return cls(
             service=service,
             enable_etcd=_bool("ENABLE_ETCD", get("ENABLE_ETCD", "false")),
@@ -84,6 +91,9 @@ class Config:
             log_level=log_level,
             work_ms=_int("WORK_MS", get("WORK_MS", "0"), 0, 60000),
             crash_at=crash_at,
+            dedup_mode=_choice("DEDUP_MODE", get("DEDUP_MODE", "claims").lower(), DEDUP_MODES),
+            outbox_url=outbox_url,
+            outbox_idempotency=_bool("OUTBOX_IDEMPOTENCY", get("OUTBOX_IDEMPOTENCY", "false")),
         )
 
 

@@ -15,6 +15,7 @@ from .dedup import NoDedup, Verdict
 from .errors import InvalidEvent
 from .event import Event, parse
 from .held import Held
+from .mail import MailUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,15 @@ UNAVAILABLE = Outcome("requeue", backoff=True)
 
 
 class Processor:
-    """``work_ms`` simulates slow work between claim and done; ``crash_at`` ("claimed" or "done")
-    makes the process SIGKILL itself at that point of the first window that gets there, so the
-    talk's failure windows can be shown and tested exactly."""
+    """``work_ms`` simulates slow work between claim and done; ``crash_at`` ("claimed", "sent" or
+    "done") makes the process SIGKILL itself at that point of the first window that gets there, so
+    the talk's failure windows can be shown and tested exactly. ``mailer`` (svc/mail.py) hands a
+    mail per claimed event to an outbox before the done mark: an effect outside etcd."""
 
     def __init__(self, service: str, dedup: NoDedup, meter: metrics.Metrics, *,
-                 work_ms: int = 0, crash_at: str = "") -> None:
+                 work_ms: int = 0, crash_at: str = "", mailer=None) -> None:
         self.service, self.dedup, self.meter = service, dedup, meter
-        self.work_ms, self.crash_at = work_ms, crash_at
+        self.work_ms, self.crash_at, self.mailer = work_ms, crash_at, mailer
 
     def held(self) -> Held:
         """A new set of held deliveries (one per broker channel), released by the dedup watch; a
@@ -136,7 +138,22 @@ class Window:
             self.processor._fault("claimed")
             if self.processor.work_ms:
                 time.sleep(self.processor.work_ms / 1000)
+            if self.processor.mailer is not None and not self._mail():
+                return
             self.commit = self.processor.dedup.commit([self.events[i] for i in self.claimed])
+
+    def _mail(self) -> bool:
+        """Hand the claimed events' mails to the outbox; False (all requeued, our claims kept for
+        the redelivery) when it does not take them."""
+        try:
+            self.processor.mailer.send([self.events[i] for i in self.claimed])
+        except MailUnavailable as error:
+            log.warning("%s; requeued", error)
+            self.verdicts.update(dict.fromkeys(self.claimed, Verdict.UNAVAILABLE))
+            self.claimed = []
+            return False
+        self.processor._fault("sent")
+        return True
 
     def finish(self) -> list[Outcome]:
         self.proceed()

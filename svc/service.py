@@ -11,7 +11,9 @@ from ._etcd import Etcd
 from .config import Config, mask_url
 from .consumer import Supervisor, open_dedup
 from .dedup import EtcdDedup, NoDedup
+from .dedup_talk import TalkDedup
 from .errors import BrokerRefused, ConfigError
+from .mail import Mailer
 from .metrics import Metrics
 from .processor import Processor
 
@@ -48,18 +50,23 @@ def main(environ=None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     etcd = Etcd(config.etcd_endpoints, timeout=config.etcd_timeout)
-    if config.enable_etcd:
+    if config.enable_etcd and config.dedup_mode == "talk":
+        dedup = TalkDedup(etcd, config.etcd_prefix, config.service)
+    elif config.enable_etcd:
         dedup = EtcdDedup(etcd, config.etcd_prefix, config.service,
                           claim_ttl=config.claim_ttl, retention=config.dedup_retention)
     else:
         dedup = NoDedup(etcd, config.etcd_prefix, config.service)
     log.info("starting %s: amqp %s, exchange %s, etcd %s%s, dedup %s, statsd %s:%d", config.service,
              mask_url(config.amqp_url), config.exchange, ",".join(f"{h}:{p}" for h, p in config.etcd_endpoints),
-             config.etcd_prefix, "on" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
+             config.etcd_prefix, f"on ({config.dedup_mode})" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
     status = 0
     try:
         if open_dedup(dedup, stop):
-            processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at)
+            mailer = Mailer(config.outbox_url, config.service, idempotency=config.outbox_idempotency) \
+                if config.outbox_url else None
+            processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at,
+                                  mailer=mailer)
             Supervisor(config, processor, stop).run()
     except BrokerRefused as error:
         # No retry can cure it (the broker refuses our configuration): one line, exit status 2.

@@ -1,0 +1,352 @@
+"""The chaos proof: publish while killing, cutting and restarting, then account for every id.
+
+A Jepsen-style total-queue run (chapter 7, and ``bench/chaos.py`` at full size):
+
+1. a throwaway etcd (:class:`nirvana.own_etcd.OwnEtcd`) and an exchange of the run's own, so
+   nothing shared is stopped or touched;
+2. ``orders`` and ``notify``, ``replicas`` each, consuming while ``events`` ids are published
+   (a ``duplicate_share`` of them twice, the second copy a little later);
+3. between slices of the publishing, the faults, one after another: SIGKILLs of single replicas, the two crash points
+   (``CRASH_AT=claimed``, ``CRASH_AT=done``), a broker connection closed by ``rabbitmqctl``,
+   an etcd restart;
+4. every replica back, the queues drained, the services stopped gracefully;
+5. per service, :func:`nirvana.checker.check` over the ids published, the effects counted in
+   etcd, the dead letters and what is left in the queue.
+"""
+
+import json
+import random
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+import matplotlib.pyplot as plt
+import pika
+from matplotlib.figure import Figure
+
+from svc import topology
+from svc.consumer import connection_name
+from svc.effects import counts_by_id
+
+from . import checker, deadletters, endpoints, rabbit, services, stack
+from ._wait import Progress, poll, quiet
+from .own_etcd import OwnEtcd
+
+CRASH_TIMEOUT = 15.0    # seconds for a replica started with CRASH_AT to reach its crash point
+RABBITMQCTL_TIMEOUT = 30.0
+GAP = 0.2               # seconds between two faults
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run does. ``kills`` counts every SIGKILL, the two crash points' included."""
+
+    events: int = 3000                 # distinct ids
+    duplicate_share: float = 0.10      # of the ids published twice
+    services: tuple[str, ...] = ("orders", "notify")
+    replicas: int = 2
+    kills: int = 10
+    crash_points: bool = True          # CRASH_AT=claimed and CRASH_AT=done among the kills
+    cut: bool = True                   # close one replica's broker connection
+    etcd_restart: bool = True
+    dedup: bool = True
+    drain_timeout: float = 120.0       # seconds for the queues to drain after the last fault
+    claim_ttl: int = 2                 # seconds: a killed replica's claims end this soon
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class Report:
+    """A run's result: one checker row per service, the faults as done, and timings (seconds)."""
+
+    plan: Plan
+    rows: tuple[checker.Row, ...]
+    faults: tuple[str, ...]
+    sigkills: int
+    published_events: int
+    crash_points: tuple[str, ...]      # the crash points actually reached
+    run_seconds: float
+    drain_seconds: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def table(self) -> str:
+        return checker.render(self.rows)
+
+
+def workload(plan: Plan, tag: str) -> tuple[list[str], list[bytes]]:
+    """The ids and the bodies in publishing order: each id once, a ``duplicate_share`` of them
+    again up to 200 events later. Pure (seeded)."""
+    rng = random.Random(plan.seed)
+    ids = [f"{tag}-{i}" for i in range(plan.events)]
+    twice = set(rng.sample(range(plan.events), round(plan.events * plan.duplicate_share)))
+    slots: list[tuple[float, str]] = []
+    for i, event_id in enumerate(ids):
+        slots.append((i, event_id))
+        if i in twice:
+            slots.append((i + rng.uniform(1, 200), event_id))
+    slots.sort()
+    types = ("new_order", "ban_user")
+    bodies = [json.dumps({"type": types[int(event_id.rsplit("-", 1)[1]) % 2], "id": event_id}).encode()
+              for _, event_id in slots]
+    return ids, bodies
+
+
+def publish_bodies(url: str, exchange: str, bodies: list[bytes]) -> None:
+    """Publish in one AMQP transaction on a connection of its own: ``tx_commit`` returns once the
+    broker has taken every message (https://www.rabbitmq.com/docs/semantics#tx), one round trip
+    for the slice instead of a confirm per event. The run's queues are declared before."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.tx_select()
+        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        for body in bodies:
+            channel.basic_publish(exchange, "chaos", body, properties)
+        channel.tx_commit()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def cut_connection(service: str, pid: int) -> int:
+    """Close the broker connections of one svc process with ``rabbitmqctl close_connection`` (as
+    an operator would); how many were closed."""
+    ctl = stack.rabbitmq_node().ctl()   # the kit's node, or the machine's
+    listing = subprocess.run([*ctl, "-q", "list_connections", "pid", "client_properties"],
+                             capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
+    marker = f'"{connection_name(service, pid)}"'
+    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
+    for connection in pids:
+        subprocess.run([*ctl, "-q", "close_connection", connection, "closed by the chaos run"],
+                       capture_output=True, timeout=RABBITMQCTL_TIMEOUT, check=True)
+    return len(pids)
+
+
+class _Run:
+    """The state of one run: settings, the faults' log, the SIGKILL count."""
+
+    def __init__(self, plan: Plan, etcd: OwnEtcd, exchange: str, progress: Progress) -> None:
+        self.plan, self.etcd, self.exchange, self.say = plan, etcd, exchange, progress
+        self.slices: list[list[bytes]] = []
+        self.env = {"EVENTS_EXCHANGE": exchange, "ETCD_ENDPOINTS": etcd.endpoint, "ETCD_TIMEOUT": "0.5",
+                    "CLAIM_TTL": str(plan.claim_ttl), "PREFETCH": "50"}
+        self.faults: list[str] = []
+        self.sigkills = 0
+        self.crash_points: list[str] = []
+        self.cutting: threading.Thread | None = None
+
+    def start(self, service: str, *, wait: bool = True, **extra: str) -> None:
+        services.start(service, dedup=self.plan.dedup, replicas=self.plan.replicas, env={**self.env, **extra},
+                       wait=wait, progress=quiet)
+
+    def feed(self) -> None:
+        """Publish the next slice of the workload (nothing when it is all out)."""
+        if self.slices:
+            publish_bodies(endpoints.AMQP_URL, self.exchange, self.slices.pop(0))
+
+    def log(self, line: str) -> None:
+        self.faults.append(line)
+        self.say(f"  fault {len(self.faults)}: {line}")
+
+    def kill(self, service: str, instance: int) -> None:
+        services.kill(service, instance=instance, progress=quiet)
+        self.sigkills += 1
+        self.start(service, wait=False)   # its successor joins while the next fault strikes
+        self.log(f"SIGKILL {service} replica {instance}, started again")
+
+    def crash(self, service: str, point: str) -> None:
+        services.kill(service, instance=self.plan.replicas, progress=quiet)
+        self.sigkills += 1
+        self.start(service, wait=False, CRASH_AT=point)   # it may crash before it counts as ready
+        try:
+            # Events reach the crash point only once it consumes: feed the queue then.
+            poll(lambda: (rabbit.consumers(service, exchange=self.exchange), len(services.instances(service))),
+                 lambda seen: seen[0] >= self.plan.replicas or seen[1] < self.plan.replicas,
+                 what=f"{service} with CRASH_AT={point} to consume", timeout=CRASH_TIMEOUT, progress=quiet)
+            self.feed()
+            poll(lambda: len(services.instances(service)), lambda n: n < self.plan.replicas,
+                 what=f"{service} to crash at {point}", timeout=CRASH_TIMEOUT, progress=quiet)
+            self.crash_points.append(point)
+            how = f"killed itself at the {point} point"
+        except TimeoutError:
+            services.kill(service, instance=self.plan.replicas, progress=quiet)
+            how = f"did not reach the {point} point (no event came): SIGKILLed instead"
+        self.sigkills += 1
+        self.start(service, wait=False)
+        self.log(f"SIGKILL {service} replica {self.plan.replicas}, its successor {how}, started again")
+
+    def cut(self, service: str) -> None:
+        """In a thread of its own (rabbitmqctl takes seconds): the next faults go on meanwhile.
+        The last replica is cut (the kills after it hit the others); a replica killed meanwhile
+        has no connection left to close, so the cut is tried again on its successor."""
+        def close() -> None:
+            closed = 0
+            try:
+                for _attempt in range(3):
+                    live = services.instances(service)
+                    if live and (closed := cut_connection(service, live[-1].pid)):
+                        break
+                self.log(f"broker connection of {service} replica {self.plan.replicas} closed by rabbitmqctl "
+                         f"({closed} closed)")
+            except (subprocess.SubprocessError, OSError) as error:
+                self.log(f"broker connection of {service} NOT closed: rabbitmqctl failed: {error}")
+        self.cutting = threading.Thread(target=close, name="chaos-cut", daemon=True)
+        self.cutting.start()
+
+    def start_all(self) -> None:
+        """Every replica of every service, all spawned at once, then awaited."""
+        for name in self.plan.services:
+            self.start(name, wait=False)
+        want = self.plan.replicas
+        for name in self.plan.services:
+            poll(lambda: rabbit.consumers(name, exchange=self.exchange), lambda n: n >= want,
+                 what=f"{want} replicas of {name} consuming", timeout=services.DEFAULT_TIMEOUT * 2, progress=quiet)
+
+    def restart_etcd(self) -> None:
+        self.etcd.restart()
+        self.log("etcd restarted (SIGTERM, then started on its data)")
+
+    def schedule(self) -> list:
+        """The faults in order: crash points early (events must flow to reach them)."""
+        plan, names = self.plan, self.plan.services
+        kills = max(plan.kills - 4, 0) if plan.crash_points else plan.kills   # a crash point costs two
+        steps = [lambda: self.crash(names[0], "claimed")] if plan.crash_points else []
+        steps += [lambda i=i: self.kill(names[i % len(names)], 1 + (i // len(names)) % plan.replicas)
+                  for i in range(kills // 2)]
+        if plan.crash_points:
+            steps.append(lambda: self.crash(names[-1], "done"))
+        if plan.cut:
+            steps.append(lambda: self.cut(names[-1]))
+        if plan.etcd_restart:
+            steps.append(self.restart_etcd)
+        steps += [lambda i=i: self.kill(names[(i + 1) % len(names)], 1 + (i // len(names)) % plan.replicas)
+                  for i in range(kills // 2, kills)]
+        return steps
+
+    def accounted(self, ids: list[str]) -> tuple[int, ...]:
+        """Per service: ids processed at least once, then the messages waiting in its queue."""
+        counts = [counts_by_id(self.etcd.endpoint, name) for name in self.plan.services]
+        dead = len(deadletters.peek(exchange=self.exchange))
+        return (*(sum(1 for i in ids if c.get(i)) for c in counts), dead,
+                sum(rabbit.queue_depth(name, exchange=self.exchange) for name in self.plan.services))
+
+    def settle(self) -> None:
+        """Stop gracefully; copies handed back (a sibling's claim) are drained by one replica."""
+        for name in self.plan.services:
+            services.stop(name, progress=quiet)
+            if rabbit.queue_depth(name, exchange=self.exchange):
+                services.start(name, dedup=self.plan.dedup, env=self.env, progress=quiet)
+                rabbit.wait_for_depth(name, 0, exchange=self.exchange, timeout=self.plan.drain_timeout,
+                                      progress=quiet)
+                services.stop(name, progress=quiet)
+
+
+def _dead_ids(exchange: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for letter in deadletters.peek(limit=10_000, exchange=exchange):
+        try:
+            event_id = str(json.loads(letter.body)["id"])
+        except (ValueError, KeyError, TypeError):
+            event_id = f"unreadable {letter.key}"
+        found.setdefault(letter.service, set()).add(event_id)
+    return found
+
+
+def _topology(exchange: str, names: tuple[str, ...], action) -> None:
+    """Declare or delete the run's exchange and queues on a connection of its own (a connection
+    kept through a long run would miss its heartbeats and be closed by the broker)."""
+    connection = pika.BlockingConnection(pika.URLParameters(endpoints.AMQP_URL))
+    try:
+        action(connection.channel(), exchange, services=names)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def run(plan: Plan = Plan(), *, progress: Progress = print) -> Report:
+    """Run the plan; the Report. Everything it started is stopped and removed, also on error.
+
+    Raises TimeoutError when the queues do not drain within ``plan.drain_timeout``, and pika's
+    AMQPError when the broker does not take a slice of events.
+    """
+    started = time.monotonic()
+    tag = uuid.uuid4().hex[:6]
+    exchange = f"chaos-{tag}"
+    etcd = OwnEtcd(progress=quiet).start()
+    try:
+        _topology(exchange, plan.services, topology.declare)
+        chaos = _Run(plan, etcd, exchange, progress)
+        chaos.start_all()
+        ids, bodies = workload(plan, tag)
+        dedup = "dedup on (claims)" if plan.dedup else "dedup OFF"
+        progress(f"{len(plan.services)} services x {plan.replicas} replicas, {dedup}, throwaway etcd; "
+                 f"publishing {len(bodies)} events ({len(ids)} ids, {len(bodies) - len(ids)} twice) "
+                 "a slice before each fault")
+        steps = chaos.schedule()
+        chaos.slices = [bodies[n * len(bodies) // (len(steps) + 3):(n + 1) * len(bodies) // (len(steps) + 3)]
+                        for n in range(len(steps) + 3)]
+        for step in steps:
+            chaos.feed()   # events in flight while the fault strikes
+            step()
+            time.sleep(GAP)
+        while chaos.slices:
+            chaos.feed()
+        if chaos.cutting is not None:
+            chaos.cutting.join(2 * RABBITMQCTL_TIMEOUT)
+        drain_started = time.monotonic()
+        chaos.start_all()   # every replica back, none with a crash point
+        want = len(ids)
+        try:
+            poll(lambda: chaos.accounted(ids),
+                 lambda seen: all(n == want for n in seen[:len(plan.services)]) and seen[-1] == 0,
+                 what=f"every id processed by {' and '.join(plan.services)}, queues empty",
+                 timeout=plan.drain_timeout, progress=progress,
+                 describe=lambda seen: f"processed {', '.join(map(str, seen[:-2]))} of {want}, {seen[-1]} waiting")
+        except TimeoutError as error:   # what each replica last said is the way to the cause
+            tails = [f"--- {s.key}:\n{services.logs(name, 8, instance=s.instance)}"
+                     for name in plan.services for s in services.instances(name)]
+            raise TimeoutError("\n".join([str(error), *tails])) from None
+        drain_seconds = time.monotonic() - drain_started
+        chaos.settle()
+        dead = _dead_ids(exchange)
+        rows = tuple(checker.check(name, ids, counts_by_id(etcd.endpoint, name), dead.get(name, ()),
+                                   rabbit.queue_depth(name, exchange=exchange)) for name in plan.services)
+        progress(f"done: {chaos.sigkills} SIGKILLs, drained in {drain_seconds:.1f} s")
+        return Report(plan, rows, tuple(chaos.faults), chaos.sigkills, len(bodies), tuple(chaos.crash_points),
+                      time.monotonic() - started, drain_seconds)
+    finally:
+        for name in plan.services:
+            services.stop(name, progress=quiet)
+        _topology(exchange, plan.services, topology.delete)
+        etcd.close()
+
+
+def plot_reports(reports: dict[str, Report]) -> Figure:
+    """Bars per run and service: ids processed once and ids duplicated, the count on each bar."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [f"{run}\n{row.service}" for run, report in reports.items() for row in report.rows]
+    rows = [row for report in reports.values() for row in report.rows]
+    xs = range(len(rows))
+    for offset, (name, values) in zip((-0.2, 0.2), (("processed once", [r.processed_once for r in rows]),
+                                                    ("duplicated", [r.duplicated for r in rows]))):
+        ax.bar_label(ax.bar([x + offset for x in xs], values, 0.4, label=name))
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("ids")
+    ax.set_title("every id accounted for, per run and service")
+    ax.legend(loc="center right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def without_dedup(plan: Plan) -> Plan:
+    """The same plan with deduplication off: the control run, where the checker must fail."""
+    return replace(plan, dedup=False)
+
+
+__all__ = ["Plan", "Report", "run", "workload", "without_dedup", "cut_connection", "plot_reports", "publish_bodies"]

@@ -1,0 +1,180 @@
+"""Chapter 8: what idempotency costs, measured live at a notebook's size, side by side.
+
+The same comparison as ``bench/bench_svc.py`` (which runs it at full size): a bare pika
+consume-and-ack loop, ``python -m svc`` with deduplication off, and with claims in etcd, each
+draining the same number of events from a fresh queue of an isolated world
+(:class:`svc.testing.World`: its own exchange and etcd prefix, removed at the end). Rounds
+interleave the contenders, so a busy moment of the machine hits all of them; ratios are taken
+against the bare loop of the same round.
+
+Latency is measured per event, one at a time on an idle service: from the publish to the ``at``
+time of the event's effect record (both wall-clock seconds on this machine). With dedup a window pays two etcd round trips (the claim, then the done mark with the
+effect) where dedup off pays one (the effect); :func:`etcd_round_trip_ms` measures one.
+"""
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pika
+from matplotlib.figure import Figure
+
+from svc import _etcd
+from svc.config import parse_endpoints
+from svc.effects import records
+from svc.testing import World, wait_for
+
+from . import endpoints
+from ._wait import Progress
+
+EVENT = {"type": "new_order", "id": "cost", "args": {"sku": "talk-tshirt", "qty": 1}}
+CONTENDERS = ("bare pika", "svc, dedup off", "svc, dedup on")
+DRAIN_TIMEOUT = 120.0   # seconds for one contender to drain its queue
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Events/s per contender and round, latencies (ms) per svc contender, etcd round trip (ms)."""
+
+    events: int
+    rates: dict[str, list[float]]
+    latencies_ms: dict[str, list[float]]
+    round_trip_ms: float
+
+    def rate(self, name: str) -> float:
+        """The median events/s of a contender."""
+        return statistics.median(self.rates[name])
+
+    def ratio(self, name: str) -> float:
+        """The median of each round's rate over that round's bare pika rate."""
+        return statistics.median(r / b for r, b in zip(self.rates[name], self.rates[CONTENDERS[0]]))
+
+    def latency(self, name: str) -> float:
+        return statistics.median(self.latencies_ms[name])
+
+    def table(self) -> str:
+        lines = [f"{'contender':16} {'events/s':>9} {'ratio':>6} {'latency p50':>12}"]
+        for name in CONTENDERS:
+            latency = f"{self.latency(name):9.1f} ms" if name in self.latencies_ms else ""
+            lines.append(f"{name:16} {self.rate(name):9.0f} {self.ratio(name):5.2f}x {latency:>12}")
+        lines.append(f"one etcd round trip (a one-key transaction): {self.round_trip_ms:.2f} ms")
+        return "\n".join(lines)
+
+
+def _fill(world: World, service: str, events: int) -> None:
+    assert world.publisher(service).publish(EVENT, count=events, fresh_ids=True).ok
+    wait_for(lambda: world.depth(service) == events, f"{events} events in {service}'s queue", timeout=60)
+
+
+def _bare(world: World, service: str, events: int) -> float:
+    """Events/s of the simplest correct consumer: manual ack per event, prefetch 100."""
+    _fill(world, service, events)
+    connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=100)
+    acked: list[float] = []
+
+    def on_message(ch, method, properties, body) -> None:
+        ch.basic_ack(method.delivery_tag)
+        acked.append(time.time())
+        if len(acked) == events:
+            ch.stop_consuming()
+
+    channel.basic_consume(world.queue(service), on_message)
+    channel.start_consuming()
+    connection.close()
+    return (events - 1) / (acked[-1] - acked[0])
+
+
+def _svc(world: World, service: str, events: int, dedup: bool) -> float:
+    """Events/s of python -m svc draining a full queue, from its effect records' times."""
+    _fill(world, service, events)
+    [process] = world.start(service, enable_etcd=dedup, log_level="WARNING")
+    wait_for(lambda: world.depth(service) == 0 and world.effects(service) >= events, "the queue drained",
+             timeout=DRAIN_TIMEOUT, interval=0.2)
+    process.stop()
+    times = sorted(record["at"] for record in records(world.etcd, service, prefix=world.prefix))
+    return (events - 1) / (times[-1] - times[0])
+
+
+def _latencies(world: World, service: str, dedup: bool, samples: int) -> list[float]:
+    """Milliseconds from each publish to its effect, one event at a time on an idle service."""
+    world.start(service, enable_etcd=dedup, log_level="WARNING")
+    connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
+    channel = connection.channel()
+    found = []
+    try:
+        for i in range(samples):
+            event_id = f"lat-{i}"
+            sent = time.time()
+            channel.basic_publish(world.exchange, "foo", json.dumps(dict(EVENT, id=event_id)).encode())
+            wait_for(lambda: world.effects(service, event_id), f"event {event_id} processed", timeout=10,
+                     interval=0.002)
+            [effect] = [r for r in records(world.etcd, service, prefix=world.prefix) if r["id"] == event_id]
+            found.append((effect["at"] - sent) * 1000)
+    finally:
+        connection.close()
+    return found
+
+
+def etcd_round_trip_ms(endpoint: str = endpoints.ETCD_ENDPOINT, samples: int = 50) -> float:
+    """The median milliseconds of one transaction reading one key, as a claim does."""
+    etcd = _etcd.Etcd(parse_endpoints(endpoint))
+    try:
+        timings = []
+        for _ in range(samples):
+            request = _etcd.new_txn()
+            _etcd.add_get(request.success, b"/nirvana/cost-probe")
+            started = time.perf_counter()
+            etcd.txn(request)
+            timings.append((time.perf_counter() - started) * 1000)
+        return statistics.median(timings)
+    finally:
+        etcd.close()
+
+
+def measure(events: int = 2000, rounds: int = 2, latency_samples: int = 20, *, progress: Progress = print) -> Cost:
+    """Run the comparison; the Cost. Everything it made is removed, also on error."""
+    rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    latencies: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as logs:
+        world = World(endpoints.AMQP_URL, endpoints.ETCD_ENDPOINT, Path(logs),
+                      statsd=(endpoints.HOST, endpoints.STATSD_PORT))
+        try:
+            for n in range(rounds):
+                for name, run in zip(CONTENDERS, (lambda s: _bare(world, s, events),
+                                                  lambda s: _svc(world, s, events, False),
+                                                  lambda s: _svc(world, s, events, True))):
+                    service = world.service_name("cost")
+                    rates[name].append(run(service))
+                    world.channel().queue_delete(world.queue(service))   # bound with #: it would slow the next fills
+                    progress(f"round {n + 1}: {name}: {rates[name][-1]:.0f} events/s")
+            for name, dedup in zip(CONTENDERS[1:], (False, True)):
+                latencies[name] = _latencies(world, world.service_name("latency"), dedup, latency_samples)
+                progress(f"{name}: latency p50 {statistics.median(latencies[name]):.1f} ms")
+        finally:
+            world.close()
+    return Cost(events, rates, latencies, etcd_round_trip_ms())
+
+
+def plot(cost: Cost) -> Figure:
+    """Two panels: events/s per contender with its ratio to bare pika; latency p50 per svc contender."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [3, 2]})
+    bars = left.bar(CONTENDERS, [cost.rate(name) for name in CONTENDERS], color=["#9e9e9e", "#1976d2", "#2e7d32"])
+    left.bar_label(bars, labels=[f"{cost.rate(n):.0f}/s ({cost.ratio(n):.2f}x)" for n in CONTENDERS])
+    left.set_ylabel("events/s")
+    left.set_title(f"draining {cost.events} events")
+    names = [n for n in CONTENDERS if n in cost.latencies_ms]
+    bars = right.bar(names, [cost.latency(n) for n in names], color=["#1976d2", "#2e7d32"])
+    right.bar_label(bars, fmt="%.1f ms")
+    right.set_ylabel("ms, publish to effect (p50)")
+    right.set_title("one event at a time")
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["Cost", "CONTENDERS", "measure", "etcd_round_trip_ms", "plot"]

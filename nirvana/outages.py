@@ -1,0 +1,86 @@
+"""Chapter 5's instruments: a claim's lease counting down, a crash awaited, an etcd key read.
+
+Each wait has a deadline and says what it waits for. The lease is read through etcd's JSON
+gateway (``POST /v3/lease/timetolive``, https://etcd.io/docs/v3.4/dev-guide/api_grpc_gateway/),
+which reads a lease without refreshing it (a keepalive would extend the very lease we watch).
+"""
+
+import time
+
+import requests
+
+from svc import keys
+from svc._etcd import Etcd
+from svc.config import DEFAULT_ETCD_PREFIX, parse_endpoints
+
+from . import rabbit, services
+from ._wait import Progress, poll
+
+HTTP_TIMEOUT = 2.0     # seconds per request to etcd's gateway on loopback
+TICK = 1.0             # seconds between two lines of a countdown
+
+
+def dedup_value(endpoint: str, service: str, event_id: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> str | None:
+    """The dedup key's value (``claimed <digest> <lease hex>`` or ``done <digest>``), None when absent."""
+    etcd = Etcd(parse_endpoints(endpoint))
+    try:
+        value = etcd.get(keys.dedup_key(prefix, service, event_id))
+    finally:
+        etcd.close()
+    return None if value is None else value.decode()
+
+
+def lease_left(endpoint: str, lease_hex: str) -> int:
+    """Seconds the lease has left (etcd rounds down), -1 once it expired or was revoked.
+
+    Raises requests.RequestException when etcd's gateway does not answer.
+    """
+    reply = requests.post(f"http://{endpoint}/v3/lease/timetolive", json={"ID": int(lease_hex, 16)},
+                          timeout=HTTP_TIMEOUT)
+    reply.raise_for_status()
+    return int(reply.json().get("TTL", -1))
+
+
+def watch_claim(endpoint: str, service: str, event_id: str, *, timeout: float = 30.0,
+                progress: Progress = print) -> str:
+    """Print the claim's state once a second until it is done; return the final value.
+
+    A claim left by a dead process shows its lease counting down; when the lease ends, the key
+    goes, and the redelivery is claimed and marked done by the live service.
+    Raises TimeoutError if the id is not done within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        value = dedup_value(endpoint, service, event_id) or "absent"
+        state, *rest = value.split(" ")
+        if state == "claimed" and len(rest) == 2:
+            line = f"{event_id}: claimed, lease {rest[1]} has {lease_left(endpoint, rest[1])} s left"
+        else:
+            line = f"{event_id}: {state}"
+        if line != last:
+            progress(line)
+            last = line
+        if state == "done":
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"gave up after {timeout:g} s waiting for {event_id} to be done: {value}")
+        time.sleep(TICK / 4)
+
+
+def wait_crashed(service: str, *, timeout: float = 15.0, progress: Progress = print) -> None:
+    """Wait until no process of ``service`` is left (it SIGKILLed itself at its crash point)."""
+    poll(lambda: len(services.instances(service)), lambda alive: alive == 0,
+         what=f"{service} to crash", timeout=timeout, progress=progress)
+    progress(f"{service}: gone (SIGKILL at its crash point)")
+
+
+def wait_consuming(service: str, consumers: int = 1, *, timeout: float = 20.0, progress: Progress = print) -> int:
+    """Wait until the service's queue has ``consumers`` consumers again (after a reconnect)."""
+    seen = poll(lambda: rabbit.consumers(service), lambda n: n >= consumers,
+                what=f"{consumers} consumer(s) on {rabbit.queue_of(service)}", timeout=timeout, progress=progress)
+    progress(f"{service}: consuming again ({seen} consumer(s))")
+    return seen
+
+
+__all__ = ["dedup_value", "lease_left", "watch_claim", "wait_crashed", "wait_consuming"]

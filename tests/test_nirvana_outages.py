@@ -1,0 +1,62 @@
+"""nirvana.outages against a throwaway etcd: a claim's lease read without refreshing it, the
+countdown ending when the id is done."""
+
+import shutil
+import threading
+
+import pytest
+from conftest import need
+
+from nirvana import outages
+from nirvana.own_etcd import OwnEtcd
+from svc import keys
+from svc._etcd import Etcd
+from svc.config import parse_endpoints
+
+
+@pytest.fixture
+def own():
+    need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
+    etcd = OwnEtcd().start()
+    yield etcd
+    etcd.close()
+
+
+def test_a_claim_counts_down_and_the_watch_ends_when_done(own):
+    etcd = Etcd(parse_endpoints(own.endpoint))
+    try:
+        lease = etcd.grant(5)
+        key = keys.dedup_key("/nirvana", "orders", "a-1")
+        etcd.put(key, f"claimed d1 {lease:x}".encode(), lease)
+        assert outages.dedup_value(own.endpoint, "orders", "a-1") == f"claimed d1 {lease:x}"
+        assert 3 <= outages.lease_left(own.endpoint, f"{lease:x}") <= 5
+        # Reading the lease does not refresh it (a keepalive would): it keeps going down.
+        lines = []
+        threading.Timer(1.5, lambda: etcd.put(key, b"done d1")).start()
+        assert outages.watch_claim(own.endpoint, "orders", "a-1", timeout=10, progress=lines.append) == "done d1"
+        assert lines[0].startswith(f"a-1: claimed, lease {lease:x} has ") and lines[-1] == "a-1: done"
+        assert outages.lease_left(own.endpoint, f"{lease:x}") <= 4
+        etcd.revoke(lease)
+        assert outages.lease_left(own.endpoint, f"{lease:x}") == -1
+        assert outages.dedup_value(own.endpoint, "orders", "nobody") is None
+    finally:
+        etcd.close()
+
+
+def test_the_own_etcd_restarts_on_its_data_and_is_gone_after_close(own):
+    etcd = Etcd(parse_endpoints(own.endpoint))
+    try:
+        etcd.put(b"/k", b"v")
+        own.restart()
+        assert etcd.get(b"/k") == b"v"
+    finally:
+        etcd.close()
+    data = own.data_dir
+    own.close()
+    assert not own.running and not data.exists()
+
+
+def test_wait_consuming_gives_up_with_what_it_saw(amqp_url):
+    # A queue nobody consumes: the wait ends at its deadline, naming the queue and the count seen.
+    with pytest.raises(TimeoutError, match=r"1 consumer\(s\) on events\.t-none-queue.*saw 0"):
+        outages.wait_consuming("t-none-queue", timeout=0.5, progress=lambda line: None)
