@@ -305,6 +305,8 @@ class ServicePanel(_Panel):
             return f"{rabbit.queue_depth(name, exchange=os.environ.get('EVENTS_EXCHANGE'))} waiting"
         except rabbit.RabbitUnavailable:
             return "RabbitMQ not answering"
+        except rabbit.NoSuchQueue:
+            return "no queue yet (events published now are not kept for it)"
 
     def _keep_refreshing(self, every: float, seconds: float) -> None:
         remaining = seconds
