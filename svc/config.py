@@ -29,7 +29,8 @@ MAX_PREFETCH = 1000
 # Every environment variable svc reads.
 VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
-             "LOG_LEVEL", "WORK_MS", "CRASH_AT")
+             "LOG_LEVEL", "PIKA_LOG_LEVEL", "WORK_MS", "CRASH_AT")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,6 +50,7 @@ class Config:
     dedup_retention: int = DEFAULT_DEDUP_RETENTION
     etcd_timeout: float = DEFAULT_ETCD_TIMEOUT
     log_level: str = "INFO"
+    pika_log_level: str = "CRITICAL"  # pika's own logger: quiet unless asked (PIKA_LOG_LEVEL=DEBUG)
     work_ms: int = 0          # simulated work per window (demos and tests of concurrent claims)
     crash_at: str = ""        # "claimed" or "done": SIGKILL itself there, once (fault injection)
 
@@ -65,7 +67,8 @@ class Config:
                           "letters, digits and _.:- (e.g. events)")
         prefix = _match("ETCD_PREFIX", get("ETCD_PREFIX", DEFAULT_ETCD_PREFIX).rstrip("/") or "/",
                         PREFIX_RE, "an absolute key prefix such as /nirvana")
-        log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+        log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), LOG_LEVELS)
+        pika_log_level = _choice("PIKA_LOG_LEVEL", get("PIKA_LOG_LEVEL", "CRITICAL").upper(), (*LOG_LEVELS, "CRITICAL"))
         crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "done"))
         return cls(
             service=service,
@@ -82,6 +85,7 @@ class Config:
                                  10, 365 * 86400),
             etcd_timeout=_float("ETCD_TIMEOUT", get("ETCD_TIMEOUT", str(DEFAULT_ETCD_TIMEOUT)), 0.1, 60),
             log_level=log_level,
+            pika_log_level=pika_log_level,
             work_ms=_int("WORK_MS", get("WORK_MS", "0"), 0, 60000),
             crash_at=crash_at,
         )

@@ -120,6 +120,12 @@ class Consumer:
         else:
             for delivery_tag in acks:
                 self.channel.basic_ack(delivery_tag)
+        if log.isEnabledFor(logging.DEBUG):
+            for i, outcome in enumerate(outcomes):
+                event = window.events.get(i)
+                what = f"event {event.id[:64]!r}" if event else f"body {i} of the window (not an event)"
+                log.debug("%s: %s", what, {"ack": "acked", "dead": "dead-lettered, acked",
+                                           "requeue": "requeued (not acked)"}[outcome.action])
         if requeues:
             self._requeue(requeues)
 
