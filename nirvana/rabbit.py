@@ -127,6 +127,15 @@ def dead_letters(*, exchange: str | None = None, url: str = endpoints.AMQP_URL) 
     return existing_queue_counts(dead_letter_queue(exchange), url=url).messages
 
 
+def delete_queue(service: str, *, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> int:
+    """Delete the service's queue and the events in it; how many were waiting (0 if it did not
+    exist). For a demo service (chapter 1's ``billing``) that should not keep collecting copies
+    of every event once it is gone; a running service declares its queue again when it reconnects."""
+    with _connection(url) as connection:
+        frame = connection.channel().queue_delete(queue_of(service, exchange))
+    return frame.method.message_count
+
+
 def wait_for_depth(
     service: str,
     depth: int,
@@ -218,6 +227,6 @@ def _text(value) -> str:
 __all__ = [
     "RabbitUnavailable", "NoSuchQueue", "QueueCounts",
     "queue_counts", "existing_queue_counts", "queue_of", "dead_letter_queue",
-    "queue_depth", "consumers", "dead_letters", "wait_for_depth", "wait_for_dead_letters",
+    "queue_depth", "consumers", "dead_letters", "delete_queue", "wait_for_depth", "wait_for_dead_letters",
     "wait_for_queue", "peek_dead_letters",
 ]

@@ -69,6 +69,11 @@ def test_a_service_that_never_started_has_no_such_queue_not_zero(exchange, amqp_
             pass   # entering declares the named queues, billing's included
         assert rabbit.queue_depth("billing", exchange=name, url=amqp_url) == 0
         assert rabbit.queue_depth("orders", exchange=name, url=amqp_url) == 1
+        # When billing's queue is deleted (the chapter's clean-up), it is no such queue again
+        assert rabbit.delete_queue("billing", exchange=name, url=amqp_url) == 0
+        with pytest.raises(rabbit.NoSuchQueue):
+            rabbit.queue_depth("billing", exchange=name, url=amqp_url)
+        assert rabbit.delete_queue("billing", exchange=name, url=amqp_url) == 0   # twice is fine
     finally:
         channel.queue_delete(topology.queue_name("billing", name))
 
