@@ -63,3 +63,27 @@ def test_the_sequence_diagram_is_an_svg_with_every_step_and_crash_point():
         assert step in text, step
     for point in ("CRASH_AT=claimed", "CRASH_AT=done", "CLAIM_TTL"):
         assert point in text, point
+
+
+def code(name: str) -> list[str]:
+    nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_chapter_1_shows_the_event_and_the_publish_call_before_the_button():
+    cells = code("01_consume_produce")
+    call = next(i for i, cell in enumerate(cells) if 'event = {"type": "new_order", "id": "123"}' in cell
+                and "publisher.publish(event" in cell)
+    button = next(i for i, cell in enumerate(cells) if "publish_button.click()" in cell)
+    assert call < button
+
+
+@pytest.mark.parametrize("name, labels", [
+    ("02_recovery", ["stop notify", "kill orders", "start both"]),
+    ("03_idempotency", ["dedup on", "restart"]),
+])
+def test_the_plots_mark_the_steps_of_the_demo(name, labels):
+    cells = code(name)
+    marked = [label for label in labels if any(f'plots.Mark.now("{label}")' in cell for cell in cells)]
+    assert marked == labels
+    assert any("plots.plot_counters(" in cell and "marks=marks" in cell for cell in cells)
