@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+import nirvana
+
 from . import stack
 
 
@@ -37,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
             stack.down(only=args.components)
             return 0
         if args.command == "reset":
-            import nirvana
-
             nirvana.reset()
             return 0
         if args.command == "lab":

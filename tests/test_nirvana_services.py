@@ -16,7 +16,7 @@ import pika
 import psutil
 import pytest
 
-from nirvana import paths, rabbit, services
+from nirvana import paths, processes, rabbit, services
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
@@ -45,14 +45,7 @@ def kit(tmp_path, monkeypatch, amqp_url, etcd_endpoint):
 
 
 def group_pids(pgid):
-    pids = []
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                pids.append(process.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return pids
+    return [process.pid for process in processes.group_members(pgid)]
 
 
 def publish(kit, count):
