@@ -4,7 +4,7 @@ Its queue exists from its start on (the service declares it, bound with #), so t
 into three queues; and any routing key does, since # matches zero or more words.
 """
 from nirvana import graphite, rabbit, services, widgets
-from svc.publish import Publisher
+from nirvana.publisher import Publisher
 
 for name in ("orders", "notify", "billing"):
     services.start(name)            # a service that already runs is left as it is

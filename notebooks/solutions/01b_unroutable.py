@@ -5,17 +5,17 @@ RabbitMQ returns the event instead of dropping it in silence, and the publisher 
 """
 import pika
 
-from nirvana import endpoints
+from nirvana.publisher import Publisher
+from nirvana.settings import current
 from svc import topology
-from svc.publish import Publisher
 
 EXCHANGE = "exercise-nowhere"
 
-with Publisher(endpoints.AMQP_URL, EXCHANGE, services=()) as publisher:   # services=(): declare no queue
+with Publisher(exchange=EXCHANGE, services=()) as publisher:   # services=(): declare no queue
     result = publisher.publish({"type": "new_order", "id": "nowhere-1"}, routing_key="foo")
 print(f"{result.confirmed} confirmed, {result.unroutable} unroutable")
 
 # clean up what the publisher declared: the exchange and its dead-letter exchange and queue
-connection = pika.BlockingConnection(pika.URLParameters(endpoints.AMQP_URL))
+connection = pika.BlockingConnection(pika.URLParameters(current().amqp_url))
 topology.delete(connection.channel(), EXCHANGE)
 connection.close()

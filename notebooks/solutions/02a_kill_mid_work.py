@@ -5,7 +5,7 @@ in the middle. The event was delivered but not acked, so RabbitMQ puts it back (
 the restarted orders processes it.
 """
 from nirvana import graphite, rabbit, services, widgets
-from svc.publish import Publisher
+from nirvana.publisher import Publisher
 
 services.restart("orders", env={"WORK_MS": "3000"})   # 3 s of simulated work per window
 since = graphite.mark()

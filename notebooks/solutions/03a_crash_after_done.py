@@ -6,8 +6,8 @@ leave the queue before the crash.
 """
 from nirvana import graphite, rabbit, services, widgets
 from nirvana.endpoints import ETCD_ENDPOINT as ETCD
-from svc import effects
-from svc.publish import Publisher
+from nirvana import effects
+from nirvana.publisher import Publisher
 
 event_id = widgets.fresh_id()
 services.restart("orders", dedup=True, env={"CRASH_AT": "done", "WORK_MS": "1000"})

@@ -5,8 +5,8 @@ through their claim) and are skipped. Whatever the timing, the order is recorded
 """
 from nirvana import graphite, services, widgets
 from nirvana.endpoints import ETCD_ENDPOINT as ETCD
-from svc import effects
-from svc.publish import Publisher
+from nirvana import effects
+from nirvana.publisher import Publisher
 
 services.start("orders", dedup=True)   # left as it is if it already runs with dedup on
 event_id = widgets.fresh_id()
