@@ -25,6 +25,17 @@ class RabbitUnavailable(KitError, ConnectionError):
     """RabbitMQ did not answer in time, refused, or dropped the connection."""
 
 
+class NoSuchQueue(KitError, LookupError):
+    """The queue does not exist: events published now are kept for nobody under that name."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        super().__init__(
+            f"no such queue {queue}: RabbitMQ keeps nothing for it, so events published now are lost "
+            "to it; start its service first, or publish with Publisher(services=[...]) naming it"
+        )
+
+
 class GraphiteError(KitError):
     """graphite-web answered a query with an error (an HTTP error status, or not JSON)."""
 
@@ -37,6 +48,6 @@ class WaitTimeout(KitError, TimeoutError):
     """A wait reached its deadline; the message names what it waited for and what it saw."""
 
 
-__all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteError",
+__all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "NoSuchQueue", "GraphiteError",
            "GraphiteUnavailable",
            "WaitTimeout"]

@@ -3,12 +3,16 @@
 ``plot_counters`` draws one figure for a notebook cell (end the cell with ``plt.show()``).
 ``live_chart`` redraws the same picture every few seconds while presenting; it is an image
 widget fed by one background thread that stops on its button or after its duration.
+Landmarks ("stop notify", "restart") are data: take ``m = plots.Mark.now("stop notify")`` just
+before the step and pass ``marks=[m, ...]``; each is a labelled vertical line on the plot.
 """
 
 import io
+import math
 import threading
 import time
-from typing import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -24,12 +28,46 @@ LIVE_EVERY = 2.0
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A landmark on a plot: a moment ``at`` (Unix time in seconds, the clock of
+    ``graphite.mark()``) and a short ``label`` such as ``"kill orders"``."""
+
+    at: float
+    label: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.at, bool) or not isinstance(self.at, (int, float)) or not math.isfinite(self.at):
+            raise ValueError(f"Mark.at={self.at!r} is not a time: use Mark.now(label) or a time.time() value")
+        if not isinstance(self.label, str) or not self.label.strip():
+            raise ValueError(f"Mark.label={self.label!r} is empty: name the step, e.g. 'stop notify'")
+
+    @classmethod
+    def now(cls, label: str) -> "Mark":
+        """A mark at this moment: take it just before the step it names."""
+        return cls(time.time(), label)
+
+
+def _marks(marks: Iterable[Mark]) -> list[Mark]:
+    marks = list(marks)
+    for one in marks:
+        if not isinstance(one, Mark):
+            raise TypeError(f"marks must be plots.Mark values, got {one!r}: use plots.Mark.now('restart')")
+    return marks
+
+
+def outside_note(mark: Mark) -> str:
+    return f"note: mark {mark.label!r} is outside the plotted time, not drawn"
+
+
 def missing_note(name: str) -> str:
     return f"note: no data yet for {name} (no service has counted it yet)"
 
 
-def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: float) -> list[str]:
-    """Draw each series' running total since the mark on ``ax``; return the names with no data."""
+def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: float,
+         marks: Sequence[Mark] = ()) -> list[str]:
+    """Draw each series' running total since the mark on ``ax``, and each of ``marks`` inside the
+    plotted time as a labelled dotted vertical line; return the names with no data."""
     missing, highest = [], 0
     # a little room on the right, so a step in the newest whole bucket is seen, not hidden by the frame
     right = max(now - since, 1.0) * 1.06 + 0.5
@@ -50,6 +88,14 @@ def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: flo
     ax.set_ylim(bottom=0, top=max(highest, 1) * 1.15)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, alpha=0.3)
+    for number, one in enumerate(sorted(_marks(marks), key=lambda m: m.at)):
+        if not since <= one.at <= now:
+            continue   # plot_counters says so; the live chart just leaves it out
+        x = one.at - since
+        ax.axvline(x, color="0.35", linestyle=":", linewidth=1.2, gid=f"mark:{one.label}")
+        # labels alternate in height, so two close marks do not print over each other
+        ax.text(x, 0.98 - 0.09 * (number % 2), f" {one.label}", transform=ax.get_xaxis_transform(),
+                va="top", ha="left", fontsize=8, color="0.25", gid=f"mark:{one.label}")
     if missing:
         ax.text(0.02, 0.98, "\n".join(f"no data yet: {name}" for name in missing),
                 transform=ax.transAxes, va="top", fontsize=9, color="0.4")
@@ -70,14 +116,20 @@ def plot_counters(
     progress: Progress = print,
     url: str | None = None,
     fetch: Fetch | None = None,
+    marks: Iterable[Mark] = (),
 ) -> Figure:
-    """One figure: each counter's running total since the mark. Prints a note per missing counter."""
-    names = list(names)
+    """One figure: each counter's running total since the mark (``since``, Unix seconds), with
+    ``marks`` as labelled vertical lines. Prints a note per missing counter and per mark outside
+    the plotted time; raises TypeError for a mark that is not a :class:`Mark`."""
+    names, marks = list(names), _marks(marks)
     now = time.time()
     series = (fetch or _default_fetch(url))(names, since)
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for name in draw(ax, series, since, now):
+    for name in draw(ax, series, since, now, marks):
         progress(missing_note(name))
+    for one in marks:
+        if not since <= one.at <= now:
+            progress(outside_note(one))
     ax.set_title(title or "counted since the mark")
     fig.tight_layout()
     return fig
@@ -154,4 +206,4 @@ def live_chart(names: Iterable[str], since: float, *, seconds: float = LIVE_SECO
     return LiveChart(names, since, seconds=seconds, **options)
 
 
-__all__ = ["plot_counters", "live_chart", "LiveChart", "draw", "missing_note"]
+__all__ = ["plot_counters", "live_chart", "LiveChart", "Mark", "draw", "missing_note", "outside_note"]

@@ -1,8 +1,10 @@
 """RabbitMQ as the talk shows it: how many events wait in a service's queue, who consumes it.
 
 Every question is a passive ``queue_declare``: it reads a queue's counts without creating or
-changing anything. A queue that does not exist yet holds nothing and has no consumer, so it
-reads as 0 (the services and ``./kit up`` declare the topology).
+changing anything. A queue that does not exist is not "0 waiting": nothing keeps events for it,
+and the exchange routes them to the other queues only, so the helpers raise :class:`NoSuchQueue`
+("no such queue ...") instead of reading 0. A service declares its queue when it starts; a
+publisher declares the queues of the services it is told about (``Publisher(services=...)``).
 """
 
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from svc import _amqp, topology
 from svc.errors import SvcError
 
 from ._wait import Progress, poll
-from .errors import RabbitUnavailable
+from .errors import NoSuchQueue, RabbitUnavailable
 from .settings import current
 
 CONNECT_TIMEOUT = 2.0   # seconds for TCP, the AMQP handshake and a blocked connection: RabbitMQ on
@@ -98,19 +100,42 @@ def dead_letter_queue(exchange: str | None = None) -> str:
     return topology.dead_letter_queue(exchange or current().exchange)
 
 
+def existing_queue_counts(queue: str, *, url: str | None = None) -> QueueCounts:
+    """``queue_counts`` of a queue that must exist; raises NoSuchQueue (or RabbitUnavailable)."""
+    counts = queue_counts(queue, url=url)
+    if not counts.exists:
+        raise NoSuchQueue(queue)
+    return counts
+
+
 def queue_depth(service: str, *, exchange: str | None = None, url: str | None = None) -> int:
-    """How many events wait in the service's queue (ready, not yet delivered)."""
-    return queue_counts(queue_of(service, exchange), url=url).messages
+    """How many events wait in the service's queue (ready, not yet delivered).
+
+    Raises NoSuchQueue when the queue does not exist (the service never started and no publisher
+    declared it), RabbitUnavailable when RabbitMQ does not answer.
+    """
+    return existing_queue_counts(queue_of(service, exchange), url=url).messages
 
 
 def consumers(service: str, *, exchange: str | None = None, url: str | None = None) -> int:
-    """How many consumers the service's queue has: 1 per running replica."""
-    return queue_counts(queue_of(service, exchange), url=url).consumers
+    """How many consumers the service's queue has: 1 per running replica. Raises NoSuchQueue."""
+    return existing_queue_counts(queue_of(service, exchange), url=url).consumers
 
 
 def dead_letters(*, exchange: str | None = None, url: str | None = None) -> int:
-    """How many events wait in the dead-letter queue (never processable: invalid or conflicting)."""
-    return queue_counts(dead_letter_queue(exchange), url=url).messages
+    """How many events wait in the dead-letter queue (never processable: invalid or conflicting).
+    Raises NoSuchQueue."""
+    return existing_queue_counts(dead_letter_queue(exchange), url=url).messages
+
+
+def delete_queue(service: str, *, exchange: str | None = None, url: str | None = None) -> int:
+    """Delete the service's queue and the events in it; how many were waiting (0 if it did not
+    exist). For a demo service (chapter 1's ``billing``) that should not keep collecting copies
+    of every event once it is gone; a running service declares its queue again when it reconnects."""
+    queue = queue_of(service, exchange)
+    with _connection(url, f"deleting {queue}") as connection:
+        frame = connection.channel().queue_delete(queue)
+    return frame.method.message_count
 
 
 def wait_for_depth(
@@ -146,23 +171,28 @@ def wait_for_queue(
     progress: Progress = print,
     url: str | None = None,
 ) -> int:
-    """Wait until exactly ``depth`` events wait in ``queue`` (by its full name)."""
+    """Wait until exactly ``depth`` events wait in ``queue`` (by its full name).
+
+    A queue that does not exist is waited for too (a service may be declaring it); at the deadline
+    the TimeoutError says "no such queue" rather than "0 waiting".
+    """
     seen = poll(
-        lambda: queue_counts(queue, url=url).messages,
-        lambda messages: messages == depth,
+        lambda: queue_counts(queue, url=url),
+        lambda counts: counts.exists and counts.messages == depth,
         what=f"{depth} event(s) waiting in {queue}",
         timeout=timeout,
         progress=progress,
-        describe=lambda messages: f"{messages} waiting",
+        describe=lambda counts: f"{counts.messages} waiting" if counts.exists else "no such queue",
     )
-    progress(f"{queue}: {seen} waiting")
-    return seen
+    progress(f"{queue}: {seen.messages} waiting")
+    return seen.messages
 
 
 def peek_dead_letters(
     limit: int = 20, *, exchange: str | None = None, url: str | None = None
 ) -> list[str]:
     """One line per dead letter, ``<service>: <reason>``, sorted; the letters stay in the queue.
+    Raises NoSuchQueue when the dead-letter queue does not exist.
 
     Each letter is fetched without an acknowledgement; closing the channel hands them all back to
     the queue, so looking loses nothing.
@@ -181,8 +211,9 @@ def peek_dead_letters(
                 reason = topology.dead_letter_reason(headers)  # svc's reason, or the broker's x-death
                 lines.append(f"{_text(service)}: {_text(reason)}")
         except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code != NOT_FOUND:
-                raise
+            if error.reply_code == NOT_FOUND:
+                raise NoSuchQueue(queue) from None
+            raise
         finally:
             if channel.is_open:
                 channel.close()   # unacknowledged letters go back to the queue
@@ -194,8 +225,8 @@ def _text(value) -> str:
 
 
 __all__ = [
-    "RabbitUnavailable", "QueueCounts",
-    "queue_counts", "queue_of", "dead_letter_queue",
-    "queue_depth", "consumers", "dead_letters", "wait_for_depth", "wait_for_dead_letters",
+    "RabbitUnavailable", "NoSuchQueue", "QueueCounts",
+    "queue_counts", "existing_queue_counts", "queue_of", "dead_letter_queue",
+    "queue_depth", "consumers", "dead_letters", "delete_queue", "wait_for_depth", "wait_for_dead_letters",
     "wait_for_queue", "peek_dead_letters", "purge_queues",
 ]

@@ -111,7 +111,8 @@ def start(
 
     try:
         poll(
-            lambda: (failed(), rabbit.consumers(name, exchange=exchange, url=url)),
+            # its queue may not exist until the new process declares it: that reads as 0 consumers
+            lambda: (failed(), rabbit.queue_counts(rabbit.queue_of(name, exchange), url=url).consumers),
             lambda seen: seen[0] is not None or seen[1] >= replicas,
             what=f"{name} ({label}) to consume {rabbit.queue_of(name, exchange)}",
             timeout=timeout,
@@ -180,7 +181,7 @@ def _await_detached(name: str, exchange: str, timeout: float = 5.0) -> None:
     try:
         poll(lambda: rabbit.consumers(name, exchange=exchange), lambda seen: seen <= left,
              what=f"RabbitMQ to drop the consumers of {name}", timeout=timeout, progress=quiet)
-    except (rabbit.RabbitUnavailable, TimeoutError):
+    except (rabbit.RabbitUnavailable, rabbit.NoSuchQueue, TimeoutError):
         pass   # nothing more to learn from a broker that is down or slow; the stop itself is done
 
 

@@ -307,6 +307,8 @@ class ServicePanel(_Panel):
             return f"{rabbit.queue_depth(name)} waiting"
         except rabbit.RabbitUnavailable:
             return "RabbitMQ not answering"
+        except rabbit.NoSuchQueue:
+            return "no queue yet (events published now are not kept for it)"
 
     def _keep_refreshing(self, every: float, seconds: float) -> None:
         remaining = seconds

@@ -29,8 +29,10 @@ MAX_PREFETCH = 1000
 # Every environment variable svc reads.
 VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
-             "LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE", "OUTBOX_URL", "OUTBOX_IDEMPOTENCY")
+             "LOG_LEVEL", "PIKA_LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE", "OUTBOX_URL",
+             "OUTBOX_IDEMPOTENCY")
 DEDUP_MODES = ("claims", "talk")   # talk: the talk's original design, see svc/dedup_talk.py
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,6 +52,7 @@ class Config:
     dedup_retention: int = DEFAULT_DEDUP_RETENTION
     etcd_timeout: float = DEFAULT_ETCD_TIMEOUT
     log_level: str = "INFO"
+    pika_log_level: str = "CRITICAL"  # pika's own logger: quiet unless asked (PIKA_LOG_LEVEL=DEBUG)
     work_ms: int = 0          # simulated work per window (demos and tests of concurrent claims)
     crash_at: str = ""        # "claimed" or "done": SIGKILL itself there, once (fault injection)
     dedup_mode: str = "claims"  # with ENABLE_ETCD: "claims" (the kit's) or "talk" (the original design)
@@ -69,7 +72,8 @@ class Config:
                           "letters, digits and _.:- (e.g. events)")
         prefix = _match("ETCD_PREFIX", get("ETCD_PREFIX", DEFAULT_ETCD_PREFIX).rstrip("/") or "/",
                         PREFIX_RE, "an absolute key prefix such as /nirvana")
-        log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+        log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), LOG_LEVELS)
+        pika_log_level = _choice("PIKA_LOG_LEVEL", get("PIKA_LOG_LEVEL", "CRITICAL").upper(), (*LOG_LEVELS, "CRITICAL"))
         crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "sent", "done"))
         outbox_url = get("OUTBOX_URL", "")
         if outbox_url and not re.fullmatch(r"http://[^/\s]+(/\S*)?", outbox_url):
@@ -89,6 +93,7 @@ class Config:
                                  10, 365 * 86400),
             etcd_timeout=_float("ETCD_TIMEOUT", get("ETCD_TIMEOUT", str(DEFAULT_ETCD_TIMEOUT)), 0.1, 60),
             log_level=log_level,
+            pika_log_level=pika_log_level,
             work_ms=_int("WORK_MS", get("WORK_MS", "0"), 0, 60000),
             crash_at=crash_at,
             dedup_mode=_choice("DEDUP_MODE", get("DEDUP_MODE", "claims").lower(), DEDUP_MODES),

@@ -227,8 +227,23 @@ class Consumer:
         else:
             for delivery_tag in acks:
                 self.channel.basic_ack(delivery_tag)
+        if log.isEnabledFor(logging.DEBUG):
+            self._trace(window, settled, set(acks))
         if requeues:
             self._requeue(requeues)
+
+    @staticmethod
+    def _trace(window, settled, acked: set) -> None:
+        """One DEBUG line per delivery, by event id: how it was settled (the window holds only the
+        deliveries whose properties decoded, in order)."""
+        events = iter(window.events.get(i) for i in range(len(window.outcomes)))
+        for (method, properties, _body), outcome in settled:
+            event = None if _amqp.undecodable(properties) else next(events, None)
+            what = f"event {event.id[:64]!r}" if event else f"delivery {method.delivery_tag} (not an event)"
+            how = "requeued (not acked)" if outcome.action == "requeue" else (
+                ("dead-lettered, " if outcome.action == "dead" else "") + ("acked" if method.delivery_tag in acked
+                                                                             else "kept unacked"))
+            log.debug("%s: %s", what, how)
 
     def _dead_letter(self, method, properties, body, reason: str, kept: _Kept | None = None) -> bool:
         """Publish to the dead-letter exchange and wait for the broker's confirm; True if confirmed.

@@ -124,6 +124,8 @@ class Window:
             else:
                 leaders.setdefault(event.id, i)
         self.lead = [i for i in self.events if i not in self.followers]
+        _trace(self.events, self.events, lambda i: f"parsed {self.events[i].type}"
+               + (" (a repeat in this window: follows the first)" if i in self.followers else ""))
         self.claims = dedup.claim([self.events[i] for i in self.lead])
         self.commit = None
 
@@ -134,8 +136,12 @@ class Window:
         self.verdicts = dict(zip(self.lead, self.claims.result()))
         self.claims = None
         self.claimed = [i for i in self.lead if self.verdicts[i] is Verdict.CLAIMED]
+        enabled = self.processor.dedup.enabled
+        _trace(self.events, self.lead, lambda i: f"claim: {self.verdicts[i].value}" if enabled
+               else "no claim (dedup off): processed")
         if self.claimed:
             self.processor._fault("claimed")
+            _trace(self.events, self.claimed, lambda i: f"work ({self.processor.work_ms} ms)")
             if self.processor.work_ms:
                 time.sleep(self.processor.work_ms / 1000)
             if self.processor.mailer is not None and not self._mail():
@@ -160,6 +166,8 @@ class Window:
         verdicts, events, processor = self.verdicts, self.events, self.processor
         if self.commit is not None:
             verdicts.update(zip(self.claimed, self.commit.result()))
+            _trace(events, self.claimed, lambda i: _COMMITTED.get((processor.dedup.enabled, verdicts[i]),
+                                                                  f"not committed: {verdicts[i].value}"))
             if any(verdicts[i] is Verdict.OK for i in self.claimed):
                 processor._fault("done")
             # Claimed, not done, requeued: free the claims so a sibling may take the redeliveries.
@@ -176,6 +184,16 @@ class Window:
                       ", ".join(f"{v.value} {n}" for v, n in collections.Counter(verdicts.values()).items()))
         processor.meter.flush()
         return self.outcomes
+
+
+_COMMITTED = {(True, Verdict.OK): "done mark and effect written", (False, Verdict.OK): "effect written (no done mark: dedup off)"}
+
+
+def _trace(events: dict[int, Event], indices, say) -> None:
+    """One DEBUG line per event, by id, so ``LOG_LEVEL=DEBUG`` follows an event through its steps."""
+    if log.isEnabledFor(logging.DEBUG):
+        for i in indices:
+            log.debug("event %r: %s", events[i].id[:64], say(i))
 
 
 def _follow(leader: Verdict, same_payload: bool) -> Verdict:

@@ -34,8 +34,9 @@ def main(environ=None) -> int:
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pika logs every connection step, and each failed attempt as ERROR with a traceback; ours is
-    # one line per start, stop and reconnect, so pika speaks only when asked (LOG_LEVEL=DEBUG).
-    logging.getLogger("pika").setLevel(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
+    # one line per start, stop and reconnect (and per event step at DEBUG), so pika speaks only
+    # when asked on its own (PIKA_LOG_LEVEL=DEBUG), never because LOG_LEVEL=DEBUG follows an event.
+    logging.getLogger("pika").setLevel(config.pika_log_level)
     stop = threading.Event()
 
     def on_signal(number, frame) -> None:

@@ -59,6 +59,44 @@ def test_plot_counters_with_no_data_at_all_is_still_a_figure():
     assert len(lines) == 2
 
 
+def drawn_marks(ax):
+    """(x, label) of every mark drawn on ``ax``: the vertical lines and their texts share a gid."""
+    lines = {line.get_gid(): line.get_xdata()[0] for line in ax.get_lines() if (line.get_gid() or "").startswith("mark:")}
+    texts = {text.get_gid(): text.get_text().strip() for text in ax.texts if (text.get_gid() or "").startswith("mark:")}
+    assert lines.keys() == texts.keys()
+    return sorted((round(x, 3), texts[gid]) for gid, x in lines.items())
+
+
+def test_marks_are_labelled_vertical_lines_at_their_time_since_the_mark():
+    # Given chapter 2's landmarks, taken as data at 2 s and 5 s after the mark
+    since = time.time() - 10
+    marks = [plots.Mark(since + 5, "restart both"), plots.Mark(since + 2, "stop notify")]
+    lines = []
+    fig = plots.plot_counters(["orders_new_order_ok"], since, progress=lines.append,
+                              fetch=canned({"orders_new_order_ok": [0, 1, 0, 0]}), marks=marks)
+    # I expect a labelled line at each, and the counter's own line untouched
+    ax = fig.axes[0]
+    assert drawn_marks(ax) == [(2.0, "stop notify"), (5.0, "restart both")]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["orders_new_order_ok (1)"]
+    assert lines == []
+
+
+def test_a_mark_outside_the_plotted_time_is_a_note_and_a_bad_mark_is_refused():
+    since = time.time() - 10
+    lines = []
+    early = plots.Mark(since - 60, "before the mark")
+    fig = plots.plot_counters(["x"], since, progress=lines.append, fetch=canned({"x": [1]}),
+                              marks=[early, plots.Mark.now("now")])
+    assert [label for _, label in drawn_marks(fig.axes[0])] == ["now"]
+    assert lines == [plots.outside_note(early)]
+    with pytest.raises(TypeError, match="plots.Mark"):
+        plots.plot_counters(["x"], since, fetch=canned({}), marks=[since + 1])
+    with pytest.raises(ValueError, match="empty"):
+        plots.Mark(since, " ")
+    with pytest.raises(ValueError, match="not a time"):
+        plots.Mark(float("nan"), "x")
+
+
 def test_a_live_chart_refreshes_then_stops_by_itself_after_its_duration():
     chart = plots.live_chart(["x"], time.time() - 5, seconds=0.6, every=0.1, fetch=canned({"x": [1, 1]}))
     chart._thread.join(5)

@@ -7,6 +7,7 @@ import pytest
 
 from nirvana import endpoints, rabbit
 from svc import topology
+from svc.publish import Publisher
 
 
 @pytest.fixture
@@ -45,6 +46,44 @@ def test_consumers_counts_who_consumes_a_service_queue(exchange, amqp_url):
 def test_a_queue_that_does_not_exist_yet_holds_nothing(amqp_url):
     counts = rabbit.queue_counts(f"nirvana-missing-{uuid.uuid4().hex[:8]}", url=amqp_url)
     assert counts == rabbit.QueueCounts(0, 0, exists=False)
+
+
+def test_a_service_that_never_started_has_no_such_queue_not_zero(exchange, amqp_url):
+    # Given orders and notify declared, and a third service `billing` not started yet
+    name, channel = exchange
+    try:
+        # When an event is published, the broker confirms it and nothing is unroutable...
+        with Publisher(amqp_url, name) as publisher:
+            result = publisher.publish({"type": "new_order", "id": "b-1"}, routing_key="foo")
+        assert (result.confirmed, result.unroutable) == (1, 0)
+        assert rabbit.wait_for_depth("orders", 1, exchange=name, timeout=5, progress=lambda _: None, url=amqp_url) == 1
+        # ...but billing's queue does not exist: I expect "no such queue", never 0
+        for ask in (rabbit.queue_depth, rabbit.consumers):
+            with pytest.raises(rabbit.NoSuchQueue) as caught:
+                ask("billing", exchange=name, url=amqp_url)
+            assert str(caught.value).startswith(f"no such queue {name}.billing:")
+        with pytest.raises(TimeoutError, match="saw no such queue"):
+            rabbit.wait_for_depth("billing", 0, exchange=name, timeout=0.5, progress=lambda _: None, url=amqp_url)
+        # When billing's queue is declared later, the event published before is not in it: lost to billing
+        with Publisher(amqp_url, name, services=("orders", "notify", "billing")):
+            pass   # entering declares the named queues, billing's included
+        assert rabbit.queue_depth("billing", exchange=name, url=amqp_url) == 0
+        assert rabbit.queue_depth("orders", exchange=name, url=amqp_url) == 1
+        # When billing's queue is deleted (the chapter's clean-up), it is no such queue again
+        assert rabbit.delete_queue("billing", exchange=name, url=amqp_url) == 0
+        with pytest.raises(rabbit.NoSuchQueue):
+            rabbit.queue_depth("billing", exchange=name, url=amqp_url)
+        assert rabbit.delete_queue("billing", exchange=name, url=amqp_url) == 0   # twice is fine
+    finally:
+        channel.queue_delete(topology.queue_name("billing", name))
+
+
+def test_dead_letters_of_an_exchange_never_declared_is_no_such_queue(amqp_url):
+    missing = f"nirvana-missing-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(rabbit.NoSuchQueue, match=f"no such queue {missing}.dead-letters"):
+        rabbit.dead_letters(exchange=missing, url=amqp_url)
+    with pytest.raises(rabbit.NoSuchQueue, match=f"no such queue {missing}.dead-letters"):
+        rabbit.peek_dead_letters(exchange=missing, url=amqp_url)
 
 
 def test_rabbitmq_down_names_the_address_and_the_command_but_no_password():

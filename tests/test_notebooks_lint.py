@@ -13,7 +13,7 @@ import pytest
 
 from nirvana.paths import NOTEBOOKS
 
-NOTEBOOK_PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+NOTEBOOK_PATHS = sorted(NOTEBOOKS.glob("*.ipynb")) + sorted(NOTEBOOKS.glob("solutions/*.ipynb"))
 SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
 KNOWN_TAGS = {"nbval-ignore-output", "nbval-skip", "raises-exception", "teardown"}
 
@@ -32,7 +32,7 @@ def source(cell: dict) -> str:
 
 def test_the_chapters_are_there():
     # Given the talk's outline, I expect one notebook per chapter, numbered in order.
-    names = [p.stem for p in NOTEBOOK_PATHS]
+    names = [p.stem for p in NOTEBOOK_PATHS if p.parent == NOTEBOOKS]
     assert names == ["00_setup", "01_consume_produce", "02_recovery", "03_idempotency", "04_dead_letters",
                      "05_crashes", "06_talk_design", "07_chaos", "08_cost"]
 

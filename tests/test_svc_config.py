@@ -28,7 +28,7 @@ def test_a_cluster_of_endpoints():
     ("SERVICE_NAME", ""), ("SERVICE_NAME", "Orders"), ("SERVICE_NAME", "a" * 33), ("SERVICE_NAME", "../x"),
     ("ENABLE_ETCD", "maybe"), ("ETCD_ENDPOINTS", "localhost"), ("ETCD_ENDPOINTS", "h:99999"),
     ("STATSD_PORT", "eighty"), ("PREFETCH", "0"), ("CLAIM_TTL", "0"), ("AMQP_URL", "http://x"),
-    ("EVENTS_EXCHANGE", "a b"), ("ETCD_PREFIX", "nirvana"), ("LOG_LEVEL", "loud"), ("CRASH_AT", "later"),
+    ("EVENTS_EXCHANGE", "a b"), ("ETCD_PREFIX", "nirvana"), ("LOG_LEVEL", "loud"), ("PIKA_LOG_LEVEL", "chatty"), ("CRASH_AT", "later"),
 ])
 def test_a_bad_value_names_its_variable(variable, value):
     env = {"SERVICE_NAME": "orders", variable: value}

@@ -1,0 +1,89 @@
+"""The learner's path through chapters 00-03, checked without a kernel: each chapter explains its
+terms in a concepts box, ends with what we saw, exercises, questions and further reading; every
+``%load`` names a solution that exists, and the solutions notebook runs every solution (so strict
+nbval checks each one); the glossary and the diagram the chapters link to are there."""
+
+import json
+import re
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+from nirvana.paths import NOTEBOOKS, ROOT
+
+CHAPTERS = ["00_setup", "01_consume_produce", "02_recovery", "03_idempotency"]
+SOLUTIONS = NOTEBOOKS / "solutions"
+
+
+def markdown(name: str) -> list[str]:
+    nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_a_chapter_has_concepts_what_we_saw_exercises_questions_and_reading(name):
+    cells = markdown(name)
+    text = "\n".join(cells)
+    assert any("> **Concepts**" in cell for cell in cells), "no concepts box"
+    for heading in ("## What we saw", "## Try it yourself", "## Questions", "## Further reading"):
+        assert heading in text, f"no {heading!r}"
+    assert "(GLOSSARY.md)" in text
+    assert re.search(r"%load solutions/\w+\.py", text), "no exercise with a %load solution"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_every_loaded_solution_exists_and_the_solutions_notebook_runs_it(name):
+    runs = set(re.findall(r"%run (\w+\.py)", (SOLUTIONS / "solutions.ipynb").read_text(encoding="utf-8")))
+    for path in re.findall(r"%load solutions/(\w+\.py)", "\n".join(markdown(name))):
+        assert (SOLUTIONS / path).is_file(), f"{name} loads solutions/{path}, which does not exist"
+        assert path in runs, f"solutions.ipynb does not run {path}"
+
+
+def test_every_solution_file_is_run_by_the_solutions_notebook():
+    runs = re.findall(r"%run (\w+\.py)", (SOLUTIONS / "solutions.ipynb").read_text(encoding="utf-8"))
+    assert sorted(runs) == sorted(p.name for p in SOLUTIONS.glob("*.py"))
+
+
+def test_the_glossary_defines_every_term_the_concepts_boxes_name():
+    glossary = (NOTEBOOKS / "GLOSSARY.md").read_text(encoding="utf-8").lower()
+    headings = set(re.findall(r"^### (.+)$", glossary, re.MULTILINE))
+    for name in CHAPTERS:
+        for cell in markdown(name):
+            if "> **Concepts**" in cell:
+                for term in re.findall(r"^> - \*\*([^*]+)\*\*", cell, re.MULTILINE):
+                    term = re.sub(r" \(.*\)$", "", term.lower())
+                    assert any(term == h or term in h or h in term for h in headings), \
+                        f"{name}: {term!r} is not in the glossary"
+
+
+def test_the_sequence_diagram_is_an_svg_with_every_step_and_crash_point():
+    root = ElementTree.parse(ROOT / "assets" / "diagrams" / "one_event.svg").getroot()
+    text = " ".join(root.itertext())
+    for step in ("publish", "deliver", "claim", "work", "done mark + effect", "ack"):
+        assert step in text, step
+    for point in ("CRASH_AT=claimed", "CRASH_AT=done", "CLAIM_TTL"):
+        assert point in text, point
+
+
+def code(name: str) -> list[str]:
+    nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_chapter_1_shows_the_event_and_the_publish_call_before_the_button():
+    cells = code("01_consume_produce")
+    call = next(i for i, cell in enumerate(cells) if 'event = {"type": "new_order", "id": "123"}' in cell
+                and "publisher.publish(event" in cell)
+    button = next(i for i, cell in enumerate(cells) if "publish_button.click()" in cell)
+    assert call < button
+
+
+@pytest.mark.parametrize("name, labels", [
+    ("02_recovery", ["stop notify", "kill orders", "start both"]),
+    ("03_idempotency", ["dedup on", "restart"]),
+])
+def test_the_plots_mark_the_steps_of_the_demo(name, labels):
+    cells = code(name)
+    marked = [label for label in labels if any(f'plots.Mark.now("{label}")' in cell for cell in cells)]
+    assert marked == labels
+    assert any("plots.plot_counters(" in cell and "marks=marks" in cell for cell in cells)
