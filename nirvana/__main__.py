@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "keys and whisper files")
     lab = commands.add_parser("lab", help="start JupyterLab on notebooks/ (once) and print its URL")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser (headless machine)")
+    lab.add_argument("--fresh", action="store_true",
+                     help="copy every chapter again into state/present/ (drops what was saved into the copies)")
     args = parser.parse_args(argv)
     unknown = [name for name in getattr(args, "components", []) if name not in stack.BY_NAME]
     if unknown:
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             nirvana.reset()
             return 0
         if args.command == "lab":
-            url = stack.lab(open_browser=not args.no_browser)
+            url = stack.lab(open_browser=not args.no_browser, fresh=args.fresh)
             print(f"JupyterLab: {url}")
             return 0
     except stack.StackError as exc:

@@ -267,7 +267,8 @@ def _launch_graphite(state: Path) -> Launch:
     storage = _graphite_storage(state)
     (storage / "log").mkdir(parents=True, exist_ok=True)
     env = {
-        "PYTHONPATH": str(paths.ASSETS / "graphite"),
+        # whitenoise from .tools/ (./kit setup): graphite-web serves its UI's static files through it
+        "PYTHONPATH": os.pathsep.join([str(paths.ASSETS / "graphite"), str(paths.ROOT / ".tools" / "graphite-python")]),
         "DJANGO_SETTINGS_MODULE": "graphite.settings",
         "GRAPHITE_SETTINGS_MODULE": "nirvana_graphite_settings",
         "NIRVANA_GRAPHITE_STORAGE": str(storage),
@@ -748,45 +749,34 @@ def lab_url() -> str:
     return f"http://{HOST}:{LAB_PORT}/lab" + (f"?token={token}" if token else "")
 
 
-def _lab_settings() -> Path:
-    """JupyterLab's user settings for the kit, under state/: the news prompt answered "no" (it
-    would cover a slide and fetch from the internet); anything the presenter changes is kept."""
-    settings = paths.state_dir() / "jupyterlab" / "settings"
-    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    if not notification.exists():
-        notification.parent.mkdir(parents=True, exist_ok=True)
-        notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}, indent=2))
-    return settings
+def lab(open_browser: bool = True, progress: Progress = print, fresh: bool = False) -> str:
+    """Start JupyterLab on a copy of the chapters under state/present/ in the background (once);
+    returns its URL. The checkout's notebooks stay as they are (see :mod:`nirvana.present`)."""
+    from . import present
 
-
-def lab(open_browser: bool = True, progress: Progress = print) -> str:
-    """Start JupyterLab on notebooks/ in the background (once); returns its URL."""
     if _probe_lab().up:
         if _kit_process(LAB.name) is None:
             progress(f"JupyterLab found running on port {LAB_PORT} (not the kit's); its URL has its own token")
             return f"http://{HOST}:{LAB_PORT}/lab"
+        if fresh:
+            progress(f"copied again: {', '.join(present.prepare(fresh=True)) or 'nothing'}")
         return lab_url()
     if _kit_process(LAB.name) is None:
         holder = port_holder(LAB_PORT)
         if holder:
             raise _held_error(LAB, LAB_PORT, holder)
         paths.state_dir().mkdir(parents=True, exist_ok=True)
-        paths.NOTEBOOKS.mkdir(exist_ok=True)  # git keeps no empty folder
+        copied = present.prepare(fresh=fresh)
+        progress(f"presenting a copy of the chapters in {_display(present.present_dir())}"
+                 + (f" (copied: {', '.join(copied)})" if copied else ""))
         token = secrets.token_hex(16)
         lab_token_file().write_text(token)
         lab_token_file().chmod(0o600)
-        argv = [str(paths.ROOT / ".venv" / "bin" / "jupyter"), "lab", f"--notebook-dir={paths.NOTEBOOKS}",
-                f"--ServerApp.ip={HOST}", f"--ServerApp.port={LAB_PORT}", "--ServerApp.port_retries=0",
-                f"--ServerApp.open_browser={open_browser}",
-                # on stage there may be no internet, and no prompt should cover a slide
-                "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        if os.geteuid() == 0:  # containers and CI machines run as root; Jupyter refuses without this
-            argv.append("--allow-root")
+        argv = present.lab_command(present.present_dir(), HOST, LAB_PORT, open_browser=open_browser)
         if not Path(argv[0]).exists():
             raise StackError(f"JupyterLab is not installed in .venv: {SETUP_HINT}")
-        settings = _lab_settings()
-        process = _start(LAB, Launch(argv, {"JUPYTER_TOKEN": token, "JUPYTERLAB_SETTINGS_DIR": str(settings),
-                                            "JUPYTERLAB_WORKSPACES_DIR": str(settings.parent / "workspaces")}))
+        settings = paths.state_dir() / "jupyterlab" / "settings"
+        process = _start(LAB, Launch(argv, present.lab_environment(token, settings)))
         progress(f"{LAB.name:<13} starting (log {_display(log_file(LAB.name))})")
     else:
         process = _kit_process(LAB.name)
