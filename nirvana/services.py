@@ -11,6 +11,7 @@ shutdown). A service is *ready* when its queue has a consumer.
 """
 
 import atexit
+import ctypes
 import json
 import os
 import re
@@ -74,7 +75,7 @@ class Status:
     """What a service is doing now; ``str()`` gives one line, ``summary`` the same without pid."""
 
     name: str
-    state: str              # "running", "stopped" or "exited with status N"
+    state: str              # "running", "stopped", "killed" (SIGKILL) or "exited with status N"
     pids: tuple[int, ...] = ()
     dedup: bool | None = None
     uptime: float | None = None
@@ -232,6 +233,31 @@ def _check_etcd(endpoints_text: str) -> None:
                        "(deduplication needs etcd; start with dedup=False to run without it)")
 
 
+PR_SET_PDEATHSIG = 1   # prctl(2): the signal a process gets when the thread that started it ends
+
+
+def _dies_with_this_process():
+    """A ``preexec_fn`` that has Linux SIGKILL the child when its starter ends (prctl(2), PR_SET_PDEATHSIG).
+
+    A kernel that Jupyter shuts down or restarts has a few seconds for atexit's graceful stop and
+    is then killed, and a busy service (WORK_MS) would outlive it; SIGKILL is the crash the talk
+    demonstrates anyway: events it had not acked go back to its queue. The signal follows the
+    *thread* that started the child: the kit starts services from the kernel's main thread (cells
+    and widget clicks run there). None off Linux (the atexit stop remains).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before the fork: the child only calls it
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:   # the starter ended before prctl took effect: no signal would come
+            os._exit(1)
+
+    return set_death_signal
+
+
 def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -> Service:
     log = log_path(name, instance)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +266,7 @@ def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -
             [sys.executable, "-m", "svc"],
             cwd=paths.ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,   # its own process group: a stop reaches all of it, Ctrl-C in Jupyter none
+            preexec_fn=_dies_with_this_process(),
         )
     _register_atexit()
     exchange = environment.get("EVENTS_EXCHANGE") or DEFAULT_EXCHANGE
@@ -463,7 +490,9 @@ def status(names: list[str] | tuple[str, ...] | None = None) -> StatusTable:
         if live:
             uptime = time.time() - live[0].started
             result[name] = Status(name, "running", tuple(s.pid for s in live), live[0].dedup, uptime)
-        elif _exit_codes.get(name, 0) not in (0, -signal.SIGTERM, -signal.SIGKILL):
+        elif _exit_codes.get(name) == -signal.SIGKILL:
+            result[name] = Status(name, "killed")
+        elif _exit_codes.get(name, 0) not in (0, -signal.SIGTERM):
             result[name] = Status(name, f"exited with status {_exit_codes[name]}")
         else:
             result[name] = Status(name, "stopped")
