@@ -4,6 +4,8 @@ The notebooks call two things from here: :func:`reset` at the top of a chapter a
 :func:`teardown` at its end.
 """
 
+from . import services, stack
+
 
 def reset() -> None:
     """Return the whole demo to a clean start in one call.
@@ -11,8 +13,6 @@ def reset() -> None:
     Stops every ``svc`` process the kit started, then purges the kit's queues and deletes its
     etcd keys and whisper files (see :func:`nirvana.stack.reset`).
     """
-    from . import services, stack
-
     stack.etcd_prefix()   # a bad ETCD_PREFIX stops here, before anything is stopped or deleted
     services.stop_all()
     stack.reset()
@@ -20,7 +20,5 @@ def reset() -> None:
 
 def teardown() -> None:
     """End a chapter: stop every ``svc`` process the kit started and say how many are left."""
-    from . import services
-
     services.stop_all()
     print(f"svc processes left: {len(services.running_pids())}")

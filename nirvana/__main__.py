@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+import nirvana
+
 from . import stack
 
 
@@ -17,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"only these ({', '.join(c.name for c in stack.COMPONENTS)}); default all")
     commands.add_parser("reset", help="stop kit-started services, purge the kit's queues, delete its etcd "
                                       "keys and whisper files")
-    lab = commands.add_parser("lab", help="start JupyterLab on notebooks/ (once) and print its URL")
+    lab = commands.add_parser("lab", help="start JupyterLab on a copy of notebooks/ (once) and print its URL")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser (headless machine)")
     lab.add_argument("--fresh", action="store_true",
                      help="copy every chapter again into state/present/ (drops what was saved into the copies)")
@@ -39,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
             stack.down(only=args.components)
             return 0
         if args.command == "reset":
-            import nirvana
-
             nirvana.reset()
             return 0
         if args.command == "lab":

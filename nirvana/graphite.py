@@ -25,6 +25,8 @@ from typing import Iterable, Mapping
 
 import requests
 
+from svc import metrics
+
 from . import endpoints
 from ._wait import Progress, poll
 
@@ -47,8 +49,6 @@ def counter_names(
 
     ``outcomes`` are names of svc.metrics' builders: ok, skipped, conflict.
     """
-    from svc import metrics
-
     return [getattr(metrics, outcome)(service, event_type) for service in services for outcome in outcomes]
 
 

@@ -7,10 +7,12 @@ reads as 0 (the services and ``./kit up`` declare the topology).
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pika
 import pika.exceptions
+
+from svc import topology
 
 from . import endpoints
 from ._wait import Progress, poll
@@ -72,17 +74,31 @@ def queue_counts(queue: str, *, url: str = endpoints.AMQP_URL) -> QueueCounts:
         return QueueCounts(frame.method.message_count, frame.method.consumer_count)
 
 
+def purge_queues(queues: Iterable[str], *, url: str = endpoints.AMQP_URL) -> dict[str, int]:
+    """Purge each queue that exists; returns {queue: messages removed}. Missing queues are skipped."""
+    removed: dict[str, int] = {}
+    with _connection(url) as connection:
+        for queue in queues:
+            # A passive declare of a missing queue closes the channel: one channel per queue.
+            channel = connection.channel()
+            try:
+                channel.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code == NOT_FOUND:
+                    continue
+                raise
+            removed[queue] = channel.queue_purge(queue).method.message_count
+            channel.close()
+    return removed
+
+
 def queue_of(service: str, exchange: str | None = None) -> str:
     """The name of a service's queue, as svc declares it (``events.<service>``)."""
-    from svc import topology
-
     return topology.queue_name(service, exchange or topology.DEFAULT_EXCHANGE)
 
 
 def dead_letter_queue(exchange: str | None = None) -> str:
     """The name of the dead-letter queue that goes with an exchange (``events.dead-letters``)."""
-    from svc import topology
-
     return topology.dead_letter_queue(exchange or topology.DEFAULT_EXCHANGE)
 
 
@@ -155,8 +171,6 @@ def peek_dead_letters(
     Each letter is fetched without an acknowledgement; closing the channel hands them all back to
     the queue, so looking loses nothing.
     """
-    from svc import topology
-
     lines = []
     with _connection(url) as connection:
         channel = connection.channel()
@@ -187,5 +201,5 @@ __all__ = [
     "RabbitUnavailable", "QueueCounts",
     "queue_counts", "queue_of", "dead_letter_queue",
     "queue_depth", "consumers", "dead_letters", "wait_for_depth", "wait_for_dead_letters",
-    "wait_for_queue", "peek_dead_letters",
+    "wait_for_queue", "peek_dead_letters", "purge_queues",
 ]

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import ipywidgets as widgets
 
+from svc.publish import Publisher
 from svc.topology import DEFAULT_EXCHANGE
 
 from . import endpoints, rabbit, services
@@ -30,8 +31,6 @@ PublisherFactory = Callable[[str, str], AbstractContextManager]
 
 
 def _svc_publisher(amqp_url: str, exchange: str) -> AbstractContextManager:
-    from svc.publish import Publisher
-
     return Publisher(amqp_url, exchange=exchange)
 
 

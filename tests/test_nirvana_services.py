@@ -16,7 +16,7 @@ import pika
 import psutil
 import pytest
 
-from nirvana import paths, rabbit, services
+from nirvana import paths, processes, rabbit, services
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
@@ -45,14 +45,7 @@ def kit(tmp_path, monkeypatch, amqp_url, etcd_endpoint):
 
 
 def group_pids(pgid):
-    pids = []
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                pids.append(process.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return pids
+    return [process.pid for process in processes.group_members(pgid)]
 
 
 def publish(kit, count):
@@ -182,9 +175,9 @@ def test_a_start_that_fails_says_why_with_the_last_log_lines(kit):
 
 SUBPROCESS = textwrap.dedent("""
     import os, sys
-    from nirvana import services
+    from nirvana import processes, services
     if sys.argv[3] == "vanish":   # an orphan as off Linux, where no death signal takes the service along
-        services._dies_with_this_process = lambda: None
+        processes.death_signal = lambda: None
     services.start(sys.argv[1], env={"EVENTS_EXCHANGE": sys.argv[2]}, progress=lambda _: None)
     if sys.argv[3] == "vanish":
         os._exit(0)   # like a kernel killed with SIGKILL: no atexit

@@ -44,7 +44,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def kit_pids() -> dict[str, int]:
     pids = {}
     for name in NAMES:
-        process = stack._kit_process(name)
+        process = stack.kit_process(name)
         if process is not None:
             pids[name] = process.pid
     return pids

@@ -1,0 +1,191 @@
+"""Process supervision, once for the whole kit: start in a process group, record, recognise, stop.
+
+Everything the kit starts (the stack's components, JupyterLab, the ``svc`` services) runs in its
+own session, so its process group id is its pid and one signal reaches the whole group (a
+gunicorn and its workers, a ``sh -c ... exec`` and what it became). Each start is recorded as a
+JSON object with at least ``pid`` and ``started`` (the process's start time, seconds since the
+epoch as psutil reports it) so that a later interpreter can find it again and a pid reused by
+another program is never taken for ours.
+
+Stopping is SIGTERM to each group, a shared deadline, SIGKILL to what is left (POSIX
+``killpg(2)``); a zero timeout is a crash: SIGKILL at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import psutil
+
+# psutil derives a start time from the boot time in /proc/stat, which moves by up to a second
+# when the clock is adjusted; the kernel does not hand a freed pid out again within that time
+# (pids are allocated cyclically up to pid_max).
+SAME_START = 0.5    # seconds: a recorded start time matches the live process's
+KILL_WAIT = 2.0     # seconds for the kernel to finish a SIGKILL
+POLL = 0.05         # seconds between looks at a group that is stopping
+
+
+def alive(process: psutil.Process) -> bool:
+    """Running and not a zombie: an exited process whose parent has not reaped it yet holds no
+    port and no file, so it counts as stopped."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and alive(process):
+                members.append(process)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid`` if it is an exited child of this process (no zombie left in a long kernel)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+PR_SET_PDEATHSIG = 1   # prctl(2): the signal a process gets when the thread that started it ends
+
+
+def death_signal():
+    """A ``preexec_fn`` that has Linux SIGKILL the child when its starter ends (prctl(2), PR_SET_PDEATHSIG).
+
+    For the services a notebook kernel starts: Jupyter gives a kernel that it shuts down or restarts
+    a few seconds for atexit's graceful stop and then kills it, and a busy service (WORK_MS) would
+    outlive it. SIGKILL is the crash the talk demonstrates anyway: events not acked go back to the
+    queue. The signal follows the *thread* that started the child: the kit starts services from the
+    kernel's main thread (cells and widget clicks run there). None off Linux (atexit's stop remains).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before the fork: the child only calls it
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:   # the starter ended before prctl took effect: no signal would come
+            os._exit(1)
+
+    return set_death_signal
+
+
+def spawn(argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path,
+          append: bool = False, die_with_starter: bool = False) -> subprocess.Popen:
+    """Start ``argv`` in its own session (process group id = its pid), output to ``log``.
+
+    ``append`` keeps the log's earlier runs and writes a dated header line first;
+    ``die_with_starter`` has it killed when this process ends (:func:`death_signal`). Raises
+    OSError when the program cannot be executed.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab" if append else "wb") as out:
+        if append:
+            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+            out.flush()
+        # its own session: a stop reaches all of it, a Ctrl-C in Jupyter or the terminal none of it
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(env), cwd=cwd, start_new_session=True,
+                                preexec_fn=death_signal() if die_with_starter else None)
+
+
+def started_at(pid: int) -> float:
+    """The start time of ``pid`` (seconds since the epoch) as recorded with it."""
+    return psutil.Process(pid).create_time()
+
+
+def write_record(path: Path, record: Mapping[str, object]) -> None:
+    """Write a start record (``pid``, ``started`` and the owner's fields) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(record)))
+    tmp.replace(path)
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at ``path``, or None when it is missing or unreadable.
+
+    A pid file written before the kit had one format calls the start time ``create_time``.
+    """
+    try:
+        record = json.loads(path.read_text())
+        if "started" not in record and "create_time" in record:
+            record["started"] = record["create_time"]
+        record.pop("create_time", None)
+        return record if isinstance(record.get("pid"), int) and "started" in record else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def recorded_process(record: Mapping[str, object],
+                     is_ours: Callable[[psutil.Process], bool] = alive) -> psutil.Process | None:
+    """The live process a record names, or None when it exited or the pid now belongs to another
+    program (another start time, or ``is_ours`` says no)."""
+    try:
+        process = psutil.Process(int(record["pid"]))
+        if abs(process.create_time() - float(record["started"])) < SAME_START and is_ours(process):
+            return process
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the whole group; a group already gone is no error."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_group(pgid: int, deadline: float, reaper: Callable[[int], None] = reap) -> bool:
+    """Wait until no process of group ``pgid`` is left (``time.monotonic()`` ``deadline``).
+
+    ``reaper(pgid)`` collects the leader if it is a child of ours. False at the deadline.
+    """
+    while True:
+        reaper(pgid)
+        if not group_members(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+
+
+def stop_groups(pgids: Iterable[int], timeout: float, *, kill_wait: float = KILL_WAIT,
+                reaper: Callable[[int], None] = reap) -> dict[int, str]:
+    """SIGTERM each group, wait up to ``timeout`` seconds for all together, SIGKILL what is left.
+
+    ``timeout=0`` is a crash: SIGKILL at once. Returns how each group ended, ``"stopped"`` or
+    ``"killed"``, by group id. Waits at most ``timeout + kill_wait`` seconds per group left.
+    """
+    pgids = list(pgids)
+    for pgid in pgids:
+        signal_group(pgid, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    ended = {}
+    for pgid in pgids:
+        how = "stopped" if timeout > 0 else "killed"
+        if not wait_group(pgid, deadline, reaper):
+            signal_group(pgid, signal.SIGKILL)
+            how = "killed"
+            wait_group(pgid, time.monotonic() + kill_wait, reaper)
+        ended[pgid] = how
+    return ended

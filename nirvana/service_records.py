@@ -1,0 +1,228 @@
+"""What the kit knows of its ``svc`` processes: start records, live replicas, their states.
+
+Each start is recorded in ``state/services/<name>.json`` (:mod:`nirvana.processes` writes and
+reads the record: pid and start time, plus the service's settings), so a later kernel can still
+find and stop what an earlier one started: a record counts only while its pid is still that
+very ``python -m svc`` process. The processes this interpreter started are kept here too, so
+their exit status is collected (no zombie) and reported.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from svc.topology import DEFAULT_EXCHANGE
+
+from . import paths, processes
+
+NAMES = ("orders", "notify")
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+KIT_MARK = "NIRVANA_KIT_STATE"   # set in each service's environment: which kit state dir started it
+
+
+@dataclass(frozen=True)
+class Service:
+    """One running ``python -m svc`` process as the kit recorded it."""
+
+    name: str
+    pid: int
+    started: float          # the process's start time (psutil), which tells it from a reused pid
+    dedup: bool
+    exchange: str
+    log: str
+    instance: int = 1       # 1, 2, ... when several replicas of one service run
+
+    @property
+    def key(self) -> str:
+        """The name of its record and log: ``orders``, then ``orders@2`` for a second replica."""
+        return record_key(self.name, self.instance)
+
+    @property
+    def dedup_label(self) -> str:
+        return dedup_label(self.dedup)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """In a notebook, a cell ending in ``start(...)`` shows the same text every run (no pid)."""
+        printer.text(f"{self.key}: running, {self.dedup_label}")
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a service is doing now; ``str()`` gives one line, ``summary`` the same without pid."""
+
+    name: str
+    state: str              # "running", "stopped", "killed" (SIGKILL) or "exited with status N"
+    pids: tuple[int, ...] = ()
+    dedup: bool | None = None
+    uptime: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def pid(self) -> int | None:
+        return self.pids[0] if self.pids else None
+
+    @property
+    def summary(self) -> str:
+        if not self.running:
+            return f"{self.name}: {self.state}"
+        replicas = f" x{len(self.pids)}" if len(self.pids) > 1 else ""
+        return f"{self.name}: running{replicas}, {dedup_label(self.dedup)}"
+
+    def __str__(self) -> str:
+        if self.running:
+            return f"{self.summary} (pid {', '.join(map(str, self.pids))}, up {self.uptime:.0f} s)"
+        return self.summary
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(self.summary)
+
+
+class StatusTable(dict):
+    """``status()``'s answer: a dict by name that a notebook shows as one line per service."""
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text("\n".join(str(one) for one in self.values()))
+
+
+def dedup_label(dedup: bool | None) -> str:
+    return "dedup on" if dedup else "dedup off"
+
+
+def record_key(name: str, instance: int) -> str:
+    return name if instance == 1 else f"{name}@{instance or 'unrecorded'}"
+
+
+# The processes this interpreter started, by record key: reaped here, stopped at exit.
+children: dict[str, subprocess.Popen] = {}
+exit_codes: dict[str, int] = {}   # by service name: how its last process ended, if it failed
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"bad service name {name!r}: use 1-32 of a-z, 0-9, _ and -, starting with a letter")
+    return name
+
+
+def records_dir() -> Path:
+    return paths.state_dir() / "services"
+
+
+def record_path(key: str) -> Path:
+    return records_dir() / f"{key}.json"
+
+
+def log_path(name: str, instance: int = 1) -> Path:
+    return paths.log_dir() / f"svc-{record_key(check_name(name), instance)}.log"
+
+
+def read_record(path: Path) -> Service | None:
+    try:
+        return Service(**(processes.read_record(path) or {}))
+    except TypeError:
+        return None
+
+
+def remember(service: Service, child: subprocess.Popen) -> None:
+    """Record a service this interpreter has just started (its record, its Popen for the exit status)."""
+    children[service.key] = child
+    processes.write_record(record_path(service.key), asdict(service))
+
+
+def forget(service: Service) -> None:
+    if service.instance > 0:
+        record_path(service.key).unlink(missing_ok=True)
+
+
+def is_svc(process: psutil.Process) -> bool:
+    """True for a live ``python -m svc`` process (not a zombie)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and process.cmdline()[1:3] == ["-m", "svc"]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def alive(service: Service) -> bool:
+    """The recorded pid is still the process the kit started (same start time, still svc)."""
+    reap(service.pid)
+    return processes.recorded_process(asdict(service), is_svc) is not None
+
+
+def instances(name: str) -> list[Service]:
+    """Every live replica of the service, first instance first (stale records are dropped)."""
+    check_name(name)
+    if not records_dir().is_dir():
+        return []
+    live = []
+    for path in [record_path(name), *records_dir().glob(f"{name}@*.json")]:
+        service = read_record(path)
+        if service is None:
+            continue
+        if alive(service):
+            live.append(service)
+        else:
+            forget(service)
+    return sorted(live, key=lambda service: service.instance)
+
+
+def running(name: str) -> Service | None:
+    """The service's first live replica, or None when it is not running."""
+    live = instances(name)
+    return live[0] if live else None
+
+
+def stop_now(services: list[Service], timeout: float) -> dict[str, str]:
+    """Stop each service's group (:func:`nirvana.processes.stop_groups`); reap; forget.
+
+    ``timeout=0`` is a crash: SIGKILL at once. Returns how each one ended by record key,
+    "stopped" or "killed".
+    """
+    # the service leads its own group: pgid == pid
+    ended = processes.stop_groups([service.pid for service in services], timeout, reaper=reap)
+    for service in services:
+        forget(service)
+    return {service.key: ended[service.pid] for service in services}
+
+
+def reap(pid: int) -> None:
+    """Collect an exited child of ours (no zombie) and keep its exit status for status()."""
+    for key, child in children.items():
+        if child.pid == pid and child.poll() is not None:
+            exit_codes[key.split("@")[0]] = child.returncode
+
+
+def known_names() -> list[str]:
+    """The talk's services, then any other service the kit has a record or a process for."""
+    keys = sorted(children)
+    if records_dir().is_dir():
+        keys += sorted(path.stem for path in records_dir().glob("*.json"))
+    return list(dict.fromkeys([*NAMES, *(key.split("@")[0] for key in keys)]))
+
+
+def kit_processes() -> list[Service]:
+    """Every live ``python -m svc`` this kit state dir started, read from the processes themselves."""
+    state, found = str(paths.state_dir()), []
+    for process in psutil.process_iter():
+        try:
+            if is_svc(process) and process.environ().get(KIT_MARK) == state:
+                environ = process.environ()
+                found.append(Service(
+                    environ.get("SERVICE_NAME", "svc"), process.pid, process.create_time(),
+                    environ.get("ENABLE_ETCD") == "true", environ.get("EVENTS_EXCHANGE", DEFAULT_EXCHANGE),
+                    "", instance=0,   # instance 0: no record of its own to forget
+                ))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def running_pids() -> list[int]:
+    """Pids of every live ``python -m svc`` that this kit state dir started, recorded or not."""
+    return sorted(service.pid for service in kit_processes())

@@ -1,0 +1,144 @@
+"""The stack's lifecycle: ``up`` starts what is not answering, ``status`` tells, ``down`` stops
+what the kit started (the services that consume from the stack first)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import psutil
+
+from .. import paths, services
+from ..errors import StackError
+from . import carbon, etcd, graphite, rabbitmq, statsd
+from .component import DOCKER_HINT, SETUP_HINT, Component, Probe, Progress
+from .jupyterlab import LAB
+from .ports import check_free, port_holder
+from .running import display, kit_process, log_file, start, stop, wait_healthy
+
+# in start order: the broker and etcd first, graphite-web after the carbon it reads
+COMPONENTS: tuple[Component, ...] = (rabbitmq.COMPONENT, etcd.COMPONENT, carbon.COMPONENT,
+                                     statsd.COMPONENT, graphite.COMPONENT)
+BY_NAME = {component.name: component for component in COMPONENTS + (LAB,)}
+
+
+def select(names: Iterable[str]) -> list[Component]:
+    """The components named (all of the stack when none); StackError names an unknown one."""
+    names = list(names)
+    unknown = [name for name in names if name not in BY_NAME]
+    if unknown:
+        raise StackError(f"unknown component {', '.join(unknown)}: choose from {', '.join(BY_NAME)}")
+    return [BY_NAME[name] for name in names] if names else list(COMPONENTS)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One component as ``status`` sees it."""
+
+    name: str
+    address: str
+    state: str        # up | down | unhealthy
+    origin: str       # "started by kit" | "found running" | ""
+    log: str          # the log file when the kit started it
+    detail: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "up"
+
+
+def up(progress: Progress = print, only: Iterable[str] = ()) -> list[Row]:
+    """Start every component that is not answering; wait for each with its deadline (seconds).
+
+    Idempotent: a healthy component (started by the kit or found running) is left alone.
+    Raises :class:`StackError` with a one-line message when something cannot start.
+    """
+    components = select(only)
+    state = paths.state_dir()
+    paths.log_dir().mkdir(parents=True, exist_ok=True)
+    waiting: list[tuple[Component, psutil.Process, float]] = []
+    for component in components:
+        probe = component.probe()
+        ours = kit_process(component.name)
+        if probe.up:
+            progress(f"{component.name:<13} up, {'started by the kit' if ours else 'found running'} "
+                     f"at {component.address}")
+            continue
+        if ours is not None:  # ours and still starting (another `up` started it a moment ago)
+            waiting.append((component, ours, time.monotonic()))
+            continue
+        _check_startable(component, probe)
+        process = start(component, component.launch(state))
+        progress(f"{component.name:<13} starting (log {display(log_file(component.name))})")
+        waiting.append((component, process, time.monotonic()))
+    for component, process, started in waiting:
+        wait_healthy(component, process, started, progress)
+    return status(components=[c.name for c in components])
+
+
+def _check_startable(component: Component, probe: Probe) -> None:
+    check_free(component)
+    if probe.state == "unhealthy":  # answers, but not as this component: held by something unseen
+        raise StackError(f"{component.name} at {component.address} answers but is not healthy "
+                         f"({probe.detail}): stop the program on that port, then run `./kit up` again")
+    for needed, provider in component.needs:
+        found = Path(needed).exists() if os.sep in needed else shutil.which(needed)
+        if not found:
+            raise StackError(f"{component.name} cannot start: {needed} is missing ({provider}): "
+                             f"{SETUP_HINT}, {DOCKER_HINT}")
+
+
+def status(components: Iterable[str] = ()) -> list[Row]:
+    """One :class:`Row` per component (all of the stack when none is named)."""
+    rows = []
+    for component in select(components):
+        probe = component.probe()
+        ours = kit_process(component.name)
+        detail = probe.detail
+        if probe.state == "unhealthy" and ours is None:
+            holder = next(filter(None, (port_holder(port) for port in component.tcp_ports)), None)
+            detail = f"held by {holder}" if holder else detail
+        if ours is not None:
+            origin = "started by kit"
+        elif probe.state != "down":
+            origin = "found running"
+        else:
+            origin = ""
+        log = display(log_file(component.name)) if ours is not None or log_file(component.name).exists() else ""
+        rows.append(Row(component.name, component.address, probe.state, origin, log, detail))
+    return rows
+
+
+def render_status(rows: Iterable[Row]) -> str:
+    """A plain text table with stable columns (used by the CLI and the notebooks)."""
+    header = ("component", "address", "state", "origin", "log")
+    lines = [header] + [(r.name, r.address, r.state + (f" ({r.detail})" if r.detail and not r.healthy else ""),
+                         r.origin or "-", r.log or "-") for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in lines)
+
+
+def down(progress: Progress = print, only: Iterable[str] = ()) -> list[str]:
+    """Stop what the kit started (by process group) and only that. Returns the names stopped."""
+    stopped = []
+    if not only:
+        # the services consume from the stack: stop them first, so none is left orphaned to
+        # compete for the queues with the next run
+        for name in services.stop_all():
+            progress(f"{name:<13} stopped (svc)")
+    components = select(only) if only else [*COMPONENTS, LAB]
+    for component in reversed(components):  # JupyterLab first, then the stack in reverse start order
+        process = kit_process(component.name)
+        if process is None:
+            if component.probe().state != "down":
+                progress(f"{component.name:<13} left running (not started by the kit)")
+            continue
+        stop(component.name, process)
+        stopped.append(component.name)
+        progress(f"{component.name:<13} stopped")
+    return stopped
