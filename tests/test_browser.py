@@ -120,21 +120,19 @@ def menu(page, top: str, item: str) -> None:
     page.locator(f'.lm-Menu-itemLabel:text-is("{item}")').click()
 
 
+RUNNING = "Array.from(document.querySelectorAll('.jp-Notebook .jp-InputPrompt')).some(p => p.textContent.includes('*'))"
+
+
 def run_all(page) -> float:
-    """Clear every output, Run All, wait for the teardown line; returns the seconds it took."""
-    page.locator(".jp-Notebook .jp-Cell").first.click()
+    """Clear the outputs, Run All, wait until no cell is queued or running and the teardown line
+    shows; returns the seconds it took."""
     page.keyboard.press("Escape")
     menu(page, "Edit", "Clear Outputs of All Cells")
-    try:
-        page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-OutputArea-output').length == 0",
-                               timeout=10_000)
-    except playwright_api.TimeoutError:
-        page.screenshot(path=str(screenshots() / "failed-clear.png"))
-        raise
     started = time.monotonic()
     menu(page, "Run", "Run All Cells")
-    page.locator(".jp-OutputArea-output", has_text="svc processes left:").wait_for(
-        state="attached", timeout=RUN_TIMEOUT_MS)
+    page.wait_for_function(RUNNING, timeout=10_000)                 # every cell queued: [*]
+    page.wait_for_function(f"!({RUNNING})", timeout=RUN_TIMEOUT_MS)
+    page.locator(".jp-OutputArea-output", has_text="svc processes left:").wait_for(state="attached", timeout=10_000)
     return time.monotonic() - started
 
 
