@@ -4,7 +4,7 @@ The notebooks call two things from here: :func:`reset` at the top of a chapter a
 :func:`teardown` at its end.
 """
 
-from . import services, stack
+from . import services, settings, stack
 
 
 def reset() -> None:
@@ -13,7 +13,7 @@ def reset() -> None:
     Stops every ``svc`` process the kit started, then purges the kit's queues and deletes its
     etcd keys and whisper files (see :func:`nirvana.stack.reset`).
     """
-    stack.etcd_prefix()   # a bad ETCD_PREFIX stops here, before anything is stopped or deleted
+    settings.current()   # a bad setting (ETCD_PREFIX=/) stops here, before anything is stopped or deleted
     services.stop_all()
     stack.reset()
 

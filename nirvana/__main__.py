@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             rows = stack.status(args.components)
             print(stack.render_status(rows))
+            if any(row.name == "rabbitmq" and row.state != "down" for row in rows):
+                print(stack.rabbitmq_node().describe())
             return 0 if all(row.healthy for row in rows) else 1
         if args.command == "down":
             stack.down(only=args.components)

@@ -27,8 +27,8 @@ import requests
 
 from svc import metrics
 
-from . import endpoints
 from ._wait import Progress, poll
+from .settings import current
 
 PREFIX = "stats_counts."
 HTTP_TIMEOUT = 2.0      # seconds per render request: graphite-web answers locally in ms
@@ -41,15 +41,17 @@ class GraphiteUnavailable(ConnectionError):
 
 
 def counter_names(
-    services: Iterable[str] = ("orders", "notify"),
-    event_type: str = "new_order",
+    services: Iterable[str] | None = None,
+    event_type: str | None = None,
     outcomes: Iterable[str] = ("ok", "skipped"),
 ) -> list[str]:
     """The talk's counters by service: ``["orders_new_order_ok", "orders_new_order_skipped", ...]``.
 
     ``outcomes`` are names of svc.metrics' builders: ok, skipped, conflict.
     """
-    return [getattr(metrics, outcome)(service, event_type) for service in services for outcome in outcomes]
+    settings = current()
+    return [getattr(metrics, outcome)(service, event_type or settings.event_types[0])
+            for service in (settings.services if services is None else services) for outcome in outcomes]
 
 
 def mark() -> float:
@@ -93,7 +95,7 @@ class Series:
 
 
 def fetch(
-    names: Iterable[str], since: float, *, now: float | None = None, url: str = endpoints.GRAPHITE_URL
+    names: Iterable[str], since: float, *, now: float | None = None, url: str | None = None
 ) -> dict[str, Series]:
     """Ask graphite-web for ``stats_counts.<name>`` of each name, from before the mark to now."""
     names = list(dict.fromkeys(names))
@@ -101,6 +103,7 @@ def fetch(
     params = [("target", PREFIX + name) for name in names]
     params += [("from", str(int(since) - LOOKBACK)), ("until", str(int(now) + 1)), ("format", "json")]
     try:
+        url = url or current().graphite_url
         response = requests.get(f"{url}/render", params=params, timeout=HTTP_TIMEOUT)
         response.raise_for_status()
         found = {item["target"]: item["datapoints"] for item in response.json()}
@@ -118,13 +121,13 @@ def fetch(
     return series
 
 
-def counters(names: Iterable[str], since: float, *, url: str = endpoints.GRAPHITE_URL) -> dict[str, int]:
+def counters(names: Iterable[str], since: float, *, url: str | None = None) -> dict[str, int]:
     """Each counter's total since the mark (0 for a counter with no data yet), one request."""
     now = time.time()
     return {name: s.total(since, now) for name, s in fetch(names, since, now=now, url=url).items()}
 
 
-def counter(name: str, since: float, *, url: str = endpoints.GRAPHITE_URL) -> int:
+def counter(name: str, since: float, *, url: str | None = None) -> int:
     """One counter's total since the mark: ``counter("orders_new_order_ok", t0)``."""
     return counters([name], since, url=url)[name]
 
@@ -135,7 +138,7 @@ def wait_until(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.GRAPHITE_URL,
+    url: str | None = None,
 ) -> dict[str, int]:
     """Wait until every counter has reached its target since the mark; return their values.
 
@@ -166,7 +169,7 @@ def wait_for(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.GRAPHITE_URL,
+    url: str | None = None,
 ) -> int:
     """Wait until one counter has reached ``at_least`` since the mark; return its value."""
     return wait_until({name: at_least}, since, timeout=timeout, progress=progress, url=url)[name]

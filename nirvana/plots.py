@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from . import endpoints, graphite
+from . import graphite
 from ._wait import Progress
 
 Fetch = Callable[[list[str], float], Mapping[str, graphite.Series]]
@@ -58,7 +58,7 @@ def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: flo
     return missing
 
 
-def _default_fetch(url: str) -> Fetch:
+def _default_fetch(url: str | None) -> Fetch:
     return lambda names, since: graphite.fetch(names, since, url=url)
 
 
@@ -68,7 +68,7 @@ def plot_counters(
     *,
     title: str | None = None,
     progress: Progress = print,
-    url: str = endpoints.GRAPHITE_URL,
+    url: str | None = None,
     fetch: Fetch | None = None,
 ) -> Figure:
     """One figure: each counter's running total since the mark. Prints a note per missing counter."""
@@ -94,7 +94,7 @@ class LiveChart:
         seconds: float = LIVE_SECONDS,
         every: float = LIVE_EVERY,
         title: str | None = None,
-        url: str = endpoints.GRAPHITE_URL,
+        url: str | None = None,
         fetch: Fetch | None = None,
     ) -> None:
         self.names, self.since, self.seconds, self.every = list(names), since, seconds, every

@@ -12,18 +12,20 @@ from typing import Iterable, Iterator
 import pika
 import pika.exceptions
 
-from svc import topology
+from svc import _amqp, topology
+from svc.errors import SvcError
 
-from . import endpoints
 from ._wait import Progress, poll
+from .settings import current
 
-CONNECT_TIMEOUT = 2.0   # seconds: RabbitMQ answers on loopback at once or not at all
+CONNECT_TIMEOUT = 2.0   # seconds for TCP, the AMQP handshake and a blocked connection: RabbitMQ on
+                        # loopback answers at once or not at all
 DEFAULT_TIMEOUT = 15.0
 NOT_FOUND = 404
 
 
 class RabbitUnavailable(ConnectionError):
-    """RabbitMQ did not accept a connection."""
+    """RabbitMQ did not answer in time, refused, or dropped the connection; one line."""
 
 
 @dataclass(frozen=True)
@@ -35,35 +37,31 @@ class QueueCounts:
     exists: bool = True
 
 
-def _address(url: str) -> str:
-    """host:port of an AMQP URL, never its password."""
-    params = pika.URLParameters(url)
-    return f"{params.host}:{params.port}"
-
-
 @contextmanager
-def _connection(url: str) -> Iterator[pika.BlockingConnection]:
-    params = pika.URLParameters(url)
-    params.connection_attempts = 1
-    params.socket_timeout = CONNECT_TIMEOUT
-    params.blocked_connection_timeout = CONNECT_TIMEOUT
+def _connection(url: str | None, doing: str) -> Iterator[pika.BlockingConnection]:
+    """A connection through svc's broker edge (:mod:`svc._amqp`: every wait bounded by
+    CONNECT_TIMEOUT seconds, one attempt); any broker error inside, ``doing`` something, becomes one
+    line as RabbitUnavailable (the URL's password masked)."""
+    url = url or current().amqp_url
+    connection = None
     try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as error:
-        raise RabbitUnavailable(
-            f"RabbitMQ is not answering at {_address(url)} ({type(error).__name__}): "
-            "start the stack with `./kit up`"
-        ) from None
-    try:
+        connection = _amqp.connect(url, CONNECT_TIMEOUT, name="nirvana")
         yield connection
+    except SvcError as error:   # connect() translated it already
+        raise RabbitUnavailable(str(error)) from None
+    except _amqp.BROKER_ERRORS as error:
+        raise RabbitUnavailable(str(_amqp.translate(error, doing, url=url))) from None
     finally:
-        if connection.is_open:
-            connection.close()
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except _amqp.BROKER_ERRORS:
+                pass   # closing a connection the broker already dropped: nothing left to release
 
 
-def queue_counts(queue: str, *, url: str = endpoints.AMQP_URL) -> QueueCounts:
+def queue_counts(queue: str, *, url: str | None = None) -> QueueCounts:
     """The counts of one queue by its full name (``events.orders``)."""
-    with _connection(url) as connection:
+    with _connection(url, f"reading the counts of {queue}") as connection:
         channel = connection.channel()
         try:
             frame = channel.queue_declare(queue=queue, passive=True)
@@ -74,10 +72,10 @@ def queue_counts(queue: str, *, url: str = endpoints.AMQP_URL) -> QueueCounts:
         return QueueCounts(frame.method.message_count, frame.method.consumer_count)
 
 
-def purge_queues(queues: Iterable[str], *, url: str = endpoints.AMQP_URL) -> dict[str, int]:
+def purge_queues(queues: Iterable[str], *, url: str | None = None) -> dict[str, int]:
     """Purge each queue that exists; returns {queue: messages removed}. Missing queues are skipped."""
     removed: dict[str, int] = {}
-    with _connection(url) as connection:
+    with _connection(url, "purging the kit's queues") as connection:
         for queue in queues:
             # A passive declare of a missing queue closes the channel: one channel per queue.
             channel = connection.channel()
@@ -93,26 +91,27 @@ def purge_queues(queues: Iterable[str], *, url: str = endpoints.AMQP_URL) -> dic
 
 
 def queue_of(service: str, exchange: str | None = None) -> str:
-    """The name of a service's queue, as svc declares it (``events.<service>``)."""
-    return topology.queue_name(service, exchange or topology.DEFAULT_EXCHANGE)
+    """The name of a service's queue, as svc declares it (``events.<service>``); the exchange is
+    the kit's (EVENTS_EXCHANGE, :mod:`nirvana.settings`) unless given."""
+    return topology.queue_name(service, exchange or current().exchange)
 
 
 def dead_letter_queue(exchange: str | None = None) -> str:
     """The name of the dead-letter queue that goes with an exchange (``events.dead-letters``)."""
-    return topology.dead_letter_queue(exchange or topology.DEFAULT_EXCHANGE)
+    return topology.dead_letter_queue(exchange or current().exchange)
 
 
-def queue_depth(service: str, *, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> int:
+def queue_depth(service: str, *, exchange: str | None = None, url: str | None = None) -> int:
     """How many events wait in the service's queue (ready, not yet delivered)."""
     return queue_counts(queue_of(service, exchange), url=url).messages
 
 
-def consumers(service: str, *, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> int:
+def consumers(service: str, *, exchange: str | None = None, url: str | None = None) -> int:
     """How many consumers the service's queue has: 1 per running replica."""
     return queue_counts(queue_of(service, exchange), url=url).consumers
 
 
-def dead_letters(*, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> int:
+def dead_letters(*, exchange: str | None = None, url: str | None = None) -> int:
     """How many events wait in the dead-letter queue (never processable: invalid or conflicting)."""
     return queue_counts(dead_letter_queue(exchange), url=url).messages
 
@@ -124,7 +123,7 @@ def wait_for_depth(
     exchange: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.AMQP_URL,
+    url: str | None = None,
 ) -> int:
     """Wait until exactly ``depth`` events wait in the service's queue (0 = it caught up)."""
     return wait_for_queue(queue_of(service, exchange), depth, timeout=timeout, progress=progress, url=url)
@@ -136,7 +135,7 @@ def wait_for_dead_letters(
     exchange: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.AMQP_URL,
+    url: str | None = None,
 ) -> int:
     """Wait until exactly ``count`` events wait in the dead-letter queue."""
     return wait_for_queue(dead_letter_queue(exchange), count, timeout=timeout, progress=progress, url=url)
@@ -148,7 +147,7 @@ def wait_for_queue(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress = print,
-    url: str = endpoints.AMQP_URL,
+    url: str | None = None,
 ) -> int:
     """Wait until exactly ``depth`` events wait in ``queue`` (by its full name)."""
     seen = poll(
@@ -164,7 +163,7 @@ def wait_for_queue(
 
 
 def peek_dead_letters(
-    limit: int = 20, *, exchange: str | None = None, url: str = endpoints.AMQP_URL
+    limit: int = 20, *, exchange: str | None = None, url: str | None = None
 ) -> list[str]:
     """One line per dead letter, ``<service>: <reason>``, sorted; the letters stay in the queue.
 
@@ -172,9 +171,9 @@ def peek_dead_letters(
     the queue, so looking loses nothing.
     """
     lines = []
-    with _connection(url) as connection:
+    queue = dead_letter_queue(exchange)
+    with _connection(url, f"reading {queue}") as connection:
         channel = connection.channel()
-        queue = dead_letter_queue(exchange)
         try:
             for _ in range(limit):
                 method, properties, _body = channel.basic_get(queue, auto_ack=False)
@@ -182,7 +181,7 @@ def peek_dead_letters(
                     break
                 headers = properties.headers or {}
                 service = headers.get(topology.SERVICE_HEADER, "?")
-                reason = headers.get(topology.REASON_HEADER, "no reason given")
+                reason = topology.dead_letter_reason(headers)  # svc's reason, or the broker's x-death
                 lines.append(f"{_text(service)}: {_text(reason)}")
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != NOT_FOUND:

@@ -9,19 +9,18 @@ their exit status is collected (no zombie) and reported.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
-from svc.topology import DEFAULT_EXCHANGE
+from svc.config import SERVICE_NAME_RE
+from svc.topology import DEFAULT_EXCHANGE, DEFAULT_SERVICES
 
 from . import paths, processes
 
-NAMES = ("orders", "notify")
-NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+NAMES = DEFAULT_SERVICES                 # the talk's services
 KIT_MARK = "NIRVANA_KIT_STATE"   # set in each service's environment: which kit state dir started it
 
 
@@ -106,7 +105,7 @@ exit_codes: dict[str, int] = {}   # by service name: how its last process ended,
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+    if not isinstance(name, str) or not SERVICE_NAME_RE.fullmatch(name):
         raise ValueError(f"bad service name {name!r}: use 1-32 of a-z, 0-9, _ and -, starting with a letter")
     return name
 
@@ -187,6 +186,7 @@ def stop_now(services: list[Service], timeout: float) -> dict[str, str]:
     # the service leads its own group: pgid == pid
     ended = processes.stop_groups([service.pid for service in services], timeout, reaper=reap)
     for service in services:
+        reap(service.pid)   # a group may look empty while its leader is still a zombie: keep how it ended
         forget(service)
     return {service.key: ended[service.pid] for service in services}
 

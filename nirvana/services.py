@@ -17,12 +17,11 @@ import socket
 import sys
 import time
 
-from svc.topology import DEFAULT_EXCHANGE
-
-from . import endpoints, paths, processes, rabbit
+from . import paths, processes, rabbit
 from . import service_records as records
 from ._wait import Progress, poll, quiet
 from .errors import ServiceError
+from .settings import current
 from .service_records import (NAMES, Service, Status, StatusTable, dedup_label, instances, known_names, log_path,
                               running, running_pids)
 
@@ -35,15 +34,8 @@ _atexit_registered = False
 
 def _environment(name: str, dedup: bool, env: dict[str, str] | None) -> dict[str, str]:
     environment = dict(os.environ)
-    environment.update(
-        SERVICE_NAME=name,
-        ENABLE_ETCD="true" if dedup else "false",
-        AMQP_URL=endpoints.AMQP_URL,
-        ETCD_ENDPOINTS=endpoints.ETCD_ENDPOINT,
-        STATSD_HOST=endpoints.HOST,
-        STATSD_PORT=str(endpoints.STATSD_PORT),
-        PYTHONUNBUFFERED="1",
-    )
+    environment.update(current().service_environment())   # where the kit's helpers look too
+    environment.update(SERVICE_NAME=name, ENABLE_ETCD="true" if dedup else "false", PYTHONUNBUFFERED="1")
     environment.update(env or {})
     environment[records.KIT_MARK] = str(paths.state_dir())
     return environment
@@ -68,8 +60,8 @@ def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -
     child = processes.spawn([sys.executable, "-m", "svc"], log=log, env=environment, cwd=paths.ROOT,
                             die_with_starter=True)
     _register_atexit()
-    exchange = environment.get("EVENTS_EXCHANGE") or DEFAULT_EXCHANGE
-    service = Service(name, child.pid, processes.started_at(child.pid), dedup, exchange, str(log), instance)
+    service = Service(name, child.pid, processes.started_at(child.pid), dedup, environment["EVENTS_EXCHANGE"],
+                      str(log), instance)
     records.remember(service, child)
     return service
 
@@ -106,8 +98,7 @@ def start(
         progress(f"{name}: already running, {label}")
         return live[0]
     environment = _environment(name, dedup, env)
-    exchange = environment.get("EVENTS_EXCHANGE") or DEFAULT_EXCHANGE
-    url = environment["AMQP_URL"]
+    exchange, url = environment["EVENTS_EXCHANGE"], environment["AMQP_URL"]
     rabbit.queue_counts(rabbit.queue_of(name, exchange), url=url)   # RabbitMQ down: says which command starts it
     if dedup and wait:
         _check_etcd(environment["ETCD_ENDPOINTS"])   # with dedup on, svc consumes only once etcd answers

@@ -6,7 +6,6 @@ clicks: ``panel.publish_button.click()`` is ``panel.publish()``. What a panel sa
 ``last_error``) is what tests assert on, because ``Button.click()`` swallows exceptions.
 """
 
-import os
 import threading
 import uuid
 from contextlib import AbstractContextManager
@@ -15,14 +14,15 @@ from typing import Any, Callable, Iterable
 
 import ipywidgets as widgets
 
-from svc.publish import Publisher
-from svc.topology import DEFAULT_EXCHANGE
+from svc.event import EVENT_TYPES   # the event types svc knows: the panel offers those
+from svc.publisher import DEFAULT_ROUTING_KEY
 
-from . import endpoints, rabbit, services
+from . import rabbit, services
+from .publisher import Publisher
+from .settings import current
 
-EVENT_TYPES = ("new_order", "ban_user")
 TALK_ID = "123"
-TALK_ROUTING_KEY = "foo"
+TALK_ROUTING_KEY = DEFAULT_ROUTING_KEY   # the talk's routing key, svc's default
 MAX_COUNT = 100
 REFRESH_EVERY = 1.0         # seconds between status-light refreshes
 REFRESH_FOR = 2 * 3600.0    # the refresher stops by itself after a talk's length
@@ -121,15 +121,18 @@ class PublishPanel(_Panel):
     def __init__(
         self,
         *,
-        amqp_url: str = endpoints.AMQP_URL,
-        exchange: str = DEFAULT_EXCHANGE,
+        amqp_url: str | None = None,
+        exchange: str | None = None,
         publisher: PublisherFactory = _svc_publisher,
     ) -> None:
         super().__init__()
-        self.amqp_url, self.exchange, self._publisher = amqp_url, exchange, publisher
+        settings = current()   # the broker and exchange the kit's services consume from, unless given
+        self.amqp_url = amqp_url or settings.amqp_url
+        self.exchange = exchange or settings.exchange
+        self._publisher = publisher
         self.last_result: Published | None = None
         label = {"description_width": "7em"}
-        self.event_type = widgets.Dropdown(options=EVENT_TYPES, value="new_order", description="event",
+        self.event_type = widgets.Dropdown(options=EVENT_TYPES, value=EVENT_TYPES[0], description="event",
                                            style=label, layout=widgets.Layout(width="17em"))
         self.routing_key = widgets.Text(value=TALK_ROUTING_KEY, description="routing key",
                                         style=label, layout=widgets.Layout(width="17em"))
@@ -322,7 +325,7 @@ class ServicePanel(_Panel):
     def _waiting(self, name: str) -> str:
         """How many events wait in the service's queue: the catch-up of chapter 2, on the light."""
         try:
-            return f"{rabbit.queue_depth(name, exchange=os.environ.get('EVENTS_EXCHANGE'))} waiting"
+            return f"{rabbit.queue_depth(name)} waiting"
         except rabbit.RabbitUnavailable:
             return "RabbitMQ not answering"
 

@@ -8,7 +8,8 @@ from ._etcd import Etcd
 from .config import Config, mask_url
 from .dedup import EtcdDedup, NoDedup, Verdict
 from .effects import count as count_effects, counts_by_id
-from .errors import BrokerUnavailable, ConfigError, DedupUnavailable, InvalidEvent, PublishError, SvcError
+from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, ConfigError, DedupUnavailable, InvalidEvent,
+                     MessageRefused, PublishError, SvcError)
 from .event import EVENT_TYPES, Event, parse
 from .publisher import Publisher, PublishResult
 from .topology import DEFAULT_EXCHANGE, DEFAULT_SERVICES, declare, queue_name
@@ -26,4 +27,5 @@ __all__ = [
     "Publisher", "PublishResult",
     # errors
     "SvcError", "ConfigError", "InvalidEvent", "DedupUnavailable", "BrokerUnavailable", "PublishError",
+    "BrokerRefused", "ChannelClosed", "MessageRefused",
 ]

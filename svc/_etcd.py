@@ -137,9 +137,11 @@ class Etcd:
 
     def _failed(self, what: str, client, error: Exception) -> DedupUnavailable:
         """The error to raise for a failed call (after failing over): LeaseNotFound when the
-        request named a lease etcd no longer has, else DedupUnavailable."""
-        self._fail_over(client, error)
-        kind = LeaseNotFound if _lease_not_found(error) else DedupUnavailable
+        request named a lease etcd no longer has, TxnTooLarge when it was over the server's
+        limits, NoSpace when etcd's space quota is exceeded, else DedupUnavailable."""
+        kind = _kind(error)
+        if kind is DedupUnavailable or kind is LeaseNotFound:
+            self._fail_over(client, error)  # the others are said by the caller, once
         return kind(f"etcd {what} at {self.endpoint} failed: {_describe(error)}")
 
     def _fail_over(self, client, error: Exception | None = None) -> None:
@@ -228,6 +230,15 @@ class Etcd:
         reply = self._call("lease list", "leasestub", "LeaseLeases", _rpc().LeaseLeasesRequest())
         return [lease.ID for lease in reply.leases]
 
+    # -- maintenance --------------------------------------------------------------------------
+
+    def alarms(self) -> list[str]:
+        """The names of the alarms raised in the cluster (``NOSPACE``, ``CORRUPT``), each once;
+        ``etcdctl alarm list`` shows the same."""
+        rpc = _rpc()
+        reply = self._call("alarm list", "maintenancestub", "Alarm", rpc.AlarmRequest(action=rpc.AlarmRequest.GET))
+        return sorted({rpc.AlarmType.Name(member.alarm) for member in reply.alarms if member.alarm})
+
     # -- watch --------------------------------------------------------------------------------
 
     def watch_prefix(self, prefix, start_revision: int):
@@ -249,6 +260,21 @@ class Compacted(DedupUnavailable):
 class LeaseNotFound(DedupUnavailable):
     """A request named a lease etcd no longer has (revoked, expired, or etcd restored from a
     backup): every later request with that lease fails too, so take a new one."""
+
+
+class TxnTooLarge(DedupUnavailable):
+    """etcd refused a transaction over its limits (``--max-txn-ops``: operations per transaction,
+    128 by default; ``--max-request-bytes``: 1.5 MiB by default): send it in smaller parts."""
+
+
+class NoSpace(DedupUnavailable):
+    """etcd's space quota is exceeded (the NOSPACE alarm): it refuses writes until an operator
+    compacts, defragments and disarms the alarm."""
+
+
+NOSPACE_HELP = ("etcd is out of space (NOSPACE alarm: its --quota-backend-bytes is exceeded); deduplication "
+                "refuses every event until an operator frees space: `etcdctl compact <current revision>`, "
+                "`etcdctl defrag`, then `etcdctl alarm disarm` (see etcd's maintenance guide, \"Space quota\")")
 
 
 class _Pending:
@@ -295,10 +321,25 @@ class _Watch:
         self._call.cancel()
 
 
-def _lease_not_found(error: Exception) -> bool:
+# (gRPC status, words of etcd's message) -> the error svc raises; etcd's messages are in
+# etcdserver/api/v3rpc/rpctypes/error.go; "larger than max" is gRPC's own receive limit
+# (--max-request-bytes plus 512 KiB).
+_KINDS = (("NOT_FOUND", "lease not found", LeaseNotFound),
+          ("INVALID_ARGUMENT", "too many operations in txn request", TxnTooLarge),
+          ("INVALID_ARGUMENT", "request is too large", TxnTooLarge),
+          ("RESOURCE_EXHAUSTED", "larger than max", TxnTooLarge),
+          ("RESOURCE_EXHAUSTED", "database space exceeded", NoSpace))
+
+
+def _kind(error: Exception) -> type:
+    """The DedupUnavailable subclass for a gRPC error (see _KINDS)."""
     code, details = getattr(error, "code", None), getattr(error, "details", None)
-    return (callable(code) and callable(details) and code().name == "NOT_FOUND"
-            and "lease not found" in (details() or ""))
+    if callable(code) and callable(details):
+        name, text = code().name, details() or ""
+        for status, words, kind in _KINDS:
+            if name == status and words in text:
+                return kind
+    return DedupUnavailable
 
 
 def _describe(error: Exception) -> str:

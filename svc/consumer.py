@@ -3,21 +3,29 @@
 Deliveries are taken in windows of up to PREFETCH messages, processed together (one etcd round
 trip per window), then settled: dead letters are published with confirms and only then acked;
 processed and skipped events are acked after their work is recorded; the rest are requeued.
+
+pika is used from one thread only (this loop); the work of a window (etcd round trips, WORK_MS)
+runs on a worker thread while this loop keeps serving the connection (heartbeats, deliveries),
+the pattern of pika's examples/basic_consumer_threaded.py. What a broker error means is decided
+in one place, svc._amqp: a refusal no retry cures ends the service (BrokerRefused), a channel
+error reopens the channel, a connection error reconnects, a refused dead letter touches only
+its own message.
 """
 
+import concurrent.futures
+import dataclasses
 import logging
 import os
 import threading
 import time
 
 import pika
-import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import topology
-from .config import Config, mask_url
-from .errors import BrokerUnavailable, DedupUnavailable
-from .processor import Processor
+from . import _amqp, metrics, topology
+from ._amqp import BROKER_ERRORS, Action
+from .config import Config
+from .errors import BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
+from .processor import Outcome, Processor
 
 log = logging.getLogger(__name__)
 
@@ -25,40 +33,65 @@ IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a 
 HELD_DELAY = 0.3         # seconds before requeueing an event a live sibling holds
 BACKOFF_START = 0.2      # seconds; doubled up to BACKOFF_MAX while etcd or RabbitMQ is away
 BACKOFF_MAX = 5.0
-
-# A broker that takes the TCP connection but never answers ends in a handshake timeout, an
-# AMQPConnectorException (not an AMQPError): retried like any other broker failure.
-BROKER_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
+CONNECT_TIMEOUT = 10.0   # seconds for the TCP + AMQP handshake of one connection attempt
+BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm) before it is dropped
+                         # and opened again (a blocked connection cannot even ack; a new one can)
+PUMP_WAIT = 1.0          # seconds between services of the connection while the worker works
+                         # (the worker's end wakes the loop at once: add_callback_threadsafe)
 
 
 def connection_name(service: str, pid: int | None = None) -> str:
     return f"svc {service} pid {os.getpid() if pid is None else pid}"
 
 
+@dataclasses.dataclass
+class _Kept:
+    """A delivery whose dead letter the broker refused: kept unacked, published again later."""
+
+    method: pika.spec.Basic.Deliver
+    properties: pika.BasicProperties
+    body: bytes
+    reason: str
+    due: float
+    delay: float
+
+
 class Consumer:
     """Consumes one service's queue over one connection until stopped or disconnected."""
 
-    def __init__(self, config: Config, processor: Processor, stop: threading.Event, on_consuming=None) -> None:
+    def __init__(self, config: Config, processor: Processor, stop: threading.Event, on_consuming=None,
+                 worker: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
         self.config, self.processor, self.stop = config, processor, stop
         self.on_consuming = on_consuming or (lambda: None)
         self.queue = topology.queue_name(config.service, config.exchange)
-        self._pending: list = []
+        self._worker = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work")
         self._etcd_backoff = BACKOFF_START
 
     def run(self) -> None:
-        """Consume until ``stop`` is set (returns) or the connection fails (BrokerUnavailable)."""
-        parameters = pika.URLParameters(self.config.amqp_url)
-        # A name per process, so an operator (or a test) can find and close this very connection.
-        parameters.client_properties = {"connection_name": connection_name(self.config.service)}
+        """Consume until ``stop`` is set (returns) or the connection fails (BrokerUnavailable);
+        BrokerRefused when the broker refuses what no retry can cure."""
+        url = self.config.amqp_url
+        connection = _amqp.connect(url, CONNECT_TIMEOUT, name=connection_name(self.config.service),
+                                   blocked_timeout=BLOCKED_TIMEOUT)
+        self.connection = connection
         try:
-            connection = pika.BlockingConnection(parameters)
-        except BROKER_ERRORS as error:
-            raise BrokerUnavailable(f"cannot connect to {mask_url(self.config.amqp_url)}: {error!r} "
-                                    "(is RabbitMQ running? `./kit up` starts the stack)") from None
-        try:
-            self._consume(connection)
-        except BROKER_ERRORS as error:
-            raise BrokerUnavailable(f"connection to RabbitMQ lost: {error!r}") from None
+            backoff = BACKOFF_START
+            while not self.stop.is_set():
+                try:
+                    if self._consume(connection):
+                        self._sleep(BACKOFF_START)  # cancelled by the broker: consume again shortly
+                    backoff = BACKOFF_START
+                except BROKER_ERRORS as error:
+                    svc_error = _amqp.translate(error, f"consuming {self.queue}")
+                    if not isinstance(svc_error, (ChannelClosed, MessageRefused)):
+                        raise svc_error from None
+                    # The connection stands: a new channel, the topology declared again. The
+                    # deliveries of the closed channel are back in the queue (never acked).
+                    log.warning("%s; reopening the channel in %.1f s", svc_error, backoff)
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+        except BROKER_ERRORS as error:  # from the sleep between channels: the connection is gone
+            raise _amqp.translate(error, f"consuming {self.queue}") from None
         finally:
             if connection.is_open:
                 try:
@@ -67,55 +100,123 @@ class Consumer:
                 except BROKER_ERRORS:
                     pass
 
-    def _consume(self, connection) -> None:
-        channel = connection.channel()
-        topology.declare(channel, self.config.exchange, services=(self.config.service,))
+    # -- one channel ---------------------------------------------------------------------------
+
+    def _consume(self, connection) -> bool:
+        """Consume on a new channel until stopped (False) or cancelled by the broker (True); the
+        channels are closed on the way out, so what they held unacked returns to the queue."""
+        self._pending: list = []
+        self._kept: list[_Kept] = []
+        self._cancelled = False
+        self.channel = self._dead = None
+        try:
+            return self._consume_on(connection)
+        finally:
+            for channel in (self.channel, self._dead):
+                if channel is not None and channel.is_open:
+                    try:
+                        channel.close()
+                    except BROKER_ERRORS:
+                        pass  # the connection went: the broker requeues all the same
+
+    def _consume_on(self, connection) -> bool:
+        channel = self.channel = connection.channel()
+        channel = self.channel = topology.declare(channel, self.config.exchange, services=(self.config.service,))
         channel.basic_qos(prefetch_count=self.config.prefetch)
         self._dead = connection.channel()
         self._dead.confirm_delivery()
+        channel.add_on_cancel_callback(self._on_cancel)
         tag = channel.basic_consume(self.queue, self._on_message)
         log.info("%s consuming %s (prefetch %d, dedup %s)", self.config.service, self.queue,
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
         self.on_consuming()
-        self.connection, self.channel = connection, channel
         # Two windows of half the prefetch each: while one window's commit is in flight to etcd,
         # the next is received and parsed and its claims are sent.
         window = max(1, self.config.prefetch // 2)
         in_flight = None
-        while not self.stop.is_set():
-            connection.process_data_events(time_limit=0 if in_flight or self._pending else IDLE_WAIT)
+        while not self.stop.is_set() and not self._cancelled:
+            busy = in_flight or self._pending
+            connection.process_data_events(time_limit=0 if busy else self._idle_wait())
             while self._pending and len(self._pending) < window:
                 before = len(self._pending)
                 connection.process_data_events(time_limit=0)
                 if len(self._pending) == before:
                     break
+            self._retry_kept()
             batch, self._pending = self._pending[:window], self._pending[window:]
-            begun = (batch, self.processor.begin([body for _, _, body in batch])) if batch else None
+            begun = (batch, self._call(self.processor.begin, _bodies(batch))) if batch else None
             if in_flight:
                 self._settle(*in_flight)
             if begun:
-                begun[1].proceed()
+                self._call(begun[1].proceed)
             in_flight = begun
         if in_flight:
             self._settle(*in_flight)
-        # Stopping: the current window was finished and settled; what is still buffered was
-        # never worked on and returns to the queue when the channel closes.
+        if self._cancelled:
+            # The broker cancelled the consumer (its queue deleted, or its node lost): what this
+            # channel holds unacked goes back when it closes; a new channel declares the queue again.
+            return True
+        # Stopping: the current window was finished and settled; what is still buffered (and any
+        # kept dead letter) was never acked and returns to the queue when the channel closes.
         channel.basic_cancel(tag)
         log.info("%s stopped consuming %s", self.config.service, self.queue)
+        return False
 
     def _on_message(self, channel, method, properties, body) -> None:
         self._pending.append((method, properties, body))
 
+    def _on_cancel(self, frame) -> None:
+        log.warning("%s: the consumer of %s was cancelled by the broker (queue deleted?); declaring the "
+                    "topology again", self.config.service, self.queue)
+        self._cancelled = True
+
+    def _idle_wait(self) -> float:
+        if not self._kept:
+            return IDLE_WAIT
+        return max(0.0, min(IDLE_WAIT, min(k.due for k in self._kept) - time.monotonic()))
+
+    def _call(self, function, *args):
+        """``function(*args)`` on the worker thread; meanwhile this thread serves the connection, so
+        heartbeats flow and deliveries arrive during work and etcd waits. The worker never touches
+        pika; this thread only waits for it, so the processor sees one call at a time."""
+        future = self._worker.submit(function, *args)
+        future.add_done_callback(self._wake)
+        while not future.done():
+            self.connection.process_data_events(time_limit=PUMP_WAIT)
+        return future.result()
+
+    def _wake(self, future) -> None:
+        try:
+            self.connection.add_callback_threadsafe(lambda: None)
+        except BROKER_ERRORS:
+            pass  # the connection is closing: the loop notices on its own
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` serving the connection, returning early on stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self.connection.sleep(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())))
+
+    # -- settling ------------------------------------------------------------------------------
+
     def _settle(self, batch, window) -> None:
-        outcomes = window.finish()
-        for (method, properties, body), outcome in zip(batch, outcomes):
-            if outcome.action == "dead":
-                self._dead_letter(method, properties, body, outcome.reason)
-        acks = [method.delivery_tag for (method, _, _), o in zip(batch, outcomes) if o.action != "requeue"]
-        requeues = [(method.delivery_tag, o) for (method, _, _), o in zip(batch, outcomes) if o.action == "requeue"]
+        outcomes = iter(self._call(window.finish))
+        settled = [(delivery, _dead(reason) if reason else next(outcomes))
+                   for delivery, reason in ((d, _amqp.undecodable(d[1])) for d in batch)]
+        for (method, properties, body), outcome in settled:
+            if _amqp.undecodable(properties):
+                self.processor.meter.incr(metrics.invalid(self.config.service))  # the worker is idle now
+                log.warning("%s: %s; dead-lettered", self.config.service, outcome.reason)
+        acks, requeues = [], []
+        for (method, properties, body), outcome in settled:
+            if outcome.action == "requeue":
+                requeues.append((method.delivery_tag, outcome))
+            elif outcome.action != "dead" or self._dead_letter(method, properties, body, outcome.reason):
+                acks.append(method.delivery_tag)
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
-        # the done mark (with dedup) turns the redelivery into a skip.
-        if len(acks) == len(batch):
+        # the done mark (with dedup) turns the redelivery into a skip. One ack "multiple" covers the
+        # window only when nothing is left unacked below its last tag (a kept dead letter is).
+        if len(acks) == len(batch) and not self._kept:
             self.channel.basic_ack(acks[-1], multiple=True)
         else:
             for delivery_tag in acks:
@@ -123,17 +224,48 @@ class Consumer:
         if requeues:
             self._requeue(requeues)
 
-    def _dead_letter(self, method, properties, body, reason: str) -> None:
-        """Publish to the dead-letter exchange and wait for the broker's confirm; the caller acks
-        the original only after this returns, so a failed publish loses nothing."""
+    def _dead_letter(self, method, properties, body, reason: str, kept: _Kept | None = None) -> bool:
+        """Publish to the dead-letter exchange and wait for the broker's confirm; True if confirmed.
+        The caller acks the original only then, so a failed publish loses nothing. A dead letter
+        the broker refuses (nack: a full dead-letter queue; returned: no queue bound) is kept
+        unacked and published again with backoff; only that message waits."""
         headers = dict(properties.headers or {})
         headers.update({topology.REASON_HEADER: reason, topology.SERVICE_HEADER: self.config.service,
                         topology.ROUTING_KEY_HEADER: method.routing_key})
-        self._dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
-                                 pika.BasicProperties(headers=headers, delivery_mode=2,
-                                                      content_type=properties.content_type),
-                                 mandatory=True)
+        raw = _amqp.raw_properties(properties)
+        if raw:
+            headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
+        try:
+            self._dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
+                                     pika.BasicProperties(headers=headers, delivery_mode=2,
+                                                          content_type=properties.content_type),
+                                     mandatory=True)
+        except BROKER_ERRORS as error:
+            if _amqp.classify(error) is not Action.MESSAGE:
+                raise
+            self._keep(kept or _Kept(method, properties, body, reason, 0.0, 0.0), error)
+            return False
         log.debug("dead-lettered %d bytes: %s", len(body), reason)
+        return True
+
+    def _keep(self, kept: _Kept, error) -> None:
+        """Hold a refused dead letter (unacked) until its next try; counted and logged each time."""
+        kept.delay = min(kept.delay * 2, BACKOFF_MAX) if kept.delay else BACKOFF_START
+        kept.due = time.monotonic() + kept.delay
+        self._kept.append(kept)
+        self.processor.meter.incr(metrics.dead_letter_refused(self.config.service))
+        self.processor.meter.flush()
+        log.warning("%s: dead letter refused by RabbitMQ (%s); kept unacked, publishing it again in %.1f s "
+                    "(%d kept)", self.config.service, _amqp.translate(error, "dead-lettering"), kept.delay,
+                    len(self._kept))
+
+    def _retry_kept(self) -> None:
+        now = time.monotonic()
+        for kept in [k for k in self._kept if k.due <= now]:
+            self._kept.remove(kept)
+            if self._dead_letter(kept.method, kept.properties, kept.body, kept.reason, kept):
+                self.channel.basic_ack(kept.method.delivery_tag)
+                log.info("%s: a kept dead letter was published and acked", self.config.service)
 
     def _requeue(self, requeues) -> None:
         if any(outcome.backoff for _, outcome in requeues):
@@ -141,30 +273,38 @@ class Consumer:
             log.warning("etcd unavailable: %d events requeued after %.1f s", len(requeues), delay)
         else:
             delay, self._etcd_backoff = HELD_DELAY, BACKOFF_START
-        deadline = time.monotonic() + delay
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            self.connection.sleep(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())))
+        self._sleep(delay)
         for delivery_tag, _ in requeues:
             # Not done, not acked: back to the queue for another try (fail closed).
             self.channel.basic_nack(delivery_tag, requeue=True)
 
 
+def _bodies(batch) -> list[bytes]:
+    """The bodies the processor parses: not those whose properties could not be decoded."""
+    return [body for _, properties, body in batch if not _amqp.undecodable(properties)]
+
+
+def _dead(reason: str) -> Outcome:
+    return Outcome("dead", reason)
+
+
 class Supervisor:
     """Runs a fresh Consumer per connection; reconnects with a capped backoff that resets once a
-    consumer is consuming again."""
+    consumer is consuming again. BrokerRefused (a refusal no retry cures) ends ``run``."""
 
     def __init__(self, config: Config, processor: Processor, stop: threading.Event) -> None:
         self.config, self.processor, self.stop = config, processor, stop
         self._backoff = BACKOFF_START
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                Consumer(self.config, self.processor, self.stop, on_consuming=self._reset).run()
-            except BrokerUnavailable as error:
-                log.warning("%s; reconnecting in %.1f s", error, self._backoff)
-                self.stop.wait(self._backoff)
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work") as worker:
+            while not self.stop.is_set():
+                try:
+                    Consumer(self.config, self.processor, self.stop, on_consuming=self._reset, worker=worker).run()
+                except BrokerUnavailable as error:
+                    log.warning("%s; reconnecting in %.1f s", error, self._backoff)
+                    self.stop.wait(self._backoff)
+                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     def _reset(self) -> None:
         self._backoff = BACKOFF_START

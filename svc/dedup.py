@@ -18,8 +18,9 @@ from .event import Event
 
 log = logging.getLogger(__name__)
 
-TXN_EVENTS = 64            # events per etcd transaction: etcd's default --max-txn-ops is 128
-                           # and an event takes up to two operations
+TXN_EVENTS = 64            # events per etcd transaction at first: etcd's default --max-txn-ops is
+                           # 128 and an event takes one operation (a nested transaction of up to two)
+TXN_BYTES = 1024 * 1024    # bytes per transaction at first: etcd's default --max-request-bytes is 1.5 MiB
 IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest of the
                            # range on every page, so small pages cost quadratic time)
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
@@ -35,9 +36,28 @@ class Verdict(enum.Enum):
     LOST = "lost"                # our claim expired before the done mark: requeue, process again
 
 
-def _chunks(items, size=TXN_EVENTS):
-    for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+class TxnLimits:
+    """How many events (``events``) and bytes (``size``) one transaction may carry. etcd does not
+    tell its limits (``--max-txn-ops``, ``--max-request-bytes``); they are learnt from its refusals
+    and kept for the life of the process, so only the first transaction over them is refused."""
+
+    def __init__(self, events: int = TXN_EVENTS, size: int = TXN_BYTES) -> None:
+        self.events, self.size = events, size
+
+    def shrink(self, events: int, size: int, error: _etcd.TxnTooLarge) -> bool:
+        """Lower the limit a refused transaction of ``events`` events and ``size`` bytes broke;
+        False if it held one event (nothing smaller to send)."""
+        if events <= 1:
+            log.error("etcd refuses even one event in a transaction (%s): raise its --max-txn-ops or "
+                      "--max-request-bytes; the event is requeued", error)
+            return False
+        if "too many operations" in str(error):
+            self.events = min(self.events, events // 2)
+        else:
+            self.size = min(self.size, size // 2)
+        log.warning("etcd refused a transaction of %d events, %d bytes (%s); from now on at most %d events "
+                    "and %d bytes per transaction", events, size, error, self.events, self.size)
+        return True
 
 
 class NoDedup:
@@ -47,6 +67,7 @@ class NoDedup:
 
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
         self.etcd, self.prefix, self.service = etcd, prefix, service
+        self.limits = TxnLimits()
 
     def open(self) -> None:
         """Nothing to import without deduplication."""
@@ -59,12 +80,9 @@ class NoDedup:
 
     def commit(self, events: list[Event]) -> "InFlight":
         """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
-        commit = InFlight(self.etcd, [None] * len(events))
-        for indices in _chunks(range(len(events))):
-            request = _etcd.new_txn()
-            for i in indices:
-                _etcd.add_put(request.success, self._effect_key(events[i]), self._record(events[i]))
-            commit.send(indices, [events[i] for i in indices], request, lambda event, reply: Verdict.OK)
+        commit = InFlight(self.etcd, [None] * len(events), self.limits)
+        add = lambda ops, event: _etcd.add_put(ops, self._effect_key(event), self._record(event))  # noqa: E731
+        commit.send(range(len(events)), events, add, lambda event, reply: Verdict.OK)
         return commit
 
     def _effect_key(self, event: Event) -> bytes:
@@ -77,18 +95,41 @@ class NoDedup:
 class InFlight:
     """Transactions in flight for one window; ``result()`` waits and gives a verdict per event.
     An event etcd did not answer for is UNAVAILABLE: it is requeued (fail closed), and a done
-    mark written after all turns its redelivery into a skip."""
+    mark written after all turns its redelivery into a skip. Events go in transactions that fit
+    ``limits``; a transaction etcd refuses as too large is sent again in halves."""
 
-    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], on_lease_lost=None) -> None:
-        self.etcd, self.verdicts, self.on_lease_lost = etcd, verdicts, on_lease_lost
+    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
+                 on_lease_lost=None) -> None:
+        self.etcd, self.verdicts, self.limits, self.on_lease_lost = etcd, verdicts, limits, on_lease_lost
         self._parts: list = []
         self._failed = False
 
-    def send(self, indices: list[int], events: list[Event], request, judge) -> None:
+    def send(self, indices, events: list[Event], add, judge) -> None:
+        """Send ``events`` (verdict slots ``indices``): ``add(ops, event)`` appends an event's one
+        operation to a transaction, ``judge(event, reply)`` reads its verdict from etcd's reply."""
+        self._add, self._judge = add, judge
+        self._send(list(zip(indices, events)))
+
+    def _send(self, items: list) -> None:
+        request, part, size = _etcd.new_txn(), [], 0
+        for item in items:
+            self._add(request.success, item[1])
+            op = request.success[-1].ByteSize() + 4  # + the field's tag and length
+            if part and (len(part) == self.limits.events or size + op > self.limits.size):
+                del request.success[-1]
+                self._start(request, part, size)
+                request, part, size = _etcd.new_txn(), [], 0
+                self._add(request.success, item[1])
+            part.append(item)
+            size += op
+        if part:
+            self._start(request, part, size)
+
+    def _start(self, request, part: list, size: int) -> None:
         if self._failed:
             return
         try:
-            self._parts.append((indices, events, self.etcd.txn_async(request), judge))
+            self._parts.append((part, size, self.etcd.txn_async(request)))
         except DedupUnavailable as error:
             self._fail(error)
             self._failed = True
@@ -99,15 +140,19 @@ class InFlight:
             self.on_lease_lost()
 
     def result(self) -> list[Verdict]:
-        for indices, events, pending, judge in self._parts:
+        while self._parts:
+            part, size, pending = self._parts.pop(0)
             try:
                 replies = pending.result().responses
+            except _etcd.TxnTooLarge as error:
+                if self.limits.shrink(len(part), size, error):
+                    self._send(part)  # nothing of a refused transaction was applied: send it again
+                continue
             except DedupUnavailable as error:
                 self._fail(error)
                 continue
-            for i, event, reply in zip(indices, events, replies):
-                self.verdicts[i] = judge(event, reply)
-        self._parts.clear()
+            for (i, event), reply in zip(part, replies):
+                self.verdicts[i] = self._judge(event, reply)
         return [Verdict.UNAVAILABLE if v is None else v for v in self.verdicts]
 
 
@@ -234,7 +279,7 @@ class EtcdDedup(NoDedup):
     def claim(self, events: list[Event]) -> InFlight:
         """Claim every event not known done: per chunk of the window one transaction holding a
         create-if-absent transaction per event (a claim on our lease, or the current value)."""
-        claims = InFlight(self.etcd, [self._known(e) for e in events], self._claim_lease_lost)
+        claims = InFlight(self.etcd, [self._known(e) for e in events], self.limits, self._claim_lease_lost)
         todo = [i for i, verdict in enumerate(claims.verdicts) if verdict is None]
         if todo and not self._lease:
             try:
@@ -242,16 +287,16 @@ class EtcdDedup(NoDedup):
             except DedupUnavailable as error:
                 log.debug("%s", error)
                 return claims
-        for chunk in _chunks(todo):
-            request = _etcd.new_txn()
-            for i in chunk:
-                key = self._key(events[i])
-                claim = _etcd.add_txn(request.success)
-                _etcd.add_absent(claim.compare, key)
-                _etcd.add_put(claim.success, key, self._claim_value(events[i]), self._lease)
-                _etcd.add_get(claim.failure, key)
-            claims.send(chunk, [events[i] for i in chunk], request, lambda e, reply: self._claim_verdict(e, reply.response_txn))
+        claims.send(todo, [events[i] for i in todo], self._add_claim,
+                    lambda event, reply: self._claim_verdict(event, reply.response_txn))
         return claims
+
+    def _add_claim(self, ops, event: Event) -> None:
+        key = self._key(event)
+        claim = _etcd.add_txn(ops)
+        _etcd.add_absent(claim.compare, key)
+        _etcd.add_put(claim.success, key, self._claim_value(event), self._lease)
+        _etcd.add_get(claim.failure, key)
 
     def _claim_lease_lost(self) -> None:
         # The claims of this window were refused whole (requeued); the next window claims on a
@@ -263,7 +308,7 @@ class EtcdDedup(NoDedup):
         digest = self.done.get(keys.encode_id(event.id).encode())
         if digest is None:
             return None
-        return Verdict.SKIPPED if digest == event.digest.encode() else Verdict.CONFLICT
+        return Verdict.SKIPPED if event.matches(digest) else Verdict.CONFLICT
 
     def _claim_verdict(self, event: Event, reply) -> Verdict:
         if reply.succeeded:
@@ -272,7 +317,7 @@ class EtcdDedup(NoDedup):
         if not kvs:
             return Verdict.HELD
         state, digest, *owner = kvs[0].value.decode().split(" ")
-        if digest != event.digest:
+        if not event.matches(digest):
             return Verdict.CONFLICT
         if state == "done":
             self.done[keys.encode_id(event.id).encode()] = digest.encode()
@@ -283,21 +328,21 @@ class EtcdDedup(NoDedup):
     def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
-        commit = InFlight(self.etcd, [None] * len(events), self._retention_lease_lost)
+        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._retention_lease_lost)
         try:
             lease = self._retention()
         except DedupUnavailable as error:
             log.debug("%s", error)
             return commit
-        for chunk in _chunks(range(len(events))):
-            request = _etcd.new_txn()
-            for i in chunk:
-                key, event = self._key(events[i]), events[i]
-                done = _etcd.add_txn(request.success)
-                _etcd.add_value_is(done.compare, key, self._claim_value(event))
-                _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
-                _etcd.add_put(done.success, self._effect_key(event), self._record(event))
-            commit.send(chunk, [events[i] for i in chunk], request, self._commit_verdict)
+
+        def add_done(ops, event: Event) -> None:
+            key = self._key(event)
+            done = _etcd.add_txn(ops)
+            _etcd.add_value_is(done.compare, key, self._claim_value(event))
+            _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
+            _etcd.add_put(done.success, self._effect_key(event), self._record(event))
+
+        commit.send(range(len(events)), events, add_done, self._commit_verdict)
         return commit
 
     def _commit_verdict(self, event: Event, reply) -> Verdict:

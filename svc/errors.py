@@ -27,3 +27,26 @@ class BrokerUnavailable(SvcError):
 
 class PublishError(SvcError):
     """Events could not be published (broker refused them or did not confirm in time)."""
+
+
+class BrokerRefused(SvcError):
+    """RabbitMQ refused what svc asked for and no retry can cure it (arguments that differ from an
+    existing queue's, a missing permission, a wrong login or vhost): stop with one line, exit 2.
+    ``code`` and ``text`` are the broker's reply (AMQP reply code, e.g. 406, and its text)."""
+
+    def __init__(self, message: str, *, code: int = 0, text: str = "") -> None:
+        super().__init__(message)
+        self.code, self.text = code, text
+
+
+class ChannelClosed(SvcError):
+    """RabbitMQ closed a channel (``code``, ``text``); the connection stands: open a new channel."""
+
+    def __init__(self, message: str, *, code: int = 0, text: str = "") -> None:
+        super().__init__(message)
+        self.code, self.text = code, text
+
+
+class MessageRefused(PublishError):
+    """RabbitMQ refused one published message (a nack, or returned as unroutable); only that
+    message is affected, the channel and connection stand."""

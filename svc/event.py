@@ -4,7 +4,11 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
+import re
 import types
+
+import rfc8785
 
 from .errors import InvalidEvent
 
@@ -25,8 +29,20 @@ class Event:
 
     @functools.cached_property
     def digest(self) -> str:
-        canonical = _CANONICAL.encode({"type": self.type, "id": self.id, "args": dict(self.args)})
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        """32 hex digits of SHA-256 over the event's RFC 8785 (JSON Canonicalization Scheme) form:
+        equal JSON numbers (``1``, ``1.0``, ``1e0``), key order and ``\\u`` escapes give equal digests."""
+        return _sha256(canonical({"type": self.type, "id": self.id, "args": dict(self.args)}))
+
+    @functools.cached_property
+    def legacy_digest(self) -> str:
+        """The digest svc wrote before RFC 8785 (sorted keys, ASCII escapes, ``1.0`` apart from
+        ``1``): done marks written then are still this event's, not conflicts."""
+        return _sha256(_LEGACY.encode({"type": self.type, "id": self.id, "args": dict(self.args)}).encode())
+
+    def matches(self, digest: str | bytes) -> bool:
+        """True if ``digest`` (read from a done mark or a claim) is this event's payload."""
+        digest = digest.decode() if isinstance(digest, bytes) else digest
+        return digest == self.digest or digest == self.legacy_digest
 
     def to_json(self) -> str:
         return json.dumps({"type": self.type, "id": self.id, "args": dict(self.args)})
@@ -54,7 +70,10 @@ def parse(body: bytes) -> Event:
         raise InvalidEvent(f"body is JSON that cannot be read ({str(error).split(':')[0][:120]})") from None
     if not isinstance(data, dict):
         raise InvalidEvent(f"event is a JSON {_json_kind(data)}, not an object")
-    return Event(type=_type(data), id=_id(data), args=_args(data))
+    event = Event(type=_type(data), id=_id(data), args=_args(data))
+    if _MAYBE_SURROGATE.search(text):
+        _no_lone_surrogate(event.args)
+    return event
 
 
 def _type(data: dict) -> str:
@@ -113,10 +132,76 @@ def _no_constant(name: str):
     raise InvalidEvent(f"body holds {name}, which is not JSON")
 
 
-# Built once (json.loads and json.dumps with options build a new one per call); the digest's
-# canonical form must never change, or done marks already in etcd would turn into conflicts.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e999: JSON allows it, an IEEE 754 double (RFC 8785 3.2.2.3) does not
+        raise InvalidEvent(f"number {text[:32]} is too large for a double (limit about 1.8e308)")
+    return number
+
+
+def _no_lone_surrogate(args) -> None:
+    """RFC 8785 (3.2.2.2) canonicalizes I-JSON (RFC 7493 2.1): no unpaired surrogate in a string."""
+    try:
+        json.dumps(dict(args), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("args hold a lone surrogate (\\ud800-\\udfff), not a character") from None
+
+
+# -- the canonical form of the digest --------------------------------------------------------------
+
+SAFE_INTEGER = 2 ** 53 - 1  # RFC 8785 3.2.2.3 / I-JSON: integers a double holds exactly
+
+
+def canonical(value) -> bytes:
+    """``value`` (parsed JSON) as RFC 8785 canonical UTF-8 bytes, via the ``rfc8785`` package.
+
+    JCS reads every number as an IEEE 754 double. An integer beyond 2**53 that a double holds
+    exactly (``10**20``) is canonicalized as that double, so it equals ``1e20``; one a double cannot
+    hold is outside JCS's domain: rather than round it (two payloads would share a digest), it is
+    written as its digits in a string, and the JSON pointers of such integers are appended after a
+    NUL, so it never equals the string of the same digits.
+    """
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.IntegerDomainError:
+        exact: list[str] = []
+        text = rfc8785.dumps(_wide_integers(value, "", exact))
+        return text + b"\0" + rfc8785.dumps(exact) if exact else text
+
+
+def _wide_integers(value, pointer: str, exact: list[str]):
+    """A copy of ``value`` fit for rfc8785: integers beyond the safe range as doubles when exact,
+    else as digit strings whose JSON pointers (RFC 6901) are added to ``exact``. Depth is bounded
+    by MAX_DEPTH, so the recursion is too."""
+    if isinstance(value, dict):
+        return {key: _wide_integers(item, f"{pointer}/{_escape(key)}", exact) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wide_integers(item, f"{pointer}/{i}", exact) for i, item in enumerate(value)]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SAFE_INTEGER:
+        try:
+            if float(value) == value:
+                return float(value)
+        except OverflowError:
+            pass
+        exact.append(pointer)
+        return str(value)
+    return value
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+# Built once (json.loads and json.dumps with options build a new one per call).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant,
+                            parse_float=_finite_float)
+_LEGACY = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+# A \\u escape of a surrogate (D800-DFFF): only bodies with one need the exact (slower) check.
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _json_kind(value) -> str:

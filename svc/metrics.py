@@ -27,6 +27,11 @@ def dedup_unavailable(service: str) -> str:
     return f"{service}_dedup_unavailable"
 
 
+def dead_letter_refused(service: str) -> str:
+    """A dead letter the broker refused (kept unacked, published again later)."""
+    return f"{service}_dead_letter_refused"
+
+
 class Metrics:
     """Counts and timings of one service, sent to statsd (UDP: never blocks, never fails the work).
 

@@ -5,8 +5,10 @@
     python -m svc.publish --input '{"type":"new_order","id":"o"}' --count 10000 --fresh-ids
 
 Input that is not JSON is refused with exit status 2 and nothing is published; JSON that is not an
-object is published exactly as given (the consumers dead-letter it). Exit status 1 means not every
-event was confirmed and routed (the reason is printed).
+object is published exactly as given (the consumers dead-letter it). What the broker refuses and no
+retry can cure (an exchange of another type, or missing with --no-declare; a wrong login, vhost or
+permission) is one line and exit status 2 too. Exit status 1 means not every event was confirmed and
+routed, or RabbitMQ could not be reached (the reason is printed).
 """
 
 import argparse
@@ -15,7 +17,8 @@ import sys
 
 from . import topology
 from .config import DEFAULT_AMQP_URL, EXCHANGE_RE
-from .errors import BrokerUnavailable, PublishError
+from ._amqp import START_HINT
+from .errors import BrokerRefused, BrokerUnavailable, PublishError
 from .publisher import DEFAULT_ROUTING_KEY, Publisher, PublishResult
 
 __all__ = ["Publisher", "PublishResult", "main"]
@@ -31,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh-ids", action="store_true", help="give each copy its own id")
     parser.add_argument("--service", action="append", dest="services",
                         help="declare this service's queue first (repeatable; default: orders, notify)")
+    parser.add_argument("--no-declare", action="store_true",
+                        help="declare nothing: publish to an exchange that must already exist")
     args = parser.parse_args(argv)
     try:
         event = json.loads(args.input)
@@ -48,10 +53,17 @@ def main(argv=None) -> int:
     # it, which is how the kit shows bad input.
     body = event if isinstance(event, dict) else args.input
     try:
-        result = Publisher(args.amqp_url, args.exchange, services=services).publish(
+        result = Publisher(args.amqp_url, args.exchange, services=services, declare=not args.no_declare).publish(
             body, args.routing_key, count=args.count, fresh_ids=args.fresh_ids)
-    except (BrokerUnavailable, PublishError) as error:
-        print(f"svc.publish: {error} (is RabbitMQ running? `./kit up` starts the stack)", file=sys.stderr)
+    except BrokerRefused as error:
+        print(f"svc.publish: {error}; nothing was published", file=sys.stderr)
+        return 2
+    except BrokerUnavailable as error:
+        hint = "" if START_HINT in str(error) else f" ({START_HINT})"
+        print(f"svc.publish: {error}{hint}", file=sys.stderr)
+        return 1
+    except PublishError as error:
+        print(f"svc.publish: {error}", file=sys.stderr)
         return 1
     print(f"published {result.confirmed} of {args.count} to {args.exchange!r} with routing key "
           f"{args.routing_key!r}: {result.confirmed} confirmed, {result.unroutable} unroutable, {result.nacked} nacked")

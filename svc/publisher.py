@@ -11,12 +11,10 @@ import time
 import uuid
 
 import pika
-import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from . import topology
+from . import _amqp, topology
 from .config import DEFAULT_AMQP_URL, mask_url
-from .errors import BrokerUnavailable, PublishError
+from .errors import BrokerRefused, BrokerUnavailable, PublishError
 
 DEFAULT_ROUTING_KEY = "foo"
 DEFAULT_TIMEOUT = 30.0  # seconds for one publish() to be confirmed
@@ -60,15 +58,14 @@ class Publisher:
     def _declare(self, timeout: float) -> None:
         if self._declared:
             return
-        # A silent broker ends in a handshake timeout: an AMQPConnectorException, not an AMQPError.
+        connection = _amqp.connect(self.amqp_url, timeout)  # BrokerRefused / BrokerUnavailable, one line
         try:
-            connection = pika.BlockingConnection(_parameters(self.amqp_url, timeout))
-            try:
-                topology.declare(connection.channel(), self.exchange, services=self.services)
-            finally:
+            topology.declare(connection.channel(), self.exchange, services=self.services)
+        except _amqp.BROKER_ERRORS as error:
+            raise _amqp.translate(error, "declaring the topology", url=self.amqp_url) from None
+        finally:
+            if connection.is_open:
                 connection.close()
-        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as error:
-            raise BrokerUnavailable(f"cannot declare the topology at {mask_url(self.amqp_url)}: {error!r}") from None
         self._declared = True
 
     def publish(self, event, routing_key: str = DEFAULT_ROUTING_KEY, count: int = 1,
@@ -76,7 +73,10 @@ class Publisher:
         """Publish ``event`` ``count`` times (the same id: duplicates, unless ``fresh_ids``).
 
         ``event`` is a dict (sent as JSON) or bytes/str sent as they are (to show bad input).
-        Returns or raises within ``timeout`` (+ CLOSE_GRACE), whatever the broker does.
+        Returns or raises within ``timeout`` (+ CLOSE_GRACE), whatever the broker does:
+        BrokerRefused for what no retry cures (the exchange has another type or, with
+        ``declare=False``, does not exist; a wrong login or vhost; a missing permission),
+        BrokerUnavailable when the broker cannot be reached, PublishError when not all were confirmed.
         """
         deadline = time.monotonic() + self.timeout
         if not isinstance(event, (dict, str, bytes, bytearray)):
@@ -102,15 +102,6 @@ class Publisher:
         return _ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, remaining).run()
 
 
-def _parameters(url: str, timeout: float) -> pika.URLParameters:
-    """The URL's parameters, with opening the connection (TCP and AMQP handshake) and being
-    blocked by the broker (a resource alarm) each bounded by ``timeout``."""
-    parameters = pika.URLParameters(url)
-    parameters.stack_timeout = min(parameters.stack_timeout or timeout, timeout)
-    parameters.blocked_connection_timeout = min(parameters.blocked_connection_timeout or timeout, timeout)
-    return parameters
-
-
 class _ConfirmedBatch:
     """One SelectConnection that sends every body, then waits for all confirms (or the deadline)."""
 
@@ -120,16 +111,19 @@ class _ConfirmedBatch:
         self.pending: set[int] = set()
         self.confirmed = self.nacked = self.unroutable = 0
         self.error: str | None = None
+        self.refused: BrokerRefused | None = None
         self.opened = False
 
     def run(self) -> PublishResult:
         if not self.bodies:
             return PublishResult(0, 0, 0, ())
-        self.connection = pika.SelectConnection(_parameters(self.url, self.timeout), on_open_callback=self._on_open,
+        self.connection = pika.SelectConnection(_amqp.parameters(self.url, self.timeout), on_open_callback=self._on_open,
                                                 on_open_error_callback=self._on_open_error,
                                                 on_close_callback=self._on_closed)
         self.connection.ioloop.call_later(self.timeout, self._on_timeout)
         self.connection.ioloop.start()
+        if self.refused:
+            raise self.refused
         if self.error:
             raise (BrokerUnavailable if self.confirmed + self.nacked == 0 else PublishError)(self.error)
         return PublishResult(self.confirmed, self.unroutable, self.nacked, tuple(self.ids))
@@ -139,10 +133,18 @@ class _ConfirmedBatch:
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, connection, error) -> None:
+        self._refused(error, "the connection")
         self.error = self.error or f"cannot connect to {mask_url(self.url)}: {error!r}"
         connection.ioloop.stop()
 
+    def _refused(self, error, doing: str) -> None:
+        """Keep the first refusal no retry cures (pika passes errors to callbacks, not up the stack)."""
+        translated = _amqp.translate(error, doing, may_declare=False, url=self.url)
+        if isinstance(translated, BrokerRefused) and self.refused is None:
+            self.refused = translated
+
     def _on_closed(self, connection, reason) -> None:
+        self._refused(reason, "the connection")
         if self.pending and not self.error:
             self.error = f"connection closed with {len(self.pending)} events unconfirmed: {reason!r}"
         connection.ioloop.stop()
@@ -153,6 +155,7 @@ class _ConfirmedBatch:
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _: self._send(channel))
 
     def _on_channel_closed(self, channel, reason) -> None:
+        self._refused(reason, f"publishing to exchange {self.exchange!r}")
         if self.pending and not self.error:
             self.error = f"channel closed with {len(self.pending)} events unconfirmed: {reason!r}"
         self._close()

@@ -1,6 +1,7 @@
 """``python -m svc``: read the config, wire the parts, consume until SIGTERM or SIGINT."""
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -10,11 +11,15 @@ from ._etcd import Etcd
 from .config import Config, mask_url
 from .consumer import Supervisor, open_dedup
 from .dedup import EtcdDedup, NoDedup
-from .errors import ConfigError
+from .errors import BrokerRefused, ConfigError
 from .metrics import Metrics
 from .processor import Processor
 
 log = logging.getLogger("svc")
+
+STOP_DEADLINE = 8.0  # seconds from SIGTERM/SIGINT to exit, whatever holds the loop (a connection the
+                     # broker blocks, work longer than that): a supervisor's stop (Docker, systemd)
+                     # waits 10 s before SIGKILL, and unacked deliveries return to the queue either way
 
 
 def main(environ=None) -> int:
@@ -30,9 +35,18 @@ def main(environ=None) -> int:
     # one line per start, stop and reconnect, so pika speaks only when asked (LOG_LEVEL=DEBUG).
     logging.getLogger("pika").setLevel(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
     stop = threading.Event()
+
+    def on_signal(number, frame) -> None:
+        # Finish the current window, settle it, close: the handler asks the loop to stop, and
+        # starts the deadline that ends the process if the loop cannot (see STOP_DEADLINE).
+        if not stop.is_set():
+            stop.set()
+            timer = threading.Timer(STOP_DEADLINE, _exit_now, (config.service,))
+            timer.daemon = True
+            timer.start()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        # Finish the current window, settle it, close: the handler only asks the loop to stop.
-        signal.signal(signum, lambda number, frame: stop.set())
+        signal.signal(signum, on_signal)
     etcd = Etcd(config.etcd_endpoints, timeout=config.etcd_timeout)
     if config.enable_etcd:
         dedup = EtcdDedup(etcd, config.etcd_prefix, config.service,
@@ -42,15 +56,29 @@ def main(environ=None) -> int:
     log.info("starting %s: amqp %s, exchange %s, etcd %s%s, dedup %s, statsd %s:%d", config.service,
              mask_url(config.amqp_url), config.exchange, ",".join(f"{h}:{p}" for h, p in config.etcd_endpoints),
              config.etcd_prefix, "on" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
+    status = 0
     try:
         if open_dedup(dedup, stop):
             processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at)
             Supervisor(config, processor, stop).run()
+    except BrokerRefused as error:
+        # No retry can cure it (the broker refuses our configuration): one line, exit status 2.
+        log.error("%s", error)
+        status = 2
     finally:
         dedup.close()
         etcd.close()
     log.info("%s stopped", config.service)
-    return 0
+    return status
+
+
+def _exit_now(service: str) -> None:
+    """The stop deadline passed: exit at once. What this process held unacked returns to the queue
+    when its connection drops; with dedup, a claim not marked done expires with its lease."""
+    log.error("%s did not stop within %.0f s of the signal (blocked by RabbitMQ, or still working); "
+              "exiting now, unacked events return to the queue", service, STOP_DEADLINE)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _metrics(config: Config) -> Metrics:

@@ -9,6 +9,7 @@ exchange and key it made. Every wait has a deadline and says what it waited for.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Sequence
 
 import pika
 
@@ -29,6 +31,24 @@ from .publisher import Publisher
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+RABBITMQCTL_TIMEOUT = 30.0
+RABBITMQCTL_UNWRAPPED = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # Debian's script under /usr/sbin's wrapper
+
+
+def rabbitmqctl(*args: str, node: str | None = None, home: str | None = None,
+                timeout: float = RABBITMQCTL_TIMEOUT) -> str:
+    """Run ``rabbitmqctl -q *args`` against the broker node the tests use; its stdout.
+
+    ``node`` (with ``home``, the HOME whose Erlang cookie that node was started with) reaches another
+    node, such as a test's throwaway one; Debian's wrapper, which switches to the rabbitmq user and
+    its cookie, is then bypassed. The one place tests reach a node's CLI, so where the kit's node is
+    can be set here alone. Raises CalledProcessError (with the tool's stderr) or TimeoutExpired."""
+    program, env = "rabbitmqctl", None
+    if home:
+        program, env = RABBITMQCTL_UNWRAPPED, {**os.environ, "HOME": home}
+    target = ["-n", node] if node else []
+    return subprocess.run([program, "-q", *target, *args], capture_output=True, text=True, timeout=timeout,
+                          check=True, env=env).stdout
 
 
 def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05):
@@ -87,13 +107,19 @@ class World:
     """An isolated set of names on the real RabbitMQ, etcd and statsd."""
 
     def __init__(self, amqp_url: str, etcd_endpoint: str, log_dir: Path, *,
-                 statsd: tuple[str, int] = ("127.0.0.1", 8125)) -> None:
+                 statsd: tuple[str, int] = ("127.0.0.1", 8125),
+                 rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
+        """``rabbitmqctl`` is the argv prefix that addresses the node answering at ``amqp_url``
+        (the kit gives it: ``nirvana.stack.rabbitmq_node().ctl()``); the default is the machine's
+        default node, which is the right one only when that node is the one at ``amqp_url``."""
         tag = uuid.uuid4().hex[:8]
         self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
+        self.rabbitmqctl = list(rabbitmqctl)
         self.exchange, self.prefix = f"t-{tag}", f"/t-{tag}"
         self.etcd = Etcd(parse_endpoints(etcd_endpoint), timeout=10.0)
         self.processes: list[ServiceProcess] = []
         self.services: set[str] = set()
+        self.policies: set[str] = set()
         self._connection = None
 
     # -- names and settings -------------------------------------------------------------------
@@ -142,6 +168,8 @@ class World:
         if self._connection is None or not self._connection.is_open:
             self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
             self._channel = self._connection.channel()
+        elif not self._channel.is_open:  # a test's refused declaration closed it
+            self._channel = self._connection.channel()
         return self._channel
 
     def queue(self, service: str) -> str:
@@ -174,14 +202,28 @@ class World:
     def close_connections(self, process: ServiceProcess) -> int:
         """Close the broker connections of one service process (as an operator would with
         ``rabbitmqctl close_connection``); how many were closed."""
-        out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = self._rabbitmqctl("list_connections", "pid", "client_properties")
         marker = connection_name(process.service, process.pid)
         pids = [line.split("\t", 1)[0] for line in out.splitlines() if f'"{marker}"' in line]
         for pid in pids:
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"],
-                           capture_output=True, timeout=30, check=True)
+            self._rabbitmqctl("close_connection", pid, "closed by a test")
         return len(pids)
+
+    def _rabbitmqctl(self, *args: str) -> str:
+        """``rabbitmqctl -q *args`` against the node this world's broker is (its stdout)."""
+        return subprocess.run([*self.rabbitmqctl, "-q", *args], capture_output=True, text=True,
+                              timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
+
+    def set_policy(self, suffix: str, pattern: str, definition: dict, apply_to: str = "queues") -> str:
+        """A broker policy named after this world (removed by ``close``); its name."""
+        name = f"{self.exchange}-{suffix}"
+        self._rabbitmqctl("set_policy", "--apply-to", apply_to, "--priority", "100", name, pattern, json.dumps(definition))
+        self.policies.add(name)
+        return name
+
+    def clear_policy(self, name: str) -> None:
+        self._rabbitmqctl("clear_policy", name)
+        self.policies.discard(name)
 
     # -- etcd ---------------------------------------------------------------------------------
 
@@ -207,6 +249,11 @@ class World:
                     process.kill()
             except (subprocess.TimeoutExpired, OSError) as error:
                 stuck.append(f"{process.service} (pid {process.pid}): {error}")
+        for policy in sorted(self.policies):
+            try:
+                self.clear_policy(policy)
+            except (subprocess.SubprocessError, OSError) as error:
+                print(f"svc.testing: could not clear the policy {policy}: {error}", file=sys.stderr)
         try:
             topology.delete(self.channel(), self.exchange, services=sorted(self.services))
             self._connection.close()
@@ -228,3 +275,47 @@ def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> floa
     with urllib.request.urlopen(f"{graphite_url}/render?{query}", timeout=5) as response:
         series = json.load(response)
     return sum(value or 0 for item in series for value, _ in item["datapoints"])
+
+
+class OwnEtcd:
+    """A throwaway etcd on free loopback ports with its own data folder and extra ``flags``
+    (``--max-txn-ops``, ``--quota-backend-bytes``, ...), for stopping mid-stream or for limits the
+    stack's etcd does not have; ``stop()`` kills it. Never the stack's etcd."""
+
+    def __init__(self, data_dir, *flags: str) -> None:
+        self.client, peer = _free_port(), _free_port()
+        self.endpoint = f"127.0.0.1:{self.client}"
+        self.args = ["etcd", "--name", "t", "--data-dir", str(data_dir),
+                     "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
+                     "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                     "--initial-cluster", f"t=http://127.0.0.1:{peer}", *flags]
+        self.process = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        wait_for(lambda: _tcp_open(self.client), f"etcd on {self.endpoint}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+
+    def signal(self, signum: int) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False

@@ -5,11 +5,16 @@ test; elsewhere it is skipped with the command that starts it.
 """
 
 import os
+import shutil
 import socket
+import uuid
 
+import pika
 import pytest
 
-from nirvana import endpoints
+from nirvana import endpoints, services, settings, stack
+from svc import Etcd, topology
+from svc.config import parse_endpoints
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 START_HINT = "start the stack with `./kit up`"
@@ -23,6 +28,17 @@ def need(what: str, ok: bool) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def native_only(*components: str) -> None:
+    """Skip a test that stops these components or reads their files under state/ when one of them
+    was found running instead of started by the kit (a docker-compose stack): the kit never stops
+    what it did not start, and a container keeps its files inside."""
+    found = [row.name for row in stack.status(components) if row.origin == "found running"]
+    if found:
+        pytest.skip(f"{', '.join(found)} found running, not started by the kit (a docker-compose stack?): "
+                    "this test stops it or reads its files under state/; run it on the native stack "
+                    "(`docker compose down`, then `./kit up`)")
 
 
 def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -60,11 +76,75 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def kit_env(monkeypatch, amqp_url, etcd_endpoint):
+    """EVENTS_EXCHANGE and ETCD_PREFIX exported to values of this test only, and the kit's settings
+    read again (as a kernel started now would). On teardown it stops every service the kit started,
+    deletes the exchange with the talk's queues and those the test adds to ``services``, and the
+    etcd keys under the prefix."""
+    tag = uuid.uuid4().hex[:8]
+    env = {"EVENTS_EXCHANGE": f"nirvana-test-{tag}", "ETCD_PREFIX": f"/nirvana-test-{tag}"}
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(settings, "_current", None)
+    world = {"tag": tag, "env": env, "exchange": env["EVENTS_EXCHANGE"], "url": amqp_url,
+             "services": list(topology.DEFAULT_SERVICES)}
+    yield world
+    services.stop_all(timeout=2)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    topology.delete(connection.channel(), world["exchange"], services=world["services"])
+    connection.close()
+    etcd = Etcd(parse_endpoints(etcd_endpoint))
+    try:
+        etcd.delete_prefix(env["ETCD_PREFIX"] + "/")
+    finally:
+        etcd.close()
+
+
+@pytest.fixture
+def kit(tmp_path, monkeypatch, kit_env):
+    """A private state dir, exchange and prefix (kit_env: exported, for what starts services without
+    env=, panels and kernels) and service names; every service started under it is stopped afterwards."""
+    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
+    names = {"a": f"a{kit_env['tag']}", "b": f"b{kit_env['tag']}"}
+    kit_env["services"] += names.values()
+    yield {**kit_env, "names": names}
+    services.stop_all(timeout=2)
+    assert services.running_pids() == []
+
+
+@pytest.fixture
 def svc_world(amqp_url, etcd_endpoint, tmp_path):
     """An isolated svc world: its own exchange, etcd prefix and service names, services run as real
     ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys."""
     from svc.testing import World
 
-    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT))
+    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
+                  rabbitmqctl=stack.rabbitmq_node().ctl())
     yield world
     world.close()
+
+
+@pytest.fixture
+def etcd_factory(tmp_path):
+    """Start throwaway etcds (``etcd_factory(*flags)``, e.g. ``"--max-txn-ops", "16"``) on free ports,
+    never the stack's; each is killed at teardown."""
+    from svc.testing import OwnEtcd
+
+    need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
+    started = []
+
+    def start(*flags: str) -> OwnEtcd:
+        etcd = OwnEtcd(tmp_path / f"etcd-{len(started)}", *flags)
+        started.append(etcd)
+        etcd.start()
+        return etcd
+
+    yield start
+    for etcd in started:
+        etcd.stop()
+
+
+@pytest.fixture
+def own_etcd(etcd_factory):
+    """A throwaway etcd with the default limits, for stopping mid-stream."""
+    return etcd_factory()

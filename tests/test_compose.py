@@ -3,11 +3,13 @@ so these read the files: the same ports, loopback only, the same 1 s metrics pat
 
 import configparser
 import re
+import string
 
 import pytest
 import yaml
 
 from nirvana import endpoints, paths, stack
+from nirvana.stack import component
 
 COMPOSE = paths.ROOT / "docker-compose.yaml"
 MANAGEMENT_PORT = 15672   # RabbitMQ's management UI: published by docker-compose only
@@ -51,15 +53,65 @@ def test_native_ports_are_the_endpoints(compose):
     assert native_ports() == expected
 
 
-def test_compose_mounts_the_kit_configs_that_exist(compose):
+# Where each image reads what the kit mounts, from the images' own sources:
+# graphiteapp/graphite-statsd 1.1.10-5 (github.com/graphite-project/docker-graphite-statsd, tag
+# 1.1.10-5): Dockerfile `COPY conf/opt/graphite/conf/* /opt/graphite/conf/`, carbon-cache started
+# by conf/etc/service/carbon/run with the default config /opt/graphite/conf/carbon.conf, statsd by
+# conf/etc/service/statsd/run as `node /opt/statsd/stats.js /opt/statsd/config/$STATSD_INTERFACE.js`
+# with `ENV STATSD_INTERFACE udp`.
+IMAGE_PATHS = {
+    "./assets/carbon/docker-carbon.conf": "/opt/graphite/conf/carbon.conf",
+    "./assets/carbon/storage-schemas.conf": "/opt/graphite/conf/storage-schemas.conf",
+    "./assets/carbon/storage-aggregation.conf": "/opt/graphite/conf/storage-aggregation.conf",
+    "./assets/statsd/docker.js": "/opt/statsd/config/udp.js",
+}
+# The image's carbon start script edits carbon.conf with `sed -i` when one of these is set (and
+# statsd reads another file, go-carbon replaces carbon): none may be, or the mount does not hold.
+IMAGE_EDITS_CARBON_CONF = ("CARBON_DISABLE_TAGS", "CARBON_ENABLE_AMQP", "GOCARBON", "STATSD_INTERFACE", "BRUBECK")
+
+
+def test_compose_mounts_the_kit_configs_where_the_images_read_them(compose):
     mounts = [volume.split(":") for service in compose["services"].values()
               for volume in service.get("volumes", []) if volume.startswith("./")]
-    assert {source for source, *_ in mounts} == {"./assets/carbon/storage-schemas.conf",
-                                                 "./assets/carbon/storage-aggregation.conf",
-                                                 "./assets/statsd/docker.js"}
+    assert {source: target for source, target, *_ in mounts} == IMAGE_PATHS
     for source, _target, *mode in mounts:
         assert (paths.ROOT / source).is_file(), source
-        assert mode == ["ro"]
+        assert mode == ["ro,z"], f"{source}: read-only, and relabelled for SELinux hosts"
+    environment = compose["services"]["graphite"].get("environment", {})
+    assert [name for name in IMAGE_EDITS_CARBON_CONF if name in environment] == []
+
+
+def test_every_service_has_a_healthcheck_and_a_pinned_image(compose):
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        image, _, tag = service["image"].rpartition(":")
+        assert re.match(r"v?\d+\.\d+\.\d+", tag), f"{name}: {service['image']} is not an explicit release"
+
+
+def _carbon_cache(text: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read_string(text)
+    return dict(parser["cache"])
+
+
+def test_carbon_in_docker_has_the_native_settings():
+    # The native carbon.conf rendered as `./kit up` renders it, against the one docker-compose mounts:
+    # every setting equal (MAX_CREATES_PER_MINUTE above all: the image's 50 drops new counters'
+    # first points), but for the folders (the image's defaults) and the interfaces (the container's).
+    native = _carbon_cache(string.Template((paths.ASSETS / "carbon" / "carbon.conf.in").read_text())
+                           .substitute(CONF_DIR="CONF", STORAGE_DIR="STORAGE", WHISPER_DIR="WHISPER",
+                                       LOG_DIR="LOG", **component.ports()))
+    docker = _carbon_cache((paths.ASSETS / "carbon" / "docker-carbon.conf").read_text())
+    folders = {"CONF_DIR", "STORAGE_DIR", "LOCAL_DATA_DIR", "WHITELISTS_DIR", "LOG_DIR", "PID_DIR"}
+    interfaces = {key for key in native if key.endswith("_INTERFACE")}
+    assert set(docker) == set(native) - folders
+    assert {key: docker[key] for key in interfaces} == dict.fromkeys(interfaces, "0.0.0.0")
+    same = set(native) - folders - interfaces
+    assert {key: docker[key] for key in same} == {key: native[key] for key in same}
+    assert int(docker["MAX_CREATES_PER_MINUTE"]) >= 1000
 
 
 def statsd_settings(name: str) -> dict[str, str]:

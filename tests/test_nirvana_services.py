@@ -10,38 +10,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import pika
 import psutil
 import pytest
 
 from nirvana import paths, processes, rabbit, services
-from svc import Etcd, topology
-from svc.config import parse_endpoints
-
-
-@pytest.fixture
-def kit(tmp_path, monkeypatch, amqp_url, etcd_endpoint):
-    """A private state dir and exchange; every service started under it is stopped afterwards."""
-    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
-    tag = uuid.uuid4().hex[:8]
-    exchange = f"nirvana-test-{tag}"
-    env = {"EVENTS_EXCHANGE": exchange, "ETCD_PREFIX": f"/nirvana-test-{tag}"}
-    for variable, value in env.items():   # for what starts services without env= (panels, kernels)
-        monkeypatch.setenv(variable, value)
-    names = {"a": f"a{tag}", "b": f"b{tag}"}
-    yield {"env": env, "exchange": exchange, "names": names, "url": amqp_url}
-    services.stop_all(timeout=2)
-    assert services.running_pids() == []
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    topology.delete(connection.channel(), exchange, services=[*names.values(), *topology.DEFAULT_SERVICES])
-    connection.close()
-    etcd = Etcd(parse_endpoints(etcd_endpoint))
-    try:
-        etcd.delete_prefix(env["ETCD_PREFIX"] + "/")
-    finally:
-        etcd.close()
 
 
 def group_pids(pgid):

@@ -4,7 +4,6 @@ import time
 
 from nirvana import graphite, rabbit, services, widgets
 from svc.publisher import PublishResult
-from test_nirvana_services import kit  # noqa: F401  (the isolated-kit fixture)
 
 # ---------------------------------------------------------------- PublishPanel with a stand-in
 
@@ -100,7 +99,7 @@ def test_a_status_light_is_a_coloured_dot_and_words():
 # ---------------------------------------------------------------- with RabbitMQ and python -m svc
 
 
-def test_a_click_really_publishes_to_the_queues(kit):  # noqa: F811
+def test_a_click_really_publishes_to_the_queues(kit):
     panel = widgets.PublishPanel(exchange=kit["exchange"])
     panel.count.value = 2
     panel.publish_button.click()
@@ -111,7 +110,7 @@ def test_a_click_really_publishes_to_the_queues(kit):  # noqa: F811
     assert rabbit.queue_depth("notify", exchange=kit["exchange"]) == 4
 
 
-def test_service_panel_buttons_start_kill_and_stop_with_the_lights_following(kit):  # noqa: F811
+def test_service_panel_buttons_start_kill_and_stop_with_the_lights_following(kit):
     name = kit["names"]["a"]
     panel = widgets.ServicePanel(names=[name], refresh_every=None)
     assert panel.states == {name: "stopped"}
@@ -134,7 +133,7 @@ def test_service_panel_buttons_start_kill_and_stop_with_the_lights_following(kit
     assert panel.states == {name: "stopped"} and out_text(panel).endswith(f"{name}: stopped\n")
 
 
-def test_the_lights_refresh_by_themselves_until_the_panel_is_closed(kit):  # noqa: F811
+def test_the_lights_refresh_by_themselves_until_the_panel_is_closed(kit):
     name = kit["names"]["b"]
     panel = widgets.ServicePanel(names=[name], refresh_every=0.1)
     services.start(name, progress=lambda _: None)   # started elsewhere: the light must notice
@@ -149,7 +148,7 @@ def test_the_lights_refresh_by_themselves_until_the_panel_is_closed(kit):  # noq
     assert not newer._refresher.is_alive()
 
 
-def test_a_failed_start_turns_the_light_red_and_says_why(kit, monkeypatch):  # noqa: F811
+def test_a_failed_start_turns_the_light_red_and_says_why(kit, monkeypatch):
     name = kit["names"]["b"]
     monkeypatch.setenv("PREFETCH", "lots")
     panel = widgets.ServicePanel(names=[name], refresh_every=None)
@@ -159,7 +158,7 @@ def test_a_failed_start_turns_the_light_red_and_says_why(kit, monkeypatch):  # n
     assert "PREFETCH" in panel.last_error
 
 
-def test_the_talks_idempotency_shows_in_graphite_after_clicks(kit, graphite_url):  # noqa: F811
+def test_the_talks_idempotency_shows_in_graphite_after_clicks(kit, graphite_url):
     # Given a service deduplicating through etcd, and a mark
     name = kit["names"]["a"]
     services.start(name, dedup=True, progress=lambda _: None)

@@ -17,8 +17,10 @@ import pika
 import pytest
 import requests
 import statsd
+from conftest import native_only
 
-from nirvana import endpoints, paths, stack
+from nirvana import endpoints, paths, settings, stack
+from nirvana.stack import statsd as stack_statsd
 
 NAMES = [component.name for component in stack.COMPONENTS]
 VISIBLE_WITHIN = 5.0   # seconds for a counter to reach the render API (measured ~1.5 s: bench/)
@@ -75,7 +77,12 @@ def test_status_names_every_component_and_the_cli_exits_zero(running):
         assert row.origin in ("started by kit", "found running")
         assert row.log or row.origin == "found running"
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout.strip() == table
+    # and the CLI to name the RabbitMQ node its rabbitmqctl calls address, after the table
+    *lines, node_line = cli.stdout.strip().splitlines()
+    assert "\n".join(lines) == table
+    node = stack.rabbitmq_node()
+    assert node_line == node.describe()
+    assert (node.name in node_line) if node.started_by_kit else ("found running" in node_line)
 
 
 def test_an_unknown_component_is_a_usage_error():
@@ -123,6 +130,7 @@ def seconds_per_point(path) -> int:
 
 @pytest.mark.stack
 def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
+    native_only("carbon")
     from svc import topology
 
     exchange = topology.DEFAULT_EXCHANGE
@@ -193,6 +201,7 @@ def test_down_stops_what_the_kit_started_and_up_brings_all_back(running):
 
 @pytest.mark.stack
 def test_a_held_port_or_a_missing_program_gives_a_one_line_error(running, monkeypatch):
+    native_only("statsd")
     # Given statsd stopped, and its admin port taken by this test's own listening socket
     stack.down(progress=quiet, only=["statsd"])
     cli = run_cli("status")
@@ -229,6 +238,7 @@ def test_a_held_port_or_a_missing_program_gives_a_one_line_error(running, monkey
 
 @pytest.mark.stack
 def test_a_component_that_dies_on_start_names_its_log(running, monkeypatch, tmp_path):
+    native_only("etcd")
     # Given etcd stopped and an etcd whose data folder cannot be created (a file stands in its way)
     stack.down(progress=quiet, only=["etcd"])
     state = tmp_path / "state"
@@ -268,11 +278,55 @@ def test_present_leaves_jupyterlab_answering_on_its_url():
 
 @pytest.mark.parametrize("prefix", ["/", "//", "nirvana", "/a b"])
 def test_reset_refuses_an_etcd_prefix_that_is_not_one_absolute_prefix(prefix, monkeypatch):
-    # Given ETCD_PREFIX=/ (every key in etcd) or another bad value, I expect reset to stop before
-    # touching anything, with one line naming the variable, and the CLI to exit 2.
+    # Given ETCD_PREFIX=/ (every key in etcd) or another bad value, I expect the kit to refuse it
+    # (reset stops before touching anything) with one line naming the variable, and the CLI to exit 2.
     monkeypatch.setenv("ETCD_PREFIX", prefix)
+    monkeypatch.setattr(settings, "_current", None)   # as a kernel started now reads it
     with pytest.raises(stack.SettingError, match="ETCD_PREFIX"):
         stack.reset(progress=quiet)
     result = run_cli("reset")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "ETCD_PREFIX" in result.stderr
+
+
+# A port proxy's answer before the service inside listens: accept, never answer, for HOLD seconds;
+# then the real statsd (the kit's own program and config) takes over in the same process.
+LATE_STATSD = """
+import os, socket, sys, time
+hold, port, argv = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", port))
+sock.listen(16)
+time.sleep(hold)
+sock.close()
+os.execvp(argv[0], argv)
+"""
+
+
+@pytest.mark.stack
+def test_up_waits_for_a_component_found_running_that_becomes_healthy_late():
+    assert stack.up(progress=quiet, only=["statsd"])[0].healthy
+    native_only("statsd")
+    # Given statsd found on its port (not the kit's), answering but not healthy for its first 4 s,
+    # as a docker-compose container behind docker's port proxy right after `docker compose up -d`
+    stack.down(progress=quiet, only=["statsd"])
+    argv = stack_statsd.launch(paths.state_dir()).argv
+    late = subprocess.Popen([sys.executable, "-c", LATE_STATSD, "4", str(endpoints.STATSD_ADMIN_PORT), *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while stack.status(["statsd"])[0].state != "unhealthy" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stack.status(["statsd"])[0].state == "unhealthy"
+        # When up runs
+        lines: list[str] = []
+        [row] = stack.up(progress=lines.append, only=["statsd"])
+        # I expect it to wait within statsd's deadline and find it healthy, not to stop at "held by"
+        assert (row.state, row.origin) == ("up", "found running"), row
+        assert any("found, not healthy yet: waiting up to" in line for line in lines), lines
+        assert stack.kit_process("statsd") is None
+    finally:
+        os.killpg(late.pid, 9)
+        late.wait(10)
+        assert stack.up(progress=quiet, only=["statsd"])[0].healthy

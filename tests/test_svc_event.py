@@ -41,6 +41,9 @@ BAD_INPUT = [
     ("type number", b'{"type":7,"id":"1"}', "type is a JSON number"),
     ("args array", b'{"type":"new_order","id":"1","args":[1,2]}', "args is a JSON array"),
     ("args string", b'{"type":"new_order","id":"1","args":"x"}', "args is a JSON string"),
+    ("number beyond a double", b'{"type":"new_order","id":"1","args":{"x":1e999}}', "too large for a double"),
+    ("args lone surrogate", b'{"type":"new_order","id":"1","args":{"x":"\\udc00"}}', "lone surrogate"),
+    ("args key lone surrogate", b'{"type":"new_order","id":"1","args":{"\\ud800":1}}', "lone surrogate"),
 ]
 
 
@@ -93,3 +96,41 @@ def test_id_encoding_is_injective():
     encoded = {keys.encode_id(i) for i in set(ids)}
     assert len(encoded) == len(set(ids))
     assert keys.encode_id("123") == "123"
+
+
+# RFC 8785 (JCS) 3.2.2.3 reads every number as an IEEE 754 double; Appendix B lists these forms.
+EQUAL_NUMBERS = [("1", "1.0"), ("1", "1e0"), ("1", "10e-1"), ("100000000000000000000", "1e20"),
+                 ("0", "-0.0"), ("0.000001", "1e-6"), ("9007199254740992", "9007199254740992.0")]
+
+
+@pytest.mark.parametrize("a, b", EQUAL_NUMBERS)
+def test_equal_json_numbers_give_equal_digests(a, b):
+    # Given the same id with one number written two ways, I expect one digest (RFC 8785).
+    first = parse(b'{"type":"new_order","id":"1","args":{"qty":%s}}' % a.encode())
+    second = parse(b'{"type":"new_order","id":"1","args":{"qty":%s}}' % b.encode())
+    assert first.digest == second.digest
+
+
+def test_digest_is_sha256_of_the_rfc8785_form():
+    import hashlib
+    # The RFC 8785 form: keys sorted by UTF-16 code units, UTF-8 text (no \\u escapes), shortest numbers.
+    event = parse('{"type":"new_order","id":"1","args":{"\u20ac":"caf\\u00e9","\U0001f600":1.50,"a":1e21}}'.encode())
+    form = '{"args":{"a":1e+21,"\u20ac":"caf\u00e9","\U0001f600":1.5},"id":"1","type":"new_order"}'
+    assert event.digest == hashlib.sha256(form.encode()).hexdigest()[:32]
+
+
+def test_integers_a_double_cannot_hold_stay_apart():
+    # 2**53 + 1 and 2**53 are one double: JCS alone would merge them, svc keeps them apart, and apart
+    # from the string of the same digits; 4300 digits (Python's own limit) still have a digest.
+    big = 2 ** 53 + 1
+    digests = {parse(b'{"type":"new_order","id":"1","args":{"n":%s}}' % n).digest
+               for n in (str(big).encode(), str(big - 1).encode(), b'"%d"' % big, b"1" + b"0" * 4299)}
+    assert len(digests) == 4
+
+
+def test_done_marks_of_the_old_digest_still_match():
+    # A done mark written before RFC 8785 (ASCII escapes) is the same payload, not a conflict.
+    event = parse('{"type":"new_order","id":"1","args":{"who":"caf\u00e9"}}'.encode())
+    assert event.digest != event.legacy_digest
+    assert event.matches(event.legacy_digest) and event.matches(event.digest.encode())
+    assert not event.matches("0" * 32)

@@ -4,13 +4,12 @@ The effects in etcd turn "nothing lost, nothing done twice" into counts per even
 """
 
 import shutil
-import socket
-import subprocess
 import time
 
 import pytest
 from conftest import need
 
+from nirvana import stack
 from svc import keys
 from svc.effects import records
 from svc.testing import wait_for
@@ -80,7 +79,8 @@ def test_sigkill_after_done_before_ack(svc_world, enable_etcd, effects):
 
 @pytest.mark.parametrize("enable_etcd", [True, False])
 def test_closed_broker_connections_reconnect_and_lose_nothing(svc_world, enable_etcd):
-    need("rabbitmqctl (on PATH, to close connections)", shutil.which("rabbitmqctl") is not None)
+    program = stack.rabbitmq_node().program()   # the node's own rabbitmqctl closes the connections
+    need(f"{program} (to close connections)", shutil.which(program) is not None)
     orders = svc_world.service_name("orders")
     [process] = svc_world.start(orders, enable_etcd=enable_etcd, prefetch=20)
     publisher = svc_world.publisher(orders)
@@ -97,53 +97,6 @@ def test_closed_broker_connections_reconnect_and_lose_nothing(svc_world, enable_
     if enable_etcd:
         assert set(counts.values()) == {1}
     assert "reconnecting" in process.log() and process.alive()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class OwnEtcd:
-    """A throwaway etcd on free ports, for stopping mid-stream (never the shared stack's etcd)."""
-
-    def __init__(self, data_dir) -> None:
-        self.client, peer = _free_port(), _free_port()
-        self.endpoint = f"127.0.0.1:{self.client}"
-        self.args = ["etcd", "--name", "t", "--data-dir", str(data_dir),
-                     "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
-                     "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                     "--initial-cluster", f"t=http://127.0.0.1:{peer}"]
-        self.process = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
-        wait_for(lambda: _tcp_open(self.client), f"etcd on {self.endpoint}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def _tcp_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def own_etcd(tmp_path):
-    need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
-    etcd = OwnEtcd(tmp_path / "etcd")
-    etcd.start()
-    yield etcd
-    etcd.stop()
 
 
 def test_etcd_stopped_mid_stream_fails_closed_then_processes_once(svc_world, own_etcd, graphite_url):

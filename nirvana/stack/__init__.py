@@ -20,6 +20,8 @@ from .component import Component, Launch, Probe
 from .jupyterlab import LAB, LAB_PORT, lab, lab_url
 from .lifecycle import BY_NAME, COMPONENTS, Row, down, render_status, status, up
 from .ports import port_holder
+from .rabbitmq import Node as RabbitNode
+from .rabbitmq import node as rabbitmq_node
 from .reset import count_etcd_prefix, delete_etcd_prefix, etcd_client, etcd_prefix, kit_queues, reset, whisper_files
 from .running import kit_process, log_file
 
@@ -35,4 +37,6 @@ __all__ = [
     "lab", "lab_url", "LAB", "LAB_PORT",
     # the processes the kit started
     "kit_process", "log_file", "port_holder",
+    # the RabbitMQ node on the kit's AMQP port, as rabbitmqctl addresses it
+    "rabbitmq_node", "RabbitNode",
 ]

@@ -61,6 +61,7 @@ def up(progress: Progress = print, only: Iterable[str] = ()) -> list[Row]:
     state = paths.state_dir()
     paths.log_dir().mkdir(parents=True, exist_ok=True)
     waiting: list[tuple[Component, psutil.Process, float]] = []
+    found: list[tuple[Component, float]] = []
     for component in components:
         probe = component.probe()
         ours = kit_process(component.name)
@@ -71,12 +72,17 @@ def up(progress: Progress = print, only: Iterable[str] = ()) -> list[Row]:
         if ours is not None:  # ours and still starting (another `up` started it a moment ago)
             waiting.append((component, ours, time.monotonic()))
             continue
+        if probe.state == "unhealthy":  # found, not healthy yet (docker's port proxy answers first)
+            found.append((component, time.monotonic()))
+            continue
         _check_startable(component, probe)
         process = start(component, component.launch(state))
         progress(f"{component.name:<13} starting (log {display(log_file(component.name))})")
         waiting.append((component, process, time.monotonic()))
     for component, process, started in waiting:
         wait_healthy(component, process, started, progress)
+    for component, started in found:
+        _wait_found(component, started, progress)
     return status(components=[c.name for c in components])
 
 
@@ -90,6 +96,26 @@ def _check_startable(component: Component, probe: Probe) -> None:
         if not found:
             raise StackError(f"{component.name} cannot start: {needed} is missing ({provider}): "
                              f"{SETUP_HINT}, {DOCKER_HINT}")
+
+
+def _wait_found(component: Component, started: float, progress: Progress) -> None:
+    """A component found answering but not healthy (a container still starting behind docker's
+    port proxy, which accepts connections before the service inside listens) is given its own
+    start deadline (seconds from ``started``, monotonic); then a port still held is the one-line
+    "held by" error, and one no longer answering says to run ``up`` again."""
+    progress(f"{component.name:<13} found, not healthy yet: waiting up to {component.deadline:.0f} s")
+    deadline = started + component.deadline
+    while True:
+        probe = component.probe()
+        if probe.up:
+            progress(f"{component.name:<13} up, found running at {component.address} "
+                     f"(healthy after {time.monotonic() - started:.1f} s)")
+            return
+        if time.monotonic() >= deadline:
+            _check_startable(component, probe)   # still held: one line naming the holder
+            raise StackError(f"{component.name} at {component.address} stopped answering while the kit "
+                             f"waited {component.deadline:.0f} s for it to become healthy: run `./kit up` again")
+        time.sleep(0.2)
 
 
 def status(components: Iterable[str] = ()) -> list[Row]:

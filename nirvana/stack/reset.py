@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from svc import Etcd, topology
-from svc.config import PREFIX_RE
 
-from .. import endpoints, rabbit, services
-from ..errors import SettingError
+from .. import rabbit, services
+from ..settings import current
 from .carbon import whisper_dir
-from .component import HOST, Progress
+from .component import Progress
 from .lifecycle import status
 from .running import display
 
 
 def etcd_prefix() -> str:
-    """The kit's etcd prefix: ETCD_PREFIX as the services read it, default ``/nirvana``.
+    """The kit's etcd prefix (ETCD_PREFIX as the services read it, :mod:`nirvana.settings`).
 
     Checked as svc checks it, so ``reset`` can never be pointed at the root of etcd (``/``) or at
-    anything but one absolute key prefix. Raises SettingError (exit status 2) otherwise.
+    anything but one absolute key prefix: a bad value raises SettingError (exit status 2).
     """
-    prefix = os.environ.get("ETCD_PREFIX") or "/nirvana"
-    if not PREFIX_RE.fullmatch(prefix.rstrip("/") or "/"):
-        raise SettingError(f"ETCD_PREFIX={prefix!r} is not an absolute key prefix such as /nirvana: "
-                           "reset deletes every key under it, so fix or unset ETCD_PREFIX")
-    return prefix.rstrip("/")
+    return current().etcd_prefix
 
 
-def kit_queues(exchange: str = topology.DEFAULT_EXCHANGE) -> list[str]:
+def kit_queues(exchange: str | None = None) -> list[str]:
     """The queues that belong to the kit: the talk's services, any service the kit has started,
     and the dead letters. Nothing is guessed from names: on a shared RabbitMQ another
     application's ``events.*`` queue is not the kit's to purge."""
+    exchange = exchange or current().exchange
     names = [topology.queue_name(service, exchange=exchange)
              for service in (*topology.DEFAULT_SERVICES, *services.known_names())]
     names.append(topology.dead_letter_queue(exchange))
@@ -41,7 +36,7 @@ def kit_queues(exchange: str = topology.DEFAULT_EXCHANGE) -> list[str]:
 
 def etcd_client() -> Etcd:
     """svc's etcd client (gRPC: Debian's etcd has no JSON gateway) on the kit's endpoint."""
-    return Etcd([(HOST, endpoints.ETCD_PORT)], timeout=5)
+    return Etcd(list(current().etcd_endpoints), timeout=5)
 
 
 def _with_etcd(call):
@@ -67,14 +62,14 @@ def whisper_files() -> list[Path]:
     return sorted(whisper_dir().rglob("*.wsp")) if whisper_dir().exists() else []
 
 
-def reset(progress: Progress = print, exchange: str = topology.DEFAULT_EXCHANGE) -> None:
+def reset(progress: Progress = print, exchange: str | None = None) -> None:
     """Return the stack to a clean demo state, touching nothing but the kit's own data.
 
     Purges the kit's queues, deletes the etcd keys under the kit's prefix, and deletes the whisper
     files of the native stack (so a changed retention takes effect on the next point).
     Raises SettingError for a bad ETCD_PREFIX before anything is touched.
     """
-    prefix = etcd_prefix()
+    prefix = etcd_prefix()   # a bad ETCD_PREFIX stops the reset before anything is touched
     rows = {row.name: row for row in status()}
     if rows["rabbitmq"].healthy:
         removed = rabbit.purge_queues(kit_queues(exchange))

@@ -1,0 +1,226 @@
+"""The one place that deals with pika's errors and connection settings (as ``_etcd.py`` is for etcd).
+
+Three things live here:
+
+- ``connect(url, timeout=...)``: a BlockingConnection whose every wait is bounded (socket, the
+  whole TCP+TLS+AMQP handshake, a connection blocked by a broker resource alarm), with one attempt.
+- ``classify(error)``: what a pika/AMQP error means for the caller, as an ``Action``:
+  STOP (a refusal no retry can cure: one line, exit status 2), REOPEN_CHANNEL (the broker closed a
+  channel, the connection stands), RECONNECT (the connection is gone: reconnect with backoff),
+  MESSAGE (the broker refused one published message: only that message is affected).
+- ``translate(error, doing)``: the same error as svc's own (svc/errors.py), one line naming what
+  was refused and what to do, so callers never catch ``pika.exceptions.*``.
+
+Reply codes are AMQP 0-9-1's (spec section 1.9, "Constants"; https://www.rabbitmq.com/amqp-0-9-1-reference):
+channel errors 403 ACCESS_REFUSED, 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406 PRECONDITION_FAILED;
+connection errors 320 CONNECTION_FORCED, 530 NOT_ALLOWED, 5xx protocol faults.
+
+Importing this module also makes pika's decoding of message properties tolerant (see
+``_install_tolerant_properties``): a delivery whose headers pika cannot decode arrives with
+``undecodable(properties)`` set, instead of tearing the connection down on every redelivery.
+"""
+
+import enum
+import logging
+import re
+
+import pika
+import pika.exceptions
+import pika.spec
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
+
+from .config import mask_url
+from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, SvcError
+
+__all__ = ["Action", "classify", "translate", "connect", "parameters", "undecodable", "raw_properties", "START_HINT",
+           "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0  # seconds for the TCP connect, the AMQP handshake, and a blocked connection
+START_HINT = "is RabbitMQ running? `./kit up` starts the stack"
+
+# Everything pika raises at us: its own errors, a handshake that timed out (AMQPConnectorException is
+# not an AMQPError) and the socket's OSError.
+BROKER_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
+
+ACCESS_REFUSED, NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 403, 404, 405, 406
+NOT_ALLOWED = 530
+
+
+class Action(enum.Enum):
+    """What the caller does about a broker error."""
+
+    STOP = "stop"                      # refusal no retry can cure: one line, exit status 2
+    REOPEN_CHANNEL = "reopen channel"  # the connection stands: a new channel, topology again
+    RECONNECT = "reconnect"            # the connection is gone: reconnect with backoff
+    MESSAGE = "message"                # one published message refused: handle only that one
+
+
+def classify(error: BaseException, *, may_declare: bool = True) -> Action:
+    """The Action for ``error`` (any exception pika raised).
+
+    ``may_declare``: whether the caller declares what it uses; if not, 404 NOT_FOUND (an exchange
+    or queue that does not exist) is a refusal (STOP), else declaring again cures it (REOPEN_CHANNEL).
+    A 406 PRECONDITION_FAILED is configuration (STOP) when it says "inequivalent arg" (an exchange
+    or queue exists with other arguments, RabbitMQ docs "Queues: Property Equivalence"); any other
+    406 (an unknown delivery tag, a delivery acknowledgement timeout) closes only the channel.
+    """
+    exc = pika.exceptions
+    if isinstance(error, (exc.NackError, exc.UnroutableError)):
+        return Action.MESSAGE
+    if isinstance(error, (exc.ProbableAuthenticationError, exc.ProbableAccessDeniedError,
+                          exc.AuthenticationError, exc.IncompatibleProtocolError)):
+        return Action.STOP
+    if isinstance(error, exc.ConnectionClosedByBroker):
+        return Action.STOP if error.reply_code in (ACCESS_REFUSED, NOT_ALLOWED) else Action.RECONNECT
+    if isinstance(error, exc.ChannelClosedByBroker):
+        code = error.reply_code
+        if code == ACCESS_REFUSED or (code == PRECONDITION_FAILED and "inequivalent arg" in error.reply_text):
+            return Action.STOP
+        if code == NOT_FOUND and not may_declare:
+            return Action.STOP
+        return Action.REOPEN_CHANNEL
+    if isinstance(error, (exc.ChannelClosed, exc.ChannelWrongStateError, exc.ConsumerCancelled)):
+        return Action.REOPEN_CHANNEL
+    # Every other AMQPError (stream lost, heartbeat timeout, blocked too long, connection closed or
+    # in the wrong state, protocol faults), a handshake timeout, a socket error.
+    return Action.RECONNECT
+
+
+def translate(error: BaseException, doing: str, *, may_declare: bool = True, url: str | None = None) -> SvcError:
+    """svc's error for ``error``, one line: ``doing`` says what was attempted ("declaring the topology").
+
+    STOP -> BrokerRefused (with what to do), REOPEN_CHANNEL -> ChannelClosed, RECONNECT ->
+    BrokerUnavailable (naming the command that starts the stack), MESSAGE -> MessageRefused.
+    ``url`` (masked) is named in connection errors.
+    """
+    action = classify(error, may_declare=may_declare)
+    where = f" at {mask_url(url)}" if url else ""
+    code, text = _reply(error)
+    if action is Action.STOP:
+        return BrokerRefused(f"RabbitMQ{where} refused {doing}: {_advice(error, code, text)}", code=code, text=text)
+    if action is Action.REOPEN_CHANNEL:
+        return ChannelClosed(f"RabbitMQ closed the channel while {doing}: ({code}) {text}", code=code, text=text)
+    if action is Action.MESSAGE:
+        return MessageRefused(f"RabbitMQ refused a message while {doing}: {_describe(error)}")
+    return BrokerUnavailable(f"RabbitMQ{where} unavailable for {doing}: {_describe(error)} ({START_HINT})")
+
+
+def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
+               blocked_timeout: float | None = None) -> pika.URLParameters:
+    """pika parameters for ``url`` with every wait bounded by ``timeout`` (seconds) unless the URL
+    sets a shorter one: socket_timeout, stack_timeout (TCP + AMQP handshake),
+    blocked_connection_timeout (a connection the broker blocks for a resource alarm is closed with
+    ConnectionBlockedTimeout instead of waiting forever; ``blocked_timeout`` if given, else ``timeout``).
+    One connection attempt; ``name`` is shown
+    by ``rabbitmqctl list_connections client_properties`` and the management UI."""
+    params = pika.URLParameters(url)
+    params.connection_attempts = 1
+    params.socket_timeout = min(params.socket_timeout or timeout, timeout)
+    params.stack_timeout = min(params.stack_timeout or timeout, timeout)
+    blocked = blocked_timeout or timeout
+    params.blocked_connection_timeout = min(params.blocked_connection_timeout or blocked, blocked)
+    if name:
+        params.client_properties = {"connection_name": name}
+    return params
+
+
+def connect(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
+            blocked_timeout: float | None = None) -> pika.BlockingConnection:
+    """An open BlockingConnection to ``url`` (see ``parameters`` for the bounds), or svc's error:
+    BrokerRefused (wrong user or password, no such vhost: exit status 2 material) or
+    BrokerUnavailable (nothing answers, or not in time). Raises within about ``timeout`` seconds."""
+    try:
+        return pika.BlockingConnection(parameters(url, timeout, name=name, blocked_timeout=blocked_timeout))
+    except BROKER_ERRORS as error:
+        raise translate(error, "the connection", url=url) from None
+
+
+# -- one line per refusal ----------------------------------------------------------------------
+
+_INEQUIVALENT_RE = re.compile(r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>exchange|queue) '(?P<name>[^']+)'"
+                              r" in vhost '[^']*': received (?P<ours>.+?) but current is (?P<theirs>.+)$")
+
+
+def _reply(error: BaseException) -> tuple[int, str]:
+    """(reply code, reply text) of a broker close, also when pika wrapped it in a connect error."""
+    if isinstance(error, (pika.exceptions.ChannelClosed, pika.exceptions.ConnectionClosed)):
+        return error.reply_code, error.reply_text
+    match = re.search(r"\((\d{3})\) '([^']*)'", str(error))  # ProbableAuthenticationError and kin
+    return (int(match[1]), match[2]) if match else (0, _describe(error))
+
+
+def _advice(error: BaseException, code: int, text: str) -> str:
+    match = _INEQUIVALENT_RE.search(text)
+    if match:
+        kind, name, arg = match["kind"], match["name"], match["arg"]
+        return (f"{kind} '{name}' already exists with {arg} {match['theirs']}, and svc declares it with "
+                f"{match['ours']} (406 PRECONDITION_FAILED, inequivalent arg '{arg}'); delete that {kind} "
+                f"(after moving its messages: rabbitmqctl delete_{kind} {name}) or use another name "
+                "(EVENTS_EXCHANGE / SERVICE_NAME, or --exchange)")
+    if isinstance(error, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)):
+        return f"the login ({code} {text}); check the user and password in the AMQP URL"
+    if isinstance(error, pika.exceptions.ProbableAccessDeniedError) or code == NOT_ALLOWED:
+        return f"the virtual host ({code} {text}); check the vhost in the AMQP URL (rabbitmqctl list_vhosts)"
+    if code == ACCESS_REFUSED and "reserved prefix" in text:
+        return f"{text} (403); names starting with amq. are the broker's own: use another name"
+    if code == ACCESS_REFUSED:
+        return f"{text} (403); grant the user that permission (rabbitmqctl set_permissions) or use another name"
+    if code == NOT_FOUND:
+        return f"{text} (404); create it first or fix the name"
+    return f"({code}) {text}" if code else _describe(error)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or repr(error.args)  # pika's connect errors keep the cause in args, str() is ""
+    return f"{type(error).__name__}: {text}".replace("\n", " ")[:300]
+
+
+# -- properties pika cannot decode -------------------------------------------------------------
+
+_UNDECODABLE, _RAW = "_svc_undecodable", "_svc_raw_properties"
+
+
+def undecodable(properties) -> str:
+    """Why pika could not decode a delivery's properties ("" if it could): the message is whole
+    (body and routing), only its properties (headers, content type...) are unknown."""
+    return getattr(properties, _UNDECODABLE, "")
+
+
+def raw_properties(properties) -> bytes:
+    """The encoded properties pika could not decode (b"" if it could), to keep them with the dead letter."""
+    return getattr(properties, _RAW, b"")
+
+
+def _install_tolerant_properties() -> None:
+    """Make ``BasicProperties.decode`` tolerant of values Python cannot represent.
+
+    pika decodes a content header frame's properties inside its frame reader: an exception there
+    (an AMQP timestamp 'T' holding milliseconds -> ``datetime.fromtimestamp`` ValueError "year
+    58122 is out of range"; a negative Java timestamp -> OverflowError; an unknown field type)
+    becomes StreamLostError and the connection drops. The message is never acked, so it comes back
+    on every reconnect and blocks the queue (pika issues #98, #1698; fixed for timestamps only in
+    pika's PR #1699, not in a release as of pika 1.4.4). Here any such failure leaves the
+    properties empty and marked (``undecodable``), the frame is still consumed whole (its size is
+    read before the properties), and the consumer dead-letters the message with the reason.
+    """
+    properties = pika.spec.BasicProperties
+    if getattr(properties.decode, "_svc_tolerant", False):
+        return
+    original = properties.decode
+
+    def decode(self, encoded, offset=0):
+        try:
+            return original(self, encoded, offset)
+        except Exception as error:  # noqa: BLE001 - anything raised here would drop the connection
+            self.__dict__.update(pika.spec.BasicProperties().__dict__)
+            setattr(self, _UNDECODABLE, f"message properties cannot be decoded ({_describe(error)})")
+            setattr(self, _RAW, bytes(encoded[offset:]))
+            return self
+
+    decode._svc_tolerant = True
+    properties.decode = decode
+
+
+_install_tolerant_properties()
