@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"only these ({', '.join(c.name for c in stack.COMPONENTS)}); default all")
     commands.add_parser("reset", help="stop kit-started services, purge the kit's queues, delete its etcd "
                                       "keys and whisper files")
-    lab = commands.add_parser("lab", help="start JupyterLab on notebooks/ (once) and print its URL")
+    lab = commands.add_parser("lab", help="start JupyterLab on a copy of notebooks/ (once) and print its URL")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser (headless machine)")
+    lab.add_argument("--fresh", action="store_true",
+                     help="copy every chapter again into state/present/ (drops what was saved into the copies)")
     args = parser.parse_args(argv)
     unknown = [name for name in getattr(args, "components", []) if name not in stack.BY_NAME]
     if unknown:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             nirvana.reset()
             return 0
         if args.command == "lab":
-            url = stack.lab(open_browser=not args.no_browser)
+            url = stack.lab(open_browser=not args.no_browser, fresh=args.fresh)
             print(f"JupyterLab: {url}")
             return 0
     except KitError as exc:

@@ -13,10 +13,12 @@ Stopping is SIGTERM to each group, a shared deadline, SIGKILL to what is left (P
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -60,12 +62,38 @@ def reap(pid: int) -> None:
         pass
 
 
+PR_SET_PDEATHSIG = 1   # prctl(2): the signal a process gets when the thread that started it ends
+
+
+def death_signal():
+    """A ``preexec_fn`` that has Linux SIGKILL the child when its starter ends (prctl(2), PR_SET_PDEATHSIG).
+
+    For the services a notebook kernel starts: Jupyter gives a kernel that it shuts down or restarts
+    a few seconds for atexit's graceful stop and then kills it, and a busy service (WORK_MS) would
+    outlive it. SIGKILL is the crash the talk demonstrates anyway: events not acked go back to the
+    queue. The signal follows the *thread* that started the child: the kit starts services from the
+    kernel's main thread (cells and widget clicks run there). None off Linux (atexit's stop remains).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before the fork: the child only calls it
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:   # the starter ended before prctl took effect: no signal would come
+            os._exit(1)
+
+    return set_death_signal
+
+
 def spawn(argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path,
-          append: bool = False) -> subprocess.Popen:
+          append: bool = False, die_with_starter: bool = False) -> subprocess.Popen:
     """Start ``argv`` in its own session (process group id = its pid), output to ``log``.
 
-    ``append`` keeps the log's earlier runs and writes a dated header line first. Raises OSError
-    when the program cannot be executed.
+    ``append`` keeps the log's earlier runs and writes a dated header line first;
+    ``die_with_starter`` has it killed when this process ends (:func:`death_signal`). Raises
+    OSError when the program cannot be executed.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab" if append else "wb") as out:
@@ -74,7 +102,8 @@ def spawn(argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path,
             out.flush()
         # its own session: a stop reaches all of it, a Ctrl-C in Jupyter or the terminal none of it
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(env), cwd=cwd, start_new_session=True)
+                                env=dict(env), cwd=cwd, start_new_session=True,
+                                preexec_fn=death_signal() if die_with_starter else None)
 
 
 def started_at(pid: int) -> float:

@@ -55,7 +55,7 @@ class Status:
     """What a service is doing now; ``str()`` gives one line, ``summary`` the same without pid."""
 
     name: str
-    state: str              # "running", "stopped" or "exited with status N"
+    state: str              # "running", "stopped", "killed" (SIGKILL) or "exited with status N"
     pids: tuple[int, ...] = ()
     dedup: bool | None = None
     uptime: float | None = None
@@ -186,6 +186,7 @@ def stop_now(services: list[Service], timeout: float) -> dict[str, str]:
     # the service leads its own group: pgid == pid
     ended = processes.stop_groups([service.pid for service in services], timeout, reaper=reap)
     for service in services:
+        reap(service.pid)   # a group may look empty while its leader is still a zombie: keep how it ended
         forget(service)
     return {service.key: ended[service.pid] for service in services}
 

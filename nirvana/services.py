@@ -56,7 +56,9 @@ def _check_etcd(endpoints_text: str) -> None:
 
 def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -> Service:
     log = log_path(name, instance)
-    child = processes.spawn([sys.executable, "-m", "svc"], log=log, env=environment, cwd=paths.ROOT)
+    # it dies with this kernel, even busy (processes.death_signal): none outlives its notebook
+    child = processes.spawn([sys.executable, "-m", "svc"], log=log, env=environment, cwd=paths.ROOT,
+                            die_with_starter=True)
     _register_atexit()
     service = Service(name, child.pid, processes.started_at(child.pid), dedup, environment["EVENTS_EXCHANGE"],
                       str(log), instance)
@@ -213,7 +215,9 @@ def status(names: list[str] | tuple[str, ...] | None = None) -> StatusTable:
         if live:
             uptime = time.time() - live[0].started
             result[name] = Status(name, "running", tuple(s.pid for s in live), live[0].dedup, uptime)
-        elif records.exit_codes.get(name, 0) not in (0, -signal.SIGTERM, -signal.SIGKILL):
+        elif records.exit_codes.get(name) == -signal.SIGKILL:
+            result[name] = Status(name, "killed")
+        elif records.exit_codes.get(name, 0) not in (0, -signal.SIGTERM):
             result[name] = Status(name, f"exited with status {records.exit_codes[name]}")
         else:
             result[name] = Status(name, "stopped")

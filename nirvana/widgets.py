@@ -34,6 +34,21 @@ def _svc_publisher(amqp_url: str, exchange: str) -> AbstractContextManager:
     return Publisher(amqp_url, exchange=exchange)
 
 
+def _in_cell() -> bool:
+    """True while a cell's code runs in a kernel (its current request is an ``execute_request``),
+    False for a click in the browser (a ``comm_msg``) and outside a kernel.
+
+    A cell that calls ``publish_button.click()`` and prints the result would otherwise show the
+    same line twice on one slide: once in the panel, once under the cell.
+    """
+    from ipykernel.kernelbase import Kernel
+
+    if not Kernel.initialized():
+        return False
+    parent = Kernel.instance().get_parent() or {}
+    return parent.get("header", {}).get("msg_type") == "execute_request"
+
+
 def fresh_id() -> str:
     """A new event id, short enough to read on a slide."""
     return uuid.uuid4().hex[:8]
@@ -151,18 +166,13 @@ class PublishPanel(_Panel):
         routing_key: str | None = None,
         count: int | None = None,
     ) -> Published | None:
-        """Publish what the form says; arguments set the form first, as if typed in."""
-        if event_type is not None:
-            self.event_type.value = event_type
-        if event_id is not None:
-            self.event_id.value, self.id_mode.value = event_id, "fixed"
-        if fresh is not None:
-            self.id_mode.value = "fresh" if fresh else "fixed"
-        if routing_key is not None:
-            self.routing_key.value = routing_key
-        if count is not None:
-            self.count.value = count
-        return self._attempt(lambda: self._send(self._batch_from_form()))
+        """Publish what the form says; arguments override it for this publish only.
+
+        The form keeps what the presenter set: a later cell's ``publish("ban_user", ...)`` does not
+        change the panel an earlier slide shows.
+        """
+        return self._attempt(lambda: self._send(self._batch_from_form(
+            event_type=event_type, event_id=event_id, fresh=fresh, routing_key=routing_key, count=count)))
 
     def publish_again(self) -> Published | None:
         """Publish exactly the last batch again: the same ids, so the services see duplicates."""
@@ -172,17 +182,26 @@ class PublishPanel(_Panel):
             return None
         return self._attempt(lambda: self._send(self.last_result.batch))
 
-    def _batch_from_form(self) -> Batch:
-        count = self.count.value
-        if self.id_mode.value == "fresh":
+    def _batch_from_form(self, *, event_type: str | None = None, event_id: str | None = None,
+                         fresh: bool | None = None, routing_key: str | None = None,
+                         count: int | None = None) -> Batch:
+        count = self.count.value if count is None else count
+        if not 1 <= count <= MAX_COUNT:
+            raise ValueError(f"count={count}: publish 1 to {MAX_COUNT} events at a time")
+        if fresh is None:
+            fresh = self.id_mode.value == "fresh" and event_id is None
+        if fresh:
             ids = tuple(fresh_id() for _ in range(count))
         else:
-            event_id = self.event_id.value.strip()
+            event_id = (self.event_id.value if event_id is None else event_id).strip()
             if not event_id:
                 raise ValueError("the fixed id is empty: type one (the talk uses 123) or choose fresh ids")
             ids = (event_id,) * count
-        routing_key = self.routing_key.value.strip() or TALK_ROUTING_KEY
-        return Batch(self.event_type.value, ids, routing_key)
+        routing_key = (self.routing_key.value if routing_key is None else routing_key).strip() or TALK_ROUTING_KEY
+        event_type = self.event_type.value if event_type is None else event_type
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"event type {event_type!r}: choose one of {', '.join(EVENT_TYPES)}")
+        return Batch(event_type, ids, routing_key)
 
     def _send(self, batch: Batch) -> Published:
         confirmed = unroutable = nacked = 0
@@ -198,11 +217,13 @@ class PublishPanel(_Panel):
                 nacked += result.nacked
         self.last_result = Published(batch, confirmed, unroutable, nacked)
         self.again_button.disabled = False
-        self.say(str(self.last_result))
+        if not _in_cell():   # a cell that publishes prints what it wants; the panel logs the clicks
+            self.say(str(self.last_result))
         return self.last_result
 
 
 LIGHTS = {"running": "#2e7d32", "starting": "#f9a825", "stopping": "#f9a825", "stopped": "#9e9e9e"}
+# any other state ("killed", "exited with status 2") is shown in FAILED_LIGHT
 FAILED_LIGHT = "#c62828"
 
 

@@ -45,12 +45,16 @@ def test_the_publish_button_publishes_the_talks_event_by_default():
     assert out_text(panel) == "published 1 x new_order id 123 (routing key foo): 1 confirmed\n"
 
 
-def test_publish_in_code_sets_the_form_as_if_typed_and_again_sends_the_same_ids():
+def test_publish_in_code_leaves_the_form_as_the_presenter_set_it_and_again_sends_the_same_ids():
+    # Given a panel shown on an early slide, when a later cell publishes something else
     fake = FakePublisher()
     panel = widgets.PublishPanel(publisher=fake)
     assert panel.again_button.disabled
     first = panel.publish("ban_user", fresh=True, count=3, routing_key="bar")
-    assert (panel.event_type.value, panel.id_mode.value, panel.count.value) == ("ban_user", "fresh", 3)
+    # I expect the form unchanged (the slide shows the talk's event), the events as asked
+    assert (panel.event_type.value, panel.id_mode.value, panel.count.value) == ("new_order", "fixed", 1)
+    assert {(event_type, routing_key) for event_type, _, routing_key in fake.sent} == {("ban_user", "bar")}
+    panel.id_mode.value = "fresh"
     assert panel.event_id.disabled   # fresh ids: the fixed id field is greyed out
     ids = [event_id for _, event_id, _ in fake.sent]
     assert len(set(ids)) == 3 and first.confirmed == 3
@@ -116,12 +120,14 @@ def test_service_panel_buttons_start_kill_and_stop_with_the_lights_following(kit
     assert "dedup on" in panel.lights[name].value
     assert services.running(name).dedup is True
     panel.buttons[name]["kill"].click()
-    assert panel.states == {name: "stopped"} and services.running_pids() == []
+    # after a SIGKILL the light says killed (red), not stopped
+    assert panel.states == {name: "killed"} and services.running_pids() == []
+    assert widgets.FAILED_LIGHT in panel.lights[name].value
     assert f"{name}: killed (SIGKILL)" in out_text(panel)
     # events published while it is down wait in its queue, and its light says how many
     widgets.PublishPanel(exchange=kit["exchange"]).publish(count=2)
     panel.refresh()
-    assert panel.lights[name].value.endswith("stopped, 2 waiting")
+    assert panel.lights[name].value.endswith("killed, 2 waiting")
     panel.start(name)
     panel.buttons[name]["stop"].click()
     assert panel.states == {name: "stopped"} and out_text(panel).endswith(f"{name}: stopped\n")

@@ -1,5 +1,6 @@
 """graphite-web: probed with ``/metrics/find``; Debian's graphite-web served by Debian's gunicorn."""
 
+import os
 import secrets
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def launch(state: Path) -> Launch:
     folder = storage(state)
     (folder / "log").mkdir(parents=True, exist_ok=True)
     env = {
-        "PYTHONPATH": str(paths.ASSETS / "graphite"),
+        # whitenoise from .tools/ (./kit setup): graphite-web serves its UI's static files through it
+        "PYTHONPATH": os.pathsep.join([str(paths.ASSETS / "graphite"), str(paths.ROOT / ".tools" / "graphite-python")]),
         "DJANGO_SETTINGS_MODULE": "graphite.settings",
         "GRAPHITE_SETTINGS_MODULE": "nirvana_graphite_settings",
         "NIRVANA_GRAPHITE_STORAGE": str(folder),

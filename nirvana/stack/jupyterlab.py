@@ -3,15 +3,13 @@ log, own process group), so that ``down`` stops it too."""
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import time
 from pathlib import Path
 
 import requests
 
-from .. import endpoints, paths
+from .. import endpoints, paths, present
 from ..errors import StackError
 from .component import DOWN, HOST, SETUP_HINT, Component, Launch, Probe, Progress, tcp_open
 from .ports import held_error, port_holder
@@ -48,19 +46,10 @@ def lab_url() -> str:
     return f"http://{HOST}:{LAB_PORT}/lab" + (f"?token={token}" if token else "")
 
 
-def _lab_settings() -> Path:
-    """JupyterLab's user settings for the kit, under state/: the news prompt answered "no" (it
-    would cover a slide and fetch from the internet); anything the presenter changes is kept."""
-    settings = paths.state_dir() / "jupyterlab" / "settings"
-    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    if not notification.exists():
-        notification.parent.mkdir(parents=True, exist_ok=True)
-        notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}, indent=2))
-    return settings
-
-
-def lab(open_browser: bool = True, progress: Progress = print) -> str:
-    """Start JupyterLab on notebooks/ in the background (once); returns its URL (token included).
+def lab(open_browser: bool = True, progress: Progress = print, fresh: bool = False) -> str:
+    """Start JupyterLab on a copy of the chapters under state/present/ in the background (once);
+    returns its URL (token included). The checkout's notebooks stay as they are
+    (:mod:`nirvana.present`); ``fresh`` copies every chapter again.
 
     Raises StackError when its port is held by another program or it is not installed.
     """
@@ -68,6 +57,8 @@ def lab(open_browser: bool = True, progress: Progress = print) -> str:
         if kit_process(LAB.name) is None:
             progress(f"JupyterLab found running on port {LAB_PORT} (not the kit's); its URL has its own token")
             return f"http://{HOST}:{LAB_PORT}/lab"
+        if fresh:
+            progress(f"copied again: {', '.join(present.prepare(fresh=True)) or 'nothing'}")
         return lab_url()
     process = kit_process(LAB.name)
     if process is None:
@@ -75,22 +66,17 @@ def lab(open_browser: bool = True, progress: Progress = print) -> str:
         if holder:
             raise held_error(LAB, LAB_PORT, holder)
         paths.state_dir().mkdir(parents=True, exist_ok=True)
-        paths.NOTEBOOKS.mkdir(exist_ok=True)  # git keeps no empty folder
+        copied = present.prepare(fresh=fresh)
+        progress(f"presenting a copy of the chapters in {display(present.present_dir())}"
+                 + (f" (copied: {', '.join(copied)})" if copied else ""))
         token = secrets.token_hex(16)
         lab_token_file().write_text(token)
         lab_token_file().chmod(0o600)
-        argv = [str(paths.ROOT / ".venv" / "bin" / "jupyter"), "lab", f"--notebook-dir={paths.NOTEBOOKS}",
-                f"--ServerApp.ip={HOST}", f"--ServerApp.port={LAB_PORT}", "--ServerApp.port_retries=0",
-                f"--ServerApp.open_browser={open_browser}",
-                # on stage there may be no internet, and no prompt should cover a slide
-                "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        if os.geteuid() == 0:  # containers and CI machines run as root; Jupyter refuses without this
-            argv.append("--allow-root")
+        argv = present.lab_command(present.present_dir(), HOST, LAB_PORT, open_browser=open_browser)
         if not Path(argv[0]).exists():
             raise StackError(f"JupyterLab is not installed in .venv: {SETUP_HINT}")
-        settings = _lab_settings()
-        process = start(LAB, Launch(argv, {"JUPYTER_TOKEN": token, "JUPYTERLAB_SETTINGS_DIR": str(settings),
-                                           "JUPYTERLAB_WORKSPACES_DIR": str(settings.parent / "workspaces")}))
+        settings = paths.state_dir() / "jupyterlab" / "settings"
+        process = start(LAB, Launch(argv, present.lab_environment(token, settings)))
         progress(f"{LAB.name:<13} starting (log {display(log_file(LAB.name))})")
     wait_healthy(LAB, process, time.monotonic(), progress)
     return lab_url()
