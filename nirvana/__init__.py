@@ -12,6 +12,8 @@ for them (``from nirvana import widgets``), so ``python -m nirvana status`` does
 from . import effects, graphite, rabbit, services, settings, stack
 from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, \
     StackError, WaitTimeout
+from .outbox import Outbox
+from .own_etcd import OwnEtcd
 from .publisher import Publisher
 
 __all__ = [
@@ -19,10 +21,12 @@ __all__ = [
     "reset", "teardown",
     # the stack and the services
     "stack", "services",
-    # what the talk shows: queues, counters, effects; panels and plots
-    "rabbit", "graphite", "effects", "widgets", "plots",
+    # what the talk shows: queues, counters, effects, dead letters; panels and plots
+    "rabbit", "graphite", "effects", "deadletters", "widgets", "plots",
+    # the later chapters: crashes and outages, the talk's design, the chaos proof, the cost
+    "outages", "Outbox", "OwnEtcd", "designs", "chaos", "checker", "cost",
     # publishing and where things are
-    "Publisher", "settings", "ETCD_ENDPOINT",
+    "Publisher", "settings", "ETCD_ENDPOINT", "AMQP_URL",
     # errors
     "KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteError",
     "GraphiteUnavailable", "WaitTimeout",
@@ -30,10 +34,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> str:
-    """``ETCD_ENDPOINT``: the kit's etcd endpoints as ETCD_ENDPOINTS spells them (from the settings,
-    read at first use, so a notebook counts effects where its services wrote them)."""
+    """``ETCD_ENDPOINT``: the kit's etcd endpoints as ETCD_ENDPOINTS spells them; ``AMQP_URL``: the
+    kit's broker (from the settings, read at first use, so a notebook reads where its services
+    wrote)."""
     if name == "ETCD_ENDPOINT":
         return settings.current().etcd_endpoint
+    if name == "AMQP_URL":
+        return settings.current().amqp_url
     raise AttributeError(f"module 'nirvana' has no attribute {name!r}")
 
 

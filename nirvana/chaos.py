@@ -205,7 +205,7 @@ class _Run:
             self.start(name, wait=False)
         want = self.plan.replicas
         for name in self.plan.services:
-            poll(lambda: rabbit.consumers(name, exchange=self.exchange), lambda n: n >= want,
+            poll(lambda name=name: rabbit.consumers(name, exchange=self.exchange), lambda n: n >= want,
                  what=f"{want} replicas of {name} consuming", timeout=services.DEFAULT_TIMEOUT * 2, progress=quiet)
 
     def restart_etcd(self) -> None:
@@ -334,7 +334,7 @@ def plot_reports(reports: dict[str, Report]) -> Figure:
     rows = [row for report in reports.values() for row in report.rows]
     xs = range(len(rows))
     for offset, (name, values) in zip((-0.2, 0.2), (("processed once", [r.processed_once for r in rows]),
-                                                    ("duplicated", [r.duplicated for r in rows]))):
+                                                    ("duplicated", [r.duplicated for r in rows])), strict=True):
         ax.bar_label(ax.bar([x + offset for x in xs], values, 0.4, label=name))
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("ids")

@@ -59,7 +59,7 @@ def render(rows: Iterable[Row]) -> str:
     lines = [COLUMNS, *(row.cells() for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(w) if i in (0, len(COLUMNS) - 1) else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines)
+                               for i, (cell, w) in enumerate(zip(line, widths, strict=True))).rstrip() for line in lines)
 
 
 __all__ = ["Row", "check", "render", "COLUMNS"]

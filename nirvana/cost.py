@@ -51,7 +51,7 @@ class Cost:
 
     def ratio(self, name: str) -> float:
         """The median of each round's rate over that round's bare pika rate."""
-        return statistics.median(r / b for r, b in zip(self.rates[name], self.rates[CONTENDERS[0]]))
+        return statistics.median(r / b for r, b in zip(self.rates[name], self.rates[CONTENDERS[0]], strict=True))
 
     def latency(self, name: str) -> float:
         return statistics.median(self.latencies_ms[name])
@@ -112,7 +112,7 @@ def _latencies(world: World, service: str, dedup: bool, samples: int) -> list[fl
             event_id = f"lat-{i}"
             sent = time.time()
             channel.basic_publish(world.exchange, "foo", json.dumps(dict(EVENT, id=event_id)).encode())
-            wait_for(lambda: world.effects(service, event_id), f"event {event_id} processed", timeout=10,
+            wait_for(lambda event_id=event_id: world.effects(service, event_id), f"event {event_id} processed", timeout=10,
                      interval=0.002)
             [effect] = [r for r in records(world.etcd, service, prefix=world.prefix) if r["id"] == event_id]
             found.append((effect["at"] - sent) * 1000)
@@ -148,12 +148,12 @@ def measure(events: int = 2000, rounds: int = 2, latency_samples: int = 20, *, p
             for n in range(rounds):
                 for name, run in zip(CONTENDERS, (lambda s: _bare(world, s, events),
                                                   lambda s: _svc(world, s, events, False),
-                                                  lambda s: _svc(world, s, events, True))):
+                                                  lambda s: _svc(world, s, events, True)), strict=True):
                     service = world.service_name("cost")
                     rates[name].append(run(service))
                     world.channel().queue_delete(world.queue(service))   # bound with #: it would slow the next fills
                     progress(f"round {n + 1}: {name}: {rates[name][-1]:.0f} events/s")
-            for name, dedup in zip(CONTENDERS[1:], (False, True)):
+            for name, dedup in zip(CONTENDERS[1:], (False, True), strict=True):
                 latencies[name] = _latencies(world, world.service_name("latency"), dedup, latency_samples)
                 progress(f"{name}: latency p50 {statistics.median(latencies[name]):.1f} ms")
         finally:

@@ -28,6 +28,7 @@ import pika.exceptions
 from svc import topology
 
 from . import endpoints
+from .errors import KitError
 from .rabbit import NOT_FOUND, _connection, _text, dead_letter_queue, queue_of
 from .widgets import _Panel
 
@@ -35,7 +36,7 @@ DEFAULT_LIMIT = 200      # letters read per look: a demo has a handful, a flood 
 BODY_SHOWN = 60          # characters of a body shown on one line
 
 
-class DeadLetterError(RuntimeError):
+class DeadLetterError(KitError):
     """A dead letter could not be found, re-published or removed (the message says which)."""
 
 

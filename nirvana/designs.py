@@ -131,7 +131,7 @@ def table(outcomes: Iterable[Outcome]) -> str:
              for o in outcomes]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths))) for row in rows)
+                               enumerate(zip(row, widths, strict=True))) for row in rows)
 
 
 def plot_double_effects(outcomes: Iterable[Outcome]) -> Figure:

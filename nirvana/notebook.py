@@ -124,8 +124,8 @@ def tidy_file(path: Path) -> bool:
 
 
 def chapters() -> list[Path]:
-    """Every notebook of the talk, in order."""
-    return sorted(paths.NOTEBOOKS.glob("*.ipynb"))
+    """Every notebook of the talk, in order, then the exercises' solutions (notebooks/solutions/)."""
+    return sorted(paths.NOTEBOOKS.glob("*.ipynb")) + sorted((paths.NOTEBOOKS / "solutions").glob("*.ipynb"))
 
 
 def main(argv: list[str] | None = None) -> int:

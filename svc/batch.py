@@ -70,7 +70,7 @@ class InFlight:
         """Send ``events`` (verdict slots ``indices``): ``add(ops, event)`` appends an event's one
         operation to a transaction, ``judge(event, reply)`` reads its verdict from etcd's reply."""
         self._add, self._judge = add, judge
-        self._send(list(zip(indices, events)))
+        self._send(list(zip(indices, events, strict=True)))
 
     def _send(self, items: list) -> None:
         request, part, size = _etcd.new_txn(), [], 0
@@ -113,7 +113,7 @@ class InFlight:
             except DedupUnavailable as error:
                 self._fail(error)
                 continue
-            for (i, event), reply in zip(part, replies):
+            for (i, event), reply in zip(part, replies, strict=True):
                 self.verdicts[i] = self._judge(event, reply)
         return [Verdict.UNAVAILABLE if v is None else v for v in self.verdicts]
 

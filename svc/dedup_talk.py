@@ -46,7 +46,7 @@ class _AddAfter:
 
     def result(self) -> list[Verdict]:
         verdicts = self.effects.result()
-        self.dedup._add([event.id for event, verdict in zip(self.events, verdicts) if verdict is Verdict.OK])
+        self.dedup._add([event.id for event, verdict in zip(self.events, verdicts, strict=True) if verdict is Verdict.OK])
         return verdicts
 
 

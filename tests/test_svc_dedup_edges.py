@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from svc import keys, metrics
+from svc import keys
 from svc.testing import graphite_total, wait_for
 
 
