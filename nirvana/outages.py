@@ -6,6 +6,8 @@ which reads a lease without refreshing it (a keepalive would extend the very lea
 """
 
 import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
 import requests
 
@@ -13,7 +15,7 @@ from svc import keys
 from svc._etcd import Etcd
 from svc.config import DEFAULT_ETCD_PREFIX, parse_endpoints
 
-from . import rabbit, services
+from . import effects, rabbit, services
 from ._wait import Progress, poll
 
 HTTP_TIMEOUT = 2.0     # seconds per request to etcd's gateway on loopback
@@ -83,4 +85,50 @@ def wait_consuming(service: str, consumers: int = 1, *, timeout: float = 20.0, p
     return seen
 
 
-__all__ = ["dedup_value", "lease_left", "watch_claim", "wait_crashed", "wait_consuming"]
+@dataclass(frozen=True)
+class Tally:
+    """What became of a list of published ids: how many were published, processed (at least once),
+    processed exactly once, more than once (``twice``: the duplicates dedup exists to prevent)."""
+    published: int
+    processed: int
+    once: int
+    twice: int
+
+    @property
+    def missing(self) -> int:
+        """Ids with no effect yet (lost, or still on their way)."""
+        return self.published - self.processed
+
+    def __str__(self) -> str:
+        return f"{self.published} published, {self.processed} processed, {self.once} once, {self.twice} twice"
+
+
+def tally(ids: Iterable[str], counts: Mapping[str, int]) -> Tally:
+    """The :class:`Tally` of ``ids`` given ``counts`` (``{event id: times processed}``, as
+    :func:`nirvana.effects.counts_by_id` returns); ids not in ``counts`` were not processed."""
+    times = [counts.get(event_id, 0) for event_id in dict.fromkeys(ids)]
+    return Tally(published=len(times), processed=sum(1 for n in times if n),
+                 once=sum(1 for n in times if n == 1), twice=sum(1 for n in times if n > 1))
+
+
+def wait_processed(endpoint: str, service: str, ids: Iterable[str], *, timeout: float = 60.0,
+                   progress: Progress = print,
+                   read: Callable[[], Mapping[str, int]] | None = None) -> Tally:
+    """Wait until every id in ``ids`` has its effect in etcd (``endpoint``, the service's effect
+    records: :mod:`svc.effects`); return the final :class:`Tally`. An empty queue is not enough:
+    events delivered but not yet done are not in it, nor are those a cut connection is returning.
+
+    Prints the progress every few seconds ("120 of 200 processed ..."); ``read`` replaces the etcd
+    read of ``{event id: times processed}`` (for tests). Raises WaitTimeout (a TimeoutError) naming
+    the count reached after ``timeout`` seconds.
+    """
+    ids = list(ids)
+    read = read or (lambda: effects.counts_by_id(endpoint, service))
+    counts = poll(lambda: tally(ids, read()), lambda seen: seen.missing == 0,
+                  what=f"{len(ids)} events processed by {service}", timeout=timeout, progress=progress)
+    progress(f"{service}: {counts}")
+    return counts
+
+
+__all__ = ["Tally", "dedup_value", "lease_left", "tally", "watch_claim", "wait_crashed", "wait_consuming",
+           "wait_processed"]

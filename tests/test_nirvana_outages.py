@@ -1,6 +1,7 @@
 """nirvana.outages against a throwaway etcd: a claim's lease read without refreshing it, the
 countdown ending when the id is done."""
 
+import json
 import shutil
 import threading
 
@@ -9,9 +10,11 @@ from conftest import need
 
 from nirvana import outages
 from nirvana.own_etcd import OwnEtcd
+from svc import effects as svc_effects
 from svc import keys
 from svc._etcd import Etcd
 from svc.config import parse_endpoints
+from svc.event import parse as parse_event
 
 
 @pytest.fixture
@@ -60,3 +63,36 @@ def test_wait_consuming_gives_up_with_what_it_saw(amqp_url):
     # A queue nobody consumes: the wait ends at its deadline, naming the queue and the count seen.
     with pytest.raises(TimeoutError, match=r"1 consumer\(s\) on events\.t-none-queue.*saw 0"):
         outages.wait_consuming("t-none-queue", timeout=0.5, progress=lambda line: None)
+
+
+def _record(etcd, event_id: str) -> None:
+    event = parse_event(json.dumps({"type": "new_order", "id": event_id}).encode())
+    etcd.put(svc_effects.effect_key("/nirvana", "orders", event).encode(),
+             svc_effects.record("orders", event).encode())
+
+
+def test_wait_processed_waits_for_every_id_not_an_empty_queue(own):
+    # Three of four ids done, the fourth lands later (twice): the wait returns only then, and the
+    # tally names the duplicate; a fifth id that never comes makes it give up with the count seen.
+    etcd = Etcd(parse_endpoints(own.endpoint))
+    try:
+        for event_id in ("d-0", "d-1", "d-2"):
+            _record(etcd, event_id)
+        late = threading.Timer(1.0, lambda: (_record(etcd, "d-3"), _record(etcd, "d-3")))
+        late.start()
+        lines = []
+        ids = ["d-0", "d-1", "d-2", "d-3"]
+        seen = outages.wait_processed(own.endpoint, "orders", ids, timeout=10, progress=lines.append)
+        late.join()
+        assert seen == outages.Tally(published=4, processed=4, once=3, twice=1)
+        assert str(seen) == "4 published, 4 processed, 3 once, 1 twice" and lines[-1] == f"orders: {seen}"
+        with pytest.raises(TimeoutError, match="4 processed, 3 once, 1 twice"):
+            outages.wait_processed(own.endpoint, "orders", [*ids, "d-4"], timeout=0.5, progress=lines.append)
+    finally:
+        etcd.close()
+
+
+def test_tally_counts_each_id_once_and_only_the_ids_asked():
+    counts = {"a": 1, "b": 2, "other": 1}
+    assert outages.tally(["a", "b", "c", "a"], counts) == outages.Tally(published=3, processed=2, once=1, twice=1)
+    assert outages.tally(["a", "b", "c"], counts).missing == 1
