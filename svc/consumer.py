@@ -106,6 +106,9 @@ class Consumer:
         channels are closed on the way out, so what they held unacked returns to the queue."""
         self._pending: list = []
         self._kept: list[_Kept] = []
+        # Delivery tags of this channel not yet acked or requeued (pending, in a window, held, kept):
+        # an ack with ``multiple`` may only cover tags that are all settled by it.
+        self._open: set[int] = set()
         # Deliveries a sibling's claim holds wait aside (unacked), never at the head of the queue.
         self.held = self.processor.held()
         self._cancelled = False
@@ -165,6 +168,7 @@ class Consumer:
         return False
 
     def _on_message(self, channel, method, properties, body) -> None:
+        self._open.add(method.delivery_tag)
         self._pending.append((method, properties, body))
 
     def _on_cancel(self, frame) -> None:
@@ -219,14 +223,18 @@ class Consumer:
             elif outcome.action != "dead" or self._dead_letter(method, properties, body, outcome.reason):
                 acks.append(method.delivery_tag)
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
-        # the done mark (with dedup) turns the redelivery into a skip. One ack "multiple" covers the
-        # window only when nothing is left unacked below its last tag (a kept dead letter or a held
-        # delivery is: a held one must never be acked before its work is done).
-        if len(acks) == len(batch) and not self._kept and not len(self.held):
-            self.channel.basic_ack(acks[-1], multiple=True)
+        # the done mark (with dedup) turns the redelivery into a skip. One ack "multiple" covers
+        # every unsettled tag up to its own (AMQP 0-9-1, basic.ack), so it is used only when all of
+        # those are this window's acks: a lower tag may be open elsewhere (a held delivery come due
+        # in the next window, a kept dead letter, one held again), and acking it before its work is
+        # done loses it (and its later ack or nack is an unknown tag: the broker closes the channel).
+        top, acked = max(acks, default=0), set(acks)
+        if len(acks) > 1 and all(tag in acked for tag in self._open if tag <= top):
+            self.channel.basic_ack(top, multiple=True)
         else:
             for delivery_tag in acks:
                 self.channel.basic_ack(delivery_tag)
+        self._open -= acked
         if log.isEnabledFor(logging.DEBUG):
             self._trace(window, settled, set(acks))
         if requeues:
@@ -286,6 +294,7 @@ class Consumer:
             self._kept.remove(kept)
             if self._dead_letter(kept.method, kept.properties, kept.body, kept.reason, kept):
                 self.channel.basic_ack(kept.method.delivery_tag)
+                self._open.discard(kept.method.delivery_tag)
                 log.info("%s: a kept dead letter was published and acked", self.config.service)
 
     def _requeue(self, requeues) -> None:
@@ -298,6 +307,7 @@ class Consumer:
         for delivery_tag, _ in requeues:
             # Not done, not acked: back to the queue for another try (fail closed).
             self.channel.basic_nack(delivery_tag, requeue=True)
+            self._open.discard(delivery_tag)
 
 
 def _bodies(batch) -> list[bytes]:
