@@ -27,11 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pika  # noqa: E402
 
 from svc import _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH  # noqa: E402
 from svc.testing import World, wait_for  # noqa: E402
+
+from nirvana.cost import bare_pika  # noqa: E402  (the yardstick chapter 8 measures too)
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ETCD_ENDPOINT = "127.0.0.1:2379"
@@ -51,26 +52,6 @@ def fill(world: World, service: str, events: int) -> None:
     result = world.publisher(service).publish(EVENT, count=events, fresh_ids=True)
     assert result.ok, result
     wait_for(lambda: world.depth(service) == events, f"{events} events in the queue", timeout=60)
-
-
-def bare_pika(world: World, service: str, events: int, prefetch: int) -> float:
-    """Events/s of the simplest correct consumer: manual ack per event, same prefetch."""
-    fill(world, service, events)
-    connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
-    channel = connection.channel()
-    channel.basic_qos(prefetch_count=prefetch)
-    acked = []
-
-    def on_message(ch, method, properties, body):
-        ch.basic_ack(method.delivery_tag)
-        acked.append(time.time())
-        if len(acked) == events:
-            ch.stop_consuming()
-
-    channel.basic_consume(world.queue(service), on_message)
-    channel.start_consuming()
-    connection.close()
-    return (events - 1) / (acked[-1] - acked[0])
 
 
 def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetch: int) -> float:

@@ -65,17 +65,21 @@ class Cost:
         return "\n".join(lines)
 
 
-def _fill(world: World, service: str, events: int) -> None:
+def fill(world: World, service: str, events: int) -> None:
+    """Put ``events`` copies of :data:`EVENT` with fresh ids in ``service``'s queue and wait (60 s
+    at most) until the broker counts them all; raises AssertionError / TimeoutError otherwise."""
     assert world.publisher(service).publish(EVENT, count=events, fresh_ids=True).ok
     wait_for(lambda: world.depth(service) == events, f"{events} events in {service}'s queue", timeout=60)
 
 
-def _bare(world: World, service: str, events: int) -> float:
-    """Events/s of the simplest correct consumer: manual ack per event, prefetch 100."""
-    _fill(world, service, events)
+def bare_pika(world: World, service: str, events: int, prefetch: int = 100) -> float:
+    """Events/s of the simplest correct consumer draining ``events`` queued events: pika's
+    BlockingConnection, manual ack per event, the same prefetch as svc. The yardstick of chapter 8
+    and of bench/bench_svc.py (timed from the first ack to the last, so the start is not counted)."""
+    fill(world, service, events)
     connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
     channel = connection.channel()
-    channel.basic_qos(prefetch_count=100)
+    channel.basic_qos(prefetch_count=prefetch)
     acked: list[float] = []
 
     def on_message(ch, method, properties, body) -> None:
@@ -92,7 +96,7 @@ def _bare(world: World, service: str, events: int) -> float:
 
 def _svc(world: World, service: str, events: int, dedup: bool) -> float:
     """Events/s of python -m svc draining a full queue, from its effect records' times."""
-    _fill(world, service, events)
+    fill(world, service, events)
     [process] = world.start(service, enable_etcd=dedup, log_level="WARNING")
     wait_for(lambda: world.depth(service) == 0 and world.effects(service) >= events, "the queue drained",
              timeout=DRAIN_TIMEOUT, interval=0.2)
@@ -146,7 +150,7 @@ def measure(events: int = 2000, rounds: int = 2, latency_samples: int = 20, *, p
                       statsd=(endpoints.HOST, endpoints.STATSD_PORT))
         try:
             for n in range(rounds):
-                for name, run in zip(CONTENDERS, (lambda s: _bare(world, s, events),
+                for name, run in zip(CONTENDERS, (lambda s: bare_pika(world, s, events),
                                                   lambda s: _svc(world, s, events, False),
                                                   lambda s: _svc(world, s, events, True)), strict=True):
                     service = world.service_name("cost")
