@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nirvana import chaos  # noqa: E402
+from nirvana import chaos, stack  # noqa: E402
 
 EVENTS = 100_000
 KILLS = 50
@@ -41,13 +41,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.events < 1 or args.kills < 4:
         parser.exit(2, "bench/chaos.py: --events must be 1 or more and --kills 4 or more\n")
+    node = stack.rabbitmq_node()   # found in the kit's state folder, before the run moves it
     os.environ["NIRVANA_STATE"] = tempfile.mkdtemp(prefix="nirvana-chaos-state-")
     plan = chaos.Plan(events=args.events, kills=args.kills, drain_timeout=max(120.0, args.events / 50))
-    report = chaos.run(plan)
+    report = chaos.run(plan, node=node)
     show("claims", report)
     ok = report.ok
     if args.control:
-        control = chaos.run(chaos.without_dedup(plan))
+        control = chaos.run(chaos.without_dedup(plan), node=node)
         show("dedup off (control)", control)
         ok = ok and not control.ok
     return 0 if ok else 1

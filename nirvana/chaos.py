@@ -114,10 +114,17 @@ def publish_bodies(url: str, exchange: str, bodies: list[bytes]) -> None:
             connection.close()
 
 
-def cut_connection(service: str, pid: int) -> int:
+def cut_connection(service: str, pid: int, node: stack.RabbitNode | None = None) -> int:
     """Close the broker connections of one svc process with ``rabbitmqctl close_connection`` (as
-    an operator would); how many were closed."""
-    ctl = stack.rabbitmq_node().ctl()   # the kit's node, or the machine's
+    an operator would); how many were closed.
+
+    ``node`` is the RabbitMQ node to address (default: ``stack.rabbitmq_node()``, the kit's own
+    node when the kit's state folder names it, else the machine's). A caller that moved the state
+    folder (NIRVANA_STATE) must pass the node found before the move: the moved folder holds no
+    pid file of the kit's node, and the machine's rabbitmqctl would address the wrong node.
+    Raises subprocess.CalledProcessError when rabbitmqctl fails.
+    """
+    ctl = (node or stack.rabbitmq_node()).ctl()
     listing = subprocess.run([*ctl, "-q", "list_connections", "pid", "client_properties"],
                              capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
     marker = f'"{connection_name(service, pid)}"'
@@ -131,8 +138,9 @@ def cut_connection(service: str, pid: int) -> int:
 class _Run:
     """The state of one run: settings, the faults' log, the SIGKILL count."""
 
-    def __init__(self, plan: Plan, etcd: OwnEtcd, exchange: str, progress: Progress) -> None:
-        self.plan, self.etcd, self.exchange, self.say = plan, etcd, exchange, progress
+    def __init__(self, plan: Plan, etcd: OwnEtcd, exchange: str, progress: Progress,
+                 node: stack.RabbitNode) -> None:
+        self.plan, self.etcd, self.exchange, self.say, self.node = plan, etcd, exchange, progress, node
         self.slices: list[list[bytes]] = []
         self.env = {"EVENTS_EXCHANGE": exchange, "ETCD_ENDPOINTS": etcd.endpoint, "ETCD_TIMEOUT": "0.5",
                     "CLAIM_TTL": str(plan.claim_ttl), "PREFETCH": "50"}
@@ -190,7 +198,7 @@ class _Run:
             try:
                 for _attempt in range(3):
                     live = services.instances(service)
-                    if live and (closed := cut_connection(service, live[-1].pid)):
+                    if live and (closed := cut_connection(service, live[-1].pid, self.node)):
                         break
                 self.log(f"broker connection of {service} replica {self.plan.replicas} closed by rabbitmqctl "
                          f"({closed} closed)")
@@ -269,8 +277,12 @@ def _topology(exchange: str, names: tuple[str, ...], action) -> None:
             connection.close()
 
 
-def run(plan: Plan = Plan(), *, progress: Progress = print) -> Report:
+def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNode | None = None) -> Report:
     """Run the plan; the Report. Everything it started is stopped and removed, also on error.
+
+    ``node``: the RabbitMQ node whose ``rabbitmqctl`` cuts the connection (see cut_connection);
+    default ``stack.rabbitmq_node()`` found now. A caller running with a state folder of its own
+    (NIRVANA_STATE) passes the node found before it moved the folder.
 
     Raises TimeoutError when the queues do not drain within ``plan.drain_timeout``, and pika's
     AMQPError when the broker does not take a slice of events.
@@ -281,7 +293,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print) -> Report:
     etcd = OwnEtcd(progress=quiet).start()
     try:
         _topology(exchange, plan.services, topology.declare)
-        chaos = _Run(plan, etcd, exchange, progress)
+        chaos = _Run(plan, etcd, exchange, progress, node or stack.rabbitmq_node())
         chaos.start_all()
         ids, bodies = workload(plan, tag)
         dedup = "dedup on (claims)" if plan.dedup else "dedup OFF"

@@ -10,14 +10,16 @@ import shutil
 import pytest
 from conftest import need
 
-from nirvana import chaos
+from nirvana import chaos, stack
 
 
 @pytest.fixture
 def own_state(tmp_path, monkeypatch, amqp_url):
     need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
     need("rabbitmqctl (on PATH, to close a connection)", shutil.which("rabbitmqctl") is not None)
+    node = stack.rabbitmq_node()   # the kit's node is named in the kit's state folder, not the test's
     monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
+    return node
 
 
 def test_workload_publishes_each_id_once_and_a_share_twice_later():
@@ -35,7 +37,7 @@ def test_workload_publishes_each_id_once_and_a_share_twice_later():
 
 def test_claims_survive_every_fault_and_dedup_off_is_caught(own_state):
     # Given kills at both crash points, a cut connection and an etcd restart, with claims...
-    report = chaos.run(chaos.Plan(events=300, kills=6), progress=print)
+    report = chaos.run(chaos.Plan(events=300, kills=6), progress=print, node=own_state)
     assert report.sigkills >= 6 and set(report.crash_points) == {"claimed", "done"}
     assert any("etcd restarted" in fault for fault in report.faults)
     assert any("closed by rabbitmqctl (1 closed)" in fault for fault in report.faults)
@@ -44,6 +46,7 @@ def test_claims_survive_every_fault_and_dedup_off_is_caught(own_state):
     assert [(row.published, row.processed_once) for row in report.rows] == [(300, 300), (300, 300)]
     # Without deduplication the same checker must fail: the ids published twice are duplicated.
     control = chaos.run(chaos.without_dedup(chaos.Plan(events=300, kills=2, crash_points=False,
-                                                       cut=False, etcd_restart=False)), progress=print)
+                                                       cut=False, etcd_restart=False)), progress=print,
+                        node=own_state)
     assert not control.ok
     assert all(row.duplicated >= 30 and row.lost == 0 for row in control.rows), control.table()
