@@ -78,9 +78,19 @@ def wait_crashed(service: str, *, timeout: float = 15.0, progress: Progress = pr
 
 
 def wait_consuming(service: str, consumers: int = 1, *, timeout: float = 20.0, progress: Progress = print) -> int:
-    """Wait until the service's queue has ``consumers`` consumers again (after a reconnect)."""
-    seen = poll(lambda: rabbit.consumers(service), lambda n: n >= consumers,
-                what=f"{consumers} consumer(s) on {rabbit.queue_of(service)}", timeout=timeout, progress=progress)
+    """Wait until the service's queue has ``consumers`` consumers again (after a reconnect); the
+    number seen. ``timeout`` in seconds.
+
+    A queue that does not exist yet has no consumer: the wait goes on, since a service declares its
+    queue when it starts (``nirvana.rabbit``'s rule that a missing queue is not a count of 0 is kept
+    by saying so: the TimeoutError at the deadline reads ``saw 0 (no such queue ...)``).
+    Raises WaitTimeout (a TimeoutError), RabbitUnavailable when RabbitMQ does not answer.
+    """
+    queue = rabbit.queue_of(service)
+    counts = poll(lambda: rabbit.queue_counts(queue), lambda c: c.consumers >= consumers,
+                  what=f"{consumers} consumer(s) on {queue}", timeout=timeout, progress=progress,
+                  describe=lambda c: str(c.consumers) if c.exists else f"0 (no such queue {queue})")
+    seen = counts.consumers
     progress(f"{service}: consuming again ({seen} consumer(s))")
     return seen
 
