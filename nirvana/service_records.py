@@ -9,6 +9,7 @@ their exit status is collected (no zombie) and reported.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -187,8 +188,20 @@ def stop_now(services: list[Service], timeout: float) -> dict[str, str]:
     ended = processes.stop_groups([service.pid for service in services], timeout, reaper=reap)
     for service in services:
         reap(service.pid)   # a group may look empty while its leader is still a zombie: keep how it ended
+        name = service.key.split("@")[0]
+        if ended[service.pid] == "killed":
+            # The kit sent the SIGKILL: say so also when the exit status cannot be reaped here (a
+            # service another interpreter started) or not yet (the kernel still finishing the kill).
+            exit_codes[name] = -signal.SIGKILL
+        elif not _reaped_here(service.pid):
+            exit_codes.pop(name, None)   # stopped by its SIGTERM; an older "killed" no longer holds
         forget(service)
     return {service.key: ended[service.pid] for service in services}
+
+
+def _reaped_here(pid: int) -> bool:
+    """Whether ``pid`` is a child of this interpreter whose exit status was collected."""
+    return any(child.pid == pid and child.returncode is not None for child in children.values())
 
 
 def reap(pid: int) -> None:

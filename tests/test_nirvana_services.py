@@ -182,6 +182,19 @@ def test_stop_all_stops_a_service_an_earlier_kernel_left_behind(kit):
     assert services.running_pids() == []
 
 
+def test_a_service_killed_from_here_is_killed_in_status_also_when_another_kernel_started_it(kit):
+    # Given a service another kernel started (no child of this interpreter: no exit status to reap)
+    name = kit["names"]["a"]
+    run_kernel(kit, name, "vanish")
+    # When this kernel kills it, I expect its state to say killed (the kit sent the SIGKILL), then
+    # stopped after a start and a stop from here
+    assert services.kill(name, progress=lambda _: None) is True
+    assert services.status([name])[name].state == "killed"
+    services.start(name, env=kit["env"], progress=lambda _: None)
+    services.stop(name, progress=lambda _: None)
+    assert services.status([name])[name].state == "stopped"
+
+
 def test_a_service_that_ignores_sigterm_is_killed_at_the_deadline(kit):
     name = kit["names"]["a"]
     service = services.start(name, env=kit["env"], progress=lambda _: None)
