@@ -107,12 +107,23 @@ class Recorder:
         return sorted({url for url in self.urls if not url.startswith(LOCAL)})
 
 
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
 def open_chapter(context, base, token, chapter):
+    """The chapter alone in a fresh JupyterLab workspace (JupyterLab otherwise restores the
+    server-side workspace, which reopens every notebook an earlier page opened): (page, recorder)."""
     page = context.new_page()
     recorder = Recorder(page)
-    page.goto(f"{base}/lab/tree/notebooks/{chapter}?token={token}")
+    workspace = f"test-{secrets.token_hex(6)}"
+    page.goto(f"{base}/lab/workspaces/{workspace}/tree/notebooks/{chapter}?reset&token={token}")
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
     return page, recorder
+
+
+def notebook(page):
+    """The notebook panel on show: every locator of a test is scoped to it."""
+    return page.locator(PANEL)
 
 
 def menu(page, top: str, item: str) -> None:
@@ -120,7 +131,7 @@ def menu(page, top: str, item: str) -> None:
     page.locator(f'.lm-Menu-itemLabel:text-is("{item}")').click()
 
 
-RUNNING = "Array.from(document.querySelectorAll('.jp-Notebook .jp-InputPrompt')).some(p => p.textContent.includes('*'))"
+RUNNING = f"Array.from(document.querySelectorAll('{PANEL} .jp-Notebook .jp-InputPrompt')).some(p => p.textContent.includes('*'))"
 
 
 def run_all(page) -> float:
@@ -132,7 +143,7 @@ def run_all(page) -> float:
     menu(page, "Run", "Run All Cells")
     page.wait_for_function(RUNNING, timeout=10_000)                 # every cell queued: [*]
     page.wait_for_function(f"!({RUNNING})", timeout=RUN_TIMEOUT_MS)
-    page.locator(".jp-OutputArea-output", has_text="svc processes left:").wait_for(state="attached", timeout=10_000)
+    notebook(page).locator(".jp-OutputArea-output", has_text="svc processes left:").wait_for(state="attached", timeout=10_000)
     return time.monotonic() - started
 
 
@@ -151,15 +162,16 @@ def test_chapter_runs_all_in_the_browser(lab, browser, chapter):
     seconds = run_all(page)
     print(f"{chapter}: Run All {seconds:.1f} s")
     # I expect no error output, widgets as widgets, plots as images, and the teardown line
-    outputs = page.locator(".jp-Notebook .jp-OutputArea-output")
-    assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0, \
-        page.locator("[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+    panel = notebook(page)
+    outputs = panel.locator(".jp-Notebook .jp-OutputArea-output")
+    assert panel.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0, \
+        panel.locator("[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
     assert outputs.filter(has_text="Traceback").count() == 0
     assert outputs.filter(has_text="VBox(children=").count() == 0
     if chapter in WITH_WIDGETS:
-        assert page.locator(".jp-OutputArea-output .jupyter-widgets button").count() >= 3
+        assert panel.locator(".jp-OutputArea-output .jupyter-widgets button").count() >= 3
     if chapter in WITH_PLOTS:
-        assert page.locator(".jp-OutputArea-output[data-mime-type='image/png'] img").count() >= 1
+        assert panel.locator(".jp-OutputArea-output[data-mime-type='image/png'] img").count() >= 1
     assert outputs.filter(has_text="svc processes left: 0").count() == 1
     page.screenshot(path=str(screenshots() / f"{chapter.removesuffix('.ipynb')}.png"))
     assert recorder.leaving() == []
@@ -174,17 +186,19 @@ def test_publish_click_in_the_browser_raises_the_counter_in_graphite(lab, browse
     context = browser.new_context(viewport={"width": 1920, "height": 1080})
     page, recorder = open_chapter(context, base, token, "01_consume_produce.ipynb")
     run_all(page)
-    panel = page.locator(".jp-OutputArea-output .jupyter-widgets", has_text="dedup through etcd").first
+    chapter = notebook(page)
+    panel = chapter.locator(".jp-OutputArea-output .jupyter-widgets", has_text="dedup through etcd").first
     for row in ("orders", "notify"):
         panel.locator(".widget-hbox", has_text=row).get_by_role("button", name="start").click()
-    page.locator(".widget-html", has_text="running").nth(1).wait_for(timeout=20_000)
+    chapter.locator(".widget-html", has_text="running").nth(1).wait_for(timeout=20_000)
     since = graphite.mark()
     # When the presenter clicks publish
-    page.get_by_role("button", name=re.compile(r"^\s*publish\s*$")).first.click()
+    # (by text: a button's accessible name also carries its Font Awesome icon's glyph)
+    chapter.locator("button", has_text=re.compile(r"^\s*publish\s*$")).first.click()
     # I expect both counters to rise in Graphite, and the panel to say so once
     assert graphite.wait_for("orders_new_order_ok", 1, since, timeout=15, progress=print) >= 1
     assert graphite.wait_for("notify_new_order_ok", 1, since, timeout=15, progress=print) >= 1
-    page.locator(".widget-output", has_text="1 confirmed").first.wait_for(timeout=5_000)
+    chapter.locator(".widget-output", has_text="1 confirmed").first.wait_for(timeout=5_000)
     assert recorder.leaving() == []
     services.stop_all()
     context.close()
@@ -248,6 +262,8 @@ def test_no_slide_overflows_at_1280x720(lab, browser):
             seen += 1
             if box["bottom"] > box["height"] or box["right"] > box["width"]:
                 too_big.append((chapter, box))
+                print(f"overflow: {chapter} slide {box['index']}: {box}")
+                slides.screenshot(path=str(screenshots() / f"overflow-{chapter.removesuffix('.ipynb')}-{box['index']}.png"))
             last = box["index"]
             slides.keyboard.press("PageDown")
             slides.wait_for_timeout(300)
