@@ -296,10 +296,20 @@ import os, socket, sys, time
 hold, port, argv = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("127.0.0.1", port))
+deadline = time.monotonic() + 30
+while True:   # the kit's statsd, just stopped, may hold the port a moment longer
+    try:
+        sock.bind(("127.0.0.1", port))
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.1)
 sock.listen(16)
+print("bound", flush=True)
 time.sleep(hold)
 sock.close()
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)   # statsd's own output: nobody reads the pipe
 os.execvp(argv[0], argv)
 """
 
@@ -312,12 +322,12 @@ def test_up_waits_for_a_component_found_running_that_becomes_healthy_late():
     # as a docker-compose container behind docker's port proxy right after `docker compose up -d`
     stack.down(progress=quiet, only=["statsd"])
     argv = stack_statsd.launch(paths.state_dir()).argv
-    late = subprocess.Popen([sys.executable, "-c", LATE_STATSD, "4", str(endpoints.STATSD_ADMIN_PORT), *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    late = subprocess.Popen([sys.executable, "-c", LATE_STATSD, "5", str(endpoints.STATSD_ADMIN_PORT), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 5
-        while stack.status(["statsd"])[0].state != "unhealthy" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # (the listener says when it is bound: on a loaded machine Python's start alone can take
+        # seconds, so a fixed wait for "unhealthy" raced it)
+        assert late.stdout.readline().strip() == "bound"
         assert stack.status(["statsd"])[0].state == "unhealthy"
         # When up runs
         lines: list[str] = []
