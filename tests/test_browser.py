@@ -49,7 +49,7 @@ def code_of(chapter: str) -> str:
 
 
 # a chapter that shows a panel or a live chart is Run All here: nbval cannot render or click a widget
-WITH_WIDGETS = [chapter for chapter in CHAPTERS if re.search(r"\bwidgets\.\w+Panel\(|live_chart\(", code_of(chapter))]
+WITH_WIDGETS = [chapter for chapter in CHAPTERS if re.search(r"\w+Panel\(|live_chart\(", code_of(chapter))]
 WITH_PLOTS = {chapter for chapter in CHAPTERS if "plt.show()" in code_of(chapter)}
 # BROWSER_RUN_ALL=1: every chapter Run All here (7 min): after a change of slides, their live outputs
 RUN_HERE = CHAPTERS if os.environ.get("BROWSER_RUN_ALL") == "1" else WITH_WIDGETS
