@@ -25,7 +25,7 @@ from . import _amqp, metrics, requeue, topology
 from ._amqp import BROKER_ERRORS, Action
 from .config import Config, mask_url
 from .errors import BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
-from .processor import Outcome, Processor
+from .processor import REQUEUE, Outcome, Processor
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,9 @@ class Consumer:
         # Stopping: the current window was finished and settled; what is still buffered (and any
         # kept dead letter) was never acked and returns to the queue when the channel closes.
         channel.basic_cancel(tag)
+        if self.config.queue_type == "quorum":
+            # A return would count against the delivery limit: buffered and held ones go as copies.
+            self._requeue([(delivery, REQUEUE) for delivery in self._pending + self.held.due(float("inf"))])
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
