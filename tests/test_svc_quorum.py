@@ -4,16 +4,14 @@ and svc declaring the same queues, several AMQP URLs with fail-over to the next 
 
 import json
 import os
-import shutil
 
 import pytest
-from conftest import need
 
 from nirvana import endpoints, rabbit, stack
 from svc import keys, topology
 from svc.event import parse
 from svc.publisher import Publisher
-from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ, World, free_port, wait_for
+from svc.testing import World, free_port, wait_for
 
 LIMIT = 2
 
@@ -148,29 +146,17 @@ def test_a_dead_first_url_and_the_live_node_second(svc_world):
     assert "connected to amqp://guest:***@127.0.0.1:" in process.log() and process.alive()
 
 
-@pytest.fixture
-def second_node(tmp_path):
-    need("rabbitmq-server (Debian's package, to run a second node)",
-         shutil.which("rabbitmqctl") is not None and os.path.exists(RABBITMQ_SERVER))
-    node = OwnRabbitMQ(tmp_path / "rabbitmq")
-    try:
-        node.wait()
-        yield node
-    finally:
-        node.stop()
-
-
-def test_svc_fails_over_to_the_next_node_when_its_node_stops(svc_world, second_node):
+def test_svc_fails_over_to_the_next_node_when_its_node_stops(svc_world, own_rabbitmq):
     orders = svc_world.service_name("orders")
-    urls = f"{second_node.url},{svc_world.amqp_url}"
+    urls = f"{own_rabbitmq.url},{svc_world.amqp_url}"
     # Given svc on the first node of two...
     [process] = svc_world.start(orders, wait=False, amqp_url=urls)
-    publisher = Publisher(second_node.url, svc_world.exchange, services=(orders,))
+    publisher = Publisher(own_rabbitmq.url, svc_world.exchange, services=(orders,))
     wait_for(lambda: "consuming" in process.log(), "svc consuming on the first node", timeout=20)
     first = publisher.publish({"type": "new_order", "id": "a"}, count=20, fresh_ids=True).ids
     wait_for(lambda: len(svc_world.effects_by_id(orders)) == 20, "the first node's events processed")
     # ... when that node stops mid-stream, I expect svc on the second node, processing its events.
-    second_node.stop()
+    own_rabbitmq.stop()
     svc_world.wait_consumers(orders, 1, [process], timeout=30)
     later = svc_world.publisher(orders).publish({"type": "new_order", "id": "b"}, count=20, fresh_ids=True).ids
     wait_for(lambda: len(svc_world.effects_by_id(orders)) == 40, "the second node's events processed", timeout=20)
