@@ -5,10 +5,11 @@ and svc declaring the same queues, several AMQP URLs with fail-over to the next 
 import json
 import os
 
+import pika
 import pytest
 
 from nirvana import endpoints, rabbit, stack
-from svc import keys, topology
+from svc import keys, requeue, topology
 from svc.event import parse
 from svc.publisher import Publisher
 from svc.testing import World, free_port, wait_for
@@ -54,6 +55,39 @@ def test_a_poison_event_is_dead_lettered_by_the_delivery_limit_with_x_death(quor
     world.publish(orders, {"type": "new_order", "id": "next"})
     wait_for(lambda: world.effects(orders, "next") == 1, "the next event processed")
     assert world.effects(orders, "poison") == 0 and world.depth(orders) == 0
+
+
+def test_returns_carried_by_a_copy_past_the_limit_are_dead_lettered_by_svc(quorum_world):
+    world = quorum_world
+    orders = world.service_name("orders")
+    channel = world.channel()
+    channel.confirm_delivery()
+    # Given copies whose earlier copies were returned LIMIT + 1 times and LIMIT times (their header)...
+    for event_id, returned in (("over", LIMIT + 1), ("at", LIMIT)):
+        channel.basic_publish("", world.queue(orders), json.dumps({"type": "new_order", "id": event_id}).encode(),
+                              pika.BasicProperties(headers={requeue.RETURNED_HEADER: returned}, delivery_mode=2))
+    # ... when svc takes them, I expect the first dead-lettered unprocessed with svc's reason, the second processed.
+    world.start(orders)
+    wait_for(lambda: world.effects(orders, "at") == 1 and world.dead_letters_waiting() == 1, "both settled")
+    [(body, headers)] = world.dead_letters()
+    assert b'"over"' in body and world.effects(orders, "over") == 0
+    assert topology.dead_letter_reason(headers).startswith(f"returned to its queue {LIMIT + 1} times unsettled")
+
+
+def test_svc_with_quorum_queues_stops_with_one_line_on_a_classic_queue_and_leaves_it(quorum_world):
+    world = quorum_world
+    orders = f"t{os.urandom(3).hex()}_orders"
+    world.services.add(orders)
+    # Given the service's queue declared classic without arguments (an earlier kit), empty and unused...
+    topology.declare(world.channel(), world.exchange, services=(), queue_type="quorum")
+    world.channel().queue_declare(world.queue(orders), durable=True)
+    # ... when svc starts with QUEUE_TYPE=quorum, I expect exit 2 with one line naming the queue,
+    # and the queue kept as it was (never turned into another type in place).
+    [process] = world.start(orders, wait=False)
+    assert process.popen.wait(20) == 2, process.log()
+    [line] = [line for line in process.log().splitlines() if " ERROR " in line]
+    assert f"queue '{world.queue(orders)}'" in line and "PRECONDITION_FAILED" in line
+    assert _queue_type(world, world.queue(orders)) == "classic"
 
 
 def test_an_event_requeued_more_often_than_the_limit_while_etcd_is_away_is_processed_once(quorum_world, own_etcd):
