@@ -168,8 +168,9 @@ class Consumer:
         # kept dead letter) was never acked and returns to the queue when the channel closes.
         channel.basic_cancel(tag)
         if self.config.queue_type == "quorum":
-            # A return would count against the delivery limit: buffered and held ones go as copies.
-            self._requeue([(delivery, REQUEUE) for delivery in self._pending + self.held.due(float("inf"))])
+            # A return would count against the delivery limit: buffered and held ones go as copies
+            # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
+            self._requeue([(d, REQUEUE) for d in self._pending + self.held.due(float("inf")) if not _amqp.undecodable(d[1])])
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
