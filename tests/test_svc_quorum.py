@@ -4,6 +4,8 @@ and svc declaring the same queues, several AMQP URLs with fail-over to the next 
 
 import json
 import os
+import subprocess
+import sys
 
 import pika
 import pytest
@@ -165,6 +167,17 @@ def test_the_kits_publisher_and_svc_declare_the_same_quorum_queue(quorum_world, 
     # ... when svc starts with the same settings, I expect no clash (exit 2) and the event processed.
     world.start(orders)
     wait_for(lambda: world.effects(orders, "k") == 1, "the kit's event processed")
+    # svc.publish declares it alike, with the queue settings given; another limit is one line, exit 2.
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    for limit, status in ((LIMIT, 0), (LIMIT + 1, 2)):
+        result = subprocess.run([sys.executable, "-m", "svc.publish", "--amqp-url", f"{dead},{world.amqp_url}",
+                                 "--exchange", world.exchange, "--service", orders, "--queue-type", "quorum",
+                                 "--delivery-limit", str(limit), "--input", '{"type":"new_order","id":"p"}'],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == status, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "x-delivery-limit" in line and "nothing was published" in line
+    wait_for(lambda: world.effects(orders, "p") == 1, "svc.publish's event processed")
 
 
 def test_a_dead_first_url_and_the_live_node_second(svc_world):
