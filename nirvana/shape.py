@@ -56,8 +56,9 @@ class Shape:
         return ",".join(self.amqp_urls)
 
     def environment(self) -> dict[str, str]:
-        """AMQP_URL and ETCD_ENDPOINTS of this cluster, for a service or the kit's settings."""
-        return {"AMQP_URL": self.amqp_url, "ETCD_ENDPOINTS": self.etcd_endpoints}
+        """svc's variables for this cluster (AMQP_URL, ETCD_ENDPOINTS, QUEUE_TYPE=quorum: queues
+        replicated on the three nodes), for a service or the kit's settings."""
+        return {"AMQP_URL": self.amqp_url, "ETCD_ENDPOINTS": self.etcd_endpoints, "QUEUE_TYPE": "quorum"}
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "folder": str(self.folder)})
