@@ -152,7 +152,7 @@ def _stream_with_fault(kit: shape.Shape, world: dict, fault) -> dict[str, checke
                 continue
         return counts_by_id(etcd, name, prefix=world["prefix"])
     try:
-        wait_for(lambda: [sum(1 for i in ids if counts(name).get(i)) for name in names] == [EVENTS] * len(names),
+        wait_for(lambda: [len(counts(name).keys() & set(ids)) for name in names] == [EVENTS] * len(names),
                  f"{EVENTS} ids processed by each service", DRAIN_TIMEOUT)
         wait_for(lambda: all(rabbit.queue_depth(n, exchange=world["exchange"], url=url) == 0 for n in names),
                  "the service queues empty", 30)
