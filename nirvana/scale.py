@@ -127,6 +127,7 @@ class Report:
 
     rows: tuple[checker.Row, ...]
     faults: tuple[str, ...]
+    down: tuple[str, ...]  # the members the faults hit: the etcd leader, the queue's leader node
     moved: dict            # {"etcd": new leader name, "queue": new leader node} after the faults
     seconds: float
 
@@ -220,7 +221,7 @@ def stream_with_faults(cl: Cluster, *, events: int = 1000, replicas: int = 2, pr
         rows = tuple(checker.check(name, ids, run.counts(name), (),
                                    rabbit.queue_depth(name, exchange=run.exchange, url=cl.live_url()))
                      for name in SERVICES)
-        return Report(rows, tuple(faults), moved, time.monotonic() - started)
+        return Report(rows, tuple(faults), tuple(down), moved, time.monotonic() - started)
     finally:
         run.close()
         for name in down:
