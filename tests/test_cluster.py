@@ -29,12 +29,13 @@ from svc.effects import counts_by_id
 from svc.errors import DedupUnavailable
 from svc.testing import wait_for
 
-pytestmark = pytest.mark.stack
-
 INSIDE = "NIRVANA_TEST_NETNS"     # set to the test's node id inside its namespace
 RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, cluster start and stop included
 DRAIN_TIMEOUT = 90.0              # seconds for every event to be processed after the fault
 EVENTS = 600
+
+# last (tests/conftest.py), and the outer test waits for the inner run past pytest's 180 s default
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(RUN_TIMEOUT + 90)]
 
 
 def quiet(_line: str) -> None:
