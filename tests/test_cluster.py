@@ -22,6 +22,7 @@ from conftest import need
 
 from nirvana import checker, paths, rabbit, services, shape, stack
 from nirvana.chaos import publish_bodies
+from nirvana.scale import publish_confirmed
 from nirvana.stack import cluster, members
 from svc import Etcd, topology
 from svc.config import parse_endpoints
@@ -137,9 +138,8 @@ def _stream_with_fault(kit: shape.Shape, world: dict, fault) -> dict[str, checke
     ids, bodies = _bodies(world["tag"], EVENTS)
     slices = [bodies[n * len(bodies) // 6:(n + 1) * len(bodies) // 6] for n in range(6)]
     for n, part in enumerate(slices):
-        # (to a node that runs: the publisher's fail-over is not what is tested here)
-        url = live_url(kit)
-        publish_bodies(url, world["exchange"], part)
+        # (to a node that runs, with confirms: a nacked or lost copy is published again)
+        publish_confirmed(lambda: live_url(kit), world["exchange"], part)
         if n == 2:
             fault()   # events in flight: published, some claimed, some waiting
     url = live_url(kit)
