@@ -34,7 +34,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from .config import mask_url, split_urls
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, SvcError
 
-__all__ = ["Action", "classify", "translate", "connect", "connect_first", "parameters", "undecodable", "refuse",
+__all__ = ["Action", "classify", "translate", "connect", "connect_first", "lost", "parameters", "undecodable", "refuse",
            "raw_properties", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,10 @@ def connect_first(urls, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = 
     failures = []
     for url in urls:
         try:
-            return pika.BlockingConnection(parameters(url, timeout, name=name, blocked_timeout=blocked_timeout)), url
+            connection = pika.BlockingConnection(parameters(url, timeout, name=name, blocked_timeout=blocked_timeout))
+            if len(urls) > 1:
+                log.info("connected to %s", mask_url(url))
+            return connection, url
         except BROKER_ERRORS as error:
             translated = translate(error, "the connection", url=url)
             if not isinstance(translated, BrokerUnavailable):
@@ -162,6 +165,15 @@ def connect_first(urls, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = 
     raise BrokerUnavailable(f"no RabbitMQ node of {len(failures)} answered: "
                             + "; ".join(str(f).removesuffix(f" ({START_HINT})") for f in failures)
                             + f" ({START_HINT})")
+
+
+def lost(urls: tuple[str, ...], url: str | None) -> tuple[str, ...]:
+    """The order to try ``urls`` in after the connection to ``url`` (one of them, or None) was
+    lost: that node last, the nodes after it first (the order of ``urls`` kept otherwise)."""
+    if url not in urls:
+        return urls
+    i = urls.index(url)
+    return urls[i + 1:] + urls[:i + 1]
 
 
 # -- one line per refusal ----------------------------------------------------------------------

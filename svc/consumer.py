@@ -23,7 +23,7 @@ import pika
 
 from . import _amqp, metrics, requeue, topology
 from ._amqp import BROKER_ERRORS, Action
-from .config import Config, mask_url
+from .config import Config
 from .errors import BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
 from .processor import REQUEUE, Outcome, Processor
 
@@ -74,8 +74,6 @@ class Consumer:
         connection, self.url = _amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
                                                    blocked_timeout=BLOCKED_TIMEOUT)
         self.connection = connection
-        if len(self.urls) > 1:
-            log.info("%s connected to %s", self.config.service, mask_url(self.url))
         try:
             backoff = BACKOFF_START
             while not self.stop.is_set():
@@ -170,16 +168,17 @@ class Consumer:
         # kept dead letter) was never acked and returns to the queue when the channel closes.
         channel.basic_cancel(tag)
         if self.config.queue_type == "quorum":
-            # A return would count against the delivery limit: buffered and held ones go as copies.
-            self._requeue([(delivery, REQUEUE) for delivery in self._pending + self.held.due(float("inf"))])
+            # A return would count against the delivery limit: buffered and held ones go as copies
+            # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
+            self._requeue([(d, REQUEUE) for d in self._pending + self.held.due(float("inf")) if not _amqp.undecodable(d[1])])
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
     def _on_message(self, channel, method, properties, body) -> None:
         self._open.add(method.delivery_tag)
-        if self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit):
-            # Its crashes add up over its copies past the limit: dead-lettered unprocessed, with the reason.
-            _amqp.refuse(properties, requeue.over_limit(properties, self.config.delivery_limit))
+        reason = self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit)
+        if reason:  # its crashes add up over its copies past the limit: dead-lettered unprocessed
+            _amqp.refuse(properties, reason)
         self._pending.append((method, properties, body))
 
     def _on_cancel(self, frame) -> None:
@@ -353,10 +352,7 @@ class Supervisor:
                 try:
                     consumer.run()
                 except BrokerUnavailable as error:
-                    if consumer.url in self._urls[:-1]:
-                        # Its node went away: the other nodes of the cluster are tried first.
-                        i = self._urls.index(consumer.url)
-                        self._urls = self._urls[i + 1:] + self._urls[:i + 1]
+                    self._urls = _amqp.lost(self._urls, consumer.url)  # the other nodes are tried first
                     log.warning("%s; reconnecting in %.1f s", error, self._backoff)
                     self.stop.wait(self._backoff)
                     self._backoff = min(self._backoff * 2, BACKOFF_MAX)

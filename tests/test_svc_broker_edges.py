@@ -3,7 +3,6 @@ retry can cure, a dead-letter queue that refuses publishes, work longer than the
 consumer the broker cancels, a message whose headers pika cannot decode, the broker's own
 dead-lettering. Each test failed on main before svc/_amqp.py and the consumer's changes."""
 
-import os
 import re
 import shutil
 import signal
@@ -21,7 +20,7 @@ from conftest import need
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 from svc.effects import count
-from svc.testing import RABBITMQ_SERVER, OwnEtcd, OwnRabbitMQ, ServiceProcess, graphite_total, wait_for
+from svc.testing import OwnEtcd, ServiceProcess, graphite_total, wait_for
 
 NEW_ORDER = {"type": "new_order", "id": "good"}
 
@@ -273,18 +272,6 @@ def test_publish_refusals_are_one_line_and_exit_2(svc_world, case):
 
 
 # -- B, the kind: a connection the broker blocks ---------------------------------------------------
-
-@pytest.fixture
-def own_rabbitmq(tmp_path):
-    need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
-         and os.path.exists(RABBITMQ_SERVER))
-    node = OwnRabbitMQ(tmp_path / "rabbitmq")
-    try:
-        node.wait()
-        yield node
-    finally:
-        node.stop()
-
 
 def test_sigterm_stops_svc_within_10_s_while_the_broker_blocks_its_connection(svc_world, own_rabbitmq, tmp_path):
     orders = f"t{uuid.uuid4().hex[:6]}_orders"

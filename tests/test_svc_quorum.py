@@ -4,16 +4,17 @@ and svc declaring the same queues, several AMQP URLs with fail-over to the next 
 
 import json
 import os
-import shutil
+import subprocess
+import sys
 
+import pika
 import pytest
-from conftest import need
 
 from nirvana import endpoints, rabbit, stack
-from svc import keys, topology
+from svc import keys, requeue, topology
 from svc.event import parse
 from svc.publisher import Publisher
-from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ, World, free_port, wait_for
+from svc.testing import World, free_port, wait_for
 
 LIMIT = 2
 
@@ -56,6 +57,39 @@ def test_a_poison_event_is_dead_lettered_by_the_delivery_limit_with_x_death(quor
     world.publish(orders, {"type": "new_order", "id": "next"})
     wait_for(lambda: world.effects(orders, "next") == 1, "the next event processed")
     assert world.effects(orders, "poison") == 0 and world.depth(orders) == 0
+
+
+def test_returns_carried_by_a_copy_past_the_limit_are_dead_lettered_by_svc(quorum_world):
+    world = quorum_world
+    orders = world.service_name("orders")
+    channel = world.channel()
+    channel.confirm_delivery()
+    # Given copies whose earlier copies were returned LIMIT + 1 times and LIMIT times (their header)...
+    for event_id, returned in (("over", LIMIT + 1), ("at", LIMIT)):
+        channel.basic_publish("", world.queue(orders), json.dumps({"type": "new_order", "id": event_id}).encode(),
+                              pika.BasicProperties(headers={requeue.RETURNED_HEADER: returned}, delivery_mode=2))
+    # ... when svc takes them, I expect the first dead-lettered unprocessed with svc's reason, the second processed.
+    world.start(orders)
+    wait_for(lambda: world.effects(orders, "at") == 1 and world.dead_letters_waiting() == 1, "both settled")
+    [(body, headers)] = world.dead_letters()
+    assert b'"over"' in body and world.effects(orders, "over") == 0
+    assert topology.dead_letter_reason(headers).startswith(f"returned to its queue {LIMIT + 1} times unsettled")
+
+
+def test_svc_with_quorum_queues_stops_with_one_line_on_a_classic_queue_and_leaves_it(quorum_world):
+    world = quorum_world
+    orders = f"t{os.urandom(3).hex()}_orders"
+    world.services.add(orders)
+    # Given the service's queue declared classic without arguments (an earlier kit), empty and unused...
+    topology.declare(world.channel(), world.exchange, services=(), queue_type="quorum")
+    world.channel().queue_declare(world.queue(orders), durable=True)
+    # ... when svc starts with QUEUE_TYPE=quorum, I expect exit 2 with one line naming the queue,
+    # and the queue kept as it was (never turned into another type in place).
+    [process] = world.start(orders, wait=False)
+    assert process.popen.wait(20) == 2, process.log()
+    [line] = [line for line in process.log().splitlines() if " ERROR " in line]
+    assert f"queue '{world.queue(orders)}'" in line and "PRECONDITION_FAILED" in line
+    assert _queue_type(world, world.queue(orders)) == "classic"
 
 
 def test_an_event_requeued_more_often_than_the_limit_while_etcd_is_away_is_processed_once(quorum_world, own_etcd):
@@ -133,6 +167,17 @@ def test_the_kits_publisher_and_svc_declare_the_same_quorum_queue(quorum_world, 
     # ... when svc starts with the same settings, I expect no clash (exit 2) and the event processed.
     world.start(orders)
     wait_for(lambda: world.effects(orders, "k") == 1, "the kit's event processed")
+    # svc.publish declares it alike, with the queue settings given; another limit is one line, exit 2.
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    for limit, status in ((LIMIT, 0), (LIMIT + 1, 2)):
+        result = subprocess.run([sys.executable, "-m", "svc.publish", "--amqp-url", f"{dead},{world.amqp_url}",
+                                 "--exchange", world.exchange, "--service", orders, "--queue-type", "quorum",
+                                 "--delivery-limit", str(limit), "--input", '{"type":"new_order","id":"p"}'],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == status, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "x-delivery-limit" in line and "nothing was published" in line
+    wait_for(lambda: world.effects(orders, "p") == 1, "svc.publish's event processed")
 
 
 def test_a_dead_first_url_and_the_live_node_second(svc_world):
@@ -148,29 +193,17 @@ def test_a_dead_first_url_and_the_live_node_second(svc_world):
     assert "connected to amqp://guest:***@127.0.0.1:" in process.log() and process.alive()
 
 
-@pytest.fixture
-def second_node(tmp_path):
-    need("rabbitmq-server (Debian's package, to run a second node)",
-         shutil.which("rabbitmqctl") is not None and os.path.exists(RABBITMQ_SERVER))
-    node = OwnRabbitMQ(tmp_path / "rabbitmq")
-    try:
-        node.wait()
-        yield node
-    finally:
-        node.stop()
-
-
-def test_svc_fails_over_to_the_next_node_when_its_node_stops(svc_world, second_node):
+def test_svc_fails_over_to_the_next_node_when_its_node_stops(svc_world, own_rabbitmq):
     orders = svc_world.service_name("orders")
-    urls = f"{second_node.url},{svc_world.amqp_url}"
+    urls = f"{own_rabbitmq.url},{svc_world.amqp_url}"
     # Given svc on the first node of two...
     [process] = svc_world.start(orders, wait=False, amqp_url=urls)
-    publisher = Publisher(second_node.url, svc_world.exchange, services=(orders,))
+    publisher = Publisher(own_rabbitmq.url, svc_world.exchange, services=(orders,))
     wait_for(lambda: "consuming" in process.log(), "svc consuming on the first node", timeout=20)
     first = publisher.publish({"type": "new_order", "id": "a"}, count=20, fresh_ids=True).ids
     wait_for(lambda: len(svc_world.effects_by_id(orders)) == 20, "the first node's events processed")
     # ... when that node stops mid-stream, I expect svc on the second node, processing its events.
-    second_node.stop()
+    own_rabbitmq.stop()
     svc_world.wait_consumers(orders, 1, [process], timeout=30)
     later = svc_world.publisher(orders).publish({"type": "new_order", "id": "b"}, count=20, fresh_ids=True).ids
     wait_for(lambda: len(svc_world.effects_by_id(orders)) == 40, "the second node's events processed", timeout=20)

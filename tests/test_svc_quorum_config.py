@@ -82,3 +82,12 @@ def test_returns_add_up_over_an_events_copies():
     assert requeue.over_limit(delivered, 3) == ""
     assert "returned to its queue 3 times" in requeue.over_limit(delivered, 2)
     assert requeue.returned(_properties()) == 0 and requeue.copy_properties(_properties()).headers == {}
+
+
+def test_after_a_node_is_lost_the_nodes_after_it_are_tried_first():
+    from svc._amqp import lost
+
+    urls = ("amqp://a", "amqp://b", "amqp://c")
+    assert lost(urls, "amqp://a") == ("amqp://b", "amqp://c", "amqp://a")
+    assert lost(urls, "amqp://b") == ("amqp://c", "amqp://a", "amqp://b")
+    assert lost(urls, "amqp://c") == urls and lost(urls, None) == urls   # never connected: the same order
