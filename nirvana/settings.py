@@ -25,6 +25,7 @@ from svc.publisher import DEFAULT_ROUTING_KEY
 
 from . import endpoints
 from .errors import SettingError
+from .shape import recorded
 
 # svc's variables that say where things are; the kit shares them with every service it starts.
 # (SERVICE_NAME and ENABLE_ETCD are chosen per service; the rest tune one service's behaviour.)
@@ -58,6 +59,9 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         shared = {name: env[name] for name in SHARED if name in env}
+        if environ is None:   # the kit's cluster while `./kit up --cluster` holds: its nodes by default
+            kit_cluster = recorded()
+            shared = {**(kit_cluster.environment() if kit_cluster else {}), **shared}
         try:
             # SERVICE_NAME is required by svc but not shared: any valid name reads the rest
             config = Config.from_env({**shared, "SERVICE_NAME": topology.DEFAULT_SERVICES[0]})
