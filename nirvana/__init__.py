@@ -26,7 +26,7 @@ __all__ = [
     # what the talk shows: queues, counters, effects, dead letters; panels and plots
     "rabbit", "graphite", "effects", "deadletters", "widgets", "plots",
     # the later chapters: crashes and outages, the talk's design, the chaos proof, the cost
-    "outages", "Outbox", "OwnEtcd", "designs", "chaos", "checker", "cost",
+    "outages", "Outbox", "OwnEtcd", "designs", "chaos", "checker", "cost", "scale",
     # publishing and where things are
     "Publisher", "settings", "ETCD_ENDPOINT", "AMQP_URL",
     # errors
