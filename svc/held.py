@@ -10,6 +10,7 @@ finds the claim again simply waits once more). Then it is processed again like a
 claimed, or skipped if the sibling finished it.
 """
 
+import collections
 import threading
 import time
 
@@ -23,7 +24,9 @@ class Held:
         self.retry_after = retry_after
         self._lock = threading.Lock()
         self._waiting: dict[bytes, list[tuple[float, object]]] = {}   # key -> [(deadline, delivery)]
-        self._released: dict[bytes, float] = {}                       # key -> when (monotonic)
+        # key -> when (monotonic), oldest first: the watch releases every key marked done (each event
+        # of this service), so old releases are dropped from the front as new ones come, O(1) each.
+        self._released: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._waited: set[bytes] = set()   # keys whose last wait ended by its deadline, not a release
 
     def __len__(self) -> int:
@@ -51,9 +54,10 @@ class Held:
             if key in self._waiting:
                 self._waiting[key] = [(now, delivery) for _, delivery in self._waiting[key]]
             self._released[key] = now
+            self._released.move_to_end(key)
             self._waited.discard(key)
-            if len(self._released) > 10000:  # forget old releases; done marks release every key
-                self._released = {k: t for k, t in self._released.items() if now - t < RECENT}
+            while now - next(iter(self._released.values())) >= RECENT:
+                self._released.popitem(last=False)  # forgotten: at most RECENT seconds of releases kept
 
     def due(self, now: float | None = None) -> list:
         """Take the deliveries whose claim was released or whose wait is over, oldest first."""
