@@ -24,7 +24,7 @@ import pika
 from matplotlib.figure import Figure
 
 from svc import _etcd
-from svc.config import parse_endpoints
+from svc.config import DEFAULT_PREFETCH, parse_endpoints
 from svc.effects import records
 from svc.testing import World, wait_for
 
@@ -72,7 +72,7 @@ def fill(world: World, service: str, events: int) -> None:
     wait_for(lambda: world.depth(service) == events, f"{events} events in {service}'s queue", timeout=60)
 
 
-def bare_pika(world: World, service: str, events: int, prefetch: int = 100) -> float:
+def bare_pika(world: World, service: str, events: int, prefetch: int = DEFAULT_PREFETCH) -> float:
     """Events/s of the simplest correct consumer draining ``events`` queued events: pika's
     BlockingConnection, manual ack per event, the same prefetch as svc. The yardstick of chapter 8
     and of bench/bench_svc.py (timed from the first ack to the last, so the start is not counted)."""
