@@ -80,6 +80,9 @@ def sibling_rate(world: World, service: str, events: int, prefetch: int) -> floa
     [dead] = world.start(service, enable_etcd=True, prefetch=prefetch, claim_ttl=claim_ttl, crash_at="claimed",
                          log_level="WARNING", wait=False)
     assert dead.popen.wait(30) == -9, dead.log()
+    # The broker drops a killed process's consumer when it sees its connection close (a moment later
+    # on a loaded machine); counted still, it would make the survivor's start wait for a second one.
+    wait_for(lambda: world.consumers(service) == 0, "the dead sibling's consumer gone", timeout=30)
     base = keys.dedup_prefix(world.prefix, service)
     claimed = {keys.decode_id(key[len(base):].decode()) for page in world.etcd.scan_prefix(base)
                for key, value in page if value.startswith(b"claimed ")}

@@ -14,8 +14,8 @@ from .event import Event
 
 log = logging.getLogger(__name__)
 
-TXN_EVENTS = 512           # events per etcd transaction at first, a whole window (half of PREFETCH,
-                           # MAX_PREFETCH 1000): an event takes one operation (a nested transaction),
+TXN_EVENTS = 512           # events per etcd transaction at first, a whole window (a third of the
+                           # default PREFETCH): an event takes one operation (a nested transaction),
                            # and the kit's etcd allows 1024 (assets/etcd). Fewer, larger transactions
                            # cost etcd and svc less per event. An etcd at its default --max-txn-ops
                            # (128) refuses the first large window: halved until it fits, then kept.

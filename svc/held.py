@@ -28,10 +28,10 @@ class Held:
         # of this service), so old releases are dropped from the front as new ones come, O(1) each.
         self._released: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._waited: set[bytes] = set()   # keys whose last wait ended by its deadline, not a release
+        self._count = 0                    # deliveries waiting
 
     def __len__(self) -> int:
-        with self._lock:
-            return sum(len(items) for items in self._waiting.values())
+        return self._count  # the consumer asks at every turn of its loop: counted, not summed
 
     def hold(self, key: bytes, delivery, now: float | None = None) -> bool:
         """Set ``delivery`` aside until ``key`` is released or ``retry_after`` seconds pass; False
@@ -45,6 +45,7 @@ class Held:
             # Released a moment ago (the watch was faster than this window): due at once.
             deadline = now if now - self._released.get(key, -RECENT) < RECENT else now + self.retry_after
             self._waiting.setdefault(key, []).append((deadline, delivery))
+            self._count += 1
             return True
 
     def release(self, key: bytes, now: float | None = None) -> None:
@@ -76,4 +77,5 @@ class Held:
                     self._waiting[key] = rest
                 else:
                     del self._waiting[key]
+            self._count -= len(due)
         return [delivery for _, delivery in sorted(due, key=lambda item: item[0])]
