@@ -108,13 +108,17 @@ class World:
 
     def __init__(self, amqp_url: str, etcd_endpoint: str, log_dir: Path, *,
                  statsd: tuple[str, int] = ("127.0.0.1", 8125),
-                 rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
+                 rabbitmqctl: Sequence[str] = ("rabbitmqctl",), queue_type: str = "classic",
+                 delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT) -> None:
         """``rabbitmqctl`` is the argv prefix that addresses the node answering at ``amqp_url``
         (the kit gives it: ``nirvana.stack.rabbitmq_node().ctl()``); the default is the machine's
-        default node, which is the right one only when that node is the one at ``amqp_url``."""
+        default node, which is the right one only when that node is the one at ``amqp_url``.
+        ``queue_type`` and ``delivery_limit``: how this world's queues are declared (by it, its
+        publishers and its services: QUEUE_TYPE, DELIVERY_LIMIT)."""
         tag = uuid.uuid4().hex[:8]
         self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
         self.rabbitmqctl = list(rabbitmqctl)
+        self.queue_arguments = {"queue_type": queue_type, "delivery_limit": delivery_limit}
         self.exchange, self.prefix = f"t-{tag}", f"/t-{tag}"
         self.etcd = Etcd(parse_endpoints(etcd_endpoint), timeout=10.0)
         self.processes: list[ServiceProcess] = []
@@ -128,14 +132,16 @@ class World:
         """A unique service name (so its metric paths are new), its queue declared now."""
         name = f"t{uuid.uuid4().hex[:6]}_{base}"
         self.services.add(name)
-        topology.declare(self.channel(), self.exchange, services=(name,))
+        topology.declare(self.channel(), self.exchange, services=(name,), **self.queue_arguments)
         return name
 
     def env(self, service: str, *, enable_etcd: bool = False, **settings) -> dict:
         env = {key: value for key, value in os.environ.items() if key not in VARIABLES}
         env.update(SERVICE_NAME=service, ENABLE_ETCD="true" if enable_etcd else "false", AMQP_URL=self.amqp_url,
                    ETCD_ENDPOINTS=self.etcd_endpoint, STATSD_HOST=self.statsd[0], STATSD_PORT=str(self.statsd[1]),
-                   EVENTS_EXCHANGE=self.exchange, ETCD_PREFIX=self.prefix, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+                   EVENTS_EXCHANGE=self.exchange, ETCD_PREFIX=self.prefix, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+                   QUEUE_TYPE=self.queue_arguments["queue_type"],
+                   DELIVERY_LIMIT=str(self.queue_arguments["delivery_limit"]))
         env.update({key.upper(): str(value) for key, value in settings.items()})
         return env
 
@@ -183,12 +189,16 @@ class World:
         return self.channel().queue_declare(self.queue(service), passive=True).method.message_count
 
     def publisher(self, *services: str) -> Publisher:
-        return Publisher(self.amqp_url, self.exchange, services=services)
+        return Publisher(self.amqp_url, self.exchange, services=services, **self.queue_arguments)
 
     def publish(self, service: str, event, count: int = 1, **options):
         result = self.publisher(service).publish(event, count=count, **options)
         assert result.ok, result
         return result
+
+    def dead_letters_waiting(self) -> int:
+        """How many dead letters wait in this world's dead-letter queue (they stay there)."""
+        return self.channel().queue_declare(topology.dead_letter_queue(self.exchange), passive=True).method.message_count
 
     def dead_letters(self) -> list[tuple[bytes, dict]]:
         """Take every dead letter of this world: ``[(body, headers)]``."""
@@ -305,6 +315,55 @@ class OwnEtcd:
     def signal(self, signum: int) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signum)
+
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's script underneath /usr/sbin's
+
+
+class OwnRabbitMQ:
+    """A throwaway RabbitMQ node on free ports, its files under ``base`` (for resource alarms, a node
+    stopped mid-stream; never the system's node, never the kit's). ``wait()`` until it speaks AMQP,
+    ``stop()`` it (rabbitmqctl stop, SIGKILL after 30 s)."""
+
+    def __init__(self, base) -> None:
+        self.port, dist = _free_port(), _free_port()
+        self.node = f"t{uuid.uuid4().hex[:8]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        (base / "mnesia").mkdir(parents=True)
+        (base / "enabled_plugins").write_text("[].\n")
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")},
+                    "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                    "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(dist),
+                    "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base),
+                    "RABBITMQ_LOGS": str(base / "rabbit.log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+                    "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "ERL_EPMD_ADDRESS": "127.0.0.1",
+                    "HOME": str(base)}  # its own Erlang cookie, made there
+        self.home = str(base)
+        self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait(self) -> None:
+        def up():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server {self.node} exited with {self.process.returncode}")
+            return _tcp_open(self.port)
+        wait_for(up, f"RabbitMQ node {self.node} on port {self.port}", timeout=60, interval=0.5)
+        pika.BlockingConnection(pika.URLParameters(self.url)).close()  # it speaks AMQP
+
+    def ctl(self, *args: str) -> str:
+        return rabbitmqctl(*args, node=self.node, home=self.home)
+
+    def stop(self) -> None:
+        try:
+            self.ctl("stop")
+        except (subprocess.SubprocessError, OSError):
+            pass
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
 
 def free_port() -> int:
