@@ -167,7 +167,7 @@ def main() -> None:
         finally:
             world.close()
     bare, published, seconds = (statistics.median(runs[name]) for name in ("bare", "publish", "start"))
-    ratios = {name: [rate / base for rate, base in zip(runs[name], runs["bare"])] for name in ("plain", "dedup")}
+    ratios = {name: [rate / base for rate, base in zip(runs[name], runs["bare"], strict=True)] for name in ("plain", "dedup")}
     print(f"{args.events} events per run, prefetch {args.prefetch}, median of {args.repeat} interleaved rounds "
           "[each round; for ratios, each round against its own bare run]")
     print(f"{'bare pika consume+ack':32} {bare:9.0f} events/s   1.00x                   {spread(runs['bare'])}")
@@ -175,7 +175,7 @@ def main() -> None:
         rate = statistics.median(runs[name])
         print(f"{label:32} {rate:9.0f} events/s   {rate / bare:.2f}x  (goal >= {goal:.2f}x)  {spread(runs[name])} "
               f"{spread(ratios[name], '{:.2f}x')}")
-    held = [rate / base for rate, base in zip(runs["sibling"], runs["healthy"])]
+    held = [rate / base for rate, base in zip(runs["sibling"], runs["healthy"], strict=True)]
     label = "svc, a dead sibling's claims"
     print(f"{label:32} {statistics.median(runs['sibling']):9.0f} events/s   "
           f"{statistics.median(held):.2f}x of its healthy {statistics.median(runs['healthy']):.0f} events/s "
