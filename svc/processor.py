@@ -154,7 +154,8 @@ class Window:
             verdicts.update(zip(self.claimed, committed, strict=True))
             _trace(events, self.claimed, lambda i: _COMMITTED.get((processor.dedup.enabled, verdicts[i]),
                                                                   f"not committed: {verdicts[i].value}"))
-            processor.call("after_commit", [events[i] for i in self.claimed], committed)
+            if processor.on["after_commit"]:
+                processor.call("after_commit", [events[i] for i in self.claimed], committed)
             # Claimed, not done, requeued: free the claims so a sibling may take the redeliveries.
             unfinished = [events[i] for i in self.claimed if verdicts[i] is Verdict.UNAVAILABLE]
             if unfinished:
