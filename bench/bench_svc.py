@@ -6,6 +6,8 @@
 - consume: a bare pika consume-and-ack loop, then ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
   (goals: svc without dedup >= 0.8x the bare loop, with dedup >= 0.5x);
+- cpu: CPU time ``python -m svc`` spends per 1000 events, without and with etcd deduplication
+  (the measure a loaded machine disturbs least: compare checkouts with it);
 - publish: ``svc.Publisher`` with pipelined confirms, events/s (goal >= 5,000);
 - dead sibling (issue 8 case D): a replica with CRASH_AT=claimed claims a window of a full queue and
   dies; the survivor's rate on the other events while those claims live, as a ratio of its healthy
@@ -35,6 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ROOT
 
+
+import psutil  # noqa: E402
 
 from svc import _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH  # noqa: E402
@@ -76,6 +80,21 @@ def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetc
     times = sorted(record["at"] for record in effects.records(world.etcd, service, prefix=world.prefix))
     assert len(times) == events, len(times)
     return (events - 1) / (times[-1] - times[0])
+
+
+def svc_cpu(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, **code) -> float:
+    """CPU milliseconds (user + system) ``python -m svc`` spends per 1000 events, counted from its
+    consumer's start to its last effect: what the service's own code costs, which a busy machine
+    changes far less than it changes a rate (other processes take turns, not this one's work)."""
+    [process] = world.start(service, enable_etcd=enable_etcd, prefetch=prefetch, log_level="WARNING", **code)
+    before = psutil.Process(process.pid).cpu_times()
+    result = world.publisher(service).publish(EVENT, count=events, fresh_ids=True)
+    assert result.ok, result
+    wait_for(lambda: world.depth(service) == 0, "the queue drained", timeout=300, interval=0.2)
+    wait_for(lambda: world.effects(service) >= events, f"{events} effects", timeout=60, interval=0.2)
+    after = psutil.Process(process.pid).cpu_times()
+    assert process.stop() == 0
+    return (after.user + after.system - before.user - before.system) * 1000 / events * 1000
 
 
 def sibling_rate(world: World, service: str, events: int, prefetch: int, **code) -> float:
@@ -194,7 +213,7 @@ def main() -> None:
     report(args, only, variants, runs)
 
 
-CONTENDERS = ("plain", "dedup", "publish", "sibling", "start")
+CONTENDERS = ("plain", "dedup", "cpu", "publish", "sibling", "start")
 
 
 def measure(args, only: list[str], variants: dict[str, dict], logs: Path) -> dict[str, list[float]]:
@@ -236,6 +255,10 @@ def _runs(args, name: str, code: dict):
         return [("plain", lambda world, service: svc_rate(world, service, args.events, False, args.prefetch, **code))]
     if name == "dedup":
         return [("dedup", lambda world, service: svc_rate(world, service, args.events, True, args.prefetch, **code))]
+    if name == "cpu":
+        return [(f"cpu-{kind}", lambda world, service, dedup=dedup: svc_cpu(world, service, args.events, dedup,
+                                                                          args.prefetch, **code))
+                for kind, dedup in (("plain", False), ("dedup", True))]
     if name == "publish":
         return [("publish", lambda world, service: publish_rate(world, service, args.events))]
     if name == "sibling":
@@ -253,7 +276,7 @@ def report(args, only: list[str], variants: dict[str, dict], runs: dict[str, lis
     if args.baseline:
         print(f"svc of this checkout ({variants['']['pythonpath']}) and of {args.baseline} "
               f"({variants['@base']['pythonpath']}) alternate within each round")
-    print(f"{'bare pika consume+ack':32} {bare:9.0f} events/s   1.00x                   {spread(runs['bare'])}")
+    print(f"{'bare pika consume+ack':40} {bare:9.0f} events/s   1.00x                   {spread(runs['bare'])}")
     for suffix in variants:
         tag = f" [{args.baseline}]" if suffix else ""
         for name, label, goal in (("plain", "svc, dedup off", 0.8), ("dedup", "svc, etcd dedup", 0.5)):
@@ -262,29 +285,34 @@ def report(args, only: list[str], variants: dict[str, dict], runs: dict[str, lis
             rates = runs[name + suffix]
             ratios = [rate / base for rate, base in zip(rates, runs["bare"], strict=True)]
             rate = statistics.median(rates)
-            print(f"{label + tag:32} {rate:9.0f} events/s   {rate / bare:.2f}x  (goal >= {goal:.2f}x)  {spread(rates)} "
+            print(f"{label + tag:40} {rate:9.0f} events/s   {rate / bare:.2f}x  (goal >= {goal:.2f}x)  {spread(rates)} "
                   f"{spread(ratios, '{:.2f}x')}")
         if "sibling" in only:
             held = [rate / base for rate, base in zip(runs["sibling" + suffix], runs["healthy" + suffix], strict=True)]
             label = "svc, a dead sibling's claims" + tag
-            print(f"{label:32} {statistics.median(runs['sibling' + suffix]):9.0f} events/s   "
+            print(f"{label:40} {statistics.median(runs['sibling' + suffix]):9.0f} events/s   "
                   f"{statistics.median(held):.2f}x of its healthy {statistics.median(runs['healthy' + suffix]):.0f} "
                   f"events/s (goal >= 0.80x, {args.sibling_events} events)  {spread(runs['sibling' + suffix])} "
                   f"{spread(held, '{:.2f}x')}")
+        if "cpu" in only:
+            for kind in ("plain", "dedup"):
+                label = f"svc CPU, dedup {'off' if kind == 'plain' else 'on'}{tag}"
+                print(f"{label:40} {statistics.median(runs[f'cpu-{kind}' + suffix]):9.0f} CPU ms per 1000 events  "
+                      f"{spread(runs[f'cpu-{kind}' + suffix])}")
         if "start" in only:
-            print(f"{'start to consuming, ' + str(args.done_ids) + ' done' + tag:32} "
+            print(f"{'start to consuming, ' + str(args.done_ids) + ' done' + tag:40} "
                   f"{statistics.median(runs['start' + suffix]):9.2f} s                   "
                   f"(goal <= 1.5 s) {spread(runs['start' + suffix], '{:.2f}')}")
             print(f"  service log (last round): {runs['imported' + suffix][0]}")
     if "publish" in only:
-        print(f"{'svc.Publisher, confirms':32} {statistics.median(runs['publish']):9.0f} events/s            "
+        print(f"{'svc.Publisher, confirms':40} {statistics.median(runs['publish']):9.0f} events/s            "
               f"(goal >= 5000)  {spread(runs['publish'])}")
     if args.baseline:
         print(f"this checkout's svc as a ratio of {args.baseline}'s (each round against its twin; median [each round]):")
-        kinds = [kind for kind in ("plain", "dedup", "healthy", "sibling") if kind in runs]
+        kinds = [kind for kind in ("plain", "dedup", "healthy", "sibling", "cpu-plain", "cpu-dedup") if kind in runs]
         for kind in kinds + (["start"] if "start" in only else []):
             ratios = [mine / base for mine, base in zip(runs[kind], runs[kind + "@base"], strict=True)]
-            what = "start time" if kind == "start" else "events/s"
+            what = "start time" if kind == "start" else "CPU/event" if kind.startswith("cpu") else "events/s"
             print(f"  {kind:10} {what:10} {statistics.median(ratios):.3f}x  {spread(ratios, '{:.3f}')}")
 
 

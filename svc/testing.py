@@ -37,6 +37,7 @@ from .own_etcd import OwnEtcd, free_port
 from .publisher import Publisher
 
 START_TIMEOUT = 15.0
+DEAD_CONSUMER_WAIT = 5.0   # seconds start() waits for a killed process's consumer to go
 STOP_TIMEOUT = 10.0
 RABBITMQCTL_TIMEOUT = 30.0
 RABBITMQCTL_UNWRAPPED = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # Debian's script under /usr/sbin's wrapper
@@ -152,6 +153,16 @@ class World:
               **settings) -> list[ServiceProcess]:
         """Start ``replicas`` processes of ``service``; wait until the queue has them as consumers."""
         self.services.add(service)
+        # A process killed just now (CRASH_AT) may count as a consumer a moment longer, until the
+        # broker has closed its connection: counted in, it would make the wait below expect one too
+        # many. So the count is taken once the consumers are no more than the live processes (or
+        # after DEAD_CONSUMER_WAIT, for consumers this world did not start).
+        alive = sum(1 for process in self.processes if process.service == service and process.alive())
+        try:
+            wait_for(lambda: self.consumers(service) <= alive, "the consumers of dead processes gone",
+                     DEAD_CONSUMER_WAIT)
+        except TimeoutError:
+            pass
         before = self.consumers(service)
         started = [ServiceProcess(service, self.env(service, enable_etcd=enable_etcd, **settings),
                                   self.log_dir / f"{service}-{len(self.processes) + i}.log")
