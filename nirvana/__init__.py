@@ -9,6 +9,8 @@ Every helper takes its broker, exchange, etcd endpoints and prefix from :mod:`ni
 for them (``from nirvana import widgets``), so ``python -m nirvana status`` does not pay for them.
 """
 
+import sys
+
 from . import effects, graphite, rabbit, services, settings, stack
 from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, \
     StackError, WaitTimeout
@@ -24,7 +26,7 @@ __all__ = [
     # what the talk shows: queues, counters, effects, dead letters; panels and plots
     "rabbit", "graphite", "effects", "deadletters", "widgets", "plots",
     # the later chapters: crashes and outages, the talk's design, the chaos proof, the cost
-    "outages", "Outbox", "OwnEtcd", "designs", "chaos", "checker", "cost",
+    "outages", "Outbox", "OwnEtcd", "designs", "chaos", "checker", "cost", "scale",
     # publishing and where things are
     "Publisher", "settings", "ETCD_ENDPOINT", "AMQP_URL",
     # errors
@@ -57,6 +59,12 @@ def reset() -> None:
 
 
 def teardown() -> None:
-    """End a chapter: stop every ``svc`` process the kit started and say how many are left."""
+    """End a chapter: stop every ``svc`` process the kit started and say how many are left.
+
+    This kernel's live charts stop too: a chapter left open keeps no thread redrawing beside the
+    next chapter's. (A ServicePanel keeps refreshing its lights: they must stay true.)
+    """
+    if "nirvana.plots" in sys.modules:   # loaded by the chapter: matplotlib is not loaded here
+        sys.modules["nirvana.plots"].stop_live_charts()
     services.stop_all()
     print(f"svc processes left: {len(services.running_pids())}")

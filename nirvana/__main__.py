@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("components", nargs="*", metavar="COMPONENT",
                          help=f"only these ({', '.join(c.name for c in stack.COMPONENTS)}); default all")
+        if name == "up":
+            sub.add_argument("--cluster", action="store_true",
+                             help="etcd and RabbitMQ as clusters of three (kept until `down`)")
     commands.add_parser("reset", help="stop kit-started services, purge the kit's queues, delete its etcd "
                                       "keys and whisper files")
     lab = commands.add_parser("lab", help="start JupyterLab on a copy of notebooks/ (once) and print its URL")
@@ -31,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            rows = stack.up(only=args.components)
+            rows = stack.up(only=args.components, cluster=args.cluster)
             print(stack.render_status(rows))
             return 0 if all(row.healthy for row in rows) else 1
         if args.command == "status":
-            rows = stack.status(args.components)
+            rows = stack.status(args.components, leaders=True)
             print(stack.render_status(rows))
             if any(row.name == "rabbitmq" and row.state != "down" for row in rows):
                 print(stack.rabbitmq_node().describe())

@@ -14,6 +14,7 @@ A Jepsen-style total-queue run (chapter 7, and ``bench/chaos.py`` at full size):
    etcd, the dead letters and what is left in the queue.
 """
 
+import functools
 import json
 import random
 import subprocess
@@ -30,7 +31,7 @@ from svc import topology
 from svc.consumer import connection_name
 from svc.effects import counts_by_id
 
-from . import checker, deadletters, endpoints, rabbit, services, stack
+from . import checker, deadletters, endpoints, rabbit, services, settings, stack
 from ._wait import Progress, poll, quiet
 from .own_etcd import OwnEtcd
 
@@ -292,7 +293,9 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
     exchange = f"chaos-{tag}"
     etcd = OwnEtcd(progress=quiet).start()
     try:
-        _topology(exchange, plan.services, topology.declare)
+        kit = settings.current()   # the services it starts declare their queues as the kit's settings say
+        _topology(exchange, plan.services, functools.partial(topology.declare, queue_type=kit.queue_type,
+                                                             delivery_limit=kit.delivery_limit))
         chaos = _Run(plan, etcd, exchange, progress, node or stack.rabbitmq_node())
         chaos.start_all()
         ids, bodies = workload(plan, tag)

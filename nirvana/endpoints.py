@@ -20,3 +20,12 @@ LAB_PORT = 8888             # JupyterLab, started by `./kit present`
 AMQP_URL = f"amqp://guest:guest@{HOST}:{AMQP_PORT}/%2F"
 ETCD_ENDPOINT = f"{HOST}:{ETCD_PORT}"
 GRAPHITE_URL = f"http://{HOST}:{GRAPHITE_PORT}"
+
+# `./kit up --cluster` (nirvana/stack/cluster.py): three etcd members and three RabbitMQ nodes of
+# the kit's own. 5672 stays the system RabbitMQ's; the nodes' Erlang distribution listens on
+# AMQP + 20000 (RabbitMQ's rule) and they find each other through an epmd of the cluster's own,
+# never the machine's on 4369.
+CLUSTER_ETCD_PORTS = (2379, 22379, 32379)
+CLUSTER_ETCD_PEER_PORTS = (2380, 22380, 32380)
+CLUSTER_AMQP_PORTS = (5673, 5674, 5675)
+CLUSTER_EPMD_PORT = 24369

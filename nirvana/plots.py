@@ -11,6 +11,7 @@ import io
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -160,6 +161,7 @@ class LiveChart:
         self.stop_button.on_click(lambda _button: self.stop())
         self.widget = widgets.VBox([self.image, widgets.HBox([self.stop_button, self.label])])
         self._thread = threading.Thread(target=self._run, name="nirvana-live-chart", daemon=True)
+        _live.add(self)
         self._thread.start()
 
     def render(self) -> bytes:
@@ -201,9 +203,20 @@ class LiveChart:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
+_live: "weakref.WeakSet[LiveChart]" = weakref.WeakSet()   # this kernel's charts, for stop_live_charts()
+
+
+def stop_live_charts() -> int:
+    """Stop every live chart of this kernel still refreshing (a chapter's teardown); how many."""
+    running = [chart for chart in list(_live) if chart.running]
+    for chart in running:
+        chart.stop()
+    return len(running)
+
+
 def live_chart(names: Iterable[str], since: float, *, seconds: float = LIVE_SECONDS, **options) -> LiveChart:
     """A self-refreshing chart for presenting (display it; it stops after ``seconds``)."""
     return LiveChart(names, since, seconds=seconds, **options)
 
 
-__all__ = ["plot_counters", "live_chart", "LiveChart", "Mark", "draw", "missing_note", "outside_note"]
+__all__ = ["plot_counters", "live_chart", "LiveChart", "stop_live_charts", "Mark", "draw", "missing_note", "outside_note"]

@@ -136,9 +136,15 @@ def remember(service: Service, child: subprocess.Popen) -> None:
     processes.write_record(record_path(service.key), asdict(service))
 
 
-def forget(service: Service) -> None:
+def forget(service: Service, *, stale: bool = False) -> None:
+    """Delete the service's record. ``stale``: a record found dead is deleted only if the file
+    still holds it: another kernel may have restarted the service and recorded the new process
+    under the same key meanwhile (the check of a dead pid takes a while on a loaded machine)."""
     if service.instance > 0:
-        record_path(service.key).unlink(missing_ok=True)
+        path = record_path(service.key)
+        if stale and read_record(path) != service:
+            return
+        path.unlink(missing_ok=True)
 
 
 def is_svc(process: psutil.Process) -> bool:
@@ -168,7 +174,7 @@ def instances(name: str) -> list[Service]:
         if alive(service):
             live.append(service)
         else:
-            forget(service)
+            forget(service, stale=True)
     return sorted(live, key=lambda service: service.instance)
 
 

@@ -25,10 +25,12 @@ from svc.publisher import DEFAULT_ROUTING_KEY
 
 from . import endpoints
 from .errors import SettingError
+from .shape import recorded
 
 # svc's variables that say where things are; the kit shares them with every service it starts.
 # (SERVICE_NAME and ENABLE_ETCD are chosen per service; the rest tune one service's behaviour.)
-SHARED = ("AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT", "EVENTS_EXCHANGE", "ETCD_PREFIX")
+SHARED = ("AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT", "EVENTS_EXCHANGE", "ETCD_PREFIX",
+          "QUEUE_TYPE", "DELIVERY_LIMIT")
 NAME_PATTERN = SERVICE_NAME_RE
 
 
@@ -42,6 +44,8 @@ class Settings:
     statsd_port: int
     exchange: str
     etcd_prefix: str                 # no trailing slash: keys live under ``etcd_prefix + "/"``
+    queue_type: str = "classic"      # QUEUE_TYPE: the kit declares the queues as its services do
+    delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT
     graphite_url: str = endpoints.GRAPHITE_URL
     services: tuple[str, ...] = topology.DEFAULT_SERVICES
     event_types: tuple[str, ...] = EVENT_TYPES
@@ -55,6 +59,9 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         shared = {name: env[name] for name in SHARED if name in env}
+        if environ is None:   # the kit's cluster while `./kit up --cluster` holds: its nodes by default
+            kit_cluster = recorded()
+            shared = {**(kit_cluster.environment() if kit_cluster else {}), **shared}
         try:
             # SERVICE_NAME is required by svc but not shared: any valid name reads the rest
             config = Config.from_env({**shared, "SERVICE_NAME": topology.DEFAULT_SERVICES[0]})
@@ -62,7 +69,8 @@ class Settings:
             raise SettingError(f"{error}: fix or unset it (the kit reads svc's variables)") from None
         return cls(amqp_url=config.amqp_url, etcd_endpoints=config.etcd_endpoints,
                    statsd_host=config.statsd_host, statsd_port=config.statsd_port,
-                   exchange=config.exchange, etcd_prefix=config.etcd_prefix)
+                   exchange=config.exchange, etcd_prefix=config.etcd_prefix, queue_type=config.queue_type,
+                   delivery_limit=config.delivery_limit)
 
     @property
     def etcd_endpoint(self) -> str:
@@ -73,7 +81,8 @@ class Settings:
         """svc's shared variables with these values, for a service the kit starts."""
         return {"AMQP_URL": self.amqp_url, "ETCD_ENDPOINTS": self.etcd_endpoint,
                 "STATSD_HOST": self.statsd_host, "STATSD_PORT": str(self.statsd_port),
-                "EVENTS_EXCHANGE": self.exchange, "ETCD_PREFIX": self.etcd_prefix}
+                "EVENTS_EXCHANGE": self.exchange, "ETCD_PREFIX": self.etcd_prefix,
+                "QUEUE_TYPE": self.queue_type, "DELIVERY_LIMIT": str(self.delivery_limit)}
 
 
 _current: Settings | None = None

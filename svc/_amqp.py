@@ -3,7 +3,9 @@
 Three things live here:
 
 - ``connect(url, timeout=...)``: a BlockingConnection whose every wait is bounded (socket, the
-  whole TCP+TLS+AMQP handshake, a connection blocked by a broker resource alarm), with one attempt.
+  whole TCP+TLS+AMQP handshake, a connection blocked by a broker resource alarm), with one attempt
+  per node; ``url`` may name several nodes of one cluster, comma-separated: the first that
+  answers is used (``connect_first`` says which).
 - ``classify(error)``: what a pika/AMQP error means for the caller, as an ``Action``:
   STOP (a refusal no retry can cure: one line, exit status 2), REOPEN_CHANNEL (the broker closed a
   channel, the connection stands), RECONNECT (the connection is gone: reconnect with backoff),
@@ -29,11 +31,11 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from .config import mask_url
+from .config import mask_url, split_urls
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, SvcError
 
-__all__ = ["Action", "classify", "translate", "connect", "parameters", "undecodable", "raw_properties", "START_HINT",
-           "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
+__all__ = ["Action", "classify", "translate", "connect", "connect_first", "lost", "parameters", "undecodable", "refuse",
+           "raw_properties", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +130,50 @@ def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None =
 
 def connect(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
             blocked_timeout: float | None = None) -> pika.BlockingConnection:
-    """An open BlockingConnection to ``url`` (see ``parameters`` for the bounds), or svc's error:
-    BrokerRefused (wrong user or password, no such vhost: exit status 2 material) or
-    BrokerUnavailable (nothing answers, or not in time). Raises within about ``timeout`` seconds."""
-    try:
-        return pika.BlockingConnection(parameters(url, timeout, name=name, blocked_timeout=blocked_timeout))
-    except BROKER_ERRORS as error:
-        raise translate(error, "the connection", url=url) from None
+    """An open BlockingConnection to the first of ``url``'s nodes that answers (one URL, or several
+    separated by commas: see ``connect_first``), or svc's error. Raises within about ``timeout``
+    seconds per node."""
+    return connect_first(split_urls(url), timeout, name=name, blocked_timeout=blocked_timeout)[0]
+
+
+def connect_first(urls, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
+                  blocked_timeout: float | None = None) -> tuple[pika.BlockingConnection, str]:
+    """(an open BlockingConnection, its URL): the nodes of one cluster tried in the order of
+    ``urls`` (a sequence of AMQP URLs), one attempt each (see ``parameters`` for the bounds).
+
+    Raises svc's error: BrokerRefused at the first node that refuses the login, vhost or
+    permissions (the nodes of a cluster share them: the next one would refuse too; exit status 2
+    material), else BrokerUnavailable when no node answers in time (naming each node's error).
+    """
+    # pika's BlockingConnection([params, ...]) tries several nodes too, but folds every failure into
+    # one AMQPConnectionWorkflowFailed: a refused login could not be told from a node away, nor
+    # the node that answered named.
+    failures = []
+    for url in urls:
+        try:
+            connection = pika.BlockingConnection(parameters(url, timeout, name=name, blocked_timeout=blocked_timeout))
+            if len(urls) > 1:
+                log.info("connected to %s", mask_url(url))
+            return connection, url
+        except BROKER_ERRORS as error:
+            translated = translate(error, "the connection", url=url)
+            if not isinstance(translated, BrokerUnavailable):
+                raise translated from None
+            failures.append(translated)
+    if len(failures) == 1:
+        raise failures[0]
+    raise BrokerUnavailable(f"no RabbitMQ node of {len(failures)} answered: "
+                            + "; ".join(str(f).removesuffix(f" ({START_HINT})") for f in failures)
+                            + f" ({START_HINT})")
+
+
+def lost(urls: tuple[str, ...], url: str | None) -> tuple[str, ...]:
+    """The order to try ``urls`` in after the connection to ``url`` (one of them, or None) was
+    lost: that node last, the nodes after it first (the order of ``urls`` kept otherwise)."""
+    if url not in urls:
+        return urls
+    i = urls.index(url)
+    return urls[i + 1:] + urls[:i + 1]
 
 
 # -- one line per refusal ----------------------------------------------------------------------
@@ -186,6 +225,12 @@ def undecodable(properties) -> str:
     """Why pika could not decode a delivery's properties ("" if it could): the message is whole
     (body and routing), only its properties (headers, content type...) are unknown."""
     return getattr(properties, _UNDECODABLE, "")
+
+
+def refuse(properties, reason: str) -> None:
+    """Mark a delivery as one not to process: the consumer dead-letters it with ``reason``, as it
+    does one whose properties cannot be decoded (``undecodable`` then returns the reason)."""
+    setattr(properties, _UNDECODABLE, reason)
 
 
 def raw_properties(properties) -> bytes:

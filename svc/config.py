@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import pika
 
 from .errors import ConfigError
-from .topology import DEFAULT_EXCHANGE
+from .topology import DEFAULT_DELIVERY_LIMIT, DEFAULT_EXCHANGE, QUEUE_TYPES
 
 SERVICE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
@@ -25,12 +25,13 @@ DEFAULT_CLAIM_TTL = 10          # seconds a claim outlives a consumer that died 
 DEFAULT_DEDUP_RETENTION = 86400  # seconds a done mark is kept
 DEFAULT_ETCD_TIMEOUT = 2.0      # seconds per etcd call before it counts as unavailable
 MAX_PREFETCH = 1000
+MAX_DELIVERY_LIMIT = 1000
 
 # Every environment variable svc reads.
 VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
              "LOG_LEVEL", "PIKA_LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE", "OUTBOX_URL",
-             "OUTBOX_IDEMPOTENCY")
+             "OUTBOX_IDEMPOTENCY", "QUEUE_TYPE", "DELIVERY_LIMIT")
 DEDUP_MODES = ("claims", "talk")   # talk: the talk's original design, see svc/dedup_talk.py
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -41,7 +42,7 @@ class Config:
 
     service: str
     enable_etcd: bool = False
-    amqp_url: str = DEFAULT_AMQP_URL
+    amqp_url: str = DEFAULT_AMQP_URL  # one URL, or several nodes of one cluster: "url1,url2" (amqp_urls)
     etcd_endpoints: tuple[tuple[str, int], ...] = (("127.0.0.1", 2379),)
     statsd_host: str = DEFAULT_STATSD_HOST
     statsd_port: int = DEFAULT_STATSD_PORT
@@ -58,6 +59,13 @@ class Config:
     dedup_mode: str = "claims"  # with ENABLE_ETCD: "claims" (the kit's) or "talk" (the original design)
     outbox_url: str = ""        # a mail per event handed to this outbox (svc/mail.py), "" for none
     outbox_idempotency: bool = False  # hand the event id on as the mail's idempotency key
+    queue_type: str = "classic"       # "quorum": replicated queues with a delivery limit (svc.topology)
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # quorum only: returns before the broker dead-letters
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker URLs in the order svc tries them (``split_urls(amqp_url)``)."""
+        return split_urls(self.amqp_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -99,6 +107,9 @@ class Config:
             dedup_mode=_choice("DEDUP_MODE", get("DEDUP_MODE", "claims").lower(), DEDUP_MODES),
             outbox_url=outbox_url,
             outbox_idempotency=_bool("OUTBOX_IDEMPOTENCY", get("OUTBOX_IDEMPOTENCY", "false")),
+            queue_type=_choice("QUEUE_TYPE", get("QUEUE_TYPE", "classic").lower(), QUEUE_TYPES),
+            delivery_limit=_int("DELIVERY_LIMIT", get("DELIVERY_LIMIT", str(DEFAULT_DELIVERY_LIMIT)),
+                                1, MAX_DELIVERY_LIMIT),
         )
 
 
@@ -123,9 +134,19 @@ def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
 _USERINFO_RE = re.compile(r"(?P<head>(?:[^:/?#]+:)?//[^:/?#@]*:)(?P<password>[^/?#]*)@")
 
 
+# Several URLs are separated by a comma before the next scheme, so a comma inside one URL (a
+# password, a query) never splits it.
+_URL_SEPARATOR_RE = re.compile(r"\s*,\s*(?=amqps?://)")
+
+
+def split_urls(text: str) -> tuple[str, ...]:
+    """``"amqp://a...,amqp://b..."`` -> ``("amqp://a...", "amqp://b...")`` (one URL -> a 1-tuple)."""
+    return tuple(_URL_SEPARATOR_RE.split(text.strip()))
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe for logs."""
-    return _USERINFO_RE.sub(lambda m: f"{m['head']}***@", url, count=1)
+    """The URL (or comma-separated URLs) with every password replaced by ``***``, safe for logs."""
+    return ",".join(_USERINFO_RE.sub(lambda m: f"{m['head']}***@", one, count=1) for one in split_urls(url))
 
 
 def _match(name: str, value: str, pattern: re.Pattern, expected: str) -> str:
@@ -167,8 +188,15 @@ def _number(name, value, cast, low, high, what):
     return number
 
 
-def _amqp_url(value: str) -> str:
-    expected = "expected amqp://user:password@host:port/vhost"
+def _amqp_url(text: str) -> str:
+    """One URL or several (nodes of one cluster), each checked; the text as given."""
+    for value in split_urls(text):
+        _one_amqp_url(value)
+    return text
+
+
+def _one_amqp_url(value: str) -> str:
+    expected = "expected amqp://user:password@host:port/vhost[,amqp://...] (several: nodes of one cluster)"
     if not value.startswith(("amqp://", "amqps://")):
         raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid: {expected}")
     try:
@@ -178,6 +206,7 @@ def _amqp_url(value: str) -> str:
         match = _USERINFO_RE.search(value)
         reason = str(error).replace(match["password"], "***") if match and match["password"] else str(error)
         raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid ({reason}): {expected}") from None
-    if not urllib.parse.urlsplit(value).hostname or not 0 < parameters.port < 65536:
+    parts = urllib.parse.urlsplit(value)
+    if not parts.hostname or "," in parts.netloc.rpartition("@")[2] + parts.path or not 0 < parameters.port < 65536:
         raise ConfigError(f"AMQP_URL={mask_url(value)!r} is invalid: {expected}")
     return value

@@ -21,11 +21,11 @@ import time
 
 import pika
 
-from . import _amqp, metrics, topology
+from . import _amqp, metrics, requeue, topology
 from ._amqp import BROKER_ERRORS, Action
 from .config import Config
 from .errors import BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
-from .outcome import Outcome, Settlement
+from .outcome import REQUEUE, Outcome, Settlement
 from .processor import Processor
 from .protocols import Dedup
 
@@ -61,8 +61,10 @@ class Consumer:
     """Consumes one service's queue over one connection until stopped or disconnected."""
 
     def __init__(self, config: Config, processor: Processor, stop: threading.Event, on_consuming=None,
-                 worker: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
+                 worker: concurrent.futures.ThreadPoolExecutor | None = None, urls=None) -> None:
+        """``urls``: the broker's nodes in the order to try them (default: AMQP_URL's order)."""
         self.config, self.processor, self.stop = config, processor, stop
+        self.urls, self.url = tuple(urls or config.amqp_urls), None
         self.on_consuming = on_consuming or (lambda: None)
         self.queue = topology.queue_name(config.service, config.exchange)
         self._worker = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work")
@@ -71,9 +73,8 @@ class Consumer:
     def run(self) -> None:
         """Consume until ``stop`` is set (returns) or the connection fails (BrokerUnavailable);
         BrokerRefused when the broker refuses what no retry can cure."""
-        url = self.config.amqp_url
-        connection = _amqp.connect(url, CONNECT_TIMEOUT, name=connection_name(self.config.service),
-                                   blocked_timeout=BLOCKED_TIMEOUT)
+        connection, self.url = _amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
+                                                   blocked_timeout=BLOCKED_TIMEOUT)
         self.connection = connection
         try:
             backoff = BACKOFF_START
@@ -127,9 +128,11 @@ class Consumer:
 
     def _consume_on(self, connection) -> bool:
         channel = self.channel = connection.channel()
-        channel = self.channel = topology.declare(channel, self.config.exchange, services=(self.config.service,))
+        channel = self.channel = topology.declare(channel, self.config.exchange, services=(self.config.service,),
+                                                  queue_type=self.config.queue_type,
+                                                  delivery_limit=self.config.delivery_limit)
         channel.basic_qos(prefetch_count=self.config.prefetch)
-        self._dead = connection.channel()
+        self._dead = connection.channel()  # confirmed publishes: dead letters, and copies requeued at the tail
         self._dead.confirm_delivery()
         channel.add_on_cancel_callback(self._on_cancel)
         tag = channel.basic_consume(self.queue, self._on_message)
@@ -166,11 +169,18 @@ class Consumer:
         # Stopping: the current window was finished and settled; what is still buffered (and any
         # kept dead letter) was never acked and returns to the queue when the channel closes.
         channel.basic_cancel(tag)
+        if self.config.queue_type == "quorum":
+            # A return would count against the delivery limit: buffered and held ones go as copies
+            # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
+            self._requeue([(d, REQUEUE) for d in self._pending + self.held.due(float("inf")) if not _amqp.undecodable(d[1])])
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
     def _on_message(self, channel, method, properties, body) -> None:
         self._open.add(method.delivery_tag)
+        reason = self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit)
+        if reason:  # its crashes add up over its copies past the limit: dead-lettered unprocessed
+            _amqp.refuse(properties, reason)
         self._pending.append((method, properties, body))
 
     def _on_cancel(self, frame) -> None:
@@ -218,10 +228,10 @@ class Consumer:
         acks, requeues = [], []
         for (method, properties, body), outcome in settled:
             if outcome.action is Settlement.REQUEUE:
-                requeues.append((method.delivery_tag, outcome))
+                requeues.append(((method, properties, body), outcome))
             elif outcome.action is Settlement.HOLD:
                 if not self.held.hold(outcome.key, (method, properties, body)):
-                    requeues.append((method.delivery_tag, outcome))  # waited once already: let any replica have it
+                    requeues.append(((method, properties, body), outcome))  # waited once already: let any replica have it
             elif outcome.action is not Settlement.DEAD or self._dead_letter(method, properties, body, outcome.reason):
                 acks.append(method.delivery_tag)
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
@@ -306,9 +316,15 @@ class Consumer:
         else:
             delay, self._etcd_backoff = 0.0, BACKOFF_START
         self._sleep(delay)
-        for delivery_tag, _ in requeues:
-            # Not done, not acked: back to the queue for another try (fail closed).
-            self.channel.basic_nack(delivery_tag, requeue=True)
+        for delivery, _ in requeues:
+            delivery_tag = delivery[0].delivery_tag
+            if self.config.queue_type == "quorum" and requeue.at_tail(self._dead, self.queue, *delivery):
+                # Its copy is confirmed at the tail: acking the original loses nothing, and the quorum
+                # queue's delivery limit stays for consumers that die on it (svc/requeue.py).
+                self.channel.basic_ack(delivery_tag)
+            else:
+                # Not done, not acked: back to the queue for another try (fail closed).
+                self.channel.basic_nack(delivery_tag, requeue=True)
             self._open.discard(delivery_tag)
 
 
@@ -328,13 +344,17 @@ class Supervisor:
     def __init__(self, config: Config, processor: Processor, stop: threading.Event) -> None:
         self.config, self.processor, self.stop = config, processor, stop
         self._backoff = BACKOFF_START
+        self._urls = config.amqp_urls
 
     def run(self) -> None:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work") as worker:
             while not self.stop.is_set():
+                consumer = Consumer(self.config, self.processor, self.stop, on_consuming=self._reset, worker=worker,
+                                    urls=self._urls)
                 try:
-                    Consumer(self.config, self.processor, self.stop, on_consuming=self._reset, worker=worker).run()
+                    consumer.run()
                 except BrokerUnavailable as error:
+                    self._urls = _amqp.lost(self._urls, consumer.url)  # the other nodes are tried first
                     log.warning("%s; reconnecting in %.1f s", error, self._backoff)
                     self.stop.wait(self._backoff)
                     self._backoff = min(self._backoff * 2, BACKOFF_MAX)

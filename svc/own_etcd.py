@@ -27,7 +27,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _answering(port: int) -> bool:
+def answering(port: int) -> bool:
+    """True if something accepts TCP connections on 127.0.0.1:``port`` now."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
         return True
@@ -77,7 +78,7 @@ class OwnEtcd:
                 self.process = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
             deadline = time.monotonic() + START_TIMEOUT
-            while not _answering(self.client):
+            while not answering(self.client):
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise TimeoutError(f"the throwaway etcd on {self.endpoint} did not answer within "

@@ -13,10 +13,11 @@ routed, or RabbitMQ could not be reached (the reason is printed).
 
 import argparse
 import json
+import os
 import sys
 
 from . import topology
-from .config import DEFAULT_AMQP_URL, EXCHANGE_RE
+from .config import DEFAULT_AMQP_URL, EXCHANGE_RE, MAX_DELIVERY_LIMIT
 from ._amqp import START_HINT
 from .errors import BrokerRefused, BrokerUnavailable, PublishError
 from .publisher import DEFAULT_ROUTING_KEY, Publisher, PublishResult
@@ -36,6 +37,10 @@ def main(argv=None) -> int:
                         help="declare this service's queue first (repeatable; default: orders, notify)")
     parser.add_argument("--no-declare", action="store_true",
                         help="declare nothing: publish to an exchange that must already exist")
+    parser.add_argument("--queue-type", choices=topology.QUEUE_TYPES, default=os.environ.get("QUEUE_TYPE", "classic"),
+                        help="the type the services declare their queues with (default: $QUEUE_TYPE or classic)")
+    parser.add_argument("--delivery-limit", type=int, default=os.environ.get("DELIVERY_LIMIT", topology.DEFAULT_DELIVERY_LIMIT),
+                        help="the services' delivery limit for quorum queues (default: $DELIVERY_LIMIT or 5)")
     args = parser.parse_args(argv)
     try:
         event = json.loads(args.input)
@@ -46,6 +51,9 @@ def main(argv=None) -> int:
         parser.exit(2, "svc.publish: --count must be 0 or more; nothing was published\n")
     if args.fresh_ids and not isinstance(event, dict):
         parser.exit(2, "svc.publish: --fresh-ids needs a JSON object as --input; nothing was published\n")
+    if args.queue_type not in topology.QUEUE_TYPES or not 1 <= args.delivery_limit <= MAX_DELIVERY_LIMIT:
+        parser.exit(2, f"svc.publish: --queue-type {args.queue_type!r} / --delivery-limit {args.delivery_limit} is "
+                       f"invalid: use {' or '.join(topology.QUEUE_TYPES)}, and 1 to {MAX_DELIVERY_LIMIT}; nothing was published\n")
     if not EXCHANGE_RE.fullmatch(args.exchange):
         parser.exit(2, f"svc.publish: --exchange {args.exchange!r} is invalid; nothing was published\n")
     services = tuple(args.services) if args.services else topology.DEFAULT_SERVICES
@@ -53,7 +61,8 @@ def main(argv=None) -> int:
     # it, which is how the kit shows bad input.
     body = event if isinstance(event, dict) else args.input
     try:
-        result = Publisher(args.amqp_url, args.exchange, services=services, declare=not args.no_declare).publish(
+        result = Publisher(args.amqp_url, args.exchange, services=services, declare=not args.no_declare,
+                           queue_type=args.queue_type, delivery_limit=args.delivery_limit).publish(
             body, args.routing_key, count=args.count, fresh_ids=args.fresh_ids)
     except BrokerRefused as error:
         print(f"svc.publish: {error}; nothing was published", file=sys.stderr)

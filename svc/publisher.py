@@ -13,7 +13,7 @@ import uuid
 import pika
 
 from . import _amqp, topology
-from .config import DEFAULT_AMQP_URL, mask_url
+from .config import DEFAULT_AMQP_URL, mask_url, split_urls
 from .errors import BrokerRefused, BrokerUnavailable, PublishError
 
 DEFAULT_ROUTING_KEY = "foo"
@@ -39,13 +39,17 @@ class Publisher:
     """Publishes events to an exchange; declares the topology (idempotently) first.
 
     ``services`` are the queues declared and bound before the first publish, so no event is lost
-    to a queue that does not exist yet; pass ``()`` to declare only the exchanges.
+    to a queue that does not exist yet; pass ``()`` to declare only the exchanges. ``queue_type``
+    and ``delivery_limit`` are the services' (QUEUE_TYPE, DELIVERY_LIMIT): the broker refuses a
+    queue declared with other arguments than it has. ``amqp_url`` may name several nodes of one
+    cluster, comma-separated: the first that answers is used.
     """
 
     def __init__(self, amqp_url: str = DEFAULT_AMQP_URL, exchange: str = topology.DEFAULT_EXCHANGE, *,
-                 services=topology.DEFAULT_SERVICES, declare: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 services=topology.DEFAULT_SERVICES, declare: bool = True, timeout: float = DEFAULT_TIMEOUT,
+                 queue_type: str = "classic", delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT) -> None:
         self.amqp_url, self.exchange, self.services = amqp_url, exchange, tuple(services)
-        self.timeout = timeout
+        self.timeout, self.queue_type, self.delivery_limit = timeout, queue_type, delivery_limit
         self._declared = not declare
 
     def __enter__(self) -> "Publisher":
@@ -60,7 +64,8 @@ class Publisher:
             return
         connection = _amqp.connect(self.amqp_url, timeout)  # BrokerRefused / BrokerUnavailable, one line
         try:
-            topology.declare(connection.channel(), self.exchange, services=self.services)
+            topology.declare(connection.channel(), self.exchange, services=self.services, queue_type=self.queue_type,
+                             delivery_limit=self.delivery_limit)
         except _amqp.BROKER_ERRORS as error:
             raise _amqp.translate(error, "declaring the topology", url=self.amqp_url) from None
         finally:
@@ -103,10 +108,12 @@ class Publisher:
 
 
 class _ConfirmedBatch:
-    """One SelectConnection that sends every body, then waits for all confirms (or the deadline)."""
+    """One SelectConnection that sends every body, then waits for all confirms (or the deadline);
+    to the first node of ``amqp_url`` (one URL or several, comma-separated) that answers."""
 
     def __init__(self, amqp_url, exchange, routing_key, bodies, ids, timeout) -> None:
-        self.url, self.exchange, self.routing_key = amqp_url, exchange, routing_key
+        self.urls = list(split_urls(amqp_url))
+        self.url, self.exchange, self.routing_key = self.urls.pop(0), exchange, routing_key
         self.bodies, self.ids, self.timeout = bodies, ids, timeout
         self.pending: set[int] = set()
         self.confirmed = self.nacked = self.unroutable = 0
@@ -117,9 +124,7 @@ class _ConfirmedBatch:
     def run(self) -> PublishResult:
         if not self.bodies:
             return PublishResult(0, 0, 0, ())
-        self.connection = pika.SelectConnection(_amqp.parameters(self.url, self.timeout), on_open_callback=self._on_open,
-                                                on_open_error_callback=self._on_open_error,
-                                                on_close_callback=self._on_closed)
+        self._connect()
         self.connection.ioloop.call_later(self.timeout, self._on_timeout)
         self.connection.ioloop.start()
         if self.refused:
@@ -128,12 +133,21 @@ class _ConfirmedBatch:
             raise (BrokerUnavailable if self.confirmed + self.nacked == 0 else PublishError)(self.error)
         return PublishResult(self.confirmed, self.unroutable, self.nacked, tuple(self.ids))
 
+    def _connect(self, ioloop=None) -> None:
+        self.connection = pika.SelectConnection(_amqp.parameters(self.url, self.timeout), on_open_callback=self._on_open,
+                                                on_open_error_callback=self._on_open_error,
+                                                on_close_callback=self._on_closed, custom_ioloop=ioloop)
+
     def _on_open(self, connection) -> None:
         self.opened = True
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, connection, error) -> None:
         self._refused(error, "the connection")
+        if self.refused is None and self.urls:  # that node is away: the next node of the cluster
+            self.url = self.urls.pop(0)
+            self._connect(connection.ioloop)
+            return
         self.error = self.error or f"cannot connect to {mask_url(self.url)}: {error!r}"
         connection.ioloop.stop()
 

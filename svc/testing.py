@@ -5,7 +5,8 @@ A ``World`` gives a test its own exchange, etcd prefix and service names (so que
 metric paths never collide with another test or the demo), runs ``python -m svc`` as real
 subprocesses in their own process groups, and on ``close()`` kills them and removes every queue,
 exchange and key it made. Every wait has a deadline and says what it waited for. ``OwnEtcd``
-(svc/own_etcd.py) is a throwaway etcd to stop, freeze or limit. ``MemoryDedup`` and
+(svc/own_etcd.py) is a throwaway etcd to stop, freeze or limit, ``OwnRabbitMQ``
+(svc/own_rabbitmq.py) a throwaway RabbitMQ node. ``MemoryDedup`` and
 ``MemoryMeter`` stand in for etcd and statsd where a test checks the processor's logic alone
 (the way dramatiq's StubBroker stands in for a broker); integration tests use the real ones.
 The fault injection hook (CRASH_AT, WORK_MS) is :class:`svc.faults.Faults`.
@@ -34,31 +35,12 @@ from .batch import Ready, Verdict
 from .errors import DedupUnavailable
 from .event import Event
 from .own_etcd import OwnEtcd, free_port
+from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
 from .publisher import Publisher
 
 START_TIMEOUT = 15.0
 DEAD_CONSUMER_WAIT = 5.0   # seconds start() waits for a killed process's consumer to go
 STOP_TIMEOUT = 10.0
-RABBITMQCTL_TIMEOUT = 30.0
-RABBITMQCTL_UNWRAPPED = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # Debian's script under /usr/sbin's wrapper
-
-
-def rabbitmqctl(*args: str, node: str | None = None, home: str | None = None,
-                timeout: float = RABBITMQCTL_TIMEOUT) -> str:
-    """Run ``rabbitmqctl -q *args`` against the broker node the tests use; its stdout.
-
-    ``node`` (with ``home``, the HOME whose Erlang cookie that node was started with) reaches another
-    node, such as a test's throwaway one; Debian's wrapper, which switches to the rabbitmq user and
-    its cookie, is then bypassed. The one place tests reach a node's CLI, so where the kit's node is
-    can be set here alone. Raises CalledProcessError (with the tool's stderr) or TimeoutExpired."""
-    program, env = "rabbitmqctl", None
-    if home:
-        program, env = RABBITMQCTL_UNWRAPPED, {**os.environ, "HOME": home}
-    target = ["-n", node] if node else []
-    return subprocess.run([program, "-q", *target, *args], capture_output=True, text=True, timeout=timeout,
-                          check=True, env=env).stdout
-
-
 def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05):
     """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -116,13 +98,17 @@ class World:
 
     def __init__(self, amqp_url: str, etcd_endpoint: str, log_dir: Path, *,
                  statsd: tuple[str, int] = ("127.0.0.1", 8125),
-                 rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
+                 rabbitmqctl: Sequence[str] = ("rabbitmqctl",), queue_type: str = "classic",
+                 delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT) -> None:
         """``rabbitmqctl`` is the argv prefix that addresses the node answering at ``amqp_url``
         (the kit gives it: ``nirvana.stack.rabbitmq_node().ctl()``); the default is the machine's
-        default node, which is the right one only when that node is the one at ``amqp_url``."""
+        default node, which is the right one only when that node is the one at ``amqp_url``.
+        ``queue_type`` and ``delivery_limit``: how this world's queues are declared (by it, its
+        publishers and its services: QUEUE_TYPE, DELIVERY_LIMIT)."""
         tag = uuid.uuid4().hex[:8]
         self.amqp_url, self.etcd_endpoint, self.log_dir, self.statsd = amqp_url, etcd_endpoint, Path(log_dir), statsd
         self.rabbitmqctl = list(rabbitmqctl)
+        self.queue_arguments = {"queue_type": queue_type, "delivery_limit": delivery_limit}
         self.exchange, self.prefix = f"t-{tag}", f"/t-{tag}"
         self.etcd = Etcd(parse_endpoints(etcd_endpoint), timeout=10.0)
         self.processes: list[ServiceProcess] = []
@@ -136,14 +122,16 @@ class World:
         """A unique service name (so its metric paths are new), its queue declared now."""
         name = f"t{uuid.uuid4().hex[:6]}_{base}"
         self.services.add(name)
-        topology.declare(self.channel(), self.exchange, services=(name,))
+        topology.declare(self.channel(), self.exchange, services=(name,), **self.queue_arguments)
         return name
 
     def env(self, service: str, *, enable_etcd: bool = False, **settings) -> dict:
         env = {key: value for key, value in os.environ.items() if key not in VARIABLES}
         env.update(SERVICE_NAME=service, ENABLE_ETCD="true" if enable_etcd else "false", AMQP_URL=self.amqp_url,
                    ETCD_ENDPOINTS=self.etcd_endpoint, STATSD_HOST=self.statsd[0], STATSD_PORT=str(self.statsd[1]),
-                   EVENTS_EXCHANGE=self.exchange, ETCD_PREFIX=self.prefix, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+                   EVENTS_EXCHANGE=self.exchange, ETCD_PREFIX=self.prefix, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+                   QUEUE_TYPE=self.queue_arguments["queue_type"],
+                   DELIVERY_LIMIT=str(self.queue_arguments["delivery_limit"]))
         env.update({key.upper(): str(value) for key, value in settings.items()})
         return env
 
@@ -201,12 +189,16 @@ class World:
         return self.channel().queue_declare(self.queue(service), passive=True).method.message_count
 
     def publisher(self, *services: str) -> Publisher:
-        return Publisher(self.amqp_url, self.exchange, services=services)
+        return Publisher(self.amqp_url, self.exchange, services=services, **self.queue_arguments)
 
     def publish(self, service: str, event, count: int = 1, **options):
         result = self.publisher(service).publish(event, count=count, **options)
         assert result.ok, result
         return result
+
+    def dead_letters_waiting(self) -> int:
+        """How many dead letters wait in this world's dead-letter queue (they stay there)."""
+        return self.channel().queue_declare(topology.dead_letter_queue(self.exchange), passive=True).method.message_count
 
     def dead_letters(self) -> list[tuple[bytes, dict]]:
         """Take every dead letter of this world: ``[(body, headers)]``."""
@@ -378,7 +370,8 @@ class MemoryMeter:
 
 __all__ = [
     # real processes and names on the real stack
-    "World", "ServiceProcess", "OwnEtcd", "free_port", "rabbitmqctl", "graphite_total", "wait_for",
+    "World", "ServiceProcess", "OwnEtcd", "OwnRabbitMQ", "RABBITMQ_SERVER", "free_port", "rabbitmqctl",
+    "graphite_total", "wait_for",
     # in-memory stand-ins for unit tests of pure logic
     "MemoryDedup", "MemoryMeter",
 ]

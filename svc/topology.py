@@ -18,6 +18,8 @@ SERVICE_HEADER = "x-nirvana-service"
 ROUTING_KEY_HEADER = "x-nirvana-routing-key"
 RAW_PROPERTIES_HEADER = "x-nirvana-raw-properties"  # properties pika could not decode, as sent
 DEAD_LETTER_EXCHANGE_ARG = "x-dead-letter-exchange"
+QUEUE_TYPES = ("classic", "quorum")
+DEFAULT_DELIVERY_LIMIT = 5   # a quorum queue dead-letters a message returned more often than this
 
 
 def queue_name(service: str, exchange: str = DEFAULT_EXCHANGE) -> str:
@@ -33,47 +35,80 @@ def dead_letter_queue(exchange: str = DEFAULT_EXCHANGE) -> str:
     return f"{exchange}.dead-letters"
 
 
-def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES):
+def queue_arguments(exchange: str = DEFAULT_EXCHANGE, queue_type: str = "classic",
+                    delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> dict:
+    """The arguments of a service queue; every declarer (svc, its publisher, the kit) uses these, as
+    the broker refuses a declaration whose arguments differ (406 inequivalent arg).
+
+    Every queue names the dead-letter exchange. A quorum queue (``queue_type="quorum"``, RabbitMQ
+    docs "Quorum Queues") is replicated over the cluster's nodes and counts each return of a
+    message (a nack with requeue, a channel or connection closed while it was unacked):
+    returned more than ``delivery_limit`` times it is dead-lettered with ``x-death`` reason
+    ``delivery_limit`` — an event that crashes its consumer every time stops looping. Its
+    dead-lettering is at-least-once (kept until the dead-letter queue confirms it; the broker
+    requires ``x-overflow: reject-publish`` for that). Raises ValueError for another queue type.
+    """
+    arguments = {DEAD_LETTER_EXCHANGE_ARG: dead_letter_exchange(exchange)}
+    if queue_type == "quorum":
+        arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit,
+                          "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+    elif queue_type != "classic":
+        raise ValueError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
+    return arguments
+
+
+def dead_letter_queue_arguments(queue_type: str = "classic") -> dict | None:
+    """The dead-letter queue's arguments: quorum too on a quorum topology (the dead letters survive
+    a node), without a delivery limit (reading letters without an ack returns them; nothing there
+    may be dropped for being looked at)."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+
+
+def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES, *, queue_type: str = "classic",
+            delivery_limit: int = DEFAULT_DELIVERY_LIMIT):
     """Declare the exchange, the dead-letter exchange and queue, and each service's bound queue;
     the channel to go on with (a refused declaration closes a channel, see below).
 
     ``channel`` is a pika BlockingChannel. Declaring what exists with the same arguments is a no-op.
-    Each service queue names the dead-letter exchange (``x-dead-letter-exchange``), so what the
-    broker itself dead-letters (a message's TTL expired, a rejection, a delivery limit) lands in the
-    dead letters too, with its ``x-death`` header (see ``dead_letter_reason``). A queue an earlier
-    kit declared without arguments is declared again with it when empty and unused, else kept as it
-    is with a warning (the broker never changes a queue's arguments: 406 PRECONDITION_FAILED); any
-    other difference is raised as pika's ChannelClosedByBroker for the caller's broker edge
-    (svc._amqp) to report.
+    Each service queue has ``queue_arguments(exchange, queue_type, delivery_limit)``: it names the
+    dead-letter exchange, so what the broker itself dead-letters (a message's TTL expired, a
+    rejection, a delivery limit) lands in the dead letters too, with its ``x-death`` header (see
+    ``dead_letter_reason``). A queue an earlier kit declared without arguments is declared again
+    with them when empty and unused, else kept as it is with a warning (the broker never changes a
+    queue's arguments: 406 PRECONDITION_FAILED); any other difference (a classic queue where a
+    quorum one is declared, another delivery limit) is raised as pika's ChannelClosedByBroker for
+    the caller's broker edge (svc._amqp) to report.
     """
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     dlx, dead_letters = dead_letter_exchange(exchange), dead_letter_queue(exchange)
     channel.exchange_declare(dlx, exchange_type="fanout", durable=True)
-    channel.queue_declare(dead_letters, durable=True)
+    channel.queue_declare(dead_letters, durable=True, arguments=dead_letter_queue_arguments(queue_type))
     channel.queue_bind(dead_letters, dlx)
+    arguments = queue_arguments(exchange, queue_type, delivery_limit)
     for service in services:
         queue = queue_name(service, exchange)
         try:
-            channel.queue_declare(queue, durable=True, arguments={DEAD_LETTER_EXCHANGE_ARG: dlx})
+            channel.queue_declare(queue, durable=True, arguments=arguments)
         except pika.exceptions.ChannelClosedByBroker as error:
             if f"inequivalent arg '{DEAD_LETTER_EXCHANGE_ARG}'" not in error.reply_text \
-                    or not error.reply_text.endswith("but current is none"):
-                raise
-            channel = _upgrade(channel.connection.channel(), queue, dlx)
+                    or not error.reply_text.endswith("but current is none") or queue_type != "classic":
+                raise  # a quorum queue is never a classic one upgraded in place: the caller stops
+            channel = _upgrade(channel.connection.channel(), queue, arguments)
         channel.queue_bind(queue, exchange, routing_key=BINDING_KEY)
     return channel
 
 
-def _upgrade(channel, queue: str, dlx: str):
-    """Give a queue declared without arguments its dead-letter exchange if it is empty and unused;
-    the channel to go on with. Raises (ChannelClosedByBroker) if the queue differs in anything else."""
+def _upgrade(channel, queue: str, arguments: dict):
+    """Give a queue declared without arguments its dead-letter exchange (and type) if it is empty
+    and unused; the channel to go on with. Raises (ChannelClosedByBroker) if the queue differs in
+    anything else."""
     channel.queue_declare(queue, durable=True)  # no arguments at all, or this raises: never delete those
     try:
         # The broker deletes it only if empty and unused, atomically; a publish in the moment
         # before it is declared again is returned to its publisher (mandatory), not lost.
         channel.queue_delete(queue, if_unused=True, if_empty=True)
-        channel.queue_declare(queue, durable=True, arguments={DEAD_LETTER_EXCHANGE_ARG: dlx})
-        log.info("queue %s declared again with its dead-letter exchange %s", queue, dlx)
+        channel.queue_declare(queue, durable=True, arguments=arguments)
+        log.info("queue %s declared again with its dead-letter exchange %s", queue, arguments[DEAD_LETTER_EXCHANGE_ARG])
         return channel
     except pika.exceptions.ChannelClosedByBroker:  # 406: not empty, or in use
         channel = channel.connection.channel()

@@ -148,3 +148,19 @@ def etcd_factory(tmp_path):
 def own_etcd(etcd_factory):
     """A throwaway etcd with the default limits, for stopping mid-stream."""
     return etcd_factory()
+
+
+@pytest.fixture
+def own_rabbitmq(tmp_path):
+    """A throwaway RabbitMQ node on free ports (svc.testing.OwnRabbitMQ), never the system's or the
+    kit's, for resource alarms and a node stopped mid-stream; stopped at teardown."""
+    from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ
+
+    need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
+         and os.path.exists(RABBITMQ_SERVER))
+    node = OwnRabbitMQ(tmp_path / "rabbitmq")
+    try:
+        node.wait()
+        yield node
+    finally:
+        node.stop()

@@ -20,10 +20,16 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def published(compose: dict) -> list[tuple[str, int, str]]:
-    """(host address, host port, protocol) of every published port."""
+def in_profile(compose: dict, profile: str | None) -> dict[str, dict]:
+    """The services of ``profile`` (None: those without a profile, what `docker compose up` starts)."""
+    return {name: service for name, service in compose["services"].items()
+            if (profile in service.get("profiles", []) if profile else not service.get("profiles"))}
+
+
+def published(compose: dict, profile: str | None = None) -> list[tuple[str, int, str]]:
+    """(host address, host port, protocol) of every published port of ``profile``'s services."""
     result = []
-    for service in compose["services"].values():
+    for service in in_profile(compose, profile).values():
         for mapping in service.get("ports", []):
             spec, _, protocol = str(mapping).partition("/")
             host_ip, host_port, _container = spec.split(":")
@@ -64,6 +70,9 @@ IMAGE_PATHS = {
     "./assets/carbon/storage-schemas.conf": "/opt/graphite/conf/storage-schemas.conf",
     "./assets/carbon/storage-aggregation.conf": "/opt/graphite/conf/storage-aggregation.conf",
     "./assets/statsd/docker.js": "/opt/statsd/config/udp.js",
+    # rabbitmq 3.13 reads every /etc/rabbitmq/conf.d/*.conf after rabbitmq.conf (the image ships
+    # conf.d/10-defaults.conf there): https://www.rabbitmq.com/docs/configure#config-confd-directory
+    "./assets/rabbitmq/docker-cluster.conf": "/etc/rabbitmq/conf.d/20-cluster.conf",
 }
 # The image's carbon start script edits carbon.conf with `sed -i` when one of these is set (and
 # statsd reads another file, go-carbon replaces carbon): none may be, or the mount does not hold.
@@ -143,3 +152,54 @@ def test_carbon_keeps_1s_points_for_statsd_and_sums_counts():
     counts_rule = next(section for section in aggregation.sections()
                        if re.search(aggregation[section]["pattern"], "stats_counts.orders_new_order_ok"))
     assert aggregation[counts_rule]["aggregationMethod"] == "sum"
+
+
+CLUSTER = ("etcd-1", "etcd-2", "etcd-3", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+
+
+def _flags(service: dict) -> dict[str, str]:
+    return dict(arg[2:].split("=", 1) for arg in service["command"] if arg.startswith("--"))
+
+
+def test_the_cluster_profile_is_the_native_clusters_shape(compose):
+    # Given the `cluster` profile, I expect exactly its six members, none started by a plain `up`
+    cluster = in_profile(compose, "cluster")
+    assert sorted(cluster) == sorted(CLUSTER)
+    assert all(service["profiles"] == ["cluster"] for service in cluster.values())
+    assert not set(CLUSTER) & set(in_profile(compose, None))
+    # publishing the ports of `./kit up --cluster` (nirvana/endpoints.py), on loopback only, each once
+    ports = published(compose, "cluster")
+    assert {host for host, _, _ in ports} == {endpoints.HOST} and len(ports) == len(set(ports))
+    assert sorted(port for _, port, _ in ports) == sorted(endpoints.CLUSTER_ETCD_PORTS + endpoints.CLUSTER_AMQP_PORTS)
+    # and every data volume its member's own
+    volumes = [volume.split(":")[0] for name in CLUSTER for volume in cluster[name]["volumes"]
+               if not volume.startswith("./")]
+    assert len(volumes) == len(CLUSTER) == len(set(volumes))
+    assert set(volumes) <= set(compose["volumes"])
+
+
+def test_the_cluster_profiles_etcd_members_form_one_cluster(compose):
+    members = [_flags(compose["services"][f"etcd-{i}"]) for i in (1, 2, 3)]
+    # each member's name and peer URL are the ones the shared initial cluster lists
+    initial = {flags["initial-cluster"] for flags in members}
+    assert len(initial) == 1
+    listed = dict(pair.split("=", 1) for pair in initial.pop().split(","))
+    assert listed == {flags["name"]: flags["initial-advertise-peer-urls"] for flags in members}
+    assert {flags["initial-cluster-token"] for flags in members} == {"nirvana-cluster"}
+    # each advertises the client address it is published on
+    for i, flags in enumerate(members):
+        published_port = compose["services"][f"etcd-{i + 1}"]["ports"][0].split(":")[1]
+        assert flags["advertise-client-urls"] == f"http://{endpoints.HOST}:{published_port}"
+        assert published_port == str(endpoints.CLUSTER_ETCD_PORTS[i])
+
+
+def test_the_cluster_profiles_rabbitmq_nodes_know_each_other(compose):
+    nodes = [compose["services"][f"rabbitmq-{i}"] for i in (1, 2, 3)]
+    # one cookie for all three, or they refuse each other
+    assert len({node["environment"]["RABBITMQ_ERLANG_COOKIE"] for node in nodes}) == 1
+    # the peer discovery config lists every node by the name its hostname gives it
+    conf = (paths.ASSETS / "rabbitmq" / "docker-cluster.conf").read_text()
+    listed = re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ = (\S+)$", conf, re.M)
+    assert sorted(listed) == sorted(f"rabbit@{node['hostname']}" for node in nodes)
+    assert "cluster_formation.peer_discovery_backend = classic_config" in conf
+    assert all(node["image"] == compose["services"]["rabbitmq"]["image"] for node in nodes)

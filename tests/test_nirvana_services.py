@@ -237,3 +237,22 @@ def test_dedup_without_etcd_is_refused_up_front_with_the_command_that_starts_it(
     with pytest.raises(services.ServiceError, match=r"etcd is not answering at 127.0.0.1:9: start the stack with `./kit up`"):
         services.start(name, dedup=True, env={**kit["env"], "ETCD_ENDPOINTS": "127.0.0.1:9"})
     assert services.running_pids() == []
+
+
+def test_a_dead_record_is_not_deleted_once_another_kernel_recorded_a_new_process_under_its_key(tmp_path, monkeypatch):
+    # Given a record whose process has exited, read by one kernel (a panel's light refresher)
+    from nirvana import service_records as records
+    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
+    old = records.Service("orders", 2 ** 22 + 1, 1.0, False, "events", "svc-orders.log")
+    new = records.Service("orders", os.getpid(), 2.0, True, "events", "svc-orders.log")
+    processes.write_record(records.record_path("orders"), old.__dict__)
+
+    def meanwhile_restarted(service):
+        # when another kernel restarts the service while this one checks the dead pid
+        processes.write_record(records.record_path("orders"), new.__dict__)
+        return False
+
+    monkeypatch.setattr(records, "alive", meanwhile_restarted)
+    assert records.instances("orders") == []
+    # I expect the new process's record kept: deleting it would leave the new process unrecorded
+    assert records.read_record(records.record_path("orders")) == new

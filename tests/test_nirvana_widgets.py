@@ -173,3 +173,26 @@ def test_the_talks_idempotency_shows_in_graphite_after_clicks(kit, graphite_url)
     seen = graphite.wait_until({ok: 1, skipped: 2}, since, timeout=10, progress=lambda _: None)
     assert seen == {ok: 1, skipped: 2}
     assert rabbit.queue_depth(name, exchange=kit["exchange"]) == 0
+
+
+
+def test_a_chapters_teardown_ends_its_live_charts_and_keeps_the_lights_true(kit, capsys):
+    # Given a chapter's panel refreshing its lights and a live chart, as chapter 1 leaves them
+    import nirvana
+    from nirvana import plots
+    name = kit["names"]["a"]
+    panel = widgets.ServicePanel(names=[name], refresh_every=0.1)
+    chart = plots.live_chart(["x"], time.time(), seconds=60, every=0.1, fetch=lambda names, since: {})
+    assert chart.running
+    # When the chapter's teardown cell runs
+    nirvana.teardown()
+    # I expect no chart left redrawing beside the next chapter's kernel
+    assert not chart.running
+    assert "svc processes left: 0" in capsys.readouterr().out
+    # and the lights still true: a service started afterwards (from a slide, another kernel) shows
+    services.start(name, progress=lambda _: None)
+    deadline = time.monotonic() + 5
+    while panel.states[name] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert panel.states[name] == "running"
+    panel.close()

@@ -3,7 +3,6 @@ retry can cure, a dead-letter queue that refuses publishes, work longer than the
 consumer the broker cancels, a message whose headers pika cannot decode, the broker's own
 dead-lettering. Each test failed on main before svc/_amqp.py and the consumer's changes."""
 
-import os
 import re
 import shutil
 import signal
@@ -16,12 +15,12 @@ import uuid
 import pika
 import pika.data
 import pytest
-from conftest import need, tcp_open
+from conftest import need
 
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 from svc.effects import count
-from svc.testing import OwnEtcd, ServiceProcess, _free_port, graphite_total, rabbitmqctl, wait_for
+from svc.testing import OwnEtcd, ServiceProcess, graphite_total, wait_for
 
 NEW_ORDER = {"type": "new_order", "id": "good"}
 
@@ -273,65 +272,6 @@ def test_publish_refusals_are_one_line_and_exit_2(svc_world, case):
 
 
 # -- B, the kind: a connection the broker blocks ---------------------------------------------------
-
-RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's script underneath /usr/sbin's
-
-
-class OwnRabbitMQ:
-    """A throwaway RabbitMQ node on free ports, for resource alarms (never the system's node)."""
-
-    def __init__(self, base) -> None:
-        self.port, dist = _free_port(), _free_port()
-        self.node = f"t{uuid.uuid4().hex[:8]}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
-        (base / "mnesia").mkdir(parents=True)
-        (base / "enabled_plugins").write_text("[].\n")
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")},
-                    "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-                    "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(dist),
-                    "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base),
-                    "RABBITMQ_LOGS": str(base / "rabbit.log"),
-                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-                    "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "ERL_EPMD_ADDRESS": "127.0.0.1",
-                    "HOME": str(base)}  # its own Erlang cookie, made there
-        self.home = str(base)
-        self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def wait(self) -> None:
-        def up():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server {self.node} exited with {self.process.returncode}")
-            return tcp_open("127.0.0.1", self.port)
-        wait_for(up, f"RabbitMQ node {self.node} on port {self.port}", timeout=60, interval=0.5)
-        pika.BlockingConnection(pika.URLParameters(self.url)).close()  # it speaks AMQP
-
-    def ctl(self, *args: str) -> str:
-        return rabbitmqctl(*args, node=self.node, home=self.home)
-
-    def stop(self) -> None:
-        try:
-            self.ctl("stop")
-        except (subprocess.SubprocessError, OSError):
-            pass
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-
-@pytest.fixture
-def own_rabbitmq(tmp_path):
-    need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
-         and os.path.exists(RABBITMQ_SERVER))
-    node = OwnRabbitMQ(tmp_path / "rabbitmq")
-    try:
-        node.wait()
-        yield node
-    finally:
-        node.stop()
-
 
 def test_sigterm_stops_svc_within_10_s_while_the_broker_blocks_its_connection(svc_world, own_rabbitmq, tmp_path):
     orders = f"t{uuid.uuid4().hex[:6]}_orders"

@@ -76,3 +76,20 @@ def render(template: str, target: Path, **values: object) -> Path:
 def ports() -> dict[str, object]:
     """Every address constant of :mod:`nirvana.endpoints`, for the config templates."""
     return {name: getattr(endpoints, name) for name in dir(endpoints) if name.isupper()}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One component as ``status`` sees it."""
+
+    name: str
+    address: str
+    state: str        # up | down | unhealthy
+    origin: str       # "started by kit" | "found running" | ""
+    log: str          # the log file when the kit started it
+    detail: str = ""
+    role: str = ""    # a cluster member's: leader / follower, running / not running
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "up"

@@ -6,16 +6,18 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import psutil
 
-from .. import paths, services
+from svc import topology
+
+from .. import paths, services, shape
 from ..errors import StackError
-from . import carbon, etcd, graphite, rabbitmq, statsd
-from .component import DOCKER_HINT, SETUP_HINT, Component, Probe, Progress
+from ..settings import current
+from . import carbon, cluster, etcd, graphite, rabbitmq, statsd
+from .component import DOCKER_HINT, SETUP_HINT, Component, Probe, Progress, Row
 from .jupyterlab import LAB
 from .ports import check_free, port_holder
 from .running import display, kit_process, log_file, start, stop, wait_healthy
@@ -35,28 +37,23 @@ def select(names: Iterable[str]) -> list[Component]:
     return [BY_NAME[name] for name in names] if names else list(COMPONENTS)
 
 
-@dataclass(frozen=True)
-class Row:
-    """One component as ``status`` sees it."""
-
-    name: str
-    address: str
-    state: str        # up | down | unhealthy
-    origin: str       # "started by kit" | "found running" | ""
-    log: str          # the log file when the kit started it
-    detail: str = ""
-
-    @property
-    def healthy(self) -> bool:
-        return self.state == "up"
-
-
-def up(progress: Progress = print, only: Iterable[str] = ()) -> list[Row]:
+def up(progress: Progress = print, only: Iterable[str] = (), *, cluster: bool = False) -> list[Row]:
     """Start every component that is not answering; wait for each with its deadline (seconds).
 
     Idempotent: a healthy component (started by the kit or found running) is left alone.
+    ``cluster``: etcd and RabbitMQ as three members each (:mod:`.cluster`), the shape recorded
+    until ``down``; while it is recorded, ``up`` keeps that shape.
     Raises :class:`StackError` with a one-line message when something cannot start.
     """
+    only = list(only)
+    kit_cluster = _cluster_shape(cluster)
+    if kit_cluster is not None:
+        return _up_cluster(kit_cluster, progress, only)
+    return _up_single(progress, only)
+
+
+def _up_single(progress: Progress, only: list[str]) -> list[Row]:
+    """``up`` of the named components (all when none) as single processes."""
     components = select(only)
     state = paths.state_dir()
     paths.log_dir().mkdir(parents=True, exist_ok=True)
@@ -118,9 +115,19 @@ def _wait_found(component: Component, started: float, progress: Progress) -> Non
         time.sleep(0.2)
 
 
-def status(components: Iterable[str] = ()) -> list[Row]:
-    """One :class:`Row` per component (all of the stack when none is named)."""
+def status(components: Iterable[str] = (), *, leaders: bool = False) -> list[Row]:
+    """One :class:`Row` per component (all of the stack when none is named); in the cluster shape
+    one per etcd member and RabbitMQ node instead of ``etcd`` and ``rabbitmq``, with their roles
+    (``leaders``: which node leads each service queue too, one rabbitmqctl call)."""
+    components = list(components)
+    kit_cluster = shape.recorded()
     rows = []
+    if kit_cluster is not None:
+        if not components or {"etcd", "rabbitmq"} & set(components):
+            rows += cluster.status(kit_cluster, _service_queues() if leaders else None)
+        components = [name for name in components or BY_NAME if name not in ("etcd", "rabbitmq", LAB.name)]
+        if not components:
+            return rows
     for component in select(components):
         probe = component.probe()
         ours = kit_process(component.name)
@@ -141,9 +148,11 @@ def status(components: Iterable[str] = ()) -> list[Row]:
 
 def render_status(rows: Iterable[Row]) -> str:
     """A plain text table with stable columns (used by the CLI and the notebooks)."""
-    header = ("component", "address", "state", "origin", "log")
+    rows = list(rows)
+    roles = any(r.role for r in rows)   # a cluster's members: their role as a column of its own
+    header = ("component", "address", "state", *(("role",) if roles else ()), "origin", "log")
     lines = [header] + [(r.name, r.address, r.state + (f" ({r.detail})" if r.detail and not r.healthy else ""),
-                         r.origin or "-", r.log or "-") for r in rows]
+                         *((r.role or "-",) if roles else ()), r.origin or "-", r.log or "-") for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
@@ -157,9 +166,12 @@ def down(progress: Progress = print, only: Iterable[str] = ()) -> list[str]:
         # compete for the queues with the next run
         for name in services.stop_all():
             progress(f"{name:<13} stopped (svc)")
+    kit_cluster = shape.recorded()
     components = select(only) if only else [*COMPONENTS, LAB]
     for component in reversed(components):  # JupyterLab first, then the stack in reverse start order
         process = kit_process(component.name)
+        if process is None and kit_cluster is not None and component.name in ("etcd", "rabbitmq"):
+            continue   # the cluster's members answer there: stopped below
         if process is None:
             if component.probe().state != "down":
                 progress(f"{component.name:<13} left running (not started by the kit)")
@@ -167,4 +179,40 @@ def down(progress: Progress = print, only: Iterable[str] = ()) -> list[str]:
         stop(component.name, process)
         stopped.append(component.name)
         progress(f"{component.name:<13} stopped")
+    if not only or {"etcd", "rabbitmq"} & set(only):
+        # the kit's cluster, recorded or not (a record lost with a crash leaves no member behind)
+        stopped += cluster.down(kit_cluster or shape.kit_shape(), progress)
+        shape.forget()
     return stopped
+
+
+def _cluster_shape(asked: bool):
+    """The kit's cluster shape when ``--cluster`` is asked or recorded (None: the single node).
+    Raises StackError when the single node's etcd or RabbitMQ started by the kit still runs."""
+    recorded = shape.recorded()
+    if recorded is None and not asked:
+        return None
+    running = [name for name in ("etcd", "rabbitmq") if kit_process(name) is not None]
+    if running:
+        raise StackError(f"the single-node stack's {' and '.join(running)} run (started by the kit): "
+                         "stop them with `./kit down`, then run `./kit up --cluster`")
+    return recorded or shape.kit_shape()
+
+
+def _up_cluster(kit_cluster, progress: Progress, only: list[str]) -> list[Row]:
+    """``up`` in the cluster shape: the cluster (recorded first, so ``down`` finds it even if a
+    member fails to start), then the components that have no cluster (statsd, carbon, graphite)."""
+    select(only)   # an unknown name: one line
+    shape.record(kit_cluster)
+    rest = [name for name in only or [c.name for c in COMPONENTS] if name not in ("etcd", "rabbitmq")]
+    if not only or {"etcd", "rabbitmq"} & set(only):
+        cluster.up(kit_cluster, progress)
+    if rest:
+        _up_single(progress, rest)
+    return status(only)
+
+
+def _service_queues() -> list[str]:
+    """The queues of the talk's services and of those the kit started (``status`` names their leaders)."""
+    return [topology.queue_name(name, exchange=current().exchange)
+            for name in (*topology.DEFAULT_SERVICES, *services.known_names())]

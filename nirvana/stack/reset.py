@@ -71,12 +71,15 @@ def reset(progress: Progress = print, exchange: str | None = None) -> None:
     """
     prefix = etcd_prefix()   # a bad ETCD_PREFIX stops the reset before anything is touched
     rows = {row.name: row for row in status()}
-    if rows["rabbitmq"].healthy:
+    # the single node's "rabbitmq" and "etcd", or the cluster's "rabbitmq-1".. and "etcd-1"..
+    healthy = {kind: any(row.healthy for name, row in rows.items() if name.split("-")[0] == kind)
+               for kind in ("rabbitmq", "etcd")}
+    if healthy["rabbitmq"]:
         removed = rabbit.purge_queues(kit_queues(exchange))
         progress(f"rabbitmq      purged {', '.join(f'{q} ({n})' for q, n in removed.items()) or 'no kit queue'}")
     else:
         progress("rabbitmq      not answering: nothing purged (start it with `./kit up`)")
-    if rows["etcd"].healthy:
+    if healthy["etcd"]:
         progress(f"etcd          deleted {delete_etcd_prefix(prefix)} keys under {prefix}/")
     else:
         progress("etcd          not answering: no keys deleted (start it with `./kit up`)")

@@ -1,0 +1,275 @@
+"""The kit's cluster (``./kit up --cluster``): three etcd members, three RabbitMQ nodes, and svc on
+quorum queues through a leader's death, a node's stop and a poison event.
+
+Each test runs itself again in a network namespace of its own (``unshare --net``) with a state
+folder of its own: inside, nothing answers on loopback, so the cluster takes the kit's ports
+(2379, 5673...) and the machine's RabbitMQ, epmd and the shared stack are never seen nor touched.
+Marked ``stack`` (tests/conftest.py runs them last); each takes 20-40 s, mostly RabbitMQ's start.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pika
+import psutil
+import pytest
+from conftest import need
+
+from nirvana import checker, paths, rabbit, services, shape, stack
+from nirvana.chaos import publish_bodies
+from nirvana.scale import publish_confirmed
+from nirvana.stack import cluster, members
+from svc import Etcd, topology
+from svc.config import parse_endpoints
+from svc.effects import counts_by_id
+from svc.errors import DedupUnavailable
+from svc.testing import wait_for
+
+INSIDE = "NIRVANA_TEST_NETNS"     # set to the test's node id inside its namespace
+RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, cluster start and stop included
+DRAIN_TIMEOUT = 90.0              # seconds for every event to be processed after the fault
+EVENTS = 600
+
+# last (tests/conftest.py), and the outer test waits for the inner run past pytest's 180 s default
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(RUN_TIMEOUT + 90)]
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def in_own_namespace(request, tmp_path) -> bool:
+    """True inside the test's namespace (run the body); outside, run the test there and check it
+    passed (False: the body is done)."""
+    if os.environ.get(INSIDE) == request.node.nodeid:
+        return True
+    need("unshare (util-linux) and ip (iproute2)", bool(shutil.which("unshare") and shutil.which("ip")))
+    need("etcd and RabbitMQ's server (./kit setup)", bool(shutil.which("etcd")) and stack.rabbitmq.SERVER.exists())
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True, timeout=10)
+    if probe.returncode != 0:
+        pytest.skip(f"no network namespace here (unshare --net: {probe.stderr.strip()}): run as root")
+    env = {**os.environ, INSIDE: request.node.nodeid, "NIRVANA_STATE": str(tmp_path / "state")}
+    for variable in ("AMQP_URL", "ETCD_ENDPOINTS", "EVENTS_EXCHANGE", "ETCD_PREFIX"):
+        env.pop(variable, None)   # inside, the cluster's: nothing of the outer stack
+    script = 'ip link set lo up && exec "$@"'
+    argv = ["unshare", "--net", "sh", "-c", script, "sh", sys.executable, "-m", "pytest", "-q", "-x",
+            "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", str(int(RUN_TIMEOUT)), request.node.nodeid]
+    run = subprocess.run(argv, cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT + 60)
+    assert run.returncode == 0, f"in its own network namespace:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    return False
+
+
+def leftovers(kit: shape.Shape) -> list[str]:
+    """Processes whose command line names the cluster's folder (etcd, beam, epmd of the cluster)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            text = " ".join(process.info["cmdline"] or []) + " ".join((process.info["environ"] or {}).values())
+        except (psutil.Error, TypeError):
+            continue
+        if str(kit.folder) in text and process.pid != os.getpid():
+            found.append(f"{process.pid} {' '.join(process.info['cmdline'] or [])[:120]}")
+    return found
+
+
+def test_up_cluster_from_a_fresh_state_brings_three_members_of_each_and_down_leaves_nothing(request, tmp_path):
+    if not in_own_namespace(request, tmp_path):
+        return
+    # Given a fresh state folder and nothing answering on loopback
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nirvana", *args], cwd=paths.ROOT, capture_output=True,
+                              text=True, timeout=240)
+    # When the cluster is brought up on the command line
+    up = cli("up", "--cluster", "etcd", "rabbitmq")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        # I expect three healthy etcd members, one leader, and three RabbitMQ nodes in one cluster
+        rows = {row.name: row for row in stack.status(["etcd", "rabbitmq"])}
+        assert sorted(rows) == ["epmd", "etcd-1", "etcd-2", "etcd-3", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+        assert all(row.healthy and row.origin == "started by kit" for row in rows.values())
+        assert sorted(rows[f"etcd-{i}"].role for i in (1, 2, 3)) == ["follower", "follower", "leader"]
+        kit = shape.recorded()
+        assert kit is not None and kit.amqp == (5673, 5674, 5675)
+        assert members.running_nodes(kit, 2) == sorted(members.node_name(kit, i) for i in (1, 2, 3))
+        status = cli("status", "etcd", "rabbitmq")
+        assert status.returncode == 0, status.stderr
+        assert "leader" in status.stdout and status.stdout.count("running") == 3
+        # and a second up to be a no-op that starts nothing
+        again = cli("up", "--cluster", "etcd", "rabbitmq")
+        assert again.returncode == 0 and "starting" not in again.stdout, again.stdout
+    finally:
+        down = cli("down")
+    # and down to stop every member and leave no process of the cluster behind
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.count("stopped") == 7, down.stdout
+    assert leftovers(kit) == []
+    assert shape.recorded() is None
+
+
+def _world(kit: shape.Shape, **extra: str) -> dict:
+    tag = uuid.uuid4().hex[:6]
+    env = {**kit.environment(), "EVENTS_EXCHANGE": f"cluster-{tag}", "ETCD_PREFIX": f"/cluster-{tag}",
+           "QUEUE_TYPE": "quorum", "CLAIM_TTL": "2", "ETCD_TIMEOUT": "1", "PREFETCH": "50", **extra}
+    return {"tag": tag, "env": env, "exchange": env["EVENTS_EXCHANGE"], "prefix": env["ETCD_PREFIX"]}
+
+
+def _bodies(tag: str, count: int) -> tuple[list[str], list[bytes]]:
+    ids = [f"{tag}-{i}" for i in range(count)]
+    return ids, [json.dumps({"type": "new_order", "id": event_id}).encode() for event_id in ids]
+
+
+def live_url(kit: shape.Shape) -> str:
+    """The AMQP URL of the first node that answers."""
+    return next(url for url, node in zip(kit.amqp_urls, members.members(kit)[4:], strict=True)
+                if cluster.probe(kit, node).up)
+
+
+def _stream_with_fault(kit: shape.Shape, world: dict, fault) -> dict[str, checker.Row]:
+    """orders and notify, 2 replicas each, dedup on, quorum queues; EVENTS events published in
+    slices with ``fault()`` between the slices; every id accounted for."""
+    names = topology.DEFAULT_SERVICES
+    for name in names:
+        services.start(name, dedup=True, replicas=2, env=world["env"], progress=quiet, timeout=60)
+    ids, bodies = _bodies(world["tag"], EVENTS)
+    slices = [bodies[n * len(bodies) // 6:(n + 1) * len(bodies) // 6] for n in range(6)]
+    for n, part in enumerate(slices):
+        # (to a node that runs, with confirms: a nacked or lost copy is published again)
+        publish_confirmed(lambda: live_url(kit), world["exchange"], part)
+        if n == 2:
+            fault()   # events in flight: published, some claimed, some waiting
+    url = live_url(kit)
+    etcd = Etcd(parse_endpoints(kit.etcd_endpoints), timeout=2)
+
+    def counts(name: str) -> dict[str, int]:
+        for _attempt in range(len(kit.etcd)):   # the client fails over past a dead member
+            try:
+                return counts_by_id(etcd, name, prefix=world["prefix"])
+            except DedupUnavailable:
+                continue
+        return counts_by_id(etcd, name, prefix=world["prefix"])
+    try:
+        wait_for(lambda: [len(counts(name).keys() & set(ids)) for name in names] == [EVENTS] * len(names),
+                 f"{EVENTS} ids processed by each service", DRAIN_TIMEOUT)
+        wait_for(lambda: all(rabbit.queue_depth(n, exchange=world["exchange"], url=url) == 0 for n in names),
+                 "the service queues empty", 30)
+        for name in names:
+            services.stop(name, progress=quiet)
+        return {name: checker.check(name, ids, counts(name), (),
+                                    rabbit.queue_depth(name, exchange=world["exchange"], url=url)) for name in names}
+    finally:
+        etcd.close()
+
+
+def test_a_sigkilled_etcd_leader_mid_stream_loses_and_doubles_nothing(request, tmp_path):
+    if not in_own_namespace(request, tmp_path):
+        return
+    with_cluster(_etcd_leader_killed)
+
+
+def _etcd_leader_killed(kit: shape.Shape) -> None:
+    # Given orders and notify, two replicas each, deduplicating through the three etcd members
+    world = _world(kit)
+    killed = []
+
+    def fault() -> None:
+        # When the etcd leader is SIGKILLed while events flow
+        leader = cluster.etcd_leader(kit)
+        assert leader is not None
+        cluster.stop(kit, [leader], timeout=0)
+        killed.append(leader.name)
+    rows = _stream_with_fault(kit, world, fault)
+    # I expect another member to lead, and every id processed exactly once by each service
+    assert killed and cluster.etcd_leader(kit) not in (None, cluster.member(kit, killed[0]))
+    print(checker.render(rows.values()))
+    assert [(r.lost, r.duplicated, r.unexpected, r.processed_once) for r in rows.values()] == [(0, 0, 0, EVENTS)] * 2
+
+
+def test_a_stopped_rabbitmq_node_mid_stream_loses_and_doubles_nothing(request, tmp_path):
+    if not in_own_namespace(request, tmp_path):
+        return
+    with_cluster(_queue_leader_stopped)
+
+
+def _queue_leader_stopped(kit: shape.Shape) -> None:
+    # Given orders and notify, two replicas each, on quorum queues replicated on the three nodes
+    world = _world(kit)
+    queue = topology.queue_name("orders", exchange=world["exchange"])
+    stopped = []
+
+    def fault() -> None:
+        # When the node that leads orders' queue is stopped while events flow
+        leader = cluster.queue_leader(kit, queue)
+        assert leader is not None, "orders' queue is not a quorum queue with a leader"
+        cluster.stop(kit, [leader])
+        stopped.append(leader)
+    rows = _stream_with_fault(kit, world, fault)
+    # I expect the queue led by another node, and every id processed exactly once by each service
+    assert stopped and cluster.queue_leader(kit, queue) not in (None, stopped[0])
+    print(checker.render(rows.values()))
+    assert [(r.lost, r.duplicated, r.unexpected, r.processed_once) for r in rows.values()] == [(0, 0, 0, EVENTS)] * 2
+
+
+def with_cluster(body) -> None:
+    """Inside the namespace: ``body(shape)`` with the kit's cluster up (etcd and RabbitMQ only);
+    then every service and member stopped, and no process of the cluster left."""
+    stack.up(progress=quiet, only=["etcd", "rabbitmq"], cluster=True)
+    kit = shape.recorded()
+    try:
+        body(kit)
+    finally:
+        services.stop_all(timeout=2)
+        stack.down(progress=quiet)
+    assert leftovers(kit) == []
+
+
+def test_a_poison_event_is_stopped_by_the_delivery_limit(request, tmp_path):
+    if not in_own_namespace(request, tmp_path):
+        return
+    with_cluster(_poison)
+
+
+def _poison(kit: shape.Shape) -> None:
+    # Given orders on a quorum queue with a delivery limit of 3, whose every replica crashes on
+    # the first event it takes (CRASH_AT=claimed), and is started again as a supervisor would
+    limit = 3
+    world = _world(kit, DELIVERY_LIMIT=str(limit))
+    url = kit.amqp_urls[0]
+    starts = 0
+    services.start("orders", env=world["env"], progress=quiet, timeout=60)
+    services.stop("orders", progress=quiet)
+    # When one event is published
+    [event_id], bodies = _bodies(world["tag"], 1)
+    publish_bodies(url, world["exchange"], bodies)
+    deadline = time.monotonic() + 120
+    while rabbit.queue_depth("orders", exchange=world["exchange"], url=url) and time.monotonic() < deadline:
+        services.start("orders", env={**world["env"], "CRASH_AT": "claimed"}, progress=quiet, wait=False)
+        starts += 1
+        wait_for(lambda: not services.instances("orders"), "the replica to crash on the event", 30)
+        assert starts <= limit + 2, "the event keeps coming back: no delivery limit"
+    # I expect it in the dead letters with the broker's x-death reason, after the limit's returns
+    # and one more (RabbitMQ dead-letters a message returned more than `limit` times)
+    assert starts == limit + 1
+    deaths = _dead_letter_deaths(url, world["exchange"])
+    assert [(body_id, reason) for body_id, reason in deaths] == [(event_id, "delivery_limit")]
+
+
+def _dead_letter_deaths(url: str, exchange: str) -> list[tuple[str, str]]:
+    """(event id, the broker's x-death reason) of each letter in the dead letters; left there."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        found = []
+        while True:
+            method, properties, body = channel.basic_get(topology.dead_letter_queue(exchange))
+            if method is None:
+                return found
+            deaths = (properties.headers or {}).get("x-death") or [{}]
+            found.append((json.loads(body)["id"], str(deaths[0].get("reason", b""), "utf-8")
+                          if isinstance(deaths[0].get("reason"), bytes) else str(deaths[0].get("reason"))))
+    finally:
+        connection.close()
