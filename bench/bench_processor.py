@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_svc import ROOT, checkout, spread
+from bench_compare import ROOT, checkout
+from bench_svc import spread
 
 CHILD = r'''
 import json, sys, time

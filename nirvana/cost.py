@@ -24,7 +24,7 @@ import pika
 from matplotlib.figure import Figure
 
 from svc import _etcd
-from svc.config import parse_endpoints
+from svc.config import DEFAULT_PREFETCH, parse_endpoints
 from svc.effects import records
 from svc.testing import World, wait_for
 
@@ -72,7 +72,7 @@ def fill(world: World, service: str, events: int) -> None:
     wait_for(lambda: world.depth(service) == events, f"{events} events in {service}'s queue", timeout=60)
 
 
-def bare_pika(world: World, service: str, events: int, prefetch: int = 100) -> float:
+def bare_pika(world: World, service: str, events: int, prefetch: int = DEFAULT_PREFETCH) -> float:
     """Events/s of the simplest correct consumer draining ``events`` queued events: pika's
     BlockingConnection, manual ack per event, the same prefetch as svc. The yardstick of chapter 8
     and of bench/bench_svc.py (timed from the first ack to the last, so the start is not counted)."""
@@ -92,6 +92,49 @@ def bare_pika(world: World, service: str, events: int, prefetch: int = 100) -> f
     channel.start_consuming()
     connection.close()
     return (events - 1) / (acked[-1] - acked[0])
+
+
+def bare_pika_publish(world: World, service: str, events: int) -> float:
+    """Events/s of the simplest correct confirmed publisher, the yardstick of ``svc.Publisher``:
+    pika's SelectConnection, publisher confirms pipelined (every event sent, then the broker's
+    acks, often ``multiple``, counted), persistent and mandatory like svc's; each event its own id.
+    Timed from opening the connection to the last confirm, as svc's ``publish()`` is. The events
+    land in ``service``'s queue (declared by ``world.service_name``). Raises AssertionError unless
+    the broker confirmed every event, routed."""
+    unconfirmed, floor, returned = set(range(1, events + 1)), [1], []
+    properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+
+    def on_open(connection) -> None:
+        connection.channel(on_open_callback=on_channel)
+
+    def on_channel(channel) -> None:
+        channel.add_on_return_callback(lambda *returned_message: returned.append(returned_message))
+        channel.confirm_delivery(ack_nack_callback=on_confirm, callback=lambda _: send(channel))
+
+    def send(channel) -> None:
+        for i in range(events):
+            body = json.dumps(dict(EVENT, id=f"bare-{i}")).encode()
+            channel.basic_publish(world.exchange, "foo", body, properties, mandatory=True)
+
+    def on_confirm(frame) -> None:
+        method = frame.method
+        assert isinstance(method, pika.spec.Basic.Ack), f"the broker nacked {method}"
+        if method.multiple:  # every tag up to this one: each tag is looked at once in all
+            unconfirmed.difference_update(range(floor[0], method.delivery_tag + 1))
+            floor[0] = method.delivery_tag + 1
+        else:
+            unconfirmed.discard(method.delivery_tag)
+        if not unconfirmed:
+            connection.close()
+
+    started = time.perf_counter()
+    connection = pika.SelectConnection(pika.URLParameters(world.amqp_url), on_open_callback=on_open,
+                                       on_close_callback=lambda *_: connection.ioloop.stop())
+    connection.ioloop.call_later(DRAIN_TIMEOUT, connection.close)
+    connection.ioloop.start()
+    elapsed = time.perf_counter() - started
+    assert not unconfirmed and not returned, f"{len(unconfirmed)} unconfirmed, {len(returned)} returned"
+    return events / elapsed
 
 
 def _svc(world: World, service: str, events: int, dedup: bool) -> float:
@@ -181,4 +224,4 @@ def plot(cost: Cost) -> Figure:
     return fig
 
 
-__all__ = ["Cost", "CONTENDERS", "measure", "etcd_round_trip_ms", "plot"]
+__all__ = ["Cost", "CONTENDERS", "measure", "etcd_round_trip_ms", "plot", "bare_pika", "bare_pika_publish"]

@@ -3,9 +3,9 @@
 JupyterLab (and jupyterlab_rise, which saves a notebook before it shows it as slides) writes to
 the notebooks it opens: outputs, widget state, the current cell. Presenting from the checkout
 would leave every ``.ipynb`` modified. So ``./kit present`` serves a copy under
-``state/present/`` (git-ignored): ``notebooks/`` (the chapters and their slide styles
-``rise.css``) and ``assets/diagrams/`` (the pictures the chapters link to, at the same relative
-path as in the checkout).
+``state/present/`` (git-ignored): ``notebooks/`` (the chapters, their slide styles ``rise.css``
+and an empty ``<chapter>.css`` each, which the slideshow asks for) and ``assets/diagrams/`` (the
+pictures the chapters link to, at the same relative path as in the checkout).
 
 A chapter is copied when the copy is missing or when the checkout's chapter changed since it was
 copied (a ``git pull``); otherwise the copy, with whatever the presenter saved into it while
@@ -24,6 +24,7 @@ from . import paths
 
 COPIED = ("rise.css",)            # notebooks/ files copied beside the chapters, always
 PICTURES = Path("assets") / "diagrams"
+SERVER_CONFIG = paths.ROOT / "assets" / "jupyter" / "jupyter_server_config.py"   # a patch at the edge: see there
 MANIFEST = ".copied-from.json"    # {chapter file name: sha256 of the checkout's file when copied}
 
 
@@ -61,6 +62,12 @@ def prepare(root: Path | None = None, *, fresh: bool = False) -> list[str]:
     for name in COPIED:
         if (paths.NOTEBOOKS / name).exists():
             shutil.copyfile(paths.NOTEBOOKS / name, target / name)
+    for source in paths.NOTEBOOKS.glob("*.ipynb"):
+        # jupyterlab_rise asks for <chapter>.css beside rise.css (a chapter's own slide styles):
+        # answered, not a 404 in the slideshow's console; kept once there (the presenter's own)
+        styles = target / f"{source.stem}.css"
+        if not styles.exists():
+            styles.write_text(f"/* {source.name}: no slide styles of its own; the kit's are in rise.css */\n")
     if (paths.ROOT / PICTURES).is_dir():
         shutil.copytree(paths.ROOT / PICTURES, root / PICTURES, dirs_exist_ok=True)
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -90,7 +97,7 @@ def lab_command(root: Path, host: str, port: int, *, open_browser: bool) -> list
     """The ``jupyter lab`` command line that serves ``root`` on ``host:port`` (loopback, no prompt)."""
     argv = [str(paths.ROOT / ".venv" / "bin" / "jupyter"), "lab", f"--notebook-dir={root}",
             f"--ServerApp.ip={host}", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            f"--ServerApp.open_browser={open_browser}",
+            f"--ServerApp.open_browser={open_browser}", f"--config={SERVER_CONFIG}",
             # on stage there may be no internet, and no prompt should cover a slide
             "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if os.geteuid() == 0:  # containers and CI machines run as root; Jupyter refuses without this

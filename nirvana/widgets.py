@@ -252,7 +252,9 @@ class ServicePanel(_Panel):
     ) -> None:
         super().__init__()
         self.names = tuple(names)
-        self.dedup = widgets.Checkbox(value=False, description="dedup through etcd (ENABLE_ETCD=true)", indent=False)
+        # width auto: ipywidgets gives a checkbox 300 px and cuts its label with an ellipsis
+        self.dedup = widgets.Checkbox(value=False, description="dedup through etcd (ENABLE_ETCD=true)", indent=False,
+                                      layout=widgets.Layout(width="auto"))
         self.lights = {name: widgets.HTML() for name in self.names}
         self.buttons: dict[str, dict[str, widgets.Button]] = {}
         rows = []

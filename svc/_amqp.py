@@ -27,6 +27,7 @@ import logging
 import re
 
 import pika
+import pika.adapters.blocking_connection
 import pika.exceptions
 import pika.spec
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
@@ -34,8 +35,8 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from .config import mask_url, split_urls
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, SvcError
 
-__all__ = ["Action", "classify", "translate", "connect", "connect_first", "lost", "parameters", "undecodable", "refuse",
-           "raw_properties", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
+__all__ = ["Action", "classify", "translate", "connect", "connect_first", "lost", "ack_each", "parameters",
+           "undecodable", "refuse", "raw_properties", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,18 @@ def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None =
     if name:
         params.client_properties = {"connection_name": name}
     return params
+
+
+def ack_each(channel: pika.adapters.blocking_connection.BlockingChannel, delivery_tags: list[int]) -> None:
+    """Ack each of ``delivery_tags`` (not empty) on its own, all sent together. pika's
+    ``BlockingChannel.basic_ack`` turns the I/O loop once per call (a write and a poll per ack):
+    while a held delivery's low tag rules out an ack "multiple", that was most of a consumer's time
+    (py-spy, bench_svc.py's dead sibling). All but the last are queued on the channel underneath;
+    the last call sends them. Raises what ``basic_ack`` raises (BROKER_ERRORS)."""
+    *first, last = delivery_tags
+    for delivery_tag in first:
+        channel._impl.basic_ack(delivery_tag=delivery_tag, multiple=False)  # queued; sent by the flush below
+    channel.basic_ack(last)
 
 
 def connect(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,

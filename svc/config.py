@@ -20,11 +20,13 @@ DEFAULT_ETCD_ENDPOINTS = "127.0.0.1:2379"
 DEFAULT_STATSD_HOST = "127.0.0.1"
 DEFAULT_STATSD_PORT = 8125
 DEFAULT_ETCD_PREFIX = "/nirvana"
-DEFAULT_PREFETCH = 100
+DEFAULT_PREFETCH = 1500       # unacked events held at once: two windows (a third of it each) wait for etcd
+                              # round trips before their acks, so the rate is at most 2/3 PREFETCH / (claim
+                              # + commit round trips); 100 capped it at a few thousand events/s (bench/)
 DEFAULT_CLAIM_TTL = 10          # seconds a claim outlives a consumer that died mid-work
 DEFAULT_DEDUP_RETENTION = 86400  # seconds a done mark is kept
 DEFAULT_ETCD_TIMEOUT = 2.0      # seconds per etcd call before it counts as unavailable
-MAX_PREFETCH = 1000
+MAX_PREFETCH = 3000
 MAX_DELIVERY_LIMIT = 1000
 
 # Every environment variable svc reads.

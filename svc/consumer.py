@@ -139,12 +139,14 @@ class Consumer:
         log.info("%s consuming %s (prefetch %d, dedup %s)", self.config.service, self.queue,
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
         self.on_consuming()
-        # Two windows of half the prefetch each: while one window's commit is in flight to etcd,
-        # the next is received and parsed and its claims are sent.
-        window = max(1, self.config.prefetch // 2)
+        # Windows of a third of the prefetch: while one window's commit is in flight to etcd, the
+        # next is parsed and its claims are sent, and a third is received. Held deliveries (a
+        # sibling's claims) keep their prefetch slots while they wait: a dead sibling's window of
+        # claims still leaves room for two windows; more held, and two smaller ones share the rest.
         in_flight = None
         while not self.stop.is_set() and not self._cancelled:
             self._pending[:0] = self.held.due()
+            window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - len(self.held)) // 2))
             busy = in_flight or self._pending
             connection.process_data_events(time_limit=0 if busy else self._idle_wait())
             while self._pending and len(self._pending) < window:
@@ -243,9 +245,8 @@ class Consumer:
         top, acked = max(acks, default=0), set(acks)
         if len(acks) > 1 and all(tag in acked for tag in self._open if tag <= top):
             self.channel.basic_ack(top, multiple=True)
-        else:
-            for delivery_tag in acks:
-                self.channel.basic_ack(delivery_tag)
+        elif acks:
+            _amqp.ack_each(self.channel, acks)
         self._open -= acked
         if log.isEnabledFor(logging.DEBUG):
             self._trace(window, settled, set(acks))

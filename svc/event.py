@@ -161,6 +161,11 @@ def canonical(value) -> bytes:
     written as its digits in a string, and the JSON pointers of such integers are appended after a
     NUL, so it never equals the string of the same digits.
     """
+    if _plain(value):
+        try:
+            return _PLAIN.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: rfc8785 says why it refuses it
     try:
         return rfc8785.dumps(value)
     except rfc8785.IntegerDomainError:
@@ -188,6 +193,31 @@ def _wide_integers(value, pointer: str, exact: list[str]):
     return value
 
 
+def _plain(value) -> bool:
+    """True if ``value`` holds only objects with ASCII keys, arrays, strings, booleans, null and
+    integers a double holds exactly: there RFC 8785's form is ``json``'s sorted, compact form with
+    raw UTF-8 (the same escapes of ``"``, ``\\`` and U+0000-U+001F, ASCII keys sort alike by code
+    point and by UTF-16 unit), made in C instead of rfc8785's Python (a third of a claim's cost).
+    Floats are left to rfc8785 (``1.0`` is ``1`` there). Iterative: depth is bounded by MAX_DEPTH."""
+    items = [value]
+    while items:
+        item = items.pop()
+        kind = type(item)
+        if kind is dict:
+            for key in item:
+                if type(key) is not str or not key.isascii():
+                    return False
+            items.extend(item.values())
+        elif kind is list:
+            items.extend(item)
+        elif kind is int:
+            if not -SAFE_INTEGER <= item <= SAFE_INTEGER:
+                return False
+        elif kind is not str and kind is not bool and item is not None:
+            return False
+    return True
+
+
 def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
@@ -200,6 +230,7 @@ def _sha256(data: bytes) -> str:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant,
                             parse_float=_finite_float)
 _LEGACY = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+_PLAIN = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # see _plain
 # A \\u escape of a surrogate (D800-DFFF): only bodies with one need the exact (slower) check.
 _MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 

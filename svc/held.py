@@ -10,6 +10,7 @@ finds the claim again simply waits once more). Then it is processed again like a
 claimed, or skipped if the sibling finished it.
 """
 
+import collections
 import threading
 import time
 
@@ -23,12 +24,14 @@ class Held:
         self.retry_after = retry_after
         self._lock = threading.Lock()
         self._waiting: dict[bytes, list[tuple[float, object]]] = {}   # key -> [(deadline, delivery)]
-        self._released: dict[bytes, float] = {}                       # key -> when (monotonic)
+        # key -> when (monotonic), oldest first: the watch releases every key marked done (each event
+        # of this service), so old releases are dropped from the front as new ones come, O(1) each.
+        self._released: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._waited: set[bytes] = set()   # keys whose last wait ended by its deadline, not a release
+        self._count = 0                    # deliveries waiting
 
     def __len__(self) -> int:
-        with self._lock:
-            return sum(len(items) for items in self._waiting.values())
+        return self._count  # the consumer asks at every turn of its loop: counted, not summed
 
     def hold(self, key: bytes, delivery, now: float | None = None) -> bool:
         """Set ``delivery`` aside until ``key`` is released or ``retry_after`` seconds pass; False
@@ -42,6 +45,7 @@ class Held:
             # Released a moment ago (the watch was faster than this window): due at once.
             deadline = now if now - self._released.get(key, -RECENT) < RECENT else now + self.retry_after
             self._waiting.setdefault(key, []).append((deadline, delivery))
+            self._count += 1
             return True
 
     def release(self, key: bytes, now: float | None = None) -> None:
@@ -51,9 +55,10 @@ class Held:
             if key in self._waiting:
                 self._waiting[key] = [(now, delivery) for _, delivery in self._waiting[key]]
             self._released[key] = now
+            self._released.move_to_end(key)
             self._waited.discard(key)
-            if len(self._released) > 10000:  # forget old releases; done marks release every key
-                self._released = {k: t for k, t in self._released.items() if now - t < RECENT}
+            while now - next(iter(self._released.values())) >= RECENT:
+                self._released.popitem(last=False)  # forgotten: at most RECENT seconds of releases kept
 
     def due(self, now: float | None = None) -> list:
         """Take the deliveries whose claim was released or whose wait is over, oldest first."""
@@ -72,4 +77,5 @@ class Held:
                     self._waiting[key] = rest
                 else:
                     del self._waiting[key]
+            self._count -= len(due)
         return [delivery for _, delivery in sorted(due, key=lambda item: item[0])]

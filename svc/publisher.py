@@ -7,8 +7,8 @@ comes back (mandatory) and is reported as unroutable.
 
 import dataclasses
 import json
+import os
 import time
-import uuid
 
 import pika
 
@@ -91,20 +91,26 @@ class Publisher:
         if fresh_ids and not isinstance(event, dict):
             raise ValueError("fresh_ids needs the event as a dict")
         self._declare(self.timeout)
-        bodies, ids = [], []
-        for _ in range(count):
-            if isinstance(event, dict):
-                copy = dict(event, id=f"{event.get('id', 'e')}-{uuid.uuid4().hex[:12]}") if fresh_ids else event
-                bodies.append(json.dumps(copy).encode())
-                ids.append(str(copy.get("id")))
-            else:
-                bodies.append(event.encode() if isinstance(event, str) else bytes(event))
-                ids.append("")
+        if fresh_ids:
+            ids = _fresh_ids(event.get("id", "e"), count)
+            bodies = [json.dumps(dict(event, id=event_id)).encode() for event_id in ids]
+        elif isinstance(event, dict):
+            bodies, ids = [json.dumps(event).encode()] * count, [str(event.get("id"))] * count
+        else:
+            bodies, ids = [event.encode() if isinstance(event, str) else bytes(event)] * count, [""] * count
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BrokerUnavailable(f"declaring the topology at {mask_url(self.amqp_url)} took the whole "
                                     f"{self.timeout:g} s; nothing was published")
         return _ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, remaining).run()
+
+
+def _fresh_ids(base, count: int) -> list[str]:
+    """``count`` ids ``<base>-<12 hex digits>``, the digits counting up from a random 48-bit start:
+    one draw per publish, not per event. Two publishes share an id only if their starts fall within
+    ``count`` of each other (odds about count / 2**47), rarer than ids drawn one by one."""
+    start = int.from_bytes(os.urandom(6), "big")
+    return [f"{base}-{(start + i) & 0xFFFFFFFFFFFF:012x}" for i in range(count)]
 
 
 class _ConfirmedBatch:
@@ -116,6 +122,7 @@ class _ConfirmedBatch:
         self.url, self.exchange, self.routing_key = self.urls.pop(0), exchange, routing_key
         self.bodies, self.ids, self.timeout = bodies, ids, timeout
         self.pending: set[int] = set()
+        self.floor = 1  # every tag below it is confirmed: a "multiple" ack looks at each tag once
         self.confirmed = self.nacked = self.unroutable = 0
         self.error: str | None = None
         self.refused: BrokerRefused | None = None
@@ -185,9 +192,13 @@ class _ConfirmedBatch:
         self.unroutable += 1
 
     def _on_confirm(self, frame) -> None:
-        method = frame.method
-        tags = [t for t in self.pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
-        self.pending.difference_update(tags)
+        method, pending = frame.method, self.pending
+        if method.multiple:  # every tag up to this one (not a scan of all pending: 20,000 sent, 200 acks)
+            tags = [t for t in range(self.floor, method.delivery_tag + 1) if t in pending]
+            self.floor = max(self.floor, method.delivery_tag + 1)
+        else:
+            tags = [method.delivery_tag] if method.delivery_tag in pending else []
+        pending.difference_update(tags)
         if isinstance(method, pika.spec.Basic.Ack):
             self.confirmed += len(tags)
         else:

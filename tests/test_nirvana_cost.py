@@ -1,5 +1,7 @@
 """nirvana.cost: ratios per round, the table and the chart (pure); one small live measurement."""
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -34,3 +36,14 @@ def test_a_small_live_measurement_processes_every_event(amqp_url, etcd_endpoint)
     assert all(len(rates) == 1 and rates[0] > 0 for rates in measured.rates.values())
     assert all(len(found) == 3 and min(found) >= 0 for found in measured.latencies_ms.values())
     assert measured.round_trip_ms > 0
+
+
+def test_the_bare_publisher_yardstick_puts_every_event_in_the_queue_confirmed(svc_world):
+    # Given a queue bound to the world's exchange...
+    orders = svc_world.service_name("orders")
+    # ... when the bare publisher sends 3,000 events with pipelined confirms...
+    rate = cost.bare_pika_publish(svc_world, orders, 3000)
+    # ... I expect a rate, and every event in the queue, each with its own id.
+    assert rate > 0 and svc_world.depth(orders) == 3000
+    bodies = [svc_world.channel().basic_get(svc_world.queue(orders), auto_ack=True)[2] for _ in range(10)]
+    assert len({json.loads(body)["id"] for body in bodies}) == 10

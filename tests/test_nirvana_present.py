@@ -12,6 +12,9 @@ def test_the_copy_has_the_chapters_their_styles_and_pictures(tmp_path):
     for name in chapters:
         assert (tmp_path / "notebooks" / name).read_bytes() == (paths.NOTEBOOKS / name).read_bytes()
     assert (tmp_path / "notebooks" / "rise.css").exists()
+    # the slideshow asks for <chapter>.css beside each chapter: there, not a 404 in its console
+    for name in chapters:
+        assert (tmp_path / "notebooks" / name.replace(".ipynb", ".css")).exists()
     # the chapters link ../assets/diagrams/...: the same relative path works inside the copy
     assert (tmp_path / "assets" / "diagrams" / "architecture.svg").exists()
 
@@ -41,3 +44,9 @@ def test_lab_settings_start_a_chapters_kernel_and_keep_what_the_presenter_change
     tracker.write_text('{"autoStartDefaultKernel": false}')
     present.lab_settings(tmp_path)
     assert json.loads(tracker.read_text()) == {"autoStartDefaultKernel": False}
+
+
+def test_jupyterlab_starts_with_the_kits_server_config_that_patches_the_static_cache():
+    # the patch of jupyter_server's static file cache (a 403 for a font in the slideshow) is loaded
+    argv = present.lab_command(paths.ROOT, "127.0.0.1", 8888, open_browser=False)
+    assert f"--config={present.SERVER_CONFIG}" in argv and present.SERVER_CONFIG.exists()

@@ -32,8 +32,8 @@ def _processed(svc_world, etcd, service):
     return counts_by_id(etcd, service, prefix=svc_world.prefix)
 
 
-# (etcd's flag, an event id, the words of etcd's refusal): windows of 50 claims, one nested
-# transaction each, are over 16 operations; 60 ids of 240 bytes of UTF-8 (720 bytes in their keys)
+# (etcd's flag, an event id, the words of etcd's refusal): a window of up to 60 claims, one nested
+# transaction each, is over 16 operations; 60 ids of 240 bytes of UTF-8 (720 bytes in their keys)
 # make a window's claims about 100 KiB, over 16 KiB. etcd's defaults are 128 and 1.5 MiB.
 LIMITS = [(("--max-txn-ops", "16"), "t", "too many operations"),
           (("--max-request-bytes", "16384"), "\u00e9" * 120, "request is too large")]

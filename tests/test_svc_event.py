@@ -134,3 +134,37 @@ def test_done_marks_of_the_old_digest_still_match():
     assert event.digest != event.legacy_digest
     assert event.matches(event.legacy_digest) and event.matches(event.digest.encode())
     assert not event.matches("0" * 32)
+
+
+# Values on both sides of the fast path's domain (svc.event._plain): escapes, non-BMP text, the
+# edges of the safe integers, booleans (an int in Python), empty and nested containers, and what
+# only rfc8785 may write (floats, non-ASCII keys).
+CANONICAL_SAMPLES = [
+    {"s": "quote \" backslash \\ slash / tab \t nl \n cr \r bs \b ff \f nul \x00 us \x1f del \x7f"},
+    {"s": "caf\u00e9 \u20ac \u2028 \u2029 \ufeff \U0001f600", "t": ""},
+    {"n": [0, 1, -1, 2 ** 53 - 1, -(2 ** 53 - 1), True, False, None]},
+    {"z": {}, "a": [], "m": {"b": [1, {"c": [None, "x"]}], "a": {"": 0}}, "A": 1, "_": 2, "~": 3},
+    {"f": 1.0}, {"f": [0.1, -0.0, 1e21, 5e-324]}, {"\u20ac": 1, "a": 2}, {"\U0001f600": 1, "\ufb01": 2},
+]
+
+
+@pytest.mark.parametrize("value", CANONICAL_SAMPLES)
+def test_the_fast_canonical_form_is_rfc8785s(value):
+    import rfc8785
+
+    from svc.event import _PLAIN, _plain, canonical
+
+    # Given a value on either side of the fast path's domain, nested as an event's args...
+    for nested in (value, [value, value], {"args": value, "id": "1"}, {"x": [{"y": value}]}):
+        # ... I expect canonical() to give rfc8785's bytes, and the fast path, wherever it is
+        # taken, to write just those.
+        reference = rfc8785.dumps(nested)
+        assert canonical(nested) == reference
+        if _plain(nested):
+            assert _PLAIN.encode(nested).encode() == reference
+    # Floats and non-ASCII keys are left to rfc8785, the common event is not; so are integers past
+    # 2**53 (svc's own form, see above) and a lone surrogate, refused as rfc8785 refuses it.
+    assert not _plain({"f": 1.0}) and not _plain({"\u20ac": 1}) and _plain({"sku": "t", "qty": [1, None]})
+    assert not _plain({"n": 2 ** 53}) and not _plain({"n": [-(2 ** 53)]})
+    with pytest.raises(rfc8785.CanonicalizationError):
+        canonical({"s": "\ud800"})

@@ -44,3 +44,21 @@ def test_held_again_after_a_whole_wait_goes_back_to_the_queue():
     held.release(b"a", now=12)
     assert held.due(now=12) == ["a1"]
     assert held.hold(b"a", "a1", now=12)
+
+
+def test_only_the_last_recent_seconds_of_releases_are_remembered():
+    held = Held(retry_after=10)
+    # Given the watch releasing every key a busy service marks done (5,000 in a second)...
+    for i in range(5000):
+        held.release(f"old-{i}".encode(), now=i / 5000)
+    # ... when releases go on after RECENT seconds, I expect the old ones forgotten as they come
+    # (each release drops the expired ones from the front), not kept until some high-water mark.
+    held.release(b"new", now=1 + RECENT)
+    assert list(held._released) == [b"new"]
+    # A key released again moves to the back, with its new time: it is remembered from then on.
+    held.release(b"a", now=2 + RECENT)
+    held.release(b"new", now=2.5 + RECENT)
+    held.release(b"b", now=2.5 + 2 * RECENT - 0.1)
+    assert list(held._released) == [b"new", b"b"]
+    held.hold(b"new", "n1", now=3.5 + RECENT)
+    assert held.due(now=3.5 + RECENT) == ["n1"]

@@ -46,3 +46,32 @@ def test_a_broker_that_never_answers_cannot_hold_publish_past_its_deadline(decla
         elapsed = time.monotonic() - started
     assert elapsed < 1.0 + CLOSE_GRACE + 0.5, elapsed
     assert "s3cret" not in str(raised.value)
+
+
+def test_fresh_ids_are_distinct_and_keep_the_events_id_in_front():
+    import re
+
+    from svc.publisher import _fresh_ids
+
+    # Given 100,000 fresh ids in one publish and 1,000 in another...
+    first, second = _fresh_ids("o", 100000), _fresh_ids(5, 1000)
+    # ... I expect each "<id>-<12 hex digits>", none twice.
+    assert all(re.fullmatch(r"o-[0-9a-f]{12}", i) for i in first) and second[0].startswith("5-")
+    assert len(set(first) | set(second)) == 101000
+
+
+def test_confirms_count_each_event_once_multiple_or_not():
+    import pika
+
+    from svc.publisher import _ConfirmedBatch
+
+    # Given 6 events sent, of which the broker acks 2 singly, then 1-4 at once, nacks 5, then acks 6...
+    batch = _ConfirmedBatch("amqp://x", "events", "foo", [b"{}"] * 6, [""] * 6, 1.0)
+    batch.pending.update(range(1, 7))
+    batch._close = lambda: None  # no connection here: the counting alone
+    frame = lambda method: type("Frame", (), {"method": method})  # noqa: E731
+    for method in (pika.spec.Basic.Ack(2), pika.spec.Basic.Ack(4, multiple=True), pika.spec.Basic.Nack(5),
+                   pika.spec.Basic.Ack(6)):
+        batch._on_confirm(frame(method))
+    # ... I expect 5 confirmed and 1 nacked, none counted twice.
+    assert (batch.confirmed, batch.nacked, batch.pending) == (5, 1, set())
