@@ -19,7 +19,8 @@ rotates from round to round (so no contender always runs first, or right after t
 ratio is the median of the rounds' ratios, each round's contender over its own yardstick of that
 round; every round's figure is printed, so the spread of a noisy machine shows. Everything runs
 under its own exchange and etcd prefix, removed at the end. ``--amqp-url`` and ``--etcd`` point it
-at another broker and etcd (a cluster's).
+at another broker and etcd (a cluster's). bench/bench_compare.py runs these contenders with this
+checkout's svc and another git ref's side by side (``--baseline main``).
 """
 
 import argparse
@@ -58,11 +59,11 @@ def fill(world: World, service: str, events: int) -> None:
     wait_for(lambda: world.depth(service) == events, f"{events} events in the queue", timeout=60)
 
 
-def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetch: int) -> float:
+def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, **code) -> float:
     """Events/s of ``python -m svc`` draining a full queue, from the times in its effect records
     (so the service's start and the wait for the end are not timed)."""
     fill(world, service, events)
-    [process] = world.start(service, enable_etcd=enable_etcd, prefetch=prefetch, log_level="WARNING")
+    [process] = world.start(service, enable_etcd=enable_etcd, prefetch=prefetch, log_level="WARNING", **code)
     # The queue's depth costs etcd nothing; the effects are counted only once it is drained.
     wait_for(lambda: world.depth(service) == 0, "the queue drained", timeout=300, interval=0.2)
     wait_for(lambda: world.effects(service) >= events, f"{events} effects", timeout=60, interval=0.2)
@@ -72,13 +73,13 @@ def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetc
     return (events - 1) / (times[-1] - times[0])
 
 
-def sibling_rate(world: World, service: str, events: int, prefetch: int) -> float:
+def sibling_rate(world: World, service: str, events: int, prefetch: int, **code) -> float:
     """Events/s of ``python -m svc`` on a full queue after a sibling claimed a window and died,
     counted over the events that sibling did not claim, all processed while its claims lived."""
     claim_ttl = 60  # the dead claims outlive the measurement; the survivor is stopped before they end
     fill(world, service, events)
     [dead] = world.start(service, enable_etcd=True, prefetch=prefetch, claim_ttl=claim_ttl, crash_at="claimed",
-                         log_level="WARNING", wait=False)
+                         log_level="WARNING", wait=False, **code)
     assert dead.popen.wait(30) == -9, dead.log()
     # The broker drops a killed process's consumer when it sees its connection close (a moment later
     # on a loaded machine); counted still, it would make the survivor's start wait for a second one.
@@ -86,7 +87,8 @@ def sibling_rate(world: World, service: str, events: int, prefetch: int) -> floa
     base = keys.dedup_prefix(world.prefix, service)
     claimed = {keys.decode_id(key[len(base):].decode()) for page in world.etcd.scan_prefix(base)
                for key, value in page if value.startswith(b"claimed ")}
-    [process] = world.start(service, enable_etcd=True, prefetch=prefetch, claim_ttl=claim_ttl, log_level="WARNING")
+    [process] = world.start(service, enable_etcd=True, prefetch=prefetch, claim_ttl=claim_ttl, log_level="WARNING",
+                            **code)
     others = events - len(claimed)
     wait_for(lambda: world.effects(service) >= others, f"the {others} unclaimed events", timeout=claim_ttl / 2,
              interval=0.2)
@@ -120,12 +122,12 @@ def add_done_ids(world: World, service: str, done_ids: int) -> int:
     return lease
 
 
-def startup(world: World, service: str) -> tuple[float, str]:
+def startup(world: World, service: str, **code) -> tuple[float, str]:
     """Seconds from spawning the service to its consumer on the queue; its "imported" log line."""
     # Its queue lives only while it is measured: left bound, it would collect every other run's events.
     topology.declare(world.channel(), world.exchange, services=(service,))
     started = time.perf_counter()
-    [process] = world.start(service, enable_etcd=True, log_level="INFO")
+    [process] = world.start(service, enable_etcd=True, log_level="INFO", **code)
     elapsed = time.perf_counter() - started
     line = next((line for line in process.log().splitlines() if "imported" in line), "")
     assert process.stop() == 0
@@ -142,8 +144,8 @@ def ratios(runs: dict[str, list[float]], name: str, base: str) -> list[float]:
     return [rate / yardstick for rate, yardstick in zip(runs[name], runs[base], strict=True)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every bench of svc (this one and bench/bench_compare.py)."""
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5, help="rounds, interleaved; medians are printed")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, help="for both consumers")
@@ -151,6 +153,11 @@ def main() -> None:
     parser.add_argument("--sibling-events", type=int, default=5000, help="events of the dead-sibling runs")
     parser.add_argument("--amqp-url", default=AMQP_URL, help="RabbitMQ (default: the stack's)")
     parser.add_argument("--etcd", default=ETCD_ENDPOINT, help="etcd endpoint(s) (default: the stack's)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
     args = parser.parse_args()
     runs = {name: [] for name in ("bare", "plain", "dedup", "bare publish", "publish", "healthy", "sibling",
                                   "start")}

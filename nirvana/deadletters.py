@@ -27,7 +27,6 @@ import pika.exceptions
 
 from svc import topology
 
-from . import endpoints
 from .errors import KitError
 from .rabbit import NOT_FOUND, _connection, _text, dead_letter_queue, queue_of
 from .widgets import _Panel
@@ -91,10 +90,11 @@ def _walk(channel, queue: str, limit: int, visit: Callable[[int, DeadLetter], bo
 
 
 def peek(limit: int = DEFAULT_LIMIT, *, exchange: str | None = None,
-         url: str = endpoints.AMQP_URL) -> list[DeadLetter]:
+         url: str | None = None) -> list[DeadLetter]:
     """Up to ``limit`` dead letters, sorted by service, reason and body; they stay in the queue.
 
-    Raises :class:`nirvana.rabbit.RabbitUnavailable` (naming ``./kit up``) when RabbitMQ is down.
+    ``exchange`` and ``url`` default to the kit's settings (EVENTS_EXCHANGE, AMQP_URL:
+    :mod:`nirvana.settings`), as for every helper here. Raises :class:`nirvana.rabbit.RabbitUnavailable` (naming ``./kit up``) when RabbitMQ is down.
     """
     letters: list[DeadLetter] = []
     with _connection(url, "reading the dead letters") as connection:
@@ -105,7 +105,7 @@ def peek(limit: int = DEFAULT_LIMIT, *, exchange: str | None = None,
     return sorted(letters, key=lambda one: (one.service, one.reason, one.body))
 
 
-def _take(letter: DeadLetter, exchange: str | None, url: str, limit: int,
+def _take(letter: DeadLetter, exchange: str | None, url: str | None, limit: int,
           before_ack: Callable[[Any], None] | None = None) -> None:
     """Find the letter by its key, run ``before_ack(connection)``, then ack (remove) it.
 
@@ -129,7 +129,7 @@ def _take(letter: DeadLetter, exchange: str | None, url: str, limit: int,
                 channel.close()   # every other letter we fetched goes back to the queue
 
 
-def discard(letter: DeadLetter, *, exchange: str | None = None, url: str = endpoints.AMQP_URL,
+def discard(letter: DeadLetter, *, exchange: str | None = None, url: str | None = None,
             limit: int = DEFAULT_LIMIT) -> DeadLetter:
     """Remove one dead letter for good; returns it. Raises DeadLetterError if it is gone."""
     _take(letter, exchange, url, limit)
@@ -137,7 +137,7 @@ def discard(letter: DeadLetter, *, exchange: str | None = None, url: str = endpo
 
 
 def republish(letter: DeadLetter, body: bytes | str | None = None, *, exchange: str | None = None,
-              url: str = endpoints.AMQP_URL, limit: int = DEFAULT_LIMIT) -> DeadLetter:
+              url: str | None = None, limit: int = DEFAULT_LIMIT) -> DeadLetter:
     """Send ``body`` (the fixed event; the letter's own body when None) to the letter's service
     queue, then remove the letter; returns the letter as re-published.
 
@@ -179,10 +179,11 @@ class DeadLetterPanel(_Panel):
     Each button is a method: ``refresh_button.click()`` is ``refresh()``,
     ``republish_button.click()`` is ``republish()``, ``discard_button.click()`` is ``discard()``.
     ``letters`` is what the list shows; ``last_result`` the last letter acted on; errors go to
-    ``last_error`` and the output (a click has no cell to raise into).
+    ``last_error`` and the output (a click has no cell to raise into). ``exchange`` and ``url``
+    default to the kit's settings (:mod:`nirvana.settings`), read at each action.
     """
 
-    def __init__(self, *, exchange: str | None = None, url: str = endpoints.AMQP_URL) -> None:
+    def __init__(self, *, exchange: str | None = None, url: str | None = None) -> None:
         super().__init__()
         self.exchange, self.url = exchange, url
         self.letters: list[DeadLetter] = []

@@ -11,6 +11,9 @@ from .effects import count as count_effects, counts_by_id
 from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, ConfigError, DedupUnavailable, InvalidEvent,
                      MessageRefused, PublishError, SvcError)
 from .event import EVENT_TYPES, Event, parse
+from .hooks import Hook
+from .outcome import Outcome, Settlement
+from .protocols import Dedup, Meter
 from .publisher import Publisher, PublishResult
 from .topology import DEFAULT_EXCHANGE, DEFAULT_SERVICES, declare, queue_name
 
@@ -22,7 +25,9 @@ __all__ = [
     # topology
     "DEFAULT_EXCHANGE", "DEFAULT_SERVICES", "declare", "queue_name",
     # deduplication and effects
-    "Etcd", "EtcdDedup", "NoDedup", "Verdict", "count_effects", "counts_by_id",
+    "Dedup", "Etcd", "EtcdDedup", "NoDedup", "Verdict", "count_effects", "counts_by_id",
+    # processing: what a delivery becomes, the hooks around its steps, the meter they count into
+    "Outcome", "Settlement", "Hook", "Meter",
     # publishing
     "Publisher", "PublishResult",
     # errors

@@ -25,7 +25,9 @@ from . import _amqp, metrics, requeue, topology
 from ._amqp import BROKER_ERRORS, Action
 from .config import Config
 from .errors import BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
-from .processor import REQUEUE, Outcome, Processor
+from .outcome import REQUEUE, Outcome, Settlement
+from .processor import Processor
+from .protocols import Dedup
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +229,12 @@ class Consumer:
                 log.warning("%s: %s; dead-lettered", self.config.service, outcome.reason)
         acks, requeues = [], []
         for (method, properties, body), outcome in settled:
-            if outcome.action == "requeue":
+            if outcome.action is Settlement.REQUEUE:
                 requeues.append(((method, properties, body), outcome))
-            elif outcome.action == "hold":
+            elif outcome.action is Settlement.HOLD:
                 if not self.held.hold(outcome.key, (method, properties, body)):
                     requeues.append(((method, properties, body), outcome))  # waited once already: let any replica have it
-            elif outcome.action != "dead" or self._dead_letter(method, properties, body, outcome.reason):
+            elif outcome.action is not Settlement.DEAD or self._dead_letter(method, properties, body, outcome.reason):
                 acks.append(method.delivery_tag)
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
         # the done mark (with dedup) turns the redelivery into a skip. One ack "multiple" covers
@@ -259,8 +261,8 @@ class Consumer:
         for (method, properties, _body), outcome in settled:
             event = None if _amqp.undecodable(properties) else next(events, None)
             what = f"event {event.id[:64]!r}" if event else f"delivery {method.delivery_tag} (not an event)"
-            how = "requeued (not acked)" if outcome.action == "requeue" else (
-                ("dead-lettered, " if outcome.action == "dead" else "") + ("acked" if method.delivery_tag in acked
+            how = "requeued (not acked)" if outcome.action is Settlement.REQUEUE else (
+                ("dead-lettered, " if outcome.action is Settlement.DEAD else "") + ("acked" if method.delivery_tag in acked
                                                                              else "kept unacked"))
             log.debug("%s: %s", what, how)
 
@@ -333,7 +335,7 @@ def _bodies(batch) -> list[bytes]:
 
 
 def _dead(reason: str) -> Outcome:
-    return Outcome("dead", reason)
+    return Outcome(Settlement.DEAD, reason)
 
 
 class Supervisor:
@@ -362,7 +364,7 @@ class Supervisor:
         self._backoff = BACKOFF_START
 
 
-def open_dedup(dedup, stop: threading.Event) -> bool:
+def open_dedup(dedup: Dedup, stop: threading.Event) -> bool:
     """Import the done ids, retrying with backoff while etcd is away; False if stopped first."""
     delay = BACKOFF_START
     while not stop.is_set():

@@ -24,15 +24,30 @@ IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts th
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
 
 
-class NoDedup:
-    """Deduplication off (the talk's first run): every event is processed, effects still recorded."""
-
-    enabled = False
+class _Effects:
+    """What every deduplication of etcd shares: where a service's effect records go. Not a type of
+    its own: the type is the protocol :class:`svc.protocols.Dedup`."""
 
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
         self.etcd, self.prefix, self.service = etcd, prefix, service
         self.limits = TxnLimits()
         self.on_release = None   # see EtcdDedup: without claims nothing is ever held
+
+    def _effect_key(self, event: Event) -> bytes:
+        return effect_key(self.prefix, self.service, event).encode()
+
+    def _record(self, event: Event) -> bytes:
+        return record(self.service, event).encode()
+
+
+class NoDedup(_Effects):
+    """Deduplication off (the talk's first run): every event is processed, effects still recorded."""
+
+    enabled = False
+
+    def claim_key(self, event: Event) -> bytes:
+        """The key a claim would have (never asked: without claims nothing is held)."""
+        return keys.dedup_key(self.prefix, self.service, event.id).encode()
 
     def open(self) -> None:
         """Nothing to import without deduplication."""
@@ -53,14 +68,8 @@ class NoDedup:
         commit.send(range(len(events)), events, add, lambda event, reply: Verdict.OK)
         return commit
 
-    def _effect_key(self, event: Event) -> bytes:
-        return effect_key(self.prefix, self.service, event).encode()
 
-    def _record(self, event: Event) -> bytes:
-        return record(self.service, event).encode()
-
-
-class EtcdDedup(NoDedup):
+class EtcdDedup(_Effects):
     """Deduplication on: claims on a lease, done marks with the effect, a local set of done ids."""
 
     enabled = True

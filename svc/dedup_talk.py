@@ -50,7 +50,7 @@ class _AddAfter:
         return verdicts
 
 
-class TalkDedup(NoDedup):
+class TalkDedup:
     """A process-local set of seen ids, flushed to etcd every ``flush_interval`` seconds.
 
     ``open()`` imports the set (raises DedupUnavailable while etcd is away: the caller retries);
@@ -63,7 +63,9 @@ class TalkDedup(NoDedup):
 
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str, *,
                  flush_interval: float = FLUSH_INTERVAL) -> None:
-        super().__init__(etcd, prefix, service)
+        self.etcd, self.prefix, self.service = etcd, prefix, service
+        self.effects = NoDedup(etcd, prefix, service)  # the effects are written as without dedup
+        self.on_release = None   # no claims: nothing is ever held
         self.flush_interval = flush_interval
         self.key_prefix = talk_prefix(prefix, service).encode()
         self.seen: set[str] = set()
@@ -96,7 +98,14 @@ class TalkDedup(NoDedup):
 
     def commit(self, events: list[Event]) -> _AddAfter:
         """The effects (as without dedup); the ids join the set once they are written."""
-        return _AddAfter(self, events, super().commit(events))
+        return _AddAfter(self, events, self.effects.commit(events))
+
+    def release(self, events: list[Event]) -> None:
+        """No claims: nothing to release."""
+
+    def claim_key(self, event: Event) -> bytes:
+        """Where the id is kept once flushed (never asked: without claims nothing is held)."""
+        return self.key_prefix + keys.encode_id(event.id).encode()
 
     def _add(self, ids: list[str]) -> None:
         with self._lock:

@@ -1,6 +1,13 @@
-"""statsd metric names (Graphite path ``stats_counts.<name>``) and a batching sender."""
+"""statsd metric names (Graphite path ``stats_counts.<name>``), a batching sender, and the hook
+that counts each event's verdict."""
 
 import statsd
+
+from .batch import Verdict
+from .event import Event
+from .hooks import Hook
+from .outcome import Outcome
+from .protocols import Meter
 
 
 def ok(service: str, event_type: str) -> str:
@@ -65,3 +72,32 @@ class Metrics:
                 pipe.timing(name, ms)
         self._counts.clear()
         self._timings.clear()
+
+
+class MetricsHook(Hook):
+    """Counts each event by its verdict (``<service>_<type>_ok`` with its timer, ``_skipped``,
+    ``_conflict``, ``<service>_dedup_unavailable``, ``_dedup_lost``) and each invalid body; the
+    meter is flushed once per window."""
+
+    def __init__(self, service: str, meter: Meter) -> None:
+        self.service, self.meter = service, meter
+
+    def after_invalid(self, reason: str) -> None:
+        self.meter.incr(invalid(self.service))
+
+    def after_outcome(self, event: Event, verdict: Verdict, outcome: Outcome, elapsed_ms: float) -> None:
+        service, meter = self.service, self.meter
+        if verdict is Verdict.OK:
+            meter.incr(ok(service, event.type))
+            meter.timing(timer(service, event.type), elapsed_ms)
+        elif verdict is Verdict.SKIPPED:
+            meter.incr(skipped(service, event.type))
+        elif verdict is Verdict.CONFLICT:
+            meter.incr(conflict(service, event.type))
+        elif verdict is Verdict.UNAVAILABLE:
+            meter.incr(dedup_unavailable(service))
+        elif verdict is Verdict.LOST:
+            meter.incr(dedup_lost(service))
+
+    def after_window(self, outcomes: list[Outcome]) -> None:
+        self.meter.flush()

@@ -1,51 +1,42 @@
 """Turn a window of message bodies into outcomes (ack, dead-letter, requeue), broker-agnostic.
 
-Parsing, deduplication, effects and metrics meet here; ``consumer.py`` only applies the outcomes.
+Parsing, deduplication and effects meet here; ``consumer.py`` only applies the outcomes. What
+else happens along the way (metrics, simulated work, crashes on purpose) is a hook (svc/hooks.py).
 """
 
 import collections
-import dataclasses
 import logging
-import os
-import signal
 import time
+from typing import Sequence
 
-from . import metrics
-from .dedup import NoDedup, Verdict
+from . import hooks as _hooks
+from .batch import Verdict
 from .errors import InvalidEvent
 from .event import Event, parse
 from .held import Held
 from .mail import MailUnavailable
+from .metrics import MetricsHook
+from .outcome import ACK, REQUEUE, UNAVAILABLE, Outcome, Settlement
+from .protocols import Dedup, Meter
 
 log = logging.getLogger(__name__)
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What to do with one delivery. ``reason`` is set for dead letters, ``backoff`` for requeues
-    that wait for etcd (longer, growing), ``key`` for deliveries held while a sibling's claim on
-    that etcd key lives (set aside, see svc.held)."""
-
-    action: str            # "ack" | "dead" | "requeue" | "hold"
-    reason: str = ""
-    backoff: bool = False
-    key: bytes = b""
-
-
-ACK = Outcome("ack")
-REQUEUE = Outcome("requeue")
-UNAVAILABLE = Outcome("requeue", backoff=True)
-
 
 class Processor:
-    """``work_ms`` simulates slow work between claim and done; ``crash_at`` ("claimed", "sent" or
-    "done") makes the process SIGKILL itself at that point of the first window that gets there, so
-    the talk's failure windows can be shown and tested exactly. ``mailer`` (svc/mail.py) hands a
-    mail per claimed event to an outbox before the done mark: an effect outside etcd."""
+    """Processes windows of bodies for ``service``: parse, claim (``dedup``), work, commit, outcome.
 
-    def __init__(self, service: str, dedup: NoDedup, meter: metrics.Metrics, *,
-                 work_ms: int = 0, crash_at: str = "", mailer=None) -> None:
-        self.service, self.dedup, self.meter = service, dedup, meter
-        self.work_ms, self.crash_at, self.mailer = work_ms, crash_at, mailer
+    ``hooks`` are called around those steps (svc/hooks.py), in their order; by default one,
+    :class:`svc.metrics.MetricsHook` counting into ``meter`` (pass it among your own to keep the
+    counts). ``meter`` stays the service's meter (the consumer counts its own events there).
+    ``mailer`` (svc/mail.py) hands a mail per claimed event to an outbox before the done mark: an
+    effect outside etcd."""
+
+    def __init__(self, service: str, dedup: Dedup, meter: Meter, *,
+                 hooks: Sequence[_hooks.Hook] | None = None, mailer=None) -> None:
+        self.service, self.dedup, self.meter, self.mailer = service, dedup, meter, mailer
+        self.hooks = list(hooks) if hooks is not None else [MetricsHook(service, meter)]
+        # Only the methods a hook overrides are called: a step no hook watches costs nothing.
+        self.on = {name: _hooks.bind(self.hooks, name) for name in _hooks.NAMES}
 
     def held(self) -> Held:
         """A new set of held deliveries (one per broker channel), released by the dedup watch; a
@@ -63,35 +54,26 @@ class Processor:
         and takes in the next one, so etcd's round trips overlap with the broker's."""
         return Window(self, bodies)
 
-    def _fault(self, point: str) -> None:
-        if self.crash_at == point:
-            self.meter.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+    def call(self, name: str, *args) -> None:
+        """Call the hook ``name`` (one of svc.hooks.NAMES) of every hook that has it, in order."""
+        for hook in self.on[name]:
+            hook(*args)
 
-    def _outcome(self, event: Event, verdict: Verdict, elapsed_ms: float) -> Outcome:
-        service = self.service
-        if verdict is Verdict.OK:
-            self.meter.incr(metrics.ok(service, event.type))
-            self.meter.timing(metrics.timer(service, event.type), elapsed_ms)
-            return ACK
-        if verdict is Verdict.SKIPPED:
-            self.meter.incr(metrics.skipped(service, event.type))
+    def _outcome(self, event: Event, verdict: Verdict) -> Outcome:
+        if verdict is Verdict.OK or verdict is Verdict.SKIPPED:
             return ACK
         if verdict is Verdict.CONFLICT:
-            self.meter.incr(metrics.conflict(service, event.type))
-            return Outcome("dead", f"conflict: id {event.id[:64]!r} was seen with another payload")
+            return Outcome(Settlement.DEAD, f"conflict: id {event.id[:64]!r} was seen with another payload")
         if verdict is Verdict.UNAVAILABLE:
-            self.meter.incr(metrics.dedup_unavailable(service))
             return UNAVAILABLE
         if verdict is Verdict.LOST:
             # The done mark is guarded by "the claim is still mine": nothing was written, the event
             # is requeued and processed again by whoever claims it next (fencing, not a double effect).
-            self.meter.incr(metrics.dedup_lost(service))
             log.warning("claim on id %r expired before its done mark (this replica paused or lost etcd longer "
                         "than CLAIM_TTL): commit refused, event requeued", event.id[:64])
             return REQUEUE
         if verdict is Verdict.HELD:  # a sibling's claim: set aside, not requeued to the head of the queue
-            return Outcome("hold", key=self.dedup.claim_key(event))
+            return Outcome(Settlement.HOLD, key=self.dedup.claim_key(event))
         return REQUEUE  # RETRY: the next delivery decides
 
 
@@ -100,7 +82,7 @@ class Window:
 
     def __init__(self, processor: Processor, bodies: list[bytes]) -> None:
         self.processor, self.started = processor, time.monotonic()
-        meter, service, dedup = processor.meter, processor.service, processor.dedup
+        dedup = processor.dedup
         self.outcomes: list[Outcome | None] = [None] * len(bodies)
         self.events: dict[int, Event] = {}
         for i, body in enumerate(bodies):
@@ -108,13 +90,13 @@ class Window:
                 self.events[i] = parse(body)
             except InvalidEvent as error:
                 # Never crash, never drop: the body goes to the dead letters with its reason.
-                self.outcomes[i] = Outcome("dead", error.reason)
-                meter.incr(metrics.invalid(service))
+                self.outcomes[i] = Outcome(Settlement.DEAD, error.reason)
+                processor.call("after_invalid", error.reason)
             except Exception as error:  # a case parse missed: one body must not stop the service
                 log.exception("parse failed on a body of %d bytes; dead-lettered", len(body))
                 reason = f"parse failed: {type(error).__name__}: {error}".replace("\n", " ")[:200]
-                self.outcomes[i] = Outcome("dead", reason)
-                meter.incr(metrics.invalid(service))
+                self.outcomes[i] = Outcome(Settlement.DEAD, reason)
+                processor.call("after_invalid", reason)
         # With dedup, the first copy of an id in the window leads; its repeats follow its fate.
         leaders: dict[str, int] = {}
         self.followers: dict[int, int] = {}
@@ -133,43 +115,47 @@ class Window:
         """Wait for the claims, do the work of what was claimed, send the commit (not waited)."""
         if self.claims is None:
             return
-        self.verdicts = dict(zip(self.lead, self.claims.result()))
+        processor = self.processor
+        self.verdicts = dict(zip(self.lead, self.claims.result(), strict=True))
         self.claims = None
         self.claimed = [i for i in self.lead if self.verdicts[i] is Verdict.CLAIMED]
-        enabled = self.processor.dedup.enabled
+        enabled = processor.dedup.enabled
         _trace(self.events, self.lead, lambda i: f"claim: {self.verdicts[i].value}" if enabled
                else "no claim (dedup off): processed")
         if self.claimed:
-            self.processor._fault("claimed")
-            _trace(self.events, self.claimed, lambda i: f"work ({self.processor.work_ms} ms)")
-            if self.processor.work_ms:
-                time.sleep(self.processor.work_ms / 1000)
-            if self.processor.mailer is not None and not self._mail():
+            claimed = [self.events[i] for i in self.claimed]
+            processor.call("after_claim", claimed)
+            started = time.monotonic()
+            processor.call("work", claimed)
+            took = (time.monotonic() - started) * 1000
+            _trace(self.events, self.claimed, lambda i: f"work ({took:.0f} ms)")
+            if processor.mailer is not None and not self._mail(claimed):
                 return
-            self.commit = self.processor.dedup.commit([self.events[i] for i in self.claimed])
+            self.commit = processor.dedup.commit(claimed)
 
-    def _mail(self) -> bool:
+    def _mail(self, claimed: list[Event]) -> bool:
         """Hand the claimed events' mails to the outbox; False (all requeued, our claims kept for
         the redelivery) when it does not take them."""
         try:
-            self.processor.mailer.send([self.events[i] for i in self.claimed])
+            self.processor.mailer.send(claimed)
         except MailUnavailable as error:
             log.warning("%s; requeued", error)
             self.verdicts.update(dict.fromkeys(self.claimed, Verdict.UNAVAILABLE))
             self.claimed = []
             return False
-        self.processor._fault("sent")
+        self.processor.call("after_send", claimed)
         return True
 
     def finish(self) -> list[Outcome]:
         self.proceed()
         verdicts, events, processor = self.verdicts, self.events, self.processor
         if self.commit is not None:
-            verdicts.update(zip(self.claimed, self.commit.result()))
+            committed = self.commit.result()
+            verdicts.update(zip(self.claimed, committed, strict=True))
             _trace(events, self.claimed, lambda i: _COMMITTED.get((processor.dedup.enabled, verdicts[i]),
                                                                   f"not committed: {verdicts[i].value}"))
-            if any(verdicts[i] is Verdict.OK for i in self.claimed):
-                processor._fault("done")
+            if processor.on["after_commit"]:
+                processor.call("after_commit", [events[i] for i in self.claimed], committed)
             # Claimed, not done, requeued: free the claims so a sibling may take the redeliveries.
             unfinished = [events[i] for i in self.claimed if verdicts[i] is Verdict.UNAVAILABLE]
             if unfinished:
@@ -177,12 +163,17 @@ class Window:
         elapsed_ms = (time.monotonic() - self.started) * 1000
         for i, leader in self.followers.items():
             verdicts[i] = _follow(verdicts[leader], events[i].digest == events[leader].digest)
+        on_outcome, outcome_of, ok, skipped = processor.on["after_outcome"], processor._outcome, Verdict.OK, Verdict.SKIPPED
         for i, verdict in verdicts.items():
-            self.outcomes[i] = processor._outcome(events[i], verdict, elapsed_ms)
+            event = events[i]
+            # the common verdicts inline: this loop runs per event (bench/bench_processor.py)
+            outcome = self.outcomes[i] = ACK if verdict is ok or verdict is skipped else outcome_of(event, verdict)
+            for hook in on_outcome:
+                hook(event, verdict, outcome, elapsed_ms)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("window of %d: %s", len(self.outcomes),
                       ", ".join(f"{v.value} {n}" for v, n in collections.Counter(verdicts.values()).items()))
-        processor.meter.flush()
+        processor.call("after_window", self.outcomes)
         return self.outcomes
 
 

@@ -13,9 +13,12 @@ from .consumer import Supervisor, open_dedup
 from .dedup import EtcdDedup, NoDedup
 from .dedup_talk import TalkDedup
 from .errors import BrokerRefused, ConfigError
+from .faults import Faults
+from .hooks import Hook
 from .mail import Mailer
-from .metrics import Metrics
+from .metrics import Metrics, MetricsHook
 from .processor import Processor
+from .protocols import Dedup, Meter
 
 log = logging.getLogger("svc")
 
@@ -51,6 +54,7 @@ def main(environ=None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     etcd = Etcd(config.etcd_endpoints, timeout=config.etcd_timeout)
+    dedup: Dedup
     if config.enable_etcd and config.dedup_mode == "talk":
         dedup = TalkDedup(etcd, config.etcd_prefix, config.service)
     elif config.enable_etcd:
@@ -66,8 +70,7 @@ def main(environ=None) -> int:
         if open_dedup(dedup, stop):
             mailer = Mailer(config.outbox_url, config.service, idempotency=config.outbox_idempotency) \
                 if config.outbox_url else None
-            processor = Processor(config.service, dedup, meter, work_ms=config.work_ms, crash_at=config.crash_at,
-                                  mailer=mailer)
+            processor = Processor(config.service, dedup, meter, hooks=hooks(config, meter), mailer=mailer)
             Supervisor(config, processor, stop).run()
     except BrokerRefused as error:
         # No retry can cure it (the broker refuses our configuration): one line, exit status 2.
@@ -78,6 +81,15 @@ def main(environ=None) -> int:
         etcd.close()
     log.info("%s stopped", config.service)
     return status
+
+
+def hooks(config: Config, meter: Meter) -> list[Hook]:
+    """The processor's hooks: metrics always; fault injection (svc.faults) only when CRASH_AT or
+    WORK_MS is set, so the production path carries none of it."""
+    installed: list[Hook] = [MetricsHook(config.service, meter)]
+    if config.crash_at or config.work_ms:
+        installed.append(Faults(work_ms=config.work_ms, crash_at=config.crash_at, before_kill=meter.flush))
+    return installed
 
 
 def _exit_now(service: str) -> None:

@@ -1,15 +1,20 @@
-"""Test support (in the spirit of nameko.testing): an isolated world of names and real processes.
+"""Test support (in the spirit of nameko.testing): an isolated world of names and real processes,
+and in-memory stand-ins for unit tests of pure logic.
 
 A ``World`` gives a test its own exchange, etcd prefix and service names (so queues, keys and
 metric paths never collide with another test or the demo), runs ``python -m svc`` as real
 subprocesses in their own process groups, and on ``close()`` kills them and removes every queue,
-exchange and key it made. Every wait has a deadline and says what it waited for.
+exchange and key it made. Every wait has a deadline and says what it waited for. ``OwnEtcd``
+(svc/own_etcd.py) is a throwaway etcd to stop, freeze or limit, ``OwnRabbitMQ``
+(svc/own_rabbitmq.py) a throwaway RabbitMQ node. ``MemoryDedup`` and
+``MemoryMeter`` stand in for etcd and statsd where a test checks the processor's logic alone
+(the way dramatiq's StubBroker stands in for a broker); integration tests use the real ones.
+The fault injection hook (CRASH_AT, WORK_MS) is :class:`svc.faults.Faults`.
 """
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,31 +31,16 @@ from ._etcd import Etcd
 from .config import VARIABLES, parse_endpoints
 from .consumer import connection_name
 from .effects import count, counts_by_id
+from .batch import Ready, Verdict
 from .errors import DedupUnavailable
+from .event import Event
+from .own_etcd import OwnEtcd, free_port
+from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
 from .publisher import Publisher
 
 START_TIMEOUT = 15.0
+DEAD_CONSUMER_WAIT = 5.0   # seconds start() waits for a killed process's consumer to go
 STOP_TIMEOUT = 10.0
-RABBITMQCTL_TIMEOUT = 30.0
-RABBITMQCTL_UNWRAPPED = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # Debian's script under /usr/sbin's wrapper
-
-
-def rabbitmqctl(*args: str, node: str | None = None, home: str | None = None,
-                timeout: float = RABBITMQCTL_TIMEOUT) -> str:
-    """Run ``rabbitmqctl -q *args`` against the broker node the tests use; its stdout.
-
-    ``node`` (with ``home``, the HOME whose Erlang cookie that node was started with) reaches another
-    node, such as a test's throwaway one; Debian's wrapper, which switches to the rabbitmq user and
-    its cookie, is then bypassed. The one place tests reach a node's CLI, so where the kit's node is
-    can be set here alone. Raises CalledProcessError (with the tool's stderr) or TimeoutExpired."""
-    program, env = "rabbitmqctl", None
-    if home:
-        program, env = RABBITMQCTL_UNWRAPPED, {**os.environ, "HOME": home}
-    target = ["-n", node] if node else []
-    return subprocess.run([program, "-q", *target, *args], capture_output=True, text=True, timeout=timeout,
-                          check=True, env=env).stdout
-
-
 def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05):
     """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -151,6 +141,16 @@ class World:
               **settings) -> list[ServiceProcess]:
         """Start ``replicas`` processes of ``service``; wait until the queue has them as consumers."""
         self.services.add(service)
+        # A process killed just now (CRASH_AT) may count as a consumer a moment longer, until the
+        # broker has closed its connection: counted in, it would make the wait below expect one too
+        # many. So the count is taken once the consumers are no more than the live processes (or
+        # after DEAD_CONSUMER_WAIT, for consumers this world did not start).
+        alive = sum(1 for process in self.processes if process.service == service and process.alive())
+        try:
+            wait_for(lambda: self.consumers(service) <= alive, "the consumers of dead processes gone",
+                     DEAD_CONSUMER_WAIT)
+        except TimeoutError:
+            pass
         before = self.consumers(service)
         started = [ServiceProcess(service, self.env(service, enable_etcd=enable_etcd, **settings),
                                   self.log_dir / f"{service}-{len(self.processes) + i}.log")
@@ -287,98 +287,91 @@ def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> floa
     return sum(value or 0 for item in series for value, _ in item["datapoints"])
 
 
-class OwnEtcd:
-    """A throwaway etcd on free loopback ports with its own data folder and extra ``flags``
-    (``--max-txn-ops``, ``--quota-backend-bytes``, ...), for stopping mid-stream or for limits the
-    stack's etcd does not have; ``stop()`` kills it. Never the stack's etcd."""
-
-    def __init__(self, data_dir, *flags: str) -> None:
-        self.client, peer = free_port(), free_port()
-        self.endpoint = f"127.0.0.1:{self.client}"
-        self.args = ["etcd", "--name", "t", "--data-dir", str(data_dir),
-                     "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
-                     "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                     "--initial-cluster", f"t=http://127.0.0.1:{peer}", *flags]
-        self.process = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
-        wait_for(lambda: _tcp_open(self.client), f"etcd on {self.endpoint}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
-
-    def signal(self, signum: int) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signum)
-
-
-RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's script underneath /usr/sbin's
-
-
-class OwnRabbitMQ:
-    """A throwaway RabbitMQ node on free ports, its files under ``base`` (for resource alarms, a node
-    stopped mid-stream; never the system's node, never the kit's). ``wait()`` until it speaks AMQP,
-    ``stop()`` it (rabbitmqctl stop, SIGKILL after 30 s)."""
-
-    def __init__(self, base) -> None:
-        self.port, dist = _free_port(), _free_port()
-        self.node = f"t{uuid.uuid4().hex[:8]}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
-        (base / "mnesia").mkdir(parents=True)
-        (base / "enabled_plugins").write_text("[].\n")
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")},
-                    "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-                    "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(dist),
-                    "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base),
-                    "RABBITMQ_LOGS": str(base / "rabbit.log"),
-                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-                    "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "ERL_EPMD_ADDRESS": "127.0.0.1",
-                    "HOME": str(base)}  # its own Erlang cookie, made there
-        self.home = str(base)
-        self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def wait(self) -> None:
-        def up():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server {self.node} exited with {self.process.returncode}")
-            return _tcp_open(self.port)
-        wait_for(up, f"RabbitMQ node {self.node} on port {self.port}", timeout=60, interval=0.5)
-        pika.BlockingConnection(pika.URLParameters(self.url)).close()  # it speaks AMQP
-
-    def ctl(self, *args: str) -> str:
-        return rabbitmqctl(*args, node=self.node, home=self.home)
-
-    def stop(self) -> None:
-        try:
-            self.ctl("stop")
-        except (subprocess.SubprocessError, OSError):
-            pass
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 _free_port = free_port  # its earlier name, which tests/test_svc_broker_edges.py imports
 
 
-def _tcp_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+# -- in-memory stand-ins (unit tests of pure logic only) -------------------------------------------
+
+class MemoryDedup:
+    """A :class:`svc.protocols.Dedup` whose claims and done marks live in a dict, the way
+    :class:`svc.dedup.EtcdDedup` keeps them in etcd: the first claim of an id wins, a live claim
+    holds its repeats, a done id is skipped, the same id with another payload is a conflict.
+
+    ``state`` maps an event id to ``("claimed" | "done", digest)``; ``effects`` lists the ids
+    whose effects were written, in order (a double effect shows as a repeated id). With
+    ``available`` False every claim and commit answers UNAVAILABLE, as with etcd away.
+    """
+
+    enabled = True
+
+    def __init__(self, *, available: bool = True) -> None:
+        self.state: dict[str, tuple[str, str]] = {}
+        self.effects: list[str] = []
+        self.available = available
+        self.on_release = None
+
+    def open(self) -> None:
+        """Nothing to import."""
+
+    def close(self) -> None:
+        """Nothing to let go of."""
+
+    def claim_key(self, event: Event) -> bytes:
+        return event.id.encode()
+
+    def claim(self, events: list[Event]) -> Ready:
+        return Ready([self._claim(event) for event in events])
+
+    def _claim(self, event: Event) -> Verdict:
+        if not self.available:
+            return Verdict.UNAVAILABLE
+        held = self.state.get(event.id)
+        if held is None:
+            self.state[event.id] = ("claimed", event.digest)
+            return Verdict.CLAIMED
+        if held[1] != event.digest:
+            return Verdict.CONFLICT
+        return Verdict.SKIPPED if held[0] == "done" else Verdict.HELD
+
+    def commit(self, events: list[Event]) -> Ready:
+        if not self.available:
+            return Ready([Verdict.UNAVAILABLE] * len(events))
+        for event in events:
+            self.state[event.id] = ("done", event.digest)
+            self.effects.append(event.id)
+        return Ready([Verdict.OK] * len(events))
+
+    def release(self, events: list[Event]) -> None:
+        for event in events:
+            if self.state.get(event.id, ("",))[0] == "claimed":
+                del self.state[event.id]
+                if self.on_release is not None:
+                    self.on_release(self.claim_key(event))
+
+
+class MemoryMeter:
+    """A :class:`svc.protocols.Meter` that keeps what it is told: ``counts`` (name -> count, summed
+    over flushes), ``timings`` (``(name, ms)`` in order) and ``flushes`` (how many flush calls)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.timings: list[tuple[str, float]] = []
+        self.flushes = 0
+
+    def incr(self, name: str, count: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def timing(self, name: str, ms: float) -> None:
+        self.timings.append((name, ms))
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+__all__ = [
+    # real processes and names on the real stack
+    "World", "ServiceProcess", "OwnEtcd", "OwnRabbitMQ", "RABBITMQ_SERVER", "free_port", "rabbitmqctl",
+    "graphite_total", "wait_for",
+    # in-memory stand-ins for unit tests of pure logic
+    "MemoryDedup", "MemoryMeter",
+]

@@ -134,7 +134,7 @@ def etcd_factory(tmp_path):
     started = []
 
     def start(*flags: str) -> OwnEtcd:
-        etcd = OwnEtcd(tmp_path / f"etcd-{len(started)}", *flags)
+        etcd = OwnEtcd(*flags, data_dir=tmp_path / f"etcd-{len(started)}")
         started.append(etcd)
         etcd.start()
         return etcd

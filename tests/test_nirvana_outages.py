@@ -9,9 +9,12 @@ import pytest
 from conftest import need
 
 from nirvana import outages
+from nirvana.errors import StackError
 from nirvana.own_etcd import OwnEtcd
+from svc import own_etcd, testing
 from svc import effects as svc_effects
 from svc import keys
+from svc import _etcd
 from svc._etcd import Etcd
 from svc.config import parse_endpoints
 from svc.event import parse as parse_event
@@ -57,6 +60,31 @@ def test_the_own_etcd_restarts_on_its_data_and_is_gone_after_close(own):
     data = own.data_dir
     own.close()
     assert not own.running and not data.exists()
+
+
+def test_one_throwaway_etcd_serves_the_kit_and_the_tests(monkeypatch):
+    # One implementation (svc.own_etcd): the kit's only translates a missing binary into its error
+    assert testing.OwnEtcd is own_etcd.OwnEtcd and issubclass(OwnEtcd, own_etcd.OwnEtcd)
+    assert set(vars(OwnEtcd)) - {"__module__", "__doc__", "__init__", "__static_attributes__"} == set()
+    monkeypatch.setattr(own_etcd.shutil, "which", lambda name: None)
+    with pytest.raises(StackError, match="etcd is not installed: run ./kit setup"):
+        OwnEtcd()
+
+
+def test_the_own_etcd_takes_extra_flags_and_a_data_dir_it_keeps(tmp_path):
+    need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
+    etcd = OwnEtcd("--max-txn-ops", "4", data_dir=tmp_path / "etcd").start()
+    client = Etcd(parse_endpoints(etcd.endpoint))
+    try:
+        request = _etcd.new_txn()
+        for i in range(5):
+            _etcd.add_put(request.success, f"/k{i}".encode(), b"v")
+        with pytest.raises(_etcd.TxnTooLarge, match="too many operations"):
+            client.txn(request)
+    finally:
+        client.close()
+        etcd.close()
+    assert (tmp_path / "etcd" / "data").is_dir()   # a data dir given is the caller's: kept
 
 
 def test_wait_consuming_gives_up_with_what_it_saw(amqp_url):

@@ -127,7 +127,7 @@ def test_work_longer_than_the_heartbeat_keeps_the_connection(svc_world):
 def test_waiting_on_a_silent_etcd_keeps_the_connection(svc_world):
     need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
     with tempfile.TemporaryDirectory() as data:
-        etcd = OwnEtcd(f"{data}/etcd")
+        etcd = OwnEtcd(data_dir=f"{data}/etcd")
         etcd.start()
         try:
             orders = svc_world.service_name("orders")

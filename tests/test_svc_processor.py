@@ -1,65 +1,19 @@
-"""Window processing with an in-memory stand-in for etcd: verdicts to outcomes, repeats in a window."""
+"""Window processing with the in-memory stand-ins svc ships (svc.testing): verdicts to outcomes,
+repeats in a window, the hooks around the steps (metrics, fault injection)."""
 
 import json
 
+import pytest
+
 from svc import metrics, processor
-from svc.dedup import Verdict
+from svc.batch import Verdict
+from svc.config import Config
+from svc.faults import Faults
+from svc.hooks import Hook
+from svc.outcome import Settlement
 from svc.processor import Processor
-
-
-class Meter:
-    def __init__(self):
-        self.counts, self.timings = {}, []
-
-    def incr(self, name, count=1):
-        self.counts[name] = self.counts.get(name, 0) + count
-
-    def timing(self, name, ms):
-        self.timings.append(name)
-
-    def flush(self):
-        pass
-
-
-class Done:
-    def __init__(self, verdicts):
-        self._verdicts = verdicts
-
-    def result(self):
-        return self._verdicts
-
-
-class MemoryDedup:
-    """Claims and done marks in a dict, the way EtcdDedup keeps them in etcd."""
-
-    enabled = True
-
-    def __init__(self, available=True):
-        self.state, self.effects, self.available = {}, [], available
-
-    def claim(self, events):
-        verdicts = []
-        for event in events:
-            held = self.state.get(event.id)
-            if not self.available:
-                verdicts.append(Verdict.UNAVAILABLE)
-            elif held is None:
-                self.state[event.id] = ("claimed", event.digest)
-                verdicts.append(Verdict.CLAIMED)
-            elif held[1] != event.digest:
-                verdicts.append(Verdict.CONFLICT)
-            else:
-                verdicts.append(Verdict.SKIPPED if held[0] == "done" else Verdict.HELD)
-        return Done(verdicts)
-
-    def claim_key(self, event):
-        return event.id.encode()
-
-    def commit(self, events):
-        for event in events:
-            self.state[event.id] = ("done", event.digest)
-            self.effects.append(event.id)
-        return Done([Verdict.OK] * len(events))
+from svc.service import hooks
+from svc.testing import MemoryDedup, MemoryMeter
 
 
 def body(event_id, **args):
@@ -68,33 +22,35 @@ def body(event_id, **args):
 
 def test_repeats_in_one_window_are_processed_once():
     # Given a window with the same event three times, one repeat with another payload, and junk...
-    dedup, meter = MemoryDedup(), Meter()
+    dedup, meter = MemoryDedup(), MemoryMeter()
     outcomes = Processor("orders", dedup, meter).process([body("1"), body("1"), body("2"), body("1"),
                                                           body("1", qty=9), b"junk"])
     # ... I expect one effect per id, the repeats skipped, the other payload a conflict, junk dead.
     assert dedup.effects == ["1", "2"]
-    assert [o.action for o in outcomes] == ["ack", "ack", "ack", "ack", "dead", "dead"]
+    assert [o.action for o in outcomes] == [Settlement.ACK] * 4 + [Settlement.DEAD] * 2
     assert outcomes[4].reason.startswith("conflict")
     assert meter.counts == {metrics.ok("orders", "new_order"): 2, metrics.skipped("orders", "new_order"): 2,
                             metrics.conflict("orders", "new_order"): 1, metrics.invalid("orders"): 1}
-    assert meter.timings == [metrics.timer("orders", "new_order")] * 2
+    assert [name for name, _ms in meter.timings] == [metrics.timer("orders", "new_order")] * 2
+    assert meter.flushes == 1   # once per window
 
 
 def test_done_before_is_skipped_and_a_live_claim_is_held():
     dedup = MemoryDedup()
     dedup.state = {"done": ("done", _digest("done")), "busy": ("claimed", _digest("busy"))}
-    outcomes = Processor("orders", dedup, Meter()).process([body("done"), body("busy"), body("busy")])
+    outcomes = Processor("orders", dedup, MemoryMeter()).process([body("done"), body("busy"), body("busy")])
     # A sibling's claim: set aside under its key (svc.held), not requeued; its repeat too.
-    assert [(o.action, o.key) for o in outcomes] == [("ack", b""), ("hold", b"busy"), ("hold", b"busy")]
+    assert [(o.action, o.key) for o in outcomes] == [(Settlement.ACK, b""), (Settlement.HOLD, b"busy"),
+                                                     (Settlement.HOLD, b"busy")]
     assert dedup.effects == []
 
 
 def test_etcd_away_fails_closed():
-    dedup, meter = MemoryDedup(available=False), Meter()
+    dedup, meter = MemoryDedup(available=False), MemoryMeter()
     outcomes = Processor("orders", dedup, meter).process([body("1"), body("1"), body("2")])
     # Nothing processed, everything requeued with backoff, counted.
     assert dedup.effects == []
-    assert all(o.action == "requeue" and o.backoff for o in outcomes)
+    assert all(o.action is Settlement.REQUEUE and o.backoff for o in outcomes)
     assert meter.counts == {metrics.dedup_unavailable("orders"): 3}
 
 
@@ -113,9 +69,139 @@ def test_a_body_parse_fails_on_unexpectedly_is_dead_lettered_not_a_crash(monkeyp
         return real_parse(raw)
 
     monkeypatch.setattr(processor, "parse", parse)
-    dedup, meter = MemoryDedup(), Meter()
+    dedup, meter = MemoryDedup(), MemoryMeter()
     # ... I expect that body dead-lettered with the reason, counted, and the rest of the window done.
     outcomes = Processor("orders", dedup, meter).process([body("1"), b"trap", body("2")])
-    assert [o.action for o in outcomes] == ["ack", "dead", "ack"]
+    assert [o.action for o in outcomes] == [Settlement.ACK, Settlement.DEAD, Settlement.ACK]
     assert "ValueError: surprise" in outcomes[1].reason
     assert dedup.effects == ["1", "2"] and meter.counts[metrics.invalid("orders")] == 1
+
+
+def test_an_outcomes_action_is_an_enum_that_logs_as_before():
+    # The consumer compares members, not strings; logs and traces print the same words as before.
+    outcomes = Processor("orders", MemoryDedup(), MemoryMeter()).process([body("1"), b"junk"])
+    assert [type(o.action) for o in outcomes] == [Settlement, Settlement]
+    assert [f"{o.action}" for o in outcomes] == ["ack", "dead"]
+    assert {member.value for member in Settlement} == {"ack", "dead", "requeue", "hold"}
+
+
+class Recorder(Hook):
+    """Writes down every hook call it gets, by name, with the event ids it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def after_invalid(self, reason):
+        self.calls.append(("after_invalid", reason[:12]))
+
+    def after_claim(self, events):
+        self.calls.append(("after_claim", [e.id for e in events]))
+
+    def work(self, events):
+        self.calls.append(("work", [e.id for e in events]))
+
+    def after_send(self, events):
+        self.calls.append(("after_send", [e.id for e in events]))
+
+    def after_commit(self, events, verdicts):
+        self.calls.append(("after_commit", [e.id for e in events], verdicts))
+
+    def after_outcome(self, event, verdict, outcome, elapsed_ms):
+        self.calls.append(("after_outcome", event.id, verdict, outcome.action))
+
+    def after_window(self, outcomes):
+        self.calls.append(("after_window", len(outcomes)))
+
+
+class Mailer:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, events):
+        self.sent += [e.id for e in events]
+
+
+def test_hooks_are_called_around_each_step_in_order():
+    # Given a done id, a new one and junk, with a mailer (so the send step happens)
+    dedup, recorder = MemoryDedup(), Recorder()
+    dedup.state["old"] = ("done", _digest("old"))
+    Processor("orders", dedup, MemoryMeter(), hooks=[recorder], mailer=Mailer()).process(
+        [body("old"), body("new"), b"junk"])
+    # I expect each hook once, in the order of the steps, with the claimed events only
+    assert recorder.calls == [
+        ("after_invalid", "body is not "),
+        ("after_claim", ["new"]), ("work", ["new"]), ("after_send", ["new"]),
+        ("after_commit", ["new"], [Verdict.OK]),
+        ("after_outcome", "old", Verdict.SKIPPED, Settlement.ACK), ("after_outcome", "new", Verdict.OK, Settlement.ACK),
+        ("after_window", 3)]
+
+
+def test_the_metrics_are_a_hook_replaced_with_the_hooks_given():
+    # Given hooks without the metrics hook, I expect nothing counted (and nothing else changed)
+    meter = MemoryMeter()
+    outcomes = Processor("orders", MemoryDedup(), meter, hooks=[Recorder()]).process([body("1"), b"junk"])
+    assert [o.action for o in outcomes] == [Settlement.ACK, Settlement.DEAD]
+    assert meter.counts == {} and meter.flushes == 0
+
+
+class Killed(Exception):
+    """What the test's stand-in for SIGKILL raises: the window goes no further, as with the real one."""
+
+
+@pytest.mark.parametrize(("point", "effects", "sent", "counted"), [
+    ("claimed", [], [], {}),                 # nothing written: the claim dies with its lease
+    ("sent", [], ["1"], {}),                 # the mail is out, the done mark is not
+    ("done", ["1"], ["1"], {}),              # written, not acked (the outcome is not counted yet)
+])
+def test_a_crash_point_kills_there_after_flushing_the_meter(point, effects, sent, counted):
+    # Given the fault hook with CRASH_AT=point (a kill that raises instead of SIGKILL) and junk counted first
+    dedup, meter, mailer, order = MemoryDedup(), MemoryMeter(), Mailer(), []
+    faults = Faults(crash_at=point, before_kill=lambda: order.append(("flush", dict(meter.counts))),
+                    kill=lambda: (order.append("kill"), _raise(Killed())))
+    processor_ = Processor("orders", dedup, meter, hooks=[metrics.MetricsHook("orders", meter), faults], mailer=mailer)
+    with pytest.raises(Killed):
+        processor_.process([b"junk", body("1")])
+    # I expect the kill at that point: what was written before it, nothing after; the meter flushed first
+    assert (dedup.effects, mailer.sent) == (effects, sent)
+    assert order == [("flush", {metrics.invalid("orders"): 1, **counted}), "kill"]
+
+
+def test_no_crash_and_no_work_when_nothing_is_claimed():
+    # Every id known done: no claim, so no work and no crash point reached
+    dedup, kills = MemoryDedup(), []
+    dedup.state["1"] = ("done", _digest("1"))
+    faults = Faults(crash_at="claimed", work_ms=60000, kill=lambda: kills.append(1))
+    outcomes = Processor("orders", dedup, MemoryMeter(), hooks=[faults]).process([body("1")])
+    assert [o.action for o in outcomes] == [Settlement.ACK] and kills == []
+
+
+def test_work_ms_stretches_the_work_between_claim_and_commit():
+    import time
+    dedup = MemoryDedup()
+    started = time.monotonic()
+    Processor("orders", dedup, MemoryMeter(), hooks=[Faults(work_ms=200)]).process([body("1")])
+    assert time.monotonic() - started >= 0.2 and dedup.effects == ["1"]
+
+
+def test_a_crash_point_that_does_not_exist_is_refused():
+    with pytest.raises(ValueError, match="'later' is not one of claimed, sent, done"):
+        Faults(crash_at="later")
+
+
+@pytest.mark.parametrize(("settings", "installed"), [
+    ({}, ["MetricsHook"]),
+    ({"CRASH_AT": "claimed"}, ["MetricsHook", "Faults"]),
+    ({"WORK_MS": "250"}, ["MetricsHook", "Faults"]),
+])
+def test_the_service_installs_fault_injection_only_when_asked(settings, installed):
+    config = Config.from_env({"SERVICE_NAME": "orders", **settings})
+    meter = MemoryMeter()
+    got = hooks(config, meter)
+    assert [type(hook).__name__ for hook in got] == installed
+    if len(got) == 2:
+        assert (got[1].crash_at, got[1].work_ms) == (config.crash_at, config.work_ms)
+        assert got[1].before_kill == meter.flush
+
+
+def _raise(error):
+    raise error

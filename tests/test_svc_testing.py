@@ -1,6 +1,7 @@
 """svc.testing's World against the real RabbitMQ and etcd: its teardown leaves nothing behind."""
 
 import subprocess
+import threading
 
 import pika
 import pika.exceptions
@@ -44,3 +45,24 @@ def test_a_process_that_will_not_die_does_not_keep_the_queues_and_keys(amqp_url,
         connection.close()
         etcd.delete_prefix(prefix + "/")
         etcd.close()
+
+
+def test_start_does_not_count_a_consumer_that_is_going_away(amqp_url, etcd_endpoint, tmp_path):
+    # Given a consumer on the queue that is going away (as a process SIGKILLed a moment ago is,
+    # until the broker has closed its connection): found in a test of CRASH_AT=done, whose next
+    # start waited for 2 consumers where 1 would ever come
+    world = World(amqp_url, etcd_endpoint, tmp_path)
+    orders = world.service_name("orders")
+    lingering = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    lingering.channel().basic_consume(world.queue(orders), lambda *args: None)
+    # closed from a timer thread: this thread does not touch that connection meanwhile
+    closer = threading.Timer(1.0, lingering.close)
+    try:
+        closer.start()
+        # When the world starts the service while that consumer is still there
+        [process] = world.start(orders)
+        # I expect the start to wait for its own consumer only (not time out waiting for two)
+        assert process.alive() and world.consumers(orders) == 1
+    finally:
+        closer.join()
+        world.close()

@@ -1,0 +1,120 @@
+"""A throwaway etcd on free loopback ports, for tests and chapters that stop, freeze or limit etcd.
+
+The shared stack's etcd (port 2379) is never stopped by a test or a chapter: other notebooks,
+tests and people use it. Whoever shows etcd going away (a dead claim's lease, etcd down, a
+transaction over the server's limits) starts one of these, points its services at
+:attr:`OwnEtcd.endpoint`, and stops it at the end (also at interpreter exit). Used by the tests
+(``svc.testing.OwnEtcd``, the ``etcd_factory`` fixture) and by the kit (``nirvana.OwnEtcd``).
+"""
+
+import atexit
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+START_TIMEOUT = 20.0    # seconds for a fresh etcd to accept connections
+STOP_TIMEOUT = 10.0     # seconds for etcd to exit after SIGTERM, then SIGKILL
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answering(port: int) -> bool:
+    """True if something accepts TCP connections on 127.0.0.1:``port`` now."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class OwnEtcd:
+    """One etcd member of its own: ``start()``, ``stop()``, ``restart()``, ``close()``.
+
+    ``data_dir``: where its data lives (kept by ``close()``); by default a temporary folder that
+    ``close()`` removes. ``flags``: extra etcd flags (``"--max-txn-ops", "16"``,
+    ``"--quota-backend-bytes", ...``) for limits the stack's etcd does not have. ``progress`` is
+    told one line when it starts and stops. Raises FileNotFoundError when the ``etcd`` binary is
+    missing (``./kit setup`` installs Debian's etcd-server), and TimeoutError from ``start()``
+    when it does not answer within START_TIMEOUT seconds.
+    """
+
+    def __init__(self, *flags: str, data_dir: str | Path | None = None,
+                 progress: Callable[[str], None] = lambda line: None) -> None:
+        if shutil.which("etcd") is None:
+            raise FileNotFoundError("etcd is not installed: run ./kit setup (Debian package etcd-server)")
+        self.client, self.peer = free_port(), free_port()
+        self.endpoint = f"127.0.0.1:{self.client}"
+        self._temporary = data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="own-etcd-") if data_dir is None else data_dir)
+        self.flags, self.progress = flags, progress
+        self.process: subprocess.Popen | None = None
+        atexit.register(self.close)
+
+    def _argv(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer}"
+        return ["etcd", "--name", "own", "--data-dir", str(self.data_dir / "data"),
+                "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"own={peer}", *self.flags]
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> "OwnEtcd":
+        """Start it (on the data it had, if any) and wait until it answers; returns itself."""
+        if not self.running:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.data_dir / "etcd.log", "ab") as log:
+                self.process = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.monotonic() + START_TIMEOUT
+            while not answering(self.client):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"the throwaway etcd on {self.endpoint} did not answer within "
+                                       f"{START_TIMEOUT:g} s (its log: {self.data_dir / 'etcd.log'})")
+                time.sleep(0.05)
+            self.progress(f"throwaway etcd: up on {self.endpoint}")
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT seconds; the data stays for the next start."""
+        if self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+            self.progress(f"throwaway etcd: stopped ({self.endpoint})")
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, no goodbye); the data stays for the next start."""
+        if self.running:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` (SIGSTOP freezes it: it takes requests and never answers; SIGCONT)."""
+        if self.running:
+            self.process.send_signal(signum)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop it, and remove its data if it is the temporary folder (idempotent)."""
+        self.stop()
+        if self._temporary:
+            shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""A throwaway RabbitMQ node on free ports, and the one way tests reach a node's CLI (rabbitmqctl).
+
+For resource alarms and a node stopped mid-stream: never the system's node, never the kit's.
+Used by the tests through ``svc.testing`` (the ``own_rabbitmq`` fixture), beside the throwaway
+etcd of svc/own_etcd.py.
+"""
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pika
+
+from .own_etcd import answering, free_port
+
+START_TIMEOUT = 60.0    # seconds for a fresh node to speak AMQP
+
+RABBITMQCTL_TIMEOUT = 30.0
+RABBITMQCTL_UNWRAPPED = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # Debian's script under /usr/sbin's wrapper
+
+
+def rabbitmqctl(*args: str, node: str | None = None, home: str | None = None,
+                timeout: float = RABBITMQCTL_TIMEOUT) -> str:
+    """Run ``rabbitmqctl -q *args`` against the broker node the tests use; its stdout.
+
+    ``node`` (with ``home``, the HOME whose Erlang cookie that node was started with) reaches another
+    node, such as a test's throwaway one; Debian's wrapper, which switches to the rabbitmq user and
+    its cookie, is then bypassed. The one place tests reach a node's CLI, so where the kit's node is
+    can be set here alone. Raises CalledProcessError (with the tool's stderr) or TimeoutExpired."""
+    program, env = "rabbitmqctl", None
+    if home:
+        program, env = RABBITMQCTL_UNWRAPPED, {**os.environ, "HOME": home}
+    target = ["-n", node] if node else []
+    return subprocess.run([program, "-q", *target, *args], capture_output=True, text=True, timeout=timeout,
+                          check=True, env=env).stdout
+
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's script underneath /usr/sbin's
+
+
+class OwnRabbitMQ:
+    """A throwaway RabbitMQ node on free ports, its files under ``base`` (for resource alarms, a node
+    stopped mid-stream; never the system's node, never the kit's). ``wait()`` until it speaks AMQP,
+    ``stop()`` it (rabbitmqctl stop, SIGKILL after 30 s)."""
+
+    def __init__(self, base) -> None:
+        self.port, dist = free_port(), free_port()
+        self.node = f"t{uuid.uuid4().hex[:8]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        (base / "mnesia").mkdir(parents=True)
+        (base / "enabled_plugins").write_text("[].\n")
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")},
+                    "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                    "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(dist),
+                    "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base),
+                    "RABBITMQ_LOGS": str(base / "rabbit.log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+                    "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "ERL_EPMD_ADDRESS": "127.0.0.1",
+                    "HOME": str(base)}  # its own Erlang cookie, made there
+        self.home = str(base)
+        self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait(self) -> None:
+        def up():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server {self.node} exited with {self.process.returncode}")
+            return answering(self.port)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not up():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {START_TIMEOUT:g} s for RabbitMQ node {self.node} on port {self.port}")
+            time.sleep(0.5)
+        pika.BlockingConnection(pika.URLParameters(self.url)).close()  # it speaks AMQP
+
+    def ctl(self, *args: str) -> str:
+        return rabbitmqctl(*args, node=self.node, home=self.home)
+
+    def stop(self) -> None:
+        try:
+            self.ctl("stop")
+        except (subprocess.SubprocessError, OSError):
+            pass
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
