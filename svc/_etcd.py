@@ -141,9 +141,10 @@ class Etcd:
         request named a lease etcd no longer has, TxnTooLarge when it was over the server's
         limits, NoSpace when etcd's space quota is exceeded, else DedupUnavailable."""
         kind = _kind(error)
+        endpoint = self.endpoint   # the one that failed, named before the fail-over moves on
         if kind is DedupUnavailable or kind is LeaseNotFound:
             self._fail_over(client, error)  # the others are said by the caller, once
-        return kind(f"etcd {what} at {self.endpoint} failed: {_describe(error)}")
+        return kind(f"etcd {what} at {endpoint} failed: {_describe(error)}")
 
     def _fail_over(self, client, error: Exception | None = None) -> None:
         """After a connection failure, the next call goes to the next endpoint. An error etcd

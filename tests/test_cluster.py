@@ -152,9 +152,14 @@ def _stream_with_fault(kit: shape.Shape, world: dict, fault) -> dict[str, checke
             except DedupUnavailable:
                 continue
         return counts_by_id(etcd, name, prefix=world["prefix"])
+
+    def all_processed() -> bool:
+        try:
+            return [len(counts(name).keys() & set(ids)) for name in names] == [EVENTS] * len(names)
+        except DedupUnavailable:   # no member answers while the survivors elect a leader: ask again
+            return False
     try:
-        wait_for(lambda: [len(counts(name).keys() & set(ids)) for name in names] == [EVENTS] * len(names),
-                 f"{EVENTS} ids processed by each service", DRAIN_TIMEOUT)
+        wait_for(all_processed, f"{EVENTS} ids processed by each service", DRAIN_TIMEOUT)
         wait_for(lambda: all(rabbit.queue_depth(n, exchange=world["exchange"], url=url) == 0 for n in names),
                  "the service queues empty", 30)
         for name in names:
