@@ -47,9 +47,10 @@ def test_transactions_fit_the_etcd_servers_limits(svc_world, etcd_factory, flags
     # Given an etcd run with lower request limits than the kit's...
     own = etcd_factory(*flags)
     orders = svc_world.service_name("orders")
-    [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.endpoint)
-    # ... when 60 events come...
+    # ... when 60 events wait in the queue as svc starts (published first, so its first window holds
+    # them all: published while it consumes, they may come in windows too small to break a limit)...
     ids = svc_world.publish(orders, {"type": "new_order", "id": event_id}, count=60, fresh_ids=True).ids
+    [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.endpoint)
     etcd = Etcd(parse_endpoints(own.endpoint))
     try:
         # ... I expect every event processed once: svc split its transactions and kept the limit.
