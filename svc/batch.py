@@ -66,6 +66,9 @@ class InFlight:
     def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
                  on_error=None) -> None:
         self.etcd, self.verdicts, self.limits, self.on_error = etcd, verdicts, limits, on_error
+        # Called by ``result()`` with the events etcd gave no answer for: it may have applied them.
+        self.on_unanswered = None
+        self._items: list = []
         self._parts: list = []
         self._failed = False
 
@@ -73,7 +76,8 @@ class InFlight:
         """Send ``events`` (verdict slots ``indices``): ``add(ops, event)`` appends an event's one
         operation to a transaction, ``judge(event, reply)`` reads its verdict from etcd's reply."""
         self._add, self._judge = add, judge
-        self._send(list(zip(indices, events, strict=True)))
+        self._items = list(zip(indices, events, strict=True))
+        self._send(self._items)
 
     def _send(self, items: list) -> None:
         request, part, size = _etcd.new_txn(), [], 0
@@ -118,6 +122,9 @@ class InFlight:
                 continue
             for (i, event), reply in zip(part, replies, strict=True):
                 self.verdicts[i] = self._judge(event, reply)
+        unanswered = [event for i, event in self._items if self.verdicts[i] is None]
+        if unanswered and self.on_unanswered is not None:
+            self.on_unanswered(unanswered)
         return [Verdict.UNAVAILABLE if v is None else v for v in self.verdicts]
 
 

@@ -127,6 +127,9 @@ class Consumer:
                         pass  # the connection went: the broker requeues all the same
 
     def _consume_on(self, connection) -> bool:
+        # Windows of an earlier channel or connection (given up on a broker error) are never
+        # settled: their claims go (on the worker, after any of their calls still running there).
+        self._call(self.processor.abandon)
         channel = self.channel = connection.channel()
         channel = self.channel = topology.declare(channel, self.config.exchange, services=(self.config.service,),
                                                   queue_type=self.config.queue_type,

@@ -85,8 +85,17 @@ class EtcdDedup(_Effects):
         # without a lease (it would never expire, and siblings would hold its event forever).
         self._lease = 0
         self._lease_lock = threading.Lock()
-        self._claimed: dict[bytes, int] = {}   # key -> lease of our claim, from claim to commit
+        self._claimed: dict[bytes, bytes] = {}   # key -> value of our claim, from claim to commit
+        self._sent: dict[bytes, bytes] = {}      # key -> value of a claim sent, until its answer is read
         self._releasing = None                 # the last release of unfinished claims, in flight
+        # Claims of ours that no window will finish, their events requeued: claims sent whose answer
+        # never came (etcd stopped after applying them, or answered after ETCD_TIMEOUT), and released
+        # claims whose delete etcd may not have taken. Left on our lease (kept alive as long as we
+        # live), a sibling given the redelivery would hold it until the broker happens to give it
+        # back to us, which it need not ever do. key -> claim value, deleted in the background
+        # (guarded by that value) until etcd answers.
+        self._orphans: dict[bytes, bytes] = {}
+        self._orphans_lock = threading.Lock()
         self._retention_lease, self._retention_until = 0, 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -110,6 +119,7 @@ class EtcdDedup(_Effects):
         log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
                  len(self.done), self.service, time.monotonic() - started, revision)
         self._start(self._keep_claims_alive, "claim-keepalive")
+        self._start(self._release_orphans, "claim-release")
         self._start(lambda: self._follow(revision + 1), "dedup-watch")
 
     def _import(self) -> int:
@@ -154,6 +164,34 @@ class EtcdDedup(_Effects):
                     self._drop_lease(lease, "expired")
             except DedupUnavailable as error:
                 log.debug("claim keepalive: %s", error)
+
+    def _release_orphans(self) -> None:
+        """Delete our orphaned claims (see ``_orphans``), each only if it still holds our claim's
+        value; those etcd answered for (deleted, or not ours any more) are forgotten."""
+        while not self._stop.wait(self.claim_ttl / 3):
+            with self._orphans_lock:
+                todo = list(self._orphans.items())
+            if not todo:
+                continue
+
+            def add_release(ops, item) -> None:
+                release = _etcd.add_txn(ops)
+                _etcd.add_value_is(release.compare, *item)
+                _etcd.add_delete(release.success, item[0])
+
+            release = InFlight(self.etcd, [None] * len(todo), self.limits)
+            release.send(range(len(todo)), todo, add_release, lambda item, reply: Verdict.OK)
+            answered = [item for item, verdict in zip(todo, release.result(), strict=True) if verdict is Verdict.OK]
+            with self._orphans_lock:
+                for key, value in answered:
+                    if self._orphans.get(key) == value:
+                        del self._orphans[key]
+            log.debug("%d orphaned claims released", len(answered))
+
+    def _orphan(self, claims) -> None:
+        """``claims`` ((key, claim value) pairs) are ours and no window will finish them."""
+        with self._orphans_lock:
+            self._orphans.update((key, value) for key, value in claims if value)
 
     def _claim_lease(self) -> int:
         """The claim lease, taken now if there is none (raises DedupUnavailable)."""
@@ -254,6 +292,9 @@ class EtcdDedup(_Effects):
             self._on_error(error)
             return claims
         claims.on_error = functools.partial(self._on_error, lease=lease)
+        claims.on_unanswered = lambda unanswered: self._orphan(
+            (key, self._sent.pop(key, b"")) for key in map(self.claim_key, unanswered))
+        self._sent.update((self.claim_key(events[i]), self._claim_value(events[i], lease)) for i in todo)
         claims.send(todo, [events[i] for i in todo], functools.partial(self._add_claim, lease=lease),
                     lambda event, reply: self._claim_verdict(event, reply.response_txn, lease))
         return claims
@@ -281,8 +322,12 @@ class EtcdDedup(_Effects):
         return Verdict.SKIPPED if event.matches(digest) else Verdict.CONFLICT
 
     def _claim_verdict(self, event: Event, reply, lease: int) -> Verdict:
+        self._sent.pop(self.claim_key(event), None)
+        if self._orphans:
+            with self._orphans_lock:
+                self._orphans.pop(self.claim_key(event), None)  # answered now: this window's to finish
         if reply.succeeded:
-            self._claimed[self.claim_key(event)] = lease
+            self._claimed[self.claim_key(event)] = self._claim_value(event, lease)
             return Verdict.CLAIMED
         kvs = reply.responses[0].response_range.kvs
         if not kvs:
@@ -296,15 +341,15 @@ class EtcdDedup(_Effects):
         if owner != [f"{lease:x}"]:
             return Verdict.HELD
         # Our own claim (a redelivery after a broker reconnect) is ours to finish.
-        self._claimed[self.claim_key(event)] = lease
+        self._claimed[self.claim_key(event)] = self._claim_value(event, lease)
         return Verdict.CLAIMED
 
     def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
         commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error)
-        # The lease each claim was written on: the guard compares the value written then.
-        leases = {key: self._claimed.get(key, 0) for key in map(self.claim_key, events)}
+        # The value each claim was written with (on its lease): the guard compares it.
+        claimed = {key: self._claimed.get(key, b"") for key in map(self.claim_key, events)}
         try:
             if self._alarms is not None:
                 self._check_alarms(self._alarms)
@@ -322,7 +367,7 @@ class EtcdDedup(_Effects):
         def add_done(ops, event: Event) -> None:
             key = self.claim_key(event)
             done = _etcd.add_txn(ops)
-            _etcd.add_value_is(done.compare, key, self._claim_value(event, leases[key]))
+            _etcd.add_value_is(done.compare, key, claimed[key] or self._claim_value(event, 0))
             _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
             _etcd.add_put(done.success, self._effect_key(event), self._record(event))
 
@@ -331,21 +376,30 @@ class EtcdDedup(_Effects):
 
     def release(self, events: list[Event]) -> None:
         """Delete our claims on ``events``, requeued unfinished (their commit failed), so that a
-        sibling given the redelivery need not wait for our lease; not waited for, best effort (a
-        claim left is ours to finish on a redelivery, or ends with our lease). Each delete is
-        guarded by "the claim is still mine"; etcd takes deletes even under NOSPACE."""
-        leases = {key: self._claimed.pop(key, 0) for key in map(self.claim_key, events)}
+        sibling given the redelivery need not wait for our lease; not waited for. Each delete is
+        guarded by "the claim is still mine"; etcd takes deletes even under NOSPACE. Until etcd
+        answers, they are sent again in the background (``_orphans``): a claim left on our lease
+        would hold the redelivery from every sibling for as long as we live."""
+        claimed = {key: self._claimed.pop(key, b"") for key in map(self.claim_key, events)}
+        self._orphan((key, value) for key, value in claimed.items() if value)
 
         def add_release(ops, event: Event) -> None:
             key = self.claim_key(event)
             release = _etcd.add_txn(ops)
-            _etcd.add_value_is(release.compare, key, self._claim_value(event, leases[key]))
+            _etcd.add_value_is(release.compare, key, claimed[key] or self._claim_value(event, 0))
             _etcd.add_delete(release.success, key)
 
         release = InFlight(self.etcd, [None] * len(events), self.limits)
         release.send(range(len(events)), events, add_release, None)
         # Kept until the next release: gRPC cancels a call whose future is garbage-collected.
         self._releasing = release
+
+    def abandon(self) -> None:
+        """The windows begun so far will not be finished: their deliveries went back to the queue
+        with the broker channel or connection that carried them. Their claims are released (in
+        the background, until etcd answers) for whichever replica the broker gives them to."""
+        claimed, self._claimed, sent, self._sent = self._claimed, {}, self._sent, {}
+        self._orphan([*claimed.items(), *sent.items()])   # sent: claims whose answer nobody reads
 
     def _commit_verdict(self, event: Event, reply) -> Verdict:
         self._claimed.pop(self.claim_key(event), None)

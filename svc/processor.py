@@ -45,6 +45,14 @@ class Processor:
         self.dedup.on_release = held.release
         return held
 
+    def abandon(self) -> None:
+        """The windows begun so far will not be settled (their broker channel is gone, their
+        deliveries back in the queue): let go of their claims, so a sibling given a redelivery
+        does not hold it for as long as this replica lives."""
+        abandon = getattr(self.dedup, "abandon", None)
+        if abandon is not None:
+            abandon()
+
     def process(self, bodies: list[bytes]) -> list[Outcome]:
         return self.begin(bodies).finish()
 

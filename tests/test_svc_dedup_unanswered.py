@@ -1,0 +1,118 @@
+"""A claim etcd applied but never answered, against the real etcd.
+
+etcd may apply a transaction and fail to answer it: stopped (SIGTERM) right after the apply, or an
+answer later than ETCD_TIMEOUT on a loaded machine. The claimant sees UNAVAILABLE and requeues the
+event, yet its claim stands on its lease, which its keepalive keeps alive as long as it lives. A
+sibling given the redelivery then finds the event HELD for as long as the claimant lives; only a
+redelivery to the claimant itself ends it, and the broker need not ever give it one (seen in the
+chaos run: a delivery held for 35 s, once past its 120 s drain, while the claimant sat idle).
+"""
+
+import uuid
+
+import pytest
+
+from svc import keys
+from svc._etcd import Etcd
+from svc.config import parse_endpoints
+from svc.dedup import EtcdDedup, Verdict
+from svc.errors import DedupUnavailable
+from svc.event import parse
+from svc.testing import wait_for
+
+EVENT = b'{"type": "new_order", "id": "unanswered-1"}'
+CLAIM_TTL = 2
+
+
+class Unanswered:
+    """The real etcd client whose transactions, while ``lose`` is set, are applied and waited for,
+    their answer then lost (as when etcd stops between the apply and the reply)."""
+
+    def __init__(self, etcd: Etcd) -> None:
+        self._etcd, self.lose = etcd, False
+
+    def txn_async(self, request):
+        pending = self._etcd.txn_async(request)
+        if not self.lose:
+            return pending
+        pending.result()  # applied
+        return _Lost()
+
+    def __getattr__(self, name):
+        return getattr(self._etcd, name)
+
+
+class _Lost:
+    def result(self):
+        raise DedupUnavailable("etcd transaction failed: UNAVAILABLE (the answer was lost)")
+
+
+@pytest.fixture
+def etcd(etcd_endpoint):
+    client = Etcd(parse_endpoints(etcd_endpoint), timeout=5.0)
+    prefix = f"/t-{uuid.uuid4().hex[:8]}"
+    yield client, prefix
+    client.delete_prefix(prefix + "/")
+    client.close()
+
+
+def test_a_claim_applied_but_unanswered_does_not_hold_the_event_from_a_sibling(etcd):
+    client, prefix = etcd
+    event = parse(EVENT)
+    lossy = Unanswered(client)
+    claimant = EtcdDedup(lossy, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
+    sibling = EtcdDedup(client, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
+    claimant.open()
+    sibling.open()
+    try:
+        # Given a claim etcd applied on the claimant's lease, its answer lost: UNAVAILABLE, requeued
+        lossy.lose = True
+        assert claimant.claim([event]).result() == [Verdict.UNAVAILABLE]
+        lossy.lose = False
+        key = keys.dedup_key(prefix, "orders", event.id)
+        assert (client.get(key) or b"").startswith(b"claimed ")
+        # When the redelivery goes to the sibling, never to the claimant (alive, idle, its lease kept)...
+        verdicts = []
+
+        def claimed() -> bool:
+            verdicts.append(sibling.claim([event]).result()[0])
+            return verdicts[-1] is Verdict.CLAIMED
+
+        # ... I expect the sibling to claim it within a few claim TTLs, not to hold it for as long
+        # as the claimant lives.
+        wait_for(claimed, "the sibling to claim the event",
+                 timeout=3 * CLAIM_TTL, interval=0.2)
+        assert sibling.commit([event]).result() == [Verdict.OK]
+    finally:
+        claimant.close()
+        sibling.close()
+
+
+def test_the_claims_of_windows_given_up_on_a_reconnect_do_not_hold_their_events_from_a_sibling(etcd):
+    client, prefix = etcd
+    event = parse(EVENT)
+    claimant = EtcdDedup(client, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
+    sibling = EtcdDedup(client, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
+    claimant.open()
+    sibling.open()
+    try:
+        # Given two windows given up when their broker connection closed (the deliveries back in the
+        # queue), the claimant consuming again on a new one: one claimed, the other's claims sent
+        # and applied, their answer never read...
+        later = parse(EVENT.replace(b"unanswered-1", b"unanswered-2"))
+        assert claimant.claim([event]).result() == [Verdict.CLAIMED]
+        unread = claimant.claim([later])
+        wait_for(lambda: client.get(keys.dedup_key(prefix, "orders", later.id)), "the unread claim in etcd")
+        claimant.abandon()
+        # ... when the redeliveries go to the sibling, I expect them claimed there within a few claim
+        # TTLs, not held for as long as the claimant lives.
+        for each in (event, later):
+            wait_for(lambda each=each: sibling.claim([each]).result() == [Verdict.CLAIMED],
+                     f"the sibling to claim {each.id}", timeout=3 * CLAIM_TTL, interval=0.2)
+            assert sibling.commit([each]).result() == [Verdict.OK]
+        # and the claimant, given later copies, skips them
+        assert claimant.claim([event, later]).result() == [Verdict.SKIPPED] * 2
+        del unread
+    finally:
+        claimant.close()
+        sibling.close()
