@@ -16,6 +16,7 @@ from .batch import InFlight, Ready, TxnLimits, Verdict
 from .effects import effect_key, record
 from .errors import DedupUnavailable
 from .event import Event
+from .orphans import Orphans, add_release
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class NoDedup(_Effects):
         return commit
 
 
-class EtcdDedup(_Effects):
+class EtcdDedup(_Effects, Orphans):
     """Deduplication on: claims on a lease, done marks with the effect, a local set of done ids."""
 
     enabled = True
@@ -164,34 +165,6 @@ class EtcdDedup(_Effects):
                     self._drop_lease(lease, "expired")
             except DedupUnavailable as error:
                 log.debug("claim keepalive: %s", error)
-
-    def _release_orphans(self) -> None:
-        """Delete our orphaned claims (see ``_orphans``), each only if it still holds our claim's
-        value; those etcd answered for (deleted, or not ours any more) are forgotten."""
-        while not self._stop.wait(self.claim_ttl / 3):
-            with self._orphans_lock:
-                todo = list(self._orphans.items())
-            if not todo:
-                continue
-
-            def add_release(ops, item) -> None:
-                release = _etcd.add_txn(ops)
-                _etcd.add_value_is(release.compare, *item)
-                _etcd.add_delete(release.success, item[0])
-
-            release = InFlight(self.etcd, [None] * len(todo), self.limits)
-            release.send(range(len(todo)), todo, add_release, lambda item, reply: Verdict.OK)
-            answered = [item for item, verdict in zip(todo, release.result(), strict=True) if verdict is Verdict.OK]
-            with self._orphans_lock:
-                for key, value in answered:
-                    if self._orphans.get(key) == value:
-                        del self._orphans[key]
-            log.debug("%d orphaned claims released", len(answered))
-
-    def _orphan(self, claims) -> None:
-        """``claims`` ((key, claim value) pairs) are ours and no window will finish them."""
-        with self._orphans_lock:
-            self._orphans.update((key, value) for key, value in claims if value)
 
     def _claim_lease(self) -> int:
         """The claim lease, taken now if there is none (raises DedupUnavailable)."""
@@ -383,14 +356,12 @@ class EtcdDedup(_Effects):
         claimed = {key: self._claimed.pop(key, b"") for key in map(self.claim_key, events)}
         self._orphan((key, value) for key, value in claimed.items() if value)
 
-        def add_release(ops, event: Event) -> None:
+        def add_event_release(ops, event: Event) -> None:
             key = self.claim_key(event)
-            release = _etcd.add_txn(ops)
-            _etcd.add_value_is(release.compare, key, claimed[key] or self._claim_value(event, 0))
-            _etcd.add_delete(release.success, key)
+            add_release(ops, (key, claimed[key] or self._claim_value(event, 0)))
 
         release = InFlight(self.etcd, [None] * len(events), self.limits)
-        release.send(range(len(events)), events, add_release, None)
+        release.send(range(len(events)), events, add_event_release, None)
         # Kept until the next release: gRPC cancels a call whose future is garbage-collected.
         self._releasing = release
 
