@@ -61,6 +61,17 @@ def etcd_endpoint() -> str:
     return endpoints.ETCD_ENDPOINT
 
 
+@pytest.fixture
+def etcd(etcd_endpoint):
+    """(an Etcd client of the kit's etcd with a 5 s deadline, a fresh key prefix of the test's
+    own); the prefix is deleted afterwards."""
+    client = Etcd(parse_endpoints(etcd_endpoint), timeout=5.0)
+    prefix = f"/t-{uuid.uuid4().hex[:8]}"
+    yield client, prefix
+    client.delete_prefix(prefix + "/")
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def graphite_url() -> str:
     need(f"graphite-web on {endpoints.GRAPHITE_URL}", tcp_open(endpoints.HOST, endpoints.GRAPHITE_PORT))

@@ -2,13 +2,10 @@
 repeat (create-if-absent finds the done mark); the ids imported at start are a cache that saves
 that round trip. Each test uses its own etcd prefix and deletes it afterwards."""
 
-import uuid
 
-import pytest
 
 from svc import keys
 from svc._etcd import Etcd
-from svc.config import parse_endpoints
 from svc.dedup import EtcdDedup, Verdict
 from svc.event import parse
 
@@ -27,15 +24,6 @@ class CountingEtcd:
 
     def __getattr__(self, name):
         return getattr(self._etcd, name)
-
-
-@pytest.fixture
-def etcd(etcd_endpoint):
-    client = Etcd(parse_endpoints(etcd_endpoint), timeout=5.0)
-    prefix = f"/t-{uuid.uuid4().hex[:8]}"
-    yield client, prefix
-    client.delete_prefix(prefix + "/")
-    client.close()
 
 
 def started(client, prefix: str) -> EtcdDedup:

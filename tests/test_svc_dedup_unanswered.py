@@ -8,13 +8,10 @@ redelivery to the claimant itself ends it, and the broker need not ever give it 
 chaos run: a delivery held for 35 s, once past its 120 s drain, while the claimant sat idle).
 """
 
-import uuid
-
-import pytest
+import contextlib
 
 from svc import keys
 from svc._etcd import Etcd
-from svc.config import parse_endpoints
 from svc.dedup import EtcdDedup, Verdict
 from svc.errors import DedupUnavailable
 from svc.event import parse
@@ -42,29 +39,30 @@ class Unanswered:
         return getattr(self._etcd, name)
 
 
+@contextlib.contextmanager
+def replicas(claimant_etcd, sibling_etcd, prefix: str):
+    """Two open EtcdDedup replicas of "orders" (claimant, sibling), closed afterwards."""
+    claimant = EtcdDedup(claimant_etcd, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
+    sibling = EtcdDedup(sibling_etcd, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
+    claimant.open()
+    sibling.open()
+    try:
+        yield claimant, sibling
+    finally:
+        claimant.close()
+        sibling.close()
+
+
 class _Lost:
     def result(self):
         raise DedupUnavailable("etcd transaction failed: UNAVAILABLE (the answer was lost)")
-
-
-@pytest.fixture
-def etcd(etcd_endpoint):
-    client = Etcd(parse_endpoints(etcd_endpoint), timeout=5.0)
-    prefix = f"/t-{uuid.uuid4().hex[:8]}"
-    yield client, prefix
-    client.delete_prefix(prefix + "/")
-    client.close()
 
 
 def test_a_claim_applied_but_unanswered_does_not_hold_the_event_from_a_sibling(etcd):
     client, prefix = etcd
     event = parse(EVENT)
     lossy = Unanswered(client)
-    claimant = EtcdDedup(lossy, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
-    sibling = EtcdDedup(client, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
-    claimant.open()
-    sibling.open()
-    try:
+    with replicas(lossy, client, prefix) as (claimant, sibling):
         # Given a claim etcd applied on the claimant's lease, its answer lost: UNAVAILABLE, requeued
         lossy.lose = True
         assert claimant.claim([event]).result() == [Verdict.UNAVAILABLE]
@@ -83,19 +81,12 @@ def test_a_claim_applied_but_unanswered_does_not_hold_the_event_from_a_sibling(e
         wait_for(claimed, "the sibling to claim the event",
                  timeout=3 * CLAIM_TTL, interval=0.2)
         assert sibling.commit([event]).result() == [Verdict.OK]
-    finally:
-        claimant.close()
-        sibling.close()
 
 
 def test_the_claims_of_windows_given_up_on_a_reconnect_do_not_hold_their_events_from_a_sibling(etcd):
     client, prefix = etcd
     event = parse(EVENT)
-    claimant = EtcdDedup(client, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
-    sibling = EtcdDedup(client, prefix, "orders", claim_ttl=CLAIM_TTL, retention=60)
-    claimant.open()
-    sibling.open()
-    try:
+    with replicas(client, client, prefix) as (claimant, sibling):
         # Given two windows given up when their broker connection closed (the deliveries back in the
         # queue), the claimant consuming again on a new one: one claimed, the other's claims sent
         # and applied, their answer never read...
@@ -113,6 +104,3 @@ def test_the_claims_of_windows_given_up_on_a_reconnect_do_not_hold_their_events_
         # and the claimant, given later copies, skips them
         assert claimant.claim([event, later]).result() == [Verdict.SKIPPED] * 2
         del unread
-    finally:
-        claimant.close()
-        sibling.close()
