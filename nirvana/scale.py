@@ -5,7 +5,9 @@ throughput with more replicas.
 ``./kit up --cluster``, :mod:`nirvana.stack.cluster`) on free loopback ports with its data in a
 temporary folder: the single-node stack the other chapters use (etcd on 2379, RabbitMQ on 5672)
 keeps running beside it, untouched. It is stopped and removed by :meth:`Cluster.close` (the
-chapter's last cells, and at interpreter exit).
+chapter's last cells, and at interpreter exit); should the kernel die without an exit (SIGKILLed,
+restarted while hung), its watchdog (:class:`svc.watchdog.Watchdog`) stops every member and
+removes the folder.
 
 :func:`stream_with_faults` runs ``orders`` and ``notify`` (replicas, deduplication by claims,
 quorum queues) while the etcd leader is SIGKILLed and the RabbitMQ node that leads ``orders``'
@@ -34,6 +36,7 @@ from svc import Etcd, topology
 from svc.config import parse_endpoints
 from svc.effects import counts_by_id
 from svc.errors import DedupUnavailable
+from svc.watchdog import Watchdog
 
 from . import checker, rabbit, services
 from ._wait import Progress, poll, quiet
@@ -51,13 +54,18 @@ class Cluster:
     ``queue_leader(service)``, ``kill(name)``, ``stop(name)``, ``start(name)``, ``close()``.
 
     Member names are ``etcd-1``..``etcd-3``, ``rabbitmq-1``..``rabbitmq-3`` (and ``epmd``).
-    Raises StackError (one line) when a member cannot start.
+    Raises StackError (one line) when a member cannot start, RuntimeError when its watchdog
+    (which stops the members should this process die without an exit) cannot start.
     """
 
     def __init__(self, *, progress: Progress = print) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="nirvana-cluster-"))
         self.shape: Shape = private_shape(self.folder)
         self.progress = progress
+        # every member's start record is in the folder: the watchdog finds them when the kernel dies
+        self._watchdog = Watchdog(stop_timeout=cluster.STOP_TIMEOUT)
+        self._watchdog.records(self.folder)
+        self._watchdog.remove(self.folder)
         atexit.register(self.close)
 
     def up(self) -> "Cluster":
@@ -117,10 +125,11 @@ class Cluster:
         raise RuntimeError("no RabbitMQ node of the cluster answers")
 
     def close(self) -> None:
-        """Stop every member and delete the cluster's folder (idempotent)."""
+        """Stop every member, delete the cluster's folder, dismiss the watchdog (idempotent)."""
         if self.folder.exists():
             cluster.down(self.shape, self.progress)
             shutil.rmtree(self.folder, ignore_errors=True)
+        self._watchdog.close()
 
 
 PUBLISH_ATTEMPTS = 10    # connections tried for one slice of events (a node may be dying)

@@ -3,7 +3,9 @@
 The shared stack's etcd (port 2379) is never stopped by a test or a chapter: other notebooks,
 tests and people use it. Whoever shows etcd going away (a dead claim's lease, etcd down, a
 transaction over the server's limits) starts one of these, points its services at
-:attr:`OwnEtcd.endpoint`, and stops it at the end (also at interpreter exit). Used by the tests
+:attr:`OwnEtcd.endpoint`, and stops it at the end (also at interpreter exit; and should its
+starter die without an exit, a kernel SIGKILLed, its :class:`svc.watchdog.Watchdog` stops it and
+removes its temporary folder). Used by the tests
 (``svc.testing.OwnEtcd``, the ``etcd_factory`` fixture) and by the kit (``nirvana.OwnEtcd``).
 """
 
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .watchdog import Watchdog
 START_TIMEOUT = 20.0    # seconds for a fresh etcd to accept connections
 STOP_TIMEOUT = 10.0     # seconds for etcd to exit after SIGTERM, then SIGKILL
 
@@ -57,6 +60,7 @@ class OwnEtcd:
         self.data_dir = Path(tempfile.mkdtemp(prefix="own-etcd-") if data_dir is None else data_dir)
         self.flags, self.progress = flags, progress
         self.process: subprocess.Popen | None = None
+        self._watchdog: Watchdog | None = None
         atexit.register(self.close)
 
     def _argv(self) -> list[str]:
@@ -74,9 +78,14 @@ class OwnEtcd:
         """Start it (on the data it had, if any) and wait until it answers; returns itself."""
         if not self.running:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            if self._watchdog is None:   # started first: no etcd of ours without one
+                self._watchdog = Watchdog(stop_timeout=STOP_TIMEOUT)
+                if self._temporary:
+                    self._watchdog.remove(self.data_dir)
             with open(self.data_dir / "etcd.log", "ab") as log:
                 self.process = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
+            self._watchdog.group(self.process.pid)
             deadline = time.monotonic() + START_TIMEOUT
             while not answering(self.client):
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -114,7 +123,10 @@ class OwnEtcd:
         self.start()
 
     def close(self) -> None:
-        """Stop it, and remove its data if it is the temporary folder (idempotent)."""
+        """Stop it, remove its data if it is the temporary folder, dismiss its watchdog (idempotent)."""
         self.stop()
         if self._temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None

@@ -14,8 +14,10 @@ import uuid
 import pika
 
 from .own_etcd import answering, free_port
+from .watchdog import Watchdog
 
 START_TIMEOUT = 60.0    # seconds for a fresh node to speak AMQP
+STOP_TIMEOUT = 30.0     # seconds for a node to stop before SIGKILL
 
 RABBITMQCTL_TIMEOUT = 30.0
 RABBITMQCTL_UNWRAPPED = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # Debian's script under /usr/sbin's wrapper
@@ -43,7 +45,8 @@ RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's script und
 class OwnRabbitMQ:
     """A throwaway RabbitMQ node on free ports, its files under ``base`` (for resource alarms, a node
     stopped mid-stream; never the system's node, never the kit's). ``wait()`` until it speaks AMQP,
-    ``stop()`` it (rabbitmqctl stop, SIGKILL after 30 s)."""
+    ``stop()`` it (rabbitmqctl stop, SIGKILL after 30 s). Should the starter die without ``stop()``
+    (a test run SIGKILLed), its watchdog (:class:`svc.watchdog.Watchdog`) stops the node's group."""
 
     def __init__(self, base) -> None:
         self.port, dist = free_port(), free_port()
@@ -60,8 +63,10 @@ class OwnRabbitMQ:
                     "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "ERL_EPMD_ADDRESS": "127.0.0.1",
                     "HOME": str(base)}  # its own Erlang cookie, made there
         self.home = str(base)
+        self._watchdog = Watchdog(stop_timeout=STOP_TIMEOUT)
         self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
+        self._watchdog.group(self.process.pid)
 
     def wait(self) -> None:
         def up():
@@ -84,7 +89,8 @@ class OwnRabbitMQ:
         except (subprocess.SubprocessError, OSError):
             pass
         try:
-            self.process.wait(30)
+            self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        self._watchdog.close()

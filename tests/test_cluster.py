@@ -9,7 +9,6 @@ Marked ``stack`` (tests/conftest.py runs them last); each takes 20-40 s, mostly 
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import uuid
 import pika
 import psutil
 import pytest
-from conftest import need
+from conftest import RUN_TIMEOUT, in_own_namespace
 
 from nirvana import checker, paths, rabbit, services, shape, stack
 from nirvana.chaos import publish_bodies
@@ -30,8 +29,6 @@ from svc.effects import counts_by_id
 from svc.errors import DedupUnavailable
 from svc.testing import wait_for
 
-INSIDE = "NIRVANA_TEST_NETNS"     # set to the test's node id inside its namespace
-RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, cluster start and stop included
 DRAIN_TIMEOUT = 90.0              # seconds for every event to be processed after the fault
 EVENTS = 600
 
@@ -41,27 +38,6 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(RUN_TIMEOUT + 90)]
 
 def quiet(_line: str) -> None:
     pass
-
-
-def in_own_namespace(request, tmp_path) -> bool:
-    """True inside the test's namespace (run the body); outside, run the test there and check it
-    passed (False: the body is done)."""
-    if os.environ.get(INSIDE) == request.node.nodeid:
-        return True
-    need("unshare (util-linux) and ip (iproute2)", bool(shutil.which("unshare") and shutil.which("ip")))
-    need("etcd and RabbitMQ's server (./kit setup)", bool(shutil.which("etcd")) and stack.rabbitmq.SERVER.exists())
-    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True, timeout=10)
-    if probe.returncode != 0:
-        pytest.skip(f"no network namespace here (unshare --net: {probe.stderr.strip()}): run as root")
-    env = {**os.environ, INSIDE: request.node.nodeid, "NIRVANA_STATE": str(tmp_path / "state")}
-    for variable in ("AMQP_URL", "ETCD_ENDPOINTS", "EVENTS_EXCHANGE", "ETCD_PREFIX"):
-        env.pop(variable, None)   # inside, the cluster's: nothing of the outer stack
-    script = 'ip link set lo up && exec "$@"'
-    argv = ["unshare", "--net", "sh", "-c", script, "sh", sys.executable, "-m", "pytest", "-q", "-x",
-            "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", str(int(RUN_TIMEOUT)), request.node.nodeid]
-    run = subprocess.run(argv, cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT + 60)
-    assert run.returncode == 0, f"in its own network namespace:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
-    return False
 
 
 def leftovers(kit: shape.Shape) -> list[str]:

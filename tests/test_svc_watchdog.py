@@ -1,0 +1,115 @@
+"""svc.watchdog: what an owner started is stopped when the owner dies, however it died.
+
+The owner is a real Python process that starts a watchdog and a process group (a shell that
+ignores SIGTERM and has children of its own, as rabbitmq-server has); it is SIGKILLed, so no
+atexit and no finally of its runs.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from svc.testing import wait_for
+from svc.watchdog import Watchdog
+
+OWNER = """
+import json, subprocess, sys, tempfile
+from svc.watchdog import Watchdog
+watchdog = Watchdog(stop_timeout=1.0)
+group = subprocess.Popen(["sh", "-c", 'trap "" TERM; sleep 300 & sleep 300 & wait'], start_new_session=True)
+folder = tempfile.mkdtemp(prefix="watchdog-test-")
+watchdog.group(group.pid)
+watchdog.remove(folder)
+print(json.dumps({"group": group.pid, "folder": folder, "watchdog": watchdog.pid}), flush=True)
+sys.stdin.read()
+"""
+GONE_WITHIN = 10.0   # seconds: SIGTERM ignored, SIGKILL after the owner's 1 s, and some slack
+
+
+def group_alive(pgid: int) -> list[int]:
+    alive = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(process.pid)
+        except OSError:
+            continue
+    return alive
+
+
+def gone(pid: int) -> bool:
+    """No such process, or an exited one not reaped yet."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def owner():
+    """A Python process that started a watchdog and a stubborn process group; its facts."""
+    process = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    facts = json.loads(process.stdout.readline())
+    wait_for(lambda: len(group_alive(facts["group"])) == 3, timeout=10, what="the shell and its two sleeps")
+    try:
+        yield process, facts
+    finally:
+        process.kill()
+        process.wait(10)
+        for pid in group_alive(facts["group"]):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_sigkilled_owner_takes_its_group_grandchildren_and_folder_with_it(owner):
+    # Given an owner whose group ignores SIGTERM and has grandchildren
+    process, facts = owner
+    # When the owner is SIGKILLed
+    process.kill()
+    process.wait(10)
+    # I expect the whole group gone (SIGKILL after the deadline), the folder removed, the watchdog ended
+    wait_for(lambda: not group_alive(facts["group"]), timeout=GONE_WITHIN, what="the owner's group to end")
+    wait_for(lambda: gone(facts["watchdog"]), timeout=GONE_WITHIN, what="the watchdog to exit")
+    assert not os.path.exists(facts["folder"])
+
+
+def test_close_dismisses_the_watchdog_and_stops_nothing(tmp_path):
+    # Given a watchdog told about a running group
+    sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        watchdog = Watchdog(stop_timeout=1.0)
+        watchdog.group(sleeper.pid)
+        watchdog.remove(tmp_path)
+        # When its owner closes it (the owner cleans up itself)
+        started = time.monotonic()
+        watchdog.close()
+        # I expect the watchdog gone at once, the group and the folder untouched
+        assert watchdog.process.poll() is not None and time.monotonic() - started < 2
+        assert sleeper.poll() is None and tmp_path.exists()
+        watchdog.close()   # idempotent
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_reused_pid_is_never_signalled(tmp_path):
+    # Given a watchdog told about a group whose leader has ended, and a record naming a live
+    # process with another start time (its pid reused by another program)
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (tmp_path / "gone.pid").write_text(json.dumps({"pid": stranger.pid, "started": 1.0}))
+    try:
+        watchdog = Watchdog(stop_timeout=1.0)
+        watchdog.records(tmp_path)
+        # When its owner goes without a goodbye (the pipe closes)
+        watchdog.process.stdin.close()
+        watchdog.process.wait(10)
+        # I expect the stranger untouched
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
