@@ -165,6 +165,7 @@ def test_a_throwaway_etcd_ends_with_its_kernel_and_leaves_no_folder(tmp_path, en
             for pid in [facts["pid"], *guards]:
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).kill()
+            shutil.rmtree(facts["folder"], ignore_errors=True)
 
 
 CLUSTER_UP = """
@@ -201,8 +202,8 @@ def test_a_private_cluster_ends_with_its_kernel_or_its_close(request, tmp_path, 
         folder = Path(facts["folder"])
         started = member_processes(folder)
         guards = watchdogs(manager.provisioner.pid)
-        assert len(started) >= 7 and len(guards) == 1, (started, guards)
         try:
+            assert len(started) >= 7, started   # 3 etcd, 3 shells and their beam.smp, epmd
             # When the kernel is SIGKILLed (no atexit runs), or the chapter closes the cluster
             if end == "sigkill":
                 end_kernel(manager, end)
@@ -216,3 +217,4 @@ def test_a_private_cluster_ends_with_its_kernel_or_its_close(request, tmp_path, 
             for pid in [*started, *guards]:
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).kill()
+            shutil.rmtree(folder, ignore_errors=True)
