@@ -168,6 +168,7 @@ def stop(groups: dict[int, float | None], folders: list[Path], timeout: float) -
     KILL_WAIT more), then delete ``folders``."""
     pgids = {pgid for pgid, started in groups.items() if _ours(pgid, started)}
     _signal(pgids, signal.SIGTERM)
+    _signal(pgids, signal.SIGCONT)   # a member frozen by SIGSTOP (a chapter's fault) acts on it now
     _signal(_wait(pgids, timeout), signal.SIGKILL)
     _wait(pgids, KILL_WAIT)
     for folder in folders:

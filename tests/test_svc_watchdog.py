@@ -113,3 +113,28 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+HANDLES_TERM = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); print('ready', flush=True); time.sleep(300)"
+
+
+def test_a_frozen_group_ends_on_sigterm_not_at_the_kill_deadline():
+    # Given a watchdog with a long stop deadline, told about a group frozen by SIGSTOP (a fault of
+    # chapter 05) that handles SIGTERM, as etcd does (a handled signal waits while it is frozen)
+    frozen = subprocess.Popen([sys.executable, "-c", HANDLES_TERM], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert frozen.stdout.readline() == b"ready\n"
+        watchdog = Watchdog(stop_timeout=30.0)
+        watchdog.group(frozen.pid)
+        os.killpg(frozen.pid, signal.SIGSTOP)
+        # When its owner goes without a goodbye
+        started = time.monotonic()
+        watchdog.process.stdin.close()
+        # I expect the group to end by its SIGTERM handler, long before the SIGKILL 30 s later
+        frozen.wait(10)
+        assert frozen.returncode == 0 and time.monotonic() - started < 5
+        watchdog.process.wait(10)
+    finally:
+        frozen.kill()
+        frozen.wait()
+        frozen.stdout.close()
