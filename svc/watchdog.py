@@ -5,22 +5,24 @@ A notebook kernel (or a test run) that starts a throwaway etcd or a private clus
 hung, or crashes runs neither, and its members would keep their ports, memory and folders. So
 the owner starts a :class:`Watchdog` first: a small process of its own session (a signal to the
 kernel's group does not reach it) whose stdin is a pipe from the owner. The owner tells it what
-to stop; when that pipe reaches end-of-file without a goodbye (the kernel closes every file it
-holds when it dies, whatever killed it), the watchdog stops every group it was told about
+to stop; when that pipe reaches end-of-file without a goodbye (Linux closes every file of a
+process that ends, whatever ended it), the watchdog stops every group it was told about
 (SIGTERM, SIGKILL after a deadline: the whole process group, so a shell script's children and
 the epmd a RabbitMQ node started go too) and removes the folders it was told about.
 
 Why not ``prctl(PR_SET_PDEATHSIG)`` on each member (as the services have, nirvana/processes.py):
 it fires on the death of the starter *thread*, is cleared in the member's own children
 (``rabbitmq-server`` is a shell whose ``beam.smp`` and epmd are grandchildren), and removes no
-folder. One watchdog per owner follows whole groups and the files too.
+folder. One watchdog per owner follows whole groups and the files too. Its one blind spot: a
+child the owner forks without exec (``os.fork``, multiprocessing's fork) holds the pipe open,
+so the watchdog acts when that child ends too.
 
 The protocol, one line each on the watchdog's stdin (a path may hold spaces, not newlines):
 ``group <pgid> <started>`` stop that process group (``started``: its leader's start time, so a
 reused pid is never signalled); ``records <folder>`` stop the group of each start record
 ``<folder>/*.pid`` (JSON ``{"pid", "started"}``, the kit's records: nirvana/processes.py) found
 then; ``remove <folder>`` delete it after the stop; ``done`` the owner cleaned up: exit, stop
-nothing. The watchdog answers ``ready`` once, when it reads its stdin.
+nothing. The watchdog answers ``ready`` once, when it listens.
 
 The watchdog runs as ``python -I svc/watchdog.py`` (standard library and psutil only: it
 starts in a fraction of a second and imports nothing of the project).
