@@ -5,17 +5,20 @@ ignores SIGTERM and has children of its own, as rabbitmq-server has); it is SIGK
 atexit and no finally of its runs.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import psutil
-import pytest
+from conftest import need
 
-from svc.testing import wait_for
+from svc.own_etcd import answering
+from svc.testing import RABBITMQ_SERVER, wait_for
 from svc.watchdog import Watchdog
 
 OWNER = """
@@ -30,6 +33,15 @@ print(json.dumps({"group": group.pid, "folder": folder, "watchdog": watchdog.pid
 sys.stdin.read()
 """
 GONE_WITHIN = 10.0   # seconds: SIGTERM ignored, SIGKILL after the owner's 1 s, and some slack
+RABBIT_OWNER = """
+import json, pathlib, sys
+from svc.testing import OwnRabbitMQ
+node = OwnRabbitMQ(pathlib.Path(sys.argv[1]))
+node.wait()
+print(json.dumps({"group": node.process.pid, "port": node.port}), flush=True)
+sys.stdin.read()
+"""
+RABBIT_GONE_WITHIN = 40.0   # seconds: the node's orderly stop on SIGTERM (SIGKILL after 30 s)
 
 
 def group_alive(pgid: int) -> list[int]:
@@ -51,31 +63,36 @@ def gone(pid: int) -> bool:
         return True
 
 
-@pytest.fixture
-def owner():
-    """A Python process that started a watchdog and a stubborn process group; its facts."""
-    process = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    facts = json.loads(process.stdout.readline())
-    wait_for(lambda: len(group_alive(facts["group"])) == 3, timeout=10, what="the shell and its two sleeps")
+@contextlib.contextmanager
+def owner(code: str, *args: str):
+    """A Python process running ``code`` (which prints its facts as one JSON line, then waits);
+    (the process, its facts). Killed at the end, and whatever is left of its ``group``."""
+    process = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    facts = {}
     try:
+        facts = json.loads(process.stdout.readline())
         yield process, facts
     finally:
         process.kill()
         process.wait(10)
-        for pid in group_alive(facts["group"]):
+        process.stdin.close()
+        process.stdout.close()
+        for pid in group_alive(facts.get("group", -1)):
             os.kill(pid, signal.SIGKILL)
 
 
-def test_a_sigkilled_owner_takes_its_group_grandchildren_and_folder_with_it(owner):
-    # Given an owner whose group ignores SIGTERM and has grandchildren
-    process, facts = owner
-    # When the owner is SIGKILLed
-    process.kill()
-    process.wait(10)
-    # I expect the whole group gone (SIGKILL after the deadline), the folder removed, the watchdog ended
-    wait_for(lambda: not group_alive(facts["group"]), timeout=GONE_WITHIN, what="the owner's group to end")
-    wait_for(lambda: gone(facts["watchdog"]), timeout=GONE_WITHIN, what="the watchdog to exit")
-    assert not os.path.exists(facts["folder"])
+def test_a_sigkilled_owner_takes_its_group_grandchildren_and_folder_with_it():
+    with owner(OWNER) as (process, facts):
+        # Given an owner whose group ignores SIGTERM and has grandchildren
+        wait_for(lambda: len(group_alive(facts["group"])) == 3, timeout=10, what="the shell and its two sleeps")
+        # When the owner is SIGKILLed
+        process.kill()
+        process.wait(10)
+        # I expect the whole group gone (SIGKILL after the deadline), the folder removed, the watchdog ended
+        wait_for(lambda: not group_alive(facts["group"]), timeout=GONE_WITHIN, what="the owner's group to end")
+        wait_for(lambda: gone(facts["watchdog"]), timeout=GONE_WITHIN, what="the watchdog to exit")
+        assert not os.path.exists(facts["folder"])
 
 
 def test_close_dismisses_the_watchdog_and_stops_nothing(tmp_path):
@@ -138,3 +155,17 @@ def test_a_frozen_group_ends_on_sigterm_not_at_the_kill_deadline():
         frozen.kill()
         frozen.wait()
         frozen.stdout.close()
+
+
+def test_a_throwaway_rabbitmq_node_ends_with_the_test_run_that_started_it(tmp_path):
+    need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
+         and os.path.exists(RABBITMQ_SERVER))
+    with owner(RABBIT_OWNER, str(tmp_path / "rabbitmq")) as (process, facts):
+        # Given a test run that started a throwaway node (svc.testing.OwnRabbitMQ), speaking AMQP
+        assert answering(facts["port"])
+        # When the run is SIGKILLed (no fixture teardown runs)
+        process.kill()
+        process.wait(10)
+        # I expect the node's whole group (the script, beam.smp) gone and its port closed
+        wait_for(lambda: not group_alive(facts["group"]), timeout=RABBIT_GONE_WITHIN, what="the node to end")
+        assert not answering(facts["port"])
