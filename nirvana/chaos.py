@@ -24,16 +24,16 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 import matplotlib.pyplot as plt
-import pika
 from matplotlib.figure import Figure
 
-from svc import topology
+from svc import _amqp, topology
 from svc.consumer import connection_name
 from svc.effects import counts_by_id
 
-from . import checker, deadletters, endpoints, rabbit, services, settings, stack
+from . import checker, deadletters, rabbit, services, settings, stack
 from ._wait import Progress, poll, quiet
 from .own_etcd import OwnEtcd
+from .publisher import publish_bodies
 
 CRASH_TIMEOUT = 15.0    # seconds for a replica started with CRASH_AT to reach its crash point
 RABBITMQCTL_TIMEOUT = 30.0
@@ -98,23 +98,6 @@ def workload(plan: Plan, tag: str) -> tuple[list[str], list[bytes]]:
     return ids, bodies
 
 
-def publish_bodies(url: str, exchange: str, bodies: list[bytes]) -> None:
-    """Publish in one AMQP transaction on a connection of its own: ``tx_commit`` returns once the
-    broker has taken every message (https://www.rabbitmq.com/docs/semantics#tx), one round trip
-    for the slice instead of a confirm per event. The run's queues are declared before."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        channel.tx_select()
-        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-        for body in bodies:
-            channel.basic_publish(exchange, "chaos", body, properties)
-        channel.tx_commit()
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
 def cut_connection(service: str, pid: int, node: stack.RabbitNode | None = None) -> int:
     """Close the broker connections of one svc process with ``rabbitmqctl close_connection`` (as
     an operator would); how many were closed.
@@ -143,6 +126,7 @@ class _Run:
                  node: stack.RabbitNode) -> None:
         self.plan, self.etcd, self.exchange, self.say, self.node = plan, etcd, exchange, progress, node
         self.slices: list[list[bytes]] = []
+        self.prefix = settings.current().etcd_prefix   # the services' ETCD_PREFIX: where their effects are
         self.env = {"EVENTS_EXCHANGE": exchange, "ETCD_ENDPOINTS": etcd.endpoint, "ETCD_TIMEOUT": "0.5",
                     "CLAIM_TTL": str(plan.claim_ttl), "PREFETCH": "50"}
         self.faults: list[str] = []
@@ -157,7 +141,7 @@ class _Run:
     def feed(self) -> None:
         """Publish the next slice of the workload (nothing when it is all out)."""
         if self.slices:
-            publish_bodies(endpoints.AMQP_URL, self.exchange, self.slices.pop(0))
+            publish_bodies(self.slices.pop(0), exchange=self.exchange)
 
     def log(self, line: str) -> None:
         self.faults.append(line)
@@ -238,9 +222,13 @@ class _Run:
                   for i in range(kills // 2, kills)]
         return steps
 
+    def counts(self, service: str) -> dict[str, int]:
+        """{id: times processed} from the effects ``service`` recorded in the run's etcd."""
+        return counts_by_id(self.etcd.endpoint, service, prefix=self.prefix)
+
     def accounted(self, ids: list[str]) -> tuple[int, ...]:
         """Per service: ids processed at least once, then the messages waiting in its queue."""
-        counts = [counts_by_id(self.etcd.endpoint, name) for name in self.plan.services]
+        counts = [self.counts(name) for name in self.plan.services]
         dead = len(deadletters.peek(exchange=self.exchange))
         return (*(sum(1 for i in ids if c.get(i)) for c in counts), dead,
                 sum(rabbit.queue_depth(name, exchange=self.exchange) for name in self.plan.services))
@@ -270,7 +258,7 @@ def _dead_ids(exchange: str) -> dict[str, set[str]]:
 def _topology(exchange: str, names: tuple[str, ...], action) -> None:
     """Declare or delete the run's exchange and queues on a connection of its own (a connection
     kept through a long run would miss its heartbeats and be closed by the broker)."""
-    connection = pika.BlockingConnection(pika.URLParameters(endpoints.AMQP_URL))
+    connection = _amqp.connect(settings.current().amqp_url, name="nirvana chaos")
     try:
         action(connection.channel(), exchange, services=names)
     finally:
@@ -285,8 +273,8 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
     default ``stack.rabbitmq_node()`` found now. A caller running with a state folder of its own
     (NIRVANA_STATE) passes the node found before it moved the folder.
 
-    Raises TimeoutError when the queues do not drain within ``plan.drain_timeout``, and pika's
-    AMQPError when the broker does not take a slice of events.
+    Raises TimeoutError when the queues do not drain within ``plan.drain_timeout``, and svc's
+    PublishError (or BrokerRefused) when the broker does not confirm a slice of events.
     """
     started = time.monotonic()
     tag = uuid.uuid4().hex[:6]
@@ -330,7 +318,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
         drain_seconds = time.monotonic() - drain_started
         chaos.settle()
         dead = _dead_ids(exchange)
-        rows = tuple(checker.check(name, ids, counts_by_id(etcd.endpoint, name), dead.get(name, ()),
+        rows = tuple(checker.check(name, ids, chaos.counts(name), dead.get(name, ()),
                                    rabbit.queue_depth(name, exchange=exchange)) for name in plan.services)
         progress(f"done: {chaos.sigkills} SIGKILLs, drained in {drain_seconds:.1f} s")
         return Report(plan, rows, tuple(chaos.faults), chaos.sigkills, len(bodies), tuple(chaos.crash_points),
@@ -364,4 +352,4 @@ def without_dedup(plan: Plan) -> Plan:
     return replace(plan, dedup=False)
 
 
-__all__ = ["Plan", "Report", "run", "workload", "without_dedup", "cut_connection", "plot_reports", "publish_bodies"]
+__all__ = ["Plan", "Report", "run", "workload", "without_dedup", "cut_connection", "plot_reports"]
