@@ -27,16 +27,16 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from svc import _amqp, topology
-from svc.consumer import connection_name
 from svc.effects import counts_by_id
 
 from . import checker, deadletters, rabbit, services, settings, stack
 from ._wait import Progress, poll, quiet
+from .errors import KitError
+from .cuts import CUT_TIMEOUT, RABBITMQCTL_TIMEOUT, cut_connection, cut_replica
 from .own_etcd import OwnEtcd
 from .publisher import publish_bodies
 
 CRASH_TIMEOUT = 15.0    # seconds for a replica started with CRASH_AT to reach its crash point
-RABBITMQCTL_TIMEOUT = 30.0
 GAP = 0.2               # seconds between two faults
 
 
@@ -98,27 +98,6 @@ def workload(plan: Plan, tag: str) -> tuple[list[str], list[bytes]]:
     return ids, bodies
 
 
-def cut_connection(service: str, pid: int, node: stack.RabbitNode | None = None) -> int:
-    """Close the broker connections of one svc process with ``rabbitmqctl close_connection`` (as
-    an operator would); how many were closed.
-
-    ``node`` is the RabbitMQ node to address (default: ``stack.rabbitmq_node()``, the kit's own
-    node when the kit's state folder names it, else the machine's). A caller that moved the state
-    folder (NIRVANA_STATE) must pass the node found before the move: the moved folder holds no
-    pid file of the kit's node, and the machine's rabbitmqctl would address the wrong node.
-    Raises subprocess.CalledProcessError when rabbitmqctl fails.
-    """
-    ctl = (node or stack.rabbitmq_node()).ctl()
-    listing = subprocess.run([*ctl, "-q", "list_connections", "pid", "client_properties"],
-                             capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
-    marker = f'"{connection_name(service, pid)}"'
-    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
-    for connection in pids:
-        subprocess.run([*ctl, "-q", "close_connection", connection, "closed by the chaos run"],
-                       capture_output=True, timeout=RABBITMQCTL_TIMEOUT, check=True)
-    return len(pids)
-
-
 class _Run:
     """The state of one run: settings, the faults' log, the SIGKILL count."""
 
@@ -176,17 +155,15 @@ class _Run:
 
     def cut(self, service: str) -> None:
         """In a thread of its own (rabbitmqctl takes seconds): the next faults go on meanwhile.
-        The last replica is cut (the kills after it hit the others); a replica killed meanwhile
-        has no connection left to close, so the cut is tried again on its successor."""
+        A replica whose connection is open is cut (see cut_replica: the one the crash point just
+        restarted is awaited first)."""
         def close() -> None:
-            closed = 0
             try:
-                for _attempt in range(3):
-                    live = services.instances(service)
-                    if live and (closed := cut_connection(service, live[-1].pid, self.node)):
-                        break
-                self.log(f"broker connection of {service} replica {self.plan.replicas} closed by rabbitmqctl "
-                         f"({closed} closed)")
+                closed, instance = cut_replica(service, exchange=self.exchange, replicas=self.plan.replicas,
+                                               node=self.node)
+                self.log(f"broker connection of {service} replica {instance} closed by rabbitmqctl ({closed} closed)")
+            except KitError as error:   # no replica's connection open in time, RabbitMQ not answering
+                self.log(f"broker connection of {service} NOT closed: {error}")
             except (subprocess.SubprocessError, OSError) as error:
                 self.log(f"broker connection of {service} NOT closed: rabbitmqctl failed: {error}")
         self.cutting = threading.Thread(target=close, name="chaos-cut", daemon=True)
@@ -301,7 +278,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
         while chaos.slices:
             chaos.feed()
         if chaos.cutting is not None:
-            chaos.cutting.join(2 * RABBITMQCTL_TIMEOUT)
+            chaos.cutting.join(CUT_TIMEOUT + 3 * RABBITMQCTL_TIMEOUT)
         drain_started = time.monotonic()
         chaos.start_all()   # every replica back, none with a crash point
         want = len(ids)
