@@ -16,7 +16,7 @@ from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavaila
     StackError, WaitTimeout
 from .outbox import Outbox
 from .own_etcd import OwnEtcd
-from .publisher import Publisher
+from .publisher import Publisher, publish_bodies
 
 __all__ = [
     # a chapter's first and last call
@@ -28,7 +28,7 @@ __all__ = [
     # the later chapters: crashes and outages, the talk's design, the chaos proof, the cost
     "outages", "Outbox", "OwnEtcd", "designs", "chaos", "checker", "cost", "scale",
     # publishing and where things are
-    "Publisher", "settings", "ETCD_ENDPOINT", "AMQP_URL",
+    "Publisher", "publish_bodies", "settings", "ETCD_ENDPOINT", "AMQP_URL",
     # errors
     "KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "GraphiteError",
     "GraphiteUnavailable", "WaitTimeout",

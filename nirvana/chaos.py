@@ -24,19 +24,19 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 import matplotlib.pyplot as plt
-import pika
 from matplotlib.figure import Figure
 
-from svc import topology
-from svc.consumer import connection_name
+from svc import _amqp, topology
 from svc.effects import counts_by_id
 
-from . import checker, deadletters, endpoints, rabbit, services, settings, stack
+from . import checker, deadletters, rabbit, services, settings, stack
 from ._wait import Progress, poll, quiet
+from .errors import KitError
+from .cuts import CUT_TIMEOUT, RABBITMQCTL_TIMEOUT, cut_connection, cut_replica
 from .own_etcd import OwnEtcd
+from .publisher import publish_bodies
 
 CRASH_TIMEOUT = 15.0    # seconds for a replica started with CRASH_AT to reach its crash point
-RABBITMQCTL_TIMEOUT = 30.0
 GAP = 0.2               # seconds between two faults
 
 
@@ -98,44 +98,6 @@ def workload(plan: Plan, tag: str) -> tuple[list[str], list[bytes]]:
     return ids, bodies
 
 
-def publish_bodies(url: str, exchange: str, bodies: list[bytes]) -> None:
-    """Publish in one AMQP transaction on a connection of its own: ``tx_commit`` returns once the
-    broker has taken every message (https://www.rabbitmq.com/docs/semantics#tx), one round trip
-    for the slice instead of a confirm per event. The run's queues are declared before."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        channel.tx_select()
-        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-        for body in bodies:
-            channel.basic_publish(exchange, "chaos", body, properties)
-        channel.tx_commit()
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
-def cut_connection(service: str, pid: int, node: stack.RabbitNode | None = None) -> int:
-    """Close the broker connections of one svc process with ``rabbitmqctl close_connection`` (as
-    an operator would); how many were closed.
-
-    ``node`` is the RabbitMQ node to address (default: ``stack.rabbitmq_node()``, the kit's own
-    node when the kit's state folder names it, else the machine's). A caller that moved the state
-    folder (NIRVANA_STATE) must pass the node found before the move: the moved folder holds no
-    pid file of the kit's node, and the machine's rabbitmqctl would address the wrong node.
-    Raises subprocess.CalledProcessError when rabbitmqctl fails.
-    """
-    ctl = (node or stack.rabbitmq_node()).ctl()
-    listing = subprocess.run([*ctl, "-q", "list_connections", "pid", "client_properties"],
-                             capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
-    marker = f'"{connection_name(service, pid)}"'
-    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
-    for connection in pids:
-        subprocess.run([*ctl, "-q", "close_connection", connection, "closed by the chaos run"],
-                       capture_output=True, timeout=RABBITMQCTL_TIMEOUT, check=True)
-    return len(pids)
-
-
 class _Run:
     """The state of one run: settings, the faults' log, the SIGKILL count."""
 
@@ -143,6 +105,7 @@ class _Run:
                  node: stack.RabbitNode) -> None:
         self.plan, self.etcd, self.exchange, self.say, self.node = plan, etcd, exchange, progress, node
         self.slices: list[list[bytes]] = []
+        self.prefix = settings.current().etcd_prefix   # the services' ETCD_PREFIX: where their effects are
         self.env = {"EVENTS_EXCHANGE": exchange, "ETCD_ENDPOINTS": etcd.endpoint, "ETCD_TIMEOUT": "0.5",
                     "CLAIM_TTL": str(plan.claim_ttl), "PREFETCH": "50"}
         self.faults: list[str] = []
@@ -157,7 +120,7 @@ class _Run:
     def feed(self) -> None:
         """Publish the next slice of the workload (nothing when it is all out)."""
         if self.slices:
-            publish_bodies(endpoints.AMQP_URL, self.exchange, self.slices.pop(0))
+            publish_bodies(self.slices.pop(0), exchange=self.exchange)
 
     def log(self, line: str) -> None:
         self.faults.append(line)
@@ -192,17 +155,15 @@ class _Run:
 
     def cut(self, service: str) -> None:
         """In a thread of its own (rabbitmqctl takes seconds): the next faults go on meanwhile.
-        The last replica is cut (the kills after it hit the others); a replica killed meanwhile
-        has no connection left to close, so the cut is tried again on its successor."""
+        A replica whose connection is open is cut (see cut_replica: the one the crash point just
+        restarted is awaited first)."""
         def close() -> None:
-            closed = 0
             try:
-                for _attempt in range(3):
-                    live = services.instances(service)
-                    if live and (closed := cut_connection(service, live[-1].pid, self.node)):
-                        break
-                self.log(f"broker connection of {service} replica {self.plan.replicas} closed by rabbitmqctl "
-                         f"({closed} closed)")
+                closed, instance = cut_replica(service, exchange=self.exchange, replicas=self.plan.replicas,
+                                               node=self.node)
+                self.log(f"broker connection of {service} replica {instance} closed by rabbitmqctl ({closed} closed)")
+            except KitError as error:   # no replica's connection open in time, RabbitMQ not answering
+                self.log(f"broker connection of {service} NOT closed: {error}")
             except (subprocess.SubprocessError, OSError) as error:
                 self.log(f"broker connection of {service} NOT closed: rabbitmqctl failed: {error}")
         self.cutting = threading.Thread(target=close, name="chaos-cut", daemon=True)
@@ -238,9 +199,13 @@ class _Run:
                   for i in range(kills // 2, kills)]
         return steps
 
+    def counts(self, service: str) -> dict[str, int]:
+        """{id: times processed} from the effects ``service`` recorded in the run's etcd."""
+        return counts_by_id(self.etcd.endpoint, service, prefix=self.prefix)
+
     def accounted(self, ids: list[str]) -> tuple[int, ...]:
         """Per service: ids processed at least once, then the messages waiting in its queue."""
-        counts = [counts_by_id(self.etcd.endpoint, name) for name in self.plan.services]
+        counts = [self.counts(name) for name in self.plan.services]
         dead = len(deadletters.peek(exchange=self.exchange))
         return (*(sum(1 for i in ids if c.get(i)) for c in counts), dead,
                 sum(rabbit.queue_depth(name, exchange=self.exchange) for name in self.plan.services))
@@ -270,7 +235,7 @@ def _dead_ids(exchange: str) -> dict[str, set[str]]:
 def _topology(exchange: str, names: tuple[str, ...], action) -> None:
     """Declare or delete the run's exchange and queues on a connection of its own (a connection
     kept through a long run would miss its heartbeats and be closed by the broker)."""
-    connection = pika.BlockingConnection(pika.URLParameters(endpoints.AMQP_URL))
+    connection = _amqp.connect(settings.current().amqp_url, name="nirvana chaos")
     try:
         action(connection.channel(), exchange, services=names)
     finally:
@@ -285,8 +250,8 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
     default ``stack.rabbitmq_node()`` found now. A caller running with a state folder of its own
     (NIRVANA_STATE) passes the node found before it moved the folder.
 
-    Raises TimeoutError when the queues do not drain within ``plan.drain_timeout``, and pika's
-    AMQPError when the broker does not take a slice of events.
+    Raises TimeoutError when the queues do not drain within ``plan.drain_timeout``, and svc's
+    PublishError (or BrokerRefused) when the broker does not confirm a slice of events.
     """
     started = time.monotonic()
     tag = uuid.uuid4().hex[:6]
@@ -313,7 +278,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
         while chaos.slices:
             chaos.feed()
         if chaos.cutting is not None:
-            chaos.cutting.join(2 * RABBITMQCTL_TIMEOUT)
+            chaos.cutting.join(CUT_TIMEOUT + 3 * RABBITMQCTL_TIMEOUT)
         drain_started = time.monotonic()
         chaos.start_all()   # every replica back, none with a crash point
         want = len(ids)
@@ -330,7 +295,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
         drain_seconds = time.monotonic() - drain_started
         chaos.settle()
         dead = _dead_ids(exchange)
-        rows = tuple(checker.check(name, ids, counts_by_id(etcd.endpoint, name), dead.get(name, ()),
+        rows = tuple(checker.check(name, ids, chaos.counts(name), dead.get(name, ()),
                                    rabbit.queue_depth(name, exchange=exchange)) for name in plan.services)
         progress(f"done: {chaos.sigkills} SIGKILLs, drained in {drain_seconds:.1f} s")
         return Report(plan, rows, tuple(chaos.faults), chaos.sigkills, len(bodies), tuple(chaos.crash_points),
@@ -364,4 +329,4 @@ def without_dedup(plan: Plan) -> Plan:
     return replace(plan, dedup=False)
 
 
-__all__ = ["Plan", "Report", "run", "workload", "without_dedup", "cut_connection", "plot_reports", "publish_bodies"]
+__all__ = ["Plan", "Report", "run", "workload", "without_dedup", "cut_connection", "plot_reports"]

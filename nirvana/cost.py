@@ -24,12 +24,12 @@ import pika
 from matplotlib.figure import Figure
 
 from svc import _etcd
-from svc.config import DEFAULT_PREFETCH, parse_endpoints
+from svc.config import DEFAULT_PREFETCH, parse_endpoints, split_urls
 from svc.effects import records
 from svc.testing import World, wait_for
 
-from . import endpoints
 from ._wait import Progress
+from .settings import current
 
 EVENT = {"type": "new_order", "id": "cost", "args": {"sku": "talk-tshirt", "qty": 1}}
 CONTENDERS = ("bare pika", "svc, dedup off", "svc, dedup on")
@@ -168,9 +168,11 @@ def _latencies(world: World, service: str, dedup: bool, samples: int) -> list[fl
     return found
 
 
-def etcd_round_trip_ms(endpoint: str = endpoints.ETCD_ENDPOINT, samples: int = 50) -> float:
-    """The median milliseconds of one transaction reading one key, as a claim does."""
-    etcd = _etcd.Etcd(parse_endpoints(endpoint))
+def etcd_round_trip_ms(endpoint: str | None = None, samples: int = 50) -> float:
+    """The median milliseconds of one transaction reading one key, as a claim does; on ``endpoint``
+    (``host:port[,...]``, default the kit's ETCD_ENDPOINTS). Raises svc's DedupUnavailable when
+    etcd does not answer."""
+    etcd = _etcd.Etcd(parse_endpoints(endpoint or current().etcd_endpoint))
     try:
         timings = []
         for _ in range(samples):
@@ -185,12 +187,17 @@ def etcd_round_trip_ms(endpoint: str = endpoints.ETCD_ENDPOINT, samples: int = 5
 
 
 def measure(events: int = 2000, rounds: int = 2, latency_samples: int = 20, *, progress: Progress = print) -> Cost:
-    """Run the comparison; the Cost. Everything it made is removed, also on error."""
+    """Run the comparison on the kit's broker, etcd and statsd (:mod:`nirvana.settings`; a cluster's
+    first node, its queues declared as QUEUE_TYPE says); the Cost. Everything it made is removed,
+    also on error."""
     rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     latencies: dict[str, list[float]] = {}
+    kit = current()
     with tempfile.TemporaryDirectory() as logs:
-        world = World(endpoints.AMQP_URL, endpoints.ETCD_ENDPOINT, Path(logs),
-                      statsd=(endpoints.HOST, endpoints.STATSD_PORT))
+        # the bare pika contenders take one URL: a cluster's first node (svc would fail over; they do not)
+        world = World(split_urls(kit.amqp_url)[0], kit.etcd_endpoint, Path(logs),
+                      statsd=(kit.statsd_host, kit.statsd_port), queue_type=kit.queue_type,
+                      delivery_limit=kit.delivery_limit)
         try:
             for n in range(rounds):
                 for name, run in zip(CONTENDERS, (lambda s: bare_pika(world, s, events),

@@ -7,7 +7,8 @@
 Each returns an :class:`Outcome` counted from the effects in etcd (one record per processing, see
 :mod:`svc.effects`): how many times each id was processed, and the *double effects*, processings
 beyond the first. The designs are chosen with ``DEDUP_MODE`` (``talk`` or ``claims``, see
-:mod:`svc.dedup_talk`); ``orders`` runs with ``ENABLE_ETCD=true`` in both.
+:mod:`svc.dedup_talk`); ``orders`` runs with ``ENABLE_ETCD=true`` in both. The broker, exchange,
+etcd and prefix are the kit's settings (:mod:`nirvana.settings`), as for the services it starts.
 """
 
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from svc import effects
-from svc.publish import Publisher
 
-from . import endpoints, rabbit, services
+from . import rabbit, services
+from .publisher import Publisher
+from .settings import current
 from ._wait import Progress, poll, quiet
 
 DESIGNS = ("talk", "claims")
@@ -61,7 +63,8 @@ def _settings(design: str, **extra: str) -> dict[str, str]:
 
 
 def _counts(ids: list[str]) -> dict[str, int]:
-    every = effects.counts_by_id(endpoints.ETCD_ENDPOINT, SERVICE)
+    kit = current()   # where the kit's services record their effects (ETCD_ENDPOINTS, ETCD_PREFIX)
+    every = effects.counts_by_id(kit.etcd_endpoint, SERVICE, prefix=kit.etcd_prefix)
     return {event_id: every.get(event_id, 0) for event_id in ids}
 
 
@@ -86,7 +89,7 @@ def replicas_race(design: str, *, ids: int = RACE_IDS, work_ms: int = RACE_WORK_
     services.stop(SERVICE, progress=quiet)
     services.start(SERVICE, dedup=True, replicas=2, env=settings, progress=progress)
     names = [f"{design}-race-{i}" for i in range(ids)]
-    with Publisher(endpoints.AMQP_URL, services=(SERVICE,)) as publisher:
+    with Publisher(services=(SERVICE,)) as publisher:
         for event_id in names:
             publisher.publish({"type": "new_order", "id": event_id}, count=2)
     progress(f"published {2 * ids} events: {ids} ids, each twice")
@@ -107,7 +110,7 @@ def crash_in_flush_window(design: str, *, progress: Progress = print) -> Outcome
     services.stop(SERVICE, progress=quiet)
     event_id = f"{design}-crash"
     services.start(SERVICE, dedup=True, env=settings, progress=progress)
-    with Publisher(endpoints.AMQP_URL, services=(SERVICE,)) as publisher:
+    with Publisher(services=(SERVICE,)) as publisher:
         publisher.publish({"type": "new_order", "id": event_id})
     poll(lambda: len(services.instances(SERVICE)), lambda alive: alive == 0,
          what=f"{SERVICE} to crash after the work", timeout=TIMEOUT, progress=progress)
@@ -116,7 +119,7 @@ def crash_in_flush_window(design: str, *, progress: Progress = print) -> Outcome
     services.start(SERVICE, dedup=True, env=_settings(design), progress=progress)
     # The redelivery is at the head of the queue: once a later event is processed, it was handled.
     marker = f"{design}-crash-marker"
-    with Publisher(endpoints.AMQP_URL, services=(SERVICE,)) as publisher:
+    with Publisher(services=(SERVICE,)) as publisher:
         publisher.publish({"type": "new_order", "id": marker})
     poll(lambda: _counts([marker])[marker], lambda n: n >= 1, what="a later event processed",
          timeout=TIMEOUT, progress=progress)

@@ -25,11 +25,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import matplotlib.pyplot as plt
 import pika
-import pika.exceptions
 from matplotlib.figure import Figure
 
 from svc import Etcd, topology
@@ -40,7 +38,7 @@ from svc.watchdog import Watchdog
 
 from . import checker, rabbit, services
 from ._wait import Progress, poll, quiet
-from .chaos import publish_bodies
+from .publisher import publish_bodies
 from .shape import Shape, private_shape
 from .stack import cluster, members, render_status
 
@@ -132,42 +130,6 @@ class Cluster:
         self._watchdog.close()
 
 
-PUBLISH_ATTEMPTS = 10    # connections tried for one slice of events (a node may be dying)
-
-
-def publish_confirmed(url_of: Callable[[], str], exchange: str, bodies: list[bytes]) -> int:
-    """Publish ``bodies`` with publisher confirms and the mandatory flag, each confirmed before
-    the next; a nack, an unroutable return or a lost connection publishes it again on a new
-    connection to ``url_of()`` (a node that answers). Returns how many were published again: a
-    copy may then be in the queue twice, which is what the claims are for (at-least-once).
-
-    An AMQP transaction is not enough here: a quorum queue whose leader was just killed drops
-    what a transaction hands it while it elects another, and ``tx_commit`` still succeeds.
-    Raises pika's AMQPError after PUBLISH_ATTEMPTS connections.
-    """
-    pending, again = list(bodies), 0
-    properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-    for attempt in range(PUBLISH_ATTEMPTS):
-        try:
-            connection = pika.BlockingConnection(pika.URLParameters(url_of()))
-            try:
-                channel = connection.channel()
-                channel.confirm_delivery()
-                while pending:
-                    channel.basic_publish(exchange, "scale", pending[0], properties, mandatory=True)
-                    pending.pop(0)   # confirmed by the broker: on disk on a majority of the nodes
-            finally:
-                if connection.is_open:
-                    connection.close()
-            return again
-        except (pika.exceptions.AMQPError, RuntimeError):
-            if attempt == PUBLISH_ATTEMPTS - 1:
-                raise
-            again += 1
-            time.sleep(0.5)   # a leader is being elected
-    return again
-
-
 @dataclass(frozen=True)
 class Report:
     """What :func:`stream_with_faults` did and found: one checker row per service."""
@@ -249,7 +211,7 @@ def stream_with_faults(cl: Cluster, *, events: int = 1000, replicas: int = 2, pr
         ids, bodies = run.bodies(events)
         slices = [bodies[n * len(bodies) // 6:(n + 1) * len(bodies) // 6] for n in range(6)]
         for n, part in enumerate(slices):
-            publish_confirmed(cl.live_url, run.exchange, part)
+            publish_bodies(part, exchange=run.exchange, url=cl.shape.amqp_url)
             if n == 1:
                 leader = cl.etcd_leader()
                 cl.kill(leader)
@@ -305,7 +267,7 @@ def throughput(cl: Cluster, *, replicas: tuple[int, ...] = (1, 2, 4), events: in
             run.start(count)
             ids, bodies = run.bodies(events)
             began = time.monotonic()
-            publish_bodies(cl.live_url(), run.exchange, bodies)
+            publish_bodies(bodies, exchange=run.exchange, url=cl.shape.amqp_url)
             run.drained(ids, quiet)
             rates[count] = events / (time.monotonic() - began)
             exact &= all(checker.check(name, ids, run.counts(name)).ok for name in SERVICES)

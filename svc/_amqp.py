@@ -72,6 +72,11 @@ def classify(error: BaseException, *, may_declare: bool = True) -> Action:
     exc = pika.exceptions
     if isinstance(error, (exc.NackError, exc.UnroutableError)):
         return Action.MESSAGE
+    if isinstance(error, exc.IncompatibleProtocolError) and "ConnectionResetError" in str(error):
+        # pika names any stream lost during the protocol header "incompatible protocol" (a guess,
+        # pika/connection.py); a reset there is a node being killed or still booting (seen in a
+        # cluster under faults): another node, or the same one later, answers.
+        return Action.RECONNECT
     if isinstance(error, (exc.ProbableAuthenticationError, exc.ProbableAccessDeniedError,
                           exc.AuthenticationError, exc.IncompatibleProtocolError)):
         return Action.STOP

@@ -102,7 +102,7 @@ class Publisher:
         if remaining <= 0:
             raise BrokerUnavailable(f"declaring the topology at {mask_url(self.amqp_url)} took the whole "
                                     f"{self.timeout:g} s; nothing was published")
-        return _ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, remaining).run()
+        return ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, remaining).run()
 
 
 def _fresh_ids(base, count: int) -> list[str]:
@@ -113,9 +113,11 @@ def _fresh_ids(base, count: int) -> list[str]:
     return [f"{base}-{(start + i) & 0xFFFFFFFFFFFF:012x}" for i in range(count)]
 
 
-class _ConfirmedBatch:
-    """One SelectConnection that sends every body, then waits for all confirms (or the deadline);
-    to the first node of ``amqp_url`` (one URL or several, comma-separated) that answers."""
+class ConfirmedBatch:
+    """One SelectConnection that sends every body (persistent, mandatory), then waits for all
+    confirms (or the deadline); to the first node of ``amqp_url`` (one URL or several,
+    comma-separated) that answers. ``run()`` gives the PublishResult or raises as ``publish()``;
+    after it, :meth:`unsettled` names the bodies to send again (a caller that retries)."""
 
     def __init__(self, amqp_url, exchange, routing_key, bodies, ids, timeout) -> None:
         self.urls = list(split_urls(amqp_url))
@@ -124,6 +126,9 @@ class _ConfirmedBatch:
         self.pending: set[int] = set()
         self.floor = 1  # every tag below it is confirmed: a "multiple" ack looks at each tag once
         self.confirmed = self.nacked = self.unroutable = 0
+        self.sent = False
+        self.refused_tags: list[int] = []   # nacked by the broker
+        self.returned: list[bytes] = []     # came back unroutable (mandatory)
         self.error: str | None = None
         self.refused: BrokerRefused | None = None
         self.opened = False
@@ -139,6 +144,16 @@ class _ConfirmedBatch:
         if self.error:
             raise (BrokerUnavailable if self.confirmed + self.nacked == 0 else PublishError)(self.error)
         return PublishResult(self.confirmed, self.unroutable, self.nacked, tuple(self.ids))
+
+    def unsettled(self) -> list[bytes]:
+        """The bodies not known to be in a queue, in publishing order (returned ones last): never
+        sent, nacked, returned unroutable, or unconfirmed when the connection or the deadline
+        ended. An unconfirmed body may have reached its queue all the same: sent again, it is
+        there twice (at-least-once; the consumers' claims make that harmless)."""
+        if not self.sent:
+            return list(self.bodies)
+        tags = sorted(self.pending.union(self.refused_tags))
+        return [self.bodies[tag - 1] for tag in tags] + self.returned
 
     def _connect(self, ioloop=None) -> None:
         self.connection = pika.SelectConnection(_amqp.parameters(self.url, self.timeout), on_open_callback=self._on_open,
@@ -186,10 +201,12 @@ class _ConfirmedBatch:
         for tag, body in enumerate(self.bodies, start=1):
             channel.basic_publish(self.exchange, self.routing_key, body, properties, mandatory=True)
             self.pending.add(tag)
+        self.sent = True
 
     def _on_return(self, channel, method, properties, body) -> None:
         # The broker returns an unroutable event before it acks it: count it, report it.
         self.unroutable += 1
+        self.returned.append(body)
 
     def _on_confirm(self, frame) -> None:
         method, pending = frame.method, self.pending
@@ -203,6 +220,7 @@ class _ConfirmedBatch:
             self.confirmed += len(tags)
         else:
             self.nacked += len(tags)
+            self.refused_tags.extend(tags)
         if not self.pending:
             self._close()
 

@@ -20,8 +20,7 @@ import pytest
 from conftest import RUN_TIMEOUT, in_own_namespace
 
 from nirvana import checker, paths, rabbit, services, shape, stack
-from nirvana.chaos import publish_bodies
-from nirvana.scale import publish_confirmed
+from nirvana.publisher import publish_bodies
 from nirvana.stack import cluster, members
 from svc import Etcd, topology
 from svc.config import parse_endpoints
@@ -114,8 +113,8 @@ def _stream_with_fault(kit: shape.Shape, world: dict, fault) -> dict[str, checke
     ids, bodies = _bodies(world["tag"], EVENTS)
     slices = [bodies[n * len(bodies) // 6:(n + 1) * len(bodies) // 6] for n in range(6)]
     for n, part in enumerate(slices):
-        # (to a node that runs, with confirms: a nacked or lost copy is published again)
-        publish_confirmed(lambda: live_url(kit), world["exchange"], part)
+        # (to the first node that answers, with confirms: a nacked or lost copy is published again)
+        publish_bodies(part, exchange=world["exchange"], url=kit.amqp_url)
         if n == 2:
             fault()   # events in flight: published, some claimed, some waiting
     url = live_url(kit)
@@ -225,7 +224,7 @@ def _poison(kit: shape.Shape) -> None:
     services.stop("orders", progress=quiet)
     # When one event is published
     [event_id], bodies = _bodies(world["tag"], 1)
-    publish_bodies(url, world["exchange"], bodies)
+    publish_bodies(bodies, exchange=world["exchange"], url=url)
     deadline = time.monotonic() + 120
     while rabbit.queue_depth("orders", exchange=world["exchange"], url=url) and time.monotonic() < deadline:
         services.start("orders", env={**world["env"], "CRASH_AT": "claimed"}, progress=quiet, wait=False)

@@ -43,6 +43,9 @@ TABLE = [
      True, Action.STOP),
     (exc.AuthenticationError("PLAIN"), True, Action.STOP),
     (exc.IncompatibleProtocolError("AMQP 1.0"), True, Action.STOP),
+    # pika's guess for a stream lost during the protocol header; chapter 09's node being killed reset it
+    (exc.IncompatibleProtocolError("StreamLostError: (\"Stream connection lost: ConnectionResetError(104, "
+                                   "'Connection reset by peer')\",)"), True, Action.RECONNECT),
     (exc.StreamLostError("Stream connection lost: ConnectionResetError(104)"), True, Action.RECONNECT),
     (exc.AMQPHeartbeatTimeout("No activity or too many missed heartbeats in the last 4 seconds"), True,
      Action.RECONNECT),

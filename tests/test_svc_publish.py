@@ -63,10 +63,10 @@ def test_fresh_ids_are_distinct_and_keep_the_events_id_in_front():
 def test_confirms_count_each_event_once_multiple_or_not():
     import pika
 
-    from svc.publisher import _ConfirmedBatch
+    from svc.publisher import ConfirmedBatch
 
     # Given 6 events sent, of which the broker acks 2 singly, then 1-4 at once, nacks 5, then acks 6...
-    batch = _ConfirmedBatch("amqp://x", "events", "foo", [b"{}"] * 6, [""] * 6, 1.0)
+    batch = ConfirmedBatch("amqp://x", "events", "foo", [b"{}"] * 6, [""] * 6, 1.0)
     batch.pending.update(range(1, 7))
     batch._close = lambda: None  # no connection here: the counting alone
     frame = lambda method: type("Frame", (), {"method": method})  # noqa: E731

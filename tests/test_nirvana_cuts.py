@@ -1,0 +1,54 @@
+"""nirvana.cuts: an svc replica's broker connection closed with rabbitmqctl, against the real
+RabbitMQ and svc processes, in a state folder and exchange of the test's own.
+
+Found at heavy load in the chaos run: the cut hit the replica a crash point had just restarted,
+before its connection was open, and reported "(0 closed)".
+"""
+
+import shutil
+import signal
+import threading
+
+import pytest
+from conftest import need
+
+from nirvana import cuts, rabbit, services, stack
+from nirvana._wait import poll, quiet
+
+
+@pytest.fixture
+def node(kit_env, tmp_path, monkeypatch):
+    """The kit's RabbitMQ node (found before the state folder moves to the test's own)."""
+    need("rabbitmqctl (on PATH, to close a connection)", shutil.which("rabbitmqctl") is not None)
+    found = stack.rabbitmq_node()
+    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
+    yield found
+    services.stop_all(timeout=5)
+
+
+def test_a_replica_whose_connection_opens_late_is_cut_once_it_is_open(node, kit_env, own_etcd):
+    # Given orders just started with dedup on an etcd frozen for 4 s (SIGSTOP: it accepts, never
+    # answers): svc opens its broker connection only once it has imported its done ids
+    own_etcd.signal(signal.SIGSTOP)
+    thaw = threading.Timer(4.0, own_etcd.signal, (signal.SIGCONT,))
+    thaw.start()
+    try:
+        services.start("orders", dedup=True, wait=False, progress=quiet,
+                       env={"ETCD_ENDPOINTS": own_etcd.endpoint, "ETCD_TIMEOUT": "0.5"})
+        # When its connection is cut at once
+        closed, instance = cuts.cut_replica("orders", exchange=kit_env["exchange"], replicas=1, node=node)
+    finally:
+        thaw.join()
+    # I expect the cut to wait for it and close its one connection, and orders to consume again
+    assert (closed, instance) == (1, 1)
+    poll(lambda: rabbit.consumers("orders"), lambda n: n == 1, what="orders consuming again", timeout=30,
+         progress=quiet)
+    [pid] = [s.pid for s in services.instances("orders")]
+    assert list(cuts.open_connections("orders", node)) == [pid]
+
+
+def test_no_replica_to_cut_is_one_line_after_the_deadline(node, kit_env):
+    # Given no replica of notify running, when a cut is asked with a 1 s deadline
+    with pytest.raises(TimeoutError, match=r"^gave up after 1 s waiting for a replica of notify with a broker "
+                                           r"connection open: 0 running, none listed by rabbitmqctl$"):
+        cuts.cut_replica("notify", exchange=kit_env["exchange"], replicas=1, node=node, timeout=1)
