@@ -1,7 +1,7 @@
 """Benchmarks of svc against the real stack, side by side in one run; prints ratios.
 
     .venv/bin/python bench/bench_svc.py [--events 50000] [--repeat 5] [--warmup 1] [--prefetch 1500]
-                                        [--done-ids 100000] [--sibling-events 5000] [--amqp-url URL] [--etcd HOST:PORT]
+                                        [--done-ids 100000] [--sibling-events 20000] [--amqp-url URL] [--etcd HOST:PORT]
 
 - consume: a bare pika consume-and-ack loop (the yardstick), ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
@@ -152,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds, interleaved; medians are printed")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, help="for both consumers")
     parser.add_argument("--done-ids", type=int, default=100000)
-    parser.add_argument("--sibling-events", type=int, default=5000, help="events of the dead-sibling runs")
+    parser.add_argument("--sibling-events", type=int, default=20000, help="events of the dead-sibling runs")
     parser.add_argument("--amqp-url", default=AMQP_URL, help="RabbitMQ (default: the stack's)")
     parser.add_argument("--etcd", default=ETCD_ENDPOINT, help="etcd endpoint(s) (default: the stack's)")
 
@@ -249,7 +249,7 @@ def reclaim(endpoints: str) -> None:
     etcd = _etcd.Etcd([(host, int(port)) for host, port in (e.rsplit(":", 1) for e in endpoints.split(","))])
     try:
         sizes = etcd.compact_and_defragment()
-        print(f"etcd compacted and defragmented: {', '.join(f'{size / 1e6:.1f} MB' for size in sizes)}",
+        print(f"etcd compacted and defragmented: {', '.join(f'{size / 1e6:.2f} MB' for size in sizes)}",
               file=sys.stderr)
     finally:
         etcd.close()
