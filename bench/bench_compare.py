@@ -1,7 +1,7 @@
 """svc of this checkout against svc of another git ref, side by side in one run; prints ratios.
 
     .venv/bin/python bench/bench_compare.py --baseline main [--only plain,dedup,cpu,sibling,start]
-                                            [--events 20000] [--repeat 5] [--prefetch N] [--done-ids 100000]
+                                            [--events 50000] [--repeat 5] [--prefetch N] [--done-ids 100000]
 
 Every ``python -m svc`` contender of bench/bench_svc.py runs twice a round, this checkout's svc and
 the baseline's (a git ref exported with ``git archive``, or a folder holding ``svc/``), alternating
@@ -14,6 +14,8 @@ against its own twin, so a change is judged in one run (issue 11: "no speed lost
   measure a loaded machine disturbs least: other processes take turns, not this one's work);
 - sibling: the survivor's rate while a dead sibling's claims live, and its healthy twin's;
 - start: from spawning to consuming with ``--done-ids`` done ids in etcd.
+
+At the end etcd is compacted and defragmented (bench_svc.reclaim), as bench/bench_svc.py leaves it.
 """
 
 import argparse
@@ -26,8 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from bench_svc import (EVENT, World, add_arguments, add_done_ids, bare_pika, retire, sibling_rate, spread, startup,
-                       svc_rate, wait_for)
+from bench_svc import (EVENT, World, add_arguments, add_done_ids, bare_pika, reclaim, retire, sibling_rate, spread,
+                       startup, svc_rate, wait_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +94,7 @@ def main() -> None:
         if args.baseline:
             variants["@base"] = checkout_env(checkout(args.baseline, Path(logs) / "baseline"))
         runs = measure(args, only, variants, Path(logs))
+    reclaim(args.etcd)
     report(args, only, variants, runs)
 
 

@@ -1,29 +1,38 @@
 """Benchmarks of svc against the real stack, side by side in one run; prints ratios.
 
-    .venv/bin/python bench/bench_svc.py [--events 20000] [--repeat 5] [--prefetch 1000] [--done-ids 100000]
-                                        [--sibling-events 5000] [--amqp-url URL] [--etcd HOST:PORT]
+    .venv/bin/python bench/bench_svc.py [--events 50000] [--repeat 5] [--warmup 1] [--prefetch 1500]
+                                        [--done-ids 100000] [--sibling-events 20000] [--amqp-url URL] [--etcd HOST:PORT]
 
-- consume: a bare pika consume-and-ack loop, then ``python -m svc`` without and with etcd
+- consume: a bare pika consume-and-ack loop (the yardstick), ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
   (goals: svc without dedup >= 0.8x the bare loop, with dedup >= 0.5x);
-- publish: a bare pika publisher with pipelined confirms (nirvana.cost.bare_pika_publish), then
-  ``svc.Publisher`` (goal >= 0.9x of the bare one);
+- publish: a bare pika publisher with pipelined confirms (nirvana.cost.bare_pika_publish, the
+  yardstick), ``svc.Publisher`` (goal >= 0.9x of the bare one);
 - dead sibling (issue 8 case D): a replica with CRASH_AT=claimed claims a window of a full queue and
   dies; the survivor's rate on the other events while those claims live, as a ratio of its healthy
-  rate (the same service draining the same number of events alone, in the same round; goal >= 0.8);
+  rate (the same service draining the same number of events alone: the yardstick; goal >= 0.8);
 - startup: from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming, with 100,000 done
   ids of that service in etcd (goal <= 1.5 s), once per round.
 
-Each round runs every contender once, on a fresh queue deleted after its run, in an order that
-rotates from round to round (so no contender always runs first, or right after the same one). A
-ratio is the median of the rounds' ratios, each round's contender over its own yardstick of that
-round; every round's figure is printed, so the spread of a noisy machine shows. Everything runs
-under its own exchange and etcd prefix, removed at the end. ``--amqp-url`` and ``--etcd`` point it
-at another broker and etcd (a cluster's). bench/bench_compare.py runs these contenders with this
-checkout's svc and another git ref's side by side (``--baseline main``).
+A shared machine's speed changes from second to second, so each contender is bracketed by its
+yardstick in the same round: yardstick, contender, yardstick (the consume group: bare, plain, bare,
+dedup, bare, each svc run between two bare runs), and its ratio is its rate over the mean of the
+two runs around it. The groups run in an order that rotates from round to round, the contenders of
+a group in an order that alternates, each on a fresh queue deleted after its run. Every round's
+figures are printed as it ends (with the load average, the two yardstick runs around each ratio,
+and each svc run's longest pause between two effects, which tells a stall of svc from a slow
+machine); the table gives the median and the lowest ratio of the counted rounds and whether every
+counted round met its goal. ``--warmup`` rounds run first and are printed, not counted. Everything
+runs under its own exchange and etcd prefix, removed at the end; then etcd is compacted and
+defragmented, so the kit's etcd is left the size it was (its space freed, not only its keys).
+``--amqp-url`` and ``--etcd`` point it at another broker and etcd (a cluster's).
+bench/bench_compare.py runs these contenders with this checkout's svc and another git ref's side by
+side (``--baseline main``).
 """
 
 import argparse
+import itertools
+import os
 import statistics
 import sys
 import tempfile
@@ -37,7 +46,7 @@ from svc import _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH  # noqa: E402
 from svc.testing import World, wait_for  # noqa: E402
 
-from nirvana.cost import bare_pika, bare_pika_publish  # noqa: E402  (the yardsticks of chapter 8 too)
+from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402  (the yardsticks of chapter 8 too)
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ETCD_ENDPOINT = "127.0.0.1:2379"
@@ -53,15 +62,11 @@ def retire(world: World, service: str) -> None:
         world.etcd.delete_prefix(base)
 
 
-def fill(world: World, service: str, events: int) -> None:
-    result = world.publisher(service).publish(EVENT, count=events, fresh_ids=True)
-    assert result.ok, result
-    wait_for(lambda: world.depth(service) == events, f"{events} events in the queue", timeout=60)
-
-
-def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, **code) -> float:
+def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, pauses: list | None = None,
+             **code) -> float:
     """Events/s of ``python -m svc`` draining a full queue, from the times in its effect records
-    (so the service's start and the wait for the end are not timed)."""
+    (so the service's start and the wait for the end are not timed). ``pauses``, if given, gets
+    the longest time (s) between two consecutive effects (a window's; the rest are milliseconds)."""
     fill(world, service, events)
     [process] = world.start(service, enable_etcd=enable_etcd, prefetch=prefetch, log_level="WARNING", **code)
     # The queue's depth costs etcd nothing; the effects are counted only once it is drained.
@@ -70,6 +75,8 @@ def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetc
     assert process.stop() == 0
     times = sorted(record["at"] for record in effects.records(world.etcd, service, prefix=world.prefix))
     assert len(times) == events, len(times)
+    if pauses is not None:
+        pauses.append(max(b - a for a, b in itertools.pairwise(times)))
     return (events - 1) / (times[-1] - times[0])
 
 
@@ -139,28 +146,48 @@ def spread(rates: list[float], fmt: str = "{:.0f}") -> str:
     return f"[{' '.join(fmt.format(rate) for rate in rates)}]"
 
 
-def ratios(runs: dict[str, list[float]], name: str, base: str) -> list[float]:
-    """Each round's ``name`` over the same round's ``base``."""
-    return [rate / yardstick for rate, yardstick in zip(runs[name], runs[base], strict=True)]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every bench of svc (this one and bench/bench_compare.py)."""
-    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--events", type=int, default=50000, help="events per run (a second of noise stays small)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds, interleaved; medians are printed")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, help="for both consumers")
     parser.add_argument("--done-ids", type=int, default=100000)
-    parser.add_argument("--sibling-events", type=int, default=5000, help="events of the dead-sibling runs")
+    parser.add_argument("--sibling-events", type=int, default=20000, help="events of the dead-sibling runs")
     parser.add_argument("--amqp-url", default=AMQP_URL, help="RabbitMQ (default: the stack's)")
     parser.add_argument("--etcd", default=ETCD_ENDPOINT, help="etcd endpoint(s) (default: the stack's)")
+
+
+# (yardstick, contenders measured between its runs, label of the table, goal of the ratio)
+GROUPS = (("bare", ("plain", "dedup")), ("bare publish", ("publish",)), ("healthy", ("sibling",)))
+GOALS = {"plain": 0.8, "dedup": 0.5, "publish": 0.9, "sibling": 0.8}
+LABELS = {"bare": "bare pika consume+ack", "plain": "svc, dedup off", "dedup": "svc, etcd dedup",
+          "bare publish": "bare pika publisher, confirms", "publish": "svc.Publisher, confirms",
+          "healthy": "svc healthy (dedup on)", "sibling": "svc, a dead sibling's claims"}
+
+
+def run_round(world: World, args, round_: int, measure) -> dict:
+    """One round: each group's yardstick, then each contender followed by its yardstick again, the
+    groups in an order that rotates by ``round_`` and a group's contenders alternating. Returns
+    {contender: (rate, yardstick before, yardstick after, longest pause or None)}."""
+    groups = GROUPS[round_ % len(GROUPS):] + GROUPS[:round_ % len(GROUPS)]
+    result = {}
+    for yardstick, contenders in groups:
+        before = measure(yardstick)[0]
+        for name in contenders if round_ % 2 == 0 else tuple(reversed(contenders)):
+            rate, pause = measure(name)
+            after = measure(yardstick)[0]
+            result[name] = (rate, before, after, pause)
+            before = after
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
+    parser.add_argument("--warmup", type=int, default=1, help="rounds run first, printed, not counted")
     args = parser.parse_args()
-    runs = {name: [] for name in ("bare", "plain", "dedup", "bare publish", "publish", "healthy", "sibling",
-                                  "start")}
+    counted: list[dict] = []
+    starts: list[float] = []
     with tempfile.TemporaryDirectory() as logs:
         world = World(args.amqp_url, args.etcd, Path(logs))
         try:
@@ -168,49 +195,83 @@ def main() -> None:
             world.channel().queue_delete(world.queue(starter))  # see startup
             lease = add_done_ids(world, starter, args.done_ids)
             contenders = {
-                "bare": lambda service: bare_pika(world, service, args.events, args.prefetch),
-                "plain": lambda service: svc_rate(world, service, args.events, False, args.prefetch),
-                "dedup": lambda service: svc_rate(world, service, args.events, True, args.prefetch),
-                "bare publish": lambda service: bare_pika_publish(world, service, args.events),
-                "publish": lambda service: publish_rate(world, service, args.events),
-                "healthy": lambda service: svc_rate(world, service, args.sibling_events, True, args.prefetch),
-                "sibling": lambda service: sibling_rate(world, service, args.sibling_events, args.prefetch),
+                "bare": lambda service, _: bare_pika(world, service, args.events, args.prefetch),
+                "plain": lambda service, pauses: svc_rate(world, service, args.events, False, args.prefetch, pauses),
+                "dedup": lambda service, pauses: svc_rate(world, service, args.events, True, args.prefetch, pauses),
+                "bare publish": lambda service, _: bare_pika_publish(world, service, args.events),
+                "publish": lambda service, _: publish_rate(world, service, args.events),
+                "healthy": lambda service, pauses: svc_rate(world, service, args.sibling_events, True, args.prefetch,
+                                                            pauses),
+                "sibling": lambda service, _: sibling_rate(world, service, args.sibling_events, args.prefetch),
             }
-            names = list(contenders)
-            # Rounds interleave the contenders, so a busy moment of the machine hits all of them;
-            # each measured queue is deleted after its run (see retire).
-            for round_ in range(args.repeat):
-                for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                    service = world.service_name(name.replace(" ", "_"))
-                    runs[name].append(contenders[name](service))
-                    retire(world, service)
+
+            def measure(name: str) -> tuple[float, float | None]:
+                service, pauses = world.service_name(name.replace(" ", "_")), []
+                rate = contenders[name](service, pauses)
+                retire(world, service)
+                return rate, (pauses or [None])[0]
+
+            for round_ in range(args.warmup + args.repeat):
+                load = os.getloadavg()
+                result = run_round(world, args, round_, measure)
                 seconds, imported = startup(world, starter)
-                runs["start"].append(seconds)
-                print(f"round {round_ + 1}: " + ", ".join(f"{name} {runs[name][-1]:.0f}" for name in names),
-                      file=sys.stderr, flush=True)
+                tag = f"warm-up {round_ + 1}" if round_ < args.warmup else f"round {round_ + 1 - args.warmup}"
+                print_round(tag, load, result, seconds)
+                if round_ >= args.warmup:
+                    counted.append(result)
+                    starts.append(seconds)
             world.etcd.revoke(lease)
         finally:
             world.close()
-    median = {name: statistics.median(rates) for name, rates in runs.items()}
-    print(f"{args.events} events per run, prefetch {args.prefetch}, median of {args.repeat} interleaved rounds "
-          "[each round; ratios: each round against its own yardstick, the median of those]")
-    print(f"{'bare pika consume+ack':32} {median['bare']:9.0f} events/s   1.00x                   {spread(runs['bare'])}")
-    for name, label, goal in (("plain", "svc, dedup off", 0.8), ("dedup", "svc, etcd dedup", 0.5)):
-        each = ratios(runs, name, "bare")
-        print(f"{label:32} {median[name]:9.0f} events/s   {statistics.median(each):.2f}x  (goal >= {goal:.2f}x)  "
-              f"{spread(runs[name])} {spread(each, '{:.2f}x')}")
-    held = ratios(runs, "sibling", "healthy")
-    label = "svc, a dead sibling's claims"
-    print(f"{label:32} {median['sibling']:9.0f} events/s   "
-          f"{statistics.median(held):.2f}x of its healthy {median['healthy']:.0f} events/s "
-          f"(goal >= 0.80x, {args.sibling_events} events)  {spread(runs['sibling'])} {spread(held, '{:.2f}x')}")
-    print(f"{'bare pika publisher, confirms':32} {median['bare publish']:9.0f} events/s   1.00x                   "
-          f"{spread(runs['bare publish'])}")
-    each = ratios(runs, "publish", "bare publish")
-    print(f"{'svc.Publisher, confirms':32} {median['publish']:9.0f} events/s   {statistics.median(each):.2f}x  "
-          f"(goal >= 0.90x)  {spread(runs['publish'])} {spread(each, '{:.2f}x')}")
-    print(f"{'start to consuming, ' + str(args.done_ids) + ' done':32} {median['start']:9.2f} s                   "
-          f"(goal <= 1.5 s) {spread(runs['start'], '{:.2f}')}")
+        reclaim(args.etcd)
+    report(args, counted, starts, imported)
+
+
+def ratio(figures: tuple) -> float:
+    """A contender's rate over the mean of the yardstick runs before and after it."""
+    rate, before, after, _ = figures
+    return rate / ((before + after) / 2)
+
+
+def print_round(tag: str, load: tuple, result: dict, seconds: float) -> None:
+    parts = []
+    for name, figures in result.items():
+        rate, before, after, pause = figures
+        verdict = "ok" if ratio(figures) >= GOALS[name] else "BELOW GOAL"
+        paused = "" if pause is None else f", longest pause {pause * 1000:.0f} ms"
+        parts.append(f"{name} {rate:.0f} ({ratio(figures):.2f}x of {before:.0f}|{after:.0f}, {verdict}{paused})")
+    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts)}; start {seconds:.2f} s",
+          file=sys.stderr, flush=True)
+
+
+def reclaim(endpoints: str) -> None:
+    """Compact and defragment the bench's etcd: its deleted keys' space is given back."""
+    etcd = _etcd.Etcd([(host, int(port)) for host, port in (e.rsplit(":", 1) for e in endpoints.split(","))])
+    try:
+        sizes = etcd.compact_and_defragment()
+        print(f"etcd compacted and defragmented: {', '.join(f'{size / 1e6:.2f} MB' for size in sizes)}",
+              file=sys.stderr)
+    finally:
+        etcd.close()
+
+
+def report(args, counted: list[dict], starts: list[float], imported: str) -> None:
+    print(f"{args.events} events per run ({args.sibling_events} for the dead sibling), prefetch {args.prefetch}, "
+          f"{len(counted)} rounds counted after {args.warmup} warm-up; each ratio: the contender over the mean of its "
+          "yardstick's runs just before and after it [every round]")
+    for yardstick, names in GROUPS:
+        rates = sorted({figures[i] for result in counted for name in names for i in (1, 2)
+                        for figures in [result[name]]})
+        print(f"{LABELS[yardstick]:32} {statistics.median(rates):9.0f} events/s   yardstick, "
+              f"{min(rates):.0f}-{max(rates):.0f} over {len(rates)} runs")
+        for name in names:
+            each = [ratio(result[name]) for result in counted]
+            verdict = "every round meets it" if min(each) >= GOALS[name] else "NOT every round meets it"
+            print(f"{LABELS[name]:32} {statistics.median([result[name][0] for result in counted]):9.0f} events/s   "
+                  f"median {statistics.median(each):.2f}x, lowest {min(each):.2f}x  (goal >= {GOALS[name]:.2f}x: "
+                  f"{verdict})  {spread(each, '{:.2f}x')}")
+    print(f"{'start to consuming, ' + str(args.done_ids) + ' done':32} {statistics.median(starts):9.2f} s"
+          f"   (goal <= 1.5 s) {spread(starts, '{:.2f}')}")
     print(f"  service log (last round): {imported}")
 
 

@@ -37,6 +37,8 @@ BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 10.0   # seconds for the TCP + AMQP handshake of one connection attempt
 BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm) before it is dropped
                          # and opened again (a blocked connection cannot even ack; a new one can)
+HELD_SHARE = 10          # a consumer whose held deliveries fill this fraction (1/N) of its prefetch
+                         # hands over to a new consumer with a full prefetch (Consumer._consume_again)
 PUMP_WAIT = 1.0          # seconds between services of the connection while the worker works
                          # (the worker's end wakes the loop at once: add_callback_threadsafe)
 
@@ -138,18 +140,20 @@ class Consumer:
         self._dead = connection.channel()  # confirmed publishes: dead letters, and copies requeued at the tail
         self._dead.confirm_delivery()
         channel.add_on_cancel_callback(self._on_cancel)
-        tag = channel.basic_consume(self.queue, self._on_message)
+        self._tag = channel.basic_consume(self.queue, self._on_message)
         log.info("%s consuming %s (prefetch %d, dedup %s)", self.config.service, self.queue,
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
         self.on_consuming()
         # Windows of a third of the prefetch: while one window's commit is in flight to etcd, the
         # next is parsed and its claims are sent, and a third is received. Held deliveries (a
-        # sibling's claims) keep their prefetch slots while they wait: a dead sibling's window of
-        # claims still leaves room for two windows; more held, and two smaller ones share the rest.
+        # sibling's claims) keep the prefetch slots of the consumer they came to while they wait;
+        # once they fill a tenth of it, a new consumer takes over with a full prefetch (below).
         in_flight = None
         while not self.stop.is_set() and not self._cancelled:
             self._pending[:0] = self.held.due()
-            window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - len(self.held)) // 2))
+            if self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE):
+                self._consume_again(channel)
+            window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - self.held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
             connection.process_data_events(time_limit=0 if busy else self._idle_wait())
             while self._pending and len(self._pending) < window:
@@ -173,13 +177,25 @@ class Consumer:
             return True
         # Stopping: the current window was finished and settled; what is still buffered (and any
         # kept dead letter) was never acked and returns to the queue when the channel closes.
-        channel.basic_cancel(tag)
+        channel.basic_cancel(self._tag)
         if self.config.queue_type == "quorum":
             # A return would count against the delivery limit: buffered and held ones go as copies
             # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
             self._requeue([(d, REQUEUE) for d in self._pending + self.held.due(float("inf")) if not _amqp.undecodable(d[1])])
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
+
+    def _consume_again(self, channel) -> None:
+        """A new consumer on this channel, the current one cancelled: RabbitMQ counts the prefetch
+        per consumer, so the deliveries held by the old one (unacked, still this channel's to ack
+        or requeue) no longer take slots; a basic.qos would change only later consumers' prefetch."""
+        held = self.held.held_by(self._tag)
+        # pika requeues (nacks) what reached it for the old consumer after the cancel was sent and
+        # before the broker answered: those never reached _on_message, nothing else refers to them.
+        channel.basic_cancel(self._tag)
+        self._tag = channel.basic_consume(self.queue, self._on_message)
+        log.info("%s: %d deliveries held for siblings' claims; consuming again with a full prefetch",
+                 self.config.service, held)
 
     def _on_message(self, channel, method, properties, body) -> None:
         self._open.add(method.delivery_tag)
@@ -235,7 +251,7 @@ class Consumer:
             if outcome.action is Settlement.REQUEUE:
                 requeues.append(((method, properties, body), outcome))
             elif outcome.action is Settlement.HOLD:
-                if not self.held.hold(outcome.key, (method, properties, body)):
+                if not self.held.hold(outcome.key, (method, properties, body), owner=method.consumer_tag):
                     requeues.append(((method, properties, body), outcome))  # waited once already: let any replica have it
             elif outcome.action is not Settlement.DEAD or self._dead_letter(method, properties, body, outcome.reason):
                 acks.append(method.delivery_tag)

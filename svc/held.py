@@ -23,17 +23,22 @@ class Held:
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
         self._lock = threading.Lock()
-        self._waiting: dict[bytes, list[tuple[float, object]]] = {}   # key -> [(deadline, delivery)]
+        self._waiting: dict[bytes, list[tuple]] = {}   # key -> [(deadline, delivery, owner)]
         # key -> when (monotonic), oldest first: the watch releases every key marked done (each event
         # of this service), so old releases are dropped from the front as new ones come, O(1) each.
         self._released: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._waited: set[bytes] = set()   # keys whose last wait ended by its deadline, not a release
         self._count = 0                    # deliveries waiting
+        self._owners: collections.Counter = collections.Counter()   # owner -> deliveries waiting
 
     def __len__(self) -> int:
         return self._count  # the consumer asks at every turn of its loop: counted, not summed
 
-    def hold(self, key: bytes, delivery, now: float | None = None) -> bool:
+    def held_by(self, owner) -> int:
+        """Deliveries waiting that were held with ``owner`` (a consumer tag)."""
+        return self._owners[owner]
+
+    def hold(self, key: bytes, delivery, now: float | None = None, owner=None) -> bool:
         """Set ``delivery`` aside until ``key`` is released or ``retry_after`` seconds pass; False
         (requeue it instead) if it waited out a whole wait and is held again: a live sibling holds
         the claim and may need the delivery to finish it (it lost its own to a reconnect)."""
@@ -44,8 +49,9 @@ class Held:
                 return False
             # Released a moment ago (the watch was faster than this window): due at once.
             deadline = now if now - self._released.get(key, -RECENT) < RECENT else now + self.retry_after
-            self._waiting.setdefault(key, []).append((deadline, delivery))
+            self._waiting.setdefault(key, []).append((deadline, delivery, owner))
             self._count += 1
+            self._owners[owner] += 1
             return True
 
     def release(self, key: bytes, now: float | None = None) -> None:
@@ -53,7 +59,7 @@ class Held:
         now = time.monotonic() if now is None else now
         with self._lock:
             if key in self._waiting:
-                self._waiting[key] = [(now, delivery) for _, delivery in self._waiting[key]]
+                self._waiting[key] = [(now, *rest) for _, *rest in self._waiting[key]]
             self._released[key] = now
             self._released.move_to_end(key)
             self._waited.discard(key)
@@ -78,4 +84,5 @@ class Held:
                 else:
                     del self._waiting[key]
             self._count -= len(due)
-        return [delivery for _, delivery in sorted(due, key=lambda item: item[0])]
+            self._owners.subtract(owner for _, _, owner in due)
+        return [delivery for _, delivery, _ in sorted(due, key=lambda item: item[0])]

@@ -43,3 +43,57 @@ def test_hostile_ids_stay_in_their_service_keys(svc_world):
     for key in map(bytes.decode, scanned):
         assert key.startswith((dedup_base, effects_base)) and ".." not in key.split("/") and "\0" not in key
     assert svc_world.effects(notify) == 0
+
+
+def test_compact_and_defragment_gives_back_the_space_of_deleted_keys(own_etcd):
+    etcd = Etcd(parse_endpoints(own_etcd.endpoint), timeout=10.0)
+    try:
+        # Given 32 MiB written and deleted (what a bench run leaves: etcd keeps the old revisions,
+        # and its file keeps their pages even once compacted)...
+        for i in range(32):
+            etcd.put(f"/bench/{i}", b"x" * 1024 * 1024)
+        etcd.delete_prefix("/bench/")
+        # ... I expect the database file back under 4 MB, and a second call (nothing new to
+        # compact) to work all the same.
+        [size] = etcd.compact_and_defragment()
+        assert size < 4e6, size
+        assert etcd.compact_and_defragment()[0] < 4e6
+    finally:
+        etcd.close()
+
+
+def test_the_dedup_watch_resumes_after_its_revision_was_compacted(own_etcd):
+    from svc.dedup import EtcdDedup
+
+    etcd = Etcd(parse_endpoints(own_etcd.endpoint), timeout=5.0)
+    dedup = EtcdDedup(etcd, "/nirvana", "orders", claim_ttl=5, retention=600)
+    released = []
+    dedup.on_release = released.append
+    try:
+        # Given done marks written after the revision a watch resumes from (it broke, say), and
+        # that revision compacted away (etcd's auto-compaction, or a bench's compact)...
+        base = keys.dedup_prefix("/nirvana", "orders")
+        etcd.put(f"{base}a", b"done 1")
+        start = _revision(etcd) + 1
+        etcd.put(f"{base}b", b"done 2")
+        etcd.put("/elsewhere", b"")   # the compaction goes past b's revision too
+        etcd.compact_and_defragment()
+        # ... when the watch resumes from there, I expect it to read the done ids again (ErrCompacted)...
+        dedup._start(lambda: dedup._follow(start), "dedup-watch")
+        wait_for(lambda: set(dedup.done) == {b"a", b"b"}, "the done ids read again")
+        # ... and to follow on: a done mark written now is learnt, and releases what it holds.
+        etcd.put(f"{base}c", b"done 3")
+        wait_for(lambda: b"c" in dedup.done and f"{base}c".encode() in released, "c learnt from the watch")
+    finally:
+        dedup.close()
+        etcd.close()
+
+
+def _revision(etcd) -> int:
+    """etcd's current revision (what a scan returns when it ends)."""
+    pages = etcd.scan_prefix("/")
+    try:
+        while True:
+            next(pages)
+    except StopIteration as end:
+        return end.value

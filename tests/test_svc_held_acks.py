@@ -36,3 +36,31 @@ def test_a_held_delivery_that_comes_due_mid_stream_is_not_lost(svc_world):
     wait_for(lambda: svc_world.depth(orders) == 0, "the queue drained")
     assert set(svc_world.effects_by_id(orders).values()) == {1}
     assert "closed the channel" not in process.log()
+
+
+def _unacked(world, service: str) -> int:
+    """Deliveries of ``service``'s queue the broker counts as sent and not yet acked (rabbitmqctl)."""
+    rows = (line.split("\t") for line in world._rabbitmqctl("list_queues", "name", "messages_unacknowledged").splitlines())
+    return next((int(row[1]) for row in rows if row[0] == world.queue(service)), 0)
+
+
+def test_held_deliveries_leave_a_full_prefetch_of_workable_events(svc_world):
+    orders = svc_world.service_name("orders")
+    etcd = svc_world.etcd
+    # Given a sibling's live claims on 10 events (a dead sibling's window: they outlive the test)...
+    lease = etcd.grant(60)
+    for i in range(10):
+        event = {"type": "new_order", "id": f"held-{i}"}
+        digest = parse(json.dumps(event).encode()).digest
+        etcd.put(keys.dedup_key(svc_world.prefix, orders, event["id"]), f"claimed {digest} {lease:x}".encode(), lease)
+        svc_world.publish(orders, event)
+    # ... published ahead of a long stream, consumed with PREFETCH=30 by a slow service...
+    svc_world.publish(orders, {"type": "new_order", "id": "s"}, count=300, fresh_ids=True)
+    svc_world.start(orders, enable_etcd=True, claim_ttl=60, prefetch=30, work_ms=500)
+    # ... I expect the 10 held aside (unacked) not to eat its window: 30 more deliveries in flight.
+    wait_for(lambda: _unacked(svc_world, orders) >= 40, "10 held and 30 workable deliveries unacked", timeout=30,
+             interval=0.5)
+    etcd.revoke(lease)
+    wait_for(lambda: svc_world.depth(orders) == 0 and len(svc_world.effects_by_id(orders)) == 310,
+             "all 310 events processed", timeout=60)
+    assert set(svc_world.effects_by_id(orders).values()) == {1}
