@@ -147,11 +147,12 @@ class Consumer:
         # Windows of a third of the prefetch: while one window's commit is in flight to etcd, the
         # next is parsed and its claims are sent, and a third is received. Held deliveries (a
         # sibling's claims) keep the prefetch slots of the consumer they came to while they wait;
-        # once they fill a tenth of it, a new consumer takes over with a full prefetch (below).
+        # once they fill a tenth of it, a new consumer takes over with a full prefetch (classic only).
         in_flight = None
         while not self.stop.is_set() and not self._cancelled:
             self._pending[:0] = self.held.due()
-            if self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE):
+            if self.config.queue_type == "classic" and \
+                    self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE):
                 self._consume_again(channel)
             window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - self.held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
@@ -188,10 +189,11 @@ class Consumer:
     def _consume_again(self, channel) -> None:
         """A new consumer on this channel, the current one cancelled: RabbitMQ counts the prefetch
         per consumer, so the deliveries held by the old one (unacked, still this channel's to ack
-        or requeue) no longer take slots; a basic.qos would change only later consumers' prefetch."""
+        or requeue) no longer take slots; a basic.qos would change only later consumers' prefetch.
+        pika rejects (requeues) what reaches it for the old consumer during the cancel (it never
+        reached _on_message): harmless on a classic queue; on a quorum queue each return counts
+        against the delivery limit, so the loop does this on classic queues only."""
         held = self.held.held_by(self._tag)
-        # pika requeues (nacks) what reached it for the old consumer after the cancel was sent and
-        # before the broker answered: those never reached _on_message, nothing else refers to them.
         channel.basic_cancel(self._tag)
         self._tag = channel.basic_consume(self.queue, self._on_message)
         log.info("%s: %d deliveries held for siblings' claims; consuming again with a full prefetch",
