@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_svc.py [--events 50000] [--repeat 5] [--warmup 1] [--prefetch 1500]
                                         [--done-ids 100000] [--sibling-events 20000] [--amqp-url URL] [--etcd HOST:PORT]
+                                        [--cluster]
 
 - consume: a bare pika consume-and-ack loop (the yardstick), ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
@@ -25,7 +26,11 @@ machine); the table gives the median and the lowest ratio of the counted rounds 
 counted round met its goal. ``--warmup`` rounds run first and are printed, not counted. Everything
 runs under its own exchange and etcd prefix, removed at the end; then etcd is compacted and
 defragmented, so the kit's etcd is left the size it was (its space freed, not only its keys).
-``--amqp-url`` and ``--etcd`` point it at another broker and etcd (a cluster's).
+``--amqp-url`` and ``--etcd`` point it at another broker and etcd (a cluster's); ``--cluster``
+then runs the same rounds on a private cluster of its own (nirvana.scale.Cluster: three etcd
+members, three RabbitMQ nodes on free ports, quorum queues, the contenders connected to the first
+node) and prints its table and both side by side (the goals are the single node's: on one machine
+every etcd write of a cluster waits for two members' disk syncs on the same disk).
 bench/bench_compare.py runs these contenders with this checkout's svc and another git ref's side by
 side (``--baseline main``).
 """
@@ -132,7 +137,7 @@ def add_done_ids(world: World, service: str, done_ids: int) -> int:
 def startup(world: World, service: str, **code) -> tuple[float, str]:
     """Seconds from spawning the service to its consumer on the queue; its "imported" log line."""
     # Its queue lives only while it is measured: left bound, it would collect every other run's events.
-    topology.declare(world.channel(), world.exchange, services=(service,))
+    topology.declare(world.channel(), world.exchange, services=(service,), **world.queue_arguments)
     started = time.perf_counter()
     [process] = world.start(service, enable_etcd=True, log_level="INFO", **code)
     elapsed = time.perf_counter() - started
@@ -181,15 +186,13 @@ def run_round(world: World, args, round_: int, measure) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument("--warmup", type=int, default=1, help="rounds run first, printed, not counted")
-    args = parser.parse_args()
+def bench(args, amqp_url: str, etcd: str, queue_type: str = "classic") -> tuple[list[dict], list[float], str]:
+    """Every round against one broker and etcd: (each counted round's {contender: figures}, each
+    counted round's start seconds, the last start's "imported" log line)."""
     counted: list[dict] = []
     starts: list[float] = []
     with tempfile.TemporaryDirectory() as logs:
-        world = World(args.amqp_url, args.etcd, Path(logs))
+        world = World(amqp_url, etcd, Path(logs), queue_type=queue_type)
         try:
             starter = world.service_name("start")
             world.channel().queue_delete(world.queue(starter))  # see startup
@@ -223,8 +226,32 @@ def main() -> None:
             world.etcd.revoke(lease)
         finally:
             world.close()
-        reclaim(args.etcd)
-    report(args, counted, starts, imported)
+        reclaim(etcd)
+    return counted, starts, imported
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--warmup", type=int, default=1, help="rounds run first, printed, not counted")
+    parser.add_argument("--cluster", action="store_true",
+                        help="then the same rounds on a private cluster (3 etcd members, 3 RabbitMQ nodes, quorum "
+                             "queues) started on free ports; both tables printed, then side by side")
+    args = parser.parse_args()
+    single = bench(args, args.amqp_url, args.etcd)
+    report(args, *single)
+    if args.cluster:
+        from nirvana.scale import Cluster   # only here: it loads the kit's stack code
+        cluster = Cluster(progress=lambda line: print(line, file=sys.stderr, flush=True)).up()
+        try:
+            shape = cluster.shape
+            print(f"\ncluster: RabbitMQ {', '.join(u.split('@')[-1] for u in shape.amqp_urls)} (quorum queues, the "
+                  f"contenders on the first node), etcd {shape.etcd_endpoints}", flush=True)
+            clustered = bench(args, shape.amqp_urls[0], shape.etcd_endpoints, queue_type="quorum")
+        finally:
+            cluster.close()
+        report(args, *clustered)
+        side_by_side(single[0], clustered[0])
 
 
 def ratio(figures: tuple) -> float:
@@ -253,6 +280,18 @@ def reclaim(endpoints: str) -> None:
               file=sys.stderr)
     finally:
         etcd.close()
+
+
+def side_by_side(single: list[dict], clustered: list[dict]) -> None:
+    """One line per contender: the median ratio (and lowest) on the single node and on the cluster."""
+    print(f"\n{'median ratio [lowest]':32} {'single node':>16} {'cluster':>16}   goal")
+    for _, names in GROUPS:
+        for name in names:
+            cells = []
+            for counted in (single, clustered):
+                each = [ratio(result[name]) for result in counted]
+                cells.append(f"{statistics.median(each):.2f}x [{min(each):.2f}x]")
+            print(f"{LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}   >= {GOALS[name]:.2f}x")
 
 
 def report(args, counted: list[dict], starts: list[float], imported: str) -> None:
