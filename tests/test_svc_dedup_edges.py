@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from svc import keys
+from svc.config import DEFAULT_PREFETCH
 from svc.testing import graphite_total, wait_for
 
 
@@ -89,9 +90,13 @@ def test_a_dead_siblings_claims_do_not_stall_the_queue(svc_world):
     wait_for(lambda: len(svc_world.effects_by_id(orders)) >= others, f"the {others} unclaimed events processed",
              timeout=claim_ttl * 2 / 3, interval=0.2)
     assert _claims(svc_world, orders) == dead_claims, "the dead claims expired before the others were done"
-    # Held aside means unacked: killed now, the survivor gives every held event back to the queue.
+    # Held aside means unacked: killed now, the survivor gives every held event back to the queue,
+    # and with them the window it was settling if the kill beat its acks: those events' effects and
+    # done marks are written (the wait above saw them), so they come back to be skipped. At most
+    # one window, a third of the prefetch (at load, a CI run timed out waiting for the exact count).
     survivor.kill()
-    wait_for(lambda: svc_world.depth(orders) == len(dead_claims), "the held events back in the queue")
+    wait_for(lambda: svc_world.depth(orders) >= len(dead_claims), "the held events back in the queue")
+    assert svc_world.depth(orders) <= len(dead_claims) + DEFAULT_PREFETCH // 3
     svc_world.start(orders, enable_etcd=True, claim_ttl=claim_ttl)
     # When the dead lease expires, the held events are processed too: every id once.
     wait_for(lambda: len(svc_world.effects_by_id(orders)) == len(ids), "all 2000 processed", timeout=claim_ttl + 15)
