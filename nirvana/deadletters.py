@@ -29,6 +29,7 @@ from svc import topology
 
 from .errors import KitError
 from .rabbit import NOT_FOUND, _connection, _text, dead_letter_queue, queue_of
+from .settings import current
 from .widgets import _Panel
 
 DEFAULT_LIMIT = 200      # letters read per look: a demo has a handful, a flood is cut here
@@ -64,25 +65,29 @@ class DeadLetter:
         return f"{self.service}: {self.reason}: {body}"
 
 
-def _letter(properties, body: bytes) -> DeadLetter:
+def _letter(properties, body: bytes, exchange: str) -> DeadLetter:
     headers = properties.headers or {}
     return DeadLetter(
-        service=_text(headers.get(topology.SERVICE_HEADER, "?")),
-        reason=_text(headers.get(topology.REASON_HEADER, "no reason given")),
+        # svc's service and reason headers, or, for what the broker dead-lettered (a quorum queue's
+        # delivery limit, a TTL), the queue and reason of its x-death
+        service=topology.dead_letter_service(headers, exchange),
+        reason=topology.dead_letter_reason(headers),
         body=bytes(body),
         routing_key=_text(headers.get(topology.ROUTING_KEY_HEADER, "")),
     )
 
 
-def _walk(channel, queue: str, limit: int, visit: Callable[[int, DeadLetter], bool]) -> None:
-    """basic_get up to ``limit`` letters without ack; ``visit(tag, letter)`` returns True to stop.
+def _walk(channel, exchange: str | None, limit: int, visit: Callable[[int, DeadLetter], bool]) -> None:
+    """basic_get up to ``limit`` letters of ``exchange``'s dead-letter queue (None: the kit's
+    EVENTS_EXCHANGE) without ack; ``visit(tag, letter)`` returns True to stop.
 
     Whatever is not acked goes back to the queue when the caller closes the channel.
     """
+    exchange = exchange or current().exchange
     try:
         for _ in range(limit):
-            method, properties, body = channel.basic_get(queue, auto_ack=False)
-            if method is None or visit(method.delivery_tag, _letter(properties, body)):
+            method, properties, body = channel.basic_get(dead_letter_queue(exchange), auto_ack=False)
+            if method is None or visit(method.delivery_tag, _letter(properties, body, exchange)):
                 return
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code != NOT_FOUND:   # no dead-letter queue yet: no letters
@@ -99,7 +104,7 @@ def peek(limit: int = DEFAULT_LIMIT, *, exchange: str | None = None,
     letters: list[DeadLetter] = []
     with _connection(url, "reading the dead letters") as connection:
         channel = connection.channel()
-        _walk(channel, dead_letter_queue(exchange), limit, lambda _tag, letter: letters.append(letter))
+        _walk(channel, exchange, limit, lambda _tag, letter: letters.append(letter))
         if channel.is_open:
             channel.close()   # unacknowledged letters go back to the queue: looking loses nothing
     return sorted(letters, key=lambda one: (one.service, one.reason, one.body))
@@ -115,7 +120,7 @@ def _take(letter: DeadLetter, exchange: str | None, url: str | None, limit: int,
     with _connection(url, "taking a dead letter") as connection:
         channel = connection.channel()
         found: list[int] = []
-        _walk(channel, dead_letter_queue(exchange), limit,
+        _walk(channel, exchange, limit,
               lambda tag, seen: seen.key == letter.key and not found.append(tag))
         try:
             if not found:

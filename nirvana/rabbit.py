@@ -207,9 +207,9 @@ def peek_dead_letters(
                 if method is None:
                     break
                 headers = properties.headers or {}
-                service = headers.get(topology.SERVICE_HEADER, "?")
+                service = topology.dead_letter_service(headers, exchange or current().exchange)
                 reason = topology.dead_letter_reason(headers)  # svc's reason, or the broker's x-death
-                lines.append(f"{_text(service)}: {_text(reason)}")
+                lines.append(f"{service}: {reason}")
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code == NOT_FOUND:
                 raise NoSuchQueue(queue) from None

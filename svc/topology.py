@@ -139,6 +139,18 @@ def dead_letter_reason(headers: dict | None) -> str:
     return "no reason given"
 
 
+def dead_letter_service(headers: dict | None, exchange: str = DEFAULT_EXCHANGE) -> str:
+    """Whose dead letter it is: svc's service header, or, for one the broker dead-lettered (a
+    delivery limit, a TTL), the service of the queue in its latest ``x-death`` (``<exchange>.<service>``;
+    another queue's whole name); "?" when neither says."""
+    headers = headers or {}
+    if headers.get(SERVICE_HEADER):
+        return _text(headers[SERVICE_HEADER])
+    deaths = headers.get("x-death") or []
+    queue = _text(deaths[0].get("queue", "")) if deaths and isinstance(deaths[0], dict) else ""
+    return queue.removeprefix(f"{exchange}.") or "?"
+
+
 def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 

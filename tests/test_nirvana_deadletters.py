@@ -180,3 +180,30 @@ def test_a_poison_event_fixed_through_the_panel_is_processed_once(svc_world):
     wait_for(lambda: svc_world.effects(orders, "marker") == 1, "a later event processed")
     assert svc_world.effects(orders, "fixed-7") == 1
     assert deadletters.peek(exchange=svc_world.exchange, url=svc_world.amqp_url) == []
+
+
+def test_whose_letter_it_is_comes_from_svcs_header_or_the_brokers_x_death():
+    assert topology.dead_letter_service({topology.SERVICE_HEADER: b"notify"}, "events") == "notify"
+    assert topology.dead_letter_service({"x-death": [{"queue": b"events.orders", "reason": b"delivery_limit"}]},
+                                        "events") == "orders"
+    assert topology.dead_letter_service({"x-death": [{"queue": "elsewhere"}]}, "events") == "elsewhere"
+    assert topology.dead_letter_service({}, "events") == topology.dead_letter_service(None) == "?"
+
+
+def test_a_letter_the_broker_dead_lettered_names_its_service_and_reason_and_goes_back_there(world, amqp_url):
+    exchange, _letter, take = world
+    body, queue = b'{"type": "new_order", "id": "late"}', topology.queue_name("orders", exchange)
+    # Given an event the broker itself dead-letters (its TTL ends in orders' queue, as a quorum
+    # queue's delivery limit would: no header of svc's, only the broker's x-death)...
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection.channel().basic_publish("", queue, body, pika.BasicProperties(expiration="1"))
+    connection.close()
+    wait_for(lambda: rabbit.dead_letters(exchange=exchange, url=amqp_url) == 1, "the expired event dead-lettered")
+    # ... I expect the panel's letter and rabbit's peek to name orders and the broker's reason (they
+    # said "?" and "no reason given"), and a re-publish to reach orders' queue.
+    [letter] = deadletters.peek(exchange=exchange, url=amqp_url)
+    assert (letter.service, letter.reason) == (
+        "orders", f"dead-lettered by the broker: expired (message TTL) in queue {queue} (count 1)")
+    assert rabbit.peek_dead_letters(exchange=exchange, url=amqp_url) == [f"orders: {letter.reason}"]
+    deadletters.republish(letter, exchange=exchange, url=amqp_url)
+    assert take("orders") == [body]
