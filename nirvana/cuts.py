@@ -7,7 +7,6 @@ cut, chapter 7's chaos run). svc names each connection ``svc <service> pid <pid>
 :func:`cut_replica` waits for one, with a deadline.
 """
 
-import os
 import re
 import subprocess
 import time
@@ -18,22 +17,17 @@ from . import rabbit, services, stack
 from ._wait import POLL_SECONDS, poll, quiet
 from .errors import WaitTimeout
 
-# rabbitmqctl starts an Erlang VM for each call: 0.6 s on an idle machine; beside two CPU-burning
-# processes on 2 cores (load ~10), 5 interleaved rounds of `list_connections pid client_properties`
-# took 3.9-18.7 s (median 11.6; 30 s was once not enough), and 1.8-3.3 s (median 2.1) with its
-# schedulers told not to busy-wait (a spinning scheduler fights the broker it asks for the cores;
-# one scheduler alone: median 8.2 s). The user's own RABBITMQ_CTL_ERL_ARGS wins.
+# rabbitmqctl's schedulers are told not to busy-wait (nirvana.stack.rabbitmq.CTL_ERL_ARGS): at load ~10
+# a call still took up to 3.3 s; the deadline leaves room for a much busier machine.
 RABBITMQCTL_TIMEOUT = 120.0
-CTL_ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 CUT_TIMEOUT = 60.0      # seconds for a replica of the service to have its broker connection open
 
 
 def _ctl(node: stack.RabbitNode | None, *command: str) -> str:
     """``rabbitmqctl -q <command>`` against ``node`` (default ``stack.rabbitmq_node()``); its output.
     Raises subprocess.CalledProcessError, or TimeoutExpired after RABBITMQCTL_TIMEOUT s."""
-    env = {**os.environ, "RABBITMQ_CTL_ERL_ARGS": os.environ.get("RABBITMQ_CTL_ERL_ARGS", CTL_ERL_ARGS)}
     return subprocess.run([*(node or stack.rabbitmq_node()).ctl(), "-q", *command], capture_output=True,
-                          text=True, timeout=RABBITMQCTL_TIMEOUT, check=True, env=env).stdout
+                          text=True, timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
 
 
 def open_connections(service: str, node: stack.RabbitNode | None = None) -> dict[int, list[str]]:

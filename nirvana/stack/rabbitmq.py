@@ -17,6 +17,7 @@ find it as ``$HOME/.erlang.cookie``, Erlang's rule
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,13 @@ SERVER = BIN / "rabbitmq-server"
 NODE_HOST = "localhost"
 # The distribution listener and epmd answer on loopback only, as everything of the kit.
 LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
+# rabbitmqctl starts an Erlang VM for each call: 0.6 s on an idle machine; beside two CPU-burning
+# processes on 2 cores (load ~10), 5 interleaved rounds of `list_connections pid client_properties`
+# took 3.9-18.7 s (median 11.6; 30 s was once not enough), and 1.8-3.3 s (median 2.1) with its
+# schedulers told not to busy-wait (a spinning scheduler fights the broker it asks for the cores;
+# one scheduler alone: median 8.2 s). Every tool call of the kit gets it (RabbitNode.ctl); the
+# user's own RABBITMQ_CTL_ERL_ARGS wins.
+CTL_ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 
 
 def node_name(amqp_port: int = endpoints.AMQP_PORT) -> str:
@@ -134,10 +142,11 @@ class Node:
     def ctl(self, tool: str = "rabbitmqctl") -> list[str]:
         """The argv prefix of a RabbitMQ tool (``rabbitmqctl``, ``rabbitmq-diagnostics``...)
         addressing this node: append the command, e.g. ``[*node.ctl(), "-q", "list_connections"]``."""
+        erl_args = f"RABBITMQ_CTL_ERL_ARGS={os.environ.get('RABBITMQ_CTL_ERL_ARGS', CTL_ERL_ARGS)}"
         if not self.started_by_kit:
-            return [self.program(tool)]
+            return ["env", erl_args, self.program(tool)]
         env = _tool_env(self.home.parent, self.amqp_port)
-        return ["env", *(f"{key}={value}" for key, value in env.items()), self.program(tool), "-n", self.name]
+        return ["env", *(f"{key}={value}" for key, value in env.items()), erl_args, self.program(tool), "-n", self.name]
 
     def describe(self) -> str:
         """One line for ``./kit status``: which node, and where its cookie, data and logs live."""
