@@ -22,6 +22,7 @@ import time
 import pika
 
 from . import _amqp, metrics, requeue, topology
+from .acks import Open
 from ._amqp import BROKER_ERRORS, Action
 from .config import Config
 from .errors import BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
@@ -111,9 +112,8 @@ class Consumer:
         channels are closed on the way out, so what they held unacked returns to the queue."""
         self._pending: list = []
         self._kept: list[_Kept] = []
-        # Delivery tags of this channel not yet acked or requeued (pending, in a window, held, kept):
-        # an ack with ``multiple`` may only cover tags that are all settled by it.
-        self._open: set[int] = set()
+        # Deliveries not yet acked or requeued (pending, in a window, held, kept), by channel (svc/acks.py).
+        self._open = Open()
         # Deliveries a sibling's claim holds wait aside (unacked), never at the head of the queue.
         self.held = self.processor.held()
         self._cancelled = False
@@ -121,7 +121,7 @@ class Consumer:
         try:
             return self._consume_on(connection)
         finally:
-            for channel in (self.channel, self._dead):
+            for channel in {self.channel, self._dead, *self._open.channels()}:
                 if channel is not None and channel.is_open:
                     try:
                         channel.close()
@@ -136,11 +136,9 @@ class Consumer:
         channel = self.channel = topology.declare(channel, self.config.exchange, services=(self.config.service,),
                                                   queue_type=self.config.queue_type,
                                                   delivery_limit=self.config.delivery_limit)
-        channel.basic_qos(prefetch_count=self.config.prefetch)
         self._dead = connection.channel()  # confirmed publishes: dead letters, and copies requeued at the tail
         self._dead.confirm_delivery()
-        channel.add_on_cancel_callback(self._on_cancel)
-        self._tag = channel.basic_consume(self.queue, self._on_message)
+        self._subscribe(channel)
         log.info("%s consuming %s (prefetch %d, dedup %s)", self.config.service, self.queue,
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
         self.on_consuming()
@@ -153,7 +151,7 @@ class Consumer:
             self._pending[:0] = self.held.due()
             if self.config.queue_type == "classic" and \
                     self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE):
-                self._consume_again(channel)
+                self._consume_again(connection)
             window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - self.held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
             connection.process_data_events(time_limit=0 if busy else self._idle_wait())
@@ -170,6 +168,8 @@ class Consumer:
             if begun:
                 self._call(begun[1].proceed)
             in_flight = begun
+            for drained in self._open.drained(self.channel):
+                drained.close()  # an earlier consumer's channel, its held deliveries all settled
         if in_flight:
             self._settle(*in_flight)
         if self._cancelled:
@@ -178,7 +178,7 @@ class Consumer:
             return True
         # Stopping: the current window was finished and settled; what is still buffered (and any
         # kept dead letter) was never acked and returns to the queue when the channel closes.
-        channel.basic_cancel(self._tag)
+        self.channel.basic_cancel(self._tag)
         if self.config.queue_type == "quorum":
             # A return would count against the delivery limit: buffered and held ones go as copies
             # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
@@ -186,21 +186,28 @@ class Consumer:
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
-    def _consume_again(self, channel) -> None:
-        """A new consumer on this channel, the current one cancelled: RabbitMQ counts the prefetch
-        per consumer, so the deliveries held by the old one (unacked, still this channel's to ack
-        or requeue) no longer take slots; a basic.qos would change only later consumers' prefetch.
-        pika rejects (requeues) what reaches it for the old consumer during the cancel (it never
-        reached _on_message): harmless on a classic queue; on a quorum queue each return counts
-        against the delivery limit, so the loop does this on classic queues only."""
-        held = self.held.held_by(self._tag)
-        channel.basic_cancel(self._tag)
+    def _subscribe(self, channel) -> None:
+        channel.basic_qos(prefetch_count=self.config.prefetch)
+        channel.add_on_cancel_callback(self._on_cancel)
         self._tag = channel.basic_consume(self.queue, self._on_message)
-        log.info("%s: %d deliveries held for siblings' claims; consuming again with a full prefetch",
+        self._open.consuming(self._tag, channel)
+
+    def _consume_again(self, connection) -> None:
+        """A new consumer on a new channel, the current one cancelled: the deliveries held by the old
+        one (unacked, its channel's to ack or requeue when they come due) no longer take prefetch
+        slots (counted per consumer), nor rule out an ack "multiple" of the new channel's windows
+        (svc/acks.py). pika rejects (requeues) what reaches it for the old consumer during the
+        cancel (it never reached _on_message): harmless on a classic queue; on a quorum queue each
+        return counts against the delivery limit, so the loop does this on classic queues only."""
+        held = self.held.held_by(self._tag)
+        self.channel.basic_cancel(self._tag)
+        self.channel = connection.channel()
+        self._subscribe(self.channel)
+        log.info("%s: %d deliveries held for siblings' claims; consuming again on a new channel",
                  self.config.service, held)
 
     def _on_message(self, channel, method, properties, body) -> None:
-        self._open.add(method.delivery_tag)
+        self._open.add(method)
         reason = self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit)
         if reason:  # its crashes add up over its copies past the limit: dead-lettered unprocessed
             _amqp.refuse(properties, reason)
@@ -256,21 +263,12 @@ class Consumer:
                 if not self.held.hold(outcome.key, (method, properties, body), owner=method.consumer_tag):
                     requeues.append(((method, properties, body), outcome))  # waited once already: let any replica have it
             elif outcome.action is not Settlement.DEAD or self._dead_letter(method, properties, body, outcome.reason):
-                acks.append(method.delivery_tag)
+                acks.append(method)
         # An ack that fails because the connection dropped is safe: the broker redelivers, and
-        # the done mark (with dedup) turns the redelivery into a skip. One ack "multiple" covers
-        # every unsettled tag up to its own (AMQP 0-9-1, basic.ack), so it is used only when all of
-        # those are this window's acks: a lower tag may be open elsewhere (a held delivery come due
-        # in the next window, a kept dead letter, one held again), and acking it before its work is
-        # done loses it (and its later ack or nack is an unknown tag: the broker closes the channel).
-        top, acked = max(acks, default=0), set(acks)
-        if len(acks) > 1 and all(tag in acked for tag in self._open if tag <= top):
-            self.channel.basic_ack(top, multiple=True)
-        elif acks:
-            _amqp.ack_each(self.channel, acks)
-        self._open -= acked
+        # the done mark (with dedup) turns the redelivery into a skip. "multiple": svc/acks.py.
+        self._open.ack(acks)
         if log.isEnabledFor(logging.DEBUG):
-            self._trace(window, settled, set(acks))
+            self._trace(window, settled, {id(method) for method in acks})
         if requeues:
             self._requeue(requeues)
 
@@ -283,7 +281,7 @@ class Consumer:
             event = None if _amqp.undecodable(properties) else next(events, None)
             what = f"event {event.id[:64]!r}" if event else f"delivery {method.delivery_tag} (not an event)"
             how = "requeued (not acked)" if outcome.action is Settlement.REQUEUE else (
-                ("dead-lettered, " if outcome.action is Settlement.DEAD else "") + ("acked" if method.delivery_tag in acked
+                ("dead-lettered, " if outcome.action is Settlement.DEAD else "") + ("acked" if id(method) in acked
                                                                              else "kept unacked"))
             log.debug("%s: %s", what, how)
 
@@ -327,8 +325,7 @@ class Consumer:
         for kept in [k for k in self._kept if k.due <= now]:
             self._kept.remove(kept)
             if self._dead_letter(kept.method, kept.properties, kept.body, kept.reason, kept):
-                self.channel.basic_ack(kept.method.delivery_tag)
-                self._open.discard(kept.method.delivery_tag)
+                self._open.ack([kept.method])
                 log.info("%s: a kept dead letter was published and acked", self.config.service)
 
     def _requeue(self, requeues) -> None:
@@ -339,15 +336,15 @@ class Consumer:
             delay, self._etcd_backoff = 0.0, BACKOFF_START
         self._sleep(delay)
         for delivery, _ in requeues:
-            delivery_tag = delivery[0].delivery_tag
+            method, channel = delivery[0], self._open.channel(delivery[0])
             if self.config.queue_type == "quorum" and requeue.at_tail(self._dead, self.queue, *delivery):
                 # Its copy is confirmed at the tail: acking the original loses nothing, and the quorum
                 # queue's delivery limit stays for consumers that die on it (svc/requeue.py).
-                self.channel.basic_ack(delivery_tag)
+                channel.basic_ack(method.delivery_tag)
             else:
                 # Not done, not acked: back to the queue for another try (fail closed).
-                self.channel.basic_nack(delivery_tag, requeue=True)
-            self._open.discard(delivery_tag)
+                channel.basic_nack(method.delivery_tag, requeue=True)
+            self._open.settled(method)
 
 
 def _bodies(batch) -> list[bytes]:

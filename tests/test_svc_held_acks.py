@@ -44,16 +44,22 @@ def _unacked(world, service: str) -> int:
     return next((int(row[1]) for row in rows if row[0] == world.queue(service)), 0)
 
 
+def _claimed_by_a_sibling(world, service: str, count: int) -> int:
+    """Publish ``count`` events whose ids a sibling claimed on a 60 s lease (returned)."""
+    lease = world.etcd.grant(60)
+    for i in range(count):
+        event = {"type": "new_order", "id": f"held-{i}"}
+        digest = parse(json.dumps(event).encode()).digest
+        world.etcd.put(keys.dedup_key(world.prefix, service, event["id"]), f"claimed {digest} {lease:x}".encode(), lease)
+        world.publish(service, event)
+    return lease
+
+
 def test_held_deliveries_leave_a_full_prefetch_of_workable_events(svc_world):
     orders = svc_world.service_name("orders")
     etcd = svc_world.etcd
     # Given a sibling's live claims on 10 events (a dead sibling's window: they outlive the test)...
-    lease = etcd.grant(60)
-    for i in range(10):
-        event = {"type": "new_order", "id": f"held-{i}"}
-        digest = parse(json.dumps(event).encode()).digest
-        etcd.put(keys.dedup_key(svc_world.prefix, orders, event["id"]), f"claimed {digest} {lease:x}".encode(), lease)
-        svc_world.publish(orders, event)
+    lease = _claimed_by_a_sibling(svc_world, orders, 10)
     # ... published ahead of a long stream, consumed with PREFETCH=30 by a slow service...
     svc_world.publish(orders, {"type": "new_order", "id": "s"}, count=300, fresh_ids=True)
     svc_world.start(orders, enable_etcd=True, claim_ttl=60, prefetch=30, work_ms=500)
@@ -64,3 +70,42 @@ def test_held_deliveries_leave_a_full_prefetch_of_workable_events(svc_world):
     wait_for(lambda: svc_world.depth(orders) == 0 and len(svc_world.effects_by_id(orders)) == 310,
              "all 310 events processed", timeout=60)
     assert set(svc_world.effects_by_id(orders).values()) == {1}
+
+
+def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world, monkeypatch):
+    import threading
+
+    from svc import _amqp
+    from svc.config import Config
+    from svc.consumer import Consumer, open_dedup
+    from svc.dedup import EtcdDedup
+    from svc.processor import Processor
+    from svc.testing import MemoryMeter
+
+    orders = svc_world.service_name("orders")
+    etcd = svc_world.etcd
+    # Given a dead sibling's claims on 10 events (they outlive the test) ahead of 300 more...
+    lease = _claimed_by_a_sibling(svc_world, orders, 10)
+    ids = svc_world.publish(orders, {"type": "new_order", "id": "s"}, count=300, fresh_ids=True).ids
+    # ... consumed with PREFETCH=30 (in this process, to count its acks)...
+    one_by_one = []
+    ack_each = _amqp.ack_each
+    monkeypatch.setattr(_amqp, "ack_each", lambda channel, tags: (one_by_one.extend(tags), ack_each(channel, tags)))
+    config = Config.from_env(svc_world.env(orders, enable_etcd=True, claim_ttl=60, prefetch=30))
+    dedup = EtcdDedup(etcd, config.etcd_prefix, orders, claim_ttl=60, retention=config.dedup_retention)
+    stop = threading.Event()
+    assert open_dedup(dedup, stop)
+    consumer = Consumer(config, Processor(orders, dedup, MemoryMeter()), stop)
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    try:
+        wait_for(lambda: len(svc_world.effects_by_id(orders)) >= len(ids), "the 300 processed", timeout=60)
+    finally:
+        stop.set()
+        thread.join(30)
+        dedup.close()
+    # ... I expect the held ones' low delivery tags not to make every later window's deliveries
+    # acked one by one (300 ack frames; with a dead sibling's window held, a third of the survivor's time).
+    assert len(one_by_one) <= 60, f"{len(one_by_one)} of 300 acked one by one"
+    assert set(svc_world.effects_by_id(orders).values()) == {1}
+    etcd.revoke(lease)

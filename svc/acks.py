@@ -1,0 +1,67 @@
+"""Which deliveries of a consumer are not settled yet, per broker channel, and their acks.
+
+A delivery tag belongs to the channel it came on (AMQP 0-9-1 numbers them per channel), and one
+ack "multiple" covers every unsettled tag of that channel up to its own (basic.ack): it is used
+only when all of those are acked by it. A lower tag may be open elsewhere (a held delivery come
+due in the next window, a kept dead letter, one held again), and acking it before its work is
+done loses it (and its later ack or nack is an unknown tag: the broker closes the channel).
+
+So a held delivery's low tag rules out an ack "multiple" on its channel for as long as it waits
+(up to CLAIM_TTL): every later window's deliveries are then acked one by one, hundreds of ack
+frames a window that the broker settles one at a time (bench_svc.py's dead sibling: a third of
+the survivor's time, and its deliveries came in a trickle). The consumer hands over to a new
+channel (Consumer._consume_again): the held deliveries stay open on the old one, where they are
+settled when they come due, and the new channel's windows are acked with one "multiple" again.
+"""
+
+import logging
+
+from . import _amqp
+
+log = logging.getLogger(__name__)
+
+
+class Open:
+    """Delivery tags not yet acked or requeued, by channel; a delivery's channel from its consumer tag."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, object] = {}   # consumer tag -> the channel it consumes on
+        self._tags: dict[object, set[int]] = {}  # channel -> its open delivery tags
+
+    def consuming(self, consumer_tag: str, channel) -> None:
+        self._channels[consumer_tag] = channel
+        self._tags.setdefault(channel, set())
+
+    def channels(self) -> list:
+        return list(self._tags)
+
+    def add(self, method) -> None:
+        self._tags[self._channels[method.consumer_tag]].add(method.delivery_tag)
+
+    def channel(self, method):
+        """The channel ``method``'s delivery came on (the one to ack or nack it on)."""
+        return self._channels[method.consumer_tag]
+
+    def settled(self, method) -> None:
+        self._tags[self.channel(method)].discard(method.delivery_tag)
+
+    def ack(self, methods) -> None:
+        """Ack these deliveries: per channel one ack "multiple" when it covers only them, else one by one."""
+        by_channel: dict[object, list[int]] = {}
+        for method in methods:
+            by_channel.setdefault(self.channel(method), []).append(method.delivery_tag)
+        for channel, acks in by_channel.items():
+            top, acked, open_ = max(acks), set(acks), self._tags[channel]
+            if len(acks) > 1 and all(tag in acked for tag in open_ if tag <= top):
+                channel.basic_ack(top, multiple=True)
+            else:
+                _amqp.ack_each(channel, acks)
+            open_ -= acked
+
+    def drained(self, current) -> list:
+        """Forget and return the channels other than ``current`` with nothing open (to be closed)."""
+        done = [channel for channel, tags in self._tags.items() if channel is not current and not tags]
+        for channel in done:
+            del self._tags[channel]
+        self._channels = {tag: channel for tag, channel in self._channels.items() if channel in self._tags}
+        return done
