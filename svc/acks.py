@@ -29,13 +29,16 @@ class Open:
         self._tags: dict[object, set[int]] = {}  # channel -> its open delivery tags
 
     def consuming(self, consumer_tag: str, channel) -> None:
+        """``consumer_tag``'s deliveries come on ``channel`` (a pika BlockingChannel)."""
         self._channels[consumer_tag] = channel
         self._tags.setdefault(channel, set())
 
     def channels(self) -> list:
+        """Every channel still tracked: the current one and those with deliveries open."""
         return list(self._tags)
 
     def add(self, method) -> None:
+        """A delivery (pika's Basic.Deliver ``method``) is open until acked or requeued."""
         self._tags[self._channels[method.consumer_tag]].add(method.delivery_tag)
 
     def channel(self, method):
