@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from svc import _etcd, effects, keys, topology  # noqa: E402
-from svc.config import DEFAULT_PREFETCH  # noqa: E402
+from svc.config import DEFAULT_PREFETCH, parse_endpoints  # noqa: E402
 from svc.testing import World, wait_for  # noqa: E402
 
 from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402  (the yardsticks of chapter 8 too)
@@ -273,7 +273,7 @@ def print_round(tag: str, load: tuple, result: dict, seconds: float) -> None:
 
 def reclaim(endpoints: str) -> None:
     """Compact and defragment the bench's etcd: its deleted keys' space is given back."""
-    etcd = _etcd.Etcd([(host, int(port)) for host, port in (e.rsplit(":", 1) for e in endpoints.split(","))])
+    etcd = _etcd.Etcd(parse_endpoints(endpoints))
     try:
         sizes = etcd.compact_and_defragment()
         print(f"etcd compacted and defragmented: {', '.join(f'{size / 1e6:.2f} MB' for size in sizes)}",
