@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -112,11 +113,20 @@ def started_at(pid: int) -> float:
 
 
 def write_record(path: Path, record: Mapping[str, object]) -> None:
-    """Write a start record (``pid``, ``started`` and the owner's fields) atomically."""
+    """Write a start record (``pid``, ``started`` and the owner's fields) atomically.
+
+    Each writer goes through a temporary file of its own beside ``path`` (two writers sharing one
+    name would rename it from under each other: FileNotFoundError), then renames it over ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(record)))
-    tmp.replace(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as tmp:
+        tmp.write(json.dumps(dict(record)))
+    try:
+        os.replace(tmp.name, path)
+    except OSError:
+        os.unlink(tmp.name)
+        raise
 
 
 def read_record(path: Path) -> dict | None:

@@ -5,14 +5,26 @@ reads the record: pid and start time, plus the service's settings), so a later k
 find and stop what an earlier one started: a record counts only while its pid is still that
 very ``python -m svc`` process. The processes this interpreter started are kept here too, so
 their exit status is collected (no zombie) and reported.
+
+One service name, one set of processes, across kernels: whoever starts, stops or kills a service
+first takes its lock, ``state/services/<name>.lock`` (:func:`exclusive`, an OS file lock that ends
+with the process holding it), and holds it from the check "is it running?" to the record written
+or deleted. Two kernels that start ``orders`` at the same moment thus take turns: the first
+starts it, the second finds it running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
@@ -20,9 +32,13 @@ from svc.config import SERVICE_NAME_RE
 from svc.topology import DEFAULT_EXCHANGE, DEFAULT_SERVICES
 
 from . import paths, processes
+from ._wait import Progress, quiet
+from .errors import ServiceError
 
 NAMES = DEFAULT_SERVICES                 # the talk's services
 KIT_MARK = "NIRVANA_KIT_STATE"   # set in each service's environment: which kit state dir started it
+LOCK_WAIT = 30.0     # seconds to wait for another kernel's start or stop: a start's 10 s, a stop's 10 s
+LOCK_POLL = 0.05     # seconds between tries of a lock another process holds
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,75 @@ def records_dir() -> Path:
 
 def record_path(key: str) -> Path:
     return records_dir() / f"{key}.json"
+
+
+def lock_path(name: str) -> Path:
+    """The service's lock file (never deleted: a process waiting on it holds that very file)."""
+    return records_dir() / f"{check_name(name)}.lock"
+
+
+_local_locks: dict[str, threading.RLock] = {}   # by lock path: the threads of this interpreter take turns
+_depth: dict[str, int] = {}                      # by lock path: how deep this interpreter holds it
+_locks_guard = threading.Lock()
+
+
+def _holder(fd: int) -> str:
+    """The pid written in a lock file by whoever holds it, for a message ("" when unreadable)."""
+    try:
+        return os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+@contextlib.contextmanager
+def exclusive(name: str, *, timeout: float = LOCK_WAIT, progress: Progress = quiet) -> Iterator[None]:
+    """Hold ``name``'s lock across kernels: ``with exclusive("orders"): ...`` (re-entrant here).
+
+    An exclusive ``flock(2)`` on ``state/services/<name>.lock``; the kernel releases it when the
+    holder ends however it ends (a kernel killed mid-start leaves no stale lock). Waiting for
+    another process says so once through ``progress``; after ``timeout`` seconds raises
+    ServiceError naming the holder's pid.
+    """
+    path = lock_path(name)
+    key = str(path)
+    with _locks_guard:
+        local = _local_locks.setdefault(key, threading.RLock())
+    with local:
+        if _depth.get(key):
+            _depth[key] += 1
+            try:
+                yield
+            finally:
+                _depth[key] -= 1
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)   # not inherited by the services it starts (PEP 446)
+        try:
+            deadline, said = time.monotonic() + timeout, False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = _holder(fd) or "another process"
+                    if time.monotonic() >= deadline:
+                        raise ServiceError(
+                            f"{name}: pid {holder} has been starting or stopping it for over {timeout:g} s; "
+                            f"wait for it, or end that process (its lock is {path})") from None
+                    if not said:
+                        progress(f"{name}: pid {holder} is starting or stopping it; waiting (up to {timeout:g} s)")
+                        said = True
+                    time.sleep(LOCK_POLL)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _depth[key] = 1
+            try:
+                yield
+            finally:
+                _depth[key] = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def log_path(name: str, instance: int = 1) -> Path:
@@ -240,6 +325,28 @@ def kit_processes() -> list[Service]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def unrecorded(name: str) -> list[Service]:
+    """Live ``python -m svc`` processes of this kit state dir serving ``name`` with no live record
+    (instance 0): a record lost to a race of an older kit, or deleted by hand."""
+    recorded = {service.pid for service in instances(name)}
+    return [service for service in kit_processes() if service.name == name and service.pid not in recorded]
+
+
+def record_again(name: str) -> list[Service]:
+    """Record each unrecorded process serving ``name`` under a free instance number, so start()
+    finds it running and stop() stops it; returns the services as recorded now. Call it holding
+    :func:`exclusive`."""
+    taken = {service.instance for service in instances(name)}
+    again = []
+    for found in unrecorded(name):
+        instance = next(i for i in range(1, len(taken) + 2) if i not in taken)
+        taken.add(instance)
+        service = Service(name, found.pid, found.started, found.dedup, found.exchange, "", instance)
+        processes.write_record(record_path(service.key), asdict(service))
+        again.append(service)
+    return again
 
 
 def running_pids() -> list[int]:

@@ -6,11 +6,18 @@ environment, in its own session (so a stop reaches the whole process group), its
 later kernel can still stop what an earlier one started: before signalling, the pid is checked
 to still be that very ``python -m svc`` process. Stopping is :mod:`nirvana.processes`'.
 
+One service name, one set of processes, whichever kernels ask: start, stop, kill and restart hold
+the service's lock (:func:`nirvana.service_records.exclusive`) from "is it running?" to the record
+written, so of two kernels starting ``orders`` at once one starts it and the other finds it running
+(and says so). A stop ends every process of this kit serving the name, recorded or not, and then
+reads the queue's consumers from RabbitMQ: one the kit did not start is named, never taken for done.
+
 Everything this process started is stopped when it exits (``atexit``: a notebook kernel's
 shutdown). A service is *ready* when its queue has a consumer.
 """
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -80,14 +87,24 @@ def start(
 
     ``env`` adds settings (EVENTS_EXCHANGE, ETCD_PREFIX, ...); ``replicas`` runs that many
     copies on the one queue. Starting a running service is a no-op that says so (or starts
-    the replicas still missing); asking for the other dedup setting is an error pointing at
-    restart(). With ``wait`` it returns once the queue has a consumer per replica, or raises
-    ServiceError with the last log lines (and stops what it started) when a replica exits or
-    the deadline passes. Returns the first replica.
+    the replicas still missing), whichever kernel started it, one starting it at this very
+    moment included (the service's lock: the later start waits for the earlier one, then finds
+    its process); asking for the other dedup setting is an error pointing at restart(). With
+    ``wait`` it returns once the queue has a consumer per replica, or raises ServiceError with
+    the last log lines (and stops what it started) when a replica exits or the deadline passes.
+    Returns the first replica.
     """
     records.check_name(name)
     if replicas < 1:
         raise ValueError(f"replicas={replicas}: run at least 1")
+    with records.exclusive(name, progress=progress):
+        return _start(name, dedup, wait, timeout, replicas, env, progress)
+
+
+def _start(name: str, dedup: bool, wait: bool, timeout: float, replicas: int, env: dict[str, str] | None,
+           progress: Progress) -> Service:
+    """start()'s work, holding the service's lock."""
+    records.record_again(name)   # a process of ours serving it without a record is running too
     live = instances(name)
     if live and live[0].dedup != dedup:
         raise ServiceError(
@@ -136,8 +153,12 @@ def start(
 
 
 def _targets(name: str, instance: int | None) -> list[Service]:
+    """The processes to stop: every live replica, or only ``instance``; with every replica, also
+    any process of this kit serving ``name`` whose record is gone (key ``<name>@unrecorded``)."""
     live = instances(name)
-    return live if instance is None else [s for s in live if s.instance == instance]
+    if instance is not None:
+        return [s for s in live if s.instance == instance]
+    return live + records.unrecorded(name)
 
 
 def stop(
@@ -145,46 +166,66 @@ def stop(
 ) -> bool:
     """Stop gracefully: SIGTERM to the group, SIGKILL after ``timeout``. False if not running.
 
-    Every replica, or only ``instance`` (1, 2, ...).
+    Every process of this kit serving ``name`` (recorded or not, whichever kernel started it), or
+    only replica ``instance`` (1, 2, ...). Then waits (up to 5 s) for RabbitMQ to drop their
+    consumers; a consumer the kit did not start that stays on the queue is named in a line of
+    its own.
     """
-    targets = _targets(name, instance)
-    if not targets:
-        progress(f"{records.record_key(name, instance or 1)}: not running")
-        return False
-    for key, how in records.stop_now(targets, timeout).items():
-        progress(f"{key}: stopped" if how == "stopped" else f"{key}: killed, it ignored SIGTERM for {timeout:g} s")
-    _await_detached(name, targets[0].exchange)
-    return True
+    with records.exclusive(name, progress=progress):
+        targets = _targets(name, instance)
+        if not targets:
+            progress(f"{records.record_key(name, instance or 1)}: not running")
+            return False
+        for key, how in records.stop_now(targets, timeout).items():
+            progress(f"{key}: stopped" if how == "stopped" else f"{key}: killed, it ignored SIGTERM for {timeout:g} s")
+        _await_detached(name, targets[0].exchange, progress)
+        return True
 
 
 def kill(name: str, *, instance: int | None = None, progress: Progress = print) -> bool:
     """Crash it: SIGKILL to the group, no goodbye; events it had not acked go back to its queue.
 
-    Every replica, or only ``instance`` (its siblings carry on).
+    Every replica (with any process of this kit serving ``name`` that has no record), or only
+    ``instance`` (its siblings carry on).
     """
-    targets = _targets(name, instance)
-    if not targets:
-        progress(f"{records.record_key(name, instance or 1)}: not running")
-        return False
-    for key in records.stop_now(targets, 0):
-        progress(f"{key}: killed (SIGKILL)")
-    _await_detached(name, targets[0].exchange)
-    return True
+    with records.exclusive(name, progress=progress):
+        targets = _targets(name, instance)
+        if not targets:
+            progress(f"{records.record_key(name, instance or 1)}: not running")
+            return False
+        for key in records.stop_now(targets, 0):
+            progress(f"{key}: killed (SIGKILL)")
+        _await_detached(name, targets[0].exchange, progress)
+        return True
 
 
-def _await_detached(name: str, exchange: str, timeout: float = 5.0) -> None:
+DETACH_TIMEOUT = 5.0    # seconds for RabbitMQ to drop the consumers of stopped processes
+
+
+def _await_detached(name: str, exchange: str, progress: Progress, timeout: float = DETACH_TIMEOUT) -> None:
     """Wait until RabbitMQ has noticed: the queue has one consumer per replica still running.
 
     A killed process's socket closes at once, but the broker drops its consumer a moment later;
     until then it could hand a new event to the dead consumer. Waiting here makes "published while
-    it was down" mean exactly that (the event waits in the queue, ready).
+    it was down" mean exactly that (the event waits in the queue, ready). Consumers still there at
+    the deadline are none of the kit's: they are named through ``progress``, one line.
     """
     left = len(instances(name))
+    queue = rabbit.queue_of(name, exchange)
     try:
-        poll(lambda: rabbit.consumers(name, exchange=exchange), lambda seen: seen <= left,
-             what=f"RabbitMQ to drop the consumers of {name}", timeout=timeout, progress=quiet)
-    except (rabbit.RabbitUnavailable, rabbit.NoSuchQueue, TimeoutError):
-        pass   # nothing more to learn from a broker that is down or slow; the stop itself is done
+        seen = poll(lambda: rabbit.consumers(name, exchange=exchange), lambda seen: seen <= left,
+                    what=f"RabbitMQ to drop the consumers of {name}", timeout=timeout, progress=quiet)
+    except (rabbit.RabbitUnavailable, rabbit.NoSuchQueue):
+        return   # nothing more to learn from a broker that is down; the stop itself is done
+    except TimeoutError:
+        try:
+            seen = rabbit.consumers(name, exchange=exchange)
+        except (rabbit.RabbitUnavailable, rabbit.NoSuchQueue):
+            return
+    extra = seen - len(instances(name))
+    if extra > 0:
+        progress(f"{name}: its queue {queue} still has {extra} consumer{'s' if extra > 1 else ''} the kit did not "
+                 "start (a `python -m svc` run by hand, or by another state folder)")
 
 
 def restart(
@@ -196,15 +237,19 @@ def restart(
     env: dict[str, str] | None = None,
     progress: Progress = print,
 ) -> Service:
-    """Stop (if running) and start again; ``dedup``/``replicas`` None keep the current setting."""
-    live = instances(name)
-    if dedup is None:
-        dedup = live[0].dedup if live else False
-    if replicas is None:
-        replicas = max(len(live), 1)
-    if live:
-        stop(name, timeout, progress=progress)
-    return start(name, dedup=dedup, timeout=timeout, replicas=replicas, env=env, progress=progress)
+    """Stop (if running) and start again; ``dedup``/``replicas`` None keep the current setting.
+
+    Holds the service's lock throughout: no other kernel starts it between the stop and the start.
+    """
+    with records.exclusive(name, progress=progress):
+        live = instances(name)
+        if dedup is None:
+            dedup = live[0].dedup if live else False
+        if replicas is None:
+            replicas = max(len(live), 1)
+        if live or records.unrecorded(name):
+            stop(name, timeout, progress=progress)
+        return start(name, dedup=dedup, timeout=timeout, replicas=replicas, env=env, progress=progress)
 
 
 def status(names: list[str] | tuple[str, ...] | None = None) -> StatusTable:
@@ -241,11 +286,16 @@ def logs(name: str, lines: int = LOG_TAIL_LINES, *, instance: int = 1) -> str:
 def stop_all(timeout: float = DEFAULT_TIMEOUT, *, progress: Progress = quiet) -> list[str]:
     """Stop every service the kit started, this kernel's and earlier ones'; return their keys.
 
-    Recorded services first; then any process the kit started whose record was lost.
+    Recorded services first; then any process the kit started whose record was lost. Holds every
+    service's lock meanwhile (taken in name order), so no kernel starts one halfway through.
     """
-    recorded = [s for name in known_names() for s in instances(name)]
-    pids = {s.pid for s in recorded}
-    ended = records.stop_now(recorded + [s for s in records.kit_processes() if s.pid not in pids], timeout)
+    names = sorted(set(known_names()) | {s.name for s in records.kit_processes()})
+    with contextlib.ExitStack() as held:
+        for name in names:
+            held.enter_context(records.exclusive(name, progress=progress))
+        recorded = [s for name in names for s in instances(name)]
+        pids = {s.pid for s in recorded}
+        ended = records.stop_now(recorded + [s for s in records.kit_processes() if s.pid not in pids], timeout)
     for key, how in ended.items():
         progress(f"{key}: {how}")
     return list(ended)
