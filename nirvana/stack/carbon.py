@@ -39,18 +39,43 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 def probe() -> Probe:
     if not tcp_open(endpoints.CARBON_PORT):
         return DOWN
-    request = pickle.dumps({"type": "cache-query", "metric": "nirvana.health"}, protocol=2)
     try:
-        with socket.create_connection((HOST, endpoints.CARBON_QUERY_PORT), timeout=PROBE_TIMEOUT) as conn:
-            conn.settimeout(2)
-            conn.sendall(struct.pack("!L", len(request)) + request)
-            header = _recv_exactly(conn, 4)
-            body = _recv_exactly(conn, struct.unpack("!L", header)[0])
-        answer = _PlainUnpickler(io.BytesIO(body)).load()
+        answer = _query({"type": "cache-query", "metric": "nirvana.health"}, connect_timeout=PROBE_TIMEOUT)
         healthy = isinstance(answer, dict) and "datapoints" in answer
     except (OSError, pickle.UnpicklingError, struct.error, EOFError, ValueError):
         healthy = False
     return Probe("up") if healthy else Probe("unhealthy", "carbonlink (cache query) did not answer")
+
+
+def _query(request: dict, *, connect_timeout: float = 2.0, timeout: float = 2.0):
+    """One carbonlink request (pickle, length-prefixed) to carbon-cache's query port; its answer.
+
+    Raises OSError when carbon does not answer, ValueError (pickle.UnpicklingError) for an answer
+    that is not plain data.
+    """
+    data = pickle.dumps(request, protocol=2)
+    with socket.create_connection((HOST, endpoints.CARBON_QUERY_PORT), timeout=connect_timeout) as conn:
+        conn.settimeout(timeout)
+        conn.sendall(struct.pack("!L", len(data)) + data)
+        header = _recv_exactly(conn, 4)
+        body = _recv_exactly(conn, struct.unpack("!L", header)[0])
+    return _PlainUnpickler(io.BytesIO(body)).load()
+
+
+def cached(metrics: list[str]) -> set[str]:
+    """Which of ``metrics`` (dotted names) have points in carbon's cache, not yet in their whisper
+    file: a file deleted now would be created again when carbon writes them. One ``cache-query-bulk``
+    (carbon 1.1, carbon/protocols.py). Raises OSError when carbon does not answer."""
+    if not metrics:
+        return set()
+    answer = _query({"type": "cache-query-bulk", "metrics": list(metrics)})
+    by_metric = answer.get("datapointsByMetric", {}) if isinstance(answer, dict) else {}
+    return {metric for metric, points in by_metric.items() if points}
+
+
+def metric_of(path: Path) -> str:
+    """The dotted metric name of a whisper file under :func:`whisper_dir`."""
+    return ".".join(path.relative_to(whisper_dir()).with_suffix("").parts)
 
 
 def launch(state: Path) -> Launch:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+import time
 from pathlib import Path
 
 from svc import Etcd, topology
 
 from .. import rabbit, services
 from ..settings import current
+from . import carbon, statsd
 from .carbon import whisper_dir
 from .component import Progress
 from .lifecycle import status
@@ -62,11 +65,56 @@ def whisper_files() -> list[Path]:
     return sorted(whisper_dir().rglob("*.wsp")) if whisper_dir().exists() else []
 
 
+IN_FLIGHT = 0.3        # seconds for a flush statsd computed before the deletion to reach carbon
+CACHE_DRAINED = 5.0    # seconds for carbon to write what its cache holds of the deleted metrics
+
+
+def forget_statsd_metrics(row, progress: Progress) -> None:
+    """Delete every counter, timer and gauge statsd knows but its own, when it is the kit's.
+
+    statsd sends every counter it has ever seen at each flush, a zero when idle (the kit leaves
+    ``deleteCounters`` off: a plotted line stays at 0 rather than breaking into gaps, and a
+    second without a point then means a flush Graphite lacks, which :mod:`nirvana.graphite`
+    reports), so without this a deleted whisper file is back within a second.
+    """
+    if not row.healthy:
+        progress("statsd        not answering: no counters to delete (start it with `./kit up`)")
+        return
+    if row.origin == "found running":
+        progress("statsd        found running outside the kit (docker-compose?): its counters are not the kit's "
+                 "to delete")
+        return
+    try:
+        deleted = statsd.delete_metrics()
+    except OSError as error:
+        progress(f"statsd        did not answer on its admin port ({type(error).__name__}): no counters deleted")
+        return
+    time.sleep(IN_FLIGHT)
+    progress(f"statsd        deleted {deleted['counters']} counters, {deleted['timers']} timers and "
+             f"{deleted['gauges']} gauges (its own statsd.* kept)")
+
+
+def await_carbon_written(files: list[Path], timeout: float = CACHE_DRAINED) -> None:
+    """Wait until carbon's cache holds no point of these whisper files' metrics (up to ``timeout``
+    seconds; a carbon that does not answer is not waited for): deleted before carbon writes
+    them, each file would be created again."""
+    metrics = [carbon.metric_of(path) for path in files]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not carbon.cached(metrics):
+                return
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+            return
+        time.sleep(0.1)
+
+
 def reset(progress: Progress = print, exchange: str | None = None) -> None:
     """Return the stack to a clean demo state, touching nothing but the kit's own data.
 
-    Purges the kit's queues, deletes the etcd keys under the kit's prefix, and deletes the whisper
-    files of the native stack (so a changed retention takes effect on the next point).
+    Purges the kit's queues, deletes the etcd keys under the kit's prefix, deletes every metric
+    statsd knows (but its own) and then the whisper files of the native stack (so no metric comes
+    back, and a changed retention takes effect on the next point).
     Raises SettingError for a bad ETCD_PREFIX before anything is touched.
     """
     prefix = etcd_prefix()   # a bad ETCD_PREFIX stops the reset before anything is touched
@@ -86,7 +134,10 @@ def reset(progress: Progress = print, exchange: str | None = None) -> None:
     if rows["carbon"].origin == "found running":
         progress("graphite      found running outside the kit (docker-compose?): its whisper files are not "
                  "the kit's to delete; `docker compose down -v` clears them")
+    forget_statsd_metrics(rows["statsd"], progress)
     files = whisper_files()
+    if rows["carbon"].healthy and rows["carbon"].origin != "found running":
+        await_carbon_written(files)
     for path in files:
         path.unlink(missing_ok=True)
     for folder in sorted((p for p in whisper_dir().rglob("*") if p.is_dir()), reverse=True):
