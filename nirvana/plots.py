@@ -121,7 +121,9 @@ def plot_counters(
 ) -> Figure:
     """One figure: each counter's running total since the mark (``since``, Unix seconds), with
     ``marks`` as labelled vertical lines. Prints a note per missing counter and per mark outside
-    the plotted time; raises TypeError for a mark that is not a :class:`Mark`."""
+    the plotted time, and one when Graphite misses flushes of the window (``note: incomplete: ...``,
+    :func:`nirvana.graphite.completeness`; the title then ends in "(incomplete)"); raises
+    TypeError for a mark that is not a :class:`Mark`."""
     names, marks = list(names), _marks(marks)
     now = time.time()
     series = (fetch or _default_fetch(url))(names, since)
@@ -131,7 +133,10 @@ def plot_counters(
     for one in marks:
         if not since <= one.at <= now:
             progress(outside_note(one))
-    ax.set_title(title or "counted since the mark")
+    incomplete = graphite.completeness(since, now, url=url) if fetch is None else None
+    if incomplete:   # the totals drawn are short: say so under the plot and in its title
+        progress(f"note: {incomplete}")
+    ax.set_title((title or "counted since the mark") + (" (incomplete)" if incomplete else ""))
     fig.tight_layout()
     return fig
 

@@ -162,6 +162,17 @@ def test_a_count_while_carbon_was_down_says_it_is_incomplete(kit_env, graphite_u
     count = graphite.counter(ok, since)
     assert INCOMPLETE.fullmatch(str(count)), f"a count missing flushes printed as {str(count)!r}"
     assert count < events and not count.complete
+    # and a plot of it to say so under it and in its title
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nirvana import plots
+
+    lines = []
+    figure = plots.plot_counters([ok], since, progress=lines.append)
+    assert [line for line in lines if line.startswith("note: incomplete: statsd could not reach carbon at ")], lines
+    assert figure.axes[0].get_title() == "counted since the mark (incomplete)"
+    plt.close(figure)
     # and a wait for the whole count to end naming it, not only the number seen
     with pytest.raises(TimeoutError, match=r"\(incomplete: statsd could not reach carbon at "):
         graphite.wait_for(ok, events, since, timeout=2, progress=quiet)
