@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -135,3 +136,26 @@ def test_stop_says_so_when_the_queue_keeps_a_consumer_the_kit_did_not_start(kit)
     finally:
         by_hand.terminate()
         by_hand.wait(timeout=15)
+
+
+def test_a_record_written_by_two_writers_at_once_never_fails(tmp_path):
+    # Given two writers of one start record at the same moment (two kernels, before the lock; the
+    # stack's pid records), each writing many times
+    path, errors = tmp_path / "services" / "orders.json", []
+
+    def write(pid):
+        try:
+            for _ in range(300):
+                processes.write_record(path, {"pid": pid, "started": 1.0})
+        except OSError as error:
+            errors.append(repr(error))
+
+    writers = [threading.Thread(target=write, args=(pid,)) for pid in (1, 2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    # I expect no error, one whole record left, and no temporary file behind
+    assert errors == []
+    assert processes.read_record(path)["pid"] in (1, 2)
+    assert [p.name for p in path.parent.iterdir()] == ["orders.json"]
