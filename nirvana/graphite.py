@@ -299,6 +299,7 @@ class Count(int):
 
     @property
     def complete(self) -> bool:
+        """True when Graphite holds every flush of statsd since the mark."""
         return self.incomplete is None
 
     def __format__(self, spec: str) -> str:
