@@ -68,6 +68,7 @@ class Consumer:
         """``urls``: the broker's nodes in the order to try them (default: AMQP_URL's order)."""
         self.config, self.processor, self.stop = config, processor, stop
         self.urls, self.url = tuple(urls or config.amqp_urls), None
+        self._user: str | None = None   # AMQP_URL's user of the node connected to (dead letters' user_id)
         self.on_consuming = on_consuming or (lambda: None)
         self.queue = topology.queue_name(config.service, config.exchange)
         self._worker = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work")
@@ -79,6 +80,7 @@ class Consumer:
         connection, self.url = _amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
                                                    blocked_timeout=BLOCKED_TIMEOUT)
         self.connection = connection
+        self._user = pika.URLParameters(self.url).credentials.username   # what the broker takes as user_id
         try:
             backoff = BACKOFF_START
             while not self.stop.is_set():
@@ -209,7 +211,8 @@ class Consumer:
     def _on_message(self, channel, method, properties, body) -> None:
         self._open.add(method)
         reason = self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit)
-        if reason:  # its crashes add up over its copies past the limit: dead-lettered unprocessed
+        reason = reason or unreadable_encoding(properties)
+        if reason:  # dead-lettered unprocessed: its crashes add up past the limit, or svc cannot read its body
             _amqp.refuse(properties, reason)
         self._pending.append((method, properties, body))
 
@@ -290,17 +293,11 @@ class Consumer:
         The caller acks the original only then, so a failed publish loses nothing. A dead letter
         the broker refuses (nack: a full dead-letter queue; returned: no queue bound) is kept
         unacked and published again with backoff; only that message waits."""
-        headers = dict(properties.headers or {})
-        headers.update({topology.REASON_HEADER: reason, topology.SERVICE_HEADER: self.config.service,
-                        topology.ROUTING_KEY_HEADER: method.routing_key})
-        raw = _amqp.raw_properties(properties)
-        if raw:
-            headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
+        letter = letter_properties(properties, {topology.REASON_HEADER: reason, topology.SERVICE_HEADER: self.config.service,
+                                                topology.ROUTING_KEY_HEADER: method.routing_key}, self._user)
         try:
             self._dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
-                                     pika.BasicProperties(headers=headers, delivery_mode=2,
-                                                          content_type=properties.content_type),
-                                     mandatory=True)
+                                     letter, mandatory=True)
         except BROKER_ERRORS as error:
             if _amqp.classify(error) is not Action.MESSAGE:
                 raise
@@ -345,6 +342,48 @@ class Consumer:
                 # Not done, not acked: back to the queue for another try (fail closed).
                 channel.basic_nack(method.delivery_tag, requeue=True)
             self._open.settled(method)
+
+
+# content_encoding values that leave the body as it is (RFC 9110's "identity"; "utf-8", "utf8",
+# "7bit", "8bit" and "binary" are charsets or MIME transfer encodings often set there by publishers)
+PLAIN_ENCODINGS = frozenset({"", "identity", "utf-8", "utf8", "7bit", "8bit", "binary"})
+USER_ID_HEADER = "x-nirvana-user-id"   # an event's user_id that svc's own user may not publish
+
+
+def unreadable_encoding(properties) -> str:
+    """The dead letter's reason when the delivery's ``content_encoding`` says its body is encoded
+    (gzip, deflate, br...), which svc does not decode, else "". The body is dead-lettered as it
+    came, the encoding kept with it (``letter_properties``)."""
+    encoding = properties.content_encoding
+    if encoding is None or encoding.strip().lower() in PLAIN_ENCODINGS:
+        return ""
+    return (f"body has content_encoding {encoding[:64]!r}: svc reads plain UTF-8 JSON only (not UTF-8 as it "
+            "is); publish the event unencoded")
+
+
+def letter_properties(properties, reason_headers: dict, user: str | None) -> pika.BasicProperties:
+    """A dead letter's properties: the delivery's ``properties``, every one but ``expiration`` (the
+    letter must not expire in the dead-letter queue), as RabbitMQ's own dead-lettering keeps them;
+    its headers with ``reason_headers`` added. ``delivery_mode`` is kept as published (1 transient,
+    2 persistent) and persistent when it was not set. A ``user_id`` other than ``user`` (svc's
+    own, from AMQP_URL) is moved to the header USER_ID_HEADER: RabbitMQ refuses a publish whose
+    user_id is not the publishing connection's user (406, "user_id property set to ... but
+    authenticated user was ..."). Properties pika could not decode are kept as sent in
+    RAW_PROPERTIES_HEADER."""
+    headers = dict(properties.headers or {})
+    headers.update(reason_headers)
+    raw = _amqp.raw_properties(properties)
+    if raw:
+        headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
+    user_id = properties.user_id
+    if user_id is not None and user_id != user:
+        headers[USER_ID_HEADER], user_id = user_id, None
+    return pika.BasicProperties(
+        content_type=properties.content_type, content_encoding=properties.content_encoding, headers=headers,
+        delivery_mode=properties.delivery_mode if properties.delivery_mode in (1, 2) else 2,
+        priority=properties.priority, correlation_id=properties.correlation_id, reply_to=properties.reply_to,
+        message_id=properties.message_id, timestamp=properties.timestamp, type=properties.type, user_id=user_id,
+        app_id=properties.app_id, cluster_id=properties.cluster_id)
 
 
 def _bodies(batch) -> list[bytes]:
