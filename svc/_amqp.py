@@ -37,9 +37,9 @@ import pika.spec
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from .config import mask_url, split_urls
-from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, SvcError
+from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, PublishRefused, SvcError
 
-__all__ = ["Action", "ServerProtocolError", "classify", "translate", "connect", "connect_first", "lost", "ack_each", "parameters",
+__all__ = ["Action", "ServerProtocolError", "classify", "translate", "refused_publish", "connect", "connect_first", "lost", "ack_each", "parameters",
            "undecodable", "refuse", "raw_properties", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,20 @@ def translate(error: BaseException, doing: str, *, may_declare: bool = True, url
     if action is Action.MESSAGE:
         return MessageRefused(f"RabbitMQ refused a message while {doing}: {_describe(error)}")
     return BrokerUnavailable(f"RabbitMQ{where} unavailable for {doing}: {_describe(error)} ({START_HINT})")
+
+
+def refused_publish(error: BaseException, exchange: str, url: str | None = None) -> PublishRefused | None:
+    """svc's PublishRefused when ``error`` is the broker closing a publishing channel over what was
+    published (403 ACCESS_REFUSED: no write permission; 404 NOT_FOUND: no such exchange; 406
+    PRECONDITION_FAILED: a body over max_message_size, a user_id not the connection's), else None.
+    A channel that publishes declares nothing, so each of these is about the publish itself."""
+    if not isinstance(error, pika.exceptions.ChannelClosedByBroker) or \
+            error.reply_code not in (ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED):
+        return None
+    where = f" at {mask_url(url)}" if url else ""
+    return PublishRefused(f"RabbitMQ{where} refused publishing to exchange {exchange!r}: "
+                          f"{_advice(error, error.reply_code, error.reply_text)}",
+                          code=error.reply_code, text=error.reply_text)
 
 
 def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
@@ -255,6 +269,9 @@ def _advice(error: BaseException, code: int, text: str) -> str:
         return f"the login ({code} {text}); check the user and password in the AMQP URL"
     if isinstance(error, pika.exceptions.ProbableAccessDeniedError) or code == NOT_ALLOWED:
         return f"the virtual host ({code} {text}); check the vhost in the AMQP URL (rabbitmqctl list_vhosts)"
+    if code == PRECONDITION_FAILED and "larger than" in text and "max size" in text:
+        return (f"{text} (406): the event is over the broker's max_message_size; publish smaller events, "
+                "or raise max_message_size on the broker")
     if code == ACCESS_REFUSED and "reserved prefix" in text:
         return f"{text} (403); names starting with amq. are the broker's own: use another name"
     if code == ACCESS_REFUSED:

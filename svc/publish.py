@@ -7,7 +7,9 @@
 Input that is not JSON is refused with exit status 2 and nothing is published; JSON that is not an
 object is published exactly as given (the consumers dead-letter it). What the broker refuses and no
 retry can cure (an exchange of another type, or missing with --no-declare; a wrong login, vhost or
-permission) is one line and exit status 2 too. Exit status 1 means not every event was confirmed and
+permission; a publish refused by name: an event over the broker's max_message_size, a routing key
+over 255 bytes, an exchange under the reserved amq. prefix, the last two checked before
+connecting) is one line and exit status 2 too. Exit status 1 means not every event was confirmed and
 routed, or RabbitMQ could not be reached (the reason is printed).
 """
 
