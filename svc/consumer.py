@@ -40,6 +40,10 @@ BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm
                          # and opened again (a blocked connection cannot even ack; a new one can)
 HELD_SHARE = 10          # a consumer whose held deliveries fill this fraction (1/N) of its prefetch
                          # hands over to a new consumer with a full prefetch (Consumer._consume_again)
+HANDOVER_CHANNELS = 16   # channels at most that consume or hold deliveries on one connection: a hand-over
+                         # needs a channel of its own while the old one keeps its held deliveries (up to
+                         # CLAIM_TTL); unbounded, PREFETCH=1 and 2,100 deliveries claimed by a live sibling
+                         # opened 1,821 channels (one per delivery) and ended in NoFreeChannels
 PUMP_WAIT = 1.0          # seconds between services of the connection while the worker works
                          # (the worker's end wakes the loop at once: add_callback_threadsafe)
 
@@ -119,6 +123,7 @@ class Consumer:
         # Deliveries a sibling's claim holds wait aside (unacked), never at the head of the queue.
         self.held = self.processor.held()
         self._cancelled = False
+        self._at_bound = False   # HANDOVER_CHANNELS reached (and logged)
         self.channel = self._dead = None
         try:
             return self._consume_on(connection)
@@ -152,7 +157,8 @@ class Consumer:
         while not self.stop.is_set() and not self._cancelled:
             self._pending[:0] = self.held.due()
             if self.config.queue_type == "classic" and \
-                    self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE):
+                    self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE) and \
+                    self._may_hand_over():
                 self._consume_again(connection)
             window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - self.held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
@@ -207,6 +213,21 @@ class Consumer:
         self._subscribe(self.channel)
         log.info("%s: %d deliveries held for siblings' claims; consuming again on a new channel",
                  self.config.service, held)
+
+    def _may_hand_over(self) -> bool:
+        """Whether a new channel may take over: fewer than HANDOVER_CHANNELS consume or hold
+        deliveries. At the bound the consumer goes on with the prefetch slots its held deliveries
+        leave (none, with PREFETCH=1) until one of them comes due (its claim released or its wait
+        over) and an older channel drains and closes; logged once each time the bound is reached."""
+        if len(self._open.channels()) < HANDOVER_CHANNELS:
+            self._at_bound = False
+            return True
+        if not self._at_bound:
+            self._at_bound = True
+            log.info("%s: %d deliveries held for siblings' claims on %d channels, the most one connection opens for "
+                     "them; consuming on with what the held ones leave of the prefetch", self.config.service,
+                     len(self.held), HANDOVER_CHANNELS)
+        return False
 
     def _on_message(self, channel, method, properties, body) -> None:
         self._open.add(method)
