@@ -33,6 +33,7 @@ MODES = {
     "reset": "reset (TCP RST) after reading the client's protocol header",
     "protocol": "answered with another protocol's header (AMQP 1.0) and closed, as a server that does not speak 0-9-1",
 }
+LOST_HANDSHAKES = ("eof", "start", "tune", "reset")   # the modes that lose a handshake (none answers it)
 CHUNK = 65536
 CONNECT_TIMEOUT = 5.0   # seconds for the proxy's own connection to the broker
 HEADER_TIMEOUT = 5.0    # seconds to wait for the client's protocol header before closing anyway
@@ -72,12 +73,12 @@ class HandshakeProxy:
         return urlunsplit(parts._replace(netloc=netloc))
 
     def cut(self) -> int:
-        """Close every relayed connection (both ends); how many sockets were closed."""
+        """Close every relayed connection (both ends: client and broker); how many were closed."""
         with self._lock:
             relayed, self._relayed = self._relayed, set()
         for sock in relayed:
             _close(sock)
-        return len(relayed)
+        return len(relayed) // 2
 
     def close(self) -> None:
         self._closed = True
@@ -159,4 +160,4 @@ def _close(sock: socket.socket) -> None:
         pass
 
 
-__all__ = ["HandshakeProxy", "MODES"]
+__all__ = ["HandshakeProxy", "MODES", "LOST_HANDSHAKES"]

@@ -14,10 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from nirvana.proxy import LOST_HANDSHAKES as LOST
 from nirvana.proxy import HandshakeProxy
 from svc.testing import wait_for
-
-LOST = ("eof", "start", "tune", "reset")
 
 
 @pytest.fixture
