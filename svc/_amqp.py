@@ -40,7 +40,7 @@ from .config import mask_url, split_urls
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, PublishRefused, SvcError
 
 __all__ = ["Action", "ServerProtocolError", "classify", "translate", "refused_publish", "connect", "connect_first", "lost", "ack_each", "parameters",
-           "undecodable", "refuse", "raw_properties", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
+           "undecodable", "refuse", "raw_properties", "own_user_id", "USER_ID_HEADER", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,24 @@ def _advice(error: BaseException, code: int, text: str) -> str:
 def _describe(error: BaseException) -> str:
     text = str(error) or repr(error.args)  # pika's connect errors keep the cause in args, str() is ""
     return f"{type(error).__name__}: {text}".replace("\n", " ")[:300]
+
+
+# -- a message svc publishes again (a dead letter, a copy at a queue's tail) ---------------------
+
+USER_ID_HEADER = "x-nirvana-user-id"   # an event's user_id that svc's own user may not publish
+
+
+def own_user_id(properties, headers: dict, user: str | None) -> str | None:
+    """The ``user_id`` svc may publish a message of ``properties`` again with: the message's own when
+    it is ``user`` (svc's, from AMQP_URL) or unset, else None, the message's moved into ``headers``
+    (USER_ID_HEADER): RabbitMQ refuses a publish whose user_id is not the connection's user (406
+    PRECONDITION_FAILED "user_id property set to ... but authenticated user was ...", closing
+    the channel), RabbitMQ docs "Validated User-ID"."""
+    user_id = properties.user_id
+    if user_id is None or user_id == user:
+        return user_id
+    headers[USER_ID_HEADER] = user_id
+    return None
 
 
 # -- properties pika cannot decode -------------------------------------------------------------

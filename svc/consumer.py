@@ -355,7 +355,7 @@ class Consumer:
         self._sleep(delay)
         for delivery, _ in requeues:
             method, channel = delivery[0], self._open.channel(delivery[0])
-            if self.config.queue_type == "quorum" and requeue.at_tail(self._dead, self.queue, *delivery):
+            if self.config.queue_type == "quorum" and requeue.at_tail(self._dead, self.queue, *delivery, user=self._user):
                 # Its copy is confirmed at the tail: acking the original loses nothing, and the quorum
                 # queue's delivery limit stays for consumers that die on it (svc/requeue.py).
                 channel.basic_ack(method.delivery_tag)
@@ -368,7 +368,6 @@ class Consumer:
 # content_encoding values that leave the body as it is (RFC 9110's "identity"; "utf-8", "utf8",
 # "7bit", "8bit" and "binary" are charsets or MIME transfer encodings often set there by publishers)
 PLAIN_ENCODINGS = frozenset({"", "identity", "utf-8", "utf8", "7bit", "8bit", "binary"})
-USER_ID_HEADER = "x-nirvana-user-id"   # an event's user_id that svc's own user may not publish
 
 
 def unreadable_encoding(properties) -> str:
@@ -387,18 +386,14 @@ def letter_properties(properties, reason_headers: dict, user: str | None) -> pik
     letter must not expire in the dead-letter queue), as RabbitMQ's own dead-lettering keeps them;
     its headers with ``reason_headers`` added. ``delivery_mode`` is kept as published (1 transient,
     2 persistent) and persistent when it was not set. A ``user_id`` other than ``user`` (svc's
-    own, from AMQP_URL) is moved to the header USER_ID_HEADER: RabbitMQ refuses a publish whose
-    user_id is not the publishing connection's user (406, "user_id property set to ... but
-    authenticated user was ..."). Properties pika could not decode are kept as sent in
-    RAW_PROPERTIES_HEADER."""
+    own, from AMQP_URL) is moved to a header (``_amqp.own_user_id``: the broker would refuse it).
+    Properties pika could not decode are kept as sent in RAW_PROPERTIES_HEADER."""
     headers = dict(properties.headers or {})
     headers.update(reason_headers)
     raw = _amqp.raw_properties(properties)
     if raw:
         headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
-    user_id = properties.user_id
-    if user_id is not None and user_id != user:
-        headers[USER_ID_HEADER], user_id = user_id, None
+    user_id = _amqp.own_user_id(properties, headers, user)
     return pika.BasicProperties(
         content_type=properties.content_type, content_encoding=properties.content_encoding, headers=headers,
         delivery_mode=properties.delivery_mode if properties.delivery_mode in (1, 2) else 2,

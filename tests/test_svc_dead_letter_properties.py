@@ -66,27 +66,15 @@ def test_a_gzip_body_is_dead_lettered_with_its_encoding_and_a_reason_naming_it(s
 
 
 def test_a_user_id_svc_may_not_publish_goes_to_a_header(svc_world):
-    import uuid
-
-    from svc.consumer import USER_ID_HEADER
+    from svc._amqp import USER_ID_HEADER
 
     orders = svc_world.service_name("orders")
-    user = f"t-{uuid.uuid4().hex[:6]}"
-    svc_world._rabbitmqctl("add_user", user, "pw")
-    try:
-        svc_world._rabbitmqctl("set_permissions", user, ".*", ".*", ".*")
-        # Given a poison event published by another user, its user_id that user's (the broker checks it)...
-        parameters = pika.URLParameters(svc_world.amqp_url.replace("guest:guest@", f"{user}:pw@"))
-        connection = pika.BlockingConnection(parameters)
-        connection.channel().basic_publish(svc_world.exchange, "foo", b"not json",
-                                           pika.BasicProperties(user_id=user, message_id="m-2"))
-        connection.close()
-        # ... when svc (as guest) dead-letters it, I expect the letter published (RabbitMQ refuses a
-        # user_id other than the publisher's own), that user_id kept in a header.
-        [process] = svc_world.start(orders)
-        properties, body = _dead_letter(svc_world)
-        assert body == b"not json" and properties.message_id == "m-2"
-        assert properties.user_id is None and properties.headers[USER_ID_HEADER] == user
-        assert "closed the channel" not in process.log()
-    finally:
-        svc_world._rabbitmqctl("delete_user", user)
+    # Given a poison event published by another user, its user_id that user's (the broker checks it)...
+    user = svc_world.publish_as_another_user(b"not json", pika.BasicProperties(message_id="m-2"))
+    # ... when svc (as guest) dead-letters it, I expect the letter published (RabbitMQ refuses a
+    # user_id other than the publisher's own), that user_id kept in a header.
+    [process] = svc_world.start(orders)
+    properties, body = _dead_letter(svc_world)
+    assert body == b"not json" and properties.message_id == "m-2"
+    assert properties.user_id is None and properties.headers[USER_ID_HEADER] == user
+    assert "closed the channel" not in process.log()
