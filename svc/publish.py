@@ -81,6 +81,13 @@ def main(argv=None) -> int:
     if result.unroutable:
         print(f"svc.publish: {result.unroutable} events were unroutable: no queue is bound to "
               f"{args.exchange!r} for {args.routing_key!r}", file=sys.stderr)
+    if result.nacked:
+        # A nack carries no reason (AMQP 0-9-1); RabbitMQ sends one for a queue at its max-length
+        # with overflow reject-publish, or when a queue could not take the message (its process or
+        # quorum leader failing): nothing of those events was stored, a later try may succeed.
+        print(f"svc.publish: {result.nacked} events were nacked by the broker (a queue full with overflow "
+              "reject-publish, or a queue that could not take them): none of them was stored; publish them "
+              "again later, or make room in the queue", file=sys.stderr)
     return 0 if result.ok else 1
 
 

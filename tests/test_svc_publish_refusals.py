@@ -89,3 +89,16 @@ def test_an_exchange_under_the_reserved_amq_prefix_is_refused_before_connecting(
     assert "amq." in line and "reserved" in line and "is RabbitMQ running" not in line, line
     with pytest.raises(PublishError, match="reserved"):
         Publisher(svc_world.amqp_url, "amq.orders", services=()).publish({"id": "1"})
+
+
+def test_events_the_broker_nacks_are_named_with_the_likely_reason(svc_world):
+    orders = svc_world.service_name("orders")
+    # Given the service's queue full and refusing publishes (max-length 0, overflow reject-publish)...
+    svc_world.set_policy("full", f"^{svc_world.queue(orders)}$", {"max-length": 0, "overflow": "reject-publish"})
+    result = _cli(svc_world.amqp_url, "--exchange", svc_world.exchange, "--service", orders,
+                  "--input", '{"type":"new_order","id":"1"}', "--count", "2")
+    # ... I expect exit 1 (a later try may succeed) with a line saying why they were not stored.
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "0 confirmed, 0 unroutable, 2 nacked" in result.stdout
+    [line] = result.stderr.splitlines()
+    assert "2 events were nacked" in line and "reject-publish" in line, line
