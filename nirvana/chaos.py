@@ -214,7 +214,15 @@ class _Run:
     def lose_handshakes(self) -> None:
         """Every connection through the proxy cut, then for HANDSHAKES_LOST_FOR seconds each new
         one lost during its handshake, in turn: EOF before the broker answers, after
-        Connection.Start, after Connection.Tune, a reset."""
+        Connection.Start, after Connection.Tune, a reset. First every replica is awaited consuming
+        (after a broker restart they are still in their backoff), so the cut finds their connections."""
+        want = self.plan.replicas
+        for name in self.plan.services:
+            try:
+                poll(lambda name=name: rabbit.consumers(name, exchange=self.exchange), lambda n: n >= want,
+                     what=f"{want} replicas of {name} consuming", timeout=CRASH_TIMEOUT, progress=quiet)
+            except TimeoutError:
+                pass   # cut what is connected
         before = sum(self.proxy.accepted[mode] for mode in LOST_HANDSHAKES)
         self.proxy.cycle = LOST_HANDSHAKES
         closed = self.proxy.cut()
