@@ -8,7 +8,11 @@ A Jepsen-style total-queue run (chapter 7, and ``bench/chaos.py`` at full size):
    (a ``duplicate_share`` of them twice, the second copy a little later);
 3. between slices of the publishing, the faults, one after another: SIGKILLs of single replicas, the two crash points
    (``CRASH_AT=claimed``, ``CRASH_AT=done``), a broker connection closed by ``rabbitmqctl``,
-   an etcd restart;
+   an etcd restart; as options (``Plan.broker_restart``, ``Plan.lost_handshakes``): the kit's own
+   RabbitMQ stopped and started, and every connection of the services, which reach the broker
+   through a proxy (:class:`nirvana.proxy.HandshakeProxy`), cut, then their handshakes lost at
+   each step for a few seconds (what a load balancer with no healthy node behind it does); after
+   each fault every replica must still run (a replica that exited by itself is in ``Report.exits``);
 4. every replica back, the queues drained, the services stopped gracefully;
 5. per service, :func:`nirvana.checker.check` over the ids published, the effects counted in
    etcd, the dead letters and what is left in the queue.
@@ -22,6 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -32,12 +37,14 @@ from svc.effects import counts_by_id
 from . import checker, deadletters, rabbit, services, settings, stack
 from ._wait import Progress, poll, quiet
 from .errors import KitError
-from .cuts import CUT_TIMEOUT, RABBITMQCTL_TIMEOUT, cut_connection, cut_replica
+from .cuts import CUT_TIMEOUT, RABBITMQCTL_TIMEOUT, cut_connection, cut_replica, restart_broker
 from .own_etcd import OwnEtcd
+from .proxy import LOST_HANDSHAKES, HandshakeProxy
 from .publisher import publish_bodies
 
 CRASH_TIMEOUT = 15.0    # seconds for a replica started with CRASH_AT to reach its crash point
 GAP = 0.2               # seconds between two faults
+HANDSHAKES_LOST_FOR = 3.0   # seconds the proxy loses every handshake (svc's backoff reaches 1.6 s meanwhile)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class Plan:
     crash_points: bool = True          # CRASH_AT=claimed and CRASH_AT=done among the kills
     cut: bool = True                   # close one replica's broker connection
     etcd_restart: bool = True
+    broker_restart: bool = False       # the kit's own RabbitMQ stopped and started (never one found running)
+    lost_handshakes: bool = False      # the services behind a proxy: connections cut, then handshakes lost
     dedup: bool = True
     drain_timeout: float = 120.0       # seconds for the queues to drain after the last fault
     claim_ttl: int = 2                 # seconds: a killed replica's claims end this soon
@@ -70,11 +79,13 @@ class Report:
     crash_points: tuple[str, ...]      # the crash points actually reached
     run_seconds: float
     drain_seconds: float
+    exits: tuple[str, ...] = ()        # replicas that exited by themselves (no fault may make one exit)
     extra: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
+        """Every id accounted for by every service, and no replica exited by itself."""
+        return all(row.ok for row in self.rows) and not self.exits
 
     def table(self) -> str:
         return checker.render(self.rows)
@@ -111,7 +122,14 @@ class _Run:
         self.faults: list[str] = []
         self.sigkills = 0
         self.crash_points: list[str] = []
+        self.exits: list[str] = []
         self.cutting: threading.Thread | None = None
+        self.proxy: HandshakeProxy | None = None
+        if plan.lost_handshakes:   # the services reach the broker through it (the kit's helpers do not)
+            url = settings.current().amqp_url.split(",")[0]
+            parts = urlsplit(url)
+            self.proxy = HandshakeProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+            self.env["AMQP_URL"] = self.proxy.url(url)
 
     def start(self, service: str, *, wait: bool = True, **extra: str) -> None:
         services.start(service, dedup=self.plan.dedup, replicas=self.plan.replicas, env={**self.env, **extra},
@@ -182,6 +200,50 @@ class _Run:
         self.etcd.restart()
         self.log("etcd restarted (SIGTERM, then started on its data)")
 
+    def restart_broker(self) -> None:
+        """The kit's own RabbitMQ node stopped and started (see cuts.restart_broker); never a broker
+        the kit did not start: then the fault is logged as not done."""
+        if self.cutting is not None:   # a cut still asking rabbitmqctl would fail against the stopped node
+            self.cutting.join(CUT_TIMEOUT + 3 * RABBITMQCTL_TIMEOUT)
+        try:
+            took = restart_broker(self.node)
+            self.log(f"RabbitMQ restarted (rabbitmqctl stop_app, start_app): answering again after {took:.1f} s")
+        except KitError as error:
+            self.log(f"RabbitMQ NOT restarted: {error}")
+
+    def lose_handshakes(self) -> None:
+        """Every connection through the proxy cut, then for HANDSHAKES_LOST_FOR seconds each new
+        one lost during its handshake, in turn: EOF before the broker answers, after
+        Connection.Start, after Connection.Tune, a reset. First every replica is awaited consuming
+        (after a broker restart they are still in their backoff), so the cut finds their connections."""
+        want = self.plan.replicas
+        for name in self.plan.services:
+            try:
+                poll(lambda name=name: rabbit.consumers(name, exchange=self.exchange), lambda n: n >= want,
+                     what=f"{want} replicas of {name} consuming", timeout=CRASH_TIMEOUT, progress=quiet)
+            except TimeoutError:
+                pass   # cut what is connected
+        before = sum(self.proxy.accepted[mode] for mode in LOST_HANDSHAKES)
+        self.proxy.cycle = LOST_HANDSHAKES
+        closed = self.proxy.cut()
+        time.sleep(HANDSHAKES_LOST_FOR)
+        self.proxy.cycle = ()
+        lost = sum(self.proxy.accepted[mode] for mode in LOST_HANDSHAKES) - before
+        self.log(f"proxy: {closed} broker connections cut, then {lost} handshakes lost in {HANDSHAKES_LOST_FOR:g} s "
+                 "(EOF before the answer, after Start, after Tune, reset)")
+
+    def check_exits(self) -> None:
+        """Every replica must still run after a fault: one missing exited by itself (the faults'
+        SIGKILLs start a successor at once). Each is noted with its last log lines, and started again."""
+        for name in self.plan.services:
+            running = {s.instance for s in services.instances(name)}
+            for instance in sorted(set(range(1, self.plan.replicas + 1)) - running):
+                last = services.logs(name, 3, instance=instance).replace("\n", " | ")
+                self.exits.append(f"{name} replica {instance} exited after fault {len(self.faults)}: {last}")
+                self.say(f"  EXIT: {self.exits[-1]}")
+            if len(running) < self.plan.replicas:
+                self.start(name, wait=False)
+
     def schedule(self) -> list:
         """The faults in order: crash points early (events must flow to reach them)."""
         plan, names = self.plan, self.plan.services
@@ -195,6 +257,10 @@ class _Run:
             steps.append(lambda: self.cut(names[-1]))
         if plan.etcd_restart:
             steps.append(self.restart_etcd)
+        if plan.broker_restart:
+            steps.append(self.restart_broker)
+        if plan.lost_handshakes:
+            steps.append(self.lose_handshakes)
         steps += [lambda i=i: self.kill(names[(i + 1) % len(names)], 1 + (i // len(names)) % plan.replicas)
                   for i in range(kills // 2, kills)]
         return steps
@@ -246,7 +312,8 @@ def _topology(exchange: str, names: tuple[str, ...], action) -> None:
 def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNode | None = None) -> Report:
     """Run the plan; the Report. Everything it started is stopped and removed, also on error.
 
-    ``node``: the RabbitMQ node whose ``rabbitmqctl`` cuts the connection (see cut_connection);
+    ``node``: the RabbitMQ node whose ``rabbitmqctl`` cuts the connection (see cut_connection)
+    and, with ``plan.broker_restart``, is restarted (only the kit's own node);
     default ``stack.rabbitmq_node()`` found now. A caller running with a state folder of its own
     (NIRVANA_STATE) passes the node found before it moved the folder.
 
@@ -257,6 +324,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
     tag = uuid.uuid4().hex[:6]
     exchange = f"chaos-{tag}"
     etcd = OwnEtcd(progress=quiet).start()
+    chaos = None
     try:
         kit = settings.current()   # the services it starts declare their queues as the kit's settings say
         _topology(exchange, plan.services, functools.partial(topology.declare, queue_type=kit.queue_type,
@@ -275,6 +343,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
             chaos.feed()   # events in flight while the fault strikes
             step()
             time.sleep(GAP)
+            chaos.check_exits()
         while chaos.slices:
             chaos.feed()
         if chaos.cutting is not None:
@@ -293,16 +362,20 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
                      for name in plan.services for s in services.instances(name)]
             raise TimeoutError("\n".join([str(error), *tails])) from None
         drain_seconds = time.monotonic() - drain_started
+        chaos.check_exits()
         chaos.settle()
         dead = _dead_ids(exchange)
         rows = tuple(checker.check(name, ids, chaos.counts(name), dead.get(name, ()),
                                    rabbit.queue_depth(name, exchange=exchange)) for name in plan.services)
-        progress(f"done: {chaos.sigkills} SIGKILLs, drained in {drain_seconds:.1f} s")
+        progress(f"done: {chaos.sigkills} SIGKILLs, {len(chaos.exits)} replicas exited by themselves, "
+                 f"drained in {drain_seconds:.1f} s")
         return Report(plan, rows, tuple(chaos.faults), chaos.sigkills, len(bodies), tuple(chaos.crash_points),
-                      time.monotonic() - started, drain_seconds)
+                      time.monotonic() - started, drain_seconds, tuple(chaos.exits))
     finally:
         for name in plan.services:
             services.stop(name, progress=quiet)
+        if chaos is not None and chaos.proxy is not None:
+            chaos.proxy.close()
         _topology(exchange, plan.services, topology.delete)
         etcd.close()
 

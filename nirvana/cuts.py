@@ -1,4 +1,5 @@
-"""Closing an svc process's broker connection as an operator would: ``rabbitmqctl close_connection``.
+"""Closing an svc process's broker connection as an operator would (``rabbitmqctl close_connection``),
+and restarting the kit's own broker (``rabbitmqctl stop_app``, ``start_app``).
 
 The broker then hands the connection's unacknowledged deliveries to the other consumers (chapter 5's
 cut, chapter 7's chaos run). svc names each connection ``svc <service> pid <pid>``
@@ -11,16 +12,20 @@ import re
 import subprocess
 import time
 
+from svc import _amqp
 from svc.consumer import connection_name
+from svc.errors import SvcError
 
-from . import rabbit, services, stack
+from . import rabbit, services, settings, stack
 from ._wait import POLL_SECONDS, poll, quiet
-from .errors import WaitTimeout
+from .errors import KitError, WaitTimeout
 
 # rabbitmqctl's schedulers are told not to busy-wait (nirvana.stack.rabbitmq.CTL_ERL_ARGS): at load ~10
 # a call still took up to 3.3 s; the deadline leaves room for a much busier machine.
 RABBITMQCTL_TIMEOUT = 120.0
 CUT_TIMEOUT = 60.0      # seconds for a replica of the service to have its broker connection open
+BROKER_DOWN = 2.0       # seconds the restarted broker stays stopped: clients find the port closed meanwhile
+BROKER_BACK_TIMEOUT = 60.0   # seconds for the broker to take AMQP connections again after start_app
 
 
 def _ctl(node: stack.RabbitNode | None, *command: str) -> str:
@@ -88,4 +93,36 @@ def cut_replica(service: str, *, exchange: str | None = None, replicas: int = 1,
         time.sleep(POLL_SECONDS)
 
 
-__all__ = ["cut_connection", "cut_replica", "open_connections", "RABBITMQCTL_TIMEOUT", "CUT_TIMEOUT"]
+def restart_broker(node: stack.RabbitNode, *, down: float = BROKER_DOWN, url: str | None = None) -> float:
+    """Stop the RabbitMQ application of ``node`` (``rabbitmqctl stop_app``: every connection closed,
+    the AMQP port closed), wait ``down`` seconds, start it again (``start_app``: durable queues and
+    persistent messages recovered from disk, unacknowledged deliveries back in their queues), and
+    wait until it takes an AMQP connection at ``url`` (default the kit's AMQP_URL). Seconds from
+    the stop until it answered again.
+
+    Only the kit's own node (``node.started_by_kit``): a RabbitMQ found running (the machine's, a
+    container) is never stopped, KitError says so. Raises subprocess errors as :func:`_ctl`, and
+    WaitTimeout when it does not answer within BROKER_BACK_TIMEOUT seconds.
+    """
+    if not node.started_by_kit:
+        raise KitError("the RabbitMQ answering is not the kit's own node (the machine's, or a container): the kit "
+                       "never stops a broker it did not start; run in a network namespace where `./kit up` starts its own")
+    url = url or settings.current().amqp_url
+    stopped = time.monotonic()
+    _ctl(node, "stop_app")
+    time.sleep(down)
+    _ctl(node, "start_app")
+
+    def answers() -> bool:
+        try:
+            _amqp.connect(url, 2.0, name="nirvana chaos probe").close()
+            return True
+        except (SvcError, *_amqp.BROKER_ERRORS):
+            return False
+    poll(answers, bool, what="RabbitMQ taking connections again after start_app", timeout=BROKER_BACK_TIMEOUT,
+         progress=quiet)
+    return time.monotonic() - stopped
+
+
+__all__ = ["cut_connection", "cut_replica", "open_connections", "restart_broker", "RABBITMQCTL_TIMEOUT", "CUT_TIMEOUT",
+           "BROKER_DOWN"]

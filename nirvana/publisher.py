@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from svc import publisher
-from svc.errors import BrokerUnavailable, PublishError
+from svc.errors import BrokerRefused, BrokerUnavailable, PublishError
 
 from .settings import current
 
@@ -56,7 +56,9 @@ def publish_bodies(bodies: list[bytes], *, exchange: str | None = None, url: str
     (EVENTS_EXCHANGE, AMQP_URL, :mod:`nirvana.settings`).
 
     Raises svc's BrokerRefused at once for what no retry cures (login, vhost, permissions, a
-    missing exchange), PublishError (one line) when bodies are still unconfirmed after ``attempts``.
+    missing exchange), its PublishRefused (a PublishError too) for a publish refused by name (a
+    body over the broker's max_message_size, a routing key over 255 bytes), PublishError (one
+    line) when bodies are still unconfirmed after ``attempts``.
     """
     settings = current()
     url, exchange = url or settings.amqp_url, exchange or settings.exchange
@@ -67,7 +69,9 @@ def publish_bodies(bodies: list[bytes], *, exchange: str | None = None, url: str
         try:
             result = batch.run()
             why = f"{result.nacked} nacked, {result.unroutable} unroutable"
-        except (BrokerUnavailable, PublishError) as error:   # BrokerRefused goes up: no retry cures it
+        except BrokerRefused:   # no retry cures it: a login, a missing exchange, a publish refused by name
+            raise
+        except (BrokerUnavailable, PublishError) as error:
             why = str(error)
         pending = batch.unsettled()
         if not pending:

@@ -19,7 +19,9 @@ connection errors 320 CONNECTION_FORCED, 530 NOT_ALLOWED, 5xx protocol faults.
 
 Importing this module also makes pika's decoding of message properties tolerant (see
 ``_install_tolerant_properties``): a delivery whose headers pika cannot decode arrives with
-``undecodable(properties)`` set, instead of tearing the connection down on every redelivery.
+``undecodable(properties)`` set, instead of tearing the connection down on every redelivery; and
+makes a server's protocol header answer an error of its own (``_install_protocol_answer``), so
+that answer is told from a connection lost during the header.
 """
 
 import enum
@@ -28,15 +30,17 @@ import re
 
 import pika
 import pika.adapters.blocking_connection
+import pika.connection
 import pika.exceptions
+import pika.frame
 import pika.spec
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from .config import mask_url, split_urls
-from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, SvcError
+from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, PublishRefused, SvcError
 
-__all__ = ["Action", "classify", "translate", "connect", "connect_first", "lost", "ack_each", "parameters",
-           "undecodable", "refuse", "raw_properties", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
+__all__ = ["Action", "ServerProtocolError", "classify", "translate", "refused_publish", "connect", "connect_first", "lost", "ack_each", "parameters",
+           "undecodable", "refuse", "raw_properties", "own_user_id", "USER_ID_HEADER", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,12 @@ ACCESS_REFUSED, NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 403, 404, 405,
 NOT_ALLOWED = 530
 
 
+class ServerProtocolError(pika.exceptions.IncompatibleProtocolError):
+    """The server answered svc's AMQP 0-9-1 protocol header with its own, another protocol's (AMQP
+    0-9-1 section 4.2.2: a server that does not speak the client's version answers so and closes):
+    it is not a RabbitMQ that svc can talk to. Raised through pika (see ``_install_protocol_answer``)."""
+
+
 class Action(enum.Enum):
     """What the caller does about a broker error."""
 
@@ -63,25 +73,36 @@ class Action(enum.Enum):
 def classify(error: BaseException, *, may_declare: bool = True) -> Action:
     """The Action for ``error`` (any exception pika raised).
 
+    Only an answer the broker gave stops: a login refused (403 ACCESS_REFUSED during the
+    handshake), a vhost not found or not allowed (530 NOT_ALLOWED), a permission refused, no common
+    authentication mechanism, a server that answered with another protocol's header. A connection
+    lost at any step of the handshake is RECONNECT, however pika names it: pika calls a stream
+    lost during the protocol header an IncompatibleProtocolError, during Connection.Start a
+    ProbableAuthenticationError, during Tune/Open a ProbableAccessDeniedError (guesses from the
+    step alone, pika/connection.py ``_on_stream_terminated``; pika/pika#830, #516), with the real
+    cause in the text: a ConnectionClosedByBroker with its reply code is an answer, a
+    StreamLostError (EOF, reset) is not. A refusal that waiting cures (a vhost being restarted,
+    a connection limit reached: RabbitMQ's 530 texts "is down", "limit ... is reached") is RECONNECT.
+
     ``may_declare``: whether the caller declares what it uses; if not, 404 NOT_FOUND (an exchange
     or queue that does not exist) is a refusal (STOP), else declaring again cures it (REOPEN_CHANNEL).
     A 406 PRECONDITION_FAILED is configuration (STOP) when it says "inequivalent arg" (an exchange
     or queue exists with other arguments, RabbitMQ docs "Queues: Property Equivalence"); any other
-    406 (an unknown delivery tag, a delivery acknowledgement timeout) closes only the channel.
+    406 (an unknown delivery tag, a delivery acknowledgement timeout, a message over the broker's
+    max_message_size) closes only the channel.
     """
     exc = pika.exceptions
     if isinstance(error, (exc.NackError, exc.UnroutableError)):
         return Action.MESSAGE
-    if isinstance(error, exc.IncompatibleProtocolError) and "ConnectionResetError" in str(error):
-        # pika names any stream lost during the protocol header "incompatible protocol" (a guess,
-        # pika/connection.py); a reset there is a node being killed or still booting (seen in a
-        # cluster under faults): another node, or the same one later, answers.
-        return Action.RECONNECT
-    if isinstance(error, (exc.ProbableAuthenticationError, exc.ProbableAccessDeniedError,
-                          exc.AuthenticationError, exc.IncompatibleProtocolError)):
-        return Action.STOP
+    if isinstance(error, (ServerProtocolError, exc.AuthenticationError, exc.ProtocolVersionMismatch)):
+        return Action.STOP   # the server's own answer: another protocol, no common login mechanism
+    if isinstance(error, (exc.IncompatibleProtocolError, exc.ProbableAuthenticationError,
+                          exc.ProbableAccessDeniedError)):
+        code, text = _reply(error)
+        answered = "ConnectionClosedByBroker" in str(error) and code
+        return Action.STOP if answered and _refusal(code, text) else Action.RECONNECT
     if isinstance(error, exc.ConnectionClosedByBroker):
-        return Action.STOP if error.reply_code in (ACCESS_REFUSED, NOT_ALLOWED) else Action.RECONNECT
+        return Action.STOP if _refusal(error.reply_code, error.reply_text) else Action.RECONNECT
     if isinstance(error, exc.ChannelClosedByBroker):
         code = error.reply_code
         if code == ACCESS_REFUSED or (code == PRECONDITION_FAILED and "inequivalent arg" in error.reply_text):
@@ -94,6 +115,17 @@ def classify(error: BaseException, *, may_declare: bool = True) -> Action:
     # Every other AMQPError (stream lost, heartbeat timeout, blocked too long, connection closed or
     # in the wrong state, protocol faults), a handshake timeout, a socket error.
     return Action.RECONNECT
+
+
+# RabbitMQ's 530 NOT_ALLOWED answers that waiting cures (rabbit_reader: "access to vhost '~s'
+# refused for user '~s': vhost '~s' is down", "...: connection limit (~p) is reached",
+# "connection refused for user '~s': user connection limit (~p) is reached").
+_TRANSIENT_REFUSAL_RE = re.compile(r"is down|limit \(\d+\) is reached")
+
+
+def _refusal(code: int, text: str) -> bool:
+    """Whether the broker's connection close (``code``, ``text``) refuses what no retry cures."""
+    return code in (ACCESS_REFUSED, NOT_ALLOWED) and not _TRANSIENT_REFUSAL_RE.search(text)
 
 
 def translate(error: BaseException, doing: str, *, may_declare: bool = True, url: str | None = None) -> SvcError:
@@ -113,6 +145,20 @@ def translate(error: BaseException, doing: str, *, may_declare: bool = True, url
     if action is Action.MESSAGE:
         return MessageRefused(f"RabbitMQ refused a message while {doing}: {_describe(error)}")
     return BrokerUnavailable(f"RabbitMQ{where} unavailable for {doing}: {_describe(error)} ({START_HINT})")
+
+
+def refused_publish(error: BaseException, exchange: str, url: str | None = None) -> PublishRefused | None:
+    """svc's PublishRefused when ``error`` is the broker closing a publishing channel over what was
+    published (403 ACCESS_REFUSED: no write permission; 404 NOT_FOUND: no such exchange; 406
+    PRECONDITION_FAILED: a body over max_message_size, a user_id not the connection's), else None.
+    A channel that publishes declares nothing, so each of these is about the publish itself."""
+    if not isinstance(error, pika.exceptions.ChannelClosedByBroker) or \
+            error.reply_code not in (ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED):
+        return None
+    where = f" at {mask_url(url)}" if url else ""
+    return PublishRefused(f"RabbitMQ{where} refused publishing to exchange {exchange!r}: "
+                          f"{_advice(error, error.reply_code, error.reply_text)}",
+                          code=error.reply_code, text=error.reply_text)
 
 
 def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,
@@ -204,8 +250,9 @@ def _reply(error: BaseException) -> tuple[int, str]:
     """(reply code, reply text) of a broker close, also when pika wrapped it in a connect error."""
     if isinstance(error, (pika.exceptions.ChannelClosed, pika.exceptions.ConnectionClosed)):
         return error.reply_code, error.reply_text
-    match = re.search(r"\((\d{3})\) '([^']*)'", str(error))  # ProbableAuthenticationError and kin
-    return (int(match[1]), match[2]) if match else (0, _describe(error))
+    # ProbableAuthenticationError and kin: the close's repr, its text quoted as Python's repr quotes it
+    match = re.search(r"""\((\d{3})\) (?:'([^']*)'|"([^"]*)")""", str(error))
+    return (int(match[1]), match[2] if match[2] is not None else match[3]) if match else (0, _describe(error))
 
 
 def _advice(error: BaseException, code: int, text: str) -> str:
@@ -216,10 +263,15 @@ def _advice(error: BaseException, code: int, text: str) -> str:
                 f"{match['ours']} (406 PRECONDITION_FAILED, inequivalent arg '{arg}'); delete that {kind} "
                 f"(after moving its messages: rabbitmqctl delete_{kind} {name}) or use another name "
                 "(EVENTS_EXCHANGE / SERVICE_NAME, or --exchange)")
+    if isinstance(error, ServerProtocolError):
+        return f"{error.args[0]}; check the host and port in the AMQP URL"
     if isinstance(error, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)):
         return f"the login ({code} {text}); check the user and password in the AMQP URL"
     if isinstance(error, pika.exceptions.ProbableAccessDeniedError) or code == NOT_ALLOWED:
         return f"the virtual host ({code} {text}); check the vhost in the AMQP URL (rabbitmqctl list_vhosts)"
+    if code == PRECONDITION_FAILED and "larger than" in text and "max size" in text:
+        return (f"{text} (406): the event is over the broker's max_message_size; publish smaller events, "
+                "or raise max_message_size on the broker")
     if code == ACCESS_REFUSED and "reserved prefix" in text:
         return f"{text} (403); names starting with amq. are the broker's own: use another name"
     if code == ACCESS_REFUSED:
@@ -232,6 +284,24 @@ def _advice(error: BaseException, code: int, text: str) -> str:
 def _describe(error: BaseException) -> str:
     text = str(error) or repr(error.args)  # pika's connect errors keep the cause in args, str() is ""
     return f"{type(error).__name__}: {text}".replace("\n", " ")[:300]
+
+
+# -- a message svc publishes again (a dead letter, a copy at a queue's tail) ---------------------
+
+USER_ID_HEADER = "x-nirvana-user-id"   # an event's user_id that svc's own user may not publish
+
+
+def own_user_id(properties, headers: dict, user: str | None) -> str | None:
+    """The ``user_id`` svc may publish a message of ``properties`` again with: the message's own when
+    it is ``user`` (svc's, from AMQP_URL) or unset, else None, the message's moved into ``headers``
+    (USER_ID_HEADER): RabbitMQ refuses a publish whose user_id is not the connection's user (406
+    PRECONDITION_FAILED "user_id property set to ... but authenticated user was ...", closing
+    the channel), RabbitMQ docs "Validated User-ID"."""
+    user_id = properties.user_id
+    if user_id is None or user_id == user:
+        return user_id
+    headers[USER_ID_HEADER] = user_id
+    return None
 
 
 # -- properties pika cannot decode -------------------------------------------------------------
@@ -286,4 +356,33 @@ def _install_tolerant_properties() -> None:
     properties.decode = decode
 
 
+def _install_protocol_answer() -> None:
+    """Make a server's protocol header answer an error that says so (ServerProtocolError).
+
+    A server that does not speak AMQP 0-9-1 answers the client's protocol header with its own and
+    closes (AMQP 0-9-1 section 4.2.2). pika 1.4 decodes that header and drops it
+    (``Connection._process_frame``), then reads the close as a stream lost during the header, the
+    same IncompatibleProtocolError(StreamLostError EOF) a proxy or a restarting broker gives: an
+    answer could not be told from a loss. Here the header ends the connection with
+    ServerProtocolError, which ``classify`` reads as a refusal.
+    """
+    connection = pika.connection.Connection
+    if getattr(connection._process_frame, "_svc_protocol_answer", False):
+        return
+    original = connection._process_frame
+
+    def _process_frame(self, frame_value):
+        if isinstance(frame_value, pika.frame.ProtocolHeader) and not self.is_open:
+            # (pika's ProtocolHeader turns a 0 in the version into 0-9-1's digit: the version is not named)
+            self._terminate_stream(ServerProtocolError(
+                "the server answered svc's AMQP 0-9-1 protocol header with a protocol header of its own: "
+                "it does not speak AMQP 0-9-1"))
+            return None
+        return original(self, frame_value)
+
+    _process_frame._svc_protocol_answer = True
+    connection._process_frame = _process_frame
+
+
 _install_tolerant_properties()
+_install_protocol_answer()

@@ -12,6 +12,8 @@ frames a window that the broker settles one at a time (bench_svc.py's dead sibli
 the survivor's time, and its deliveries came in a trickle). The consumer hands over to a new
 channel (Consumer._consume_again): the held deliveries stay open on the old one, where they are
 settled when they come due, and the new channel's windows are acked with one "multiple" again.
+At most HANDOVER_CHANNELS (svc/consumer.py) consume or hold at once: with a small prefetch every
+held delivery would call for a channel of its own.
 """
 
 import logging

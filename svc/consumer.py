@@ -40,6 +40,10 @@ BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm
                          # and opened again (a blocked connection cannot even ack; a new one can)
 HELD_SHARE = 10          # a consumer whose held deliveries fill this fraction (1/N) of its prefetch
                          # hands over to a new consumer with a full prefetch (Consumer._consume_again)
+HANDOVER_CHANNELS = 16   # channels at most that consume or hold deliveries on one connection: a hand-over
+                         # needs a channel of its own while the old one keeps its held deliveries (up to
+                         # CLAIM_TTL); unbounded, PREFETCH=1 and 2,100 deliveries claimed by a live sibling
+                         # opened 1,821 channels (one per delivery) and ended in NoFreeChannels
 PUMP_WAIT = 1.0          # seconds between services of the connection while the worker works
                          # (the worker's end wakes the loop at once: add_callback_threadsafe)
 
@@ -68,6 +72,7 @@ class Consumer:
         """``urls``: the broker's nodes in the order to try them (default: AMQP_URL's order)."""
         self.config, self.processor, self.stop = config, processor, stop
         self.urls, self.url = tuple(urls or config.amqp_urls), None
+        self._user: str | None = None   # AMQP_URL's user of the node connected to (dead letters' user_id)
         self.on_consuming = on_consuming or (lambda: None)
         self.queue = topology.queue_name(config.service, config.exchange)
         self._worker = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work")
@@ -79,6 +84,7 @@ class Consumer:
         connection, self.url = _amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
                                                    blocked_timeout=BLOCKED_TIMEOUT)
         self.connection = connection
+        self._user = pika.URLParameters(self.url).credentials.username   # what the broker takes as user_id
         try:
             backoff = BACKOFF_START
             while not self.stop.is_set():
@@ -117,6 +123,7 @@ class Consumer:
         # Deliveries a sibling's claim holds wait aside (unacked), never at the head of the queue.
         self.held = self.processor.held()
         self._cancelled = False
+        self._at_bound = False   # HANDOVER_CHANNELS reached (and logged)
         self.channel = self._dead = None
         try:
             return self._consume_on(connection)
@@ -150,7 +157,8 @@ class Consumer:
         while not self.stop.is_set() and not self._cancelled:
             self._pending[:0] = self.held.due()
             if self.config.queue_type == "classic" and \
-                    self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE):
+                    self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE) and \
+                    self._may_hand_over():
                 self._consume_again(connection)
             window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - self.held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
@@ -206,10 +214,26 @@ class Consumer:
         log.info("%s: %d deliveries held for siblings' claims; consuming again on a new channel",
                  self.config.service, held)
 
+    def _may_hand_over(self) -> bool:
+        """Whether a new channel may take over: fewer than HANDOVER_CHANNELS consume or hold
+        deliveries. At the bound the consumer goes on with the prefetch slots its held deliveries
+        leave (none, with PREFETCH=1) until one of them comes due (its claim released or its wait
+        over) and an older channel drains and closes; logged once each time the bound is reached."""
+        if len(self._open.channels()) < HANDOVER_CHANNELS:
+            self._at_bound = False
+            return True
+        if not self._at_bound:
+            self._at_bound = True
+            log.info("%s: %d deliveries held for siblings' claims on %d channels, the most one connection opens for "
+                     "them; consuming on with what the held ones leave of the prefetch", self.config.service,
+                     len(self.held), HANDOVER_CHANNELS)
+        return False
+
     def _on_message(self, channel, method, properties, body) -> None:
         self._open.add(method)
         reason = self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit)
-        if reason:  # its crashes add up over its copies past the limit: dead-lettered unprocessed
+        reason = reason or unreadable_encoding(properties)
+        if reason:  # dead-lettered unprocessed: its crashes add up past the limit, or svc cannot read its body
             _amqp.refuse(properties, reason)
         self._pending.append((method, properties, body))
 
@@ -290,17 +314,11 @@ class Consumer:
         The caller acks the original only then, so a failed publish loses nothing. A dead letter
         the broker refuses (nack: a full dead-letter queue; returned: no queue bound) is kept
         unacked and published again with backoff; only that message waits."""
-        headers = dict(properties.headers or {})
-        headers.update({topology.REASON_HEADER: reason, topology.SERVICE_HEADER: self.config.service,
-                        topology.ROUTING_KEY_HEADER: method.routing_key})
-        raw = _amqp.raw_properties(properties)
-        if raw:
-            headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
+        letter = letter_properties(properties, {topology.REASON_HEADER: reason, topology.SERVICE_HEADER: self.config.service,
+                                                topology.ROUTING_KEY_HEADER: method.routing_key}, self._user)
         try:
             self._dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
-                                     pika.BasicProperties(headers=headers, delivery_mode=2,
-                                                          content_type=properties.content_type),
-                                     mandatory=True)
+                                     letter, mandatory=True)
         except BROKER_ERRORS as error:
             if _amqp.classify(error) is not Action.MESSAGE:
                 raise
@@ -337,7 +355,7 @@ class Consumer:
         self._sleep(delay)
         for delivery, _ in requeues:
             method, channel = delivery[0], self._open.channel(delivery[0])
-            if self.config.queue_type == "quorum" and requeue.at_tail(self._dead, self.queue, *delivery):
+            if self.config.queue_type == "quorum" and requeue.at_tail(self._dead, self.queue, *delivery, user=self._user):
                 # Its copy is confirmed at the tail: acking the original loses nothing, and the quorum
                 # queue's delivery limit stays for consumers that die on it (svc/requeue.py).
                 channel.basic_ack(method.delivery_tag)
@@ -345,6 +363,43 @@ class Consumer:
                 # Not done, not acked: back to the queue for another try (fail closed).
                 channel.basic_nack(method.delivery_tag, requeue=True)
             self._open.settled(method)
+
+
+# content_encoding values that leave the body as it is (RFC 9110's "identity"; "utf-8", "utf8",
+# "7bit", "8bit" and "binary" are charsets or MIME transfer encodings often set there by publishers)
+PLAIN_ENCODINGS = frozenset({"", "identity", "utf-8", "utf8", "7bit", "8bit", "binary"})
+
+
+def unreadable_encoding(properties) -> str:
+    """The dead letter's reason when the delivery's ``content_encoding`` says its body is encoded
+    (gzip, deflate, br...), which svc does not decode, else "". The body is dead-lettered as it
+    came, the encoding kept with it (``letter_properties``)."""
+    encoding = properties.content_encoding
+    if encoding is None or encoding.strip().lower() in PLAIN_ENCODINGS:
+        return ""
+    return (f"body has content_encoding {encoding[:64]!r}: svc reads plain UTF-8 JSON only (not UTF-8 as it "
+            "is); publish the event unencoded")
+
+
+def letter_properties(properties, reason_headers: dict, user: str | None) -> pika.BasicProperties:
+    """A dead letter's properties: the delivery's ``properties``, every one but ``expiration`` (the
+    letter must not expire in the dead-letter queue), as RabbitMQ's own dead-lettering keeps them;
+    its headers with ``reason_headers`` added. ``delivery_mode`` is kept as published (1 transient,
+    2 persistent) and persistent when it was not set. A ``user_id`` other than ``user`` (svc's
+    own, from AMQP_URL) is moved to a header (``_amqp.own_user_id``: the broker would refuse it).
+    Properties pika could not decode are kept as sent in RAW_PROPERTIES_HEADER."""
+    headers = dict(properties.headers or {})
+    headers.update(reason_headers)
+    raw = _amqp.raw_properties(properties)
+    if raw:
+        headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
+    user_id = _amqp.own_user_id(properties, headers, user)
+    return pika.BasicProperties(
+        content_type=properties.content_type, content_encoding=properties.content_encoding, headers=headers,
+        delivery_mode=properties.delivery_mode if properties.delivery_mode in (1, 2) else 2,
+        priority=properties.priority, correlation_id=properties.correlation_id, reply_to=properties.reply_to,
+        message_id=properties.message_id, timestamp=properties.timestamp, type=properties.type, user_id=user_id,
+        app_id=properties.app_id, cluster_id=properties.cluster_id)
 
 
 def _bodies(batch) -> list[bytes]:

@@ -50,3 +50,10 @@ class ChannelClosed(SvcError):
 class MessageRefused(PublishError):
     """RabbitMQ refused one published message (a nack, or returned as unroutable); only that
     message is affected, the channel and connection stand."""
+
+
+class PublishRefused(PublishError, BrokerRefused):
+    """RabbitMQ refused a publish, or would (a rule checked before sending): the message names the
+    reason (a body over the broker's max_message_size, a routing key over 255 bytes, an exchange
+    under the reserved ``amq.`` prefix, a missing exchange or write permission). No retry cures
+    it: exit status 2 in ``svc.publish``. A PublishError and a BrokerRefused both."""

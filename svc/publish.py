@@ -7,7 +7,9 @@
 Input that is not JSON is refused with exit status 2 and nothing is published; JSON that is not an
 object is published exactly as given (the consumers dead-letter it). What the broker refuses and no
 retry can cure (an exchange of another type, or missing with --no-declare; a wrong login, vhost or
-permission) is one line and exit status 2 too. Exit status 1 means not every event was confirmed and
+permission; a publish refused by name: an event over the broker's max_message_size, a routing key
+over 255 bytes, an exchange under the reserved amq. prefix, the last two checked before
+connecting) is one line and exit status 2 too. Exit status 1 means not every event was confirmed and
 routed, or RabbitMQ could not be reached (the reason is printed).
 """
 
@@ -79,6 +81,13 @@ def main(argv=None) -> int:
     if result.unroutable:
         print(f"svc.publish: {result.unroutable} events were unroutable: no queue is bound to "
               f"{args.exchange!r} for {args.routing_key!r}", file=sys.stderr)
+    if result.nacked:
+        # A nack carries no reason (AMQP 0-9-1); RabbitMQ sends one for a queue at its max-length
+        # with overflow reject-publish, or when a queue could not take the message (its process or
+        # quorum leader failing): nothing of those events was stored, a later try may succeed.
+        print(f"svc.publish: {result.nacked} events were nacked by the broker (a queue full with overflow "
+              "reject-publish, or a queue that could not take them): none of them was stored; publish them "
+              "again later, or make room in the queue", file=sys.stderr)
     return 0 if result.ok else 1
 
 

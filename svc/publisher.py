@@ -14,9 +14,12 @@ import pika
 
 from . import _amqp, topology
 from .config import DEFAULT_AMQP_URL, mask_url, split_urls
-from .errors import BrokerRefused, BrokerUnavailable, PublishError
+from .errors import BrokerRefused, BrokerUnavailable, PublishError, PublishRefused
 
 DEFAULT_ROUTING_KEY = "foo"
+SHORTSTR_MAX = 255                # bytes of an AMQP 0-9-1 short string: exchange names, routing keys (spec 4.2.5.3)
+MAX_BODY = 512 * 1024 * 1024      # bytes: RabbitMQ's ceiling for max_message_size ("larger than max size", rabbit_channel)
+RESERVED_PREFIX = "amq."          # exchange names the broker keeps for itself (declaring one: 403 ACCESS_REFUSED)
 DEFAULT_TIMEOUT = 30.0  # seconds for one publish() to be confirmed
 CLOSE_GRACE = 1.0       # seconds a timed-out publish waits for the broker to close, then gives up
 
@@ -62,6 +65,7 @@ class Publisher:
     def _declare(self, timeout: float) -> None:
         if self._declared:
             return
+        check_publish(self.exchange, "", declare=True)   # a reserved name is refused before connecting
         connection = _amqp.connect(self.amqp_url, timeout)  # BrokerRefused / BrokerUnavailable, one line
         try:
             topology.declare(connection.channel(), self.exchange, services=self.services, queue_type=self.queue_type,
@@ -80,7 +84,9 @@ class Publisher:
         ``event`` is a dict (sent as JSON) or bytes/str sent as they are (to show bad input).
         Returns or raises within ``timeout`` (+ CLOSE_GRACE), whatever the broker does:
         BrokerRefused for what no retry cures (the exchange has another type or, with
-        ``declare=False``, does not exist; a wrong login or vhost; a missing permission),
+        ``declare=False``, does not exist; a wrong login or vhost; a missing permission), and its
+        PublishRefused when the publish itself is refused, naming why (checked before sending:
+        ``check_publish``; else the broker's answer: a body over its max_message_size...),
         BrokerUnavailable when the broker cannot be reached, PublishError when not all were confirmed.
         """
         deadline = time.monotonic() + self.timeout
@@ -90,6 +96,7 @@ class Publisher:
             raise ValueError("count must be 0 or more")
         if fresh_ids and not isinstance(event, dict):
             raise ValueError("fresh_ids needs the event as a dict")
+        check_publish(self.exchange, routing_key, declare=not self._declared)
         self._declare(self.timeout)
         if fresh_ids:
             ids = _fresh_ids(event.get("id", "e"), count)
@@ -105,6 +112,27 @@ class Publisher:
         return ConfirmedBatch(self.amqp_url, self.exchange, routing_key, bodies, ids, remaining).run()
 
 
+def check_publish(exchange: str, routing_key: str, bodies=(), *, declare: bool = False) -> None:
+    """Refuse, before anything is sent, what the broker would refuse: raises PublishRefused naming
+    the rule when the exchange name or the routing key is over 255 bytes in UTF-8 (AMQP 0-9-1
+    short strings: pika cannot even encode one), a body is over 512 MiB (RabbitMQ's highest
+    max_message_size; a lower one configured on the node is read from its answer), or, when the
+    exchange is to be declared (``declare``), its name starts with the reserved ``amq.``
+    (RabbitMQ: "exchange name ... contains reserved prefix 'amq.*'", 403 ACCESS_REFUSED)."""
+    for what, name in (("exchange name", exchange), ("routing key", routing_key)):
+        size = len(name.encode("utf-8"))
+        if size > SHORTSTR_MAX:
+            raise PublishRefused(f"the {what} {name[:40]!r}... is {size} bytes in UTF-8, over AMQP's "
+                                 f"{SHORTSTR_MAX} bytes for it (a short string); use a shorter one")
+    if declare and exchange.startswith(RESERVED_PREFIX):
+        raise PublishRefused(f"exchange {exchange!r}: names starting with {RESERVED_PREFIX} are reserved for the "
+                             "broker's own exchanges (declaring one is refused, 403 ACCESS_REFUSED); use another name")
+    for body in bodies:
+        if len(body) > MAX_BODY:
+            raise PublishRefused(f"an event of {len(body)} bytes is over RabbitMQ's highest max_message_size "
+                                 f"({MAX_BODY} bytes); publish smaller events")
+
+
 def _fresh_ids(base, count: int) -> list[str]:
     """``count`` ids ``<base>-<12 hex digits>``, the digits counting up from a random 48-bit start:
     one draw per publish, not per event. Two publishes share an id only if their starts fall within
@@ -117,7 +145,9 @@ class ConfirmedBatch:
     """One SelectConnection that sends every body (persistent, mandatory), then waits for all
     confirms (or the deadline); to the first node of ``amqp_url`` (one URL or several,
     comma-separated) that answers. ``run()`` gives the PublishResult or raises as ``publish()``;
-    after it, :meth:`unsettled` names the bodies to send again (a caller that retries)."""
+    after it, :meth:`unsettled` names the bodies to send again (a caller that retries). What the
+    broker would refuse is refused before connecting (``check_publish``), what it refuses is a
+    PublishRefused naming its reason."""
 
     def __init__(self, amqp_url, exchange, routing_key, bodies, ids, timeout) -> None:
         self.urls = list(split_urls(amqp_url))
@@ -136,9 +166,13 @@ class ConfirmedBatch:
     def run(self) -> PublishResult:
         if not self.bodies:
             return PublishResult(0, 0, 0, ())
+        check_publish(self.exchange, self.routing_key, self.bodies)   # PublishRefused, nothing sent
         self._connect()
         self.connection.ioloop.call_later(self.timeout, self._on_timeout)
         self.connection.ioloop.start()
+        if isinstance(self.refused, PublishRefused) and self.confirmed:
+            raise PublishRefused(f"{self.refused}; {self.confirmed} of {len(self.bodies)} events before it were "
+                                 "confirmed", code=self.refused.code, text=self.refused.text)
         if self.refused:
             raise self.refused
         if self.error:
@@ -191,6 +225,9 @@ class ConfirmedBatch:
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _: self._send(channel))
 
     def _on_channel_closed(self, channel, reason) -> None:
+        # The broker closes the publishing channel over what was published (too large, no such
+        # exchange, no permission): a refusal of the publish, named as such.
+        self.refused = self.refused or _amqp.refused_publish(reason, self.exchange, self.url)
         self._refused(reason, f"publishing to exchange {self.exchange!r}")
         if self.pending and not self.error:
             self.error = f"channel closed with {len(self.pending)} events unconfirmed: {reason!r}"

@@ -44,27 +44,30 @@ def over_limit(properties, delivery_limit: int) -> str:
             f"while holding it), over the delivery limit {delivery_limit}")
 
 
-def copy_properties(properties):
-    """The delivery's properties for its copy: the same, with the returns so far in RETURNED_HEADER."""
+def copy_properties(properties, user: str | None = None):
+    """The delivery's properties for its copy: the same, with the returns so far in RETURNED_HEADER,
+    and a ``user_id`` other than ``user`` (svc's own) in a header (the broker would refuse the copy
+    with it: ``_amqp.own_user_id``)."""
     headers = dict(properties.headers or {})
     count = returned(properties)
     headers.pop(DELIVERY_COUNT_HEADER, None)
     if count:
         headers[RETURNED_HEADER] = count
+    user_id = _amqp.own_user_id(properties, headers, user)
     properties = copy.copy(properties)
-    properties.headers, properties.delivery_mode = headers, 2
+    properties.headers, properties.delivery_mode, properties.user_id = headers, 2, user_id
     return properties
 
 
-def at_tail(channel, queue: str, method, properties, body: bytes) -> bool:
+def at_tail(channel, queue: str, method, properties, body: bytes, *, user: str | None = None) -> bool:
     """Publish a copy of a delivery to the tail of ``queue`` on ``channel`` (a BlockingChannel in
     confirm mode) and wait for the broker's confirm; True if confirmed (the caller acks the
     original then), False if the broker refused this one message (nacked: a full queue; returned:
     no such queue), when the caller nacks the original back instead. Other broker errors (the
     channel or connection gone) are raised for the caller's broker edge: the original, unacked,
-    returns to the queue."""
+    returns to the queue. ``user``: svc's own (AMQP_URL's), see ``copy_properties``."""
     try:
-        channel.basic_publish("", queue, body, copy_properties(properties), mandatory=True)
+        channel.basic_publish("", queue, body, copy_properties(properties, user), mandatory=True)
     except BROKER_ERRORS as error:
         if _amqp.classify(error) is not Action.MESSAGE:
             raise

@@ -114,6 +114,7 @@ class World:
         self.processes: list[ServiceProcess] = []
         self.services: set[str] = set()
         self.policies: set[str] = set()
+        self.users: set[str] = set()
         self._connection = None
 
     # -- names and settings -------------------------------------------------------------------
@@ -235,6 +236,24 @@ class World:
         self._rabbitmqctl("clear_policy", name)
         self.policies.discard(name)
 
+    def publish_as_another_user(self, body: bytes, properties: pika.BasicProperties) -> str:
+        """Publish ``body`` to this world's exchange (routing key ``foo``) as a user of its own, made
+        now with every permission on the vhost (deleted by ``close``), its ``user_id`` set to that
+        user (the broker checks it against the connection's): the user's name."""
+        user = f"{self.exchange}-user"
+        if user not in self.users:
+            self._rabbitmqctl("add_user", user, "pw")
+            self.users.add(user)
+            self._rabbitmqctl("set_permissions", user, ".*", ".*", ".*")
+        scheme, rest = self.amqp_url.split("://", 1)
+        connection = pika.BlockingConnection(pika.URLParameters(f"{scheme}://{user}:pw@{rest.rpartition('@')[2]}"))
+        try:
+            properties.user_id = user
+            connection.channel().basic_publish(self.exchange, "foo", body, properties)
+        finally:
+            connection.close()
+        return user
+
     # -- etcd ---------------------------------------------------------------------------------
 
     def effects(self, service: str, event_id: str | None = None) -> int:
@@ -264,6 +283,11 @@ class World:
                 self.clear_policy(policy)
             except (subprocess.SubprocessError, OSError) as error:
                 print(f"svc.testing: could not clear the policy {policy}: {error}", file=sys.stderr)
+        for user in sorted(self.users):
+            try:
+                self._rabbitmqctl("delete_user", user)
+            except (subprocess.SubprocessError, OSError) as error:
+                print(f"svc.testing: could not delete the user {user}: {error}", file=sys.stderr)
         try:
             topology.delete(self.channel(), self.exchange, services=sorted(self.services))
             self._connection.close()

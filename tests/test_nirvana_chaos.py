@@ -5,6 +5,7 @@ neither sees nor stops the services of a notebook running meanwhile; its exchang
 its own too.
 """
 
+import os
 import shutil
 
 import pytest
@@ -50,3 +51,41 @@ def test_claims_survive_every_fault_and_dedup_off_is_caught(own_state):
                         node=own_state)
     assert not control.ok
     assert all(row.duplicated >= 30 and row.lost == 0 for row in control.rows), control.table()
+
+
+def test_a_broker_restart_and_lost_handshakes_make_no_service_exit(request, tmp_path, monkeypatch):
+    from conftest import in_own_namespace
+
+    need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
+    node, started = stack.rabbitmq_node(), False
+    if not node.started_by_kit:
+        # The machine's broker is never restarted: run in a network namespace of the test's own,
+        # where the kit starts its own node.
+        if not in_own_namespace(request, tmp_path):
+            return
+        stack.up(progress=print, only=["rabbitmq"])
+        node, started = stack.rabbitmq_node(), True
+    kit_state = os.environ.get("NIRVANA_STATE")   # where the node started above is recorded
+    monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "run-state"))
+    try:
+        # Given the kit's own RabbitMQ restarted mid-run, and the services behind a proxy that cuts
+        # their connections, then loses every handshake for a few seconds (EOF, after Start, after
+        # Tune, reset), beside the kills, the crash points, a cut and an etcd restart...
+        plan = chaos.Plan(events=300, kills=6, broker_restart=True, lost_handshakes=True)
+        report = chaos.run(plan, progress=print, node=node)
+        assert any(fault.startswith("RabbitMQ restarted") for fault in report.faults), report.faults
+        [proxy] = [fault for fault in report.faults if fault.startswith("proxy:")]
+        assert "proxy: 0 broker" not in proxy and " 0 handshakes lost" not in proxy, proxy
+        # ... I expect no replica to exit by itself, and every id processed once by each service.
+        assert report.exits == (), report.exits
+        assert report.ok, report.table()
+        # With dedup off the same faults: still no exit, and the checker flags the duplicates.
+        control = chaos.run(chaos.without_dedup(chaos.Plan(events=300, kills=2, crash_points=False, cut=False,
+                                                           etcd_restart=False, broker_restart=True,
+                                                           lost_handshakes=True)), progress=print, node=node)
+        assert control.exits == (), control.exits
+        assert not control.ok and all(row.duplicated >= 30 for row in control.rows), control.table()
+    finally:
+        if started:
+            os.environ["NIRVANA_STATE"] = kit_state
+            stack.down(progress=print, only=["rabbitmq"])

@@ -42,10 +42,26 @@ TABLE = [
     (exc.ProbableAccessDeniedError("ConnectionClosedByBroker: (530) 'NOT_ALLOWED - vhost v not found'"),
      True, Action.STOP),
     (exc.AuthenticationError("PLAIN"), True, Action.STOP),
-    (exc.IncompatibleProtocolError("AMQP 1.0"), True, Action.STOP),
-    # pika's guess for a stream lost during the protocol header; chapter 09's node being killed reset it
+    (_amqp.ServerProtocolError("the server answered with a protocol header of its own"), True, Action.STOP),
+    (exc.ProtocolVersionMismatch("AMQP 0-9-1", "AMQP 0-8"), True, Action.STOP),
+    # pika's guesses for a connection lost at each step of the handshake (pika/connection.py
+    # _on_stream_terminated): a loss is no answer (issue 21: a chaos run's cut, a restarting broker)
     (exc.IncompatibleProtocolError("StreamLostError: (\"Stream connection lost: ConnectionResetError(104, "
                                    "'Connection reset by peer')\",)"), True, Action.RECONNECT),
+    (exc.IncompatibleProtocolError("StreamLostError: ('Transport indicated EOF',)"), True, Action.RECONNECT),
+    (exc.ProbableAuthenticationError("StreamLostError: ('Transport indicated EOF',)"), True, Action.RECONNECT),
+    (exc.ProbableAccessDeniedError("StreamLostError: ('Transport indicated EOF',)"), True, Action.RECONNECT),
+    (exc.ProbableAuthenticationError("ConnectionClosedByBroker: (320) \"CONNECTION_FORCED - broker forced "
+                                     "connection closure with reason 'shutdown'\""), True, Action.RECONNECT),
+    # RabbitMQ's 530 answers that waiting cures (rabbit_reader)
+    (exc.ProbableAccessDeniedError("ConnectionClosedByBroker: (530) \"NOT_ALLOWED - access to vhost '/' refused "
+                                   "for user 'guest': vhost '/' is down\""), True, Action.RECONNECT),
+    (exc.ConnectionClosedByBroker(530, "NOT_ALLOWED - access to vhost '/' refused for user 'guest': connection "
+                                       "limit (10) is reached"), True, Action.RECONNECT),
+    (exc.ConnectionClosedByBroker(530, "NOT_ALLOWED - connection refused for user 'guest': user connection "
+                                       "limit (5) is reached"), True, Action.RECONNECT),
+    (exc.ProbableAccessDeniedError("ConnectionClosedByBroker: (530) \"NOT_ALLOWED - access to vhost 'v' refused "
+                                   "for user 'u'\""), True, Action.STOP),
     (exc.StreamLostError("Stream connection lost: ConnectionResetError(104)"), True, Action.RECONNECT),
     (exc.AMQPHeartbeatTimeout("No activity or too many missed heartbeats in the last 4 seconds"), True,
      Action.RECONNECT),

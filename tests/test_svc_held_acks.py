@@ -109,3 +109,47 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world
     assert len(one_by_one) <= 60, f"{len(one_by_one)} of 300 acked one by one"
     assert set(svc_world.effects_by_id(orders).values()) == {1}
     etcd.revoke(lease)
+
+
+def _channels(world, process) -> int:
+    """The channels the broker counts on ``process``'s connections (rabbitmqctl list_connections)."""
+    from svc.consumer import connection_name
+
+    marker = f'"{connection_name(process.service, process.pid)}"'
+    out = world._rabbitmqctl("list_connections", "channels", "client_properties")
+    return sum(int(line.split("\t", 1)[0]) for line in out.splitlines() if marker in line)
+
+
+def test_hand_overs_for_held_deliveries_keep_the_channels_bounded_with_a_prefetch_of_1(svc_world):
+    import time
+
+    from svc.consumer import HANDOVER_CHANNELS
+    from svc.publisher import ConfirmedBatch
+
+    orders = svc_world.service_name("orders")
+    etcd = svc_world.etcd
+    # Given 400 events whose ids a live sibling claimed (its lease outlives the wait below), then 20
+    # fresh events behind them...
+    lease = etcd.grant(120)
+    held = [{"type": "new_order", "id": f"held-{i}"} for i in range(400)]
+    for event in held:
+        digest = parse(json.dumps(event).encode()).digest
+        etcd.put(keys.dedup_key(svc_world.prefix, orders, event["id"]), f"claimed {digest} {lease:x}".encode(), lease)
+    fresh = [{"type": "new_order", "id": f"fresh-{i}"} for i in range(20)]
+    bodies = [json.dumps(event).encode() for event in held + fresh]
+    assert ConfirmedBatch(svc_world.amqp_url, svc_world.exchange, "foo", bodies, [""] * len(bodies), 60).run().ok
+    # ... consumed with PREFETCH=1 (every held delivery fills the consumer's whole prefetch)...
+    [process] = svc_world.start(orders, enable_etcd=True, claim_ttl=60, prefetch=1)
+    # ... I expect the hand-overs to new channels bounded: never more than HANDOVER_CHANNELS
+    # consuming or holding, and the channel for dead letters (the issue saw 1,821 and NoFreeChannels).
+    most, deadline = 0, time.monotonic() + 15
+    while time.monotonic() < deadline and most <= HANDOVER_CHANNELS + 1:
+        most = max(most, _channels(svc_world, process))
+    assert most <= HANDOVER_CHANNELS + 1, f"{most} channels open on svc's connection"
+    assert process.alive() and "NoFreeChannels" not in process.log()
+    # When the sibling's claims clear, I expect every event processed once, the 20 fresh ones too.
+    etcd.revoke(lease)
+    wait_for(lambda: len(svc_world.effects_by_id(orders)) == 420 and svc_world.depth(orders) == 0,
+             "the 400 held and the 20 fresh events processed", timeout=120, interval=0.5)
+    assert set(svc_world.effects_by_id(orders).values()) == {1}
+    assert _channels(svc_world, process) <= HANDOVER_CHANNELS + 1

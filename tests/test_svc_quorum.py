@@ -114,6 +114,26 @@ def test_an_event_requeued_more_often_than_the_limit_while_etcd_is_away_is_proce
     assert world.dead_letters_waiting() == 0 and process.alive()
 
 
+def test_a_copy_requeued_at_the_tail_keeps_another_users_user_id_in_a_header(quorum_world, own_etcd):
+    world = quorum_world
+    orders = world.service_name("orders")
+    [process] = world.start(orders, enable_etcd=True, etcd_endpoints=own_etcd.endpoint, etcd_timeout=0.5)
+    # Given etcd away and an event published by another user, its user_id set (svc connects as guest)...
+    own_etcd.stop()
+    user = world.publish_as_another_user(json.dumps({"type": "new_order", "id": "theirs"}).encode(),
+                                         pika.BasicProperties(delivery_mode=2))
+    # ... when svc requeues it (fail closed) as copies at the queue's tail more often than the limit...
+    wait_for(lambda: process.log().count("events requeued after") > LIMIT + 1 or world.dead_letters_waiting(),
+             f"more than {LIMIT + 1} requeues", timeout=30)
+    # ... I expect each copy taken by the broker (not the channel closed over the user_id, the
+    # original returned and spent against the limit) and, etcd back, the event processed once.
+    assert world.dead_letters_waiting() == 0 and "closed the channel" not in process.log()
+    own_etcd.start()
+    wait_for(lambda: _effects(world, own_etcd, orders).get("theirs") == 1, "the event processed", timeout=30)
+    method, properties, _ = world.channel().basic_get(world.queue(orders), auto_ack=True)
+    assert method is None and user
+
+
 def test_an_event_held_at_each_stop_is_not_spent_against_the_limit(quorum_world):
     world = quorum_world
     orders = world.service_name("orders")
