@@ -306,8 +306,8 @@ class NoSpace(DedupUnavailable):
     compacts, defragments and disarms the alarm."""
 
 
-NOSPACE_HELP = ("etcd is out of space (NOSPACE alarm: its --quota-backend-bytes is exceeded); deduplication "
-                "refuses every event until an operator frees space: `etcdctl compact <current revision>`, "
+NOSPACE_HELP = ("etcd is out of space (NOSPACE alarm: its --quota-backend-bytes is exceeded); svc processes no "
+                "event until an operator frees space: `etcdctl compact <current revision>`, "
                 "`etcdctl defrag`, then `etcdctl alarm disarm` (see etcd's maintenance guide, \"Space quota\")")
 
 

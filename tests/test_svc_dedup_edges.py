@@ -28,6 +28,27 @@ def test_equal_numbers_are_one_payload_skipped_not_a_conflict(svc_world):
     assert svc_world.dead_letters() == []
 
 
+@pytest.mark.parametrize("mode", ["claims", "talk"])
+def test_nfc_and_nfd_spellings_of_an_id_are_one_event(svc_world, graphite_url, mode):
+    orders = svc_world.service_name("orders")
+    svc_world.start(orders, enable_etcd=True, dedup_mode=mode)
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    # Given "café" processed as NFC (é one code point)...
+    svc_world.publish(orders, {"type": "new_order", "id": nfc})
+    wait_for(lambda: sum(svc_world.effects_by_id(orders).values()) == 1, "the NFC copy processed")
+    # ... when it comes again as NFD (e and a combining acute: a macOS file name, another keyboard)...
+    svc_world.publish(orders, {"type": "new_order", "id": nfd})
+    svc_world.publish(orders, {"type": "new_order", "id": "marker"})
+    wait_for(lambda: svc_world.effects(orders, "marker") == 1 and svc_world.depth(orders) == 0, "the marker processed")
+    # ... I expect one id: one effect (recorded under the NFC id), the repeat skipped, no conflict.
+    effects = svc_world.effects_by_id(orders)
+    assert effects == {nfc: 1, "marker": 1}
+    skipped = f"stats_counts.{orders}_new_order_skipped"
+    wait_for(lambda: graphite_total(graphite_url, skipped) >= 1, f"{skipped} in Graphite", timeout=20, interval=0.5)
+    assert graphite_total(graphite_url, skipped) == 1
+    assert svc_world.dead_letters() == []
+
+
 def _processed(svc_world, etcd, service):
     from svc import counts_by_id
     return counts_by_id(etcd, service, prefix=svc_world.prefix)
