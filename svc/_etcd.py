@@ -3,14 +3,23 @@
 etcd3 0.12.0 ships protobuf modules made by protoc 3.x, which protobuf 4+ refuses to import.
 ``svc/_etcdrpc`` holds the same descriptors regenerated for protobuf 4+ (see its ``_generate.py``)
 and serves them under etcd3's names to whoever imports etcd3 after svc, so etcd3 runs on the fast
-upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable.
+upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable (etcd away or
+busy: retried), or as EtcdRefused when etcd answered with a refusal no retry cures (a login
+required or wrong, a permission denied, a TLS handshake that fails).
+
+Authentication is etcd's own (its gRPC ``Auth.Authenticate``, as etcdctl --user does): the name
+and password buy a token, sent as the ``token`` metadata of every call; a token etcd no longer
+knows (a simple token expires after ``--auth-token-ttl``, 300 s without use, or after a restart)
+or issued before a change of users and roles is bought again and the call sent again, once.
 """
 
+import collections
+import functools
 import logging
 import threading
 
 from . import _etcdrpc
-from .errors import DedupUnavailable
+from .errors import DedupUnavailable, EtcdRefused
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +44,102 @@ GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]  # pages 
 
 
 def _client(host: str, port: int, timeout: float):
+    """etcd3's own client for ``host:port`` (plain, no login): for scripts and tests that want its
+    conveniences; svc's calls go through :class:`_Client`."""
     _rpc()
     import etcd3
     return etcd3.client(host=host, port=port, timeout=timeout, grpc_options=GRPC_OPTIONS)
+
+
+@functools.cache
+def _token_metadata() -> type:
+    """The class of the interceptor that adds a client's current token as the ``token`` metadata
+    of every call (etcd's v3 auth: a plain-text channel cannot carry gRPC call credentials,
+    metadata it can). Made on first use: ``import svc`` does not import gRPC."""
+    import grpc
+
+    class CallDetails(collections.namedtuple("CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                             "wait_for_ready", "compression")),
+                      grpc.ClientCallDetails):
+        pass
+
+    class TokenMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                        grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+        def __init__(self, client: "_Client") -> None:
+            self._client = client
+
+        def _details(self, details):
+            token = self._client.token
+            if not token:
+                return details
+            return CallDetails(details.method, details.timeout, [*(details.metadata or ()), ("token", token)],
+                               details.credentials, getattr(details, "wait_for_ready", None),
+                               getattr(details, "compression", None))
+
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(self._details(details), request)
+
+        def intercept_unary_stream(self, continuation, details, request):
+            return continuation(self._details(details), request)
+
+        def intercept_stream_unary(self, continuation, details, requests):
+            return continuation(self._details(details), requests)
+
+        def intercept_stream_stream(self, continuation, details, requests):
+            return continuation(self._details(details), requests)
+
+    return TokenMetadata
+
+
+class _Client:
+    """One endpoint's gRPC channel (TLS when ``access.tls``) and etcd's stubs on it, with the
+    token of ``access.user`` (bought by ``login``, at the first call)."""
+
+    def __init__(self, host: str, port: int, access=None) -> None:
+        rpc = _rpc()
+        import grpc
+        self.target, self.access = f"{host}:{port}", access
+        if access is not None and access.tls:
+            credentials = grpc.ssl_channel_credentials(access.ca, access.key, access.cert)
+            self._channel = grpc.secure_channel(self.target, credentials, options=GRPC_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
+        self.token, self._logged_in = "", not (access is not None and access.user)
+        self._login_lock = threading.Lock()
+        self.channel = self._channel if self._logged_in else grpc.intercept_channel(self._channel, _token_metadata()(self))
+        self.kvstub, self.leasestub = rpc.KVStub(self.channel), rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+
+    def login(self, timeout: float) -> None:
+        """Buy a token with the user's name and password, unless one is held (raises grpc.RpcError).
+        An etcd with authentication off answers "authentication is not enabled": no token is
+        needed then (as etcd's own clients do)."""
+        if self._logged_in:
+            return
+        with self._login_lock:
+            if self._logged_in:
+                return
+            request = _rpc().AuthenticateRequest(name=self.access.user, password=self.access.password)
+            try:
+                self.token = _rpc().AuthStub(self._channel).Authenticate(request, timeout).token
+            except Exception as error:  # grpc.RpcError
+                if "authentication is not enabled" not in _describe(error):
+                    raise
+                self.token = ""
+            self._logged_in = True
+
+    def stale(self, error: Exception) -> bool:
+        """True if ``error`` says our token is no longer good (expired, or issued before etcd's
+        users or roles changed): it is forgotten, and the next ``login`` buys a new one."""
+        if self.access is None or not self.access.user or not _says(error, *_STALE_TOKEN):
+            return False
+        with self._login_lock:
+            self._logged_in = False
+        log.info("etcd's auth token for %s went stale (%s); logging in again", self.target, _describe(error))
+        return True
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def _bytes(text) -> bytes:
@@ -99,15 +201,18 @@ _CREATE, _VALUE, _EQUAL = 1, 3, 0  # etcdserverpb.Compare.CompareTarget.CREATE /
 
 
 class Etcd:
-    """A small etcd v3 client over etcd3's gRPC channel; fails over between endpoints.
+    """A small etcd v3 client over gRPC; fails over between endpoints.
 
-    Each call has a deadline (``timeout``); any failure raises DedupUnavailable and moves the
-    next call to the next endpoint, so an etcd cluster keeps serving when one member is down.
+    Each call has a deadline (``timeout``); a failure raises DedupUnavailable and moves the next
+    call to the next endpoint, so an etcd cluster keeps serving when one member is down; a refusal
+    no retry cures raises EtcdRefused. ``access`` (svc.config.EtcdAccess): etcd's user and
+    password, TLS with a CA and a client certificate; None for plain, open etcd.
     """
 
-    def __init__(self, endpoints, timeout: float = 2.0) -> None:
+    def __init__(self, endpoints, timeout: float = 2.0, access=None) -> None:
         self._endpoints = tuple(endpoints)
         self._timeout = timeout
+        self._access = access
         self._index = 0
         self._client = None
         self._lock = threading.Lock()
@@ -122,26 +227,45 @@ class Etcd:
         host, port = self._endpoints[self._index]
         return f"{host}:{port}"
 
-    def _stubs(self):
+    def _stubs(self) -> _Client:
         with self._lock:
             if self._client is None:
                 host, port = self._endpoints[self._index]
-                self._client = _client(host, port, self._timeout)
+                self._client = _Client(host, port, self._access)
             return self._client
 
     def _call(self, what: str, stub_name: str, method: str, request, timeout: float | None = None):
-        client = self._stubs()
-        try:
-            return getattr(getattr(client, stub_name), method)(request, timeout or self._timeout)
-        except Exception as error:  # grpc.RpcError and anything etcd3 raises: etcd is unusable
-            raise self._failed(what, client, error) from None
+        return self._with_login(what, lambda client: getattr(getattr(client, stub_name), method)(
+            request, timeout or self._timeout))
 
-    def _failed(self, what: str, client, error: Exception) -> DedupUnavailable:
-        """The error to raise for a failed call (after failing over): LeaseNotFound when the
-        request named a lease etcd no longer has, TxnTooLarge when it was over the server's
-        limits, NoSpace when etcd's space quota is exceeded, else DedupUnavailable."""
-        kind = _kind(error)
+    def _with_login(self, what: str, call):
+        """``call(client)`` after the login, sent again once if etcd says our token went stale."""
+        client = self._stubs()
+        for attempt in (1, 2):
+            try:
+                client.login(self._timeout)
+                return call(client)
+            except Exception as error:  # grpc.RpcError: etcd is unusable, or refused us
+                if attempt == 1 and client.stale(error):
+                    continue
+                raise self._failed(what, client, error) from None
+
+    def _send(self, what: str, send, read=None) -> "_Pending":
+        """Start ``send(client)`` (a call's future) after the login; its reply comes with ``result()``."""
+        sent = []
+        future = self._with_login(what, lambda client: sent.append(client) or send(client))
+        return _Pending(self, sent[-1], future, what, read, send)
+
+    def _failed(self, what: str, client, error: Exception) -> Exception:
+        """The error to raise for a failed call (after failing over): EtcdRefused when etcd refused
+        us for good (login, permission, TLS), LeaseNotFound when the request named a lease etcd
+        no longer has, TxnTooLarge when it was over the server's limits, NoSpace when etcd's
+        space quota is exceeded, else DedupUnavailable."""
         endpoint = self.endpoint   # the one that failed, named before the fail-over moves on
+        refusal = _refusal(error, endpoint, self._access)
+        if refusal:
+            return EtcdRefused(f"etcd at {endpoint} refused svc's {what}: {refusal}")
+        kind = _kind(error)
         if kind is DedupUnavailable or kind is LeaseNotFound:
             self._fail_over(client, error)  # the others are said by the caller, once
         return kind(f"etcd {what} at {endpoint} failed: {_describe(error)}")
@@ -172,11 +296,7 @@ class Etcd:
 
     def txn_async(self, request) -> "_Pending":
         """Send a transaction now; ``result()`` waits for it (the caller works meanwhile)."""
-        client = self._stubs()
-        try:
-            return _Pending(self, client, client.kvstub.Txn.future(request, self._timeout))
-        except Exception as error:
-            raise self._failed("transaction", client, error) from None
+        return self._send("transaction", lambda client: client.kvstub.Txn.future(request, self._timeout))
 
     def put(self, key, value, lease: int = 0) -> None:
         self._call("put", "kvstub", "Put", _rpc().PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
@@ -216,13 +336,9 @@ class Etcd:
     def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         """Refresh a lease within ``timeout`` (default: the client's); its remaining TTL (0 or
         less: it has expired)."""
-        client = self._stubs()
-        try:
-            responses = client.leasestub.LeaseKeepAlive(iter([_rpc().LeaseKeepAliveRequest(ID=lease_id)]),
-                                                        timeout or self._timeout)
-            return next(iter(responses)).TTL
-        except Exception as error:
-            raise self._failed("lease keepalive", client, error) from None
+        request = _rpc().LeaseKeepAliveRequest(ID=lease_id)
+        return self._with_login("lease keepalive", lambda client: next(iter(
+            client.leasestub.LeaseKeepAlive(iter([request]), timeout or self._timeout))).TTL)
 
     def revoke(self, lease_id: int) -> None:
         self._call("lease revoke", "leasestub", "LeaseRevoke", _rpc().LeaseRevokeRequest(ID=lease_id))
@@ -242,8 +358,9 @@ class Etcd:
         per call (a defragment rewrites the whole file). Raises DedupUnavailable if one fails."""
         rpc, sizes = _rpc(), []
         for host, port in self._endpoints:
-            client = _client(host, port, timeout)
+            client = _Client(host, port, self._access)
             try:
+                client.login(timeout)
                 if not sizes:  # once, for the cluster; a revision already compacted is fine
                     revision = client.kvstub.Range(rpc.RangeRequest(key=b"\0"), timeout).header.revision
                     try:
@@ -266,12 +383,9 @@ class Etcd:
 
     def alarms_async(self) -> "_Pending":
         """Ask for the alarm list now; ``result()`` waits for the names (see ``alarms``)."""
-        rpc, client = _rpc(), self._stubs()
-        try:
-            future = client.maintenancestub.Alarm.future(rpc.AlarmRequest(action=rpc.AlarmRequest.GET), self._timeout)
-        except Exception as error:
-            raise self._failed("alarm list", client, error) from None
-        return _Pending(self, client, future, "alarm list", _alarm_names)
+        request = _rpc().AlarmRequest(action=_rpc().AlarmRequest.GET)
+        return self._send("alarm list", lambda client: client.maintenancestub.Alarm.future(request, self._timeout),
+                          _alarm_names)
 
     # -- watch --------------------------------------------------------------------------------
 
@@ -312,14 +426,20 @@ NOSPACE_HELP = ("etcd is out of space (NOSPACE alarm: its --quota-backend-bytes 
 
 
 class _Pending:
-    def __init__(self, etcd: Etcd, client, future, what: str = "transaction", read=None) -> None:
+    """A call in flight; ``result()`` waits for its reply (read by ``read``), sending it again
+    once through ``send(client)`` if etcd said our token went stale."""
+
+    def __init__(self, etcd: Etcd, client, future, what: str = "transaction", read=None, send=None) -> None:
         self._etcd, self._client, self._future, self._what, self._read = etcd, client, future, what, read
+        self._send = send
 
     def result(self):
         try:
             reply = self._future.result()
         except Exception as error:
-            raise self._etcd._failed(self._what, self._client, error) from None
+            if self._send is None or not self._client.stale(error):
+                raise self._etcd._failed(self._what, self._client, error) from None
+            reply = self._etcd._with_login(self._what, lambda client: self._send(client).result())
         return reply if self._read is None else self._read(reply)
 
 
@@ -330,7 +450,7 @@ def _alarm_names(reply) -> list[str]:
 class _Watch:
     def __init__(self, etcd: Etcd, request) -> None:
         self._etcd = etcd
-        self._client = etcd._stubs()
+        self._client = etcd._with_login("watch", lambda client: client)
         stub = _rpc().WatchStub(self._client.channel)
         self._stop = threading.Event()
         self._call = stub.Watch(self._requests(request))
@@ -352,8 +472,9 @@ class _Watch:
         except Exception as error:
             if self._stop.is_set():
                 return
-            self._etcd._fail_over(self._client, error)
-            raise DedupUnavailable(f"etcd watch broke: {_describe(error)}") from None
+            if self._client.stale(error):   # the next watch logs in again
+                raise DedupUnavailable(f"etcd watch broke: {_describe(error)}") from None
+            raise self._etcd._failed("watch", self._client, error) from None
 
     def cancel(self) -> None:
         self._stop.set()
@@ -368,6 +489,43 @@ _KINDS = (("NOT_FOUND", "lease not found", LeaseNotFound),
           ("INVALID_ARGUMENT", "request is too large", TxnTooLarge),
           ("RESOURCE_EXHAUSTED", "larger than max", TxnTooLarge),
           ("RESOURCE_EXHAUSTED", "database space exceeded", NoSpace))
+
+
+# etcd's words for a token it no longer takes (rpctypes: ErrGRPCInvalidAuthToken, ErrGRPCAuthOldRevision).
+_STALE_TOKEN = ("invalid auth token", "revision of auth store is old")
+
+
+def _says(error: Exception, *words: str) -> bool:
+    text = _describe(error)
+    return any(word in text for word in words)
+
+
+def _refusal(error: Exception, endpoint: str, access) -> str:
+    """What etcd refused, and how to fix it, when ``error`` is a refusal no retry cures; "" else.
+    etcd's words are in etcdserver/api/v3rpc/rpctypes/error.go; a TLS handshake's are gRPC's
+    (BoringSSL's reasons: CERTIFICATE_VERIFY_FAILED, WRONG_VERSION_NUMBER, ...)."""
+    user = access.user if access is not None else ""
+    text = _describe(error)
+    if "user name is empty" in text:
+        return ("authentication is on and svc sent no user (etcd says \"user name is empty\"): set ETCD_USER "
+                "and ETCD_PASSWORD, as for etcdctl --user")
+    if "authentication failed" in text:
+        return (f"the login of user {user!r} failed (etcd says \"invalid user ID or password\"): check "
+                "ETCD_USER and ETCD_PASSWORD (etcdctl user list, etcdctl user passwd)")
+    if "permission denied" in text:
+        return (f"user {user!r} may not do this (etcd says \"permission denied\"): grant it a role with "
+                "readwrite on ETCD_PREFIX (etcdctl role grant-permission <role> readwrite <prefix>/ --prefix)")
+    if "user name not found" in text or "role is not granted" in text:
+        return f"{text}: check ETCD_USER and its roles (etcdctl user get {user or '<user>'})"
+    # SSL_ERROR_SSL: the handshake itself went wrong (not a connection lost during it, SSL_ERROR_SYSCALL)
+    if "CERTIFICATE_VERIFY_FAILED" in text or ("andshake" in text and "SSL_ERROR_SSL" in text):
+        if access is not None and access.tls:
+            hint = ("check ETCD_CACERT (the CA that signed etcd's certificate, as etcdctl --cacert), and "
+                    "ETCD_CERT/ETCD_KEY when etcd asks for a client certificate (--client-cert-auth)")
+        else:
+            hint = "etcd speaks TLS there? set ETCD_CACERT (and ETCD_CERT/ETCD_KEY) or write https://"
+        return f"the TLS handshake failed ({text}): {hint}"
+    return ""
 
 
 def _kind(error: Exception) -> type:

@@ -14,7 +14,7 @@ import time
 from . import _etcd, keys
 from .batch import InFlight, Ready, TxnLimits, Verdict
 from .effects import effect_key, record
-from .errors import DedupUnavailable
+from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
 from .orphans import Orphans, add_release
 
@@ -170,7 +170,7 @@ class EtcdDedup(_Effects, Orphans):
         if self._lease:
             try:
                 self.etcd.revoke(self._lease)  # our claims end now, not after CLAIM_TTL
-            except DedupUnavailable:
+            except (DedupUnavailable, EtcdRefused):
                 pass
 
     def _start(self, target, name: str) -> None:
@@ -190,7 +190,7 @@ class EtcdDedup(_Effects, Orphans):
             try:
                 if lease and self.etcd.keepalive(lease, timeout=deadline) <= 0:
                     self._drop_lease(lease, "expired")
-            except DedupUnavailable as error:
+            except (DedupUnavailable, EtcdRefused) as error:  # a refusal stops the next window's claims
                 log.debug("claim keepalive: %s", error)
 
     def _claim_lease(self) -> int:
@@ -232,6 +232,9 @@ class EtcdDedup(_Effects, Orphans):
                     log.debug("dedup re-import: %s", again)
             except DedupUnavailable as error:
                 log.debug("dedup watch: %s", error)
+            except EtcdRefused as error:  # refused after the start (a role revoked): said, retried slowly
+                log.error("dedup watch: %s", error)
+                delay = 5.0
             if self._watch is not None:
                 self._watch.cancel()  # end the broken stream before a new one starts
             self._stop.wait(delay)
