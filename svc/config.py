@@ -57,10 +57,10 @@ class EtcdAccess:
     key_file: str = ""
 
     def environment(self) -> dict[str, str]:
-        """These settings as svc's variables (those set only), for a process started with them."""
-        values = {"ETCD_USER": self.user, "ETCD_PASSWORD": self.password, "ETCD_CACERT": self.ca_file,
-                  "ETCD_CERT": self.cert_file, "ETCD_KEY": self.key_file}
-        return {name: value for name, value in values.items() if value}
+        """These settings as svc's variables (ETCD_ACCESS; "" for one not set), for a process
+        started with them."""
+        return {"ETCD_USER": self.user, "ETCD_PASSWORD": self.password, "ETCD_CACERT": self.ca_file,
+                "ETCD_CERT": self.cert_file, "ETCD_KEY": self.key_file}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], endpoints: str = "") -> "EtcdAccess":
@@ -76,7 +76,7 @@ class EtcdAccess:
         if ":" in user:
             raise ConfigError(f"ETCD_USER={user!r} is invalid: a user name without ':' (the password "
                               "goes in ETCD_PASSWORD)")
-        files = {name: get(name) for name in ("ETCD_CACERT", "ETCD_CERT", "ETCD_KEY")}
+        files = {"ETCD_CACERT": get("ETCD_CACERT"), "ETCD_CERT": get("ETCD_CERT"), "ETCD_KEY": get("ETCD_KEY")}
         if bool(files["ETCD_CERT"]) != bool(files["ETCD_KEY"]):
             raise ConfigError("ETCD_CERT and ETCD_KEY go together: the client certificate and its private key "
                               "(as etcdctl --cert and --key)")
