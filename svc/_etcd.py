@@ -268,7 +268,7 @@ class Etcd:
         kind = _kind(error)
         if kind is DedupUnavailable or kind is LeaseNotFound:
             self._fail_over(client, error)  # the others are said by the caller, once
-        return kind(f"etcd {what} at {endpoint} failed: {_describe(error)}")
+        return kind(f"etcd {what} at {endpoint} failed: {_describe(error)}{_tls_hint(error, self._access)}")
 
     def _fail_over(self, client, error: Exception | None = None) -> None:
         """After a connection failure, the next call goes to the next endpoint. An error etcd
@@ -517,6 +517,11 @@ def _refusal(error: Exception, endpoint: str, access) -> str:
                 "readwrite on ETCD_PREFIX (etcdctl role grant-permission <role> readwrite <prefix>/ --prefix)")
     if "user name not found" in text or "role is not granted" in text:
         return f"{text}: check ETCD_USER and its roles (etcdctl user get {user or '<user>'})"
+    if access is not None and access.tls and "TSI_DATA_CORRUPTED" in text:
+        # TLS 1.3: etcd (--client-cert-auth) rejects the client's certificate, or its absence, after
+        # the client's side of the handshake: the first record read fails, at every attempt.
+        return (f"etcd did not take svc's client certificate ({text}): set ETCD_CERT and ETCD_KEY to a "
+                "certificate signed by the CA etcd trusts (its --trusted-ca-file), as etcdctl --cert/--key")
     # SSL_ERROR_SSL: the handshake itself went wrong (not a connection lost during it, SSL_ERROR_SYSCALL)
     if "CERTIFICATE_VERIFY_FAILED" in text or ("andshake" in text and "SSL_ERROR_SSL" in text):
         if access is not None and access.tls:
@@ -525,6 +530,18 @@ def _refusal(error: Exception, endpoint: str, access) -> str:
         else:
             hint = "etcd speaks TLS there? set ETCD_CACERT (and ETCD_CERT/ETCD_KEY) or write https://"
         return f"the TLS handshake failed ({text}): {hint}"
+    return ""
+
+
+def _tls_hint(error: Exception, access) -> str:
+    """For a connection closed as soon as it opened: what that often means (TLS spoken on one side
+    only; the same is seen while etcd restarts, so it is retried, not refused)."""
+    text = _describe(error)
+    tls = access is not None and access.tls
+    if not tls and text.endswith("Socket closed"):
+        return " (an etcd serving TLS closes plain connections: set ETCD_CACERT, or write https://)"
+    if tls and "Handshake read failed" in text:
+        return " (an etcd without TLS closes TLS connections: unset ETCD_CACERT/ETCD_CERT, or write http://)"
     return ""
 
 

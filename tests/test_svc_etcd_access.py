@@ -184,17 +184,37 @@ def test_svc_speaks_tls_to_etcd_with_a_client_certificate(svc_world, tls_etcd):
         etcd.close()
 
 
-def test_a_tls_handshake_etcd_refuses_stops_svc_with_one_line_and_exit_2(svc_world, tls_etcd):
+TLS_REFUSALS = {
+    "another CA": (("other.crt", "client.crt", "client.key"), "TLS handshake failed", "ETCD_CACERT"),
+    "no client certificate": (("ca.crt", "", ""), "did not take svc's client certificate", "ETCD_CERT"),
+}
+
+
+@pytest.mark.parametrize("files, words, variable", TLS_REFUSALS.values(), ids=TLS_REFUSALS.keys())
+def test_a_tls_handshake_etcd_refuses_stops_svc_with_one_line_and_exit_2(svc_world, tls_etcd, files, words,
+                                                                         variable):
     own, pki = tls_etcd
     orders = svc_world.service_name("orders")
-    # Given svc told to trust another CA than the one that signed etcd's certificate...
-    [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.url, wait=False,
-                                etcd_cacert=pki / "other.crt", etcd_cert=pki / "client.crt",
-                                etcd_key=pki / "client.key")
-    # ... I expect one line naming the failed handshake and ETCD_CACERT, exit status 2.
-    last = _refused(process, "TLS handshake failed")
-    assert "ETCD_CACERT" in last
+    # Given svc told to trust another CA than the one that signed etcd's certificate, or given no
+    # client certificate for an etcd that asks for one (--client-cert-auth)...
+    settings = {name: pki / file for name, file in zip(("etcd_cacert", "etcd_cert", "etcd_key"), files, strict=True)
+                if file}
+    [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.url, wait=False, **settings)
+    # ... I expect one line naming what failed and the variable to fix, exit status 2.
+    last = _refused(process, words)
+    assert variable in last
     assert "Handshake failed" not in process.log()   # gRPC's own line on stderr: said once, by svc
+
+
+def test_plain_svc_against_a_tls_etcd_says_what_a_closed_connection_may_mean(svc_world, tls_etcd):
+    own, _ = tls_etcd
+    orders = svc_world.service_name("orders")
+    # Given svc speaking plain gRPC to an etcd that speaks TLS only (it closes the connection, as
+    # an etcd restarting may: retried, not refused)...
+    [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.endpoint, wait=False)
+    # ... I expect its waiting line to say what that often means and how to fix it.
+    wait_for(lambda: "set ETCD_CACERT, or write https://" in process.log(), "the TLS hint")
+    assert process.alive()
 
 
 @pytest.mark.parametrize("settings, words", [
