@@ -16,6 +16,7 @@ from .batch import InFlight, Ready, TxnLimits, Verdict
 from .effects import effect_key, record
 from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
+from .alarms import Alarms
 from .orphans import Orphans, add_release
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts th
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
 
 
-class _Effects:
-    """What every deduplication of etcd shares: where a service's effect records go. Not a type of
-    its own: the type is the protocol :class:`svc.protocols.Dedup`."""
+class _Effects(Alarms):
+    """What every deduplication of etcd shares: where a service's effect records go, and etcd's
+    alarms (svc.alarms). Not a type of its own: the type is the protocol :class:`svc.protocols.Dedup`."""
 
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
         self.etcd, self.prefix, self.service = etcd, prefix, service
@@ -40,28 +41,6 @@ class _Effects:
 
     def _record(self, event: Event) -> bytes:
         return record(self.service, event).encode()
-
-    def _on_error(self, error: DedupUnavailable) -> None:
-        """A request failed (the events it carried are requeued): learn what the error says."""
-        log.debug("%s", error)
-        if isinstance(error, _etcd.NoSpace):
-            self._set_alarm("NOSPACE")
-
-    def _set_alarm(self, alarm: str) -> None:
-        """Note the alarms etcd has raised (comma-separated names, "" for none); one line when
-        they change: the cause and the fix (NOSPACE: compact, defragment, disarm)."""
-        if alarm == self.alarm:
-            return
-        if "NOSPACE" in alarm.split(","):
-            log.error("%s; until then events are requeued with backoff and counted as %s_dedup_unavailable",
-                      _etcd.NOSPACE_HELP, self.service)
-        elif alarm:
-            log.error("etcd raised the alarm %s: deduplication writes nothing until an operator clears it "
-                      "(`etcdctl alarm list`, etcd's maintenance guide)", alarm)
-        else:
-            log.warning("etcd's alarm %s is cleared: deduplication writes again", self.alarm)
-        self.alarm = alarm
-
 
 class NoDedup(_Effects):
     """Deduplication off (the talk's first run): every event is processed, effects still recorded."""
@@ -208,12 +187,6 @@ class EtcdDedup(_Effects, Orphans):
                 return
             self._lease = 0
         log.warning("claim lease %x %s; a new one is taken for the next claims", lease, why)
-
-    def _check_alarms(self) -> None:
-        """Read etcd's alarm list (at start, and before each window while an alarm is known, to
-        see it cleared). Writes need no check: etcd refuses them itself under NOSPACE (InFlight's
-        ``quota_key``)."""
-        self._set_alarm(",".join(self.etcd.alarms()))
 
     def _follow(self, revision: int) -> None:
         """Learn siblings' done marks (and expiries) from the watch; resume after a break."""
