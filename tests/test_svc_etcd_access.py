@@ -227,3 +227,29 @@ def test_a_bad_etcd_access_setting_is_one_line_and_exit_2(svc_world, settings, w
     [process] = svc_world.start(orders, enable_etcd=True, wait=False, **settings)
     assert process.popen.wait(20) == 2
     assert process.log().strip().splitlines() == [process.log().strip()] and words in process.log()
+
+
+def test_the_kit_logs_in_with_the_settings_it_hands_its_services(auth_etcd, monkeypatch):
+    from nirvana import effects as kit_effects
+    from nirvana import settings
+    from nirvana.stack.reset import etcd_client
+
+    # Given the kit's settings naming an etcd with authentication, its user and password...
+    env = {"ETCD_ENDPOINTS": auth_etcd.endpoint, "ETCD_USER": "root", "ETCD_PASSWORD": PASSWORD,
+           "ETCD_PREFIX": "/kit-auth"}
+    monkeypatch.setattr(settings, "_current", settings.Settings.from_env(env))
+    etcd = _client(auth_etcd.endpoint, user="root", password=PASSWORD)
+    try:
+        etcd.put("/kit-auth/effects/orders/x/1", "{}")
+    finally:
+        etcd.close()
+    # ... I expect its helpers to read there logged in (effects, reset's client), and a service it
+    # starts to be handed the same user and password.
+    assert kit_effects.count(None, "orders") == 1 and kit_effects.counts_by_id(None, "orders") == {"x": 1}
+    client = etcd_client()
+    try:
+        assert client.count_prefix("/kit-auth/") == 1
+    finally:
+        client.close()
+    handed = settings.current().service_environment()
+    assert (handed["ETCD_USER"], handed["ETCD_PASSWORD"]) == ("root", PASSWORD)
