@@ -143,7 +143,7 @@ class Etcd:
         no longer has, TxnTooLarge when it was over the server's limits, NoSpace when etcd's
         space quota is exceeded, else DedupUnavailable."""
         endpoint = self.endpoint   # the one that failed, named before the fail-over moves on
-        refusal = _refusal(error, endpoint, self._access)
+        refusal = _refusal(error, self._access)
         if refusal:
             return EtcdRefused(f"etcd at {endpoint} refused svc's {what}: {refusal}")
         kind = _kind(error)

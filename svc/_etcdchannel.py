@@ -139,7 +139,7 @@ def _says(error: Exception, *words: str) -> bool:
     return any(word in text for word in words)
 
 
-def _refusal(error: Exception, endpoint: str, access) -> str:
+def _refusal(error: Exception, access) -> str:
     """What etcd refused, and how to fix it, when ``error`` is a refusal no retry cures; "" else.
     etcd's words are in etcdserver/api/v3rpc/rpctypes/error.go; a TLS handshake's are gRPC's
     (BoringSSL's reasons: CERTIFICATE_VERIFY_FAILED, WRONG_VERSION_NUMBER, ...)."""
