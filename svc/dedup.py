@@ -298,9 +298,12 @@ class EtcdDedup(_Effects, Orphans):
         if state == "done":
             self.done[keys.encode_id(event.id).encode()] = digest.encode()
             return Verdict.SKIPPED
-        if owner != [f"{lease:x}"]:
-            return Verdict.HELD
-        # Our own claim (a redelivery after a broker reconnect) is ours to finish.
+        if owner != [f"{lease:x}"] or self.claim_key(event) in self._claimed:
+            return Verdict.HELD   # a sibling's, or an earlier window of ours still on it: wait for its end
+        known = self._known(event)
+        if known is not None:
+            return known          # an earlier window of ours finished it since etcd answered
+        # Our own claim, no window on it (a redelivery after a broker reconnect): ours to finish.
         self._claimed[self.claim_key(event)] = self._claim_value(event, lease)
         return Verdict.CLAIMED
 

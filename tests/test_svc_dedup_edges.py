@@ -308,3 +308,32 @@ def test_a_claim_lease_expiring_mid_claim_leaves_no_claim_without_a_lease(svc_wo
     finally:
         dedup.close()
         etcd.close()
+
+
+def test_a_copy_meeting_a_claim_an_earlier_window_of_ours_holds_is_not_processed_twice(svc_world):
+    from svc import Etcd
+    from svc.config import parse_endpoints
+    from svc.dedup import EtcdDedup, Verdict
+    from svc.event import parse
+
+    etcd = Etcd(parse_endpoints(svc_world.etcd_endpoint))
+    dedup = EtcdDedup(etcd, svc_world.prefix, "orders", claim_ttl=10, retention=60)
+    try:
+        first, again, third = (parse(b'{"type":"new_order","id":"%s"}' % i) for i in (b"w", b"w", b"v"))
+        # Given a window of ours working on an event (claimed, not yet committed)...
+        assert dedup.claim([first]).result() == [Verdict.CLAIMED]
+        # ... when a copy comes in the next window (the consumer claims it while the first commits),
+        # I expect it held until that window ends, not claimed again as ours to finish: claimed, its
+        # commit would be refused after the first one's (logged as a claim expired, counted lost).
+        assert dedup.claim([again]).result() == [Verdict.HELD]
+        assert dedup.commit([first]).result() == [Verdict.OK]
+        assert dedup.claim([again]).result() == [Verdict.SKIPPED]
+        # The same when the first window finishes after etcd answered the copy's claim, before it is read.
+        assert dedup.claim([third]).result() == [Verdict.CLAIMED]
+        pending = dedup.claim([parse(b'{"type":"new_order","id":"v"}')])
+        dedup._claimed.clear()   # as if read after the first window's commit (which pops its claim)...
+        dedup.done[b"v"] = third.digest.encode()   # ... and records the id done
+        assert pending.result() == [Verdict.SKIPPED]
+    finally:
+        dedup.close()
+        etcd.close()
