@@ -253,3 +253,26 @@ def test_the_kit_logs_in_with_the_settings_it_hands_its_services(auth_etcd, monk
         client.close()
     handed = settings.current().service_environment()
     assert (handed["ETCD_USER"], handed["ETCD_PASSWORD"]) == ("root", PASSWORD)
+
+
+def test_the_dedup_watch_logs_in_too(auth_etcd):
+    from svc.dedup import EtcdDedup, Verdict
+    from svc.event import parse
+
+    # Given two replicas' deduplications on an etcd with authentication...
+    clients = [_client(auth_etcd.endpoint, user="root", password=PASSWORD) for _ in range(2)]
+    watcher, worker = (EtcdDedup(client, "/w", "orders", claim_ttl=10, retention=60) for client in clients)
+    try:
+        watcher.open()
+        worker.open()
+        # ... when one processes an event, I expect the other to learn it from its watch (a stream
+        # that carries the token too), so its copy is skipped without a claim.
+        event = parse(b'{"type":"new_order","id":"seen"}')
+        assert worker.claim([event]).result() == [Verdict.CLAIMED]
+        assert worker.commit([event]).result() == [Verdict.OK]
+        wait_for(lambda: b"seen" in watcher.done, "the watch to see the done mark")
+    finally:
+        for dedup in (watcher, worker):
+            dedup.close()
+        for client in clients:
+            client.close()
