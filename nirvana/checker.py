@@ -9,6 +9,8 @@ or dead-lettered; nothing may be processed that was never published.
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from svc.keys import normal_id
+
 COLUMNS = ("service", "published", "processed once", "lost", "duplicated", "unexpected",
            "dead-lettered", "left in queue", "verdict")
 
@@ -39,9 +41,15 @@ class Row:
 def check(service: str, published: Iterable[str], processed: Mapping[str, int],
           dead_lettered: Iterable[str] = (), left_in_queue: int = 0) -> Row:
     """Account for every id: ``published`` ids (copies may repeat), ``processed`` times per id
-    (effects counted in etcd), ids found in the dead letters, messages still queued."""
-    ids = set(published)
-    dead = set(dead_lettered)
+    (effects counted in etcd), ids found in the dead letters, messages still queued. Ids are
+    compared as svc compares them, in Unicode NFC (svc.keys.normal_id): ``"caf\u00e9"`` published
+    and ``"cafe\u0301"`` published are one id, processed once."""
+    ids = {normal_id(i) for i in published}
+    dead = {normal_id(i) for i in dead_lettered}
+    times: dict[str, int] = {}
+    for i, n in processed.items():
+        times[normal_id(i)] = times.get(normal_id(i), 0) + n
+    processed = times
     return Row(
         service=service,
         published=len(ids),

@@ -12,9 +12,11 @@ from svc import effects
 from .settings import current
 
 
-def _where(client, prefix: str | None) -> tuple[object, str]:
+def _where(client, prefix: str | None) -> dict:
+    """The client (the kit's etcd, logged in as its settings say, when None) and prefix to read."""
     settings = current()
-    return client or settings.etcd_endpoint, prefix or settings.etcd_prefix
+    return {"client": client or settings.etcd_endpoint, "prefix": prefix or settings.etcd_prefix,
+            "access": settings.etcd_access}
 
 
 def count(client, service: str, event_id: str | None = None, *, prefix: str | None = None) -> int:
@@ -23,20 +25,20 @@ def count(client, service: str, event_id: str | None = None, *, prefix: str | No
     ``client``: an :class:`svc.Etcd`, an endpoint list such as ``"127.0.0.1:2379"``, or None
     for the kit's etcd. Raises :class:`svc.DedupUnavailable` when etcd does not answer.
     """
-    client, prefix = _where(client, prefix)
-    return effects.count(client, service, event_id, prefix=prefix)
+    where = _where(client, prefix)
+    return effects.count(where.pop("client"), service, event_id, **where)
 
 
 def counts_by_id(client, service: str, *, prefix: str | None = None) -> dict[str, int]:
     """``{event id: times processed}`` for every event ``service`` processed."""
-    client, prefix = _where(client, prefix)
-    return effects.counts_by_id(client, service, prefix=prefix)
+    where = _where(client, prefix)
+    return effects.counts_by_id(where.pop("client"), service, **where)
 
 
 def records(client, service: str, *, prefix: str | None = None) -> list[dict]:
     """Every effect record of ``service`` (id, type, action, pid, and ``at``: Unix time, seconds)."""
-    client, prefix = _where(client, prefix)
-    return effects.records(client, service, prefix=prefix)
+    where = _where(client, prefix)
+    return effects.records(where.pop("client"), service, **where)
 
 
 __all__ = ["count", "counts_by_id", "records"]

@@ -18,7 +18,7 @@ import os
 from typing import Mapping
 
 from svc import topology
-from svc.config import SERVICE_NAME_RE, Config
+from svc.config import ETCD_ACCESS, SERVICE_NAME_RE, Config, EtcdAccess
 from svc.errors import ConfigError
 from svc.event import EVENT_TYPES
 from svc.publisher import DEFAULT_ROUTING_KEY
@@ -29,8 +29,9 @@ from .shape import recorded
 
 # svc's variables that say where things are; the kit shares them with every service it starts.
 # (SERVICE_NAME and ENABLE_ETCD are chosen per service; the rest tune one service's behaviour.)
+# etcd's user, password and TLS files (ETCD_ACCESS) too: the kit's own etcd clients log in with them.
 SHARED = ("AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT", "EVENTS_EXCHANGE", "ETCD_PREFIX",
-          "QUEUE_TYPE", "DELIVERY_LIMIT")
+          "QUEUE_TYPE", "DELIVERY_LIMIT", *ETCD_ACCESS)
 NAME_PATTERN = SERVICE_NAME_RE
 
 
@@ -50,6 +51,7 @@ class Settings:
     services: tuple[str, ...] = topology.DEFAULT_SERVICES
     event_types: tuple[str, ...] = EVENT_TYPES
     routing_key: str = DEFAULT_ROUTING_KEY
+    etcd_access: EtcdAccess = EtcdAccess()   # ETCD_USER ... ETCD_KEY (its repr shows no password)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -70,7 +72,7 @@ class Settings:
         return cls(amqp_url=config.amqp_url, etcd_endpoints=config.etcd_endpoints,
                    statsd_host=config.statsd_host, statsd_port=config.statsd_port,
                    exchange=config.exchange, etcd_prefix=config.etcd_prefix, queue_type=config.queue_type,
-                   delivery_limit=config.delivery_limit)
+                   delivery_limit=config.delivery_limit, etcd_access=config.etcd_access)
 
     @property
     def etcd_endpoint(self) -> str:
@@ -82,7 +84,8 @@ class Settings:
         return {"AMQP_URL": self.amqp_url, "ETCD_ENDPOINTS": self.etcd_endpoint,
                 "STATSD_HOST": self.statsd_host, "STATSD_PORT": str(self.statsd_port),
                 "EVENTS_EXCHANGE": self.exchange, "ETCD_PREFIX": self.etcd_prefix,
-                "QUEUE_TYPE": self.queue_type, "DELIVERY_LIMIT": str(self.delivery_limit)}
+                "QUEUE_TYPE": self.queue_type, "DELIVERY_LIMIT": str(self.delivery_limit),
+                **self.etcd_access.environment()}
 
 
 _current: Settings | None = None

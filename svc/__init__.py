@@ -5,11 +5,11 @@ and publish with ``python -m svc.publish``.
 """
 
 from ._etcd import Etcd
-from .config import Config, mask_url
+from .config import Config, EtcdAccess, mask_url
 from .dedup import EtcdDedup, NoDedup, Verdict
 from .effects import count as count_effects, counts_by_id
-from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, ConfigError, DedupUnavailable, InvalidEvent,
-                     MessageRefused, PublishError, SvcError)
+from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, ConfigError, DedupUnavailable, EtcdRefused,
+                     InvalidEvent, MessageRefused, PublishError, SvcError)
 from .event import EVENT_TYPES, Event, parse
 from .hooks import Hook
 from .outcome import Outcome, Settlement
@@ -19,7 +19,7 @@ from .topology import DEFAULT_EXCHANGE, DEFAULT_SERVICES, declare, queue_name
 
 __all__ = [
     # configuration
-    "Config", "mask_url",
+    "Config", "EtcdAccess", "mask_url",
     # events
     "EVENT_TYPES", "Event", "parse",
     # topology
@@ -31,6 +31,6 @@ __all__ = [
     # publishing
     "Publisher", "PublishResult",
     # errors
-    "SvcError", "ConfigError", "InvalidEvent", "DedupUnavailable", "BrokerUnavailable", "PublishError",
+    "SvcError", "ConfigError", "InvalidEvent", "DedupUnavailable", "EtcdRefused", "BrokerUnavailable", "PublishError",
     "BrokerRefused", "ChannelClosed", "MessageRefused",
 ]

@@ -3,41 +3,24 @@
 etcd3 0.12.0 ships protobuf modules made by protoc 3.x, which protobuf 4+ refuses to import.
 ``svc/_etcdrpc`` holds the same descriptors regenerated for protobuf 4+ (see its ``_generate.py``)
 and serves them under etcd3's names to whoever imports etcd3 after svc, so etcd3 runs on the fast
-upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable.
+upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable (etcd away or
+busy: retried), or as EtcdRefused when etcd answered with a refusal no retry cures (a login
+required or wrong, a permission denied, a TLS handshake that fails). One endpoint's channel,
+its TLS and etcd's login live in svc/_etcdchannel.py.
 """
 
 import logging
 import threading
 
 from . import _etcdrpc
-from .errors import DedupUnavailable
+from ._etcdchannel import GRPC_OPTIONS, _client, _Client, _describe, _refusal, _rpc, _tls_hint  # noqa: F401
+from .errors import DedupUnavailable, EtcdRefused
 
 log = logging.getLogger(__name__)
 
 # From here on `import etcd3` finds its protobuf modules in svc/_etcdrpc, whoever imports it
 # (this module, or a learner poking at etcd from a notebook): etcd3 stays importable on its own.
 _etcdrpc.install()
-
-_rpc_module = None
-
-
-def _rpc():
-    """etcd3's protobuf and gRPC module (imported on first use: `import svc` stays light)."""
-    global _rpc_module
-    if _rpc_module is None:
-        import etcd3
-        import etcd3.etcdrpc
-        _rpc_module = etcd3.etcdrpc
-    return _rpc_module
-
-
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]  # pages of long ids
-
-
-def _client(host: str, port: int, timeout: float):
-    _rpc()
-    import etcd3
-    return etcd3.client(host=host, port=port, timeout=timeout, grpc_options=GRPC_OPTIONS)
 
 
 def _bytes(text) -> bytes:
@@ -99,15 +82,18 @@ _CREATE, _VALUE, _EQUAL = 1, 3, 0  # etcdserverpb.Compare.CompareTarget.CREATE /
 
 
 class Etcd:
-    """A small etcd v3 client over etcd3's gRPC channel; fails over between endpoints.
+    """A small etcd v3 client over gRPC; fails over between endpoints.
 
-    Each call has a deadline (``timeout``); any failure raises DedupUnavailable and moves the
-    next call to the next endpoint, so an etcd cluster keeps serving when one member is down.
+    Each call has a deadline (``timeout``); a failure raises DedupUnavailable and moves the next
+    call to the next endpoint, so an etcd cluster keeps serving when one member is down; a refusal
+    no retry cures raises EtcdRefused. ``access`` (svc.config.EtcdAccess): etcd's user and
+    password, TLS with a CA and a client certificate; None for plain, open etcd.
     """
 
-    def __init__(self, endpoints, timeout: float = 2.0) -> None:
+    def __init__(self, endpoints, timeout: float = 2.0, access=None) -> None:
         self._endpoints = tuple(endpoints)
         self._timeout = timeout
+        self._access = access
         self._index = 0
         self._client = None
         self._lock = threading.Lock()
@@ -122,29 +108,48 @@ class Etcd:
         host, port = self._endpoints[self._index]
         return f"{host}:{port}"
 
-    def _stubs(self):
+    def _stubs(self) -> _Client:
         with self._lock:
             if self._client is None:
                 host, port = self._endpoints[self._index]
-                self._client = _client(host, port, self._timeout)
+                self._client = _Client(host, port, self._access)
             return self._client
 
     def _call(self, what: str, stub_name: str, method: str, request, timeout: float | None = None):
-        client = self._stubs()
-        try:
-            return getattr(getattr(client, stub_name), method)(request, timeout or self._timeout)
-        except Exception as error:  # grpc.RpcError and anything etcd3 raises: etcd is unusable
-            raise self._failed(what, client, error) from None
+        return self._with_login(what, lambda client: getattr(getattr(client, stub_name), method)(
+            request, timeout or self._timeout))
 
-    def _failed(self, what: str, client, error: Exception) -> DedupUnavailable:
-        """The error to raise for a failed call (after failing over): LeaseNotFound when the
-        request named a lease etcd no longer has, TxnTooLarge when it was over the server's
-        limits, NoSpace when etcd's space quota is exceeded, else DedupUnavailable."""
-        kind = _kind(error)
+    def _with_login(self, what: str, call):
+        """``call(client)`` after the login, sent again once if etcd says our token went stale."""
+        client = self._stubs()
+        for attempt in (1, 2):
+            try:
+                client.login(self._timeout)
+                return call(client)
+            except Exception as error:  # grpc.RpcError: etcd is unusable, or refused us
+                if attempt == 1 and client.stale(error):
+                    continue
+                raise self._failed(what, client, error) from None
+
+    def _send(self, what: str, send, read=None) -> "_Pending":
+        """Start ``send(client)`` (a call's future) after the login; its reply comes with ``result()``."""
+        sent = []
+        future = self._with_login(what, lambda client: sent.append(client) or send(client))
+        return _Pending(self, sent[-1], future, what, read, send)
+
+    def _failed(self, what: str, client, error: Exception) -> Exception:
+        """The error to raise for a failed call (after failing over): EtcdRefused when etcd refused
+        us for good (login, permission, TLS), LeaseNotFound when the request named a lease etcd
+        no longer has, TxnTooLarge when it was over the server's limits, NoSpace when etcd's
+        space quota is exceeded, else DedupUnavailable."""
         endpoint = self.endpoint   # the one that failed, named before the fail-over moves on
+        refusal = _refusal(error, self._access)
+        if refusal:
+            return EtcdRefused(f"etcd at {endpoint} refused svc's {what}: {refusal}")
+        kind = _kind(error)
         if kind is DedupUnavailable or kind is LeaseNotFound:
             self._fail_over(client, error)  # the others are said by the caller, once
-        return kind(f"etcd {what} at {endpoint} failed: {_describe(error)}")
+        return kind(f"etcd {what} at {endpoint} failed: {_describe(error)}{_tls_hint(error, self._access)}")
 
     def _fail_over(self, client, error: Exception | None = None) -> None:
         """After a connection failure, the next call goes to the next endpoint. An error etcd
@@ -172,11 +177,7 @@ class Etcd:
 
     def txn_async(self, request) -> "_Pending":
         """Send a transaction now; ``result()`` waits for it (the caller works meanwhile)."""
-        client = self._stubs()
-        try:
-            return _Pending(self, client, client.kvstub.Txn.future(request, self._timeout))
-        except Exception as error:
-            raise self._failed("transaction", client, error) from None
+        return self._send("transaction", lambda client: client.kvstub.Txn.future(request, self._timeout))
 
     def put(self, key, value, lease: int = 0) -> None:
         self._call("put", "kvstub", "Put", _rpc().PutRequest(key=_bytes(key), value=_bytes(value), lease=lease))
@@ -216,13 +217,9 @@ class Etcd:
     def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         """Refresh a lease within ``timeout`` (default: the client's); its remaining TTL (0 or
         less: it has expired)."""
-        client = self._stubs()
-        try:
-            responses = client.leasestub.LeaseKeepAlive(iter([_rpc().LeaseKeepAliveRequest(ID=lease_id)]),
-                                                        timeout or self._timeout)
-            return next(iter(responses)).TTL
-        except Exception as error:
-            raise self._failed("lease keepalive", client, error) from None
+        request = _rpc().LeaseKeepAliveRequest(ID=lease_id)
+        return self._with_login("lease keepalive", lambda client: next(iter(
+            client.leasestub.LeaseKeepAlive(iter([request]), timeout or self._timeout))).TTL)
 
     def revoke(self, lease_id: int) -> None:
         self._call("lease revoke", "leasestub", "LeaseRevoke", _rpc().LeaseRevokeRequest(ID=lease_id))
@@ -242,8 +239,9 @@ class Etcd:
         per call (a defragment rewrites the whole file). Raises DedupUnavailable if one fails."""
         rpc, sizes = _rpc(), []
         for host, port in self._endpoints:
-            client = _client(host, port, timeout)
+            client = _Client(host, port, self._access)
             try:
+                client.login(timeout)
                 if not sizes:  # once, for the cluster; a revision already compacted is fine
                     revision = client.kvstub.Range(rpc.RangeRequest(key=b"\0"), timeout).header.revision
                     try:
@@ -266,12 +264,9 @@ class Etcd:
 
     def alarms_async(self) -> "_Pending":
         """Ask for the alarm list now; ``result()`` waits for the names (see ``alarms``)."""
-        rpc, client = _rpc(), self._stubs()
-        try:
-            future = client.maintenancestub.Alarm.future(rpc.AlarmRequest(action=rpc.AlarmRequest.GET), self._timeout)
-        except Exception as error:
-            raise self._failed("alarm list", client, error) from None
-        return _Pending(self, client, future, "alarm list", _alarm_names)
+        request = _rpc().AlarmRequest(action=_rpc().AlarmRequest.GET)
+        return self._send("alarm list", lambda client: client.maintenancestub.Alarm.future(request, self._timeout),
+                          _alarm_names)
 
     # -- watch --------------------------------------------------------------------------------
 
@@ -306,20 +301,26 @@ class NoSpace(DedupUnavailable):
     compacts, defragments and disarms the alarm."""
 
 
-NOSPACE_HELP = ("etcd is out of space (NOSPACE alarm: its --quota-backend-bytes is exceeded); deduplication "
-                "refuses every event until an operator frees space: `etcdctl compact <current revision>`, "
+NOSPACE_HELP = ("etcd is out of space (NOSPACE alarm: its --quota-backend-bytes is exceeded); svc processes no "
+                "event until an operator frees space: `etcdctl compact <current revision>`, "
                 "`etcdctl defrag`, then `etcdctl alarm disarm` (see etcd's maintenance guide, \"Space quota\")")
 
 
 class _Pending:
-    def __init__(self, etcd: Etcd, client, future, what: str = "transaction", read=None) -> None:
+    """A call in flight; ``result()`` waits for its reply (read by ``read``), sending it again
+    once through ``send(client)`` if etcd said our token went stale."""
+
+    def __init__(self, etcd: Etcd, client, future, what: str = "transaction", read=None, send=None) -> None:
         self._etcd, self._client, self._future, self._what, self._read = etcd, client, future, what, read
+        self._send = send
 
     def result(self):
         try:
             reply = self._future.result()
         except Exception as error:
-            raise self._etcd._failed(self._what, self._client, error) from None
+            if self._send is None or not self._client.stale(error):
+                raise self._etcd._failed(self._what, self._client, error) from None
+            reply = self._etcd._with_login(self._what, lambda client: self._send(client).result())
         return reply if self._read is None else self._read(reply)
 
 
@@ -330,7 +331,7 @@ def _alarm_names(reply) -> list[str]:
 class _Watch:
     def __init__(self, etcd: Etcd, request) -> None:
         self._etcd = etcd
-        self._client = etcd._stubs()
+        self._client = etcd._with_login("watch", lambda client: client)
         stub = _rpc().WatchStub(self._client.channel)
         self._stop = threading.Event()
         self._call = stub.Watch(self._requests(request))
@@ -352,8 +353,9 @@ class _Watch:
         except Exception as error:
             if self._stop.is_set():
                 return
-            self._etcd._fail_over(self._client, error)
-            raise DedupUnavailable(f"etcd watch broke: {_describe(error)}") from None
+            if self._client.stale(error):   # the next watch logs in again
+                raise DedupUnavailable(f"etcd watch broke: {_describe(error)}") from None
+            raise self._etcd._failed("watch", self._client, error) from None
 
     def cancel(self) -> None:
         self._stop.set()
@@ -379,11 +381,3 @@ def _kind(error: Exception) -> type:
             if name == status and words in text:
                 return kind
     return DedupUnavailable
-
-
-def _describe(error: Exception) -> str:
-    details = getattr(error, "details", None)
-    code = getattr(error, "code", None)
-    if callable(details) and callable(code):
-        return f"{code().name}: {details()}"
-    return f"{type(error).__name__}: {error}"

@@ -64,8 +64,16 @@ class InFlight:
     ``limits``; a transaction etcd refuses as too large is sent again in halves."""
 
     def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
-                 on_error=None) -> None:
+                 on_error=None, quota_key: bytes = b"") -> None:
+        """``quota_key``: for writes (claims, done marks), a key of ours put in each transaction's
+        failure branch, which never runs (the transaction has no compare). etcd 3.4/3.5 count
+        toward the space quota only the puts at a transaction's top level, not those of nested
+        transactions: with this put counted, etcd refuses the whole transaction while its NOSPACE
+        alarm is raised (``etcdserver: mvcc: database space exceeded``), and raises the alarm
+        itself when the quota is reached, so no claim is written through the alarm. Releases
+        (deletes) go without it: etcd takes deletes under NOSPACE, which is how space is freed."""
         self.etcd, self.verdicts, self.limits, self.on_error = etcd, verdicts, limits, on_error
+        self.quota_key = quota_key
         # Called by ``result()`` with the events etcd gave no answer for: it may have applied them.
         self.on_unanswered = None
         self._items: list = []
@@ -79,15 +87,21 @@ class InFlight:
         self._items = list(zip(indices, events, strict=True))
         self._send(self._items)
 
+    def _new_txn(self):
+        request = _etcd.new_txn()
+        if self.quota_key:
+            _etcd.add_put(request.failure, self.quota_key, b"")  # never runs; counted (see __init__)
+        return request
+
     def _send(self, items: list) -> None:
-        request, part, size = _etcd.new_txn(), [], 0
+        request, part, size = self._new_txn(), [], 0
         for item in items:
             self._add(request.success, item[1])
             op = request.success[-1].ByteSize() + 4  # + the field's tag and length
             if part and (len(part) == self.limits.events or size + op > self.limits.size):
                 del request.success[-1]
                 self._start(request, part, size)
-                request, part, size = _etcd.new_txn(), [], 0
+                request, part, size = self._new_txn(), [], 0
                 self._add(request.success, item[1])
             part.append(item)
             size += op

@@ -29,11 +29,81 @@ DEFAULT_ETCD_TIMEOUT = 2.0      # seconds per etcd call before it counts as unav
 MAX_PREFETCH = 3000
 MAX_DELIVERY_LIMIT = 1000
 
+# How svc reaches an etcd that wants a login or TLS (as etcdctl's --user, --cacert, --cert, --key).
+ETCD_ACCESS = ("ETCD_USER", "ETCD_PASSWORD", "ETCD_CACERT", "ETCD_CERT", "ETCD_KEY")
 # Every environment variable svc reads.
 VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
              "LOG_LEVEL", "PIKA_LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE", "OUTBOX_URL",
-             "OUTBOX_IDEMPOTENCY", "QUEUE_TYPE", "DELIVERY_LIMIT")
+             "OUTBOX_IDEMPOTENCY", "QUEUE_TYPE", "DELIVERY_LIMIT", *ETCD_ACCESS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EtcdAccess:
+    """How to reach etcd: a user and password (etcd's auth), TLS with a CA and a client
+    certificate. The files are read once, at start; the password and the private key never reach
+    a repr or a log. ``tls``: every endpoint speaks TLS (``https://``, or a CA or certificate set).
+    ``ca``, ``cert``, ``key``: PEM bytes, or None (no CA: the system's roots; no certificate: none
+    sent). The ``*_file`` fields keep the paths, for handing the same settings on."""
+
+    user: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    tls: bool = False
+    ca: bytes | None = dataclasses.field(default=None, repr=False)
+    cert: bytes | None = dataclasses.field(default=None, repr=False)
+    key: bytes | None = dataclasses.field(default=None, repr=False)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def environment(self) -> dict[str, str]:
+        """These settings as svc's variables (ETCD_ACCESS; "" for one not set), for a process
+        started with them."""
+        return {"ETCD_USER": self.user, "ETCD_PASSWORD": self.password, "ETCD_CACERT": self.ca_file,
+                "ETCD_CERT": self.cert_file, "ETCD_KEY": self.key_file}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], endpoints: str = "") -> "EtcdAccess":
+        """Read ETCD_USER and ETCD_PASSWORD (both or neither), ETCD_CACERT, ETCD_CERT and
+        ETCD_KEY (files, read now; a certificate needs its key), and whether ``endpoints``
+        (ETCD_ENDPOINTS) say ``https://``. Raises ConfigError naming the first bad variable."""
+        get = lambda name: env.get(name, "").strip()  # noqa: E731
+        user, password = get("ETCD_USER"), env.get("ETCD_PASSWORD", "")
+        if bool(user) != bool(password):
+            missing = "ETCD_PASSWORD" if user else "ETCD_USER"
+            raise ConfigError(f"{missing} is required with {'ETCD_USER' if user else 'ETCD_PASSWORD'}: set "
+                              "both (etcd's user and password, as etcdctl --user user:password) or neither")
+        if ":" in user:
+            raise ConfigError(f"ETCD_USER={user!r} is invalid: a user name without ':' (the password "
+                              "goes in ETCD_PASSWORD)")
+        files = {"ETCD_CACERT": get("ETCD_CACERT"), "ETCD_CERT": get("ETCD_CERT"), "ETCD_KEY": get("ETCD_KEY")}
+        if bool(files["ETCD_CERT"]) != bool(files["ETCD_KEY"]):
+            raise ConfigError("ETCD_CERT and ETCD_KEY go together: the client certificate and its private key "
+                              "(as etcdctl --cert and --key)")
+        pem = {name: _pem(name, path) for name, path in files.items()}
+        schemes = {item.strip().partition("://")[0] for item in endpoints.split(",") if "://" in item}
+        if "http" in schemes and ("https" in schemes or any(files.values())):
+            raise ConfigError(f"ETCD_ENDPOINTS={endpoints!r} is invalid: http:// with TLS settings (ETCD_CACERT, "
+                              "ETCD_CERT) or https://: write https:// or host:port for every endpoint")
+        return cls(user=user, password=password, tls="https" in schemes or any(files.values()),
+                   ca=pem["ETCD_CACERT"], cert=pem["ETCD_CERT"], key=pem["ETCD_KEY"],
+                   ca_file=files["ETCD_CACERT"], cert_file=files["ETCD_CERT"], key_file=files["ETCD_KEY"])
+
+
+def _pem(name: str, path: str) -> bytes | None:
+    """The PEM file ``path`` names (None for ""); ConfigError when it is missing, unreadable or not PEM."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise ConfigError(f"{name}={path!r} cannot be read ({error.strerror or error}): name a PEM file "
+                          "svc may read") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{name}={path!r} is not a PEM file (no -----BEGIN line): name the PEM file, "
+                          "as etcdctl's --cacert, --cert and --key take")
+    return data
 DEDUP_MODES = ("claims", "talk")   # talk: the talk's original design, see svc/dedup_talk.py
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -63,6 +133,7 @@ class Config:
     outbox_idempotency: bool = False  # hand the event id on as the mail's idempotency key
     queue_type: str = "classic"       # "quorum": replicated queues with a delivery limit (svc.topology)
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # quorum only: returns before the broker dead-letters
+    etcd_access: EtcdAccess = EtcdAccess()  # etcd's user and password, TLS (ETCD_USER ... ETCD_KEY)
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
@@ -88,11 +159,13 @@ class Config:
         outbox_url = get("OUTBOX_URL", "")
         if outbox_url and not re.fullmatch(r"http://[^/\s]+(/\S*)?", outbox_url):
             raise ConfigError(f"OUTBOX_URL={outbox_url!r} is invalid: expected http://host:port, e.g. http://127.0.0.1:8025")
+        etcd_endpoints = get("ETCD_ENDPOINTS", DEFAULT_ETCD_ENDPOINTS)
         return cls(
             service=service,
             enable_etcd=_bool("ENABLE_ETCD", get("ENABLE_ETCD", "false")),
             amqp_url=_amqp_url(get("AMQP_URL", DEFAULT_AMQP_URL)),
-            etcd_endpoints=parse_endpoints(get("ETCD_ENDPOINTS", DEFAULT_ETCD_ENDPOINTS)),
+            etcd_endpoints=parse_endpoints(etcd_endpoints),
+            etcd_access=EtcdAccess.from_env(env, etcd_endpoints),
             statsd_host=get("STATSD_HOST", DEFAULT_STATSD_HOST) or DEFAULT_STATSD_HOST,
             statsd_port=_int("STATSD_PORT", get("STATSD_PORT", str(DEFAULT_STATSD_PORT)), 1, 65535),
             exchange=exchange,
@@ -116,13 +189,14 @@ class Config:
 
 
 def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:
-    """``host:port[,host:port...]`` (an optional http:// is dropped) -> ((host, port), ...)."""
+    """``host:port[,host:port...]`` (an optional http:// or https:// is dropped: whether TLS is
+    spoken is EtcdAccess's) -> ((host, port), ...)."""
     endpoints = []
     for item in text.split(","):
-        item = item.strip().removeprefix("http://")
-        if "://" in item:  # https:// would need TLS, which the client does not speak: refuse, not retry forever
-            raise ConfigError(f"ETCD_ENDPOINTS={text!r} is invalid: only plain http:// endpoints are "
-                              "supported, e.g. 127.0.0.1:2379")
+        item = item.strip().removeprefix("http://").removeprefix("https://")
+        if "://" in item:
+            raise ConfigError(f"ETCD_ENDPOINTS={text!r} is invalid: use host:port, http://host:port or "
+                              "https://host:port, e.g. 127.0.0.1:2379")
         host, sep, port = item.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"ETCD_ENDPOINTS={text!r} is invalid: use host:port[,host:port...], "

@@ -14,8 +14,9 @@ import time
 from . import _etcd, keys
 from .batch import InFlight, Ready, TxnLimits, Verdict
 from .effects import effect_key, record
-from .errors import DedupUnavailable
+from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
+from .alarms import Alarms
 from .orphans import Orphans, add_release
 
 log = logging.getLogger(__name__)
@@ -25,21 +26,21 @@ IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts th
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
 
 
-class _Effects:
-    """What every deduplication of etcd shares: where a service's effect records go. Not a type of
-    its own: the type is the protocol :class:`svc.protocols.Dedup`."""
+class _Effects(Alarms):
+    """What every deduplication of etcd shares: where a service's effect records go, and etcd's
+    alarms (svc.alarms). Not a type of its own: the type is the protocol :class:`svc.protocols.Dedup`."""
 
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
         self.etcd, self.prefix, self.service = etcd, prefix, service
         self.limits = TxnLimits()
         self.on_release = None   # see EtcdDedup: without claims nothing is ever held
+        self.alarm = ""    # the alarms etcd has raised ("NOSPACE"): no writes while any is set
 
     def _effect_key(self, event: Event) -> bytes:
         return effect_key(self.prefix, self.service, event).encode()
 
     def _record(self, event: Event) -> bytes:
         return record(self.service, event).encode()
-
 
 class NoDedup(_Effects):
     """Deduplication off (the talk's first run): every event is processed, effects still recorded."""
@@ -64,10 +65,16 @@ class NoDedup(_Effects):
 
     def commit(self, events: list[Event]) -> "InFlight":
         """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
-        commit = InFlight(self.etcd, [None] * len(events), self.limits)
+        # Top-level puts: etcd counts them toward its space quota and refuses them under NOSPACE.
+        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._on_error)
         add = lambda ops, event: _etcd.add_put(ops, self._effect_key(event), self._record(event))  # noqa: E731
-        commit.send(range(len(events)), events, add, lambda event, reply: Verdict.OK)
+        commit.send(range(len(events)), events, add, self._written)
         return commit
+
+    def _written(self, event: Event, reply) -> Verdict:
+        if self.alarm:
+            self._set_alarm("")   # etcd took a write: its alarm is gone
+        return Verdict.OK
 
 
 class EtcdDedup(_Effects, Orphans):
@@ -101,8 +108,7 @@ class EtcdDedup(_Effects, Orphans):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._watch = None
-        self.alarm = ""    # the alarms etcd has raised ("NOSPACE"): no writes while any is set
-        self._alarms = None  # the alarm list asked for with the last claims, read before the commit
+        self.quota_key = self.key_prefix   # see InFlight: makes etcd count claims and done marks
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -143,7 +149,7 @@ class EtcdDedup(_Effects, Orphans):
         if self._lease:
             try:
                 self.etcd.revoke(self._lease)  # our claims end now, not after CLAIM_TTL
-            except DedupUnavailable:
+            except (DedupUnavailable, EtcdRefused):
                 pass
 
     def _start(self, target, name: str) -> None:
@@ -163,7 +169,7 @@ class EtcdDedup(_Effects, Orphans):
             try:
                 if lease and self.etcd.keepalive(lease, timeout=deadline) <= 0:
                     self._drop_lease(lease, "expired")
-            except DedupUnavailable as error:
+            except (DedupUnavailable, EtcdRefused) as error:  # a refusal stops the next window's claims
                 log.debug("claim keepalive: %s", error)
 
     def _claim_lease(self) -> int:
@@ -182,25 +188,6 @@ class EtcdDedup(_Effects, Orphans):
             self._lease = 0
         log.warning("claim lease %x %s; a new one is taken for the next claims", lease, why)
 
-    def _check_alarms(self, pending=None) -> None:
-        """Read etcd's alarm list (asked for now, or ``pending``). etcd 3.4 and 3.5 do not count
-        writes inside nested transactions (every claim and commit here) against the space quota,
-        so svc honours NOSPACE itself: each window asks with its claims and reads before its commit."""
-        self._set_alarm(",".join(self.etcd.alarms() if pending is None else pending.result()))
-
-    def _set_alarm(self, alarm: str) -> None:
-        if alarm == self.alarm:
-            return
-        if "NOSPACE" in alarm.split(","):
-            log.error("%s; until then events are requeued with backoff and counted as %s_dedup_unavailable",
-                      _etcd.NOSPACE_HELP, self.service)
-        elif alarm:
-            log.error("etcd raised the alarm %s: deduplication writes nothing until an operator clears it "
-                      "(`etcdctl alarm list`, etcd's maintenance guide)", alarm)
-        else:
-            log.warning("etcd's alarm %s is cleared: deduplication writes again", self.alarm)
-        self.alarm = alarm
-
     def _follow(self, revision: int) -> None:
         """Learn siblings' done marks (and expiries) from the watch; resume after a break."""
         delay = 0.2
@@ -218,6 +205,9 @@ class EtcdDedup(_Effects, Orphans):
                     log.debug("dedup re-import: %s", again)
             except DedupUnavailable as error:
                 log.debug("dedup watch: %s", error)
+            except EtcdRefused as error:  # refused after the start (a role revoked): said, retried slowly
+                log.error("dedup watch: %s", error)
+                delay = 5.0
             if self._watch is not None:
                 self._watch.cancel()  # end the broken stream before a new one starts
             self._stop.wait(delay)
@@ -246,19 +236,18 @@ class EtcdDedup(_Effects, Orphans):
     def claim(self, events: list[Event]) -> InFlight:
         """Claim every event not known done: per chunk of the window one transaction holding a
         create-if-absent transaction per event (a claim on our lease, or the current value)."""
-        claims = InFlight(self.etcd, [self._known(e) for e in events], self.limits, self._on_error)
+        claims = InFlight(self.etcd, [self._known(e) for e in events], self.limits, self._on_error, self.quota_key)
         todo = [i for i, verdict in enumerate(claims.verdicts) if verdict is None]
         if not todo:
             return claims
-        try:
-            self._alarms = self.etcd.alarms_async()  # answered while the claims are (no extra wait)
-            if self.alarm:
-                self._check_alarms(self._alarms)  # already raised: cleared yet?
-        except DedupUnavailable as error:
-            self._on_error(error)
-            return claims
         if self.alarm:
-            return claims  # fail closed: the rest are UNAVAILABLE (requeued with backoff), known ones skip
+            try:
+                self._check_alarms()  # raised when last seen: cleared yet?
+            except DedupUnavailable as error:
+                self._on_error(error)
+                return claims
+            if self.alarm:
+                return claims  # fail closed: the rest are UNAVAILABLE (requeued with backoff), known ones skip
         try:
             lease = self._claim_lease()  # one snapshot for the whole window, never 0
         except DedupUnavailable as error:
@@ -281,10 +270,8 @@ class EtcdDedup(_Effects, Orphans):
 
     def _on_error(self, error: DedupUnavailable, lease: int = 0) -> None:
         """A request failed (the events it carried are requeued): learn what the error says."""
-        log.debug("%s", error)
-        if isinstance(error, _etcd.NoSpace):
-            self._set_alarm("NOSPACE")
-        elif isinstance(error, _etcd.LeaseNotFound) and lease:
+        super()._on_error(error)
+        if isinstance(error, _etcd.LeaseNotFound) and lease:
             # The next window claims on a new lease instead of waiting for the keepalive to notice.
             self._drop_lease(lease, "is gone from etcd")
 
@@ -311,26 +298,22 @@ class EtcdDedup(_Effects, Orphans):
         if state == "done":
             self.done[keys.encode_id(event.id).encode()] = digest.encode()
             return Verdict.SKIPPED
-        if owner != [f"{lease:x}"]:
-            return Verdict.HELD
-        # Our own claim (a redelivery after a broker reconnect) is ours to finish.
+        if owner != [f"{lease:x}"] or self.claim_key(event) in self._claimed:
+            return Verdict.HELD   # a sibling's, or an earlier window of ours still on it: wait for its end
+        known = self._known(event)
+        if known is not None:
+            return known          # an earlier window of ours finished it since etcd answered
+        # Our own claim, no window on it (a redelivery after a broker reconnect): ours to finish.
         self._claimed[self.claim_key(event)] = self._claim_value(event, lease)
         return Verdict.CLAIMED
 
     def commit(self, events: list[Event]) -> InFlight:
         """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
         retention lease) and the effect, written together or not at all."""
-        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error)
+        # Refused by etcd as a whole under NOSPACE (quota_key): UNAVAILABLE, the claims released.
+        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error, self.quota_key)
         # The value each claim was written with (on its lease): the guard compares it.
         claimed = {key: self._claimed.get(key, b"") for key in map(self.claim_key, events)}
-        try:
-            if self._alarms is not None:
-                self._check_alarms(self._alarms)
-        except DedupUnavailable as error:
-            self._on_error(error)
-            return commit
-        if self.alarm:
-            return commit  # fail closed: UNAVAILABLE; our claims stay ours for the redelivery
         try:
             lease = self._retention()
         except DedupUnavailable as error:

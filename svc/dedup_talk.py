@@ -23,7 +23,7 @@ import threading
 
 from . import _etcd, keys
 from .dedup import InFlight, NoDedup, Ready, Verdict
-from .errors import DedupUnavailable
+from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class TalkDedup:
             self._flusher.join(timeout=2 * self.flush_interval + self.etcd.timeout)
         try:
             self.flush()
-        except DedupUnavailable as error:
+        except (DedupUnavailable, EtcdRefused) as error:
             log.warning("last flush of %d seen ids failed: %s", len(self._unflushed), error)
 
     def claim(self, events: list[Event]) -> Ready:
@@ -135,3 +135,5 @@ class TalkDedup:
                 self.flush()
             except DedupUnavailable as error:
                 log.debug("flush: %s", error)
+            except EtcdRefused as error:  # refused after the start (a role revoked): said, kept for later
+                log.error("flush: %s", error)

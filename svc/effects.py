@@ -29,20 +29,22 @@ def record(service: str, event: Event) -> str:
                        "action": ACTIONS[event.type], "pid": os.getpid(), "at": round(time.time(), 6)})
 
 
-def count(client, service: str, event_id: str | None = None, *, prefix: str = DEFAULT_ETCD_PREFIX) -> int:
+def count(client, service: str, event_id: str | None = None, *, prefix: str = DEFAULT_ETCD_PREFIX,
+          access=None) -> int:
     """How many times ``service`` processed ``event_id`` (or any event, when None).
 
-    ``client`` is an :class:`svc.Etcd` or an endpoint list such as ``"127.0.0.1:2379"``.
+    ``client`` is an :class:`svc.Etcd` or an endpoint list such as ``"127.0.0.1:2379"`` (then
+    ``access``, a :class:`svc.config.EtcdAccess`, says how to log in to it, if it must).
     """
-    with _client(client) as etcd:
+    with _client(client, access) as etcd:
         return etcd.count_prefix(keys.effects_prefix(prefix, service, event_id))
 
 
-def counts_by_id(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> dict[str, int]:
-    """``{event id: times processed}`` for every event ``service`` processed."""
+def counts_by_id(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX, access=None) -> dict[str, int]:
+    """``{event id: times processed}`` for every event ``service`` processed (ids in NFC)."""
     base = keys.effects_prefix(prefix, service).encode()
     counts: dict[str, int] = {}
-    with _client(client) as etcd:
+    with _client(client, access) as etcd:
         for page in etcd.scan_prefix(base):
             for key, _ in page:
                 event_id = keys.decode_id(key[len(base):].split(b"/", 1)[0].decode())
@@ -50,9 +52,9 @@ def counts_by_id(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> 
     return counts
 
 
-def records(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> list[dict]:
+def records(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX, access=None) -> list[dict]:
     """Every effect record of ``service`` (id, type, action, pid, and ``at``: when, Unix time)."""
-    with _client(client) as etcd:
+    with _client(client, access) as etcd:
         return [json.loads(value) for page in etcd.scan_prefix(keys.effects_prefix(prefix, service))
                 for _, value in page]
 
@@ -60,8 +62,8 @@ def records(client, service: str, *, prefix: str = DEFAULT_ETCD_PREFIX) -> list[
 class _client:
     """Use a given Etcd as is, or open (and later close) one for an endpoint string."""
 
-    def __init__(self, client) -> None:
-        self._owned = None if isinstance(client, Etcd) else Etcd(parse_endpoints(client))
+    def __init__(self, client, access=None) -> None:
+        self._owned = None if isinstance(client, Etcd) else Etcd(parse_endpoints(client), access=access)
         self._etcd = client if self._owned is None else self._owned
 
     def __enter__(self) -> Etcd:

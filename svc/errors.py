@@ -21,6 +21,12 @@ class DedupUnavailable(SvcError):
     """etcd did not answer: nothing may be processed until it does (fail closed)."""
 
 
+class EtcdRefused(SvcError):
+    """etcd answered and refused us, and no retry can cure it: authentication required or failed
+    (ETCD_USER, ETCD_PASSWORD), permission denied, a TLS handshake that fails (ETCD_CACERT,
+    ETCD_CERT, ETCD_KEY). Stop with one line, exit 2; never read as "etcd is away"."""
+
+
 class BrokerUnavailable(SvcError):
     """RabbitMQ did not answer or closed the connection."""
 

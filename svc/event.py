@@ -10,6 +10,7 @@ import types
 
 import rfc8785
 
+from . import keys
 from .errors import InvalidEvent
 
 EVENT_TYPES = ("new_order", "ban_user")
@@ -21,7 +22,8 @@ MAX_DEPTH = 64  # levels of JSON nesting, the event object included: deeper cann
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """A valid event. ``digest`` fingerprints its content: same id + other digest = conflict."""
+    """A valid event. ``digest`` fingerprints its content: same id + other digest = conflict.
+    ``id`` is in Unicode NFC when the event comes from :func:`parse` (svc.keys.normal_id)."""
 
     type: str
     id: str
@@ -96,9 +98,12 @@ def _id(data: dict) -> str:
     if not event_id:
         raise InvalidEvent("id is empty")
     try:
-        size = len(event_id.encode("utf-8"))
+        event_id.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidEvent("id holds a lone surrogate (\\ud800-\\udfff), not a character") from None
+    # One id, one byte string: NFC and NFD spellings of "café" are the same id (keys.normal_id).
+    event_id = keys.normal_id(event_id)
+    size = len(event_id.encode("utf-8"))
     if size > MAX_ID_BYTES:
         raise InvalidEvent(f"id of {size} bytes is over the limit of {MAX_ID_BYTES}")
     return event_id

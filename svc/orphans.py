@@ -11,6 +11,7 @@ import logging
 
 from . import _etcd
 from .batch import InFlight, Verdict
+from .errors import EtcdRefused
 
 log = logging.getLogger("svc.dedup")
 
@@ -37,8 +38,13 @@ class Orphans:
             if not todo:
                 continue
             release = InFlight(self.etcd, [None] * len(todo), self.limits)
-            release.send(range(len(todo)), todo, add_release, lambda item, reply: Verdict.OK)
-            answered = [item for item, verdict in zip(todo, release.result(), strict=True) if verdict is Verdict.OK]
+            try:
+                release.send(range(len(todo)), todo, add_release, lambda item, reply: Verdict.OK)
+                verdicts = release.result()
+            except EtcdRefused as error:  # a role revoked after the start: the windows stop svc
+                log.debug("orphaned claims: %s", error)
+                continue
+            answered = [item for item, verdict in zip(todo, verdicts, strict=True) if verdict is Verdict.OK]
             with self._orphans_lock:
                 for key, value in answered:
                     if self._orphans.get(key) == value:

@@ -44,7 +44,8 @@ class OwnEtcd:
 
     ``data_dir``: where its data lives (kept by ``close()``); by default a temporary folder that
     ``close()`` removes. ``flags``: extra etcd flags (``"--max-txn-ops", "16"``,
-    ``"--quota-backend-bytes", ...``) for limits the stack's etcd does not have. ``progress`` is
+    ``"--quota-backend-bytes", ...``) for limits the stack's etcd does not have; with
+    ``"--cert-file", ..., "--key-file", ...`` it serves its clients over TLS (:attr:`url`). ``progress`` is
     told one line when it starts and stops. Raises FileNotFoundError when the ``etcd`` binary is
     missing (``./kit setup`` installs Debian's etcd-server), and TimeoutError from ``start()``
     when it does not answer within START_TIMEOUT seconds.
@@ -63,10 +64,15 @@ class OwnEtcd:
         self._watchdog: Watchdog | None = None
         atexit.register(self.close)
 
+    @property
+    def url(self) -> str:
+        """Its client URL: ``https://`` when its flags give it a certificate (``--cert-file``)."""
+        return f"{'https' if '--cert-file' in self.flags else 'http'}://{self.endpoint}"
+
     def _argv(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer}"
         return ["etcd", "--name", "own", "--data-dir", str(self.data_dir / "data"),
-                "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"own={peer}", *self.flags]
 

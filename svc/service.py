@@ -12,7 +12,7 @@ from .config import Config, mask_url
 from .consumer import Supervisor, open_dedup
 from .dedup import EtcdDedup, NoDedup
 from .dedup_talk import TalkDedup
-from .errors import BrokerRefused, ConfigError
+from .errors import BrokerRefused, ConfigError, EtcdRefused
 from .faults import Faults
 from .hooks import Hook
 from .mail import Mailer
@@ -53,7 +53,10 @@ def main(environ=None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    etcd = Etcd(config.etcd_endpoints, timeout=config.etcd_timeout)
+    # gRPC's core logs each failed TLS handshake on stderr at INFO; svc says it once, in its own line
+    # (read by gRPC when it starts its first channel, below).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    etcd = Etcd(config.etcd_endpoints, timeout=config.etcd_timeout, access=config.etcd_access)
     dedup: Dedup
     if config.enable_etcd and config.dedup_mode == "talk":
         dedup = TalkDedup(etcd, config.etcd_prefix, config.service)
@@ -62,9 +65,9 @@ def main(environ=None) -> int:
                           claim_ttl=config.claim_ttl, retention=config.dedup_retention)
     else:
         dedup = NoDedup(etcd, config.etcd_prefix, config.service)
-    log.info("starting %s: amqp %s, exchange %s, etcd %s%s, dedup %s, statsd %s:%d", config.service,
-             mask_url(config.amqp_url), config.exchange, ",".join(f"{h}:{p}" for h, p in config.etcd_endpoints),
-             config.etcd_prefix, f"on ({config.dedup_mode})" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
+    log.info("starting %s: amqp %s, exchange %s, etcd %s, dedup %s, statsd %s:%d", config.service,
+             mask_url(config.amqp_url), config.exchange, _etcd_address(config),
+             f"on ({config.dedup_mode})" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
     status = 0
     try:
         if open_dedup(dedup, stop):
@@ -72,8 +75,8 @@ def main(environ=None) -> int:
                 if config.outbox_url else None
             processor = Processor(config.service, dedup, meter, hooks=hooks(config, meter), mailer=mailer)
             Supervisor(config, processor, stop).run()
-    except BrokerRefused as error:
-        # No retry can cure it (the broker refuses our configuration): one line, exit status 2.
+    except (BrokerRefused, EtcdRefused) as error:
+        # No retry can cure it (the broker or etcd refuses our configuration): one line, exit status 2.
         log.error("%s", error)
         status = 2
     finally:
@@ -90,6 +93,13 @@ def hooks(config: Config, meter: Meter) -> list[Hook]:
     if config.crash_at or config.work_ms:
         installed.append(Faults(work_ms=config.work_ms, crash_at=config.crash_at, before_kill=meter.flush))
     return installed
+
+
+def _etcd_address(config: Config) -> str:
+    """The etcd endpoints and prefix for the start line, with TLS and the user (never the password)."""
+    access = config.etcd_access
+    return (("https://" if access.tls else "") + ",".join(f"{h}:{p}" for h, p in config.etcd_endpoints)
+            + config.etcd_prefix + (f" as user {access.user}" if access.user else ""))
 
 
 def _exit_now(service: str) -> None:

@@ -38,3 +38,13 @@ def test_render_is_a_table_with_the_verdict_last():
     assert header.split("  ")[0] == "service" and header.endswith("verdict")
     assert orders.split() == ["orders", "2", "2", "0", "0", "0", "0", "0", "ok"]
     assert notify.split() == ["notify", "2", "1", "0", "1", "0", "0", "0", "FAILED"]
+
+
+def test_nfc_and_nfd_spellings_of_an_id_are_one_id():
+    # Given "café" published in NFC and in NFD and processed once (svc keys it in NFC)...
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    row = checker.check("orders", [nfc, nfd], {nfc: 1})
+    # ... I expect one id, processed once, nothing lost or unexpected.
+    assert (row.published, row.processed_once, row.lost, row.unexpected, row.ok) == (1, 1, 0, 0, True)
+    # Two effects recorded under the two spellings (as svc did before it normalized) are a duplicate.
+    assert checker.check("orders", [nfc, nfd], {nfc: 1, nfd: 1}).duplicated == 1

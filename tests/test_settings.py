@@ -68,3 +68,18 @@ def test_chapter_3_passes_strict_nbval_with_prefix_and_exchange_exported(kit_env
         cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=170)
     # I expect every cell to give the same facts as with the defaults
     assert run.returncode == 0, run.stdout[-3000:]
+
+
+def test_etcds_user_password_and_tls_files_reach_the_services_the_kit_starts(tmp_path):
+    # Given etcd's user, password and CA file exported for the kit...
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n")
+    kit = settings.Settings.from_env({"ETCD_USER": "root", "ETCD_PASSWORD": "pw-secret", "ETCD_CACERT": str(ca)})
+    # ... I expect the kit's own etcd clients to use them, the password nowhere in a repr...
+    assert (kit.etcd_access.user, kit.etcd_access.tls, kit.etcd_access.ca) == ("root", True, ca.read_bytes())
+    assert "pw-secret" not in repr(kit)
+    # ... and every service the kit starts handed the same, read back by svc to the same values.
+    env = kit.service_environment()
+    assert set(env) == set(settings.SHARED)
+    again = Config.from_env({**env, "SERVICE_NAME": "orders"})
+    assert again.etcd_access == kit.etcd_access

@@ -57,17 +57,25 @@ def test_a_broken_amqp_url_is_one_line_without_the_password(url):
     assert message.startswith("AMQP_URL") and "\n" not in message and "s3cret" not in message
 
 
-@pytest.mark.parametrize("endpoints", ["https://h:2379", "127.0.0.1:2379,https://h:2379", "unix://x:1"])
+@pytest.mark.parametrize("endpoints", ["unix://x:1", "http://a:2379,https://h:2379"])
 def test_an_etcd_endpoint_with_another_scheme_is_refused(endpoints):
-    # Given https:// (TLS, which the client does not speak), I expect a refusal, not retries forever.
+    # Given a scheme etcd's clients do not speak, or plain and TLS endpoints mixed in one cluster,
+    # I expect a refusal, not retries forever.
     with pytest.raises(ConfigError) as raised:
         Config.from_env({"SERVICE_NAME": "orders", "ETCD_ENDPOINTS": endpoints})
-    assert str(raised.value).startswith("ETCD_ENDPOINTS") and "http://" in str(raised.value)
+    assert str(raised.value).startswith("ETCD_ENDPOINTS") and "https://" in str(raised.value)
+
+
+@pytest.mark.parametrize("endpoints", ["https://h:2379", "127.0.0.1:2379,https://h:2379"])
+def test_https_etcd_endpoints_speak_tls(endpoints):
+    # Given https:// (with no CA file: the system's roots), I expect TLS to every endpoint.
+    config = Config.from_env({"SERVICE_NAME": "orders", "ETCD_ENDPOINTS": endpoints})
+    assert config.etcd_access.tls and config.etcd_access.ca is None
 
 
 @pytest.mark.parametrize("variable, value", [("AMQP_URL", "amqp://u:s3cret@h:abc/"),
                                              ("AMQP_URL", "amqp://u:s3cret@[::1/"),
-                                             ("ETCD_ENDPOINTS", "https://h:2379")])
+                                             ("ETCD_ENDPOINTS", "http://a:2379,https://h:2379")])
 def test_python_m_svc_exits_2_with_one_line_for_a_broken_url(variable, value):
     result = subprocess.run([sys.executable, "-m", "svc"], env={"SERVICE_NAME": "orders", variable: value},
                             capture_output=True, text=True, timeout=30)
@@ -94,5 +102,6 @@ def test_every_variable_read_is_listed():
 
     from svc import config
 
-    read = set(re.findall(r'get\("([A-Z_]+)"', inspect.getsource(config.Config.from_env)))
+    source = inspect.getsource(config.Config.from_env) + inspect.getsource(config.EtcdAccess.from_env)
+    read = set(re.findall(r'get\("([A-Z_]+)"', source))
     assert read == set(config.VARIABLES)

@@ -28,6 +28,27 @@ def test_equal_numbers_are_one_payload_skipped_not_a_conflict(svc_world):
     assert svc_world.dead_letters() == []
 
 
+@pytest.mark.parametrize("mode", ["claims", "talk"])
+def test_nfc_and_nfd_spellings_of_an_id_are_one_event(svc_world, graphite_url, mode):
+    orders = svc_world.service_name("orders")
+    svc_world.start(orders, enable_etcd=True, dedup_mode=mode)
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    # Given "café" processed as NFC (é one code point)...
+    svc_world.publish(orders, {"type": "new_order", "id": nfc})
+    wait_for(lambda: sum(svc_world.effects_by_id(orders).values()) == 1, "the NFC copy processed")
+    # ... when it comes again as NFD (e and a combining acute: a macOS file name, another keyboard)...
+    svc_world.publish(orders, {"type": "new_order", "id": nfd})
+    svc_world.publish(orders, {"type": "new_order", "id": "marker"})
+    wait_for(lambda: svc_world.effects(orders, "marker") == 1 and svc_world.depth(orders) == 0, "the marker processed")
+    # ... I expect one id: one effect (recorded under the NFC id), the repeat skipped, no conflict.
+    effects = svc_world.effects_by_id(orders)
+    assert effects == {nfc: 1, "marker": 1}
+    skipped = f"stats_counts.{orders}_new_order_skipped"
+    wait_for(lambda: graphite_total(graphite_url, skipped) >= 1, f"{skipped} in Graphite", timeout=20, interval=0.5)
+    assert graphite_total(graphite_url, skipped) == 1
+    assert svc_world.dead_letters() == []
+
+
 def _processed(svc_world, etcd, service):
     from svc import counts_by_id
     return counts_by_id(etcd, service, prefix=svc_world.prefix)
@@ -175,6 +196,54 @@ def test_the_nospace_alarm_is_honoured_and_says_how_to_recover(svc_world, etcd_f
         etcd.close()
 
 
+def _revision(etcd) -> int:
+    """etcd's current revision: it moves with every write (a put, a delete that deletes)."""
+    from svc import _etcd
+
+    return etcd._call("range", "kvstub", "Range", _etcd._rpc().RangeRequest(key=b"\0")).header.revision
+
+
+def _names_the_alarm(process) -> None:
+    wait_for(lambda: "NOSPACE" in process.log(), f"{process.service}'s NOSPACE line")
+    wait_for(lambda: process.log().count("requeued") >= 2, f"{process.service} requeueing")
+    assert "etcdctl alarm disarm" in process.log() and process.log().count("NOSPACE") == 1
+
+
+def test_nothing_is_written_through_the_nospace_alarm_in_any_mode(svc_world, etcd_factory):
+    from svc import Etcd
+    from svc.config import parse_endpoints
+
+    own = etcd_factory("--quota-backend-bytes", str(8 * 1024 * 1024))
+    orders = svc_world.service_name("orders")
+    [claims] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own.endpoint)
+    etcd = Etcd(parse_endpoints(own.endpoint), timeout=10)
+    try:
+        svc_world.publish(orders, {"type": "new_order", "id": "a"}, count=5, fresh_ids=True)
+        wait_for(lambda: len(_processed(svc_world, etcd, orders)) == 5, "the first 5 processed")
+        # Given etcd out of space while a replica runs that has not seen the alarm yet...
+        _fill(etcd)
+        revision = _revision(etcd)
+        # ... when events come, I expect the cause and the fix named in one line, and nothing
+        # written: not even the claims of the window that meets the alarm first (etcd 3.4/3.5
+        # take writes in nested transactions through it), nor their release.
+        svc_world.publish(orders, {"type": "new_order", "id": "b"}, count=5, fresh_ids=True)
+        _names_the_alarm(claims)
+        assert _revision(etcd) == revision, "etcd took writes through its NOSPACE alarm"
+        # The same for replicas started during the alarm with dedup off and with the talk's design
+        # (both write their effects to etcd): each names the cause, and nothing is written.
+        off, talk = svc_world.service_name("off"), svc_world.service_name("talk")
+        [no_dedup] = svc_world.start(off, etcd_endpoints=own.endpoint)
+        [talk_dedup] = svc_world.start(talk, enable_etcd=True, dedup_mode="talk", etcd_endpoints=own.endpoint)
+        for service in (off, talk):
+            svc_world.publish(service, {"type": "new_order", "id": "c"}, count=5, fresh_ids=True)
+        for process in (no_dedup, talk_dedup):
+            _names_the_alarm(process)
+        assert _revision(etcd) == revision, "etcd took writes through its NOSPACE alarm"
+        assert len(_processed(svc_world, etcd, orders)) == 5
+    finally:
+        etcd.close()
+
+
 def test_kit_status_names_the_nospace_alarm(etcd_factory):
     from nirvana.stack import etcd as etcd_component
     from svc import Etcd
@@ -236,6 +305,35 @@ def test_a_claim_lease_expiring_mid_claim_leaves_no_claim_without_a_lease(svc_wo
         assert verdicts == [Verdict.UNAVAILABLE] * 3
         assert [key for page in etcd.scan_prefix(dedup.key_prefix) for key, _ in page] == []
         assert dedup.claim(events).result() == [Verdict.CLAIMED] * 3
+    finally:
+        dedup.close()
+        etcd.close()
+
+
+def test_a_copy_meeting_a_claim_an_earlier_window_of_ours_holds_is_not_processed_twice(svc_world):
+    from svc import Etcd
+    from svc.config import parse_endpoints
+    from svc.dedup import EtcdDedup, Verdict
+    from svc.event import parse
+
+    etcd = Etcd(parse_endpoints(svc_world.etcd_endpoint))
+    dedup = EtcdDedup(etcd, svc_world.prefix, "orders", claim_ttl=10, retention=60)
+    try:
+        first, again, third = (parse(b'{"type":"new_order","id":"%s"}' % i) for i in (b"w", b"w", b"v"))
+        # Given a window of ours working on an event (claimed, not yet committed)...
+        assert dedup.claim([first]).result() == [Verdict.CLAIMED]
+        # ... when a copy comes in the next window (the consumer claims it while the first commits),
+        # I expect it held until that window ends, not claimed again as ours to finish: claimed, its
+        # commit would be refused after the first one's (logged as a claim expired, counted lost).
+        assert dedup.claim([again]).result() == [Verdict.HELD]
+        assert dedup.commit([first]).result() == [Verdict.OK]
+        assert dedup.claim([again]).result() == [Verdict.SKIPPED]
+        # The same when the first window finishes after etcd answered the copy's claim, before it is read.
+        assert dedup.claim([third]).result() == [Verdict.CLAIMED]
+        pending = dedup.claim([parse(b'{"type":"new_order","id":"v"}')])
+        dedup._claimed.clear()   # as if read after the first window's commit (which pops its claim)...
+        dedup.done[b"v"] = third.digest.encode()   # ... and records the id done
+        assert pending.result() == [Verdict.SKIPPED]
     finally:
         dedup.close()
         etcd.close()

@@ -168,3 +168,18 @@ def test_the_fast_canonical_form_is_rfc8785s(value):
     assert not _plain({"n": 2 ** 53}) and not _plain({"n": [-(2 ** 53)]})
     with pytest.raises(rfc8785.CanonicalizationError):
         canonical({"s": "\ud800"})
+
+
+def test_an_id_is_one_id_whatever_its_unicode_normal_form():
+    from svc import keys
+
+    # Given "café" as NFC (é one code point) and as NFD (e and a combining acute)...
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    first, second = (parse(json.dumps({"type": "new_order", "id": i}).encode()) for i in (nfc, nfd))
+    # ... I expect one id (NFC), one key, one payload digest: a repeat, not a conflict.
+    assert first.id == second.id == nfc
+    assert keys.encode_id(nfd) == keys.encode_id(nfc) and keys.decode_id(keys.encode_id(nfd)) == nfc
+    assert first.digest == second.digest
+    # Payload strings stay as written (RFC 8785 does not normalize): other args, other digest.
+    a, b = (parse(json.dumps({"type": "new_order", "id": "x", "args": {"name": n}}).encode()) for n in (nfc, nfd))
+    assert a.digest != b.digest

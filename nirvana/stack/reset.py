@@ -39,7 +39,7 @@ def kit_queues(exchange: str | None = None) -> list[str]:
 
 def etcd_client() -> Etcd:
     """svc's etcd client (gRPC: Debian's etcd has no JSON gateway) on the kit's endpoint."""
-    return Etcd(list(current().etcd_endpoints), timeout=5)
+    return Etcd(list(current().etcd_endpoints), timeout=5, access=current().etcd_access)
 
 
 def _with_etcd(call):
