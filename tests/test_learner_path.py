@@ -91,3 +91,19 @@ def test_the_plots_mark_the_steps_of_the_demo(name, labels):
     marked = [label for label in labels if any(f'plots.Mark.now("{label}")' in cell for cell in cells)]
     assert marked == labels
     assert any("plots.plot_counters(" in cell and "marks=marks" in cell for cell in cells)
+
+
+def test_the_diagrams_crash_point_b_sits_where_crash_at_claimed_kills():
+    # CRASH_AT=claimed kills right after the claim is answered, before the work (svc/faults.py):
+    # crash point B is drawn between the claim's answer and the work, and its row says so.
+    root = ElementTree.parse(ROOT / "assets" / "diagrams" / "one_event.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    circles = {"".join(t.itertext()).strip(): float(c.get("cy"))
+               for g in root.iter(f"{ns}g") for c, t in zip(g.findall(f"{ns}circle"), g.findall(f"{ns}text"), strict=False)}
+    texts = ["".join(t.itertext()) for t in root.iter(f"{ns}text")]
+    claim_answer = max(float(line.get("y1")) for line in root.iter(f"{ns}line") if line.get("class") == "reply"
+                       and float(line.get("y1")) < 300)
+    work = next(float(r.get("y")) for r in root.iter(f"{ns}rect") if r.get("fill") == "#c8e6c9")
+    assert claim_answer < circles["B"] - 9 and circles["B"] + 9 <= work, (claim_answer, circles["B"], work)
+    row = next(text for text in texts if text.startswith("B "))
+    assert "before the work" in row, row
