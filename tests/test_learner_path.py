@@ -107,3 +107,34 @@ def test_the_diagrams_crash_point_b_sits_where_crash_at_claimed_kills():
     assert claim_answer < circles["B"] - 9 and circles["B"] + 9 <= work, (claim_answer, circles["B"], work)
     row = next(text for text in texts if text.startswith("B "))
     assert "before the work" in row, row
+
+
+STEPS = re.compile(r"The steps of `(?P<name>[\w.]+)` \(`(?P<path>[\w/]+\.py)`\), its own lines:\s*```python\n(?P<code>.*?)```",
+                   re.DOTALL)
+
+
+def _code_lines(text: str) -> list[str]:
+    """Lines of code without indentation and trailing comments; comment-only lines dropped."""
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"\s+#\s.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("name, helpers", [
+    ("05_crashes", ["outages.watch_claim"]),
+    ("06_talk_design", ["designs.replicas_race", "designs.crash_in_flush_window"]),
+    ("07_chaos", ["chaos.run", "checker.check"]),
+    ("09_scale_out", ["scale.stream_with_faults"]),
+])
+def test_a_demo_shows_the_steps_of_its_helper_in_the_helpers_own_lines(name, helpers):
+    # A one-line helper call hides what happens: the chapter shows the lines that matter, and each
+    # line shown is the helper's own (so the chapter cannot drift from the code it runs).
+    shown = {m["name"]: m for text in markdown(name) for m in STEPS.finditer(text)}
+    assert sorted(shown) == sorted(helpers)
+    for helper, match in shown.items():
+        source = _code_lines((ROOT / match["path"]).read_text(encoding="utf-8"))
+        missing = [line for line in _code_lines(match["code"]) if line not in source]
+        assert missing == [], f"{name}: lines shown for {helper} that {match['path']} does not have: {missing}"
