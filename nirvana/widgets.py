@@ -55,7 +55,7 @@ def fresh_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-LOG_LINES = 4   # lines a panel shows: the latest; a slide keeps its height however often it is clicked
+LOG_LINES = 3   # lines a panel shows: the latest; a slide keeps its height however often it is clicked
 
 
 class _Panel:
