@@ -241,6 +241,33 @@ class PublishPanel(_Panel):
         return self.last_result
 
 
+@dataclass
+class LivePublish:
+    """A live chart with the publish buttons and their log beside it, for one slide: the chart
+    (:class:`nirvana.plots.LiveChart`) counts ``names`` from the moment it was made."""
+
+    panel: PublishPanel
+    chart: Any
+    widget: widgets.HBox
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def live_publish(names: Iterable[str], *, seconds: float = 600.0,
+                 title: str = "live: counted from this slide on") -> LivePublish:
+    """The chart of ``names`` (counter names) counted from now, redrawn every two seconds for
+    ``seconds``, beside a publish panel's buttons (the talk's event) and its log: one row, so the
+    presenter clicks and sees the lines step up on the same slide."""
+    from . import graphite, plots   # matplotlib only when a chapter asks for a chart
+
+    panel = PublishPanel()
+    chart = plots.live_chart(list(names), graphite.mark(), seconds=seconds, title=title)
+    side = widgets.VBox([panel.publish_button, panel.again_button, panel.output],
+                        layout=widgets.Layout(width="18em", min_width="14em"))
+    return LivePublish(panel, chart, widgets.HBox([chart.widget, side], layout=widgets.Layout(flex_flow="row nowrap")))
+
+
 LIGHTS = {"running": "#2e7d32", "starting": "#f9a825", "stopping": "#f9a825", "stopped": "#9e9e9e"}
 # any other state ("killed", "exited with status 2") is shown in FAILED_LIGHT
 FAILED_LIGHT = "#c62828"
@@ -368,4 +395,4 @@ class ServicePanel(_Panel):
             self._refresher.join(timeout=2 * REFRESH_EVERY + 1)
 
 
-__all__ = ["PublishPanel", "ServicePanel", "LOG_LINES", "Batch", "Published", "light", "fresh_id", "EVENT_TYPES"]
+__all__ = ["PublishPanel", "ServicePanel", "LivePublish", "live_publish", "LOG_LINES", "Batch", "Published", "light", "fresh_id", "EVENT_TYPES"]

@@ -212,3 +212,16 @@ def test_a_panel_keeps_its_height_however_often_it_is_clicked():
     assert len(panel.output.outputs) == 1
     assert panel.output.layout.height == height and height.endswith("em") and panel.output.layout.max_height is None
     assert "nirvana-log" in panel.output._dom_classes
+
+
+def test_live_publish_puts_the_buttons_beside_the_chart_counting_from_now():
+    # Given chapter 1's live slide, I expect one row: the chart, then publish, again and the log
+    before = time.time()
+    live = widgets.live_publish(["orders_new_order_ok"], seconds=5)
+    try:
+        chart, side = live.widget.children
+        assert chart is live.chart.widget and live.chart.since >= before
+        assert side.children == (live.panel.publish_button, live.panel.again_button, live.panel.output)
+        assert live.widget.layout.flex_flow == "row nowrap"
+    finally:
+        live.chart.stop()
