@@ -138,3 +138,23 @@ def test_a_demo_shows_the_steps_of_its_helper_in_the_helpers_own_lines(name, hel
         source = _code_lines((ROOT / match["path"]).read_text(encoding="utf-8"))
         missing = [line for line in _code_lines(match["code"]) if line not in source]
         assert missing == [], f"{name}: lines shown for {helper} that {match['path']} does not have: {missing}"
+
+
+def test_the_chapters_texts_agree_with_what_the_kit_does():
+    # chapter 0 counts the chapters there are
+    words = {"three": 3, "nine": 9, "ten": 10, "eleven": 11}
+    said = re.search(r"walks through it in\s+(\w+) chapters", "\n".join(markdown("00_setup")))
+    assert said and words.get(said[1]) == len(CHAPTERS), said and said[1]
+    # a kernel killed outright takes its services with it (the parent-death signal, nirvana/processes.py)
+    box = next(cell for cell in markdown("02_recovery") if "> **Concepts**" in cell)
+    assert "PR_SET_PDEATHSIG" in box and "keep running" not in box
+    # WORK_MS is work per window (svc/faults.py), in every text that says what it is per
+    texts = {name: "\n".join(markdown(name)) for name in CHAPTERS}
+    texts["GLOSSARY.md"] = (NOTEBOOKS / "GLOSSARY.md").read_text(encoding="utf-8")
+    texts["README.md"] = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, text in texts.items():
+        for match in re.finditer(r"(simulated )?work per (\w+)", text):
+            assert match[2] == "window", f"{name}: {match[0]!r}: WORK_MS is per window"
+    # chapter 5 (c): dedup_unavailable counts every try, and the waiting orders are in orders' hands
+    c = "\n".join(markdown("05_crashes"))
+    assert "one per event per attempt" in c and "*ready* for" in c
