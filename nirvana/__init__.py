@@ -10,6 +10,7 @@ for them (``from nirvana import widgets``), so ``python -m nirvana status`` does
 """
 
 import sys
+from typing import Callable
 
 from . import effects, graphite, rabbit, services, settings, stack
 from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, \
@@ -46,16 +47,19 @@ def __getattr__(name: str) -> str:
     raise AttributeError(f"module 'nirvana' has no attribute {name!r}")
 
 
-def reset() -> None:
+def reset(progress: Callable[[str], None] = print) -> None:
     """Return the whole demo to a clean start in one call.
 
-    Stops every ``svc`` process the kit started, then purges the kit's queues and deletes its
-    etcd keys and whisper files (see :func:`nirvana.stack.reset`). Raises SettingError for a bad
-    setting before anything is stopped or deleted.
+    Stops every ``svc`` process the kit started, naming each (``orders: stopped``), then purges
+    the kit's queues and deletes its etcd keys and whisper files (see :func:`nirvana.stack.reset`);
+    each step says what it did through ``progress``. Raises SettingError for a bad setting before
+    anything is stopped or deleted.
     """
     settings.current()
-    services.stop_all()
-    stack.reset()
+    stopped = services.stop_all(progress=lambda line: progress(f"svc           {line}"))
+    if not stopped:
+        progress("svc           no service was running")
+    stack.reset(progress)
 
 
 def teardown() -> None:

@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nirvana", description="Run the kit's local stack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (("up", "start every component that is not answering yet"),
-                       ("status", "one row per component; exit status 1 if any is not healthy"),
+                       ("status", "one row per component, and JupyterLab's; exit status 1 if a component is not healthy"),
                        ("down", "stop what the kit started, and only that")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("components", nargs="*", metavar="COMPONENT",
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(row.healthy for row in rows) else 1
         if args.command == "status":
             rows = stack.status(args.components, leaders=True)
-            print(stack.render_status(rows))
+            # JupyterLab (./kit present) is not part of the stack: listed, not counted in the exit status
+            lab = [] if args.components else stack.status([stack.LAB.name])
+            print(stack.render_status(rows + lab))
             if any(row.name == "rabbitmq" and row.state != "down" for row in rows):
                 print(stack.rabbitmq_node().describe())
             return 0 if all(row.healthy for row in rows) else 1

@@ -43,6 +43,14 @@ def lease_left(endpoint: str, lease_hex: str) -> int:
     return int(reply.json().get("TTL", -1))
 
 
+def _countdown(left: int) -> str:
+    """A lease's time to live in words: etcd answers whole seconds, rounded down, -1 once it ended
+    (its keys go with it, a moment later)."""
+    if left < 0:
+        return "ended (etcd removes the claim with it)"
+    return f"has {left} s left" if left else "has under 1 s left"
+
+
 def watch_claim(endpoint: str, service: str, event_id: str, *, timeout: float = 30.0,
                 progress: Progress = print) -> str:
     """Print the claim's state once a second until it is done; return the final value.
@@ -57,7 +65,7 @@ def watch_claim(endpoint: str, service: str, event_id: str, *, timeout: float = 
         value = dedup_value(endpoint, service, event_id) or "absent"
         state, *rest = value.split(" ")
         if state == "claimed" and len(rest) == 2:
-            line = f"{event_id}: claimed, lease {rest[1]} has {lease_left(endpoint, rest[1])} s left"
+            line = f"{event_id}: claimed, lease {rest[1]} {_countdown(lease_left(endpoint, rest[1]))}"
         else:
             line = f"{event_id}: {state}"
         if line != last:

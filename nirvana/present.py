@@ -4,12 +4,14 @@ JupyterLab (and jupyterlab_rise, which saves a notebook before it shows it as sl
 the notebooks it opens: outputs, widget state, the current cell. Presenting from the checkout
 would leave every ``.ipynb`` modified. So ``./kit present`` serves a copy under
 ``state/present/`` (git-ignored): ``notebooks/`` (the chapters, their slide styles ``rise.css``
-and an empty ``<chapter>.css`` each, which the slideshow asks for) and ``assets/diagrams/`` (the
-pictures the chapters link to, at the same relative path as in the checkout).
+and an empty ``<chapter>.css`` each, which the slideshow asks for), ``assets/diagrams/``, and
+every file a chapter links to or loads (:func:`references`: the glossary, the exercises'
+``solutions/``, a picture), followed from file to file, at the same relative path as in the
+checkout, so every link and ``%load`` of a chapter works in the copy as in the checkout.
 
-A chapter is copied when the copy is missing or when the checkout's chapter changed since it was
+A file is copied when the copy is missing or when the checkout's file changed since it was
 copied (a ``git pull``); otherwise the copy, with whatever the presenter saved into it while
-rehearsing, is kept. ``./kit present --fresh`` copies every chapter again.
+rehearsing, is kept. ``./kit present --fresh`` copies every file again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import urllib.parse
 from pathlib import Path
 
 from . import paths
@@ -25,7 +29,12 @@ from . import paths
 COPIED = ("rise.css",)            # notebooks/ files copied beside the chapters, always
 PICTURES = Path("assets") / "diagrams"
 SERVER_CONFIG = paths.ROOT / "assets" / "jupyter" / "jupyter_server_config.py"   # a patch at the edge: see there
-MANIFEST = ".copied-from.json"    # {chapter file name: sha256 of the checkout's file when copied}
+MANIFEST = ".copied-from.json"    # {file path under notebooks/: sha256 of the checkout's file when copied}
+# what a chapter points at: a Markdown link or picture ``[text](target "title")``, an HTML
+# ``src="..."``/``href="..."``, and the magics that read a file beside the notebook
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|(?:src|href)=\"([^\"]+)\"")
+_MAGIC = re.compile(r"%(?:load|run)\s+([^\s`)'\"]+)")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)   # http:, mailto:, data:: not a file of ours
 
 
 def present_dir() -> Path:
@@ -37,11 +46,59 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def prepare(root: Path | None = None, *, fresh: bool = False) -> list[str]:
-    """Copy the chapters, their slide styles and pictures under ``root`` (default :func:`present_dir`).
+def references(path: Path) -> list[str]:
+    """The relative paths a notebook or Markdown file at ``path`` points at, as written in it.
 
-    Returns the chapter file names copied this time (a kept copy is not listed). ``fresh``
-    copies every chapter again, dropping what was saved into the copies.
+    Links and pictures of a notebook's Markdown cells (of the whole file for ``.md``), and the
+    ``%load``/``%run`` paths of any cell (a kernel started on a chapter runs in its folder, so
+    those are relative to it too). An anchor (``#...``) and a query are cut off; addresses with a
+    scheme (``https:``) and bare anchors are not files, so not listed.
+    """
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        linked = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+        loaded = ["".join(c["source"]) for c in cells]
+    elif path.suffix == ".md":
+        linked = loaded = [path.read_text(encoding="utf-8")]
+    else:
+        return []
+    found = [a or b for text in linked for a, b in _LINK.findall(text)]
+    found += [target for text in loaded for target in _MAGIC.findall(text)]
+    targets = []
+    for target in found:
+        target = urllib.parse.unquote(target.split("#")[0].split("?")[0])
+        if target and not _SCHEME.match(target) and target not in targets:
+            targets.append(target)
+    return targets
+
+
+def served_files() -> list[Path]:
+    """Every file of the checkout ``./kit present`` serves under ``notebooks/``, chapters first.
+
+    The chapters, then what they reference (:func:`references`), followed from file to file (the
+    glossary's links, the solutions notebook's ``%run``), kept only when it exists inside the
+    checkout's ``notebooks/`` folder. A reference above it (``../assets/diagrams/...``) is served by
+    copying :data:`PICTURES` whole; one that names no file is what ``tests/test_served_links.py``
+    reports.
+    """
+    chapters = sorted(paths.NOTEBOOKS.glob("*.ipynb"))
+    files, todo = list(chapters), list(chapters)
+    while todo:
+        source = todo.pop(0)
+        for target in references(source):
+            linked = (source.parent / target).resolve()
+            if linked.is_file() and linked.is_relative_to(paths.NOTEBOOKS) and linked not in files:
+                files.append(linked)
+                todo.append(linked)
+    return files
+
+
+def prepare(root: Path | None = None, *, fresh: bool = False) -> list[str]:
+    """Copy the chapters, what they link to or load (:func:`served_files`), their slide styles and
+    pictures under ``root`` (default :func:`present_dir`).
+
+    Returns the paths under ``notebooks/`` copied this time, chapters first (a kept copy is not
+    listed). ``fresh`` copies every file again, dropping what was saved into the copies.
     """
     root = root or present_dir()
     target = root / "notebooks"
@@ -52,13 +109,15 @@ def prepare(root: Path | None = None, *, fresh: bool = False) -> list[str]:
     except (OSError, ValueError):
         manifest = {}
     copied = []
-    for source in sorted(paths.NOTEBOOKS.glob("*.ipynb")):
+    for source in served_files():
+        name = source.relative_to(paths.NOTEBOOKS).as_posix()
         digest = _digest(source)
-        copy = target / source.name
-        if fresh or not copy.exists() or manifest.get(source.name) != digest:
+        copy = target / name
+        if fresh or not copy.exists() or manifest.get(name) != digest:
+            copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, copy)
-            manifest[source.name] = digest
-            copied.append(source.name)
+            manifest[name] = digest
+            copied.append(name)
     for name in COPIED:
         if (paths.NOTEBOOKS / name).exists():
             shutil.copyfile(paths.NOTEBOOKS / name, target / name)

@@ -8,6 +8,7 @@ clicks: ``panel.publish_button.click()`` is ``panel.publish()``. What a panel sa
 
 import threading
 import uuid
+from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -54,16 +55,34 @@ def fresh_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
+LOG_LINES = 3   # lines a panel shows: the latest; a slide keeps its height however often it is clicked
+
+
 class _Panel:
-    """What both panels share: an Output that collects their lines and errors."""
+    """What the panels share: an Output that shows their latest :data:`LOG_LINES` lines and errors.
+
+    The Output has a fixed height (``notebooks/rise.css`` sizes it on slides: class
+    ``nirvana-log``), so clicking a button never pushes a slide's content off the screen; older
+    lines are dropped, not scrolled (what a click did is also in ``last_result``/``last_error``).
+    """
 
     def __init__(self) -> None:
-        self.output = widgets.Output(layout=widgets.Layout(max_height="12em", overflow="auto"))
+        self.output = widgets.Output(layout=widgets.Layout(height=f"{LOG_LINES * 1.4 + 0.8:g}em", overflow="hidden"))
+        self.output.add_class("nirvana-log")
+        self.lines: deque[str] = deque(maxlen=LOG_LINES)
+        self._lines_lock = threading.Lock()
         self.last_error: str | None = None
 
     def say(self, line: str) -> None:
-        """One line into the panel's output (thread-safe: no capture context involved)."""
-        self.output.append_stdout(line + "\n")
+        """One line into the panel's output, dropping the oldest beyond :data:`LOG_LINES`.
+
+        Thread-safe (a click's handler and the lights' refresher both say things): the Output's
+        whole content is replaced at once, no capture context involved.
+        """
+        with self._lines_lock:
+            self.lines.extend(line.splitlines() or [""])
+            text = "".join(f"{one}\n" for one in self.lines)
+            self.output.outputs = ({"output_type": "stream", "name": "stdout", "text": text},)
 
     def _attempt(self, action: Callable[[], Any]) -> Any:
         """Run an action, show its error in the output instead of raising (a click has no cell)."""
@@ -222,6 +241,33 @@ class PublishPanel(_Panel):
         return self.last_result
 
 
+@dataclass
+class LivePublish:
+    """A live chart with the publish buttons and their log beside it, for one slide: the chart
+    (:class:`nirvana.plots.LiveChart`) counts ``names`` from the moment it was made."""
+
+    panel: PublishPanel
+    chart: Any
+    widget: widgets.HBox
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def live_publish(names: Iterable[str], *, seconds: float = 600.0,
+                 title: str = "live: counted from this slide on") -> LivePublish:
+    """The chart of ``names`` (counter names) counted from now, redrawn every two seconds for
+    ``seconds``, beside a publish panel's buttons (the talk's event) and its log: one row, so the
+    presenter clicks and sees the lines step up on the same slide."""
+    from . import graphite, plots   # matplotlib only when a chapter asks for a chart
+
+    panel = PublishPanel()
+    chart = plots.live_chart(list(names), graphite.mark(), seconds=seconds, title=title)
+    side = widgets.VBox([panel.publish_button, panel.again_button, panel.output],
+                        layout=widgets.Layout(width="18em", min_width="14em"))
+    return LivePublish(panel, chart, widgets.HBox([chart.widget, side], layout=widgets.Layout(flex_flow="row nowrap")))
+
+
 LIGHTS = {"running": "#2e7d32", "starting": "#f9a825", "stopping": "#f9a825", "stopped": "#9e9e9e"}
 # any other state ("killed", "exited with status 2") is shown in FAILED_LIGHT
 FAILED_LIGHT = "#c62828"
@@ -349,4 +395,4 @@ class ServicePanel(_Panel):
             self._refresher.join(timeout=2 * REFRESH_EVERY + 1)
 
 
-__all__ = ["PublishPanel", "ServicePanel", "Batch", "Published", "light", "fresh_id", "EVENT_TYPES"]
+__all__ = ["PublishPanel", "ServicePanel", "LivePublish", "live_publish", "LOG_LINES", "Batch", "Published", "light", "fresh_id", "EVENT_TYPES"]

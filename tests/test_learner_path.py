@@ -91,3 +91,70 @@ def test_the_plots_mark_the_steps_of_the_demo(name, labels):
     marked = [label for label in labels if any(f'plots.Mark.now("{label}")' in cell for cell in cells)]
     assert marked == labels
     assert any("plots.plot_counters(" in cell and "marks=marks" in cell for cell in cells)
+
+
+def test_the_diagrams_crash_point_b_sits_where_crash_at_claimed_kills():
+    # CRASH_AT=claimed kills right after the claim is answered, before the work (svc/faults.py):
+    # crash point B is drawn between the claim's answer and the work, and its row says so.
+    root = ElementTree.parse(ROOT / "assets" / "diagrams" / "one_event.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    circles = {"".join(t.itertext()).strip(): float(c.get("cy"))
+               for g in root.iter(f"{ns}g") for c, t in zip(g.findall(f"{ns}circle"), g.findall(f"{ns}text"), strict=False)}
+    texts = ["".join(t.itertext()) for t in root.iter(f"{ns}text")]
+    claim_answer = max(float(line.get("y1")) for line in root.iter(f"{ns}line") if line.get("class") == "reply"
+                       and float(line.get("y1")) < 300)
+    work = next(float(r.get("y")) for r in root.iter(f"{ns}rect") if r.get("fill") == "#c8e6c9")
+    assert claim_answer < circles["B"] - 9 and circles["B"] + 9 <= work, (claim_answer, circles["B"], work)
+    row = next(text for text in texts if text.startswith("B "))
+    assert "before the work" in row, row
+
+
+STEPS = re.compile(r"The steps of `(?P<name>[\w.]+)` \(`(?P<path>[\w/]+\.py)`\), its own lines:\s*```python\n(?P<code>.*?)```",
+                   re.DOTALL)
+
+
+def _code_lines(text: str) -> list[str]:
+    """Lines of code without indentation and trailing comments; comment-only lines dropped."""
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"\s+#\s.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("name, helpers", [
+    ("05_crashes", ["outages.watch_claim"]),
+    ("06_talk_design", ["designs.replicas_race", "designs.crash_in_flush_window"]),
+    ("07_chaos", ["chaos.run", "checker.check"]),
+    ("09_scale_out", ["scale.stream_with_faults"]),
+])
+def test_a_demo_shows_the_steps_of_its_helper_in_the_helpers_own_lines(name, helpers):
+    # A one-line helper call hides what happens: the chapter shows the lines that matter, and each
+    # line shown is the helper's own (so the chapter cannot drift from the code it runs).
+    shown = {m["name"]: m for text in markdown(name) for m in STEPS.finditer(text)}
+    assert sorted(shown) == sorted(helpers)
+    for helper, match in shown.items():
+        source = _code_lines((ROOT / match["path"]).read_text(encoding="utf-8"))
+        missing = [line for line in _code_lines(match["code"]) if line not in source]
+        assert missing == [], f"{name}: lines shown for {helper} that {match['path']} does not have: {missing}"
+
+
+def test_the_chapters_texts_agree_with_what_the_kit_does():
+    # chapter 0 counts the chapters there are
+    words = {"three": 3, "nine": 9, "ten": 10, "eleven": 11}
+    said = re.search(r"walks through it in\s+(\w+) chapters", "\n".join(markdown("00_setup")))
+    assert said and words.get(said[1]) == len(CHAPTERS), said and said[1]
+    # a kernel killed outright takes its services with it (the parent-death signal, nirvana/processes.py)
+    box = next(cell for cell in markdown("02_recovery") if "> **Concepts**" in cell)
+    assert "PR_SET_PDEATHSIG" in box and "keep running" not in box
+    # WORK_MS is work per window (svc/faults.py), in every text that says what it is per
+    texts = {name: "\n".join(markdown(name)) for name in CHAPTERS}
+    texts["GLOSSARY.md"] = (NOTEBOOKS / "GLOSSARY.md").read_text(encoding="utf-8")
+    texts["README.md"] = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, text in texts.items():
+        for match in re.finditer(r"(simulated )?work per (\w+)", text):
+            assert match[2] == "window", f"{name}: {match[0]!r}: WORK_MS is per window"
+    # chapter 5 (c): dedup_unavailable counts every try, and the waiting orders are in orders' hands
+    c = "\n".join(markdown("05_crashes"))
+    assert "one per event per attempt" in c and "*ready* for" in c

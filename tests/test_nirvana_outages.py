@@ -49,6 +49,26 @@ def test_a_claim_counts_down_and_the_watch_ends_when_done(own):
         etcd.close()
 
 
+def test_a_claim_whose_lease_ended_says_so_never_a_negative_countdown(own):
+    # Given a claim still in etcd after its lease ended (etcd answers TTL -1 for a lease it no
+    # longer has; the key goes a moment later), I expect the watch to say the lease ended, not
+    # "-1 s left", and then the done mark.
+    etcd = Etcd(parse_endpoints(own.endpoint))
+    try:
+        lease = etcd.grant(5)
+        etcd.revoke(lease)
+        key = keys.dedup_key("/nirvana", "orders", "a-2")
+        etcd.put(key, f"claimed d1 {lease:x}".encode())
+        lines = []
+        threading.Timer(1.5, lambda: etcd.put(key, b"done d1")).start()
+        assert outages.watch_claim(own.endpoint, "orders", "a-2", timeout=10, progress=lines.append) == "done d1"
+        assert not [line for line in lines if "-1" in line], lines
+        assert lines[0] == f"a-2: claimed, lease {lease:x} ended (etcd removes the claim with it)"
+        assert lines[-1] == "a-2: done"
+    finally:
+        etcd.close()
+
+
 def test_the_own_etcd_restarts_on_its_data_and_is_gone_after_close(own):
     etcd = Etcd(parse_endpoints(own.endpoint))
     try:

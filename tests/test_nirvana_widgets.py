@@ -196,3 +196,32 @@ def test_a_chapters_teardown_ends_its_live_charts_and_keeps_the_lights_true(kit,
         time.sleep(0.05)
     assert panel.states[name] == "running"
     panel.close()
+
+
+def test_a_panel_keeps_its_height_however_often_it_is_clicked():
+    # Given six clicks of "publish the same again" (chapter 3's slide), I expect the panel's log to
+    # show the latest LOG_LINES lines in an Output of fixed height, not a line more per click.
+    fake = FakePublisher()
+    panel = widgets.PublishPanel(publisher=fake)
+    height = panel.output.layout.height
+    panel.publish_button.click()
+    for _ in range(6):
+        panel.again_button.click()
+    assert len(fake.sent) == 7
+    assert out_text(panel).splitlines() == ["published 1 x new_order id 123 (routing key foo): 1 confirmed"] * 3
+    assert len(panel.output.outputs) == 1
+    assert panel.output.layout.height == height and height.endswith("em") and panel.output.layout.max_height is None
+    assert "nirvana-log" in panel.output._dom_classes
+
+
+def test_live_publish_puts_the_buttons_beside_the_chart_counting_from_now():
+    # Given chapter 1's live slide, I expect one row: the chart, then publish, again and the log
+    before = time.time()
+    live = widgets.live_publish(["orders_new_order_ok"], seconds=5)
+    try:
+        chart, side = live.widget.children
+        assert chart is live.chart.widget and live.chart.since >= before
+        assert side.children == (live.panel.publish_button, live.panel.again_button, live.panel.output)
+        assert live.widget.layout.flex_flow == "row nowrap"
+    finally:
+        live.chart.stop()

@@ -109,3 +109,24 @@ def test_nothing_on_open_looks_stale_or_broken(notebook):
     from nirvana.notebook import problems
 
     assert problems(notebook) == []
+
+
+CHAPTER_PATHS = [path for path in NOTEBOOK_PATHS if path.parent == NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", CHAPTER_PATHS, ids=lambda p: p.stem)
+def test_every_slide_has_speaker_notes_saying_what_to_say_and_how_long(path):
+    # Given a chapter as slides, I expect each slide (a "slide" or "subslide" cell and the cells up
+    # to the next) to carry a "notes" cell, which RISE shows in the speaker view (key T), with what
+    # to say and how long it takes.
+    cells = load(path)["cells"]
+    starts = [i for i, c in enumerate(cells) if c["metadata"]["slideshow"]["slide_type"] in ("slide", "subslide")]
+    without = []
+    for start, end in zip(starts, starts[1:] + [len(cells)], strict=True):
+        notes = [source(c) for c in cells[start:end] if c["metadata"]["slideshow"]["slide_type"] == "notes"]
+        if not any("**Say:**" in text and re.search(r"about \d", text) for text in notes):
+            without.append(f"cell {start}: {source(cells[start]).splitlines()[0][:50]!r}")
+    assert without == [], f"slides without speaker notes (say, how long): {without}"
+    for cell in cells:
+        if cell["metadata"]["slideshow"]["slide_type"] == "notes":
+            assert cell["cell_type"] == "markdown", "a notes cell is Markdown"

@@ -77,9 +77,12 @@ def test_status_names_every_component_and_the_cli_exits_zero(running):
         assert row.origin in ("started by kit", "found running")
         assert row.log or row.origin == "found running"
     assert cli.returncode == 0, cli.stderr
-    # and the CLI to name the RabbitMQ node its rabbitmqctl calls address, after the table
+    # and the CLI to list JupyterLab below the stack (its address, up or down; not counted in the
+    # exit status), then the RabbitMQ node its rabbitmqctl calls address
     *lines, node_line = cli.stdout.strip().splitlines()
-    assert "\n".join(lines) == table
+    lab = stack.status(["jupyterlab"])
+    assert "\n".join(lines) == stack.render_status(rows + lab)
+    assert lines[-1].split()[:3] == ["jupyterlab", f"http://{endpoints.HOST}:{stack.LAB_PORT}/lab", lab[0].state]
     node = stack.rabbitmq_node()
     assert node_line == node.describe()
     assert (node.name in node_line) if node.started_by_kit else ("found running" in node_line)
@@ -290,6 +293,9 @@ def test_present_leaves_jupyterlab_answering_on_its_url():
         assert requests.get(f"http://{endpoints.HOST}:{stack.LAB_PORT}/api/contents", timeout=10).status_code == 403
         # and a second call to give the same URL without starting another
         assert stack.lab(open_browser=False, progress=quiet) == url
+        # and `./kit status` to list it, up
+        row = next(line for line in run_cli("status").stdout.splitlines() if line.startswith("jupyterlab"))
+        assert row.split()[1:3] == [f"http://{endpoints.HOST}:{stack.LAB_PORT}/lab", "up"], row
     finally:
         if not already:
             assert stack.down(progress=quiet, only=["jupyterlab"]) == ["jupyterlab"]
@@ -359,3 +365,16 @@ def test_up_waits_for_a_component_found_running_that_becomes_healthy_late():
         os.killpg(late.pid, 9)
         late.wait(10)
         assert stack.up(progress=quiet, only=["statsd"])[0].healthy
+
+
+def test_reset_names_each_service_it_stopped(running, kit):
+    # Given a service running (started by the kit), when `./kit reset` runs
+    from nirvana import services
+
+    name = kit["names"]["a"]
+    services.start(name, env=kit["env"], progress=quiet)
+    cli = run_cli("reset")
+    # I expect it to say that it stopped that service, and a second reset that none was running
+    assert cli.returncode == 0, cli.stderr
+    assert f"svc           {name}: stopped" in cli.stdout.splitlines(), cli.stdout
+    assert "svc           no service was running" in run_cli("reset").stdout.splitlines()

@@ -125,7 +125,7 @@ def status(components: Iterable[str] = (), *, leaders: bool = False) -> list[Row
     if kit_cluster is not None:
         if not components or {"etcd", "rabbitmq"} & set(components):
             rows += cluster.status(kit_cluster, _service_queues() if leaders else None)
-        components = [name for name in components or BY_NAME if name not in ("etcd", "rabbitmq", LAB.name)]
+        components = [name for name in components or (c.name for c in COMPONENTS) if name not in ("etcd", "rabbitmq")]
         if not components:
             return rows
     for component in select(components):
