@@ -22,13 +22,13 @@ import time
 import pika
 
 from . import _amqp, metrics, requeue, topology
-from .acks import Open
 from ._amqp import BROKER_ERRORS, Action
+from .acks import Open
 from .config import Config
-from .errors import BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
+from .errors import ChannelClosed, MessageRefused
+from .letters import letter_properties, unreadable_encoding
 from .outcome import REQUEUE, Outcome, Settlement
 from .processor import Processor
-from .protocols import Dedup
 
 log = logging.getLogger(__name__)
 
@@ -365,43 +365,6 @@ class Consumer:
             self._open.settled(method)
 
 
-# content_encoding values that leave the body as it is (RFC 9110's "identity"; "utf-8", "utf8",
-# "7bit", "8bit" and "binary" are charsets or MIME transfer encodings often set there by publishers)
-PLAIN_ENCODINGS = frozenset({"", "identity", "utf-8", "utf8", "7bit", "8bit", "binary"})
-
-
-def unreadable_encoding(properties) -> str:
-    """The dead letter's reason when the delivery's ``content_encoding`` says its body is encoded
-    (gzip, deflate, br...), which svc does not decode, else "". The body is dead-lettered as it
-    came, the encoding kept with it (``letter_properties``)."""
-    encoding = properties.content_encoding
-    if encoding is None or encoding.strip().lower() in PLAIN_ENCODINGS:
-        return ""
-    return (f"body has content_encoding {encoding[:64]!r}: svc reads plain UTF-8 JSON only (not UTF-8 as it "
-            "is); publish the event unencoded")
-
-
-def letter_properties(properties, reason_headers: dict, user: str | None) -> pika.BasicProperties:
-    """A dead letter's properties: the delivery's ``properties``, every one but ``expiration`` (the
-    letter must not expire in the dead-letter queue), as RabbitMQ's own dead-lettering keeps them;
-    its headers with ``reason_headers`` added. ``delivery_mode`` is kept as published (1 transient,
-    2 persistent) and persistent when it was not set. A ``user_id`` other than ``user`` (svc's
-    own, from AMQP_URL) is moved to a header (``_amqp.own_user_id``: the broker would refuse it).
-    Properties pika could not decode are kept as sent in RAW_PROPERTIES_HEADER."""
-    headers = dict(properties.headers or {})
-    headers.update(reason_headers)
-    raw = _amqp.raw_properties(properties)
-    if raw:
-        headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
-    user_id = _amqp.own_user_id(properties, headers, user)
-    return pika.BasicProperties(
-        content_type=properties.content_type, content_encoding=properties.content_encoding, headers=headers,
-        delivery_mode=properties.delivery_mode if properties.delivery_mode in (1, 2) else 2,
-        priority=properties.priority, correlation_id=properties.correlation_id, reply_to=properties.reply_to,
-        message_id=properties.message_id, timestamp=properties.timestamp, type=properties.type, user_id=user_id,
-        app_id=properties.app_id, cluster_id=properties.cluster_id)
-
-
 def _bodies(batch) -> list[bytes]:
     """The bodies the processor parses: not those whose properties could not be decoded."""
     return [body for _, properties, body in batch if not _amqp.undecodable(properties)]
@@ -409,44 +372,3 @@ def _bodies(batch) -> list[bytes]:
 
 def _dead(reason: str) -> Outcome:
     return Outcome(Settlement.DEAD, reason)
-
-
-class Supervisor:
-    """Runs a fresh Consumer per connection; reconnects with a capped backoff that resets once a
-    consumer is consuming again. BrokerRefused (a refusal no retry cures) ends ``run``."""
-
-    def __init__(self, config: Config, processor: Processor, stop: threading.Event) -> None:
-        self.config, self.processor, self.stop = config, processor, stop
-        self._backoff = BACKOFF_START
-        self._urls = config.amqp_urls
-
-    def run(self) -> None:
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work") as worker:
-            while not self.stop.is_set():
-                consumer = Consumer(self.config, self.processor, self.stop, on_consuming=self._reset, worker=worker,
-                                    urls=self._urls)
-                try:
-                    consumer.run()
-                except BrokerUnavailable as error:
-                    self._urls = _amqp.lost(self._urls, consumer.url)  # the other nodes are tried first
-                    log.warning("%s; reconnecting in %.1f s", error, self._backoff)
-                    self.stop.wait(self._backoff)
-                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-
-    def _reset(self) -> None:
-        self._backoff = BACKOFF_START
-
-
-def open_dedup(dedup: Dedup, stop: threading.Event) -> bool:
-    """Import the done ids, retrying with backoff while etcd is away; False if stopped first."""
-    delay = BACKOFF_START
-    while not stop.is_set():
-        try:
-            dedup.open()
-            return True
-        except DedupUnavailable as error:
-            log.warning("%s; deduplication waits for etcd (is it running? `./kit up` starts the stack), "
-                        "retrying in %.1f s", error, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-    return False

@@ -2,8 +2,8 @@
 
 Structural types (:class:`typing.Protocol`): a class satisfies one by having its members, not by
 inheriting. :class:`svc.dedup.NoDedup`, :class:`svc.dedup.EtcdDedup`, the talk's
-:class:`svc.dedup_talk.TalkDedup` and the in-memory :class:`svc.testing.MemoryDedup` are each a
-``Dedup``; :class:`svc.metrics.Metrics` and :class:`svc.testing.MemoryMeter` are each a ``Meter``.
+:class:`svc.dedup_talk.TalkDedup` and the in-memory :class:`svc.stand_ins.MemoryDedup` are each a
+``Dedup``; :class:`svc.metrics.Metrics` and :class:`svc.stand_ins.MemoryMeter` are each a ``Meter``.
 """
 
 from typing import Callable, Protocol, runtime_checkable

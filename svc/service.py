@@ -9,7 +9,6 @@ import threading
 
 from ._etcd import Etcd
 from .config import Config, mask_url
-from .consumer import Supervisor, open_dedup
 from .dedup import EtcdDedup, NoDedup
 from .dedup_talk import TalkDedup
 from .errors import BrokerRefused, ConfigError, EtcdRefused
@@ -19,6 +18,7 @@ from .mail import Mailer
 from .metrics import Metrics, MetricsHook
 from .processor import Processor
 from .protocols import Dedup, Meter
+from .supervisor import Supervisor, open_dedup
 
 log = logging.getLogger("svc")
 

@@ -31,12 +31,11 @@ from ._etcd import Etcd
 from .config import VARIABLES, parse_endpoints
 from .consumer import connection_name
 from .effects import count, counts_by_id
-from .batch import Ready, Verdict
 from .errors import DedupUnavailable
-from .event import Event
 from .own_etcd import OwnEtcd, free_port
 from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
 from .publisher import Publisher
+from .stand_ins import MemoryDedup, MemoryMeter
 
 START_TIMEOUT = 15.0
 DEAD_CONSUMER_WAIT = 5.0   # seconds start() waits for a killed process's consumer to go
@@ -312,84 +311,6 @@ def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> floa
 
 
 _free_port = free_port  # its earlier name, which tests/test_svc_broker_edges.py imports
-
-
-# -- in-memory stand-ins (unit tests of pure logic only) -------------------------------------------
-
-class MemoryDedup:
-    """A :class:`svc.protocols.Dedup` whose claims and done marks live in a dict, the way
-    :class:`svc.dedup.EtcdDedup` keeps them in etcd: the first claim of an id wins, a live claim
-    holds its repeats, a done id is skipped, the same id with another payload is a conflict.
-
-    ``state`` maps an event id to ``("claimed" | "done", digest)``; ``effects`` lists the ids
-    whose effects were written, in order (a double effect shows as a repeated id). With
-    ``available`` False every claim and commit answers UNAVAILABLE, as with etcd away.
-    """
-
-    enabled = True
-
-    def __init__(self, *, available: bool = True) -> None:
-        self.state: dict[str, tuple[str, str]] = {}
-        self.effects: list[str] = []
-        self.available = available
-        self.on_release = None
-
-    def open(self) -> None:
-        """Nothing to import."""
-
-    def close(self) -> None:
-        """Nothing to let go of."""
-
-    def claim_key(self, event: Event) -> bytes:
-        return event.id.encode()
-
-    def claim(self, events: list[Event]) -> Ready:
-        return Ready([self._claim(event) for event in events])
-
-    def _claim(self, event: Event) -> Verdict:
-        if not self.available:
-            return Verdict.UNAVAILABLE
-        held = self.state.get(event.id)
-        if held is None:
-            self.state[event.id] = ("claimed", event.digest)
-            return Verdict.CLAIMED
-        if held[1] != event.digest:
-            return Verdict.CONFLICT
-        return Verdict.SKIPPED if held[0] == "done" else Verdict.HELD
-
-    def commit(self, events: list[Event]) -> Ready:
-        if not self.available:
-            return Ready([Verdict.UNAVAILABLE] * len(events))
-        for event in events:
-            self.state[event.id] = ("done", event.digest)
-            self.effects.append(event.id)
-        return Ready([Verdict.OK] * len(events))
-
-    def release(self, events: list[Event]) -> None:
-        for event in events:
-            if self.state.get(event.id, ("",))[0] == "claimed":
-                del self.state[event.id]
-                if self.on_release is not None:
-                    self.on_release(self.claim_key(event))
-
-
-class MemoryMeter:
-    """A :class:`svc.protocols.Meter` that keeps what it is told: ``counts`` (name -> count, summed
-    over flushes), ``timings`` (``(name, ms)`` in order) and ``flushes`` (how many flush calls)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.timings: list[tuple[str, float]] = []
-        self.flushes = 0
-
-    def incr(self, name: str, count: int = 1) -> None:
-        self.counts[name] = self.counts.get(name, 0) + count
-
-    def timing(self, name: str, ms: float) -> None:
-        self.timings.append((name, ms))
-
-    def flush(self) -> None:
-        self.flushes += 1
 
 
 __all__ = [

@@ -77,9 +77,10 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world
 
     from svc import _amqp
     from svc.config import Config
-    from svc.consumer import Consumer, open_dedup
+    from svc.consumer import Consumer
     from svc.dedup import EtcdDedup
     from svc.processor import Processor
+    from svc.supervisor import open_dedup
     from svc.testing import MemoryMeter
 
     orders = svc_world.service_name("orders")

@@ -43,10 +43,10 @@ def test_no_deduplication_is_a_kind_of_nodedup():
 
 
 def test_the_processor_and_the_service_are_annotated_with_the_protocols():
-    from svc import consumer, processor
+    from svc import processor, supervisor
     assert inspect.signature(processor.Processor).parameters["dedup"].annotation is protocols.Dedup
     assert inspect.signature(processor.Processor).parameters["meter"].annotation is protocols.Meter
-    assert inspect.signature(consumer.open_dedup).parameters["dedup"].annotation is protocols.Dedup
+    assert inspect.signature(supervisor.open_dedup).parameters["dedup"].annotation is protocols.Dedup
 
 
 @pytest.mark.parametrize("meter", [Metrics("orders", "127.0.0.1", 8125), MemoryMeter()], ids=type)
