@@ -20,11 +20,36 @@ RAW_PROPERTIES_HEADER = "x-nirvana-raw-properties"  # properties pika could not 
 DEAD_LETTER_EXCHANGE_ARG = "x-dead-letter-exchange"
 QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_DELIVERY_LIMIT = 5   # a quorum queue dead-letters a message returned more often than this
+# The log: a RabbitMQ stream (RabbitMQ docs "Streams", since 3.9) bound like the service queues, so
+# every event published is also kept, in order, after any service has read it. Its retention is
+# removed by whole segments (x-stream-max-segment-size-bytes, 500 MB by default), one always kept.
+LOG_SUFFIX = "log"
+DEFAULT_LOG_MAX_AGE = "7D"            # x-max-age: Y, M, D, h, m or s after a whole number; "" for none
+DEFAULT_LOG_MAX_BYTES = 1_000_000_000  # x-max-length-bytes; 0 for none (the log grows until the disk fills)
 
 
 def queue_name(service: str, exchange: str = DEFAULT_EXCHANGE) -> str:
     """The durable queue of a service: ``events.<service>``."""
     return f"{exchange}.{service}"
+
+
+def log_name(exchange: str = DEFAULT_EXCHANGE) -> str:
+    """The log that keeps every event of ``exchange``: the stream ``<exchange>.log``."""
+    return f"{exchange}.{LOG_SUFFIX}"
+
+
+def log_arguments(max_age: str = DEFAULT_LOG_MAX_AGE, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> dict:
+    """The log's queue arguments: a stream (``x-queue-type``, not settable by policy) with its
+    retention, ``max_age`` such as ``"7D"`` (``""``: none) and ``max_bytes`` (0: none).
+
+    The broker never changes a queue's arguments: a log declared with another retention keeps its
+    own (``declare`` says so once and goes on); ``./kit reset`` deletes it and declares it again."""
+    arguments: dict = {"x-queue-type": "stream"}
+    if max_age:
+        arguments["x-max-age"] = max_age
+    if max_bytes:
+        arguments["x-max-length-bytes"] = max_bytes
+    return arguments
 
 
 def dead_letter_exchange(exchange: str = DEFAULT_EXCHANGE) -> str:
@@ -65,7 +90,7 @@ def dead_letter_queue_arguments(queue_type: str = "classic") -> dict | None:
 
 
 def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES, *, queue_type: str = "classic",
-            delivery_limit: int = DEFAULT_DELIVERY_LIMIT):
+            delivery_limit: int = DEFAULT_DELIVERY_LIMIT, log_retention: dict | None = None):
     """Declare the exchange, the dead-letter exchange and queue, and each service's bound queue;
     the channel to go on with (a refused declaration closes a channel, see below).
 
@@ -78,6 +103,10 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
     queue's arguments: 406 PRECONDITION_FAILED); any other difference (a classic queue where a
     quorum one is declared, another delivery limit) is raised as pika's ChannelClosedByBroker for
     the caller's broker edge (svc._amqp) to report.
+
+    With services (a queue at all), the log ``<exchange>.log`` too (``declare_log``): ``log_retention``
+    is its ``log_arguments(...)``, or None to keep the log as it is (declared with the defaults if
+    it does not exist yet).
     """
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     dlx, dead_letters = dead_letter_exchange(exchange), dead_letter_queue(exchange)
@@ -95,6 +124,43 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
                 raise  # a quorum queue is never a classic one upgraded in place: the caller stops
             channel = _upgrade(channel.connection.channel(), queue, arguments)
         channel.queue_bind(queue, exchange, routing_key=BINDING_KEY)
+    if services:  # services=(): the exchanges only (an exchange no queue is bound to routes nowhere)
+        channel = declare_log(channel, exchange, log_retention)
+    return channel
+
+
+def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | None = None):
+    """Declare the log (a stream) bound to ``exchange`` with ``#``; the channel to go on with.
+
+    ``arguments`` None: a log that exists is kept as it is (a passive declare), else declared with
+    ``log_arguments()``. A log that exists with another retention keeps its own (the broker never
+    changes a queue's arguments): one warning, and it is used as it is. A broker that refuses the
+    stream itself (RabbitMQ before 3.9, or its ``stream_queue`` feature flag disabled) leaves the
+    topology without a log: one error line, and every declarer goes on (events are not kept).
+    """
+    name = log_name(exchange)
+    if arguments is None:
+        try:
+            channel.queue_declare(name, passive=True)
+            channel.queue_bind(name, exchange, routing_key=BINDING_KEY)
+            return channel
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != 404:
+                raise
+            channel, arguments = channel.connection.channel(), log_arguments()
+    try:
+        channel.queue_declare(name, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as error:
+        channel = channel.connection.channel()
+        if "inequivalent arg" in error.reply_text and "'x-queue-type'" not in error.reply_text:
+            log.warning("the log %s keeps the retention it was declared with (%s): RabbitMQ never changes a "
+                        "queue's arguments; `./kit reset` deletes the log and declares it again", name, error.reply_text)
+        else:
+            log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
+                      "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
+                      name, error.reply_text)
+            return channel
+    channel.queue_bind(name, exchange, routing_key=BINDING_KEY)
     return channel
 
 
@@ -159,6 +225,7 @@ def delete(channel, exchange: str, services=()) -> None:
     """Remove what ``declare`` made (tests and the kit's reset use it)."""
     for service in services:
         channel.queue_delete(queue_name(service, exchange))
+    channel.queue_delete(log_name(exchange))
     channel.queue_delete(dead_letter_queue(exchange))
     channel.exchange_delete(dead_letter_exchange(exchange))
     channel.exchange_delete(exchange)

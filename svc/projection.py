@@ -1,0 +1,125 @@
+"""A read model built from the log: the orders per sku and per customer, versioned in etcd.
+
+Keys of a service reading the log (``svc/replay.py``), under ``<prefix>/replay/<service>/``:
+
+- ``current``: the version in use (``"1"``, ``"2"``...), switched in one put when a rebuild is done;
+- ``v<N>/tracking``: the tracking record, the offset of the last event of the log version N applied
+  (written in the same etcd transaction as the effects, never apart);
+- ``v<N>/done/<encoded id>``: the digest of each event id applied (deduplication by id: the log
+  keeps every copy a publisher sent);
+- ``v<N>/effects/<encoded id>/<random>``: one record per application (so "applied twice" is a count);
+- ``v<N>/view/sku/<encoded sku>`` ``{"orders": n, "qty": q}`` and ``v<N>/view/customer/<encoded
+  customer>`` ``{"orders": n}``: the read model.
+
+A version's digest is SHA-256 over the RFC 8785 JSON of ``{view key (decoded, below view/): value}``,
+so two builds with equal content have equal digests whatever the order they were written in.
+"""
+
+import hashlib
+import json
+
+import rfc8785
+
+from . import keys
+from .event import Event
+
+VIEW = "view/"
+
+
+def replay_prefix(prefix: str, service: str) -> str:
+    return f"{prefix.rstrip('/')}/replay/{service}/"
+
+
+def current_key(prefix: str, service: str) -> str:
+    """The key holding the version in use."""
+    return replay_prefix(prefix, service) + "current"
+
+
+def version_prefix(prefix: str, service: str, version: int) -> str:
+    return f"{replay_prefix(prefix, service)}v{version}/"
+
+
+def tracking_key(prefix: str, service: str, version: int) -> str:
+    """The tracking record of one version: the offset of the last event applied."""
+    return version_prefix(prefix, service, version) + "tracking"
+
+
+# Old event shapes, upgraded on read ("upcasting"): an older producer wrote ``item`` for ``sku``,
+# ``customer_id`` for ``customer``, and no ``qty`` (one item per order).
+RENAMED = {"item": "sku", "customer_id": "customer"}
+
+
+def upcast(args: dict) -> dict:
+    """``new_order`` args in today's shape: renamed fields under their new names, ``qty`` 1 when
+    missing. An event already in today's shape is returned equal."""
+    args = dict(args)
+    for old, new in RENAMED.items():
+        if old in args and new not in args:
+            args[new] = args.pop(old)
+    args.setdefault("qty", 1)
+    return args
+
+
+def apply(view: dict[str, dict], event: Event) -> list[str]:
+    """Apply ``event`` to ``view`` (``{view key: value}``, changed in place); the keys changed.
+    Only ``new_order`` changes the view: a missing sku or customer counts under ``"?"``, a qty that
+    is not a whole number counts as 1."""
+    if event.type != "new_order":
+        return []
+    args = upcast(event.args)
+    qty = args["qty"] if isinstance(args["qty"], int) and not isinstance(args["qty"], bool) else 1
+    sku_key = "sku/" + keys.encode_id(str(args.get("sku", "?")) or "?")
+    customer_key = "customer/" + keys.encode_id(str(args.get("customer", "?")) or "?")
+    sku = view.setdefault(sku_key, {"orders": 0, "qty": 0})
+    sku["orders"] += 1
+    sku["qty"] += qty
+    view.setdefault(customer_key, {"orders": 0})["orders"] += 1
+    return [sku_key, customer_key]
+
+
+def digest(view: dict[str, dict]) -> str:
+    """64 hex digits: SHA-256 of the RFC 8785 JSON of the view (keys below ``view/``)."""
+    return hashlib.sha256(rfc8785.dumps(view)).hexdigest()
+
+
+def build(events) -> dict[str, dict]:
+    """The view of ``events`` (an iterable of Event) applied in order, each id once (its first copy):
+    what a version must hold once it has read them. Tests compute the expected digest with it."""
+    view: dict[str, dict] = {}
+    seen = set()
+    for event in events:
+        if event.id not in seen:
+            seen.add(event.id)
+            apply(view, event)
+    return view
+
+
+def read_view(etcd, prefix: str, service: str, version: int) -> dict[str, dict]:
+    """The view of ``version`` as stored in etcd (``etcd`` an :class:`svc.Etcd`)."""
+    base = (version_prefix(prefix, service, version) + VIEW).encode()
+    return {key[len(base):].decode(): json.loads(value)
+            for page in etcd.scan_prefix(base) for key, value in page}
+
+
+def read_current(etcd, prefix: str, service: str) -> int | None:
+    """The version in use, or None before any."""
+    value = etcd.get(current_key(prefix, service).encode())
+    return int(value) if value else None
+
+
+def read_tracking(etcd, prefix: str, service: str, version: int) -> int | None:
+    """The offset of the last event ``version`` applied, or None before any."""
+    value = etcd.get(tracking_key(prefix, service, version).encode())
+    return int(value) if value else None
+
+
+def versions(etcd, prefix: str, service: str) -> list[int]:
+    """Every version that has a tracking record, ascending."""
+    base = replay_prefix(prefix, service).encode()
+    found = set()
+    for page in etcd.scan_prefix(base):
+        for key, _ in page:
+            head = key[len(base):].split(b"/", 1)[0]
+            if head.startswith(b"v") and head[1:].isdigit():
+                found.add(int(head[1:]))
+    return sorted(found)
