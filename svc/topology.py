@@ -130,7 +130,9 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
 
 
 def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | None = None):
-    """Declare the log (a stream) bound to ``exchange`` with ``#``; the channel to go on with.
+    """Declare the log (a stream) bound to ``exchange`` with ``#``; returns ``channel``, untouched:
+    the log is declared on a channel of its own of the same connection, since the refusals below
+    close the channel they happen on.
 
     ``arguments`` None: a log that exists is kept as it is (a passive declare), else declared with
     ``log_arguments()``. A log that exists with another retention keeps its own (the broker never
@@ -139,29 +141,35 @@ def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | Non
     topology without a log: one error line, and every declarer goes on (events are not kept).
     """
     name = log_name(exchange)
-    if arguments is None:
-        try:
-            channel.queue_declare(name, passive=True)
-            channel.queue_bind(name, exchange, routing_key=BINDING_KEY)
-            return channel
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code != 404:
-                raise
-            channel, arguments = channel.connection.channel(), log_arguments()
+    side = channel.connection.channel()
     try:
-        channel.queue_declare(name, durable=True, arguments=arguments)
-    except pika.exceptions.ChannelClosedByBroker as error:
-        channel = channel.connection.channel()
-        if "inequivalent arg" in error.reply_text and "'x-queue-type'" not in error.reply_text:
-            log.warning("the log %s keeps the retention it was declared with (%s): RabbitMQ never changes a "
-                        "queue's arguments; `./kit reset` deletes the log and declares it again", name, error.reply_text)
-        else:
-            log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
-                      "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
-                      name, error.reply_text)
-            return channel
-    channel.queue_bind(name, exchange, routing_key=BINDING_KEY)
-    return channel
+        if arguments is None:
+            try:
+                side.queue_declare(name, passive=True)
+                side.queue_bind(name, exchange, routing_key=BINDING_KEY)
+                return channel
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code != 404:
+                    raise
+                side, arguments = channel.connection.channel(), log_arguments()
+        try:
+            side.queue_declare(name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            side = channel.connection.channel()
+            if "inequivalent arg" in error.reply_text and "'x-queue-type'" not in error.reply_text:
+                log.warning("the log %s keeps the retention it was declared with (%s): RabbitMQ never changes a "
+                            "queue's arguments; `./kit reset` deletes the log and declares it again", name,
+                            error.reply_text)
+            else:
+                log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
+                          "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
+                          name, error.reply_text)
+                return channel
+        side.queue_bind(name, exchange, routing_key=BINDING_KEY)
+        return channel
+    finally:
+        if side.is_open:
+            side.close()
 
 
 def _upgrade(channel, queue: str, arguments: dict):
