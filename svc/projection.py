@@ -123,3 +123,15 @@ def versions(etcd, prefix: str, service: str) -> list[int]:
             if head.startswith(b"v") and head[1:].isdigit():
                 found.add(int(head[1:]))
     return sorted(found)
+
+
+def applied_twice(etcd, prefix: str, service: str, version: int) -> int:
+    """How many events of ``version`` have more than one effect record (0 unless something was
+    applied twice)."""
+    base = (version_prefix(prefix, service, version) + "effects/").encode()
+    counts: dict[bytes, int] = {}
+    for page in etcd.scan_prefix(base):
+        for key, _ in page:
+            event = key[len(base):].split(b"/", 1)[0]
+            counts[event] = counts.get(event, 0) + 1
+    return sum(1 for n in counts.values() if n > 1)

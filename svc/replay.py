@@ -331,31 +331,43 @@ class LogReader:
 
 
 def log_end(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout: float = 2.0) -> int | None:
-    """The offset of the last event in the log (read from its last chunk), None if it is empty;
-    BrokerUnavailable/BrokerRefused (one line) if RabbitMQ does not answer or has no such log."""
-    connection = _amqp.connect_first(split_urls(amqp_url), CONNECT_TIMEOUT, name="log end")[0]
-    last = None
+    """The offset of the last event in the log (read from its last chunk), None if it is empty
+    (known after ``timeout`` seconds without a delivery); BrokerUnavailable/BrokerRefused (one
+    line) if RabbitMQ does not answer or has no such log."""
+    return _edge(amqp_url, exchange, "last", timeout)
+
+
+def log_start(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout: float = 2.0) -> int | None:
+    """The offset of the first event the log still keeps (0 until retention drops a segment), None
+    if it is empty. (The message count a passive declare gives for a stream lags by seconds.)"""
+    return _edge(amqp_url, exchange, "first", timeout)
+
+
+def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | None:
+    connection = _amqp.connect_first(split_urls(amqp_url), CONNECT_TIMEOUT, name=f"log {where}")[0]
+    seen: list[int] = []
     try:
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=1000)
+        channel.basic_qos(prefetch_count=1 if where == "first" else 1000)
 
         def on_message(channel, method, properties, body):
-            nonlocal last
-            last = max(last or 0, int(properties.headers[OFFSET_HEADER]))
+            seen.append(int(properties.headers[OFFSET_HEADER]))
             channel.basic_ack(method.delivery_tag)
 
-        channel.basic_consume(topology.log_name(exchange), on_message, arguments={OFFSET_HEADER: "last"})
+        channel.basic_consume(topology.log_name(exchange), on_message, arguments={OFFSET_HEADER: where})
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            before = last
+        while time.monotonic() < deadline and not (where == "first" and seen):
+            before = len(seen)
             connection.process_data_events(time_limit=0.1)
-            if last is not None and last == before:
+            if seen and len(seen) == before:
                 break  # the last chunk has come in whole
     except BROKER_ERRORS as error:
-        raise _amqp.translate(error, f"reading the end of the log {topology.log_name(exchange)}") from None
+        raise _amqp.translate(error, f"reading the {where} event of the log {topology.log_name(exchange)}") from None
     finally:
         try:
             connection.close()
         except BROKER_ERRORS:
-            pass
-    return last
+            pass  # pika rejects what it buffered, which a stream refuses by closing the connection
+    if not seen:
+        return None
+    return seen[0] if where == "first" else max(seen)

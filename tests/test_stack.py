@@ -182,9 +182,11 @@ def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
         depths = {queue: connection.channel().queue_declare(queue, passive=True).method.message_count
                   for queue in talk_queues}
         stranger_depth = connection.channel().queue_declare(stranger, passive=True).method.message_count
+        log_depth = connection.channel().queue_declare(topology.log_name(exchange), passive=True).method.message_count
         connection.channel().queue_delete(stranger)
     assert depths == dict.fromkeys(talk_queues, 0)
     assert stranger_depth == 1
+    assert log_depth == 0   # the log held the 4 events: a stream is emptied by deleting it
     assert stack.count_etcd_prefix() == 0
     assert etcd.get(outside) == b"x"
     etcd.delete_prefix(outside)

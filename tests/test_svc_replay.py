@@ -110,13 +110,7 @@ def state(world, service: str, version: int = 1):
 
 def applied_twice(world, service: str, version: int = 1) -> int:
     """Events whose effect records are more than one."""
-    base = (projection.version_prefix(world.prefix, service, version) + "effects/").encode()
-    counts: dict[bytes, int] = {}
-    for page in world.etcd.scan_prefix(base):
-        for key, _ in page:
-            event = key[len(base):].split(b"/", 1)[0]
-            counts[event] = counts.get(event, 0) + 1
-    return sum(1 for n in counts.values() if n > 1)
+    return projection.applied_twice(world.etcd, world.prefix, service, version)
 
 
 def run_until(world, reader: Reader, service: str, end: int, timeout: float = RUN_TIMEOUT) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from svc import Etcd, topology
 
-from .. import rabbit, services
+from .. import rabbit, replay, services
 from ..settings import current
 from .carbon import whisper_dir
 from .component import Progress
@@ -65,7 +65,7 @@ def whisper_files() -> list[Path]:
 def reset(progress: Progress = print, exchange: str | None = None) -> None:
     """Return the stack to a clean demo state, touching nothing but the kit's own data.
 
-    Purges the kit's queues, deletes the etcd keys under the kit's prefix, and deletes the whisper
+    Purges the kit's queues, empties the log (deleted and declared again), deletes the etcd keys under the kit's prefix, and deletes the whisper
     files of the native stack (so a changed retention takes effect on the next point).
     Raises SettingError for a bad ETCD_PREFIX before anything is touched.
     """
@@ -77,6 +77,9 @@ def reset(progress: Progress = print, exchange: str | None = None) -> None:
     if healthy["rabbitmq"]:
         removed = rabbit.purge_queues(kit_queues(exchange))
         progress(f"rabbitmq      purged {', '.join(f'{q} ({n})' for q, n in removed.items()) or 'no kit queue'}")
+        # a stream cannot be purged: the log is deleted and declared again (with the kit's retention)
+        progress(f"rabbitmq      emptied the log {topology.log_name(exchange or current().exchange)} "
+                 f"({replay.reset_log(exchange)} events)")
     else:
         progress("rabbitmq      not answering: nothing purged (start it with `./kit up`)")
     if healthy["etcd"]:
