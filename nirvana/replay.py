@@ -61,7 +61,7 @@ def log_arguments() -> dict:
     """The log's arguments as the kit declares it: LOG_MAX_AGE and LOG_MAX_BYTES of the environment,
     read as svc reads them (svc.config)."""
     import os
-    env = {name: os.environ[name] for name in ("LOG_MAX_AGE", "LOG_MAX_BYTES") if name in os.environ}
+    env = {name: os.environ[name] for name in ("LOG_MAX_AGE", "LOG_MAX_BYTES", "LOG_SEGMENT_BYTES") if name in os.environ}
     return Config.from_env({**env, "SERVICE_NAME": topology.DEFAULT_SERVICES[0]}).log_retention
 
 
@@ -78,7 +78,7 @@ def log_status(exchange: str | None = None) -> str:
         held = _held(exchange)
     except (RabbitUnavailable, SvcError) as error:
         return f"log           {name}: {error}"
-    events = f"offsets {held[0]}..{held[1]} ({held[1] - held[0] + 1} events)" if held else "0 events"
+    events = f"offsets {held[0]}..{held[1]} kept" if held else "empty"
     return f"log           {name}: {events}, retention {_retention(name)}"
 
 
@@ -117,9 +117,10 @@ def _argument(arguments: str, name: str) -> str:
     return arguments.split(marker, 1)[1].split("}", 1)[0].strip('"')
 
 
-def reset_log(exchange: str | None = None) -> int:
+def reset_log(exchange: str | None = None) -> tuple[int, int] | None:
     """Empty the log: delete it and declare it again with the kit's retention (a stream cannot be
-    purged); how many events it held. RabbitUnavailable (one line) if RabbitMQ does not answer."""
+    purged); the first and last offsets it held (None if empty). Offsets are not a count: a
+    stream's segments take offsets of their own. RabbitUnavailable (one line) if RabbitMQ does not answer."""
     exchange = exchange or current().exchange
     name = topology.log_name(exchange)
     with _connection(None, f"emptying {name}") as connection:
@@ -131,9 +132,8 @@ def reset_log(exchange: str | None = None) -> int:
         except pika.exceptions.ChannelClosedByBroker:
             held = None   # no log yet
         channel.queue_delete(name)
-        deleted = held[1] - held[0] + 1 if held else 0
         topology.declare_log(channel, exchange, log_arguments())
-    return deleted
+    return held
 
 
 def version_in_use(service: str) -> int | None:
@@ -156,14 +156,64 @@ def digest(service: str, version: int | None = None) -> str:
         etcd.close()
 
 
+def snapshot(service: str) -> int:
+    """Copy the version in use of ``service``'s read model (done ids, view, tracking record, read at
+    one etcd revision) to a snapshot; the offset it stands at. RebuildError if there is none yet."""
+    settings, etcd = current(), _client()
+    prefix = settings.etcd_prefix
+    try:
+        version = projection.read_current(etcd, prefix, service)
+        if version is None:
+            raise RebuildError(f"{service} has no read model to snapshot yet: start it with SOURCE=log, or rebuild it")
+        base = projection.version_prefix(prefix, service, version).encode()
+        kept = [(key[len(base):], value) for page in etcd.scan_prefix(base) for key, value in page
+                if not key[len(base):].startswith(b"effects/")]   # one revision: a consistent copy
+        position = dict(kept).get(b"tracking")
+        if position is None:
+            raise RebuildError(f"version {version} of {service} has applied no event yet: nothing to snapshot")
+        target = projection.snapshot_prefix(prefix, service, int(position)).encode()
+        _put_all(etcd, [(target + key, value) for key, value in kept if key != b"tracking"])
+        _put_all(etcd, [(target + b"tracking", position)])   # last: a snapshot without it is not whole
+        _put_all(etcd, [(projection.snapshot_prefix(prefix, service).encode() + b"latest", position)])
+        return int(position)
+    finally:
+        etcd.close()
+
+
+def _put_all(etcd, items: list[tuple[bytes, bytes]], chunk: int = 100) -> None:
+    for start in range(0, len(items), chunk):
+        request = _etcd.new_txn()
+        for key, value in items[start:start + chunk]:
+            _etcd.add_put(request.success, key, value)
+        etcd.txn(request)
+
+
+def _latest_snapshot(etcd, prefix: str, service: str) -> int | None:
+    value = etcd.get(projection.snapshot_prefix(prefix, service).encode() + b"latest")
+    return int(value) if value else None
+
+
+def _start_from_snapshot(etcd, prefix: str, service: str, offset: int, version: int) -> None:
+    """Copy the snapshot at ``offset`` into ``version`` (its tracking record last)."""
+    source = projection.snapshot_prefix(prefix, service, offset).encode()
+    target = projection.version_prefix(prefix, service, version).encode()
+    items = [(target + key[len(source):], value) for page in etcd.scan_prefix(source) for key, value in page]
+    _put_all(etcd, [item for item in items if not item[0].endswith(b"/tracking")])
+    _put_all(etcd, [item for item in items if item[0].endswith(b"/tracking")])
+
+
 def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, timeout: float = REBUILD_TIMEOUT,
-            progress: Progress = print) -> Rebuild:
+            from_snapshot: bool = False, progress: Progress = print) -> Rebuild:
     """Rebuild ``service``'s read model from the first event of the log into a new version beside the
     one in use, then switch to it in one step. With ``kills``, the reader is SIGKILLed that many
     times (one every ``kill_every`` seconds or so, at random within it) and started again.
 
-    Raises RebuildError (one line) when the log is empty, the reader does not reach the log's end
-    within ``timeout`` seconds, or another rebuild switched first."""
+    Once retention has dropped the log's first events, or with ``from_snapshot``, the new version
+    starts from the latest snapshot (``snapshot``) and reads the rest of the log after it.
+
+    Raises RebuildError (one line) when the log is empty, retention dropped events no snapshot
+    covers, the reader does not reach the log's end within ``timeout`` seconds, or another rebuild
+    switched first."""
     settings, etcd = current(), _client()
     name = f"{service}-rebuild"
     started = time.monotonic()
@@ -173,6 +223,16 @@ def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, timeout: f
             raise RebuildError(f"the log {topology.log_name(settings.exchange)} is empty: nothing to rebuild from")
         previous = projection.read_current(etcd, settings.etcd_prefix, service)
         version = max([0, *projection.versions(etcd, settings.etcd_prefix, service)]) + 1
+        first = log_start(settings.amqp_url, settings.exchange)
+        snap = _latest_snapshot(etcd, settings.etcd_prefix, service)
+        if first and (snap is None or snap + 1 < first):   # offset 0 is the log's first ever
+            raise RebuildError(
+                f"the log {topology.log_name(settings.exchange)} keeps offsets {first}..{end} only (retention dropped "
+                f"the events before), and {service} has " + ("no snapshot" if snap is None else f"a snapshot at offset {snap} only")
+                + f": a rebuild would miss events; take a snapshot (replay.snapshot({service!r})) before retention drops them")
+        if snap is not None and (first or from_snapshot):
+            _start_from_snapshot(etcd, settings.etcd_prefix, service, snap, version)
+            progress(f"version {version} starts from the snapshot at offset {snap}")
         env = {"SOURCE": "log", "LOG_OFFSET": "first", "VIEW_VERSION": str(version), "SERVICE_NAME": service}
         progress(f"rebuilding {service} into version {version} (in use: {previous}), log up to offset {end}")
 

@@ -36,7 +36,7 @@ VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATS
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
              "LOG_LEVEL", "PIKA_LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE", "OUTBOX_URL",
              "OUTBOX_IDEMPOTENCY", "QUEUE_TYPE", "DELIVERY_LIMIT", "SOURCE", "LOG_OFFSET", "LOG_MAX_AGE",
-             "LOG_MAX_BYTES", "VIEW_VERSION")
+             "LOG_MAX_BYTES", "LOG_SEGMENT_BYTES", "VIEW_VERSION")
 SOURCES = ("queue", "log")   # log: read the events back from the log (svc/replay.py)
 LOG_OFFSETS = ("first", "last", "next")
 MAX_AGE_RE = re.compile(r"[1-9][0-9]{0,8}[YMDhms]")
@@ -73,12 +73,13 @@ class Config:
     log_offset: str = "next"  # log only, without a tracking record: first | last | next | an offset | a time
     log_max_age: str = DEFAULT_LOG_MAX_AGE      # the log's retention when this process declares it
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_segment_bytes: int = 0                  # 0: the broker's default segment (500 MB)
     view_version: int = 0     # log only: the version of the read model built (0: the one in use, else 1)
 
     @property
     def log_retention(self) -> dict:
         """The log's queue arguments as these settings ask (svc.topology.log_arguments)."""
-        return log_arguments(self.log_max_age, self.log_max_bytes)
+        return log_arguments(self.log_max_age, self.log_max_bytes, self.log_segment_bytes)
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
@@ -137,6 +138,7 @@ class Config:
             log_offset=log_offset(get("LOG_OFFSET", "next")),
             log_max_age=_max_age(get("LOG_MAX_AGE", DEFAULT_LOG_MAX_AGE)),
             log_max_bytes=_int("LOG_MAX_BYTES", get("LOG_MAX_BYTES", str(DEFAULT_LOG_MAX_BYTES)), 0, 2 ** 62),
+            log_segment_bytes=_int("LOG_SEGMENT_BYTES", get("LOG_SEGMENT_BYTES", "0"), 0, 2 ** 32),
             view_version=_int("VIEW_VERSION", get("VIEW_VERSION", "0"), 0, 10 ** 9),
         )
 

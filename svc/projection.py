@@ -8,6 +8,9 @@ Keys of a service reading the log (``svc/replay.py``), under ``<prefix>/replay/<
 - ``v<N>/done/<encoded id>``: the digest of each event id applied (deduplication by id: the log
   keeps every copy a publisher sent);
 - ``v<N>/effects/<encoded id>/<random>``: one record per application (so "applied twice" is a count);
+- ``snapshot/<offset>/...``: a copy of a version's done ids, view and tracking record at an offset,
+  ``snapshot/latest`` the offset of the latest (a rebuild starts from it once retention has dropped
+  the events before it);
 - ``v<N>/view/sku/<encoded sku>`` ``{"orders": n, "qty": q}`` and ``v<N>/view/customer/<encoded
   customer>`` ``{"orders": n}``: the read model.
 
@@ -37,6 +40,13 @@ def current_key(prefix: str, service: str) -> str:
 
 def version_prefix(prefix: str, service: str, version: int) -> str:
     return f"{replay_prefix(prefix, service)}v{version}/"
+
+
+def snapshot_prefix(prefix: str, service: str, offset: int | None = None) -> str:
+    """Where snapshots live: ``snapshot/<offset>/`` (a version's done ids, view and tracking record
+    at that offset) and ``snapshot/latest`` (the offset of the latest whole one)."""
+    base = replay_prefix(prefix, service) + "snapshot/"
+    return base if offset is None else f"{base}{offset}/"
 
 
 def tracking_key(prefix: str, service: str, version: int) -> str:

@@ -38,9 +38,11 @@ def log_name(exchange: str = DEFAULT_EXCHANGE) -> str:
     return f"{exchange}.{LOG_SUFFIX}"
 
 
-def log_arguments(max_age: str = DEFAULT_LOG_MAX_AGE, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> dict:
+def log_arguments(max_age: str = DEFAULT_LOG_MAX_AGE, max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+                  segment_bytes: int = 0) -> dict:
     """The log's queue arguments: a stream (``x-queue-type``, not settable by policy) with its
-    retention, ``max_age`` such as ``"7D"`` (``""``: none) and ``max_bytes`` (0: none).
+    retention, ``max_age`` such as ``"7D"`` (``""``: none) and ``max_bytes`` (0: none), removed by
+    whole segments of ``segment_bytes`` (0: the broker's 500 MB).
 
     The broker never changes a queue's arguments: a log declared with another retention keeps its
     own (``declare`` says so once and goes on); ``./kit reset`` deletes it and declares it again."""
@@ -49,6 +51,8 @@ def log_arguments(max_age: str = DEFAULT_LOG_MAX_AGE, max_bytes: int = DEFAULT_L
         arguments["x-max-age"] = max_age
     if max_bytes:
         arguments["x-max-length-bytes"] = max_bytes
+    if segment_bytes:
+        arguments["x-stream-max-segment-size-bytes"] = segment_bytes
     return arguments
 
 

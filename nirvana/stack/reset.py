@@ -78,8 +78,9 @@ def reset(progress: Progress = print, exchange: str | None = None) -> None:
         removed = rabbit.purge_queues(kit_queues(exchange))
         progress(f"rabbitmq      purged {', '.join(f'{q} ({n})' for q, n in removed.items()) or 'no kit queue'}")
         # a stream cannot be purged: the log is deleted and declared again (with the kit's retention)
+        held = replay.reset_log(exchange)
         progress(f"rabbitmq      emptied the log {topology.log_name(exchange or current().exchange)} "
-                 f"({replay.reset_log(exchange)} events)")
+                 f"({f'offsets {held[0]}..{held[1]}' if held else 'it was empty'})")
     else:
         progress("rabbitmq      not answering: nothing purged (start it with `./kit up`)")
     if healthy["etcd"]:
