@@ -8,7 +8,8 @@ by "the tracking record is still what this reader last wrote". A reader killed b
 steps starts again from the record plus one: what it had applied is exactly what the record says,
 nothing applied twice, nothing skipped. Each window, in order:
 
-1. read: up to WINDOW deliveries, in offset order (each carries its ``x-stream-offset`` header);
+1. read: deliveries in offset order (each carries its ``x-stream-offset`` header), as many as fit
+   one etcd transaction of TXN_OPS operations;
 2. every event applied to the state in memory: dedup by id (a copy of an id applied earlier is
    skipped, the same id with another payload is a conflict), effects, the view;
 3. what cannot be applied (a body that is no event, a conflict) is dead-lettered with its reason
@@ -45,9 +46,10 @@ from .faults import crash
 
 log = logging.getLogger(__name__)
 
-WINDOW = 100             # events per commit: at most 4 operations each (done mark, effect, two view keys)
-                         # + the tracking record fit the kit's etcd (--max-txn-ops 1024); halved
-                         # while etcd refuses a transaction as too large (its default is 128)
+TXN_OPS = 1000           # operations per commit (an event takes 2 to 4: done mark, effect, its view keys
+                         # unless the window changed them already; + the tracking record): the kit's
+                         # etcd allows 1024 (--max-txn-ops); halved while etcd refuses a transaction as
+                         # too large (its default is 128)
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
 BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 CONNECT_TIMEOUT = 10.0
@@ -95,15 +97,20 @@ class State:
 class Window:
     """One window of deliveries applied to a copy of the state: its verdicts, dead letters and commit."""
 
-    def __init__(self, state: State, deliveries: list) -> None:
-        self.state, self.deliveries = state, deliveries
-        self.offsets = [int(properties.headers[OFFSET_HEADER]) for _, properties, _ in deliveries]
+    def __init__(self, state: State, deliveries: list, max_ops: int = TXN_OPS) -> None:
+        """Apply ``deliveries`` in order while the commit stays within ``max_ops`` operations;
+        ``taken`` says how many were (the rest wait for the next window)."""
+        self.state = state
         self.view: dict[str, dict] = {}      # the view keys changed, their new values
         self.done: dict[bytes, bytes] = {}   # done marks added
         self.applied: list[Event] = []
         self.skipped: list[Event] = []
         self.dead: list[tuple[int, str, str]] = []   # (index, reason, kind: "invalid" or a conflict's type)
+        self.taken = 0
         for i, (_method, properties, body) in enumerate(deliveries):
+            if 1 + len(self.done) + len(self.applied) + len(self.view) + 4 > max_ops and self.taken:
+                break
+            self.taken = i + 1
             try:
                 event = parse(body) if not _amqp.undecodable(properties) else None
             except InvalidEvent as error:
@@ -113,6 +120,8 @@ class Window:
                 self.dead.append((i, _amqp.undecodable(properties), "invalid"))
                 continue
             self._apply(i, event)
+        self.deliveries = deliveries[:self.taken]
+        self.offsets = [int(properties.headers[OFFSET_HEADER]) for _, properties, _ in self.deliveries]
 
     def _apply(self, i: int, event: Event) -> None:
         state = self.state
@@ -173,7 +182,7 @@ class LogReader:
     def __init__(self, config: Config, etcd: _etcd.Etcd, meter, stop: threading.Event) -> None:
         self.config, self.etcd, self.meter, self.stop = config, etcd, meter, stop
         self.log_name = topology.log_name(config.exchange)
-        self.window_size = min(WINDOW, config.prefetch)
+        self.max_ops = TXN_OPS
         self.crash_at = config.crash_at
         self.connection = None
 
@@ -250,25 +259,30 @@ class LogReader:
         try:
             while not self.stop.is_set():
                 self.connection.process_data_events(time_limit=0 if self.pending else IDLE_WAIT)
-                while self.pending and len(self.pending) < self.window_size:
+                while self.pending and len(self.pending) < self.max_ops:
                     before = len(self.pending)
                     self.connection.process_data_events(time_limit=0)
                     if len(self.pending) == before:
                         break
                 if not self.pending:
                     continue
-                batch, self.pending = self.pending[:self.window_size], self.pending[self.window_size:]
-                self._window(state, batch)
+                batch, self.pending = self.pending[:self.max_ops], self.pending[self.max_ops:]
+                taken = self._window(state, batch)
+                self.pending[:0] = batch[taken:]   # what did not fit this window's transaction
         except BROKER_ERRORS as error:
             raise _amqp.translate(error, f"reading the log {self.log_name}") from None
 
-    def _window(self, state: State, batch: list) -> None:
+    def _window(self, state: State, batch: list) -> int:
+        """Read, apply, commit and ack one window from the head of ``batch``; how many it took."""
         # A numeric start may deliver from the start of its chunk: what the record covers is only acked.
-        fresh = [d for d in batch if state.position is None or int(d[1].headers[OFFSET_HEADER]) > state.position]
-        if not fresh:
-            self.channel.basic_ack(batch[-1][0].delivery_tag, multiple=True)
-            return
-        window = Window(state, fresh)
+        old = 0
+        while old < len(batch) and state.position is not None and int(batch[old][1].headers[OFFSET_HEADER]) <= state.position:
+            old += 1
+        if old:
+            self.channel.basic_ack(batch[old - 1][0].delivery_tag, multiple=True)
+            return old
+        window = Window(state, batch, self.max_ops)
+        fresh = window.deliveries
         if TRACKING == "before":
             self.etcd.put(state.tracking, str(window.offsets[-1]).encode())
         self._crash("read")
@@ -276,22 +290,23 @@ class LogReader:
             self._dead_letter(fresh[i], reason, window.offsets[i])
         self._commit(window)
         self._crash("done")
-        self.channel.basic_ack(batch[-1][0].delivery_tag, multiple=True)  # credit for the next deliveries
+        self.channel.basic_ack(fresh[-1][0].delivery_tag, multiple=True)  # credit for the next deliveries
         self._count(window)
         self._crash("acked")
         if TRACKING == "after":
             self.etcd.put(state.tracking, str(window.offsets[-1]).encode())
+        return window.taken
 
     def _commit(self, window: Window) -> None:
         try:
             reply = self.etcd.txn(window.transaction(position=TRACKING == "txn"))
         except _etcd.TxnTooLarge as error:
-            if self.window_size <= 1:
+            if self.max_ops <= 8:
                 raise Restart(f"etcd refuses even one event in a transaction ({error}): raise its --max-txn-ops") \
                     from None
-            self.window_size //= 2
-            raise Restart(f"etcd refused a window as too large ({error}); from now on {self.window_size} "
-                          "events per window") from None
+            self.max_ops //= 2
+            raise Restart(f"etcd refused a window as too large ({error}); from now on {self.max_ops} "
+                          "operations per window") from None
         except DedupUnavailable as error:
             raise Restart(f"the commit of offsets {window.offsets[0]}..{window.offsets[-1]} is not answered "
                           f"({error}): it may have been applied") from None

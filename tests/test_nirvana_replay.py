@@ -53,16 +53,16 @@ def test_a_rebuild_under_sigkills_ends_with_the_digest_of_an_undisturbed_one(kit
 
 
 def test_once_retention_dropped_events_a_rebuild_starts_from_a_snapshot_or_refuses(kit_env, monkeypatch):
-    # Given a log whose retention drops whole segments of 5,000 bytes beyond 60,000 bytes
-    for variable, value in {"LOG_MAX_AGE": "", "LOG_MAX_BYTES": "60000", "LOG_SEGMENT_BYTES": "5000"}.items():
+    # Given a log whose retention drops whole segments of 5,000 bytes beyond 80,000 bytes (about 340 events)
+    for variable, value in {"LOG_MAX_AGE": "", "LOG_MAX_BYTES": "80000", "LOG_SEGMENT_BYTES": "5000"}.items():
         monkeypatch.setenv(variable, value)
     replay.reset_log()
     # and billing's read model built from its first events, a snapshot taken of it
-    early = publish(150)
+    early = publish(250)
     replay.rebuild("billing", progress=lambda line: None)
     at = replay.snapshot("billing")
     # When more events push the first ones out of the log
-    late = publish(200, start=150)
+    late = publish(200, start=250)
     # (the broker drops segments when it opens a new one, in the background: waited for)
     wait_for(lambda: log_start(kit_env["url"], kit_env["exchange"]), "retention to drop a segment", 10)
     time.sleep(1.5)

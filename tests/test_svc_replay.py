@@ -17,11 +17,10 @@ import pytest
 from svc import projection, topology
 from svc.event import parse
 from svc.errors import InvalidEvent
-from svc.publisher import Publisher
-from svc.replay import LOG_OFFSET_HEADER, OFFSET_HEADER, WINDOW, log_end
+from svc.replay import LOG_OFFSET_HEADER, OFFSET_HEADER, TXN_OPS, log_end
 from svc.testing import ServiceProcess, wait_for
 
-EVENTS = 2 * WINDOW + 50   # three windows: a crash in the first leaves work for the resumed reader
+EVENTS = 3 * TXN_OPS // 2   # about three windows (two etcd operations an event): a crash in the first leaves work
 RUN_TIMEOUT = 30.0
 
 
@@ -42,10 +41,14 @@ def with_faults(bodies: list[bytes]) -> list[bytes]:
 def publish(world, bodies: list[bytes]) -> None:
     """Publish to the world's exchange with its log declared (and no service queue)."""
     topology.declare_log(topology.declare(world.channel(), world.exchange, services=()), world.exchange)
-    with Publisher(world.amqp_url, world.exchange, services=()) as publisher:
+    connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()   # each publish confirmed (and routed: mandatory) before the next
         for body in bodies:
-            result = publisher.publish(body)
-            assert result.ok, result
+            channel.basic_publish(world.exchange, "foo", body, mandatory=True)
+    finally:
+        connection.close()
 
 
 def read_log(world) -> list[tuple[int, bytes]]:
