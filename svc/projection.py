@@ -70,20 +70,26 @@ def upcast(args: dict) -> dict:
     return args
 
 
-def apply(view: dict[str, dict], event: Event) -> list[str]:
+def apply(view: dict[str, dict], event: Event, base: dict[str, dict] | None = None) -> list[str]:
     """Apply ``event`` to ``view`` (``{view key: value}``, changed in place); the keys changed.
-    Only ``new_order`` changes the view: a missing sku or customer counts under ``"?"``, a qty that
-    is not a whole number counts as 1."""
+    A key missing from ``view`` starts from a copy of its value in ``base`` (the state the changes
+    build on), else from zero. Only ``new_order`` changes the view: a missing sku or customer
+    counts under ``"?"``, a qty that is not a whole number counts as 1."""
     if event.type != "new_order":
         return []
     args = upcast(event.args)
     qty = args["qty"] if isinstance(args["qty"], int) and not isinstance(args["qty"], bool) else 1
     sku_key = "sku/" + keys.encode_id(str(args.get("sku", "?")) or "?")
     customer_key = "customer/" + keys.encode_id(str(args.get("customer", "?")) or "?")
-    sku = view.setdefault(sku_key, {"orders": 0, "qty": 0})
+    sku = view.get(sku_key)
+    if sku is None:
+        sku = view[sku_key] = dict(base[sku_key]) if base and sku_key in base else {"orders": 0, "qty": 0}
     sku["orders"] += 1
     sku["qty"] += qty
-    view.setdefault(customer_key, {"orders": 0})["orders"] += 1
+    customer = view.get(customer_key)
+    if customer is None:
+        customer = view[customer_key] = dict(base[customer_key]) if base and customer_key in base else {"orders": 0}
+    customer["orders"] += 1
     return [sku_key, customer_key]
 
 

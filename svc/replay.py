@@ -136,11 +136,7 @@ class Window:
                                       event.type))
                 return
             self.done[encoded] = event.digest.encode()
-        view = {key: dict(self.view.get(key) or state.view.get(key) or {})
-                for key in _touched(event)}
-        view = {key: value for key, value in view.items() if value}
-        projection.apply(view, event)
-        self.view.update(view)
+        projection.apply(self.view, event, state.view)   # the window's changes, on the state's values
         self.applied.append(event)
 
     def transaction(self, position: bool = True):
@@ -163,16 +159,12 @@ class Window:
         return request
 
     def committed(self) -> None:
-        """The commit was applied: the state in memory follows etcd's."""
+        """The commit is sent: the state in memory follows what it writes (if etcd refuses it, the
+        reader reads the state again from etcd)."""
         state = self.state
         state.done.update(self.done)
         state.view.update(self.view)
         state.position = self.offsets[-1]
-
-
-def _touched(event: Event) -> list[str]:
-    """The view keys ``event`` changes (projection.apply on an empty view names them)."""
-    return projection.apply({}, event)
 
 
 class LogReader:
@@ -256,50 +248,64 @@ class LogReader:
     # -- the loop ---------------------------------------------------------------------------
 
     def _read(self, state: State) -> None:
+        """Windows one after the other; while one's commit is in flight to etcd, the next is read and
+        applied in memory on top of it (the state follows each commit as sent: a commit that fails
+        raises Restart, and the state is read again from etcd). Commits are sent one at a time, each
+        guarded by the tracking record the one before wrote."""
+        in_flight = None
         try:
             while not self.stop.is_set():
-                self.connection.process_data_events(time_limit=0 if self.pending else IDLE_WAIT)
+                busy = self.pending or in_flight
+                self.connection.process_data_events(time_limit=0 if busy else IDLE_WAIT)
                 while self.pending and len(self.pending) < self.max_ops:
                     before = len(self.pending)
                     self.connection.process_data_events(time_limit=0)
                     if len(self.pending) == before:
                         break
-                if not self.pending:
-                    continue
-                batch, self.pending = self.pending[:self.max_ops], self.pending[self.max_ops:]
-                taken = self._window(state, batch)
-                self.pending[:0] = batch[taken:]   # what did not fit this window's transaction
+                window = self._next_window(state) if self.pending else None
+                if in_flight is not None:
+                    self._settle(*in_flight)
+                in_flight = (window, self._commit(window)) if window is not None else None
+            if in_flight is not None:
+                self._settle(*in_flight)
         except BROKER_ERRORS as error:
             raise _amqp.translate(error, f"reading the log {self.log_name}") from None
 
-    def _window(self, state: State, batch: list) -> int:
-        """Read, apply, commit and ack one window from the head of ``batch``; how many it took."""
-        # A numeric start may deliver from the start of its chunk: what the record covers is only acked.
+    def _next_window(self, state: State) -> "Window | None":
+        """Read and apply the next window from the head of the pending deliveries; None if they
+        were all covered by the tracking record already (a numeric start may deliver from the start
+        of its chunk: those are acked only)."""
+        batch, self.pending = self.pending[:self.max_ops], self.pending[self.max_ops:]
         old = 0
         while old < len(batch) and state.position is not None and int(batch[old][1].headers[OFFSET_HEADER]) <= state.position:
             old += 1
         if old:
             self.channel.basic_ack(batch[old - 1][0].delivery_tag, multiple=True)
-            return old
+            self.pending[:0] = batch[old:]
+            return None
         window = Window(state, batch, self.max_ops)
-        fresh = window.deliveries
+        self.pending[:0] = batch[window.taken:]   # what did not fit this window's transaction
         if TRACKING == "before":
             self.etcd.put(state.tracking, str(window.offsets[-1]).encode())
         self._crash("read")
         for i, reason, _kind in window.dead:
-            self._dead_letter(fresh[i], reason, window.offsets[i])
-        self._commit(window)
-        self._crash("done")
-        self.channel.basic_ack(fresh[-1][0].delivery_tag, multiple=True)  # credit for the next deliveries
-        self._count(window)
-        self._crash("acked")
-        if TRACKING == "after":
-            self.etcd.put(state.tracking, str(window.offsets[-1]).encode())
-        return window.taken
+            self._dead_letter(window.deliveries[i], reason, window.offsets[i])
+        return window
 
-    def _commit(self, window: Window) -> None:
+    def _commit(self, window: Window):
+        """Send the window's commit (not waited for) and move the state in memory to what it writes."""
         try:
-            reply = self.etcd.txn(window.transaction(position=TRACKING == "txn"))
+            pending = self.etcd.txn_async(window.transaction(position=TRACKING == "txn"))
+        except DedupUnavailable as error:
+            raise Restart(f"the commit of offsets {window.offsets[0]}..{window.offsets[-1]} was not sent "
+                          f"({error})") from None
+        window.committed()
+        return pending
+
+    def _settle(self, window: Window, pending) -> None:
+        """Wait for the window's commit, then ack its deliveries (credit for the next ones)."""
+        try:
+            reply = pending.result()
         except _etcd.TxnTooLarge as error:
             if self.max_ops <= 8:
                 raise Restart(f"etcd refuses even one event in a transaction ({error}): raise its --max-txn-ops") \
@@ -313,7 +319,12 @@ class LogReader:
         if not reply.succeeded:
             raise Restart(f"the tracking record of version {window.state.version} moved under this reader "
                           "(another reader of the same version?)")
-        window.committed()
+        self._crash("done")
+        self.channel.basic_ack(window.deliveries[-1][0].delivery_tag, multiple=True)
+        self._count(window)
+        self._crash("acked")
+        if TRACKING == "after":
+            self.etcd.put(window.state.tracking, str(window.offsets[-1]).encode())
 
     def _dead_letter(self, delivery, reason: str, offset: int) -> None:
         """Publish a dead letter with its reason and offset and wait for the confirm (a stream has no
