@@ -40,7 +40,7 @@ from . import _amqp, _etcd, keys, metrics, projection, topology
 from ._amqp import BROKER_ERRORS
 from .config import Config, split_urls
 from .effects import record
-from .errors import BrokerUnavailable, DedupUnavailable, InvalidEvent
+from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, InvalidEvent, MessageRefused
 from .event import Event, parse
 from .faults import crash
 
@@ -185,7 +185,7 @@ class LogReader:
                 state = self._open()
                 self._read(state)
                 backoff = BACKOFF_START
-            except (DedupUnavailable, BrokerUnavailable, Restart) as error:
+            except (DedupUnavailable, BrokerUnavailable, ChannelClosed, MessageRefused, Restart) as error:
                 log.warning("%s; reading the log again from the tracking record in %.1f s", error, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -224,8 +224,14 @@ class LogReader:
             channel.basic_qos(prefetch_count=config.prefetch)  # per consumer: a stream refuses global QoS
             self.pending: list = []
             channel.basic_consume(self.log_name, self._on_message, arguments={OFFSET_HEADER: start})
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if "'x-stream-offset'" in error.reply_text:   # 406 invalid arg: a queue of another type
+                raise BrokerRefused(f"{self.log_name} is not a stream ({error.reply_text}): SOURCE=log needs the "
+                                    "log svc's topology declares; delete that queue") from None
+            # declared just above: a log still missing is one the broker refused (no retry cures it)
+            raise _amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
         except BROKER_ERRORS as error:
-            raise _amqp.translate(error, f"reading the log {self.log_name}") from None
+            raise _amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
         self.channel = channel
         log.info("%s reading the log %s into version %d from %s (tracking record: %s; %d done ids, %d view keys)",
                  config.service, self.log_name, version, start, "none" if state.position is None else state.position,

@@ -160,15 +160,14 @@ def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | Non
             side.queue_declare(name, durable=True, arguments=arguments)
         except pika.exceptions.ChannelClosedByBroker as error:
             side = channel.connection.channel()
-            if "inequivalent arg" in error.reply_text and "'x-queue-type'" not in error.reply_text:
-                log.warning("the log %s keeps the retention it was declared with (%s): RabbitMQ never changes a "
-                            "queue's arguments; `./kit reset` deletes the log and declares it again", name,
-                            error.reply_text)
-            else:
+            if "inequivalent arg" not in error.reply_text:
                 log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
                           "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
                           name, error.reply_text)
                 return channel
+            log.warning("the log %s exists with other arguments (%s) and keeps its own: RabbitMQ never changes a "
+                        "queue's arguments (a queue there that is no stream is refused by SOURCE=log); `./kit "
+                        "reset` deletes the log and declares it again", name, error.reply_text)
         side.queue_bind(name, exchange, routing_key=BINDING_KEY)
         return channel
     finally:

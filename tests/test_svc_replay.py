@@ -259,3 +259,21 @@ def test_an_old_log_is_upcast_on_read_into_todays_view(svc_world):
                                                                     "qty": 1}}).encode() for i in range(80)]
     assert projection.digest(state(svc_world, service)[1]) == projection.digest(
         expected_view(list(enumerate(today))))
+
+
+def test_a_log_that_is_no_stream_leaves_the_topology_working_and_the_reader_exits_2(svc_world):
+    # Given a classic queue where the log should be (as a broker without streams would leave it)
+    topology.declare(svc_world.channel(), svc_world.exchange, services=())
+    svc_world.channel().queue_declare(topology.log_name(svc_world.exchange), durable=True)
+    # When a service declares the topology and an event is published ...
+    orders = svc_world.service_name("orders")
+    svc_world.start(orders)
+    svc_world.publish(orders, {"type": "new_order", "id": "n-1"})
+    # I expect the queue service to work as before ...
+    wait_for(lambda: svc_world.effects(orders) == 1, "orders' effect", 15)
+    # ... and a reader of the log to stop with one line (exit 2), not loop or crash
+    reader = Reader(svc_world, svc_world.service_name("projector"), enable_etcd=True)
+    assert reader.popen.wait(30) == 2
+    assert f"the log {svc_world.exchange}.log exists with other arguments" in reader.log()
+    assert f"{svc_world.exchange}.log is not a stream (PRECONDITION_FAILED - invalid arg 'x-stream-offset'" in reader.log()
+    assert "Traceback" not in reader.log()
