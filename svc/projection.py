@@ -7,7 +7,8 @@ Keys of a service reading the log (``svc/replay.py``), under ``<prefix>/replay/<
   (written in the same etcd transaction as the effects, never apart);
 - ``v<N>/done/<encoded id>``: the digest of each event id applied (deduplication by id: the log
   keeps every copy a publisher sent);
-- ``v<N>/effects/<encoded id>/<random>``: one record per application (so "applied twice" is a count);
+- ``v<N>/effects/<encoded id>/<token><count>``: one record per application, its value the offset it
+  was applied from (so "applied twice" is a count);
 - ``snapshot/<offset>/...``: a copy of a version's done ids, view and tracking record at an offset,
   ``snapshot/latest`` the offset of the latest (a rebuild starts from it once retention has dropped
   the events before it);

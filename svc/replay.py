@@ -39,7 +39,6 @@ import pika
 from . import _amqp, _etcd, keys, metrics, projection, topology
 from ._amqp import BROKER_ERRORS
 from .config import Config, split_urls
-from .effects import record
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, InvalidEvent, MessageRefused
 from .event import Event, parse
 from .faults import crash
@@ -86,12 +85,15 @@ class State:
         self.tracking = projection.tracking_key(prefix, service, version).encode()
         self.position = projection.read_tracking(etcd, prefix, service, version)
         self.view = projection.read_view(etcd, prefix, service, version)
+        self.token, self.applications = os.urandom(6).hex() + "-", 0
         done = (self.base + "done/").encode()
         self.done = {key[len(done):]: value for page in etcd.scan_prefix(done) for key, value in page} if dedup else {}
 
     def effect_key(self, event: Event) -> bytes:
-        # a unique suffix per application: an event applied twice leaves two records
-        return f"{self.base}effects/{keys.encode_id(event.id)}/{os.urandom(8).hex()}".encode()
+        # a unique suffix per application (this process's random token and a count): an event
+        # applied twice leaves two records
+        self.applications += 1
+        return f"{self.base}effects/{keys.encode_id(event.id)}/{self.token}{self.applications:x}".encode()
 
 
 class Window:
@@ -100,10 +102,11 @@ class Window:
     def __init__(self, state: State, deliveries: list, max_ops: int = TXN_OPS) -> None:
         """Apply ``deliveries`` in order while the commit stays within ``max_ops`` operations;
         ``taken`` says how many were (the rest wait for the next window)."""
-        self.state = state
+        self.state, self.deliveries_in = state, deliveries
         self.view: dict[str, dict] = {}      # the view keys changed, their new values
         self.done: dict[bytes, bytes] = {}   # done marks added
         self.applied: list[Event] = []
+        self.applied_at: list[int] = []      # the offset of each event applied
         self.skipped: list[Event] = []
         self.dead: list[tuple[int, str, str]] = []   # (index, reason, kind: "invalid" or a conflict's type)
         self.taken = 0
@@ -138,6 +141,7 @@ class Window:
             self.done[encoded] = event.digest.encode()
         projection.apply(self.view, event, state.view)   # the window's changes, on the state's values
         self.applied.append(event)
+        self.applied_at.append(int(self.deliveries_in[i][1].headers[OFFSET_HEADER]))
 
     def transaction(self, position: bool = True):
         """The commit: effects, done marks and view, and (``position``) the tracking record, guarded
@@ -151,8 +155,9 @@ class Window:
             _etcd.add_put(request.success, state.tracking, str(self.offsets[-1]).encode())
         for encoded, digest in self.done.items():
             _etcd.add_put(request.success, f"{state.base}done/".encode() + encoded, digest)
-        for event in self.applied:
-            _etcd.add_put(request.success, state.effect_key(event), record(state.service, event).encode())
+        for event, offset in zip(self.applied, self.applied_at, strict=True):
+            # the effect: one record per application, its value the offset it was applied from
+            _etcd.add_put(request.success, state.effect_key(event), str(offset).encode())
         for key, value in self.view.items():
             _etcd.add_put(request.success, f"{state.base}{projection.VIEW}{key}".encode(),
                           json.dumps(value, sort_keys=True).encode())
