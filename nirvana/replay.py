@@ -32,6 +32,7 @@ from .settings import current
 
 REBUILD_TIMEOUT = 120.0   # seconds a rebuild may take to reach the log's end
 CTL_TIMEOUT = 30.0
+HELD_TIMEOUT = 0.5        # seconds to wait for the first delivery of the log before calling it empty
 
 
 class RebuildError(KitError):
@@ -85,8 +86,9 @@ def log_status(exchange: str | None = None) -> str:
 def _held(exchange: str) -> tuple[int, int] | None:
     """The first and last offsets the log keeps, None if it is empty."""
     url = current().amqp_url
-    first = log_start(url, exchange, timeout=1.0)
-    return None if first is None else (first, log_end(url, exchange, timeout=1.0))
+    # an empty log answers nothing: this costs its whole timeout, kept short (reset runs at each chapter's start)
+    first = log_start(url, exchange, timeout=HELD_TIMEOUT)
+    return None if first is None else (first, log_end(url, exchange, timeout=HELD_TIMEOUT))
 
 
 def _retention(name: str) -> str:
