@@ -6,9 +6,10 @@ Keys of a service reading the log (``svc/replay.py``), under ``<prefix>/replay/<
 - ``v<N>/tracking``: the tracking record, the offset of the last event of the log version N applied
   (written in the same etcd transaction as the effects, never apart);
 - ``v<N>/done/<encoded id>``: the digest of each event id applied (deduplication by id: the log
-  keeps every copy a publisher sent);
-- ``v<N>/effects/<encoded id>/<token><count>``: one record per application, its value the offset it
-  was applied from (so "applied twice" is a count);
+  keeps every copy a publisher sent), put once per application: it is the effect record too (its
+  etcd version counts the applications);
+- ``v<N>/effects/<encoded id>/<token><count>``: without dedup by id, one record per application,
+  its value the offset it was applied from (so "applied twice" is a count there too);
 - ``snapshot/<offset>/...``: a copy of a version's done ids, view and tracking record at an offset,
   ``snapshot/latest`` the offset of the latest (a rebuild starts from it once retention has dropped
   the events before it);
@@ -143,12 +144,25 @@ def versions(etcd, prefix: str, service: str) -> list[int]:
 
 
 def applied_twice(etcd, prefix: str, service: str, version: int) -> int:
-    """How many events of ``version`` have more than one effect record (0 unless something was
-    applied twice)."""
+    """How many events of ``version`` were applied more than once (0 unless something went wrong):
+    with dedup by id, the done marks whose etcd ``version`` (puts since created) is over 1 (each
+    application puts its event's done mark once, in its commit); without, the events with more than
+    one effect record."""
+    from . import _etcd   # the key's version is not in scan_prefix's pages
+    twice = 0
+    start, end = (version_prefix(prefix, service, version) + "done/").encode(), None
+    end = _etcd.prefix_end(start)
+    while True:
+        reply = etcd._call("range", "kvstub", "Range", _etcd._rpc().RangeRequest(key=start, range_end=end, limit=5000,
+                                                                                 keys_only=True))
+        twice += sum(1 for kv in reply.kvs if kv.version > 1)
+        if not reply.more or not reply.kvs:
+            break
+        start = reply.kvs[-1].key + b"\0"
     base = (version_prefix(prefix, service, version) + "effects/").encode()
     counts: dict[bytes, int] = {}
     for page in etcd.scan_prefix(base):
         for key, _ in page:
             event = key[len(base):].split(b"/", 1)[0]
             counts[event] = counts.get(event, 0) + 1
-    return sum(1 for n in counts.values() if n > 1)
+    return twice + sum(1 for n in counts.values() if n > 1)

@@ -111,7 +111,8 @@ class Window:
         self.dead: list[tuple[int, str, str]] = []   # (index, reason, kind: "invalid" or a conflict's type)
         self.taken = 0
         for i, (_method, properties, body) in enumerate(deliveries):
-            if 1 + len(self.done) + len(self.applied) + len(self.view) + 4 > max_ops and self.taken:
+            if 1 + len(self.done) + (0 if state.dedup else len(self.applied)) + len(self.view) + 4 > max_ops \
+                    and self.taken:
                 break
             self.taken = i + 1
             try:
@@ -155,9 +156,10 @@ class Window:
             _etcd.add_put(request.success, state.tracking, str(self.offsets[-1]).encode())
         for encoded, digest in self.done.items():
             _etcd.add_put(request.success, f"{state.base}done/".encode() + encoded, digest)
-        for event, offset in zip(self.applied, self.applied_at, strict=True):
-            # the effect: one record per application, its value the offset it was applied from
-            _etcd.add_put(request.success, state.effect_key(event), str(offset).encode())
+        if not state.dedup:   # with dedup, the done mark put with each application is its record
+            for event, offset in zip(self.applied, self.applied_at, strict=True):
+                # the effect: one record per application, its value the offset it was applied from
+                _etcd.add_put(request.success, state.effect_key(event), str(offset).encode())
         for key, value in self.view.items():
             _etcd.add_put(request.success, f"{state.base}{projection.VIEW}{key}".encode(),
                           json.dumps(value, sort_keys=True).encode())
@@ -226,7 +228,9 @@ class LogReader:
             channel = topology.declare_log(channel, config.exchange, config.log_retention)
             self.dead = self.connection.channel()
             self.dead.confirm_delivery()
-            channel.basic_qos(prefetch_count=config.prefetch)  # per consumer: a stream refuses global QoS
+            # Credit per consumer (a stream refuses global QoS): acks come after a window's commit, so
+            # the window in flight keeps its credit while the next is read; PREFETCH at least three windows.
+            channel.basic_qos(prefetch_count=max(config.prefetch, 3 * TXN_OPS))
             self.pending: list = []
             channel.basic_consume(self.log_name, self._on_message, arguments={OFFSET_HEADER: start})
         except pika.exceptions.ChannelClosedByBroker as error:
