@@ -277,3 +277,19 @@ def test_a_log_that_is_no_stream_leaves_the_topology_working_and_the_reader_exit
     assert f"the log {svc_world.exchange}.log exists with other arguments" in reader.log()
     assert f"{svc_world.exchange}.log is not a stream (PRECONDITION_FAILED - invalid arg 'x-stream-offset'" in reader.log()
     assert "Traceback" not in reader.log()
+
+
+def test_a_log_declared_with_another_retention_keeps_its_own_with_one_warning(svc_world, caplog):
+    # Given the log declared with a retention of 1 hour
+    channel = topology.declare(svc_world.channel(), svc_world.exchange, services=())
+    topology.declare_log(channel, svc_world.exchange, topology.log_arguments("1h", 0))
+    # When a declarer asks for 7 days
+    with caplog.at_level("WARNING", logger="svc.topology"):
+        same = topology.declare_log(channel, svc_world.exchange, topology.log_arguments("7D", 0))
+    # I expect its channel untouched, one warning saying why, and the log still taking events
+    assert same is channel and channel.is_open
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "svc.topology"]
+    assert warning.startswith(f"the log {svc_world.exchange}.log exists with other arguments (PRECONDITION_FAILED - "
+                              "inequivalent arg 'x-max-age'") and "RabbitMQ never changes a queue's arguments" in warning
+    publish(svc_world, orders(3))
+    assert [offset for offset, _ in read_log(svc_world)] == [0, 1, 2]
