@@ -31,7 +31,7 @@ import pika  # noqa: E402
 from svc import projection, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH  # noqa: E402
 from svc.publisher import Publisher  # noqa: E402
-from svc.replay import OFFSET_HEADER, log_end  # noqa: E402
+from svc.stream import OFFSET_HEADER, log_end  # noqa: E402
 from svc.testing import ServiceProcess, World, wait_for  # noqa: E402
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

@@ -13,16 +13,17 @@ effects, makes the result the same.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import subprocess
 import time
 
 import pika.exceptions
 
-from svc import _etcd, projection, topology
+from svc import Etcd, _etcd, projection, topology
 from svc.config import Config
 from svc.errors import SvcError
-from svc.replay import log_end, log_start
+from svc.stream import log_end, log_start
 
 from . import services
 from ._wait import Progress, quiet
@@ -53,21 +54,21 @@ class Rebuild:
     seconds: float
 
 
-def _client():
-    from .stack.reset import etcd_client
-    return etcd_client()
+def _client() -> Etcd:
+    """svc's etcd client on the kit's endpoints (as nirvana.stack.reset's)."""
+    return Etcd(list(current().etcd_endpoints), timeout=5)
 
 
 def log_arguments() -> dict:
-    """The log's arguments as the kit declares it: LOG_MAX_AGE and LOG_MAX_BYTES of the environment,
-    read as svc reads them (svc.config)."""
-    import os
+    """The log's arguments as the kit declares it: LOG_MAX_AGE, LOG_MAX_BYTES and LOG_SEGMENT_BYTES
+    of the environment, read as svc reads them (svc.config)."""
     env = {name: os.environ[name] for name in ("LOG_MAX_AGE", "LOG_MAX_BYTES", "LOG_SEGMENT_BYTES") if name in os.environ}
     return Config.from_env({**env, "SERVICE_NAME": topology.DEFAULT_SERVICES[0]}).log_retention
 
 
-def log_status(exchange: str | None = None) -> str:
-    """One line for ``./kit status``: the log, its events (offsets), its retention as declared."""
+def log_status(ctl: list[str], exchange: str | None = None) -> str:
+    """One line for ``./kit status``: the log, the offsets it keeps, its retention as declared
+    (read with the RabbitMQ tool prefix ``ctl``, ``nirvana.stack.rabbitmq_node().ctl()``)."""
     exchange = exchange or current().exchange
     name = topology.log_name(exchange)
     try:
@@ -80,7 +81,7 @@ def log_status(exchange: str | None = None) -> str:
     except (RabbitUnavailable, SvcError) as error:
         return f"log           {name}: {error}"
     events = f"offsets {held[0]}..{held[1]} kept" if held else "empty"
-    return f"log           {name}: {events}, retention {_retention(name)}"
+    return f"log           {name}: {events}, retention {_retention(ctl, name)}"
 
 
 def _held(exchange: str) -> tuple[int, int] | None:
@@ -91,12 +92,11 @@ def _held(exchange: str) -> tuple[int, int] | None:
     return None if first is None else (first, log_end(url, exchange, timeout=HELD_TIMEOUT))
 
 
-def _retention(name: str) -> str:
+def _retention(ctl: list[str], name: str) -> str:
     """The retention the log was declared with, read with rabbitmqctl; the kit's setting when
     rabbitmqctl cannot tell (a broker found running with another cookie)."""
-    from .stack import rabbitmq_node
     try:
-        out = subprocess.run([*rabbitmq_node().ctl(), "-q", "list_queues", "name", "arguments"], capture_output=True,
+        out = subprocess.run([*ctl, "-q", "list_queues", "name", "arguments"], capture_output=True,
                              text=True, timeout=CTL_TIMEOUT, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         out = ""

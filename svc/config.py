@@ -146,7 +146,7 @@ class Config:
 def log_offset(text: str) -> str:
     """LOG_OFFSET checked: ``first``, ``last``, ``next``, an offset (a whole number) or a time
     (ISO 8601 with its zone, e.g. ``2026-12-06T05:00:00Z``); the text as given (lower-cased words).
-    Raises ConfigError otherwise. The consume argument is ``svc.replay.offset_argument(text)``."""
+    Raises ConfigError otherwise. The consume argument is ``svc.stream.offset_argument(text)``."""
     if text.lower() in LOG_OFFSETS:
         return text.lower()
     if text.isdigit():

@@ -27,21 +27,20 @@ Crash points (``CRASH_AT``, svc/faults.py): ``read`` after a window is read and 
 ``done`` after its commit (before the ack), ``acked`` after its ack.
 """
 
-import datetime
 import json
 import logging
 import os
 import threading
-import time
 
 import pika
 
 from . import _amqp, _etcd, keys, metrics, projection, topology
 from ._amqp import BROKER_ERRORS
-from .config import Config, split_urls
+from .config import Config
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, InvalidEvent, MessageRefused
 from .event import Event, parse
 from .faults import crash
+from .stream import OFFSET_HEADER, offset_argument
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +51,12 @@ TXN_OPS = 1000           # operations per commit (an event takes 2 to 4: done ma
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
 BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 CONNECT_TIMEOUT = 10.0
-OFFSET_HEADER = "x-stream-offset"
 LOG_OFFSET_HEADER = "x-nirvana-log-offset"   # on a dead letter: where in the log its event is
 
 # Where the tracking record is written: "txn" (with the effects, in one transaction: the design).
 # "before" (its own put when a window is read) and "after" (its own put after the ack) exist only
 # so a test can show what goes wrong when the position is written apart from the effects.
 TRACKING = "txn"
-
-
-def offset_argument(text: str):
-    """The ``x-stream-offset`` consume argument for LOG_OFFSET ``text``: ``first``/``last``/``next``,
-    an offset (int), or a time (a ``datetime``: pika sends it as an AMQP timestamp, whole seconds)."""
-    if text in ("first", "last", "next"):
-        return text
-    if text.isdigit():
-        return int(text)
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
 
 
 class Restart(Exception):
@@ -369,46 +357,3 @@ class LogReader:
     def _crash(self, point: str) -> None:
         if self.crash_at == point:
             crash(self.meter.flush)
-
-
-def log_end(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout: float = 2.0) -> int | None:
-    """The offset of the last event in the log (read from its last chunk), None if it is empty
-    (known after ``timeout`` seconds without a delivery); BrokerUnavailable/BrokerRefused (one
-    line) if RabbitMQ does not answer or has no such log."""
-    return _edge(amqp_url, exchange, "last", timeout)
-
-
-def log_start(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout: float = 2.0) -> int | None:
-    """The offset of the first event the log still keeps (0 until retention drops a segment), None
-    if it is empty. (The message count a passive declare gives for a stream lags by seconds.)"""
-    return _edge(amqp_url, exchange, "first", timeout)
-
-
-def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | None:
-    connection = _amqp.connect_first(split_urls(amqp_url), CONNECT_TIMEOUT, name=f"log {where}")[0]
-    seen: list[int] = []
-    try:
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=1 if where == "first" else 1000)
-
-        def on_message(channel, method, properties, body):
-            seen.append(int(properties.headers[OFFSET_HEADER]))
-            channel.basic_ack(method.delivery_tag)
-
-        channel.basic_consume(topology.log_name(exchange), on_message, arguments={OFFSET_HEADER: where})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not (where == "first" and seen):
-            before = len(seen)
-            connection.process_data_events(time_limit=0.1)
-            if seen and len(seen) == before:
-                break  # the last chunk has come in whole
-    except BROKER_ERRORS as error:
-        raise _amqp.translate(error, f"reading the {where} event of the log {topology.log_name(exchange)}") from None
-    finally:
-        try:
-            connection.close()
-        except BROKER_ERRORS:
-            pass  # pika rejects what it buffered, which a stream refuses by closing the connection
-    if not seen:
-        return None
-    return seen[0] if where == "first" else max(seen)

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from nirvana import replay
+from nirvana import replay, stack
 from nirvana.publisher import Publisher, publish_bodies
 from svc import projection
-from svc.replay import log_start
+from svc.stream import log_start
 from svc.testing import wait_for
 from svc.event import parse
 
@@ -34,7 +34,7 @@ def test_reset_empties_the_log_and_declares_it_with_the_kits_retention(kit_env, 
     deleted = replay.reset_log()
     # I expect its events gone and the log declared again with that retention
     assert deleted == (0, 5)
-    line = replay.log_status()
+    line = replay.log_status(stack.rabbitmq_node().ctl())
     assert line.startswith(f"log           {kit_env['exchange']}.log: empty, retention max-age 1h, max-bytes none")
 
 

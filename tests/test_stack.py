@@ -146,7 +146,7 @@ def nonzero_points(path) -> list[tuple[int, float]]:
 def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
     native_only("carbon")
     from svc import topology
-    from svc.replay import log_start
+    from svc.stream import log_start
 
     exchange = topology.DEFAULT_EXCHANGE
     params = pika.URLParameters(endpoints.AMQP_URL)

@@ -17,7 +17,8 @@ import pytest
 from svc import projection, topology
 from svc.event import parse
 from svc.errors import InvalidEvent
-from svc.replay import LOG_OFFSET_HEADER, OFFSET_HEADER, TXN_OPS, log_end
+from svc.replay import LOG_OFFSET_HEADER, TXN_OPS
+from svc.stream import OFFSET_HEADER, log_end
 from svc.testing import ServiceProcess, wait_for
 
 EVENTS = 3 * TXN_OPS // 2   # about three windows (two etcd operations an event): a crash in the first leaves work

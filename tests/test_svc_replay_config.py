@@ -7,7 +7,7 @@ import pytest
 
 from svc.config import Config
 from svc.errors import ConfigError
-from svc.replay import offset_argument
+from svc.stream import offset_argument
 
 
 @pytest.mark.parametrize("text, argument", [("first", "first"), ("LAST", "last"), ("next", "next"), ("1200", 1200)])
