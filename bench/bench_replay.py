@@ -17,6 +17,7 @@ Everything runs under its own exchange and etcd prefix, removed at the end (svc.
 """
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pika  # noqa: E402
+import psutil  # noqa: E402
 
 from svc import projection, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH  # noqa: E402
@@ -52,9 +54,9 @@ def fill_log(world: World, events: int) -> int:
     return log_end(world.amqp_url, world.exchange)
 
 
-def bare_reader(world: World, end: int, prefetch: int) -> float:
+def bare_reader(world: World, end: int, prefetch: int) -> tuple[float, float]:
     """Events/s of a bare pika stream reader from ``first`` to offset ``end`` (ack every delivery
-    as credit, multiple every 100)."""
+    as credit, multiple every 100), and its CPU milliseconds per 1000 events."""
     connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
     seen = [0, -1]
     try:
@@ -67,18 +69,18 @@ def bare_reader(world: World, end: int, prefetch: int) -> float:
             if seen[0] % 100 == 0 or seen[1] == end:
                 channel.basic_ack(method.delivery_tag, multiple=True)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         channel.basic_consume(topology.log_name(world.exchange), on_message, arguments={OFFSET_HEADER: "first"})
         deadline = time.monotonic() + 600
         while seen[1] < end and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.05)
-        took = time.perf_counter() - started
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         try:
             connection.close()
         except pika.exceptions.AMQPError:
             pass  # pika rejects what it buffered; a stream answers by closing the connection
-    return seen[0] / took
+    return seen[0] / took, cpu * 1e6 / seen[0]
 
 
 def start_reader(world: World, service: str, prefetch: int, **settings) -> ServiceProcess:
@@ -89,19 +91,19 @@ def start_reader(world: World, service: str, prefetch: int, **settings) -> Servi
     return process
 
 
-def svc_reader(world: World, end: int, events: int, prefetch: int) -> float:
+def svc_reader(world: World, end: int, events: int, prefetch: int) -> tuple[float, float]:
     """Events/s of ``python -m svc`` SOURCE=log from its "reading the log" line to its tracking record
-    at ``end``."""
+    at ``end``, and its CPU milliseconds per 1000 events over that time (user + system)."""
     service = world.service_name("replay")
     process = start_reader(world, service, prefetch)
     wait_for(lambda: "reading the log" in process.log() or not process.alive(), "svc reading the log", 30, 0.01)
-    started = time.perf_counter()
+    started, before = time.perf_counter(), psutil.Process(process.pid).cpu_times()
     wait_for(lambda: projection.read_tracking(world.etcd, world.prefix, service, 1) == end or not process.alive(),
              f"svc's tracking record at {end}", 600, 0.02)
-    took = time.perf_counter() - started
+    took, after = time.perf_counter() - started, psutil.Process(process.pid).cpu_times()
     assert process.alive(), process.log()
     process.stop()
-    return events / took
+    return events / took, (after.user + after.system - before.user - before.system) * 1e6 / events
 
 
 def rebuild(world: World, end: int, kills: int, prefetch: int) -> None:
@@ -149,17 +151,20 @@ def main() -> None:
         try:
             end = fill_log(world, args.events)
             print(f"log of {args.events} events, offsets 0..{end}", flush=True)
-            ratios = []
+            ratios, cpus = [], []
             for round_ in range(1, args.repeat + 1):
-                before = bare_reader(world, end, args.prefetch)
-                svc = svc_reader(world, end, args.events, args.prefetch)
-                after = bare_reader(world, end, args.prefetch)
+                (before, bare_cpu), (svc, svc_cpu), (after, bare_cpu2) = (
+                    bare_reader(world, end, args.prefetch), svc_reader(world, end, args.events, args.prefetch),
+                    bare_reader(world, end, args.prefetch))
                 ratios.append(svc / statistics.mean((before, after)))
-                print(f"round {round_}: bare {before:.0f}/s, svc {svc:.0f}/s, bare {after:.0f}/s: "
-                      f"ratio {ratios[-1]:.2f}", flush=True)
+                cpus.append(svc_cpu / statistics.mean((bare_cpu, bare_cpu2)))
+                print(f"round {round_} (load {os.getloadavg()[0]:.1f}): bare {before:.0f}/s, svc {svc:.0f}/s, bare "
+                      f"{after:.0f}/s: ratio {ratios[-1]:.2f}; CPU ms per 1000 events: bare {bare_cpu:.0f}, svc "
+                      f"{svc_cpu:.0f}, bare {bare_cpu2:.0f} ({cpus[-1]:.1f}x)", flush=True)
             print(f"svc reading the log with its tracking record: median {statistics.median(ratios):.2f}x, lowest "
                   f"{min(ratios):.2f}x of a bare pika stream reader (goal >= {GOAL}x: "
-                  f"{'met' if min(ratios) >= GOAL else 'NOT met'} in every round)", flush=True)
+                  f"{'met' if min(ratios) >= GOAL else 'NOT met'} in every round); its CPU per event "
+                  f"{statistics.median(cpus):.1f}x the bare reader's (median)", flush=True)
         finally:
             world.close()
         if args.rebuild_events:
