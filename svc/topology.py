@@ -134,45 +134,52 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
 
 
 def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | None = None):
-    """Declare the log (a stream) bound to ``exchange`` with ``#``; returns ``channel``, untouched:
-    the log is declared on a channel of its own of the same connection, since the refusals below
-    close the channel they happen on.
+    """Declare the log (a stream) bound to ``exchange`` with ``#``; returns ``channel``, untouched.
 
-    ``arguments`` None: a log that exists is kept as it is (a passive declare), else declared with
-    ``log_arguments()``. A log that exists with another retention keeps its own (the broker never
-    changes a queue's arguments): one warning, and it is used as it is. A broker that refuses the
-    stream itself (RabbitMQ before 3.9, or its ``stream_queue`` feature flag disabled) leaves the
-    topology without a log: one error line, and every declarer goes on (events are not kept).
+    ``arguments`` None: a log that exists is kept as it is (a passive declare on a channel of its
+    own), else declared with ``log_arguments()``. The declaration itself goes over a connection of
+    its own (the parameters of ``channel``'s): a broker without streams (RabbitMQ before 3.9, or
+    its ``stream_queue`` feature flag off) answers it by closing the whole connection (541
+    INTERNAL_ERROR "the corresponding feature flag is disabled"). Then the topology stays without
+    a log: one error line, and every declarer goes on (events are not kept). A log that exists
+    with another retention keeps its own (the broker never changes a queue's arguments): one
+    warning, and it is used as it is.
     """
     name = log_name(exchange)
-    side = channel.connection.channel()
+    if arguments is None:
+        side = channel.connection.channel()
+        try:
+            side.queue_declare(name, passive=True)
+            side.queue_bind(name, exchange, routing_key=BINDING_KEY)
+            return channel
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != 404:
+                raise
+            arguments = log_arguments()
+        finally:
+            if side.is_open:
+                side.close()
+    apart = pika.BlockingConnection(channel.connection._impl.params)  # pika keeps no public accessor
     try:
-        if arguments is None:
-            try:
-                side.queue_declare(name, passive=True)
-                side.queue_bind(name, exchange, routing_key=BINDING_KEY)
-                return channel
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if error.reply_code != 404:
-                    raise
-                side, arguments = channel.connection.channel(), log_arguments()
+        side = apart.channel()
         try:
             side.queue_declare(name, durable=True, arguments=arguments)
         except pika.exceptions.ChannelClosedByBroker as error:
-            side = channel.connection.channel()
             if "inequivalent arg" not in error.reply_text:
-                log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
-                          "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
-                          name, error.reply_text)
-                return channel
+                raise
+            side = apart.channel()
             log.warning("the log %s exists with other arguments (%s) and keeps its own: RabbitMQ never changes a "
                         "queue's arguments (a queue there that is no stream is refused by SOURCE=log); `./kit "
                         "reset` deletes the log and declares it again", name, error.reply_text)
         side.queue_bind(name, exchange, routing_key=BINDING_KEY)
-        return channel
+    except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as error:
+        log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
+                  "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
+                  name, error.reply_text)
     finally:
-        if side.is_open:
-            side.close()
+        if apart.is_open:
+            apart.close()
+    return channel
 
 
 def _upgrade(channel, queue: str, arguments: dict):

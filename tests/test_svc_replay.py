@@ -6,6 +6,7 @@ Every expected view is computed here from the log's own content, read with a bar
 
 import datetime
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from svc.event import parse
 from svc.errors import InvalidEvent
 from svc.replay import LOG_OFFSET_HEADER, TXN_OPS
 from svc.stream import OFFSET_HEADER, log_end
+from svc.config import VARIABLES
 from svc.testing import ServiceProcess, wait_for
 
 EVENTS = 3 * TXN_OPS // 2   # about three windows (two etcd operations an event): a crash in the first leaves work
@@ -294,3 +296,36 @@ def test_a_log_declared_with_another_retention_keeps_its_own_with_one_warning(sv
                               "inequivalent arg 'x-max-age'") and "RabbitMQ never changes a queue's arguments" in warning
     publish(svc_world, orders(3))
     assert [offset for offset, _ in read_log(svc_world)] == [0, 1, 2]
+
+
+def test_a_broker_without_streams_keeps_the_topology_working_with_one_line(tmp_path, caplog, etcd_endpoint):
+    from conftest import need
+    from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ
+
+    need("rabbitmq-server (Debian's package, to run a throwaway node)", os.path.exists(RABBITMQ_SERVER))
+    # Given a fresh RabbitMQ node whose stream_queue feature flag is off
+    node = OwnRabbitMQ(tmp_path / "rabbitmq", {"RABBITMQ_FEATURE_FLAGS": "quorum_queue,implicit_default_bindings,"
+                                                "virtual_host_metadata,maintenance_mode_status,user_limits"})
+    try:
+        node.wait()
+        assert "stream_queue\tdisabled" in node.ctl("list_feature_flags")
+        # When the topology is declared and an event published (as every declarer does)
+        connection = pika.BlockingConnection(pika.URLParameters(node.url))
+        with caplog.at_level("ERROR", logger="svc.topology"):
+            channel = topology.declare(connection.channel(), "events", services=("orders",))
+        channel.confirm_delivery()
+        channel.basic_publish("events", "foo", b'{"type": "new_order", "id": "1"}', mandatory=True)
+        # I expect one line saying the log is not kept and why, and the service queue holding the event
+        [line] = [r.getMessage() for r in caplog.records if r.name == "svc.topology"]
+        assert line.startswith("RabbitMQ refused the log events.log (") and "enable_feature_flag stream_queue" in line
+        assert connection.channel().queue_declare("events.orders", passive=True).method.message_count == 1
+        connection.close()
+        # and a reader of the log stopping with one line, exit status 2
+        env = {key: value for key, value in os.environ.items() if key not in VARIABLES}
+        env.update(SERVICE_NAME="billing", SOURCE="log", AMQP_URL=node.url, ETCD_ENDPOINTS=etcd_endpoint,
+                   ETCD_PREFIX=f"/t-{tmp_path.name}")
+        done = subprocess.run([sys.executable, "-m", "svc"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "RabbitMQ refused reading the log events.log" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        node.stop()
