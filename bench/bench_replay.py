@@ -10,7 +10,8 @@
   two yardstick runs around svc alternates nothing: svc's ratio is its rate over their mean); svc's
   rate is timed from its "reading the log" line to its tracking record at the log's last offset.
 - rebuild: ``--rebuild-events`` events read into one version undisturbed, then into another by a
-  reader SIGKILLed ``--kills`` times at random moments (started again each time); both digests
+  reader SIGKILLed ``--kills`` times (started again each time; each kill at a random moment within
+  0.3 s after it has committed a window since its start, so every run moves on); both digests
   (SHA-256 over the view's RFC 8785 JSON) must be equal, and no event applied twice.
 
 Everything runs under its own exchange and etcd prefix, removed at the end (svc.testing.World).
@@ -113,9 +114,13 @@ def rebuild(world: World, end: int, kills: int, prefetch: int) -> None:
     def build(version: int, kills: int) -> tuple[str, int, float]:
         started, killed = time.perf_counter(), 0
         while True:
+            at_start = projection.read_tracking(world.etcd, world.prefix, service, version)
             process = start_reader(world, service, prefetch, view_version=version)
             if killed < kills:
-                time.sleep(random.uniform(0.5, 2.5))
+                # killed mid-stream: once it has committed a window since it started, at a random moment
+                wait_for(lambda start=at_start: projection.read_tracking(world.etcd, world.prefix, service, version)
+                         != start, f"version {version} moving on", 120, 0.01)
+                time.sleep(random.uniform(0.0, 0.3))
                 if projection.read_tracking(world.etcd, world.prefix, service, version) != end:
                     process.kill()
                     killed += 1

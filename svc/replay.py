@@ -11,11 +11,13 @@ nothing applied twice, nothing skipped. Each window, in order:
 1. read: deliveries in offset order (each carries its ``x-stream-offset`` header), as many as fit
    one etcd transaction of TXN_OPS operations;
 2. every event applied to the state in memory: dedup by id (a copy of an id applied earlier is
-   skipped, the same id with another payload is a conflict), effects, the view;
+   skipped, the same id with another payload is a conflict), effects, the view; while the
+   previous window's commit is still in flight, on top of what it writes;
 3. what cannot be applied (a body that is no event, a conflict) is dead-lettered with its reason
    and offset (published with confirms to the dead-letter exchange: the stream itself has no
    dead-lettering) and counted (``{service}_event_invalid``, ``{service}_<type>_conflict``);
-4. commit: one etcd transaction, the effects and the tracking record together;
+4. commit: one etcd transaction, the effects and the tracking record together, sent once the
+   previous one is answered (its guard is the record that one wrote);
 5. ack (acks on a stream delete nothing: they are credit for the next deliveries).
 
 A window's dead letters are published before its commit: killed in between, the window is read
@@ -44,8 +46,9 @@ from .stream import OFFSET_HEADER, offset_argument
 
 log = logging.getLogger(__name__)
 
-TXN_OPS = 1000           # operations per commit (an event takes 2 to 4: done mark, effect, its view keys
-                         # unless the window changed them already; + the tracking record): the kit's
+TXN_OPS = 1000           # operations per commit (an event takes 1 to 3: its done mark, which with dedup
+                         # is its effect record too (else an effect record), and its view keys unless
+                         # the window changed them already; + the tracking record): the kit's
                          # etcd allows 1024 (--max-txn-ops); halved while etcd refuses a transaction as
                          # too large (its default is 128)
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
