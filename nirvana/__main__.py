@@ -5,7 +5,7 @@ import sys
 
 import nirvana
 
-from . import stack
+from . import replay, stack
 from .errors import KitError, SettingError
 
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(stack.render_status(rows + lab))
             if any(row.name == "rabbitmq" and row.state != "down" for row in rows):
                 print(stack.rabbitmq_node().describe())
+                print(replay.log_status(stack.rabbitmq_node().ctl()))
             return 0 if all(row.healthy for row in rows) else 1
         if args.command == "down":
             stack.down(only=args.components)

@@ -18,7 +18,7 @@ import ipywidgets as widgets
 from svc.event import EVENT_TYPES   # the event types svc knows: the panel offers those
 from svc.publisher import DEFAULT_ROUTING_KEY
 
-from . import rabbit, services
+from . import graphite, plots, rabbit, services   # plots: matplotlib, loaded with the panels
 from .publisher import Publisher
 from .settings import current
 
@@ -259,8 +259,6 @@ def live_publish(names: Iterable[str], *, seconds: float = 600.0,
     """The chart of ``names`` (counter names) counted from now, redrawn every two seconds for
     ``seconds``, beside a publish panel's buttons (the talk's event) and its log: one row, so the
     presenter clicks and sees the lines step up on the same slide."""
-    from . import graphite, plots   # matplotlib only when a chapter asks for a chart
-
     panel = PublishPanel()
     chart = plots.live_chart(list(names), graphite.mark(), seconds=seconds, title=title)
     side = widgets.VBox([panel.publish_button, panel.again_button, panel.output],

@@ -1,6 +1,7 @@
 """Settings of ``python -m svc``, read once from the environment into a frozen object."""
 
 import dataclasses
+import datetime
 import os
 import re
 import urllib.parse
@@ -9,7 +10,8 @@ from collections.abc import Mapping
 import pika
 
 from .errors import ConfigError
-from .topology import DEFAULT_DELIVERY_LIMIT, DEFAULT_EXCHANGE, QUEUE_TYPES
+from .topology import log_arguments
+from .topology import DEFAULT_DELIVERY_LIMIT, DEFAULT_EXCHANGE, DEFAULT_LOG_MAX_AGE, DEFAULT_LOG_MAX_BYTES, QUEUE_TYPES
 
 SERVICE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
@@ -35,7 +37,11 @@ ETCD_ACCESS = ("ETCD_USER", "ETCD_PASSWORD", "ETCD_CACERT", "ETCD_CERT", "ETCD_K
 VARIABLES = ("SERVICE_NAME", "ENABLE_ETCD", "AMQP_URL", "ETCD_ENDPOINTS", "STATSD_HOST", "STATSD_PORT",
              "EVENTS_EXCHANGE", "ETCD_PREFIX", "PREFETCH", "CLAIM_TTL", "DEDUP_RETENTION", "ETCD_TIMEOUT",
              "LOG_LEVEL", "PIKA_LOG_LEVEL", "WORK_MS", "CRASH_AT", "DEDUP_MODE", "OUTBOX_URL",
-             "OUTBOX_IDEMPOTENCY", "QUEUE_TYPE", "DELIVERY_LIMIT", *ETCD_ACCESS)
+             "OUTBOX_IDEMPOTENCY", "QUEUE_TYPE", "DELIVERY_LIMIT", "SOURCE", "LOG_OFFSET", "LOG_MAX_AGE",
+             "LOG_MAX_BYTES", "LOG_SEGMENT_BYTES", "VIEW_VERSION", *ETCD_ACCESS)
+SOURCES = ("queue", "log")   # log: read the events back from the log (svc/replay.py)
+LOG_OFFSETS = ("first", "last", "next")
+MAX_AGE_RE = re.compile(r"[1-9][0-9]{0,8}[YMDhms]")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,6 +110,8 @@ def _pem(name: str, path: str) -> bytes | None:
         raise ConfigError(f"{name}={path!r} is not a PEM file (no -----BEGIN line): name the PEM file, "
                           "as etcdctl's --cacert, --cert and --key take")
     return data
+
+
 DEDUP_MODES = ("claims", "talk")   # talk: the talk's original design, see svc/dedup_talk.py
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -134,6 +142,17 @@ class Config:
     queue_type: str = "classic"       # "quorum": replicated queues with a delivery limit (svc.topology)
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # quorum only: returns before the broker dead-letters
     etcd_access: EtcdAccess = EtcdAccess()  # etcd's user and password, TLS (ETCD_USER ... ETCD_KEY)
+    source: str = "queue"     # "log": read the log <exchange>.log instead of the service's queue
+    log_offset: str = "next"  # log only, without a tracking record: first | last | next | an offset | a time
+    log_max_age: str = DEFAULT_LOG_MAX_AGE      # the log's retention when this process declares it
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_segment_bytes: int = 0                  # 0: the broker's default segment (500 MB)
+    view_version: int = 0     # log only: the version of the read model built (0: the one in use, else 1)
+
+    @property
+    def log_retention(self) -> dict:
+        """The log's queue arguments as these settings ask (svc.topology.log_arguments)."""
+        return log_arguments(self.log_max_age, self.log_max_bytes, self.log_segment_bytes)
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
@@ -155,7 +174,12 @@ class Config:
                         PREFIX_RE, "an absolute key prefix such as /nirvana")
         log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), LOG_LEVELS)
         pika_log_level = _choice("PIKA_LOG_LEVEL", get("PIKA_LOG_LEVEL", "CRITICAL").upper(), (*LOG_LEVELS, "CRITICAL"))
-        crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "sent", "done"))
+        crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "sent", "done", "read", "acked"))
+        source = _choice("SOURCE", get("SOURCE", "queue").lower(), SOURCES)
+        points = {"queue": ("", "claimed", "sent", "done"), "log": ("", "read", "done", "acked")}[source]
+        if crash_at not in points:
+            raise ConfigError(f"CRASH_AT={crash_at!r} is invalid with SOURCE={source}: use one of "
+                              f"{', '.join(p or repr(p) for p in points)}")
         outbox_url = get("OUTBOX_URL", "")
         if outbox_url and not re.fullmatch(r"http://[^/\s]+(/\S*)?", outbox_url):
             raise ConfigError(f"OUTBOX_URL={outbox_url!r} is invalid: expected http://host:port, e.g. http://127.0.0.1:8025")
@@ -185,7 +209,38 @@ class Config:
             queue_type=_choice("QUEUE_TYPE", get("QUEUE_TYPE", "classic").lower(), QUEUE_TYPES),
             delivery_limit=_int("DELIVERY_LIMIT", get("DELIVERY_LIMIT", str(DEFAULT_DELIVERY_LIMIT)),
                                 1, MAX_DELIVERY_LIMIT),
+            source=source,
+            log_offset=log_offset(get("LOG_OFFSET", "next")),
+            log_max_age=_max_age(get("LOG_MAX_AGE", DEFAULT_LOG_MAX_AGE)),
+            log_max_bytes=_int("LOG_MAX_BYTES", get("LOG_MAX_BYTES", str(DEFAULT_LOG_MAX_BYTES)), 0, 2 ** 62),
+            log_segment_bytes=_int("LOG_SEGMENT_BYTES", get("LOG_SEGMENT_BYTES", "0"), 0, 2 ** 32),
+            view_version=_int("VIEW_VERSION", get("VIEW_VERSION", "0"), 0, 10 ** 9),
         )
+
+
+def log_offset(text: str) -> str:
+    """LOG_OFFSET checked: ``first``, ``last``, ``next``, an offset (a whole number) or a time
+    (ISO 8601 with its zone, e.g. ``2026-12-06T05:00:00Z``); the text as given (lower-cased words).
+    Raises ConfigError otherwise. The consume argument is ``svc.stream.offset_argument(text)``."""
+    if text.lower() in LOG_OFFSETS:
+        return text.lower()
+    if text.isdigit():
+        return text
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ConfigError(f"LOG_OFFSET={text!r} is invalid: use first, last, next, an offset (e.g. 1200) or a "
+                          "time with its zone (e.g. 2026-12-06T05:00:00Z)")
+    return text
+
+
+def _max_age(text: str) -> str:
+    if text and not MAX_AGE_RE.fullmatch(text):
+        raise ConfigError(f"LOG_MAX_AGE={text!r} is invalid: expected a whole number and a unit Y, M, D, h, m or s "
+                          "(e.g. 7D), or nothing for no age limit")
+    return text
 
 
 def parse_endpoints(text: str) -> tuple[tuple[str, int], ...]:

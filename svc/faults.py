@@ -22,10 +22,17 @@ from .event import Event
 from .hooks import Hook
 
 CRASH_POINTS = ("claimed", "sent", "done")
+LOG_CRASH_POINTS = ("read", "done", "acked")   # of a reader of the log (SOURCE=log, svc/replay.py)
 
 
 def _sigkill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash(before_kill: Callable[[], None] = lambda: None, kill: Callable[[], None] = _sigkill) -> None:
+    """Run ``before_kill`` (the meter's flush), then SIGKILL this process (or ``kill``)."""
+    before_kill()
+    kill()
 
 
 class Faults(Hook):

@@ -48,7 +48,9 @@ class OwnRabbitMQ:
     ``stop()`` it (rabbitmqctl stop, SIGKILL after 30 s). Should the starter die without ``stop()``
     (a test run SIGKILLed), its watchdog (:class:`svc.watchdog.Watchdog`) stops the node's group."""
 
-    def __init__(self, base) -> None:
+    def __init__(self, base, environment: dict[str, str] | None = None) -> None:
+        """``environment``: more of the node's variables (e.g. RABBITMQ_FEATURE_FLAGS, the feature
+        flags a fresh node enables)."""
         self.port, dist = free_port(), free_port()
         self.node = f"t{uuid.uuid4().hex[:8]}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
@@ -61,7 +63,7 @@ class OwnRabbitMQ:
                     "RABBITMQ_LOGS": str(base / "rabbit.log"),
                     "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
                     "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "ERL_EPMD_ADDRESS": "127.0.0.1",
-                    "HOME": str(base)}  # its own Erlang cookie, made there
+                    "HOME": str(base), **(environment or {})}  # its own Erlang cookie, made there
         self.home = str(base)
         self._watchdog = Watchdog(stop_timeout=STOP_TIMEOUT)
         self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=subprocess.DEVNULL,

@@ -17,6 +17,7 @@ from .hooks import Hook
 from .mail import Mailer
 from .metrics import Metrics, MetricsHook
 from .processor import Processor
+from .replay import LogReader
 from .protocols import Dedup, Meter
 from .supervisor import Supervisor, open_dedup
 
@@ -57,6 +58,8 @@ def main(environ=None) -> int:
     # (read by gRPC when it starts its first channel, below).
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     etcd = Etcd(config.etcd_endpoints, timeout=config.etcd_timeout, access=config.etcd_access)
+    if config.source == "log":
+        return _read_log(config, etcd, meter, stop)
     dedup: Dedup
     if config.enable_etcd and config.dedup_mode == "talk":
         dedup = TalkDedup(etcd, config.etcd_prefix, config.service)
@@ -81,6 +84,23 @@ def main(environ=None) -> int:
         status = 2
     finally:
         dedup.close()
+        etcd.close()
+    log.info("%s stopped", config.service)
+    return status
+
+
+def _read_log(config: Config, etcd: Etcd, meter: Meter, stop: threading.Event) -> int:
+    """SOURCE=log: read the events back from the log with a tracking record (svc/replay.py)."""
+    log.info("starting %s: amqp %s, log of exchange %s, etcd %s%s, dedup by id %s, statsd %s:%d", config.service,
+             mask_url(config.amqp_url), config.exchange, ",".join(f"{h}:{p}" for h, p in config.etcd_endpoints),
+             config.etcd_prefix, "on" if config.enable_etcd else "off", config.statsd_host, config.statsd_port)
+    status = 0
+    try:
+        LogReader(config, etcd, meter, stop).run()
+    except BrokerRefused as error:
+        log.error("%s", error)
+        status = 2
+    finally:
         etcd.close()
     log.info("%s stopped", config.service)
     return status

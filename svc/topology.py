@@ -20,11 +20,40 @@ RAW_PROPERTIES_HEADER = "x-nirvana-raw-properties"  # properties pika could not 
 DEAD_LETTER_EXCHANGE_ARG = "x-dead-letter-exchange"
 QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_DELIVERY_LIMIT = 5   # a quorum queue dead-letters a message returned more often than this
+# The log: a RabbitMQ stream (RabbitMQ docs "Streams", since 3.9) bound like the service queues, so
+# every event published is also kept, in order, after any service has read it. Its retention is
+# removed by whole segments (x-stream-max-segment-size-bytes, 500 MB by default), one always kept.
+LOG_SUFFIX = "log"
+DEFAULT_LOG_MAX_AGE = "7D"            # x-max-age: Y, M, D, h, m or s after a whole number; "" for none
+DEFAULT_LOG_MAX_BYTES = 1_000_000_000  # x-max-length-bytes; 0 for none (the log grows until the disk fills)
 
 
 def queue_name(service: str, exchange: str = DEFAULT_EXCHANGE) -> str:
     """The durable queue of a service: ``events.<service>``."""
     return f"{exchange}.{service}"
+
+
+def log_name(exchange: str = DEFAULT_EXCHANGE) -> str:
+    """The log that keeps every event of ``exchange``: the stream ``<exchange>.log``."""
+    return f"{exchange}.{LOG_SUFFIX}"
+
+
+def log_arguments(max_age: str = DEFAULT_LOG_MAX_AGE, max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+                  segment_bytes: int = 0) -> dict:
+    """The log's queue arguments: a stream (``x-queue-type``, not settable by policy) with its
+    retention, ``max_age`` such as ``"7D"`` (``""``: none) and ``max_bytes`` (0: none), removed by
+    whole segments of ``segment_bytes`` (0: the broker's 500 MB).
+
+    The broker never changes a queue's arguments: a log declared with another retention keeps its
+    own (``declare`` says so once and goes on); ``./kit reset`` deletes it and declares it again."""
+    arguments: dict = {"x-queue-type": "stream"}
+    if max_age:
+        arguments["x-max-age"] = max_age
+    if max_bytes:
+        arguments["x-max-length-bytes"] = max_bytes
+    if segment_bytes:
+        arguments["x-stream-max-segment-size-bytes"] = segment_bytes
+    return arguments
 
 
 def dead_letter_exchange(exchange: str = DEFAULT_EXCHANGE) -> str:
@@ -65,7 +94,7 @@ def dead_letter_queue_arguments(queue_type: str = "classic") -> dict | None:
 
 
 def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES, *, queue_type: str = "classic",
-            delivery_limit: int = DEFAULT_DELIVERY_LIMIT):
+            delivery_limit: int = DEFAULT_DELIVERY_LIMIT, log_retention: dict | None = None):
     """Declare the exchange, the dead-letter exchange and queue, and each service's bound queue;
     the channel to go on with (a refused declaration closes a channel, see below).
 
@@ -78,6 +107,10 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
     queue's arguments: 406 PRECONDITION_FAILED); any other difference (a classic queue where a
     quorum one is declared, another delivery limit) is raised as pika's ChannelClosedByBroker for
     the caller's broker edge (svc._amqp) to report.
+
+    With services (a queue at all), the log ``<exchange>.log`` too (``declare_log``): ``log_retention``
+    is its ``log_arguments(...)``, or None to keep the log as it is (declared with the defaults if
+    it does not exist yet).
     """
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     dlx, dead_letters = dead_letter_exchange(exchange), dead_letter_queue(exchange)
@@ -95,6 +128,57 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
                 raise  # a quorum queue is never a classic one upgraded in place: the caller stops
             channel = _upgrade(channel.connection.channel(), queue, arguments)
         channel.queue_bind(queue, exchange, routing_key=BINDING_KEY)
+    if services:  # services=(): the exchanges only (an exchange no queue is bound to routes nowhere)
+        channel = declare_log(channel, exchange, log_retention)
+    return channel
+
+
+def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | None = None):
+    """Declare the log (a stream) bound to ``exchange`` with ``#``; returns ``channel``, untouched.
+
+    ``arguments`` None: a log that exists is kept as it is (a passive declare on a channel of its
+    own), else declared with ``log_arguments()``. The declaration itself goes over a connection of
+    its own (the parameters of ``channel``'s): a broker without streams (RabbitMQ before 3.9, or
+    its ``stream_queue`` feature flag off) answers it by closing the whole connection (541
+    INTERNAL_ERROR "the corresponding feature flag is disabled"). Then the topology stays without
+    a log: one error line, and every declarer goes on (events are not kept). A log that exists
+    with another retention keeps its own (the broker never changes a queue's arguments): one
+    warning, and it is used as it is.
+    """
+    name = log_name(exchange)
+    if arguments is None:
+        side = channel.connection.channel()
+        try:
+            side.queue_declare(name, passive=True)
+            side.queue_bind(name, exchange, routing_key=BINDING_KEY)
+            return channel
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != 404:
+                raise
+            arguments = log_arguments()
+        finally:
+            if side.is_open:
+                side.close()
+    apart = pika.BlockingConnection(channel.connection._impl.params)  # pika keeps no public accessor
+    try:
+        side = apart.channel()
+        try:
+            side.queue_declare(name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if "inequivalent arg" not in error.reply_text:
+                raise
+            side = apart.channel()
+            log.warning("the log %s exists with other arguments (%s) and keeps its own: RabbitMQ never changes a "
+                        "queue's arguments (a queue there that is no stream is refused by SOURCE=log); `./kit "
+                        "reset` deletes the log and declares it again", name, error.reply_text)
+        side.queue_bind(name, exchange, routing_key=BINDING_KEY)
+    except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as error:
+        log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
+                  "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
+                  name, error.reply_text)
+    finally:
+        if apart.is_open:
+            apart.close()
     return channel
 
 
@@ -159,6 +243,7 @@ def delete(channel, exchange: str, services=()) -> None:
     """Remove what ``declare`` made (tests and the kit's reset use it)."""
     for service in services:
         channel.queue_delete(queue_name(service, exchange))
+    channel.queue_delete(log_name(exchange))
     channel.queue_delete(dead_letter_queue(exchange))
     channel.exchange_delete(dead_letter_exchange(exchange))
     channel.exchange_delete(exchange)

@@ -22,10 +22,13 @@ from conftest import RUN_TIMEOUT, in_own_namespace
 from nirvana import checker, paths, rabbit, services, shape, stack
 from nirvana.publisher import publish_bodies
 from nirvana.stack import cluster, members
-from svc import Etcd, topology
+from svc import Etcd, projection, topology
 from svc.config import parse_endpoints
 from svc.effects import counts_by_id
 from svc.errors import DedupUnavailable
+from svc.event import parse
+from svc.publisher import Publisher
+from svc.stream import log_end
 from svc.testing import wait_for
 
 DRAIN_TIMEOUT = 90.0              # seconds for every event to be processed after the fault
@@ -192,6 +195,42 @@ def _queue_leader_stopped(kit: shape.Shape) -> None:
     assert stopped and cluster.queue_leader(kit, queue) not in (None, stopped[0])
     print(checker.render(rows.values()))
     assert [(r.lost, r.duplicated, r.unexpected, r.processed_once) for r in rows.values()] == [(0, 0, 0, EVENTS)] * 2
+
+
+def test_a_replay_reads_the_whole_log_while_its_leader_node_is_stopped(request, tmp_path):
+    if not in_own_namespace(request, tmp_path):
+        return
+    with_cluster(_log_leader_stopped)
+
+
+def _log_leader_stopped(kit: shape.Shape) -> None:
+    # Given events in the log, a stream replicated on the three nodes
+    world = _world(kit)
+    ids, bodies = _bodies(world["tag"], EVENTS)
+    bodies = [json.dumps({"type": "new_order", "id": i, "args": {"sku": f"s{n % 7}"}}).encode() for n, i in enumerate(ids)]
+    with Publisher(kit.amqp_url, world["exchange"], queue_type="quorum"):
+        pass   # the topology, the log with it
+    publish_bodies(bodies[:EVENTS // 2], exchange=world["exchange"], url=kit.amqp_url)
+    log = topology.log_name(world["exchange"])
+    # When the node that leads the log is stopped, more events are published and a reader starts
+    leader = cluster.queue_leader(kit, log)
+    assert leader is not None, "the log is not a stream with a leader"
+    cluster.stop(kit, [leader])
+    publish_bodies(bodies[EVENTS // 2:], exchange=world["exchange"], url=live_url(kit))
+    services.start("billing", dedup=True, wait=False, progress=quiet,
+                   env={**world["env"], "SOURCE": "log", "LOG_OFFSET": "first"})
+    # I expect the whole log read from the nodes left: its view that of every event, each applied once
+    etcd = Etcd(parse_endpoints(kit.etcd_endpoints), timeout=2)
+    try:
+        end = log_end(live_url(kit), world["exchange"])
+        wait_for(lambda: projection.read_tracking(etcd, world["prefix"], "billing", 1) == end,
+                 f"billing's tracking record at {end}", DRAIN_TIMEOUT)
+        view = projection.read_view(etcd, world["prefix"], "billing", 1)
+        assert projection.digest(view) == projection.digest(projection.build(parse(b) for b in bodies))
+        assert projection.applied_twice(etcd, world["prefix"], "billing", 1) == 0
+        assert cluster.queue_leader(kit, log) not in (None, leader)
+    finally:
+        etcd.close()
 
 
 def with_cluster(body) -> None:

@@ -149,6 +149,7 @@ def nonzero_points(path) -> list[tuple[int, float]]:
 def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
     native_only("carbon")
     from svc import topology
+    from svc.stream import log_start
 
     exchange = topology.DEFAULT_EXCHANGE
     params = pika.URLParameters(endpoints.AMQP_URL)
@@ -188,6 +189,8 @@ def test_reset_leaves_no_kit_messages_etcd_keys_or_whisper_files(running):
         connection.channel().queue_delete(stranger)
     assert depths == dict.fromkeys(talk_queues, 0)
     assert stranger_depth == 1
+    # the log held the 4 events: a stream is emptied by deleting it (its message count lags: its first offset says)
+    assert log_start(endpoints.AMQP_URL, exchange) is None
     assert stack.count_etcd_prefix() == 0
     assert etcd.get(outside) == b"x"
     etcd.delete_prefix(outside)

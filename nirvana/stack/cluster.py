@@ -222,7 +222,7 @@ def etcd_leader(shape: Shape) -> m.Member | None:
 
 
 def queue_leader(shape: Shape, queue: str) -> m.Member | None:
-    """The RabbitMQ node that leads quorum ``queue`` now (asked of a running node), or None."""
+    """The RabbitMQ node that leads quorum ``queue`` (or stream: the log) now (asked of a running node), or None."""
     for candidate in m.members(shape):
         if candidate.kind == "rabbitmq" and probe(shape, candidate).up:
             leader = m.queue_leaders(shape, candidate.index, [queue]).get(queue)

@@ -162,7 +162,7 @@ def running_nodes(shape: Shape, index: int) -> list[str]:
 
 
 def queue_leaders(shape: Shape, index: int, queues: list[str] | None = None) -> dict[str, str]:
-    """{queue: its leader's node name} of the quorum queues, asked of node ``index``; only
+    """{queue: its leader's node name} of the quorum queues and streams (the log), asked of node ``index``; only
     ``queues`` when given. {} when the node cannot be asked."""
     try:
         out = ctl(shape, index, "list_queues", "name", "type", "leader", "--no-table-headers")
@@ -171,7 +171,7 @@ def queue_leaders(shape: Shape, index: int, queues: list[str] | None = None) -> 
     leaders = {}
     for line in out.splitlines():
         cells = line.split("\t")
-        if len(cells) == 3 and cells[1] == "quorum" and (queues is None or cells[0] in queues):
+        if len(cells) == 3 and cells[1] in ("quorum", "stream") and (queues is None or cells[0] in queues):
             leaders[cells[0]] = cells[2]
     return leaders
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from svc import Etcd, topology
 
-from .. import rabbit, services
+from .. import rabbit, replay, services
 from ..settings import current
 from . import carbon, statsd
 from .carbon import whisper_dir
@@ -112,9 +112,10 @@ def await_carbon_written(files: list[Path], timeout: float = CACHE_DRAINED) -> N
 def reset(progress: Progress = print, exchange: str | None = None) -> None:
     """Return the stack to a clean demo state, touching nothing but the kit's own data.
 
-    Purges the kit's queues, deletes the etcd keys under the kit's prefix, deletes every metric
-    statsd knows (but its own) and then the whisper files of the native stack (so no metric comes
-    back, and a changed retention takes effect on the next point).
+    Purges the kit's queues, empties the log (deleted and declared again), deletes the etcd keys
+    under the kit's prefix, deletes every metric statsd knows (but its own) and then the whisper
+    files of the native stack (so no metric comes back, and a changed retention takes effect on the
+    next point).
     Raises SettingError for a bad ETCD_PREFIX before anything is touched.
     """
     prefix = etcd_prefix()   # a bad ETCD_PREFIX stops the reset before anything is touched
@@ -125,6 +126,10 @@ def reset(progress: Progress = print, exchange: str | None = None) -> None:
     if healthy["rabbitmq"]:
         removed = rabbit.purge_queues(kit_queues(exchange))
         progress(f"rabbitmq      purged {', '.join(f'{q} ({n})' for q, n in removed.items()) or 'no kit queue'}")
+        # a stream cannot be purged: the log is deleted and declared again (with the kit's retention)
+        held = replay.reset_log(exchange)
+        progress(f"rabbitmq      emptied the log {topology.log_name(exchange or current().exchange)} "
+                 f"({f'offsets {held[0]}..{held[1]}' if held else 'it was empty'})")
     else:
         progress("rabbitmq      not answering: nothing purged (start it with `./kit up`)")
     if healthy["etcd"]:

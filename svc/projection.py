@@ -1,0 +1,168 @@
+"""A read model built from the log: the orders per sku and per customer, versioned in etcd.
+
+Keys of a service reading the log (``svc/replay.py``), under ``<prefix>/replay/<service>/``:
+
+- ``current``: the version in use (``"1"``, ``"2"``...), switched in one put when a rebuild is done;
+- ``v<N>/tracking``: the tracking record, the offset of the last event of the log version N applied
+  (written in the same etcd transaction as the effects, never apart);
+- ``v<N>/done/<encoded id>``: the digest of each event id applied (deduplication by id: the log
+  keeps every copy a publisher sent), put once per application: it is the effect record too (its
+  etcd version counts the applications);
+- ``v<N>/effects/<encoded id>/<token><count>``: without dedup by id, one record per application,
+  its value the offset it was applied from (so "applied twice" is a count there too);
+- ``snapshot/<offset>/...``: a copy of a version's done ids, view and tracking record at an offset,
+  ``snapshot/latest`` the offset of the latest (a rebuild starts from it once retention has dropped
+  the events before it);
+- ``v<N>/view/sku/<encoded sku>`` ``{"orders": n, "qty": q}`` and ``v<N>/view/customer/<encoded
+  customer>`` ``{"orders": n}``: the read model.
+
+A version's digest is SHA-256 over the RFC 8785 JSON of ``{view key (decoded, below view/): value}``,
+so two builds with equal content have equal digests whatever the order they were written in.
+"""
+
+import hashlib
+import json
+
+import rfc8785
+
+from . import keys
+from .event import Event
+
+VIEW = "view/"
+
+
+def replay_prefix(prefix: str, service: str) -> str:
+    return f"{prefix.rstrip('/')}/replay/{service}/"
+
+
+def current_key(prefix: str, service: str) -> str:
+    """The key holding the version in use."""
+    return replay_prefix(prefix, service) + "current"
+
+
+def version_prefix(prefix: str, service: str, version: int) -> str:
+    return f"{replay_prefix(prefix, service)}v{version}/"
+
+
+def snapshot_prefix(prefix: str, service: str, offset: int | None = None) -> str:
+    """Where snapshots live: ``snapshot/<offset>/`` (a version's done ids, view and tracking record
+    at that offset) and ``snapshot/latest`` (the offset of the latest whole one)."""
+    base = replay_prefix(prefix, service) + "snapshot/"
+    return base if offset is None else f"{base}{offset}/"
+
+
+def tracking_key(prefix: str, service: str, version: int) -> str:
+    """The tracking record of one version: the offset of the last event applied."""
+    return version_prefix(prefix, service, version) + "tracking"
+
+
+# Old event shapes, upgraded on read ("upcasting"): an older producer wrote ``item`` for ``sku``,
+# ``customer_id`` for ``customer``, and no ``qty`` (one item per order).
+RENAMED = {"item": "sku", "customer_id": "customer"}
+
+
+def upcast(args: dict) -> dict:
+    """``new_order`` args in today's shape: renamed fields under their new names, ``qty`` 1 when
+    missing. An event already in today's shape is returned equal."""
+    args = dict(args)
+    for old, new in RENAMED.items():
+        if old in args and new not in args:
+            args[new] = args.pop(old)
+    args.setdefault("qty", 1)
+    return args
+
+
+def apply(view: dict[str, dict], event: Event, base: dict[str, dict] | None = None) -> list[str]:
+    """Apply ``event`` to ``view`` (``{view key: value}``, changed in place); the keys changed.
+    A key missing from ``view`` starts from a copy of its value in ``base`` (the state the changes
+    build on), else from zero. Only ``new_order`` changes the view: a missing sku or customer
+    counts under ``"?"``, a qty that is not a whole number counts as 1."""
+    if event.type != "new_order":
+        return []
+    args = upcast(event.args)
+    qty = args["qty"] if isinstance(args["qty"], int) and not isinstance(args["qty"], bool) else 1
+    sku_key = "sku/" + keys.encode_id(str(args.get("sku", "?")) or "?")
+    customer_key = "customer/" + keys.encode_id(str(args.get("customer", "?")) or "?")
+    sku = view.get(sku_key)
+    if sku is None:
+        sku = view[sku_key] = dict(base[sku_key]) if base and sku_key in base else {"orders": 0, "qty": 0}
+    sku["orders"] += 1
+    sku["qty"] += qty
+    customer = view.get(customer_key)
+    if customer is None:
+        customer = view[customer_key] = dict(base[customer_key]) if base and customer_key in base else {"orders": 0}
+    customer["orders"] += 1
+    return [sku_key, customer_key]
+
+
+def digest(view: dict[str, dict]) -> str:
+    """64 hex digits: SHA-256 of the RFC 8785 JSON of the view (keys below ``view/``)."""
+    return hashlib.sha256(rfc8785.dumps(view)).hexdigest()
+
+
+def build(events) -> dict[str, dict]:
+    """The view of ``events`` (an iterable of Event) applied in order, each id once (its first copy):
+    what a version must hold once it has read them. Tests compute the expected digest with it."""
+    view: dict[str, dict] = {}
+    seen = set()
+    for event in events:
+        if event.id not in seen:
+            seen.add(event.id)
+            apply(view, event)
+    return view
+
+
+def read_view(etcd, prefix: str, service: str, version: int) -> dict[str, dict]:
+    """The view of ``version`` as stored in etcd (``etcd`` an :class:`svc.Etcd`)."""
+    base = (version_prefix(prefix, service, version) + VIEW).encode()
+    return {key[len(base):].decode(): json.loads(value)
+            for page in etcd.scan_prefix(base) for key, value in page}
+
+
+def read_current(etcd, prefix: str, service: str) -> int | None:
+    """The version in use, or None before any."""
+    value = etcd.get(current_key(prefix, service).encode())
+    return int(value) if value else None
+
+
+def read_tracking(etcd, prefix: str, service: str, version: int) -> int | None:
+    """The offset of the last event ``version`` applied, or None before any."""
+    value = etcd.get(tracking_key(prefix, service, version).encode())
+    return int(value) if value else None
+
+
+def versions(etcd, prefix: str, service: str) -> list[int]:
+    """Every version that has a tracking record, ascending."""
+    base = replay_prefix(prefix, service).encode()
+    found = set()
+    for page in etcd.scan_prefix(base):
+        for key, _ in page:
+            head = key[len(base):].split(b"/", 1)[0]
+            if head.startswith(b"v") and head[1:].isdigit():
+                found.add(int(head[1:]))
+    return sorted(found)
+
+
+def applied_twice(etcd, prefix: str, service: str, version: int) -> int:
+    """How many events of ``version`` were applied more than once (0 unless something went wrong):
+    with dedup by id, the done marks whose etcd ``version`` (puts since created) is over 1 (each
+    application puts its event's done mark once, in its commit); without, the events with more than
+    one effect record."""
+    from . import _etcd   # the key's version is not in scan_prefix's pages
+    twice = 0
+    start, end = (version_prefix(prefix, service, version) + "done/").encode(), None
+    end = _etcd.prefix_end(start)
+    while True:
+        reply = etcd._call("range", "kvstub", "Range", _etcd._rpc().RangeRequest(key=start, range_end=end, limit=5000,
+                                                                                 keys_only=True))
+        twice += sum(1 for kv in reply.kvs if kv.version > 1)
+        if not reply.more or not reply.kvs:
+            break
+        start = reply.kvs[-1].key + b"\0"
+    base = (version_prefix(prefix, service, version) + "effects/").encode()
+    counts: dict[bytes, int] = {}
+    for page in etcd.scan_prefix(base):
+        for key, _ in page:
+            event = key[len(base):].split(b"/", 1)[0]
+            counts[event] = counts.get(event, 0) + 1
+    return twice + sum(1 for n in counts.values() if n > 1)
