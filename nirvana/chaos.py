@@ -23,13 +23,13 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from svc import _amqp, topology
 from svc.effects import counts_by_id
 
 from . import checker, deadletters, rabbit, services, settings, stack
+from .plots import subplots
 from ._wait import Progress, poll, quiet
 from .errors import KitError
 from .cuts import CUT_TIMEOUT, RABBITMQCTL_TIMEOUT, cut_connection, cut_replica
@@ -309,7 +309,7 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
 
 def plot_reports(reports: dict[str, Report]) -> Figure:
     """Bars per run and service: ids processed once and ids duplicated, the count on each bar."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = subplots()
     labels = [f"{run}\n{row.service}" for run, report in reports.items() for row in report.rows]
     rows = [row for report in reports.values() for row in report.rows]
     xs = range(len(rows))
@@ -319,7 +319,8 @@ def plot_reports(reports: dict[str, Report]) -> Figure:
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("ids")
     ax.set_title("every id accounted for, per run and service")
-    ax.legend(loc="center right", fontsize="small")
+    ax.margins(y=0.4)   # room for the legend above the bars
+    ax.legend(loc="upper center", ncols=2)
     fig.tight_layout()
     return fig
 
