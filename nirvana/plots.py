@@ -183,8 +183,9 @@ class LiveChart:
         self._fetch = fetch or _default_fetch(url)
         self._stop = threading.Event()
         self.frames = 0
-        # at its natural size (FIGSIZE at DPI), as a plot's PNG: a slide caps its height (rise.css)
-        self.image = widgets.Image(format="png")
+        # at its natural size (FIGSIZE at DPI), as a plot's PNG, not stretched to the panel's
+        # width (a flex item): a slide caps its height (rise.css), a narrow window its width
+        self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start", max_width="100%"))
         self.label = widgets.Label("starting")
         self.stop_button = widgets.Button(description="stop", icon="stop")
         self.stop_button.on_click(lambda _button: self.stop())
