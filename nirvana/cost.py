@@ -28,6 +28,7 @@ from svc.effects import records
 from svc.testing import World, wait_for
 
 from .plots import subplots
+from .prune import prune
 from ._wait import Progress
 from .settings import current
 
@@ -189,7 +190,8 @@ def etcd_round_trip_ms(endpoint: str | None = None, samples: int = 50) -> float:
 def measure(events: int = 2000, rounds: int = 2, latency_samples: int = 20, *, progress: Progress = print) -> Cost:
     """Run the comparison on the kit's broker, etcd and statsd (:mod:`nirvana.settings`; a cluster's
     first node, its queues declared as QUEUE_TYPE says); the Cost. Everything it made is removed,
-    also on error."""
+    also on error: its queues and keys, and its made-up services' metrics from statsd and Graphite's
+    tree (:func:`nirvana.prune.prune`)."""
     rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     latencies: dict[str, list[float]] = {}
     kit = current()
@@ -212,6 +214,10 @@ def measure(events: int = 2000, rounds: int = 2, latency_samples: int = 20, *, p
                 progress(f"{name}: latency p50 {statistics.median(latencies[name]):.1f} ms")
         finally:
             world.close()
+            try:
+                prune(world.services)
+            except OSError:   # statsd not answering: it sends nothing for them either
+                pass
     return Cost(events, rates, latencies, etcd_round_trip_ms())
 
 

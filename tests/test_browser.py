@@ -398,20 +398,15 @@ def test_no_slide_overflows_at_1280x720(lab, browser, request):
             text = slides.locator(".reveal .slides").inner_text()
             broken += [(chapter, marker) for marker in BROKEN if marker in text]
             broken += [(chapter, "stderr")] * slides.locator(".reveal [data-mime-type='application/vnd.jupyter.stderr']").count()
-            box, measured = slides.evaluate(SLIDE_BOX), -1
-            while True:
+
+            def inside(box, chapter=chapter, slides=slides):
                 # (a hidden fragment takes its place already: a slide is measured at its first step)
-                if box["index"] != measured:
-                    seen, measured = seen + 1, box["index"]
-                    if box["bottom"] > box["height"] or box["right"] > box["width"]:
-                        too_big.append((chapter, box))
-                        print(f"overflow: {chapter} slide {box['index']}: {box}")
-                        slides.screenshot(path=str(screenshots() / f"overflow-{chapter.removesuffix('.ipynb')}-{box['index']}.png"))
-                if box["last"]:
-                    break
-                slides.keyboard.press("PageDown")   # the next fragment or slide (transition none)
-                slides.wait_for_function(f"({SLIDE_BOX})().state !== {box['state']!r}", timeout=5_000, polling=50)
-                box = slides.evaluate(SLIDE_BOX)
+                if box["bottom"] > box["height"] or box["right"] > box["width"]:
+                    too_big.append((chapter, box))
+                    print(f"overflow: {chapter} slide {box['index']}: {box}")
+                    slides.screenshot(path=str(screenshots() / f"overflow-{chapter.removesuffix('.ipynb')}-{box['index']}.png"))
+
+            seen += walk_slides(slides, inside)
             assert recorder.leaving() == [] and recorder.failed == [], (chapter, recorder.leaving() + recorder.failed)
             console += [(chapter, error) for error in recorder.errors]
             slides.close()
@@ -479,7 +474,7 @@ def walk_slides(slides, on_slide) -> int:
             on_slide(box)
         if box["last"]:
             return seen
-        slides.keyboard.press("PageDown")
+        slides.keyboard.press("PageDown")   # the next fragment or slide (transition none)
         slides.wait_for_function(f"({SLIDE_BOX})().state !== {box['state']!r}", timeout=5_000, polling=50)
         box = slides.evaluate(SLIDE_BOX)
 
