@@ -366,6 +366,35 @@ def test_slideshow_shows_live_panels_styled_and_offline(lab, browser, chapter_on
         context.close()
 
 
+def test_the_slideshow_does_not_save_the_served_copy_by_itself(lab, browser):
+    # Given the kit's JupyterLab settings (autosave off), made to save every 2 s if autosave were on,
+    # and a chapter's slideshow with a cell edited (the notebook changed, not saved)
+    base, token, root = lab
+    settings = root / "settings" / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+    kept = settings.read_text()
+    settings.write_text(json.dumps({**json.loads(kept), "autosaveInterval": 2}))
+    chapter = "00_setup.ipynb"
+    copy = root / "notebooks" / chapter
+    before = copy.read_bytes()
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    try:
+        slides = context.new_page()
+        recorder = Recorder(slides)
+        slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
+        slides.locator(".reveal .slides section").first.wait_for(timeout=60_000)
+        go_to_slide_with(slides, ".jp-CodeCell .cm-content")
+        slides.locator(".reveal .slides section.present:not(.stack) .jp-CodeCell .cm-content").first.click()
+        slides.keyboard.type("# edited while rehearsing")
+        slides.wait_for_timeout(6_000)   # three autosave intervals
+        # I expect the served copy as it was: a rehearsal's changes and outputs come back only when
+        # the presenter saves (JupyterLab's autosave wrote them every 2 minutes)
+        assert copy.read_bytes() == before
+        assert recorder.errors == [], recorder.errors[:5]
+    finally:
+        context.close()
+        settings.write_text(kept)
+
+
 SLIDE_BOX = """() => {
     const all = Array.from(document.querySelectorAll('.reveal .slides section:not(.stack)'));
     const s = document.querySelector('.reveal .slides section.present:not(.stack)');
