@@ -2,10 +2,11 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 import nirvana
 
-from . import stack
+from . import export, stack
 from .errors import KitError, SettingError
 
 
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     handout.add_argument("chapters", nargs="*", metavar="CHAPTER", help="only these (01 or 01_consume_produce); default all")
     handout.add_argument("--out", metavar="FOLDER", help="where to write (default state/export)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        try:
+            export.resolve(args.chapters)
+        except export.ExportError as exc:
+            parser.error(str(exc))   # bad input: exit status 2
     unknown = [name for name in getattr(args, "components", []) if name not in stack.BY_NAME]
     if unknown:
         parser.error(f"unknown component {', '.join(unknown)}: choose from {', '.join(stack.BY_NAME)}")
@@ -54,10 +60,6 @@ def main(argv: list[str] | None = None) -> int:
             nirvana.reset()
             return 0
         if args.command == "export":
-            from pathlib import Path
-
-            from . import export
-
             export.export(args.chapters, Path(args.out) if args.out else None)
             return 0
         if args.command == "lab":

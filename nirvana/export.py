@@ -188,10 +188,9 @@ def _index(out: Path, done: list[Exported]) -> None:
         "internet.</p>\n<ul>\n" + rows + "\n</ul>\n</body></html>\n", encoding="utf-8")
 
 
-def export(names: list[str] | None = None, out: Path | None = None, *, progress: Progress = print) -> list[Exported]:
-    """Export ``names`` (chapter file names or stems; default every chapter) into ``out`` (default
-    :func:`export_dir`); returns what was written. The stack must be up (``./kit up``): the chapters
-    drive it. Raises ExportError for an unknown chapter, a missing tool or a failing chapter."""
+def resolve(names: list[str] | None) -> list[str]:
+    """The chapter file names meant by ``names`` (file names, stems or numbers such as ``01``;
+    none: every chapter). Raises ExportError naming one that matches no chapter."""
     known = chapters()
     wanted = []
     for name in names or known:
@@ -199,6 +198,14 @@ def export(names: list[str] | None = None, out: Path | None = None, *, progress:
         if len(match) != 1:
             raise ExportError(f"no chapter {name!r}: choose from {', '.join(known)} (or its number, e.g. 01)")
         wanted.append(match[0])
+    return wanted
+
+
+def export(names: list[str] | None = None, out: Path | None = None, *, progress: Progress = print) -> list[Exported]:
+    """Export ``names`` (chapter file names or stems; default every chapter) into ``out`` (default
+    :func:`export_dir`); returns what was written. The stack must be up (``./kit up``): the chapters
+    drive it. Raises ExportError for an unknown chapter, a missing tool or a failing chapter."""
+    wanted = resolve(names)
     out = (out or export_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
     copy_libraries(out)
@@ -208,5 +215,5 @@ def export(names: list[str] | None = None, out: Path | None = None, *, progress:
     return done
 
 
-__all__ = ["export", "export_chapter", "export_dir", "chapters", "run", "print_pdf", "copy_libraries",
+__all__ = ["export", "resolve", "export_chapter", "export_dir", "chapters", "run", "print_pdf", "copy_libraries",
            "Exported", "ExportError", "LIBRARIES", "TOOLS"]

@@ -93,3 +93,15 @@ def test_the_export_opens_offline_in_a_browser_with_its_widgets(exported, which)
             page.screenshot(path=str(folder / f"export-{which}.png"))
         finally:
             browser.close()
+
+
+def test_an_unknown_chapter_is_refused_in_one_line_with_exit_status_2():
+    # Given `./kit export 99` (no such chapter), I expect one line naming the chapters, exit 2, nothing run
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nirvana", "export", "99", "--out", "/nonexistent/export"],
+                          capture_output=True, text=True, timeout=60, cwd=paths.ROOT)
+    assert done.returncode == 2
+    assert "no chapter '99': choose from 00_setup.ipynb" in done.stderr
+    assert done.stdout == ""
