@@ -125,7 +125,16 @@ def browser():
 
 
 # Console errors a page may log, each with why it is not the kit's fault nor a presenter's problem.
-ALLOWED_CONSOLE_ERRORS: dict[str, str] = {}
+ALLOWED_CONSOLE_ERRORS: dict[str, str] = {
+    # a chapter this module Run All and saved (with its live panels, to measure its slides) opened
+    # again after its kernel was shut down: the saved views name widget models that lived in that
+    # kernel; JupyterLab logs this and leaves the view empty until the cell runs again. A presenter
+    # meets it only after saving on purpose: the kit's JupyterLab never autosaves (LAB_SETTINGS;
+    # test_the_slideshow_does_not_save_the_served_copy_by_itself), so a chapter reopens as copied.
+    # (saveState, which keeps the models in the notebook, drew the panels disconnected and pushed
+    # chapters 03 and 04's slides past 720 px.)
+    "Error: widget model not found": "a saved chapter reopened with a new kernel",
+}
 
 
 class Recorder:
