@@ -1,11 +1,12 @@
-"""``python -m nirvana up | status | reset | down | lab``: the stack from a terminal (see README.md)."""
+"""``python -m nirvana up | status | reset | down | lab | export``: the stack from a terminal (see README.md)."""
 
 import argparse
 import sys
+from pathlib import Path
 
 import nirvana
 
-from . import replay, stack
+from . import export, replay, stack
 from .errors import KitError, SettingError
 
 
@@ -27,7 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser (headless machine)")
     lab.add_argument("--fresh", action="store_true",
                      help="copy every chapter again into state/present/ (drops what was saved into the copies)")
+    handout = commands.add_parser("export", help="run the chapters and write each as a page, slides and a PDF "
+                                                 "that open offline (state/export/)")
+    handout.add_argument("chapters", nargs="*", metavar="CHAPTER", help="only these (01 or 01_consume_produce); default all")
+    handout.add_argument("--out", metavar="FOLDER", help="where to write (default state/export)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        try:
+            export.resolve(args.chapters)
+        except export.ExportError as exc:
+            parser.error(str(exc))   # bad input: exit status 2
     unknown = [name for name in getattr(args, "components", []) if name not in stack.BY_NAME]
     if unknown:
         parser.error(f"unknown component {', '.join(unknown)}: choose from {', '.join(stack.BY_NAME)}")
@@ -51,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "reset":
             nirvana.reset()
+            return 0
+        if args.command == "export":
+            export.export(args.chapters, Path(args.out) if args.out else None)
             return 0
         if args.command == "lab":
             url = stack.lab(open_browser=not args.no_browser, fresh=args.fresh)

@@ -28,13 +28,12 @@ import uuid
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
 
 from svc import _amqp, topology
 from svc.effects import counts_by_id
 
 from . import checker, deadletters, rabbit, services, settings, stack
+from .plots import plot_reports   # chapter 7 draws its reports with chaos.plot_reports
 from ._wait import Progress, poll, quiet
 from .errors import KitError
 from .cuts import CUT_TIMEOUT, RABBITMQCTL_TIMEOUT, cut_connection, cut_replica, restart_broker
@@ -378,23 +377,6 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
             chaos.proxy.close()
         _topology(exchange, plan.services, topology.delete)
         etcd.close()
-
-
-def plot_reports(reports: dict[str, Report]) -> Figure:
-    """Bars per run and service: ids processed once and ids duplicated, the count on each bar."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels = [f"{run}\n{row.service}" for run, report in reports.items() for row in report.rows]
-    rows = [row for report in reports.values() for row in report.rows]
-    xs = range(len(rows))
-    for offset, (name, values) in zip((-0.2, 0.2), (("processed once", [r.processed_once for r in rows]),
-                                                    ("duplicated", [r.duplicated for r in rows])), strict=True):
-        ax.bar_label(ax.bar([x + offset for x in xs], values, 0.4, label=name))
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("ids")
-    ax.set_title("every id accounted for, per run and service")
-    ax.legend(loc="center right", fontsize="small")
-    fig.tight_layout()
-    return fig
 
 
 def without_dedup(plan: Plan) -> Plan:

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pika
 from matplotlib.figure import Figure
 
@@ -37,6 +36,8 @@ from svc.config import DEFAULT_PREFETCH, parse_endpoints, split_urls
 from svc.effects import records
 from svc.testing import World, wait_for
 
+from .plots import subplots
+from .prune import prune
 from ._wait import Progress
 from .settings import current
 
@@ -277,7 +278,8 @@ def measure(events: int = 6000, rounds: int = 3, latency_samples: int = 20, *, p
     first node, its queues declared as QUEUE_TYPE says); the Cost. Each round: bare, svc, bare, svc,
     bare (the svc contenders' order alternating by round), ``events`` events a run, each on a
     fresh queue; then ``latency_samples`` lone events per svc contender. Everything it made is
-    removed, also on error."""
+    removed, also on error, its made-up services' metrics
+    from statsd and Graphite's tree too (:func:`nirvana.prune.prune`)."""
     rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     ratios: dict[str, list[float]] = {name: [] for name in CONTENDERS[1:]}
     latencies: dict[str, list[float]] = {}
@@ -313,13 +315,17 @@ def measure(events: int = 6000, rounds: int = 3, latency_samples: int = 20, *, p
                 progress(f"{name}: latency p50 {statistics.median(latencies[name]):.1f} ms")
         finally:
             world.close()
+            try:
+                prune(world.services)
+            except OSError:   # statsd not answering: it sends nothing for them either
+                pass
     return Cost(events, rates, ratios, latencies, steps, etcd_round_trip_ms())
 
 
 def plot(cost: Cost) -> Figure:
     """Two panels: each svc contender's ratio to the bare loop around it (median bar, lowest as a
     tick); a lone event's publish-to-ack time per svc contender, stacked by step."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [1, 1]})
+    fig, (left, right) = subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     names = list(CONTENDERS[1:])
     bars = left.bar(names, [cost.ratio(n) for n in names], color=["#1976d2", "#2e7d32"])
     left.scatter(names, [cost.lowest_ratio(n) for n in names], marker="_", s=600, color="#000", zorder=3,
@@ -328,7 +334,7 @@ def plot(cost: Cost) -> Figure:
     left.axhline(1.0, color="#9e9e9e", linestyle="--", linewidth=1)
     left.set_ylabel("x the bare pika loop")
     left.set_title(f"throughput, {cost.rounds} rounds (median)")
-    left.legend(loc="upper right", fontsize="small")
+    left.legend(loc="upper right")
     bottoms = [0.0] * len(names)
     for step, color in zip(STEPS, ("#bdbdbd", "#ef6c00", "#8d6e63", "#2e7d32", "#1976d2"), strict=True):
         heights = [cost.steps_ms[n].get(step, 0.0) for n in names]
@@ -336,7 +342,7 @@ def plot(cost: Cost) -> Figure:
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     right.set_ylabel("ms, publish to ack (median a step)")
     right.set_title("one event at a time, by step")
-    right.legend(loc="upper left", fontsize="small")
+    right.legend(loc="upper left")
     fig.tight_layout()
     return fig
 

@@ -14,7 +14,6 @@ etcd and prefix are the kit's settings (:mod:`nirvana.settings`), as for the ser
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from svc import effects
@@ -22,6 +21,7 @@ from svc import effects
 from . import rabbit, services
 from .publisher import Publisher
 from .settings import current
+from .plots import subplots
 from ._wait import Progress, poll, quiet
 
 DESIGNS = ("talk", "claims")
@@ -141,7 +141,7 @@ def plot_double_effects(outcomes: Iterable[Outcome]) -> Figure:
     """Grouped bars: double effects per scenario, one bar per design, the count on each bar."""
     outcomes = list(outcomes)
     scenarios = list(dict.fromkeys(o.scenario for o in outcomes))
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = subplots()
     width = 0.8 / len(DESIGNS)
     for d, design in enumerate(DESIGNS):
         values = [next((o.double for o in outcomes if o.design == design and o.scenario == s), 0)
@@ -152,7 +152,8 @@ def plot_double_effects(outcomes: Iterable[Outcome]) -> Figure:
     ax.set_xticks(range(len(scenarios)), scenarios)
     ax.set_ylabel("double effects")
     ax.set_title("the same scenarios, the two designs")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.margins(y=0.6)   # room for the legend above the bars
+    ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
 

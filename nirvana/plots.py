@@ -19,6 +19,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from . import graphite
 from ._wait import Progress
@@ -27,6 +28,32 @@ Fetch = Callable[[list[str], float], Mapping[str, graphite.Series]]
 LIVE_SECONDS = 120.0
 LIVE_EVERY = 2.0
 LINE_STYLES = ("-", "--", ":", "-.")
+DPI = 150                  # pixels per inch of every PNG the kit draws (written into the PNG)
+SMALLEST_PT = 12.0         # no text below this: 12 pt at 150 dpi = 25 px
+FIGSIZE = (8.0, 3.4)       # inches: 1200x510 px, the height a slide shows unscaled (50vh at 1080)
+STYLE = {
+    "figure.dpi": DPI, "savefig.dpi": DPI, "figure.figsize": FIGSIZE,
+    "font.size": 13.0, "axes.titlesize": 14.0, "axes.labelsize": 13.0,
+    "xtick.labelsize": SMALLEST_PT, "ytick.labelsize": SMALLEST_PT,
+    "legend.fontsize": SMALLEST_PT, "legend.title_fontsize": SMALLEST_PT,
+    "lines.linewidth": 2.5, "axes.linewidth": 1.2,
+}
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = FIGSIZE, **options):
+    """``plt.subplots`` with the kit's :data:`STYLE` (set in matplotlib's rcParams first: tick labels
+    are made when the figure is drawn, after this returns). ``figsize`` in inches; returns
+    ``(figure, axes)`` as ``plt.subplots`` does."""
+    plt.rcParams.update(STYLE)
+    return plt.subplots(nrows, ncols, figsize=figsize, **options)
+
+
+def smallest_text_pt(fig: Figure) -> float:
+    """The smallest font size (points) of any visible text of ``fig`` once drawn: titles, labels,
+    tick labels, legend entries, notes. The kit's figures keep it at or above :data:`SMALLEST_PT`."""
+    fig.canvas.draw()
+    sizes = [text.get_fontsize() for text in fig.findobj(Text) if text.get_visible() and text.get_text().strip()]
+    return min(sizes, default=float("inf"))
 
 
 @dataclass(frozen=True)
@@ -86,7 +113,8 @@ def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: flo
     ax.set_xlabel("seconds since the mark")
     ax.set_ylabel("events counted (cumulative)")
     ax.set_xlim(left=0, right=right)
-    ax.set_ylim(bottom=0, top=max(highest, 1) * 1.15)
+    # room above the lines for the marks' labels (two rows) and the notes
+    ax.set_ylim(bottom=0, top=max(highest, 1) * (1.5 if marks or missing else 1.15))
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, alpha=0.3)
     for number, one in enumerate(sorted(_marks(marks), key=lambda m: m.at)):
@@ -96,10 +124,10 @@ def draw(ax: Axes, series: Mapping[str, graphite.Series], since: float, now: flo
         ax.axvline(x, color="0.35", linestyle=":", linewidth=1.2, gid=f"mark:{one.label}")
         # labels alternate in height, so two close marks do not print over each other
         ax.text(x, 0.98 - 0.09 * (number % 2), f" {one.label}", transform=ax.get_xaxis_transform(),
-                va="top", ha="left", fontsize=8, color="0.25", gid=f"mark:{one.label}")
+                va="top", ha="left", fontsize=SMALLEST_PT, color="0.25", gid=f"mark:{one.label}")
     if missing:
-        ax.text(0.02, 0.98, "\n".join(f"no data yet: {name}" for name in missing),
-                transform=ax.transAxes, va="top", fontsize=9, color="0.4")
+        ax.text(0.98, 0.76, "\n".join(f"no data yet: {name}" for name in missing),
+                transform=ax.transAxes, va="top", ha="right", fontsize=SMALLEST_PT, color="0.4")
     if len(missing) < len(series):
         ax.legend(loc="best")
     return missing
@@ -127,7 +155,7 @@ def plot_counters(
     names, marks = list(names), _marks(marks)
     now = time.time()
     series = (fetch or _default_fetch(url))(names, since)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = subplots()
     for name in draw(ax, series, since, now, marks):
         progress(missing_note(name))
     for one in marks:
@@ -160,7 +188,9 @@ class LiveChart:
         self._fetch = fetch or _default_fetch(url)
         self._stop = threading.Event()
         self.frames = 0
-        self.image = widgets.Image(format="png", layout=widgets.Layout(width="700px"))
+        # at its natural size (FIGSIZE at DPI), as a plot's PNG, not stretched to the panel's
+        # width (a flex item): a slide caps its height (rise.css), a narrow window its width
+        self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start", max_width="100%"))
         self.label = widgets.Label("starting")
         self.stop_button = widgets.Button(description="stop", icon="stop")
         self.stop_button.on_click(lambda _button: self.stop())
@@ -169,16 +199,21 @@ class LiveChart:
         _live.add(self)
         self._thread.start()
 
-    def render(self) -> bytes:
-        """Fetch and draw one frame as PNG (its own Figure: no pyplot state shared with the kernel)."""
+    def figure(self) -> Figure:
+        """Fetch and draw one frame (its own Figure: no pyplot state shared with the kernel)."""
         now = time.time()
-        fig = Figure(figsize=(7, 3.2))
+        plt.rcParams.update(STYLE)   # as subplots() does (rcParams are read while drawing)
+        fig = Figure(figsize=FIGSIZE, dpi=DPI)
         ax = fig.subplots()
         draw(ax, self._fetch(self.names, self.since), self.since, now)
         ax.set_title(self.title)
         fig.tight_layout()
+        return fig
+
+    def render(self) -> bytes:
+        """One frame as PNG, FIGSIZE at DPI (1200x510 px)."""
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
+        self.figure().savefig(buffer, format="png", dpi=DPI)
         return buffer.getvalue()
 
     def _run(self) -> None:
@@ -224,4 +259,23 @@ def live_chart(names: Iterable[str], since: float, *, seconds: float = LIVE_SECO
     return LiveChart(names, since, seconds=seconds, **options)
 
 
-__all__ = ["plot_counters", "live_chart", "LiveChart", "stop_live_charts", "Mark", "draw", "missing_note", "outside_note"]
+def plot_reports(reports: Mapping[str, object]) -> Figure:
+    """The chaos proof's reports (run name -> :class:`nirvana.chaos.Report`) as bars per run and
+    service: ids processed once and ids duplicated, the count on each bar."""
+    fig, ax = subplots()
+    labels = [f"{run}\n{row.service}" for run, report in reports.items() for row in report.rows]
+    rows = [row for report in reports.values() for row in report.rows]
+    xs = range(len(rows))
+    for offset, (name, values) in zip((-0.2, 0.2), (("processed once", [r.processed_once for r in rows]),
+                                                    ("duplicated", [r.duplicated for r in rows])), strict=True):
+        ax.bar_label(ax.bar([x + offset for x in xs], values, 0.4, label=name))
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("ids")
+    ax.set_title("every id accounted for, per run and service")
+    ax.margins(y=0.4)   # room for the legend above the bars
+    ax.legend(loc="upper center", ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["subplots", "smallest_text_pt", "STYLE", "DPI", "SMALLEST_PT", "FIGSIZE", "plot_counters", "live_chart", "LiveChart", "stop_live_charts", "Mark", "draw", "missing_note", "outside_note", "plot_reports"]

@@ -135,8 +135,11 @@ def prepare(root: Path | None = None, *, fresh: bool = False) -> list[str]:
 
 # JupyterLab settings the kit starts with (each file written only while missing, so what the
 # presenter changes later is kept): no news prompt (it would cover a slide and fetch from the
-# internet); a chapter opened starts its kernel (the kit's python3) instead of asking which one.
+# internet); a chapter opened starts its kernel (the kit's python3) instead of asking which one;
+# no autosave (it wrote a rehearsal's outputs into the served copy every 2 minutes, and a reopened
+# slideshow showed them without their panels): the presenter saves on purpose (Ctrl+S).
 LAB_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker": {"autoStartDefaultKernel": True},
 }

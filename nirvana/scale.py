@@ -26,7 +26,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pika
 from matplotlib.figure import Figure
 
@@ -37,6 +36,7 @@ from svc.errors import DedupUnavailable
 from svc.watchdog import Watchdog
 
 from . import checker, rabbit, services
+from .plots import subplots
 from ._wait import Progress, poll, quiet
 from .publisher import publish_bodies
 from .shape import Shape, private_shape
@@ -279,7 +279,7 @@ def throughput(cl: Cluster, *, replicas: tuple[int, ...] = (1, 2, 4), events: in
 
 def plot_throughput(result: Throughput) -> Figure:
     """Bars: events/s per service by replicas per service, the ratio to 1 replica on each bar."""
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = subplots()
     counts = list(result.rates)
     bars = ax.bar([str(n) for n in counts], [result.rates[n] for n in counts], color="tab:blue")
     base = result.rates[counts[0]]

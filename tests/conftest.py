@@ -150,16 +150,32 @@ def kit(tmp_path, monkeypatch, kit_env):
     assert services.running_pids() == []
 
 
+MADE_UP_SERVICES: set[str] = set()   # svc_world's service names (t1a2b3c_orders), pruned at the end
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prune_made_up_metrics():
+    """At the end of the session, the made-up services' metrics leave statsd and Graphite's tree
+    (:func:`nirvana.prune.prune`, once: it waits for statsd's last flush)."""
+    yield
+    if MADE_UP_SERVICES and tcp_open(endpoints.HOST, endpoints.STATSD_ADMIN_PORT):
+        from nirvana import prune
+
+        prune.prune(MADE_UP_SERVICES, progress=print)
+
+
 @pytest.fixture
 def svc_world(amqp_url, etcd_endpoint, tmp_path):
     """An isolated svc world: its own exchange, etcd prefix and service names, services run as real
-    ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys."""
+    ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys (and
+    its metrics, at the end of the session)."""
     from svc.testing import World
 
     world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
                   rabbitmqctl=stack.rabbitmq_node().ctl())
     yield world
     world.close()
+    MADE_UP_SERVICES.update(world.services)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from nirvana import endpoints, graphite, paths, present, services
+from nirvana import endpoints, graphite, paths, plots, present, services
 
 from conftest import IN_CI
 
@@ -40,6 +40,7 @@ RUN_TIMEOUT_MS = 90_000
 SLOW_CHAPTERS_MS = {"09_scale_out.ipynb": 240_000}
 POLL_MS = 250             # waits poll on a timer: requestAnimationFrame (Playwright's default) may starve
 MIN_BODY_PX = 24          # body text at 1920x1080, read from the back of a room (issue 9)
+MIN_PICTURE_PX = 24       # and every plot's and diagram's text on a slide, the same rule
 ONE = "01_consume_produce.ipynb"   # the chapter with both panels: the publish click and the slideshow
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -123,14 +124,35 @@ def browser():
         chromium.close()
 
 
+# Console errors a page may log, each with why it is not the kit's fault nor a presenter's problem.
+ALLOWED_CONSOLE_ERRORS: dict[str, str] = {
+    # a chapter this module Run All and saved (with its live panels, to measure its slides) opened
+    # again after its kernel was shut down: the saved views name widget models that lived in that
+    # kernel; JupyterLab logs this and leaves the view empty until the cell runs again. A presenter
+    # meets it only after saving on purpose: the kit's JupyterLab never autosaves (LAB_SETTINGS;
+    # test_the_slideshow_does_not_save_the_served_copy_by_itself), so a chapter reopens as copied.
+    # (saveState, which keeps the models in the notebook, drew the panels disconnected and pushed
+    # chapters 03 and 04's slides past 720 px.)
+    "Error: widget model not found": "a saved chapter reopened with a new kernel",
+}
+
+
 class Recorder:
-    """Every request a page makes, and the answers that failed (4xx/5xx)."""
+    """Every request a page makes, the answers that failed (4xx/5xx), and its console errors and
+    uncaught exceptions (but those of :data:`ALLOWED_CONSOLE_ERRORS`)."""
 
     def __init__(self, page):
         self.urls: list[str] = []
         self.failed: list[tuple[int, str]] = []
+        self.errors: list[str] = []
         page.on("request", lambda request: self.urls.append(request.url))
         page.on("response", lambda response: response.status >= 400 and self.failed.append((response.status, response.url)))
+        page.on("console", lambda message: message.type == "error" and self._error(f"{message.text} ({message.location.get('url')})"))
+        page.on("pageerror", lambda error: self._error(f"uncaught: {error}"))
+
+    def _error(self, text: str) -> None:
+        if not any(allowed in text for allowed in ALLOWED_CONSOLE_ERRORS):
+            self.errors.append(text)
 
     def leaving(self) -> list[str]:
         return sorted({url for url in self.urls if not url.startswith(LOCAL)})
@@ -346,9 +368,40 @@ def test_slideshow_shows_live_panels_styled_and_offline(lab, browser, chapter_on
         # (after JupyterLab's page has loaded the same fonts: jupyter_server's static cache, 403)
         assert rise.leaving() == [] and rise.failed == [], rise.leaving() + rise.failed
         assert slideshow_failures(root, offset) == []
+        # and a clean console: no error logged while loading and presenting (issue 20: ~14 RangeError)
+        assert rise.errors == [], rise.errors[:5]
     finally:
         services.stop_all()
         context.close()
+
+
+def test_the_slideshow_does_not_save_the_served_copy_by_itself(lab, browser):
+    # Given the kit's JupyterLab settings (autosave off), made to save every 2 s if autosave were on,
+    # and a chapter's slideshow with a cell edited (the notebook changed, not saved)
+    base, token, root = lab
+    settings = root / "settings" / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+    kept = settings.read_text()
+    settings.write_text(json.dumps({**json.loads(kept), "autosaveInterval": 2}))
+    chapter = "00_setup.ipynb"
+    copy = root / "notebooks" / chapter
+    before = copy.read_bytes()
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    try:
+        slides = context.new_page()
+        recorder = Recorder(slides)
+        slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
+        slides.locator(".reveal .slides section").first.wait_for(timeout=60_000)
+        go_to_slide_with(slides, ".jp-CodeCell .cm-content")
+        slides.locator(".reveal .slides section.present:not(.stack) .jp-CodeCell .cm-content").first.click()
+        slides.keyboard.type("# edited while rehearsing")
+        slides.wait_for_timeout(6_000)   # three autosave intervals
+        # I expect the served copy as it was: a rehearsal's changes and outputs come back only when
+        # the presenter saves (JupyterLab's autosave wrote them every 2 minutes)
+        assert copy.read_bytes() == before
+        assert recorder.errors == [], recorder.errors[:5]
+    finally:
+        context.close()
+        settings.write_text(kept)
 
 
 SLIDE_BOX = """() => {
@@ -372,7 +425,7 @@ def test_no_slide_overflows_at_1280x720(lab, browser, request):
         request.getfixturevalue("chapter_one")
     base, token, root = lab
     context = browser.new_context(viewport={"width": 1280, "height": 720})
-    too_big, broken, seen, offset = [], [], 0, (root / "jupyterlab.log").stat().st_size
+    too_big, broken, console, seen, offset = [], [], [], 0, (root / "jupyterlab.log").stat().st_size
     try:
         for chapter in CHAPTERS:
             slides = context.new_page()
@@ -383,21 +436,17 @@ def test_no_slide_overflows_at_1280x720(lab, browser, request):
             text = slides.locator(".reveal .slides").inner_text()
             broken += [(chapter, marker) for marker in BROKEN if marker in text]
             broken += [(chapter, "stderr")] * slides.locator(".reveal [data-mime-type='application/vnd.jupyter.stderr']").count()
-            box, measured = slides.evaluate(SLIDE_BOX), -1
-            while True:
+
+            def inside(box, chapter=chapter, slides=slides):
                 # (a hidden fragment takes its place already: a slide is measured at its first step)
-                if box["index"] != measured:
-                    seen, measured = seen + 1, box["index"]
-                    if box["bottom"] > box["height"] or box["right"] > box["width"]:
-                        too_big.append((chapter, box))
-                        print(f"overflow: {chapter} slide {box['index']}: {box}")
-                        slides.screenshot(path=str(screenshots() / f"overflow-{chapter.removesuffix('.ipynb')}-{box['index']}.png"))
-                if box["last"]:
-                    break
-                slides.keyboard.press("PageDown")   # the next fragment or slide (transition none)
-                slides.wait_for_function(f"({SLIDE_BOX})().state !== {box['state']!r}", timeout=5_000, polling=50)
-                box = slides.evaluate(SLIDE_BOX)
+                if box["bottom"] > box["height"] or box["right"] > box["width"]:
+                    too_big.append((chapter, box))
+                    print(f"overflow: {chapter} slide {box['index']}: {box}")
+                    slides.screenshot(path=str(screenshots() / f"overflow-{chapter.removesuffix('.ipynb')}-{box['index']}.png"))
+
+            seen += walk_slides(slides, inside)
             assert recorder.leaving() == [] and recorder.failed == [], (chapter, recorder.leaving() + recorder.failed)
+            console += [(chapter, error) for error in recorder.errors]
             slides.close()
     finally:
         context.close()
@@ -405,6 +454,106 @@ def test_no_slide_overflows_at_1280x720(lab, browser, request):
     assert broken == []
     assert slideshow_failures(root, offset) == []
     assert too_big == []
+    assert console == [], console[:5]
+
+
+# The text size on screen of every picture on the slide on show: a PNG plot's smallest text is
+# plots.SMALLEST_PT (tests/test_nirvana_plots.py checks every kit figure) at the PNG's own dpi (its
+# pHYs chunk), times its rendered/natural width; an SVG diagram is laid out at its rendered size
+# off-screen and each <text>'s font size taken through its screen transform.
+PICTURE_TEXT = """async minPt => {
+    const section = document.querySelector('.reveal .slides section.present:not(.stack)');
+    const out = [];
+    for (const img of section.querySelectorAll('img')) {
+        if (!img.offsetParent || !img.naturalWidth) continue;
+        const box = img.getBoundingClientRect(), src = img.currentSrc || img.src;
+        const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+        if (bytes[1] === 0x50 && bytes[2] === 0x4e && bytes[3] === 0x47) {
+            const view = new DataView(bytes.buffer);
+            let dpi = 72;
+            for (let i = 8; i + 8 < bytes.length;) {
+                const length = view.getUint32(i), type = String.fromCharCode(...bytes.slice(i + 4, i + 8));
+                if (type === 'pHYs') { if (bytes[i + 16] === 1) dpi = view.getUint32(i + 8) * 0.0254; break; }
+                if (type === 'IDAT') break;
+                i += 12 + length;
+            }
+            const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
+            out.push({what: `PNG ${img.naturalWidth}x${img.naturalHeight} at ${Math.round(dpi)} dpi shown ${Math.round(box.width)}x${Math.round(box.height)}`,
+                      px: minPt * dpi / 72 * scale});
+            continue;
+        }
+        const holder = document.createElement('div');
+        holder.style.cssText = 'position: absolute; left: 0; top: 0; visibility: hidden';
+        holder.innerHTML = new TextDecoder().decode(bytes);
+        const svg = holder.querySelector('svg');
+        svg.setAttribute('width', box.width);
+        svg.setAttribute('height', box.height);
+        document.body.appendChild(holder);
+        let px = Infinity, text = '';
+        for (const t of svg.querySelectorAll('text')) {
+            if (!t.textContent.trim()) continue;
+            const size = parseFloat(getComputedStyle(t).fontSize) * t.getScreenCTM().a;
+            if (size < px) { px = size; text = t.textContent; }
+        }
+        holder.remove();
+        out.push({what: `${src.split('/').pop().split('?')[0]} shown ${Math.round(box.width)} px wide: "${text}"`, px});
+    }
+    return out;
+}"""
+
+
+def walk_slides(slides, on_slide) -> int:
+    """Call ``on_slide()`` on every slide and fragment step of the slideshow on show, first to
+    last (PageDown); returns how many slides were seen."""
+    box, measured, seen = slides.evaluate(SLIDE_BOX), -1, 0
+    while True:
+        if box["index"] != measured:
+            seen, measured = seen + 1, box["index"]
+            on_slide(box)
+        if box["last"]:
+            return seen
+        slides.keyboard.press("PageDown")   # the next fragment or slide (transition none)
+        slides.wait_for_function(f"({SLIDE_BOX})().state !== {box['state']!r}", timeout=5_000, polling=50)
+        box = slides.evaluate(SLIDE_BOX)
+
+
+def test_plots_and_diagrams_are_readable_on_slides_at_1920x1080(lab, browser, request):
+    # Given every chapter whose slides show a picture (a diagram, or a plot of a chapter run above)
+    # on a 1920x1080 projector, I expect each picture's smallest text at least 24 px on the screen
+    if ONE in RUN_HERE:
+        request.getfixturevalue("chapter_one")
+    base, token, root = lab
+    with_pictures = [chapter for chapter in CHAPTERS
+                     if re.search(r'"image/png"|diagrams/', (root / "notebooks" / chapter).read_text())]
+    assert "03_idempotency.ipynb" in with_pictures and ONE in with_pictures, with_pictures
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    measured, small = [], []
+    try:
+        for chapter in with_pictures:
+            slides = context.new_page()
+            recorder = Recorder(slides)
+            slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
+            slides.locator(".reveal .slides section.present").first.wait_for(timeout=60_000)
+            slides.wait_for_load_state("networkidle")
+
+            def measure(box, chapter=chapter, slides=slides):
+                pictures = slides.evaluate(PICTURE_TEXT, plots.SMALLEST_PT)
+                if pictures:   # for a human to look at
+                    slides.screenshot(path=str(screenshots() / f"picture-{chapter.removesuffix('.ipynb')}-{box['index']}.png"))
+                for picture in pictures:
+                    measured.append((chapter, box["index"], picture["what"], round(picture["px"], 1)))
+                    if picture["px"] < MIN_PICTURE_PX:
+                        small.append(measured[-1])
+
+            walk_slides(slides, measure)
+            assert recorder.errors == [], (chapter, recorder.errors[:5])
+            slides.close()
+    finally:
+        context.close()
+    print("\n".join(map(str, measured)))
+    assert any("diagrams" in what or ".svg" in what for _, _, what, _ in measured), measured
+    assert any(what.startswith("PNG") for _, _, what, _ in measured), measured
+    assert small == [], small
 
 
 def test_graphite_ui_loads_its_scripts(browser, graphite_url):

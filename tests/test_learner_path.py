@@ -62,7 +62,7 @@ def test_the_glossary_defines_every_term_the_concepts_boxes_name():
 
 def test_the_sequence_diagram_is_an_svg_with_every_step_and_crash_point():
     root = ElementTree.parse(ROOT / "assets" / "diagrams" / "one_event.svg").getroot()
-    text = " ".join(root.itertext())
+    text = " ".join(" ".join(root.itertext()).split())
     for step in ("publish", "deliver", "claim", "work", "done mark + effect", "ack"):
         assert step in text, step
     for point in ("CRASH_AT=claimed", "CRASH_AT=done", "CLAIM_TTL"):
@@ -98,11 +98,16 @@ def test_the_diagrams_crash_point_b_sits_where_crash_at_claimed_kills():
     # crash point B is drawn between the claim's answer and the work, and its row says so.
     root = ElementTree.parse(ROOT / "assets" / "diagrams" / "one_event.svg").getroot()
     ns = "{http://www.w3.org/2000/svg}"
-    circles = {"".join(t.itertext()).strip(): float(c.get("cy"))
-               for g in root.iter(f"{ns}g") for c, t in zip(g.findall(f"{ns}circle"), g.findall(f"{ns}text"), strict=False)}
+    crashes = [c for c in root.iter(f"{ns}circle") if c.get("class") == "crash"]
+    letters = [t for t in root.iter(f"{ns}text") if t.get("class") == "letter"]
+    circles = {"".join(t.itertext()).strip(): float(c.get("cy")) for c, t in zip(crashes, letters, strict=True)}
     texts = ["".join(t.itertext()) for t in root.iter(f"{ns}text")]
-    claim_answer = max(float(line.get("y1")) for line in root.iter(f"{ns}line") if line.get("class") == "reply"
-                       and float(line.get("y1")) < 300)
+    # replies are dashed paths "M x1,y1 L x2,y2"; the claim's answer is etcd's first (from the lifeline
+    # furthest right, the first reply from there)
+    replies = [tuple(float(v) for v in re.findall(r"[\d.]+", path.get("d"))[:2])
+               for path in root.iter(f"{ns}path") if path.get("class") == "reply"]
+    etcd_x = max(x for x, _ in replies)
+    claim_answer = min(y for x, y in replies if x == etcd_x)
     work = next(float(r.get("y")) for r in root.iter(f"{ns}rect") if r.get("fill") == "#c8e6c9")
     assert claim_answer < circles["B"] - 9 and circles["B"] + 9 <= work, (claim_answer, circles["B"], work)
     row = next(text for text in texts if text.startswith("B "))

@@ -1,12 +1,14 @@
 """nirvana.cost: ratios per round, the table and the chart (pure); one small live measurement."""
 
 import json
+import re
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-from nirvana import cost  # noqa: E402
+from nirvana import cost, prune  # noqa: E402
+from nirvana.stack.carbon import whisper_dir  # noqa: E402
 
 # two rounds: bare, off, bare, on, bare, then bare, on, bare, off, bare
 RATES = {"bare pika": [1000.0, 1000.0, 2000.0, 2000.0, 1000.0, 3000.0],
@@ -72,6 +74,10 @@ def test_a_small_live_measurement_processes_every_event(amqp_url, etcd_endpoint)
     assert [len(measured.rates[name]) for name in cost.CONTENDERS] == [3, 1, 1]
     assert all(rate > 0 for rates in measured.rates.values() for rate in rates)
     assert all(len(ratios) == 1 and ratios[0] > 0 for ratios in measured.ratios.values())
+    # and its made-up services (t<hex>_cost, t<hex>_latency) gone from statsd and Graphite's tree
+    left = [name for kind in prune.KINDS for name in prune.statsd_names(kind) if re.match(r"t[0-9a-f]{6}_(cost|latency)_", name)]
+    assert left == []
+    assert [path.name for path in whisper_dir().rglob("t*_cost_*")] == []
     assert all(len(found) == 3 and min(found) >= 0 for found in measured.latencies_ms.values())
     # every step of a lone event measured: the claim only with dedup on
     assert set(measured.steps_ms["svc, dedup on"]) == set(cost.STEPS)

@@ -133,3 +133,47 @@ def test_a_live_chart_draws_from_the_real_graphite(graphite_url):
     chart._thread.join(5)
     assert chart.frames >= 1 and chart.label.value == "stopped"
     assert bytes(chart.image.value).startswith(b"\x89PNG")
+
+
+def kit_figures():
+    """One figure of each kind the chapters show, drawn from canned data: {name: figure}."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from nirvana import chaos, checker, cost, designs, scale
+
+    since = time.time() - 10
+    marks = [plots.Mark(since + 2, "stop notify"), plots.Mark(since + 5, "start both")]
+    orders = checker.Row("orders", 3000, 3000, 0, 0, 0, 0, 0)
+    live = plots.LiveChart.__new__(plots.LiveChart)   # a frame of it, without its thread and widgets
+    live.names, live.since, live.title = ["orders_new_order_ok"], since, "live: counted since the mark"
+    live._fetch = canned({"orders_new_order_ok": [1, 0, 1]})
+    return {
+        "plot_counters": plots.plot_counters(["orders_new_order_ok", "notify_new_order_ok"], since, marks=marks,
+                                             progress=lambda _line: None,
+                                             fetch=canned({"orders_new_order_ok": [1, 0, 2, 1]})),
+        "live_chart": live.figure(),
+        "cost.plot": cost.plot(cost.Cost(2000, {n: [20856.0, 7474.0] for n in cost.CONTENDERS},
+                                         {n: [1.2, 0.9] for n in cost.CONTENDERS[1:]},
+                                         {n: [7.3] for n in cost.CONTENDERS[1:]},
+                                         {n: {step: 1.0 for step in cost.STEPS} for n in cost.CONTENDERS[1:]}, 0.94)),
+        "scale.plot_throughput": scale.plot_throughput(scale.Throughput({1: 900.0, 2: 1700.0, 4: 3100.0}, 2000, True)),
+        "designs.plot_double_effects": designs.plot_double_effects(
+            [designs.Outcome(d, s, 40, 20, 40 if d == "talk" else 20, 20 if d == "talk" else 0)
+             for d in designs.DESIGNS for s in ("two replicas", "kill before the flush")]),
+        "chaos.plot_reports": chaos.plot_reports({
+            "claims": SimpleNamespace(rows=(orders, replace(orders, service="notify"))),
+            "dedup off": SimpleNamespace(rows=(replace(orders, processed_once=2700, duplicated=300),))}),
+    }
+
+
+def test_every_kit_figure_is_readable_on_a_slide(tmp_path):
+    # Given each figure a chapter shows, drawn by the kit (the live chart's frame too),
+    # I expect no text below SMALLEST_PT at DPI: 25 px in the PNG, which a 1920x1080 slide shows
+    # at its natural size (height capped at 50vh = 540 px by rise.css), so >= 24 px on the screen
+    assert plots.SMALLEST_PT * plots.DPI / 72 >= 24
+    for name, fig in kit_figures().items():
+        assert plots.smallest_text_pt(fig) >= plots.SMALLEST_PT, name
+        assert fig.dpi == plots.DPI, name
+        fig.savefig(tmp_path / f"{name}.png", bbox_inches="tight")   # as the notebook shows it
+        assert fig.get_size_inches()[1] * plots.DPI <= 540, name

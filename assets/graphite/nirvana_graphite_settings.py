@@ -6,6 +6,10 @@ PYTHONPATH; NIRVANA_GRAPHITE_STORAGE names the folder under state/ that carbon w
 
 import os
 
+# graphite-web's own Django settings, loaded here (not after this module) so the kit can add to them
+from graphite.app_settings import *  # noqa: F401,F403
+from graphite.app_settings import MIDDLEWARE, SILENCED_SYSTEM_CHECKS as GRAPHITE_CHECKS
+
 STORAGE_DIR = os.environ["NIRVANA_GRAPHITE_STORAGE"]
 WHISPER_DIR = os.path.join(STORAGE_DIR, "whisper")
 LOG_DIR = os.path.join(STORAGE_DIR, "log")
@@ -34,4 +38,11 @@ LOG_CACHE_PERFORMANCE = False
 FUNCTION_PLUGINS = []
 # Quiet Django's system checks about graphite's own models (they would fill the log at each start).
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
-SILENCED_SYSTEM_CHECKS = ["admin.W411"]
+SILENCED_SYSTEM_CHECKS = [*GRAPHITE_CHECKS, "admin.W411"]
+# counts summed when a graph consolidates points, the last minutes when a graph names no time, the
+# dashboard page working offline (nirvana_graphite_edge.py, beside this file): first, so it sees
+# every request, the static files WhiteNoise answers included
+MIDDLEWARE = ("nirvana_graphite_edge.KitDefaults", *MIDDLEWARE)
+STATICFILES_FINDERS = ["django.contrib.staticfiles.finders.FileSystemFinder",
+                       "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+                       "nirvana_graphite_edge.StaticRootFinder"]

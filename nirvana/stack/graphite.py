@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import shlex
 from pathlib import Path
 
 import requests
@@ -37,10 +38,13 @@ def launch(state: Path) -> Launch:
     }
     gunicorn = ["gunicorn", "--bind", f"{HOST}:{endpoints.GRAPHITE_PORT}", "--workers", "2",
                 "--timeout", "30", "--graceful-timeout", "5", "graphite.wsgi:application"]
-    # graphite-web keeps users and profiles in sqlite: create its tables once (under a second),
-    # then exec, so the pid the kit records is gunicorn's.
+    # graphite-web keeps users, profiles and dashboards in sqlite: create its tables once (under a
+    # second), write the kit's dashboard (assets/graphite/dashboard.json), then exec, so the pid the
+    # kit records is gunicorn's.
     script = ('[ -s "$NIRVANA_GRAPHITE_STORAGE/graphite.db" ] || '
-              '/usr/bin/python3 -m django migrate --noinput -v 0 || exit 1; exec "$@"')
+              '/usr/bin/python3 -m django migrate --noinput -v 0 || exit 1; '
+              f'/usr/bin/python3 {shlex.quote(str(paths.ASSETS / "graphite" / "load_dashboard.py"))} || exit 1; '
+              'exec "$@"')
     return Launch(["/bin/sh", "-c", script, "graphite-web", *gunicorn], env)
 
 
