@@ -31,6 +31,7 @@ import requests
 from nirvana import endpoints, graphite, paths, present, services
 
 from conftest import IN_CI
+from kernel_trace import KernelTrace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHAPTERS = [path.name for path in sorted(paths.NOTEBOOKS.glob("*.ipynb"))]
@@ -124,9 +125,10 @@ def browser():
 
 
 class Recorder:
-    """Every request a page makes, and the answers that failed (4xx/5xx)."""
+    """Every request a page makes, the answers that failed (4xx/5xx), its kernel messages (trace)."""
 
     def __init__(self, page):
+        self.trace = KernelTrace(page)
         self.urls: list[str] = []
         self.failed: list[tuple[int, str]] = []
         page.on("request", lambda request: self.urls.append(request.url))
@@ -177,22 +179,27 @@ def menu(page, top: str, item: str) -> None:
     page.locator(f'.lm-Menu-itemLabel:text-is("{item}")').click()
 
 
-def run_all(page, chapter: str) -> float:
+def run_all(page, chapter: str, trace: KernelTrace | None = None, lab_log: Path | None = None) -> float:
     """Clear the outputs, Run All, wait until no cell is queued or running (RUN_TIMEOUT_MS, or the
     chapter's SLOW_CHAPTERS_MS) and the teardown line shows; returns the seconds it took. A run
-    that does not end names the cells still running."""
+    that does not end names the cells still running, and saves the kernel's websocket messages
+    (``trace``) and the end of JupyterLab's log (``lab_log``) beside its screenshot."""
     timeout_ms = SLOW_CHAPTERS_MS.get(chapter, RUN_TIMEOUT_MS)
     page.keyboard.press("Escape")
     menu(page, "Edit", "Clear Outputs of All Cells")
     started = time.monotonic()
     menu(page, "Run", "Run All Cells")
-    page.wait_for_function(RUNNING, timeout=10_000, polling=POLL_MS)   # every cell queued: [*]
+    trace and trace.note("run all clicked")
     try:
+        page.wait_for_function(RUNNING, timeout=10_000, polling=POLL_MS)   # every cell queued: [*]
         page.wait_for_function(f"!({RUNNING})", timeout=timeout_ms, polling=POLL_MS)
     except playwright_api.TimeoutError:
-        page.screenshot(path=str(screenshots() / f"stuck-{chapter.removesuffix('.ipynb')}.png"), full_page=True)
+        stem = chapter.removesuffix(".ipynb")
+        page.screenshot(path=str(screenshots() / f"stuck-{stem}.png"), full_page=True)
+        saved = trace.save(screenshots() / f"stuck-{stem}.trace.jsonl", lab_log) if trace else None
         pytest.fail(f"{chapter}: Run All not done after {timeout_ms / 1000:g} s; "
-                    f"cells still queued or running: {page.evaluate(STUCK)}")
+                    f"cells still queued or running: {page.evaluate(STUCK)}; "
+                    f"{trace.summary() if trace else ''} (kernel messages: {saved})")
     notebook(page).locator(".jp-OutputArea-output", has_text="svc processes left:").wait_for(state="attached", timeout=10_000)
     return time.monotonic() - started
 
@@ -234,11 +241,11 @@ def check_run(page, recorder, chapter: str) -> None:
 def chapter_run(lab, browser, chapter: str):
     """The chapter Run All in the browser, checked and saved: (page, recorder). Then its page is
     closed (a failed run's page left open would autosave half a run) and its kernel shut down."""
-    base, token, _root = lab
+    base, token, root = lab
     context = browser.new_context(viewport={"width": 1920, "height": 1080})
     try:
         page, recorder = open_chapter(context, base, token, chapter)
-        print(f"{chapter}: Run All {run_all(page, chapter):.1f} s")
+        print(f"{chapter}: Run All {run_all(page, chapter, recorder.trace, root / 'jupyterlab.log'):.1f} s")
         check_run(page, recorder, chapter)
         yield page, recorder
     finally:

@@ -8,6 +8,10 @@ the slideshow's request under /static/rise finds JupyterLab's path in the cache,
 own static folder, and answers 403 (the slideshow's icons fall back to boxes). Here the cache is
 keyed by the folders searched and the name. tests/test_browser.py checks that the slideshow gets
 no 4xx answer after JupyterLab's page has loaded.
+
+It also loads the kit's JupyterLab plugin labextensions/nirvana-run-when-ready (see its
+static/remoteEntry.js): a Run All clicked while a notebook's kernel is still starting waits for the
+kernel instead of being lost.
 """
 
 import os
@@ -30,3 +34,5 @@ def _get_absolute_path(cls, roots, path):
 
 
 FileFindHandler.get_absolute_path = classmethod(_get_absolute_path)
+
+c.LabApp.extra_labextensions_path = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "labextensions")]  # noqa: F821 (c: the config)
