@@ -81,9 +81,7 @@ def git_status() -> str:
 def lab(tmp_path_factory, amqp_url, etcd_endpoint, graphite_url):
     """JupyterLab as ``./kit present`` starts it, on a free port: (base URL, token, its folder).
     On the way out: JupyterLab stopped, the kit's services stopped, the checkout as it was."""
-    if not Path(CHROMIUM).exists():
-        message = "chromium is missing: run ./kit setup (it installs Debian's chromium)"
-        pytest.fail(message) if IN_CI else pytest.skip(message)
+    need_chromium()
     before = git_status()
     root = tmp_path_factory.mktemp("present")
     present.prepare(root)
@@ -118,8 +116,16 @@ def lab(tmp_path_factory, amqp_url, etcd_endpoint, graphite_url):
     assert git_status() == before
 
 
+def need_chromium() -> None:
+    """Skip (fail in CI) without chromium, with the command that installs it."""
+    if not Path(CHROMIUM).exists():
+        message = "chromium is missing: sudo apt-get install -y chromium (or ./kit test, which installs it)"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+
+
 @pytest.fixture(scope="module")
 def browser():
+    need_chromium()
     with playwright_api.sync_playwright() as driver:
         chromium = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield chromium
