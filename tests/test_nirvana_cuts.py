@@ -52,3 +52,35 @@ def test_no_replica_to_cut_is_one_line_after_the_deadline(node, kit_env):
     with pytest.raises(TimeoutError, match=r"^gave up after 1 s waiting for a replica of notify with a broker "
                                            r"connection open: 0 running, none listed by rabbitmqctl$"):
         cuts.cut_replica("notify", exchange=kit_env["exchange"], replicas=1, node=node, timeout=1)
+
+
+class RefusingNode:
+    """A node whose rabbitmqctl refuses this user, as Debian's does for a normal user."""
+
+    def __init__(self, folder):
+        self.program = folder / "rabbitmqctl"
+        self.program.write_text("#!/bin/sh\necho 'Only root or rabbitmq should run rabbitmqctl' >&2\nexit 1\n")
+        self.program.chmod(0o755)
+
+    def ctl(self, tool: str = "rabbitmqctl") -> list[str]:
+        return [str(self.program)]
+
+
+def test_a_user_refused_by_rabbitmqctl_cuts_the_replicas_tcp_connection(node, kit_env, tmp_path):
+    # Given orders running, and a user whose rabbitmqctl refuses to run (a normal user beside the
+    # system's RabbitMQ)
+    services.start("orders", dedup=False, progress=quiet)
+    [pid] = [s.pid for s in services.instances("orders")]
+    before = cuts.open_connections("orders", node)[pid]
+    # When the chapter cuts its connection
+    closed, instance = cuts.cut_replica("orders", exchange=kit_env["exchange"], replicas=1, node=RefusingNode(tmp_path))
+    # I expect its broker connection closed without rabbitmqctl (the broker lists a new one for the
+    # same process once it has reconnected), and orders consuming again
+    assert (closed, instance) == (1, 1)
+    poll(lambda: cuts.open_connections("orders", node).get(pid, before), lambda now: now != before,
+         what="orders connected again on a new connection", timeout=30, progress=quiet)
+    poll(lambda: rabbit.consumers("orders"), lambda n: n == 1, what="orders consuming again", timeout=30,
+         progress=quiet)
+    # and cut_connection too
+    poll(lambda: cuts.broker_sockets(pid), lambda n: n == 1, what="orders' socket open", timeout=30, progress=quiet)
+    assert cuts.cut_connection("orders", pid, RefusingNode(tmp_path)) == 1
