@@ -165,8 +165,10 @@ class Node:
             return None
         if run.returncode == 127:
             return "rabbitmqctl is not on PATH"
-        lines = (run.stderr or run.stdout).strip().splitlines()
-        return lines[0] if lines else f"rabbitmqctl exited with {run.returncode}"
+        # Debian's wrapper prints the usage first and its refusal last: the line that says why
+        lines = [line.strip() for line in f"{run.stdout}\n{run.stderr}".splitlines() if line.strip()]
+        why = [line for line in lines if line.startswith(("Only root", "Error:", "Authentication failed"))]
+        return (why or lines or [f"rabbitmqctl exited with {run.returncode}"])[-1]
 
     def limits(self) -> str | None:
         """One line for ``./kit up`` and ``./kit status`` when this user may not run the tools of a
