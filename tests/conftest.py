@@ -20,6 +20,7 @@ from svc.config import parse_endpoints
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 START_HINT = "start the stack with `./kit up`"
+PROGRAM_WORDS = ("on PATH", "package", "./kit setup")   # in need()'s what: a program is missing
 INSIDE = "NIRVANA_TEST_NETNS"     # set to the test's node id inside its namespace
 RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, cluster start and stop included
 
@@ -29,6 +30,8 @@ def need(what: str, ok: bool, hint: str = "") -> None:
     what to do instead of starting the stack, when a program is missing rather than a service)."""
     if ok:
         return
+    if not hint and any(word in what for word in PROGRAM_WORDS):   # a program, not a service of the stack
+        hint = "install it (`./kit setup --native` installs every package of the native stack)"
     message = f"{what} is missing: {hint}" if hint else f"{what} is not answering: {START_HINT}"
     if IN_CI:
         pytest.fail(message, pytrace=False)
@@ -76,6 +79,18 @@ def inner_counts(report) -> dict[str, int]:
     root = ElementTree.parse(report).getroot()
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     return {key: sum(int(suite.get(key, 0)) for suite in suites) for key in ("tests", "failures", "errors", "skipped")}
+
+
+def need_rabbitmqctl(purpose: str) -> None:
+    """Skip (fail in CI) when the kit's broker's rabbitmqctl cannot be run by this user, with the
+    real reason: not installed, or refused (a normal user beside the system's RabbitMQ)."""
+    need(f"rabbitmqctl ({purpose})", shutil.which("rabbitmqctl") is not None,
+         hint="sudo apt-get install -y rabbitmq-server")
+    refused = stack.rabbitmq_node().refused()
+    if refused:
+        message = (f"the broker's rabbitmqctl refuses this user ({refused}), needed {purpose}: run as root, or "
+                   "stop that RabbitMQ so that ./kit up starts the kit's own")
+        pytest.fail(message, pytrace=False) if IN_CI else pytest.skip(message)
 
 
 def native_only(*components: str) -> None:
@@ -216,7 +231,7 @@ def own_rabbitmq(tmp_path):
     from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ
 
     need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
-         and os.path.exists(RABBITMQ_SERVER))
+         and os.path.exists(RABBITMQ_SERVER), hint="sudo apt-get install -y rabbitmq-server")
     node = OwnRabbitMQ(tmp_path / "rabbitmq")
     try:
         node.wait()

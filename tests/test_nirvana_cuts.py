@@ -5,12 +5,11 @@ Found at heavy load in the chaos run: the cut hit the replica a crash point had 
 before its connection was open, and reported "(0 closed)".
 """
 
-import shutil
 import signal
 import threading
 
 import pytest
-from conftest import need
+from conftest import need_rabbitmqctl
 
 from nirvana import cuts, rabbit, services, stack
 from nirvana._wait import poll, quiet
@@ -19,7 +18,7 @@ from nirvana._wait import poll, quiet
 @pytest.fixture
 def node(kit_env, tmp_path, monkeypatch):
     """The kit's RabbitMQ node (found before the state folder moves to the test's own)."""
-    need("rabbitmqctl (on PATH, to close a connection)", shutil.which("rabbitmqctl") is not None)
+    need_rabbitmqctl("to list the connections the test cuts")
     found = stack.rabbitmq_node()
     monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
     yield found

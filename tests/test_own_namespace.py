@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+from conftest import need
+
 from nirvana import paths
 
 SAMPLE = '''
@@ -42,3 +45,15 @@ def test_a_skip_inside_its_namespace_fails_the_outer_test(tmp_path):
     assert "PASSED test_sample.py::test_passes_inside" in run.stdout, run.stdout[-3000:]
     assert "FAILED test_sample.py::test_skips_inside" in run.stdout, run.stdout[-3000:]
     assert "'skipped': 1" in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.parametrize(("what", "says"), [
+    ("etcd (on PATH, to run a throwaway one)", "etcd (on PATH, to run a throwaway one) is missing: install it"),
+    ("RabbitMQ's server (apt package rabbitmq-server)", "is missing: install it"),
+    ("RabbitMQ on 127.0.0.1:5672", "is not answering: start the stack with `./kit up`"),
+])
+def test_a_skip_names_the_real_reason(what, says):
+    # a program missing is not a stack to start; a service not answering is
+    with pytest.raises((pytest.skip.Exception, pytest.fail.Exception), match=None) as raised:
+        need(what, False)
+    assert says in str(raised.value), str(raised.value)
