@@ -145,3 +145,17 @@ def test_python_older_than_3_11_gets_one_line_naming_what_to_install(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("kit: error: Python 3.11 or newer is needed (python3 here: 3.10)"), lines
     assert all(word in lines[0] for word in ("deadsnakes", "pyenv", "uv python install")), lines[0]
     assert not calls.exists(), calls.read_text()
+
+
+def test_setup_warms_the_chapters_imports_and_matplotlibs_font_cache_once(tmp_path):
+    # Given a new machine's empty matplotlib cache and a .venv not warmed yet
+    cache, venv = tmp_path / "mpl", tmp_path / "venv"
+    venv.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MPLCONFIGDIR": str(cache)}
+    # When set-up warms the kernel's imports, twice
+    first = kit(f"VENV={venv} warm_kernel", env, timeout=300)
+    second = kit(f"VENV={venv} warm_kernel", env)
+    # I expect matplotlib's font cache built the first time, and the second to do nothing
+    assert first.returncode == 0, first.stderr
+    assert list(cache.glob("fontlist-*.json")), list(cache.iterdir()) if cache.exists() else "no cache folder"
+    assert "warming" in first.stdout and second.stdout == "" and second.returncode == 0, second.stdout
