@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             rows = stack.up(only=args.components, cluster=args.cluster)
             print(stack.render_status(rows))
+            if any(row.name == "rabbitmq" and row.origin == "found running" for row in rows):
+                limits = stack.rabbitmq_node().limits()   # what will not work for this user, said now
+                if limits:
+                    print(f"note: {limits}")
             return 0 if all(row.healthy for row in rows) else 1
         if args.command == "status":
             rows = stack.status(args.components, leaders=True)

@@ -1,6 +1,13 @@
 """Closing an svc process's broker connection as an operator would (``rabbitmqctl close_connection``),
 and restarting the kit's own broker (``rabbitmqctl stop_app``, ``start_app``).
 
+A user who may not run the broker's ``rabbitmqctl`` (a normal user beside the system's RabbitMQ:
+"Only root or rabbitmq should run rabbitmqctl", the node's cookie readable by ``rabbitmq`` only)
+closes it at the TCP level instead: the kit started the svc process, so it may take a copy of the
+process's socket (``pidfd_getfd(2)``, Linux 5.6+, same user) and shut it down. The broker sees the
+connection end and hands its unacknowledged deliveries to the other consumers, as after
+``close_connection``; svc sees its connection lost instead of closed by the broker, and reconnects.
+
 The broker then hands the connection's unacknowledged deliveries to the other consumers (chapter 5's
 cut, chapter 7's chaos run). svc names each connection ``svc <service> pid <pid>``
 (:func:`svc.consumer.connection_name`), so the connections of one process are found in one
@@ -8,9 +15,13 @@ cut, chapter 7's chaos run). svc names each connection ``svc <service> pid <pid>
 :func:`cut_replica` waits for one, with a deadline.
 """
 
+import ctypes
+import os
 import re
+import socket
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 from svc import _amqp
 from svc.consumer import connection_name
@@ -35,6 +46,79 @@ def _ctl(node: stack.RabbitNode | None, *command: str) -> str:
                           text=True, timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
 
 
+PIDFD_GETFD = 438     # the syscall's number, the same on every Linux architecture (5.6+)
+REFUSED = ("Only root or rabbitmq", "Authentication failed", "Permission denied", "cookie")
+
+
+def rabbitmqctl_refused(error: Exception) -> bool:
+    """True when ``error`` (from :func:`_ctl`) says this user may not run rabbitmqctl against the
+    node (not installed, not permitted, the node's cookie unreadable), not that the node is down."""
+    if isinstance(error, (FileNotFoundError, PermissionError)):
+        return True
+    text = f"{getattr(error, 'stderr', '') or ''}{getattr(error, 'stdout', '') or ''}"
+    return isinstance(error, subprocess.CalledProcessError) and any(word in text for word in REFUSED)
+
+
+def _broker_port() -> int:
+    return urlsplit(settings.current().amqp_url).port or 5672
+
+
+def _socket_copies(pid: int, port: int) -> list[socket.socket]:
+    """Copies (pidfd_getfd) of process ``pid``'s TCP sockets connected to ``port``; the caller
+    closes them. Raises OSError when the process is gone or may not be looked into (another
+    user's)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue   # closed meanwhile
+            copy = libc.syscall(PIDFD_GETFD, pidfd, int(fd), 0)
+            if copy < 0:
+                error = ctypes.get_errno()
+                raise OSError(error, f"pidfd_getfd of pid {pid}'s fd {fd}: {os.strerror(error)}")
+            sock = socket.socket(fileno=copy)
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == port:
+                    found.append(sock)
+                    continue
+            except OSError:
+                pass   # not connected, not TCP
+            sock.close()
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def broker_sockets(pid: int) -> int:
+    """How many TCP connections to the kit's broker port process ``pid`` holds (0 when it is gone)."""
+    try:
+        copies = _socket_copies(pid, _broker_port())
+    except (ProcessLookupError, FileNotFoundError):
+        return 0
+    for copy in copies:
+        copy.close()
+    return len(copies)
+
+
+def drop_connection(pid: int) -> int:
+    """Shut down process ``pid``'s TCP connections to the kit's broker (without rabbitmqctl: a
+    copy of each socket through pidfd_getfd, shut down both ways); how many. Raises OSError when
+    the process may not be looked into (another user's, Linux older than 5.6)."""
+    copies = _socket_copies(pid, _broker_port())
+    for copy in copies:
+        try:
+            copy.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass   # ended meanwhile
+        copy.close()
+    return len(copies)
+
+
 def open_connections(service: str, node: stack.RabbitNode | None = None) -> dict[int, list[str]]:
     """{svc process pid: [its broker connections' Erlang pids]} for ``service``'s processes with a
     connection open on the broker, from one ``rabbitmqctl list_connections`` (svc names each
@@ -57,7 +141,12 @@ def cut_connection(service: str, pid: int, node: stack.RabbitNode | None = None)
     pid file of the kit's node, and the machine's rabbitmqctl would address the wrong node.
     Raises subprocess.CalledProcessError when rabbitmqctl fails, TimeoutExpired as :func:`_ctl`.
     """
-    connections = open_connections(service, node).get(pid, [])
+    try:
+        connections = open_connections(service, node).get(pid, [])
+    except (subprocess.CalledProcessError, OSError) as error:
+        if not rabbitmqctl_refused(error):
+            raise
+        return drop_connection(pid)   # rabbitmqctl is not this user's: at the TCP level
     for connection in connections:
         _ctl(node, "close_connection", connection, "closed by the chaos run")
     return len(connections)
@@ -79,11 +168,22 @@ def cut_replica(service: str, *, exchange: str | None = None, replicas: int = 1,
              what=f"{replicas} replicas of {service} consuming", timeout=timeout, progress=quiet)
     except TimeoutError:
         pass   # fewer (a replica killed meanwhile): cut one of those whose connection is open
+    by_socket = False
     while True:
         live = {s.pid: s.instance for s in services.instances(service)}
-        listed = open_connections(service, node)
+        if not by_socket:
+            try:
+                listed = open_connections(service, node)
+            except (subprocess.CalledProcessError, OSError) as error:
+                if not rabbitmqctl_refused(error):
+                    raise
+                by_socket = True   # rabbitmqctl is not this user's: the processes' own sockets
+        if by_socket:
+            listed = {pid: ["socket"] for pid in live if broker_sockets(pid)}
         if candidates := sorted((live[pid], pid) for pid in live if listed.get(pid)):
             instance, pid = candidates[-1]
+            if by_socket:
+                return drop_connection(pid), instance
             for connection in listed[pid]:
                 _ctl(node, "close_connection", connection, "closed by the chaos run")
             return len(listed[pid]), instance
@@ -124,5 +224,5 @@ def restart_broker(node: stack.RabbitNode, *, down: float = BROKER_DOWN, url: st
     return time.monotonic() - stopped
 
 
-__all__ = ["cut_connection", "cut_replica", "open_connections", "restart_broker", "RABBITMQCTL_TIMEOUT", "CUT_TIMEOUT",
-           "BROKER_DOWN"]
+__all__ = ["cut_connection", "cut_replica", "open_connections", "drop_connection", "broker_sockets",
+           "rabbitmqctl_refused", "restart_broker", "RABBITMQCTL_TIMEOUT", "CUT_TIMEOUT", "BROKER_DOWN"]

@@ -14,21 +14,25 @@ import uuid
 import pika
 import pytest
 
-from nirvana import endpoints, paths, services, settings, stack
+from nirvana import endpoints, services, settings, stack
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 START_HINT = "start the stack with `./kit up`"
+PROGRAM_WORDS = ("on PATH", "package", "./kit setup")   # in need()'s what: a program is missing
 INSIDE = "NIRVANA_TEST_NETNS"     # set to the test's node id inside its namespace
 RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, cluster start and stop included
 
 
-def need(what: str, ok: bool) -> None:
-    """Fail (in CI) or skip (elsewhere) when a service the test needs is not answering."""
+def need(what: str, ok: bool, hint: str = "") -> None:
+    """Fail (in CI) or skip (elsewhere) when a service the test needs is not answering (``hint``:
+    what to do instead of starting the stack, when a program is missing rather than a service)."""
     if ok:
         return
-    message = f"{what} is not answering: {START_HINT}"
+    if not hint and any(word in what for word in PROGRAM_WORDS):   # a program, not a service of the stack
+        hint = "install it (`./kit setup --native` installs every package of the native stack)"
+    message = f"{what} is missing: {hint}" if hint else f"{what} is not answering: {START_HINT}"
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -36,25 +40,57 @@ def need(what: str, ok: bool) -> None:
 
 def in_own_namespace(request, tmp_path) -> bool:
     """True inside the test's namespace (run the body); outside, run the test there and check it
-    passed (False: the body is done). For the tests of a cluster of the kit's own: inside,
-    nothing answers on loopback, and the machine's RabbitMQ, epmd and the shared stack are never
-    seen nor touched."""
+    ran and passed (False: the body is done): its junit report must count one test, passed, not
+    skipped (a skip inside would otherwise pass the outer test having run nothing). For the tests of
+    a cluster of the kit's own: inside, nothing answers on loopback, and the machine's RabbitMQ,
+    epmd and the shared stack are never seen nor touched. Not root: ``unshare --map-root-user``."""
     if os.environ.get(INSIDE) == request.node.nodeid:
         return True
-    need("unshare (util-linux) and ip (iproute2)", bool(shutil.which("unshare") and shutil.which("ip")))
-    need("etcd and RabbitMQ's server (./kit setup)", bool(shutil.which("etcd")) and stack.rabbitmq.SERVER.exists())
-    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True, timeout=10)
+    need("unshare (util-linux) and ip (iproute2)", bool(shutil.which("unshare") and shutil.which("ip")),
+         hint="install util-linux and iproute2")
+    need("etcd and RabbitMQ's server (./kit setup)", bool(shutil.which("etcd")) and stack.rabbitmq.SERVER.exists(),
+         hint="run ./kit setup --native")
+    unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True, text=True, timeout=10)
     if probe.returncode != 0:
-        pytest.skip(f"no network namespace here (unshare --net: {probe.stderr.strip()}): run as root")
+        pytest.skip(f"no network namespace here ({' '.join(unshare)}: {probe.stderr.strip()}): run as root, "
+                    "or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)")
     env = {**os.environ, INSIDE: request.node.nodeid, "NIRVANA_STATE": str(tmp_path / "state")}
     for variable in ("AMQP_URL", "ETCD_ENDPOINTS", "EVENTS_EXCHANGE", "ETCD_PREFIX"):
         env.pop(variable, None)   # inside, the cluster's: nothing of the outer stack
+    report = tmp_path / "inside.xml"
     script = 'ip link set lo up && exec "$@"'
-    argv = ["unshare", "--net", "sh", "-c", script, "sh", sys.executable, "-m", "pytest", "-q", "-x",
-            "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", str(int(RUN_TIMEOUT)), request.node.nodeid]
-    run = subprocess.run(argv, cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT + 60)
-    assert run.returncode == 0, f"in its own network namespace:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    argv = [*unshare, "sh", "-c", script, "sh", sys.executable, "-m", "pytest", "-q", "-x", "-rA",
+            "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", str(int(RUN_TIMEOUT)),
+            f"--junitxml={report}", request.node.nodeid]
+    run = subprocess.run(argv, cwd=request.config.rootpath, env=env, capture_output=True, text=True,
+                         timeout=RUN_TIMEOUT + 60)
+    output = f"in its own network namespace:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    assert run.returncode == 0, output
+    counts = inner_counts(report)
+    assert counts == {"tests": 1, "failures": 0, "errors": 0, "skipped": 0}, f"ran {counts}, not 1 passed: {output}"
     return False
+
+
+def inner_counts(report) -> dict[str, int]:
+    """A junit XML report (pytest's --junitxml) -> {tests, failures, errors, skipped} of its suites."""
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.parse(report).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    return {key: sum(int(suite.get(key, 0)) for suite in suites) for key in ("tests", "failures", "errors", "skipped")}
+
+
+def need_rabbitmqctl(purpose: str) -> None:
+    """Skip (fail in CI) when the kit's broker's rabbitmqctl cannot be run by this user, with the
+    real reason: not installed, or refused (a normal user beside the system's RabbitMQ)."""
+    need(f"rabbitmqctl ({purpose})", shutil.which("rabbitmqctl") is not None,
+         hint="sudo apt-get install -y rabbitmq-server")
+    refused = stack.rabbitmq_node().refused()
+    if refused:
+        message = (f"the broker's rabbitmqctl refuses this user ({refused}), needed {purpose}: run as root, or "
+                   "stop that RabbitMQ so that ./kit up starts the kit's own")
+        pytest.fail(message, pytrace=False) if IN_CI else pytest.skip(message)
 
 
 def native_only(*components: str) -> None:
@@ -211,7 +247,7 @@ def own_rabbitmq(tmp_path):
     from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ
 
     need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
-         and os.path.exists(RABBITMQ_SERVER))
+         and os.path.exists(RABBITMQ_SERVER), hint="sudo apt-get install -y rabbitmq-server")
     node = OwnRabbitMQ(tmp_path / "rabbitmq")
     try:
         node.wait()

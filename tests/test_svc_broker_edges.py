@@ -15,7 +15,7 @@ import uuid
 import pika
 import pika.data
 import pytest
-from conftest import need
+from conftest import need, need_rabbitmqctl
 
 from svc import Etcd, topology
 from svc.config import parse_endpoints
@@ -66,7 +66,7 @@ def test_a_queue_that_exists_with_other_arguments_stops_svc_with_one_line_and_ex
 def _full_dead_letter_queue(world) -> str:
     """Make the world's dead-letter queue refuse publishes (max-length 1, reject-publish) and fill
     it with one earlier dead letter; the policy's name."""
-    need("rabbitmqctl (on PATH, to set a policy)", shutil.which("rabbitmqctl") is not None)
+    need_rabbitmqctl("to set a policy")
     dead_letters = topology.dead_letter_queue(world.exchange)
     topology.declare(world.channel(), world.exchange, services=())
     policy = world.set_policy("dlq-full", f"^{re.escape(dead_letters)}$", {"max-length": 1, "overflow": "reject-publish"})

@@ -6,6 +6,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pika
+
 from svc.testing import wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "svc" / "examples"
@@ -28,4 +30,7 @@ def test_producer_to_consumer(amqp_url, tmp_path):
         if consumer.poll() is None:
             consumer.kill()
             consumer.wait(10)
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))   # nothing left on the broker
+        connection.channel().queue_delete("example1")
+        connection.close()
     assert "stopped" in log.read_text()

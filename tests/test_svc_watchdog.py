@@ -159,7 +159,7 @@ def test_a_frozen_group_ends_on_sigterm_not_at_the_kill_deadline():
 
 def test_a_throwaway_rabbitmq_node_ends_with_the_test_run_that_started_it(tmp_path):
     need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
-         and os.path.exists(RABBITMQ_SERVER))
+         and os.path.exists(RABBITMQ_SERVER), hint="sudo apt-get install -y rabbitmq-server")
     with owner(RABBIT_OWNER, str(tmp_path / "rabbitmq")) as (process, facts):
         # Given a test run that started a throwaway node (svc.testing.OwnRabbitMQ), speaking AMQP
         assert answering(facts["port"])

@@ -17,6 +17,10 @@ exceeded`` (handleChange -> set -> notify -> handleChange). fast-foundation 2.49
 there, and pinning 2.49.4 is the fix jupyterlab-contrib/search-replace#148 made for the same
 recursion. The slideshow's scripts are served here with that one call blanked out (same length:
 Content-Length and byte ranges stay true). tests/test_browser.py fails on any console error.
+
+It also loads the kit's JupyterLab plugin labextensions/nirvana-run-when-ready (see its
+static/remoteEntry.js): a Run All clicked while a notebook's kernel is still starting waits for the
+kernel instead of being lost.
 """
 
 import functools
@@ -78,3 +82,5 @@ def _get_content_patched(cls, abspath, start=None, end=None):
 
 
 FileFindHandler.get_content = classmethod(_get_content_patched)
+
+c.LabApp.extra_labextensions_path = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "labextensions")]  # noqa: F821 (c: the config)

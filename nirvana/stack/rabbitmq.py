@@ -18,6 +18,7 @@ find it as ``$HOME/.erlang.cookie``, Erlang's rule
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,11 +149,43 @@ class Node:
         env = _tool_env(self.home.parent, self.amqp_port)
         return ["env", *(f"{key}={value}" for key, value in env.items()), erl_args, self.program(tool), "-n", self.name]
 
+    def refused(self) -> str | None:
+        """Why this user may not run the tools of a node found running (the first line of
+        rabbitmqctl's answer: "Only root or rabbitmq should run rabbitmqctl", a cookie it cannot
+        read, not on PATH), or None when it may (always for the kit's own node). One rabbitmqctl
+        call: seconds; one that does not answer within 60 s counts as permitted (busy, not refused)."""
+        if self.started_by_kit:
+            return None
+        try:
+            run = subprocess.run([*self.ctl(), "-q", "list_vhosts", "name"], capture_output=True, text=True,
+                                 timeout=60)
+        except subprocess.TimeoutExpired:
+            return None
+        if run.returncode == 0:
+            return None
+        if run.returncode == 127:
+            return "rabbitmqctl is not on PATH"
+        # Debian's wrapper prints the usage first and its refusal last: the line that says why
+        lines = [line.strip() for line in f"{run.stdout}\n{run.stderr}".splitlines() if line.strip()]
+        why = [line for line in lines if line.startswith(("Only root", "Error:", "Authentication failed"))]
+        return (why or lines or [f"rabbitmqctl exited with {run.returncode}"])[-1]
+
+    def limits(self) -> str | None:
+        """One line for ``./kit up`` and ``./kit status`` when this user may not run the tools of a
+        node found running: what the kit does instead and what will not work; None otherwise."""
+        reason = self.refused()
+        if reason is None:
+            return None
+        return (f"rabbitmq: found running, and its rabbitmqctl refuses this user ({reason}): a connection is "
+                "closed at the TCP level instead (chapter 5 (d), chapter 7); ./kit status cannot list its "
+                "connections, and the tests that use rabbitmqctl on it skip. For all of it: run as root, or "
+                "stop that RabbitMQ so that ./kit up starts the kit's own")
+
     def describe(self) -> str:
         """One line for ``./kit status``: which node, and where its cookie, data and logs live."""
         if not self.started_by_kit:
-            return ("rabbitmq node: found running, not the kit's; rabbitmqctl addresses it with the "
-                    "machine's own settings (node name and cookie)")
+            return self.limits() or ("rabbitmq node: found running, not the kit's; rabbitmqctl addresses it with "
+                                     "the machine's own settings (node name and cookie)")
         return (f"rabbitmq node: {self.name}, started by the kit; cookie {display(self.home / '.erlang.cookie')}, "
                 f"data {display(self.home / 'mnesia')}, log {display(paths.log_dir() / 'rabbitmq.log')}")
 

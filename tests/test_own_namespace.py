@@ -1,0 +1,59 @@
+"""conftest.in_own_namespace: the outer test passes only when its run inside the namespace ran
+the test and it passed (a skip inside once counted as a pass: a cluster test could pass having run
+nothing). Checked on a test module of the test's own, run by pytest as the suite would."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import need
+
+from nirvana import paths
+
+SAMPLE = '''
+import sys
+sys.path.insert(0, {tests!r})
+import pytest
+from conftest import in_own_namespace
+
+
+def test_skips_inside(request, tmp_path):
+    if not in_own_namespace(request, tmp_path):
+        return
+    pytest.skip("nothing to check here")
+
+
+def test_passes_inside(request, tmp_path):
+    if not in_own_namespace(request, tmp_path):
+        return
+    assert os.environ.get("NIRVANA_TEST_NETNS") == request.node.nodeid
+
+
+import os
+'''
+
+
+def test_a_skip_inside_its_namespace_fails_the_outer_test(tmp_path):
+    # Given two tests run in their own namespace, one skipping inside, one passing inside
+    (tmp_path / "test_sample.py").write_text(SAMPLE.format(tests=str(paths.ROOT / "tests")))
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NIRVANA_TEST_NETNS", "PYTEST_ADDOPTS")}
+    # When pytest runs them
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_sample.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # I expect the skip inside to fail its outer test, and the pass inside to pass it
+    assert "PASSED test_sample.py::test_passes_inside" in run.stdout, run.stdout[-3000:]
+    assert "FAILED test_sample.py::test_skips_inside" in run.stdout, run.stdout[-3000:]
+    assert "'skipped': 1" in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.parametrize(("what", "says"), [
+    ("etcd (on PATH, to run a throwaway one)", "etcd (on PATH, to run a throwaway one) is missing: install it"),
+    ("RabbitMQ's server (apt package rabbitmq-server)", "is missing: install it"),
+    ("RabbitMQ on 127.0.0.1:5672", "is not answering: start the stack with `./kit up`"),
+])
+def test_a_skip_names_the_real_reason(what, says):
+    # a program missing is not a stack to start; a service not answering is
+    with pytest.raises((pytest.skip.Exception, pytest.fail.Exception), match=None) as raised:
+        need(what, False)
+    assert says in str(raised.value), str(raised.value)
