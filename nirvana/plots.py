@@ -172,6 +172,8 @@ def plot_counters(
 class LiveChart:
     """A chart that redraws itself every ``every`` seconds until stopped or ``seconds`` passed."""
 
+    figsize: tuple[float, float] = FIGSIZE
+
     def __init__(
         self,
         names: Iterable[str],
@@ -182,8 +184,10 @@ class LiveChart:
         title: str | None = None,
         url: str | None = None,
         fetch: Fetch | None = None,
+        figsize: tuple[float, float] = FIGSIZE,
     ) -> None:
         self.names, self.since, self.seconds, self.every = list(names), since, seconds, every
+        self.figsize = figsize   # inches at DPI: narrower beside a panel, so it is shown unscaled
         self.title = title or "live: counted since the mark"
         self._fetch = fetch or _default_fetch(url)
         self._stop = threading.Event()
@@ -203,7 +207,7 @@ class LiveChart:
         """Fetch and draw one frame (its own Figure: no pyplot state shared with the kernel)."""
         now = time.time()
         plt.rcParams.update(STYLE)   # as subplots() does (rcParams are read while drawing)
-        fig = Figure(figsize=FIGSIZE, dpi=DPI)
+        fig = Figure(figsize=self.figsize, dpi=DPI)
         ax = fig.subplots()
         draw(ax, self._fetch(self.names, self.since), self.since, now)
         ax.set_title(self.title)
@@ -211,7 +215,7 @@ class LiveChart:
         return fig
 
     def render(self) -> bytes:
-        """One frame as PNG, FIGSIZE at DPI (1200x510 px)."""
+        """One frame as PNG, ``figsize`` at DPI (by default FIGSIZE: 1200x510 px)."""
         buffer = io.BytesIO()
         self.figure().savefig(buffer, format="png", dpi=DPI)
         return buffer.getvalue()

@@ -260,7 +260,10 @@ def live_publish(names: Iterable[str], *, seconds: float = 600.0,
     ``seconds``, beside a publish panel's buttons (the talk's event) and its log: one row, so the
     presenter clicks and sees the lines step up on the same slide."""
     panel = PublishPanel()
-    chart = plots.live_chart(list(names), graphite.mark(), seconds=seconds, title=title)
+    # 7 in = 1050 px: beside the 18em side panel a 1920 px slide has ~1140 px for it, so it is shown
+    # unscaled and its text stays at SMALLEST_PT (25 px), as the browser test measures
+    chart = plots.live_chart(list(names), graphite.mark(), seconds=seconds, title=title,
+                             figsize=(7.0, plots.FIGSIZE[1]))
     side = widgets.VBox([panel.publish_button, panel.again_button, panel.output],
                         layout=widgets.Layout(width="18em", min_width="14em"))
     return LivePublish(panel, chart, widgets.HBox([chart.widget, side], layout=widgets.Layout(flex_flow="row nowrap")))

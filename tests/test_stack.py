@@ -78,8 +78,9 @@ def test_status_names_every_component_and_the_cli_exits_zero(running):
         assert row.log or row.origin == "found running"
     assert cli.returncode == 0, cli.stderr
     # and the CLI to list JupyterLab below the stack (its address, up or down; not counted in the
-    # exit status), then the RabbitMQ node its rabbitmqctl calls address
-    *lines, node_line = cli.stdout.strip().splitlines()
+    # exit status), then the RabbitMQ node its rabbitmqctl calls address, then the log (events.log)
+    *lines, node_line, log_line = cli.stdout.strip().splitlines()
+    assert log_line.startswith("log ") and ".log" in log_line, log_line
     lab = stack.status(["jupyterlab"])
     assert "\n".join(lines) == stack.render_status(rows + lab)
     assert lines[-1].split()[:3] == ["jupyterlab", f"http://{endpoints.HOST}:{stack.LAB_PORT}/lab", lab[0].state]
