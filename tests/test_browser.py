@@ -413,6 +413,38 @@ def test_the_slideshow_does_not_save_the_served_copy_by_itself(lab, browser):
         settings.write_text(kept)
 
 
+def test_a_slideshow_opened_after_a_kernel_restart_logs_no_comm_error(lab, browser):
+    # Given a chapter with a panel open in JupyterLab, its kernel restarted (no cell run since: the
+    # kernel has not imported ipywidgets), when its slideshow is opened beside it, and opened again
+    base, token, _root = lab
+    chapter = "03_idempotency.ipynb"
+    headers = {"Authorization": f"token {token}"}
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    try:
+        page, lab_console = open_chapter(context, base, token, chapter)
+        kernel = next(session["kernel"]["id"] for session in requests.get(f"{base}/api/sessions", headers=headers, timeout=10).json()
+                      if session["path"].endswith(f"notebooks/{chapter}"))
+        requests.post(f"{base}/api/kernels/{kernel}/restart", headers=headers, timeout=60).raise_for_status()
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+        shows = []
+        for _ in range(2):
+            slides = context.new_page()
+            shows.append(Recorder(slides))
+            slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
+            slides.locator(".reveal .slides section").first.wait_for(timeout=60_000)
+            slides.wait_for_timeout(3_000)   # the widget manager asks the kernel for its widgets' state
+            slides.close()
+        # I expect no console error in either page: the slideshow's widget manager opens a
+        # "jupyter.widget.control" comm; a kernel without that target (ipywidgets not imported)
+        # closed it at once, and JupyterLab's page, which shares the kernel, logged the close of a
+        # comm it never opened: "Comm not found for comm id ..." (issue 20, item 10)
+        assert lab_console.errors == [], lab_console.errors[:5]
+        assert [error for show in shows for error in show.errors] == []
+    finally:
+        context.close()
+        shut_down_kernel(base, token, chapter)
+
+
 SLIDE_BOX = """() => {
     const all = Array.from(document.querySelectorAll('.reveal .slides section:not(.stack)'));
     const s = document.querySelector('.reveal .slides section.present:not(.stack)');
