@@ -98,6 +98,40 @@ def test_nothing_in_the_export_names_a_resource_outside_it(exported):
     assert outside == []
 
 
+# every slide of the deck on show in turn (its URL: #/h/v), its bottom on a 1280x720 screen
+SLIDE_BOTTOMS = """async () => {
+    const rows = [];
+    const tops = Array.from(document.querySelectorAll('.reveal .slides > section'));
+    for (const [h, top] of tops.entries()) {
+        const slides = top.classList.contains('stack') ? Array.from(top.querySelectorAll(':scope > section')) : [top];
+        for (const [v, slide] of slides.entries()) {
+            location.hash = `#/${h}/${v}`;
+            await new Promise(done => setTimeout(done, 150));
+            rows.push([`${h}/${v}`, slide.classList.contains('present'), Math.round(slide.getBoundingClientRect().bottom)]);
+        }
+    }
+    return rows;
+}"""
+
+
+def test_every_slide_of_the_deck_fits_the_screen(exported):
+    # Given chapter 1's deck opened on a 1280x720 screen, its widgets drawn, I expect every slide
+    # whole on the screen (a slide taller than 720 px zoomed to fit, as on its PDF page)
+    out, one = exported
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto((out / one.slides).resolve().as_uri())
+            page.wait_for_function("document.body.dataset.deckReady === '1'", timeout=30_000)
+            page.wait_for_function(export.WIDGETS_DRAWN, timeout=30_000)
+            rows = page.evaluate(SLIDE_BOTTOMS)
+        finally:
+            browser.close()
+    assert len(rows) >= 10 and all(present for _, present, _ in rows), rows
+    assert [(slide, bottom) for slide, _, bottom in rows if bottom > 720] == []
+
+
 @pytest.mark.parametrize("which", ["page", "slides"])
 def test_the_export_opens_offline_in_a_browser_with_its_widgets(exported, which):
     # Given the page or the slides opened from disk, every http(s) request refused
