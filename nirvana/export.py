@@ -26,6 +26,7 @@ import json
 import re
 import shutil
 import time
+from html.parser import HTMLParser
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,8 @@ PDF_TIMEOUT_MS = 120_000    # chromium printing one deck
 # every saved widget view drawn: the renderer adds the widget beside its <script> (nbconvert's templates)
 WIDGETS_DRAWN = """Array.from(document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]'))
     .every(view => view.parentElement.children.length > 1)"""
+# the deck printed as the template lays it out: a page per slide, each fitted (body[data-pdf-ready])
+PDF_READY = "document.body.dataset.pdfReady === '1'"
 CHAPTER_LINK = re.compile(r'href="(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?"')
 
 
@@ -136,8 +139,12 @@ def _exporters():
 
 
 def print_pdf(slides: Path, pdf: Path) -> None:
-    """Print the deck ``slides`` (a file) to ``pdf`` with headless chromium, one slide a page
-    (reveal.js's ``?print-pdf``). Raises ExportError when chromium is missing."""
+    """Print the deck ``slides`` (a file) to ``pdf`` with headless chromium (reveal.js's
+    ``?print-pdf``): exactly one page per slide, each 1331x748 CSS px (the 1280x720 slide and
+    reveal.js's 4 % margin), fragments shown, speaker notes left out. A slide taller than 720 px is
+    scaled down to fit its page (the template, ``assets/export/templates/nirvana_reveal``), where
+    reveal.js alone would spread it over ceil(height / 748) pages and print a fragment's slide once
+    per fragment step. Raises ExportError when chromium is missing."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -149,11 +156,52 @@ def print_pdf(slides: Path, pdf: Path) -> None:
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
             page.goto(slides.resolve().as_uri() + "?print-pdf", timeout=PDF_TIMEOUT_MS)
             page.wait_for_function("document.body.dataset.deckReady === '1'", timeout=PDF_TIMEOUT_MS)
-            page.wait_for_function(WIDGETS_DRAWN, timeout=PDF_TIMEOUT_MS)
+            # the pages laid out, every widget drawn, every slide fitted to its page (the template)
+            page.wait_for_function(PDF_READY, timeout=PDF_TIMEOUT_MS)
             page.wait_for_load_state("networkidle", timeout=PDF_TIMEOUT_MS)
             page.pdf(path=str(pdf), prefer_css_page_size=True, print_background=True)
         finally:
             browser.close()
+
+
+class _Slides(HTMLParser):
+    """Counts the slides of a reveal.js deck: the ``<section>`` elements holding no other (a
+    ``<section>`` that holds some is a vertical stack, not a slide of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[bool] = []   # per open <section>: holds another?
+        self.count = 0
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "section":
+            if self.open:
+                self.open[-1] = True
+            self.open.append(False)
+
+    def handle_endtag(self, tag) -> None:
+        if tag == "section" and self.open:
+            self.count += not self.open.pop()
+
+
+def slide_count(deck: str) -> int:
+    """The number of slides in ``deck`` (the reveal.js HTML ``./kit export`` writes): its
+    innermost ``<section>`` elements, the pages its PDF must have."""
+    parser = _Slides()
+    parser.feed(deck)
+    parser.close()
+    return parser.count
+
+
+def pdf_pages(pdf: Path) -> int:
+    """The number of pages of the PDF file ``pdf`` (pypdf). Raises ExportError if it is no PDF."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        return len(PdfReader(pdf).pages)
+    except (PdfReadError, OSError) as error:
+        raise ExportError(f"{pdf}: not a readable PDF ({error}); run ./kit export again") from None
 
 
 def export_chapter(chapter: str, out: Path, *, progress: Progress = print) -> Exported:
@@ -170,6 +218,10 @@ def export_chapter(chapter: str, out: Path, *, progress: Progress = print) -> Ex
     slides.write_text(CHAPTER_LINK.sub(r'href="\1.slides.html"', slides_exporter.from_notebook_node(notebook)[0]),
                       encoding="utf-8")
     print_pdf(slides, pdf)
+    wanted, printed = slide_count(slides.read_text(encoding="utf-8")), pdf_pages(pdf)
+    if printed != wanted:   # a slide over two pages, or one repeated: the handout would mislead
+        raise ExportError(f"{chapter}: the PDF has {printed} pages for {wanted} slides (one page per slide "
+                          f"expected): see {pdf}")
     seconds = time.monotonic() - started
     progress(f"{chapter}: exported in {seconds:.0f} s")
     return Exported(chapter, *(str(path.relative_to(out)) for path in (page, slides, pdf)), seconds)
@@ -216,4 +268,4 @@ def export(names: list[str] | None = None, out: Path | None = None, *, progress:
 
 
 __all__ = ["export", "resolve", "export_chapter", "export_dir", "chapters", "run", "print_pdf", "copy_libraries",
-           "Exported", "ExportError", "LIBRARIES", "TOOLS"]
+           "Exported", "ExportError", "LIBRARIES", "TOOLS", "slide_count", "pdf_pages"]

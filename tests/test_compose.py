@@ -70,6 +70,14 @@ IMAGE_PATHS = {
     "./assets/carbon/storage-schemas.conf": "/opt/graphite/conf/storage-schemas.conf",
     "./assets/carbon/storage-aggregation.conf": "/opt/graphite/conf/storage-aggregation.conf",
     "./assets/statsd/docker.js": "/opt/statsd/config/udp.js",
+    # graphite-web: conf/etc/service/graphite/run exports PYTHONPATH=/opt/graphite/webapp (where a
+    # module named by GRAPHITE_SETTINGS_MODULE, and the middleware it names, are imported from), and
+    # runs /opt/graphite/bin/django_admin_init.sh after `django-admin.py migrate`, before gunicorn
+    "./assets/graphite/nirvana_graphite_docker_settings.py": "/opt/graphite/webapp/nirvana_graphite_docker_settings.py",
+    "./assets/graphite/nirvana_graphite_edge.py": "/opt/graphite/webapp/nirvana_graphite_edge.py",
+    "./assets/graphite/docker_admin_init.sh": "/opt/graphite/bin/django_admin_init.sh",
+    "./assets/graphite/load_dashboard.py": "/opt/nirvana/graphite/load_dashboard.py",
+    "./assets/graphite/dashboard.json": "/opt/nirvana/graphite/dashboard.json",
     # rabbitmq 3.13 reads every /etc/rabbitmq/conf.d/*.conf after rabbitmq.conf (the image ships
     # conf.d/10-defaults.conf there): https://www.rabbitmq.com/docs/configure#config-confd-directory
     "./assets/rabbitmq/docker-cluster.conf": "/etc/rabbitmq/conf.d/20-cluster.conf",
@@ -88,6 +96,65 @@ def test_compose_mounts_the_kit_configs_where_the_images_read_them(compose):
         assert mode == ["ro,z"], f"{source}: read-only, and relabelled for SELinux hosts"
     environment = compose["services"]["graphite"].get("environment", {})
     assert [name for name in IMAGE_EDITS_CARBON_CONF if name in environment] == []
+
+
+def docker_graphite_settings(monkeypatch, image_settings: dict) -> dict:
+    """The settings graphite-web takes from nirvana_graphite_docker_settings in the container, with
+    the image's graphite.local_settings holding ``image_settings`` and graphite.app_settings
+    graphite-web's Django settings (stand-ins: graphite-web is not installed here)."""
+    import importlib.util
+    import sys
+    import types
+
+    graphite = types.ModuleType("graphite")
+    graphite.__path__ = []
+    local = types.ModuleType("graphite.local_settings")
+    local.__dict__.update(image_settings)
+    app = types.ModuleType("graphite.app_settings")
+    app.__dict__.update(MIDDLEWARE=("django.middleware.common.CommonMiddleware",), GRAPHITE_WEB_APP_SETTINGS_LOADED=True)
+    for module in (graphite, local, app):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    spec = importlib.util.spec_from_file_location("nirvana_graphite_docker_settings",
+                                                  paths.ASSETS / "graphite" / "nirvana_graphite_docker_settings.py")
+    settings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(settings)
+    return vars(settings)
+
+
+@pytest.mark.parametrize("statsd_host", ["127.0.0.1", ""])
+def test_graphite_in_docker_has_the_kits_middleware_and_the_images_settings(compose, monkeypatch, statsd_host):
+    # Given the container's graphite-web (the module compose names in GRAPHITE_SETTINGS_MODULE, on
+    # the image's PYTHONPATH), its image's local_settings with or without django_statsd's middleware
+    image = {"SECRET_KEY": "from the image", "CARBONLINK_HOSTS": ["127.0.0.1:7002"]}
+    if statsd_host:   # the image's local_settings: `from graphite.app_settings import *`, statsd's middleware first
+        image.update(MIDDLEWARE=("django_statsd.middleware.GraphiteMiddleware", "django.middleware.common.CommonMiddleware"),
+                     GRAPHITE_WEB_APP_SETTINGS_LOADED=True)
+    module = compose["services"]["graphite"]["environment"]["GRAPHITE_SETTINGS_MODULE"]
+    assert IMAGE_PATHS[f"./assets/graphite/{module}.py"] == f"/opt/graphite/webapp/{module}.py"
+    settings = docker_graphite_settings(monkeypatch, image)
+    # I expect the kit's middleware first, as the native settings have it, then the image's; the
+    # image's other settings kept; graphite-web's Django settings loaded (it would not load them again)
+    native = (paths.ASSETS / "graphite" / "nirvana_graphite_settings.py").read_text()
+    assert 'MIDDLEWARE = ("nirvana_graphite_edge.KitDefaults", *MIDDLEWARE)' in native
+    assert settings["MIDDLEWARE"][0] == "nirvana_graphite_edge.KitDefaults"
+    assert settings["MIDDLEWARE"][1:] == image.get("MIDDLEWARE", ("django.middleware.common.CommonMiddleware",))
+    assert settings["SECRET_KEY"] == "from the image" and settings["GRAPHITE_WEB_APP_SETTINGS_LOADED"] is True
+    assert "nirvana_graphite_edge.StaticRootFinder" in settings["STATICFILES_FINDERS"]
+    # the middleware it names beside it, on the same path
+    assert IMAGE_PATHS["./assets/graphite/nirvana_graphite_edge.py"] == "/opt/graphite/webapp/nirvana_graphite_edge.py"
+
+
+def test_graphite_in_docker_writes_the_kits_dashboard_at_each_start():
+    # Given the script compose mounts where the image runs its admin init (after the migrations),
+    # I expect it executable, running load_dashboard.py where compose mounts it, dashboard.json beside it
+    script = paths.ASSETS / "graphite" / "docker_admin_init.sh"
+    assert script.stat().st_mode & 0o111 == 0o111, "the image runs it directly: it must be executable"
+    text = script.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    loader = IMAGE_PATHS["./assets/graphite/load_dashboard.py"]
+    assert re.search(rf'^exec "\$BIN" {re.escape(loader)}$', text, re.M), text
+    assert IMAGE_PATHS["./assets/graphite/dashboard.json"] == loader.rsplit("/", 1)[0] + "/dashboard.json"
+    assert 'Path(__file__).with_name("dashboard.json")' in (paths.ASSETS / "graphite" / "load_dashboard.py").read_text()
 
 
 def test_every_service_has_a_healthcheck_and_a_pinned_image(compose):

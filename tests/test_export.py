@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pypdf import PdfReader
 
 from conftest import IN_CI
 from nirvana import export, paths, services
@@ -52,9 +53,42 @@ def test_the_export_holds_the_page_the_slides_and_a_pdf_with_pages(exported):
         assert "application/vnd.jupyter.widget-state+json" in text and "application/vnd.jupyter.widget-view+json" in text
         assert "data:image/png;base64," in text
     assert pdf.startswith(b"%PDF-")
-    pages = len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf))
-    assert pages >= 5, pages
     assert (out / "index.html").read_text().count(".slides.pdf") == 1
+
+
+def slides_in_deck(browser, deck: Path) -> int:
+    """The slides of the deck ``deck`` as reveal.js counts them (its sections holding no other)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        page.goto(deck.resolve().as_uri())
+        page.wait_for_function("document.body.dataset.deckReady === '1'", timeout=30_000)
+        return page.evaluate("document.querySelectorAll('.reveal .slides section:not(.stack)').length")
+    finally:
+        page.close()
+
+
+def test_the_pdf_has_one_page_per_slide_each_slide_whole(exported):
+    # Given chapter 1's slides printed (reveal.js ?print-pdf in headless chromium), some of them
+    # taller than 720 px as laid out (a panel, a long output)
+    out, one = exported
+    pages = len(PdfReader(out / one.pdf).pages)
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            slides = slides_in_deck(browser, out / one.slides)
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page.goto((out / one.slides).resolve().as_uri() + "?print-pdf")
+            page.wait_for_function(export.PDF_READY, timeout=60_000)
+            # every slide drawn inside its page: its height on the page at most the deck's 720 px
+            heights = page.evaluate("""Array.from(document.querySelectorAll('.reveal .pdf-page > section'))
+                .map(s => Math.round(s.getBoundingClientRect().height))""")
+        finally:
+            browser.close()
+    # I expect exactly one page per slide: none spread over two pages, none repeated, no blank page
+    assert slides >= 10, slides
+    assert pages == slides, f"{pages} PDF pages for {slides} slides"
+    assert export.slide_count((out / one.slides).read_text()) == slides   # the count the export checks
+    assert len(heights) == slides and max(heights) <= 720, heights
 
 
 def test_nothing_in_the_export_names_a_resource_outside_it(exported):
@@ -62,6 +96,40 @@ def test_nothing_in_the_export_names_a_resource_outside_it(exported):
     outside = [(str(path.relative_to(out)), match.group(0)[:80]) for path in out.rglob("*.html")
                for match in LOADED.finditer(path.read_text(errors="replace"))]
     assert outside == []
+
+
+# every slide of the deck on show in turn (its URL: #/h/v), its bottom on a 1280x720 screen
+SLIDE_BOTTOMS = """async () => {
+    const rows = [];
+    const tops = Array.from(document.querySelectorAll('.reveal .slides > section'));
+    for (const [h, top] of tops.entries()) {
+        const slides = top.classList.contains('stack') ? Array.from(top.querySelectorAll(':scope > section')) : [top];
+        for (const [v, slide] of slides.entries()) {
+            location.hash = `#/${h}/${v}`;
+            await new Promise(done => setTimeout(done, 150));
+            rows.push([`${h}/${v}`, slide.classList.contains('present'), Math.round(slide.getBoundingClientRect().bottom)]);
+        }
+    }
+    return rows;
+}"""
+
+
+def test_every_slide_of_the_deck_fits_the_screen(exported):
+    # Given chapter 1's deck opened on a 1280x720 screen, its widgets drawn, I expect every slide
+    # whole on the screen (a slide taller than 720 px zoomed to fit, as on its PDF page)
+    out, one = exported
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto((out / one.slides).resolve().as_uri())
+            page.wait_for_function("document.body.dataset.deckReady === '1'", timeout=30_000)
+            page.wait_for_function(export.WIDGETS_DRAWN, timeout=30_000)
+            rows = page.evaluate(SLIDE_BOTTOMS)
+        finally:
+            browser.close()
+    assert len(rows) >= 10 and all(present for _, present, _ in rows), rows
+    assert [(slide, bottom) for slide, _, bottom in rows if bottom > 720] == []
 
 
 @pytest.mark.parametrize("which", ["page", "slides"])

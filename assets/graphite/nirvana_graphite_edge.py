@@ -1,5 +1,7 @@
 """graphite-web as the talk needs it, at the edge: a Django middleware the kit's settings add
-(nirvana_graphite_settings.py), for Debian's graphite-web 1.1.8.
+(nirvana_graphite_settings.py), for Debian's graphite-web 1.1.8, and in docker-compose's
+graphiteapp/graphite-statsd (graphite-web 1.1.10, whose ``TimeSeries.__init__`` takes the same
+arguments; nirvana_graphite_docker_settings.py adds it there).
 
 - **A count is summed, never averaged.** When a graph has more points than it has pixels (60
   minutes of 1 s points on an 800 px graph), graphite-web consolidates each series with its

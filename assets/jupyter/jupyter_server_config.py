@@ -21,12 +21,21 @@ Content-Length and byte ranges stay true). tests/test_browser.py fails on any co
 It also loads the kit's JupyterLab plugin labextensions/nirvana-run-when-ready (see its
 static/remoteEntry.js): a Run All clicked while a notebook's kernel is still starting waits for the
 kernel instead of being lost.
+
+A third: every kernel this JupyterLab starts loads ipywidgets at once (the IPython extension
+``ipywidgets``, which registers the widget comm targets). A slideshow's widget manager, when it
+opens, asks the kernel for its widgets over a ``jupyter.widget.control`` comm; a kernel that has
+not imported ipywidgets yet (just started or restarted, no cell run) has no such target and closes
+the comm at once, and that close reaches every page sharing the kernel: JupyterLab's page, which
+never opened the comm, logged "Comm not found for comm id ..." (and the slideshow "Control comm
+was closed too early"). tests/test_browser.py opens a chapter's slideshow after a kernel restart.
 """
 
 import functools
 import os
 import re
 
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_server.base.handlers import FileFindHandler
 from jupyter_server.utils import filefind
 
@@ -82,5 +91,21 @@ def _get_content_patched(cls, abspath, start=None, end=None):
 
 
 FileFindHandler.get_content = classmethod(_get_content_patched)
+
+
+WIDGETS_AT_START = "--InteractiveShellApp.extensions=ipywidgets"
+
+
+class WidgetsAtStart(KernelSpecManager):
+    """The kernel specs as found, a Python kernel's command line loading ipywidgets at its start."""
+
+    def get_kernel_spec(self, kernel_name):
+        spec = super().get_kernel_spec(kernel_name)
+        if spec.language.lower() == "python" and WIDGETS_AT_START not in spec.argv:
+            spec.argv = [*spec.argv, WIDGETS_AT_START]
+        return spec
+
+
+c.ServerApp.kernel_spec_manager_class = WidgetsAtStart  # noqa: F821 (c: the config, given by traitlets)
 
 c.LabApp.extra_labextensions_path = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "labextensions")]  # noqa: F821 (c: the config)
