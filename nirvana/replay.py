@@ -209,12 +209,13 @@ def _start_from_snapshot(etcd, prefix: str, service: str, offset: int, version: 
     _put_all(etcd, [item for item in items if item[0].endswith(b"/tracking")])
 
 
-def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, timeout: float = REBUILD_TIMEOUT,
-            from_snapshot: bool = False, progress: Progress = print) -> Rebuild:
+def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, mid_work: bool = False,
+            timeout: float = REBUILD_TIMEOUT, from_snapshot: bool = False, progress: Progress = print) -> Rebuild:
     """Rebuild ``service``'s read model from the first event of the log into a new version beside the
     one in use, then switch to it in one step. With ``kills``, the reader is SIGKILLed that many
-    times and started again, each time after it has committed a window since it started and at
-    random within ``kill_every`` seconds after that (fewer when the reader reaches the end first).
+    times (one every ``kill_every`` seconds or so, at random within it) and started again; with
+    ``mid_work``, each SIGKILL also waits until the reader has committed a window since its start
+    (so none lands before it reads; fewer kills when it reaches the log's end first).
 
     Once retention has dropped the log's first events, or with ``from_snapshot``, the new version
     starts from the latest snapshot (``snapshot``) and reads the rest of the log after it.
@@ -252,13 +253,11 @@ def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, timeout: f
         while True:
             services.start(name, dedup=True, wait=False, env=env, progress=quiet)
             if killed < kills:
-                # each SIGKILL lands mid-work: after the reader has committed a window since it started
-                before = position()
-                while position() == before and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                pause = time.monotonic() + random.uniform(0, kill_every)
+                pause, before = time.monotonic() + random.uniform(0.1, kill_every), position()
+                while mid_work and position() == before and time.monotonic() < deadline:
+                    time.sleep(0.02)   # not before the reader has committed a window since it started
                 while time.monotonic() < pause and position() != end:
-                    time.sleep(0.02)
+                    time.sleep(0.05)
                 if position() != end:
                     services.kill(name, progress=quiet)   # SIGKILL: no goodbye, wherever it is
                     killed += 1
