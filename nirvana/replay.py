@@ -140,7 +140,17 @@ def reset_log(exchange: str | None = None, *, max_bytes: int | None = None,
         small = max_bytes is not None or segment_bytes is not None
         topology.declare_log(channel, exchange, topology.log_arguments("", max_bytes or 0, segment_bytes or 0)
                              if small else log_arguments())
+    # a stream declared a moment ago may refuse a reader (406 "does not have a replica on the local node")
+    poll(lambda: _takes_readers(exchange), bool, what=f"{name} to take readers", timeout=CTL_TIMEOUT, progress=quiet)
     return held
+
+
+def _takes_readers(exchange: str) -> bool:
+    try:
+        log_start(current().amqp_url, exchange, timeout=0.05)
+        return True
+    except SvcError:
+        return False
 
 
 def version_in_use(service: str) -> int | None:
