@@ -355,6 +355,14 @@ def view_of(bodies: list[bytes]) -> dict[str, dict]:
     return projection.build(events)
 
 
+def digest_of(bodies: list[bytes]) -> str:
+    """The digest (svc.projection.digest) of the view a reader must build from ``bodies``."""
+    return projection.digest(view_of(bodies))
+
+
+upcast = projection.upcast   # the rule by which old event shapes are read as today's (svc.projection)
+
+
 def table(rebuilds: list[Rebuild], expected: str) -> str:
     """The rebuilds as the checker's table: one row each, its version, the SIGKILLs it survived,
     the events applied twice, and whether its digest equals ``expected`` (the log's view's)."""
