@@ -146,11 +146,13 @@ def reset_log(exchange: str | None = None, *, max_bytes: int | None = None,
 
 
 def _takes_readers(exchange: str) -> bool:
+    """False only while the log refuses a reader for want of its replica (any other answer, such as
+    no log on a broker without streams, is for the readers to tell)."""
     try:
         log_start(current().amqp_url, exchange, timeout=0.05)
-        return True
-    except SvcError:
-        return False
+    except SvcError as error:
+        return "does not have a replica" not in str(error)
+    return True
 
 
 def version_in_use(service: str) -> int | None:
