@@ -28,6 +28,8 @@ __all__ = [
     "rabbit", "graphite", "effects", "deadletters", "widgets", "plots",
     # the later chapters: crashes and outages, the talk's design, the chaos proof, the cost
     "outages", "Outbox", "OwnEtcd", "designs", "chaos", "checker", "cost", "scale",
+    # reading events back: the log, rebuilt views, the state as of a moment
+    "replay", "history",
     # publishing and where things are
     "Publisher", "publish_bodies", "settings", "ETCD_ENDPOINT", "AMQP_URL",
     # errors

@@ -22,11 +22,12 @@ import pika.exceptions
 
 from svc import Etcd, _etcd, projection, topology
 from svc.config import Config
-from svc.errors import SvcError
+from svc.errors import InvalidEvent, SvcError
+from svc.event import parse
 from svc.stream import log_end, log_start
 
 from . import services
-from ._wait import Progress, quiet
+from ._wait import Progress, poll, quiet
 from .errors import KitError, RabbitUnavailable
 from .rabbit import _connection
 from .settings import current
@@ -119,9 +120,11 @@ def _argument(arguments: str, name: str) -> str:
     return arguments.split(marker, 1)[1].split("}", 1)[0].strip('"')
 
 
-def reset_log(exchange: str | None = None) -> tuple[int, int] | None:
-    """Empty the log: delete it and declare it again with the kit's retention (a stream cannot be
-    purged); the first and last offsets it held (None if empty). Offsets are not a count: a
+def reset_log(exchange: str | None = None, *, max_bytes: int | None = None,
+              segment_bytes: int | None = None) -> tuple[int, int] | None:
+    """Empty the log: delete it and declare it again (a stream cannot be purged) with the kit's
+    retention, or, given ``max_bytes`` or ``segment_bytes``, with those (bytes) and no maximum age
+    (chapter 10's small log); the first and last offsets it held (None if empty). Offsets are not a count: a
     stream's segments take offsets of their own. RabbitUnavailable (one line) if RabbitMQ does not answer."""
     exchange = exchange or current().exchange
     name = topology.log_name(exchange)
@@ -134,8 +137,22 @@ def reset_log(exchange: str | None = None) -> tuple[int, int] | None:
         except pika.exceptions.ChannelClosedByBroker:
             held = None   # no log yet
         channel.queue_delete(name)
-        topology.declare_log(channel, exchange, log_arguments())
+        small = max_bytes is not None or segment_bytes is not None
+        topology.declare_log(channel, exchange, topology.log_arguments("", max_bytes or 0, segment_bytes or 0)
+                             if small else log_arguments())
+    # a stream declared a moment ago may refuse a reader (406 "does not have a replica on the local node")
+    poll(lambda: _takes_readers(exchange), bool, what=f"{name} to take readers", timeout=CTL_TIMEOUT, progress=quiet)
     return held
+
+
+def _takes_readers(exchange: str) -> bool:
+    """False only while the log refuses a reader for want of its replica (any other answer, such as
+    no log on a broker without streams, is for the readers to tell)."""
+    try:
+        log_start(current().amqp_url, exchange, timeout=0.05)
+    except SvcError as error:
+        return "does not have a replica" not in str(error)
+    return True
 
 
 def version_in_use(service: str) -> int | None:
@@ -204,11 +221,13 @@ def _start_from_snapshot(etcd, prefix: str, service: str, offset: int, version: 
     _put_all(etcd, [item for item in items if item[0].endswith(b"/tracking")])
 
 
-def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, timeout: float = REBUILD_TIMEOUT,
-            from_snapshot: bool = False, progress: Progress = print) -> Rebuild:
+def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, mid_work: bool = False,
+            timeout: float = REBUILD_TIMEOUT, from_snapshot: bool = False, progress: Progress = print) -> Rebuild:
     """Rebuild ``service``'s read model from the first event of the log into a new version beside the
     one in use, then switch to it in one step. With ``kills``, the reader is SIGKILLed that many
-    times (one every ``kill_every`` seconds or so, at random within it) and started again.
+    times (one every ``kill_every`` seconds or so, at random within it) and started again; with
+    ``mid_work``, each SIGKILL also waits until the reader has committed a window since its start
+    (so none lands before it reads; fewer kills when it reaches the log's end first).
 
     Once retention has dropped the log's first events, or with ``from_snapshot``, the new version
     starts from the latest snapshot (``snapshot``) and reads the rest of the log after it.
@@ -246,7 +265,9 @@ def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, timeout: f
         while True:
             services.start(name, dedup=True, wait=False, env=env, progress=quiet)
             if killed < kills:
-                pause = time.monotonic() + random.uniform(0.1, kill_every)
+                pause, before = time.monotonic() + random.uniform(0.1, kill_every), position()
+                while mid_work and position() == before and time.monotonic() < deadline:
+                    time.sleep(0.02)   # not before the reader has committed a window since it started
                 while time.monotonic() < pause and position() != end:
                     time.sleep(0.05)
                 if position() != end:
@@ -287,3 +308,92 @@ def _switch(etcd, prefix: str, service: str, previous: int | None, version: int)
         raise RebuildError(f"{service}'s version in use changed during the rebuild (another rebuild?): "
                            f"version {version} is built but not switched to")
 
+
+
+# Chapter 10's helpers: short calls for the notebook's cells, every wait with a deadline.
+
+def wait_caught_up(service: str, version: int | None = None, *, timeout: float = 30.0,
+                   progress: Progress = print) -> int:
+    """Wait until ``service``'s tracking record (``version``, else the one in use, else 1) reaches
+    the log's last offset; that offset. WaitTimeout (one line, the offset reached) after ``timeout``
+    seconds; RebuildError if the log is empty."""
+    settings, etcd = current(), _client()
+    try:
+        end = log_end(settings.amqp_url, settings.exchange)
+        if end is None:
+            raise RebuildError(f"the log {topology.log_name(settings.exchange)} is empty: nothing to catch up with")
+
+        def position() -> int | None:
+            chosen = version or projection.read_current(etcd, settings.etcd_prefix, service) or 1
+            return projection.read_tracking(etcd, settings.etcd_prefix, service, chosen)
+
+        poll(position, lambda at: at == end, what=f"{service}'s tracking record at offset {end}", timeout=timeout,
+             progress=progress, describe=lambda at: f"offset {at}")
+        return end
+    finally:
+        etcd.close()
+
+
+def view(service: str, version: int | None = None) -> dict[str, dict]:
+    """The read model of ``service`` (``version``, else the one in use) as stored in etcd:
+    ``{"sku/<sku>": {"orders": n, "qty": n}, "customer/<customer>": {"orders": n}}``."""
+    settings, etcd = current(), _client()
+    try:
+        version = version or projection.read_current(etcd, settings.etcd_prefix, service)
+        return {} if version is None else projection.read_view(etcd, settings.etcd_prefix, service, version)
+    finally:
+        etcd.close()
+
+
+def view_of(bodies: list[bytes]) -> dict[str, dict]:
+    """The view a reader must build from ``bodies`` (published in this order): each event's first
+    copy applied, old shapes upcast, what is not an event left out (it is dead-lettered)."""
+    events = []
+    for body in bodies:
+        try:
+            events.append(parse(body))
+        except InvalidEvent:
+            pass
+    return projection.build(events)
+
+
+def digest_of(bodies: list[bytes]) -> str:
+    """The digest (svc.projection.digest) of the view a reader must build from ``bodies``."""
+    return projection.digest(view_of(bodies))
+
+
+upcast = projection.upcast   # the rule by which old event shapes are read as today's (svc.projection)
+
+
+def table(rebuilds: list[Rebuild], expected: str) -> str:
+    """The rebuilds as the checker's table: one row each, its version, the SIGKILLs it survived,
+    the events applied twice, and whether its digest equals ``expected`` (the log's view's)."""
+    rows = [f"{'version':>7}  {'SIGKILLs':>8}  {'log up to':>9}  {'applied twice':>13}  digest            "
+            "equal to the log's"]
+    for one in rebuilds:
+        rows.append(f"{one.version:>7}  {one.kills:>8}  {one.end:>9}  {one.applied_twice:>13}  {one.digest[:16]}  "
+                    f"{'yes' if one.digest == expected else 'NO'}")
+    return "\n".join(rows)
+
+
+def wait_dropped(*, timeout: float = 20.0, progress: Progress = print) -> int:
+    """Wait until retention has dropped the log's first segment (the broker does it in the
+    background when a new segment opens), then a second and a half for the rest of the drop; the
+    first offset the log keeps. WaitTimeout after ``timeout`` seconds."""
+    settings = current()
+    poll(lambda: log_start(settings.amqp_url, settings.exchange), lambda first: bool(first),
+         what=f"retention to drop the first segment of {topology.log_name(settings.exchange)}", timeout=timeout,
+         progress=progress, describe=lambda first: f"first offset {first}")
+    time.sleep(1.5)
+    return log_start(settings.amqp_url, settings.exchange)
+
+
+def applied_twice(service: str, version: int | None = None) -> int:
+    """How many events ``service``'s read model (``version``, else the one in use) applied more
+    than once (svc.projection.applied_twice); 0 when it has none yet."""
+    settings, etcd = current(), _client()
+    try:
+        version = version or projection.read_current(etcd, settings.etcd_prefix, service)
+        return 0 if version is None else projection.applied_twice(etcd, settings.etcd_prefix, service, version)
+    finally:
+        etcd.close()

@@ -16,7 +16,7 @@ SOLUTIONS = NOTEBOOKS / "solutions"
 
 
 def test_every_chapter_is_checked():
-    assert len(CHAPTERS) >= 10 and CHAPTERS[0] == "00_setup" and CHAPTERS[-1] == "09_scale_out"
+    assert len(CHAPTERS) >= 11 and CHAPTERS[0] == "00_setup" and CHAPTERS[-1] == "10_read_back"
 
 
 def markdown(name: str) -> list[str]:

@@ -34,7 +34,7 @@ def test_the_chapters_are_there():
     # Given the talk's outline, I expect one notebook per chapter, numbered in order.
     names = [p.stem for p in NOTEBOOK_PATHS if p.parent == NOTEBOOKS]
     assert names == ["00_setup", "01_consume_produce", "02_recovery", "03_idempotency", "04_dead_letters",
-                     "05_crashes", "06_talk_design", "07_chaos", "08_cost", "09_scale_out"]
+                     "05_crashes", "06_talk_design", "07_chaos", "08_cost", "09_scale_out", "10_read_back"]
 
 
 @pytest.fixture(params=NOTEBOOK_PATHS, ids=lambda p: p.stem)
