@@ -142,14 +142,17 @@ class Window:
             self.commit = processor.dedup.commit(claimed)
 
     def _mail(self, claimed: list[Event]) -> bool:
-        """Hand the claimed events' mails to the outbox; False (all requeued, our claims kept for
-        the redelivery) when it does not take them."""
+        """Hand the claimed events' mails to the outbox; False when it does not take them: all
+        requeued and our claims released (nothing was done, no mail handed over), so the
+        redelivery is claimed afresh, by us or a sibling. A claim kept would look like one an
+        earlier window of ours still works on, and hold the redelivery (svc.dedup)."""
         try:
             self.processor.mailer.send(claimed)
         except MailUnavailable as error:
             log.warning("%s; requeued", error)
             self.verdicts.update(dict.fromkeys(self.claimed, Verdict.UNAVAILABLE))
             self.claimed = []
+            self.processor.dedup.release(claimed)
             return False
         self.processor.call("after_send", claimed)
         return True
