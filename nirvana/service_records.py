@@ -37,6 +37,7 @@ from .errors import ServiceError
 
 NAMES = DEFAULT_SERVICES                 # the talk's services
 KIT_MARK = "NIRVANA_KIT_STATE"   # set in each service's environment: which kit state dir started it
+KIT_NAME = "NIRVANA_SERVICE"     # and the kit's name for it (a rebuild's reader "billing-rebuild" serves billing)
 LOCK_WAIT = 30.0     # seconds to wait for another kernel's start or stop: a start's 10 s, a stop's 10 s
 LOCK_POLL = 0.05     # seconds between tries of a lock another process holds
 
@@ -318,7 +319,7 @@ def kit_processes() -> list[Service]:
             if is_svc(process) and process.environ().get(KIT_MARK) == state:
                 environ = process.environ()
                 found.append(Service(
-                    environ.get("SERVICE_NAME", "svc"), process.pid, process.create_time(),
+                    environ.get(KIT_NAME) or environ.get("SERVICE_NAME", "svc"), process.pid, process.create_time(),
                     environ.get("ENABLE_ETCD") == "true", environ.get("EVENTS_EXCHANGE", DEFAULT_EXCHANGE),
                     "", instance=0,   # instance 0: no record of its own to forget
                 ))

@@ -45,6 +45,7 @@ def _environment(name: str, dedup: bool, env: dict[str, str] | None) -> dict[str
     environment.update(SERVICE_NAME=name, ENABLE_ETCD="true" if dedup else "false", PYTHONUNBUFFERED="1")
     environment.update(env or {})
     environment[records.KIT_MARK] = str(paths.state_dir())
+    environment[records.KIT_NAME] = name   # the kit's name: SERVICE_NAME may be another's (env)
     return environment
 
 

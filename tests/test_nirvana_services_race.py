@@ -159,3 +159,17 @@ def test_a_record_written_by_two_writers_at_once_never_fails(tmp_path):
     assert errors == []
     assert processes.read_record(path)["pid"] in (1, 2)
     assert [p.name for p in path.parent.iterdir()] == ["orders.json"]
+
+
+def test_a_process_started_under_another_name_is_not_stopped_with_the_service_it_serves(kit):
+    # Given a process the kit started as "<name>-rebuild" that serves <name> (SERVICE_NAME, as a
+    # rebuild's reader of the log does), and no process started as <name>
+    name = kit["names"]["a"]
+    reader = services.start(f"{name}-rebuild", env={"SERVICE_NAME": name}, wait=False, progress=lambda _: None)
+    try:
+        # When <name> is stopped, I expect nothing stopped: the reader is the kit's "<name>-rebuild"
+        lines = []
+        assert services.stop(name, progress=lines.append) is False
+        assert psutil.pid_exists(reader.pid) and processes.group_members(reader.pid) != []
+    finally:
+        services.stop(f"{name}-rebuild", progress=lambda _: None)
