@@ -44,11 +44,13 @@ def test_a_rebuild_under_sigkills_ends_with_the_digest_of_an_undisturbed_one(kit
     expected = projection.digest(projection.build(parse(body) for body in bodies))
     # When the read model is built once undisturbed, then rebuilt with its reader SIGKILLed 5 times
     first = replay.rebuild("billing")
-    second = replay.rebuild("billing", kills=5, kill_every=0.25)
+    # (mid_work: each kill lands after the reader committed a window since its start; it may reach
+    # the log's end before the fifth, so at least one kill, at most five)
+    second = replay.rebuild("billing", kills=5, kill_every=0.25, mid_work=True)
     # I expect both equal to the view of the log, nothing applied twice, the second one in use
     assert (first.version, first.previous, second.version, second.previous) == (1, None, 2, 1)
     assert first.digest == second.digest == expected
-    assert second.kills == 5 and first.applied_twice == second.applied_twice == 0
+    assert 1 <= second.kills <= 5 and first.applied_twice == second.applied_twice == 0
     assert replay.version_in_use("billing") == 2 and replay.digest("billing") == expected
 
 
