@@ -52,3 +52,19 @@ def poll(
             progress(f"  still waiting after {now - start:.0f} s: {describe(value)}")
             next_report += REPORT_EVERY_SECONDS
         sleep(min(interval, max(deadline - now, 0)))
+
+
+def until_or_stalled(read: Callable[[], T], done: Callable[[T], bool], deadline: float, stall: float,
+                     interval: float = 0.05) -> bool:
+    """Poll ``read()`` every ``interval`` seconds until ``done(value)`` or the ``deadline`` (a
+    ``time.monotonic()`` value); False as soon as the value has not changed for ``stall`` seconds
+    (what it waits on is stuck: the caller starts it again), True otherwise."""
+    last, moved = read(), time.monotonic()
+    while not done(last) and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = read()
+        if value != last:
+            last, moved = value, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            return False
+    return True

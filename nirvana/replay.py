@@ -22,17 +22,17 @@ import pika.exceptions
 
 from svc import Etcd, _etcd, projection, topology
 from svc.config import Config
-from svc.errors import InvalidEvent, SvcError
-from svc.event import parse
+from svc.errors import SvcError
 from svc.stream import log_end, log_start
 
 from . import services
-from ._wait import Progress, poll, quiet
+from ._wait import Progress, poll, quiet, until_or_stalled
 from .errors import KitError, RabbitUnavailable
 from .rabbit import _connection
 from .settings import current
 
 REBUILD_TIMEOUT = 120.0   # seconds a rebuild may take to reach the log's end
+STALL = 20.0              # seconds a rebuild's reader may go without a commit before it is started again
 CTL_TIMEOUT = 30.0
 HELD_TIMEOUT = 0.5        # seconds to wait for the first delivery of the log before calling it empty
 
@@ -227,9 +227,8 @@ def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, mid_work: 
     one in use, then switch to it in one step. With ``kills``, the reader is SIGKILLed that many
     times (one every ``kill_every`` seconds or so, at random within it) and started again; with
     ``mid_work``, each SIGKILL also waits until the reader has committed a window since its start
-    (so none lands before it reads; fewer kills when it reaches the log's end first).
-
-    Once retention has dropped the log's first events, or with ``from_snapshot``, the new version
+    (so none lands before it reads; fewer kills when it reaches the log's end first). A reader
+    that commits nothing for STALL seconds is SIGKILLed and started again (not counted). Once retention has dropped the log's first events, or with ``from_snapshot``, the new version
     starts from the latest snapshot (``snapshot``) and reads the rest of the log after it.
 
     Raises RebuildError (one line) when the log is empty, retention dropped events no snapshot
@@ -266,16 +265,21 @@ def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, mid_work: 
             services.start(name, dedup=True, wait=False, env=env, progress=quiet)
             if killed < kills:
                 pause, before = time.monotonic() + random.uniform(0.1, kill_every), position()
-                while mid_work and position() == before and time.monotonic() < deadline:
-                    time.sleep(0.02)   # not before the reader has committed a window since it started
+                # mid_work: not before the reader has committed a window since it started (or is done)
+                moved = lambda at, since=before: at != since or at == end  # noqa: E731
+                if mid_work and not until_or_stalled(position, moved, deadline, STALL):
+                    services.kill(name, progress=quiet)   # stuck, no commit: started again, not counted
+                    continue
                 while time.monotonic() < pause and position() != end:
                     time.sleep(0.05)
                 if position() != end:
                     services.kill(name, progress=quiet)   # SIGKILL: no goodbye, wherever it is
                     killed += 1
                     continue
-            while position() != end and time.monotonic() < deadline:
-                time.sleep(0.05)
+            if not until_or_stalled(position, lambda at: at == end, deadline, STALL):
+                progress(f"{name}: no commit for {STALL:g} s: started again")
+                services.kill(name, progress=quiet)
+                continue
             break
         services.stop(name, progress=quiet)
         if position() != end:
@@ -345,23 +349,8 @@ def view(service: str, version: int | None = None) -> dict[str, dict]:
         etcd.close()
 
 
-def view_of(bodies: list[bytes]) -> dict[str, dict]:
-    """The view a reader must build from ``bodies`` (published in this order): each event's first
-    copy applied, old shapes upcast, what is not an event left out (it is dead-lettered)."""
-    events = []
-    for body in bodies:
-        try:
-            events.append(parse(body))
-        except InvalidEvent:
-            pass
-    return projection.build(events)
-
-
-def digest_of(bodies: list[bytes]) -> str:
-    """The digest (svc.projection.digest) of the view a reader must build from ``bodies``."""
-    return projection.digest(view_of(bodies))
-
-
+view_of = projection.view_of       # the view (and its digest) a reader must build from the bodies
+digest_of = projection.digest_of   # published, computed here in the kernel (svc.projection)
 upcast = projection.upcast   # the rule by which old event shapes are read as today's (svc.projection)
 
 

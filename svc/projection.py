@@ -26,7 +26,8 @@ import json
 import rfc8785
 
 from . import keys
-from .event import Event
+from .errors import InvalidEvent
+from .event import Event, parse
 
 VIEW = "view/"
 
@@ -110,6 +111,23 @@ def build(events) -> dict[str, dict]:
             seen.add(event.id)
             apply(view, event)
     return view
+
+
+def view_of(bodies: list[bytes]) -> dict[str, dict]:
+    """The view a reader must build from ``bodies`` (published in this order): each event's first
+    copy applied, old shapes upcast, what is not an event left out (it is dead-lettered)."""
+    events = []
+    for body in bodies:
+        try:
+            events.append(parse(body))
+        except InvalidEvent:
+            pass
+    return build(events)
+
+
+def digest_of(bodies: list[bytes]) -> str:
+    """The digest (:func:`digest`) of the view a reader must build from ``bodies``."""
+    return digest(view_of(bodies))
 
 
 def read_view(etcd, prefix: str, service: str, version: int) -> dict[str, dict]:
