@@ -203,6 +203,18 @@ def open_chapter(context, base, token, chapter, *, wait_idle: bool = True):
     return page, recorder
 
 
+def open_slideshow(context, base, token, chapter, *, network_idle: bool = False):
+    """The chapter's slideshow in a new page, shown (its present slide there): (page, recorder).
+    ``network_idle``: also until nothing more is fetched."""
+    slides = context.new_page()
+    recorder = Recorder(slides)
+    slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
+    slides.locator(".reveal .slides section.present").first.wait_for(timeout=60_000)
+    if network_idle:
+        slides.wait_for_load_state("networkidle")
+    return slides, recorder
+
+
 def notebook(page):
     """The notebook panel on show: every locator of a test is scoped to it."""
     return page.locator(PANEL)
@@ -520,11 +532,7 @@ def test_no_slide_overflows_at_1280x720(lab, browser, request):
     too_big, broken, console, seen, offset = [], [], [], 0, (root / "jupyterlab.log").stat().st_size
     try:
         for chapter in CHAPTERS:
-            slides = context.new_page()
-            recorder = Recorder(slides)
-            slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
-            slides.locator(".reveal .slides section.present").first.wait_for(timeout=60_000)
-            slides.wait_for_load_state("networkidle")
+            slides, recorder = open_slideshow(context, base, token, chapter, network_idle=True)
             text = slides.locator(".reveal .slides").inner_text()
             broken += [(chapter, marker) for marker in BROKEN if marker in text]
             broken += [(chapter, "stderr")] * slides.locator(".reveal [data-mime-type='application/vnd.jupyter.stderr']").count()
@@ -637,10 +645,7 @@ def click_every_panel_button(lab, browser, chapter: str) -> list[tuple[str, int,
     context = browser.new_context(viewport={"width": 1280, "height": 720})
     seen = []
     try:
-        slides = context.new_page()
-        recorder = Recorder(slides)
-        slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
-        slides.locator(".reveal .slides section.present").first.wait_for(timeout=60_000)
+        slides, recorder = open_slideshow(context, base, token, chapter)
         slides.locator(".reveal .jupyter-widgets button").first.wait_for(state="attached", timeout=30_000)
 
         def on_slide(box):
@@ -694,11 +699,7 @@ def test_plots_and_diagrams_are_readable_on_slides_at_1920x1080(lab, browser, re
     measured, small = [], []
     try:
         for chapter in with_pictures:
-            slides = context.new_page()
-            recorder = Recorder(slides)
-            slides.goto(f"{base}/rise/notebooks/{chapter}?token={token}")
-            slides.locator(".reveal .slides section.present").first.wait_for(timeout=60_000)
-            slides.wait_for_load_state("networkidle")
+            slides, recorder = open_slideshow(context, base, token, chapter, network_idle=True)
 
             def measure(box, chapter=chapter, slides=slides):
                 pictures = slides.evaluate(PICTURE_TEXT, plots.SMALLEST_PT)
