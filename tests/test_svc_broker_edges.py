@@ -20,7 +20,7 @@ from conftest import need, need_rabbitmqctl
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 from svc.effects import count
-from svc.testing import OwnEtcd, ServiceProcess, graphite_total, wait_for
+from nirvana.testing import OwnEtcd, ServiceProcess, graphite_total, wait_for
 
 NEW_ORDER = {"type": "new_order", "id": "good"}
 

@@ -21,7 +21,7 @@ from svc.errors import InvalidEvent
 from svc.replay import LOG_OFFSET_HEADER, TXN_OPS
 from svc.stream import OFFSET_HEADER, log_end
 from svc.config import VARIABLES
-from svc.testing import ServiceProcess, wait_for
+from nirvana.testing import ServiceProcess, wait_for
 
 EVENTS = 3 * TXN_OPS // 2   # about three windows (two etcd operations an event): a crash in the first leaves work
 RUN_TIMEOUT = 30.0
@@ -300,7 +300,7 @@ def test_a_log_declared_with_another_retention_keeps_its_own_with_one_warning(sv
 
 def test_a_broker_without_streams_keeps_the_topology_working_with_one_line(tmp_path, caplog, etcd_endpoint):
     from conftest import need
-    from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ
+    from nirvana.testing import RABBITMQ_SERVER, OwnRabbitMQ
 
     need("rabbitmq-server (Debian's package, to run a throwaway node)", os.path.exists(RABBITMQ_SERVER))
     # Given a fresh RabbitMQ node whose stream_queue feature flag is off
