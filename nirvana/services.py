@@ -4,7 +4,8 @@ Each service runs the way an operator would run it: ``python -m svc`` with its s
 environment, in its own session (so a stop reaches the whole process group), its output in
 ``state/logs/svc-<name>.log``. Each start is recorded (:mod:`nirvana.service_records`), so a
 later kernel can still stop what an earlier one started: before signalling, the pid is checked
-to still be that very ``python -m svc`` process. Stopping is :mod:`nirvana.processes`'.
+to still be that very ``python -m svc`` process. Starting and waiting are :mod:`nirvana.launcher`'s, stopping
+:mod:`nirvana.processes`'.
 
 One service name, one set of processes, whichever kernels ask: start, stop, kill and restart hold
 the service's lock (:func:`nirvana.service_records.exclusive`) from "is it running?" to the record
