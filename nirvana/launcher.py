@@ -110,7 +110,8 @@ def environment(extra: Mapping[str, str] | None = None, *, system: bool = False,
 class Command:
     """What to start: ``argv`` with the full environment ``env``, in ``cwd``, output to ``log``.
 
-    ``append`` keeps the log's earlier runs (a dated header line first); ``record`` is the start
+    ``append`` keeps the log's earlier runs (a dated header line first unless ``header`` is
+    False: a log a test reads line by line holds only what the process wrote); ``record`` is the start
     record's path (none: the caller keeps the handle); ``fields`` more of the record's fields;
     ``die_with_starter`` has Linux SIGKILL it when the starting thread ends
     (:func:`nirvana.processes.death_signal`).
@@ -122,6 +123,7 @@ class Command:
     cwd: Path = paths.ROOT
     name: str = ""
     append: bool = False
+    header: bool = True
     record: Path | None = None
     fields: Mapping[str, object] = field(default_factory=dict)
     die_with_starter: bool = False
@@ -169,7 +171,7 @@ def start(command: Command) -> Launched:
     """
     command.log.parent.mkdir(parents=True, exist_ok=True)
     with open(command.log, "ab" if command.append else "wb") as out:
-        if command.append:
+        if command.append and command.header:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command.argv)}\n".encode())
             out.flush()
         # its own session: a stop reaches all of it, a Ctrl-C in Jupyter or the terminal none of it

@@ -56,10 +56,11 @@ def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05
 class ServiceProcess:
     """One ``python -m svc`` subprocess, in its own session (:mod:`nirvana.launcher`); its output in a log file."""
 
-    def __init__(self, service: str, env: dict, log_path: Path) -> None:
+    def __init__(self, service: str, env: dict, log_path: Path, argv: Sequence[str] | None = None) -> None:
+        """``argv``: another way to run the service (default ``python -m svc``)."""
         self.service, self.log_path = service, log_path
-        self.launched = launcher.start(launcher.Command([sys.executable, "-m", "svc"], log_path, env,
-                                                        name=service, append=True))
+        self.launched = launcher.start(launcher.Command(list(argv or [sys.executable, "-m", "svc"]), log_path, env,
+                                                        name=service, append=True, header=False))
         self.popen = self.launched.popen
 
     @property

@@ -100,12 +100,10 @@ class Reader(ServiceProcess):
     (svc.replay.TRACKING, set in the child before it starts: "txn" is the design)."""
 
     def __init__(self, world, service: str, tracking: str = "txn", **settings) -> None:
-        self.service, self.log_path = service, world.log_dir / f"{service}-{len(world.processes)}.log"
         env = world.env(service, **{"source": "log", "log_offset": "first", **settings})
         code = f"import sys, svc.replay, svc.service; svc.replay.TRACKING = {tracking!r}; sys.exit(svc.service.main())"
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(service, env, world.log_dir / f"{service}-{len(world.processes)}.log",
+                         [sys.executable, "-c", code])
         world.processes.append(self)
 
 
