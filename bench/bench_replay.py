@@ -14,7 +14,7 @@
   0.3 s after it has committed a window since its start, so every run moves on); both digests
   (SHA-256 over the view's RFC 8785 JSON) must be equal, and no event applied twice.
 
-Everything runs under its own exchange and etcd prefix, removed at the end (svc.testing.World).
+Everything runs under its own exchange and etcd prefix, removed at the end (nirvana.testing.World).
 """
 
 import argparse
@@ -35,7 +35,7 @@ from svc import projection, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH  # noqa: E402
 from svc.publisher import Publisher  # noqa: E402
 from svc.stream import OFFSET_HEADER, log_end  # noqa: E402
-from svc.testing import ServiceProcess, World, wait_for  # noqa: E402
+from nirvana.testing import ServiceProcess, World, wait_for  # noqa: E402
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ETCD_ENDPOINT = "127.0.0.1:2379"

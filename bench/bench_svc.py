@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from svc import _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH, parse_endpoints  # noqa: E402
-from svc.testing import World, wait_for  # noqa: E402
+from nirvana.testing import World, wait_for  # noqa: E402
 
 from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402  (the yardsticks of chapter 8 too)
 

@@ -3,7 +3,7 @@
 The same comparison as ``bench/bench_svc.py`` (which runs it at full size): a bare pika
 consume-and-ack loop, ``python -m svc`` with deduplication off, and with claims in etcd, each
 draining the same number of events from a fresh queue of an isolated world
-(:class:`svc.testing.World`: its own exchange and etcd prefix, removed at the end).
+(:class:`nirvana.testing.World`: its own exchange and etcd prefix, removed at the end).
 
 A shared machine's speed changes from second to second, so, as in the bench, each svc run is
 bracketed by the bare loop in the same round: bare, svc, bare, svc, bare (the two svc contenders
@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from svc import _etcd
 from svc.config import DEFAULT_PREFETCH, parse_endpoints, split_urls
 from svc.effects import records
-from svc.testing import World, wait_for
+from .testing import World, wait_for
 
 from .plots import subplots
 from .prune import prune

@@ -28,7 +28,7 @@ from svc.consumer import connection_name
 from svc.errors import SvcError
 
 from . import rabbit, services, settings, stack
-from ._wait import POLL_SECONDS, poll, quiet
+from ._wait import poll, quiet
 from .errors import KitError, WaitTimeout
 
 # rabbitmqctl's schedulers are told not to busy-wait (nirvana.stack.rabbitmq.CTL_ERL_ARGS): at load ~10
@@ -169,28 +169,36 @@ def cut_replica(service: str, *, exchange: str | None = None, replicas: int = 1,
     except TimeoutError:
         pass   # fewer (a replica killed meanwhile): cut one of those whose connection is open
     by_socket = False
-    while True:
+
+    def look() -> tuple[dict[int, int], dict[int, list[str]]]:
+        """(the live replicas' instance numbers by pid, their open connections by pid)."""
+        nonlocal by_socket
         live = {s.pid: s.instance for s in services.instances(service)}
         if not by_socket:
             try:
-                listed = open_connections(service, node)
+                return live, open_connections(service, node)
             except (subprocess.CalledProcessError, OSError) as error:
                 if not rabbitmqctl_refused(error):
                     raise
                 by_socket = True   # rabbitmqctl is not this user's: the processes' own sockets
-        if by_socket:
-            listed = {pid: ["socket"] for pid in live if broker_sockets(pid)}
-        if candidates := sorted((live[pid], pid) for pid in live if listed.get(pid)):
-            instance, pid = candidates[-1]
-            if by_socket:
-                return drop_connection(pid), instance
-            for connection in listed[pid]:
-                _ctl(node, "close_connection", connection, "closed by the chaos run")
-            return len(listed[pid]), instance
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(f"gave up after {timeout:g} s waiting for a replica of {service} with a broker "
-                              f"connection open: {len(live)} running, none listed by rabbitmqctl")
-        time.sleep(POLL_SECONDS)
+        return live, {pid: ["socket"] for pid in live if broker_sockets(pid)}
+
+    def candidates(seen: tuple[dict[int, int], dict[int, list[str]]]) -> list[tuple[int, int]]:
+        live, listed = seen
+        return sorted((live[pid], pid) for pid in live if listed.get(pid))
+
+    try:
+        live, listed = poll(look, lambda seen: bool(candidates(seen)), what=f"a replica of {service} with a broker "
+                            "connection open", timeout=max(deadline - time.monotonic(), 0), progress=quiet)
+    except WaitTimeout:
+        raise WaitTimeout(f"gave up after {timeout:g} s waiting for a replica of {service} with a broker "
+                          f"connection open: {len(look()[0])} running, none listed by rabbitmqctl") from None
+    instance, pid = candidates((live, listed))[-1]
+    if by_socket:
+        return drop_connection(pid), instance
+    for connection in listed[pid]:
+        _ctl(node, "close_connection", connection, "closed by the chaos run")
+    return len(listed[pid]), instance
 
 
 def restart_broker(node: stack.RabbitNode, *, down: float = BROKER_DOWN, url: str | None = None) -> float:

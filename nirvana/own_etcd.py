@@ -1,31 +1,121 @@
-"""A throwaway etcd on free loopback ports, for chapters that stop and restart etcd.
+"""A throwaway etcd on free loopback ports, for tests and chapters that stop, freeze or limit etcd.
 
-The one implementation is svc's (:mod:`svc.own_etcd`, which the tests use too); here it only
-speaks the kit's language: a missing ``etcd`` binary is a :class:`nirvana.errors.StackError`.
-A chapter that shows etcd going away starts one, points its services at :attr:`OwnEtcd.endpoint`,
-and stops it at the end (also at interpreter exit); its data lives in a temporary folder that
-survives :meth:`OwnEtcd.restart` and is removed by :meth:`OwnEtcd.close`.
+The shared stack's etcd (port 2379) is never stopped by a test or a chapter: other notebooks,
+tests and people use it. Whoever shows etcd going away (a dead claim's lease, etcd down, a
+transaction over the server's limits) starts one of these, points its services at
+:attr:`OwnEtcd.endpoint`, and stops it at the end (also at interpreter exit; and should its
+starter die without an exit, a kernel SIGKILLed, its :class:`nirvana.watchdog.Watchdog` stops it
+and removes its temporary folder). Started, awaited and stopped by :mod:`nirvana.launcher`. Used
+by the tests (``nirvana.testing.OwnEtcd``, the ``etcd_factory`` fixture) and by the chapters
+(``nirvana.OwnEtcd``).
 """
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
-from svc import own_etcd
-from svc.own_etcd import free_port
-
+from . import launcher
 from ._wait import Progress, quiet
-from .errors import StackError
+from .errors import StackError, WaitTimeout
+from .launcher import free_port, tcp_open
+from .watchdog import Watchdog
+
+START_TIMEOUT = 20.0    # seconds for a fresh etcd to accept connections
+STOP_TIMEOUT = 10.0     # seconds for etcd to exit after SIGTERM, then SIGKILL
 
 
-class OwnEtcd(own_etcd.OwnEtcd):
-    """svc's throwaway etcd (:class:`svc.own_etcd.OwnEtcd`: ``start()``, ``stop()``, ``restart()``,
-    ``close()``). Raises StackError naming the package when the ``etcd`` binary is missing, and
-    TimeoutError from ``start()`` when it does not answer within START_TIMEOUT seconds."""
+class OwnEtcd:
+    """One etcd member of its own: ``start()``, ``stop()``, ``restart()``, ``close()``.
+
+    ``data_dir``: where its data lives (kept by ``close()``); by default a temporary folder that
+    ``close()`` removes. ``flags``: extra etcd flags (``"--max-txn-ops", "16"``,
+    ``"--quota-backend-bytes", ...``) for limits the stack's etcd does not have; with
+    ``"--cert-file", ..., "--key-file", ...`` it serves its clients over TLS (:attr:`url`). ``progress`` is
+    told one line when it starts and stops. Raises :class:`nirvana.errors.StackError` when the
+    ``etcd`` binary is missing (``./kit setup`` installs Debian's etcd-server), and TimeoutError
+    from ``start()`` when it does not answer within START_TIMEOUT seconds.
+    """
 
     def __init__(self, *flags: str, data_dir: str | Path | None = None, progress: Progress = quiet) -> None:
-        try:
-            super().__init__(*flags, data_dir=data_dir, progress=progress)
-        except FileNotFoundError as error:
-            raise StackError(str(error)) from None
+        if shutil.which("etcd") is None:
+            raise StackError("etcd is not installed: run ./kit setup (Debian package etcd-server)")
+        self.client, self.peer = launcher.free_ports(2)
+        self.endpoint = f"127.0.0.1:{self.client}"
+        self._temporary = data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="own-etcd-") if data_dir is None else data_dir)
+        self.flags, self.progress = flags, progress
+        self.process: launcher.Launched | None = None
+        self._watchdog: Watchdog | None = None
+        atexit.register(self.close)
+
+    @property
+    def url(self) -> str:
+        """Its client URL: ``https://`` when its flags give it a certificate (``--cert-file``)."""
+        return f"{'https' if '--cert-file' in self.flags else 'http'}://{self.endpoint}"
+
+    def _argv(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer}"
+        return ["etcd", "--name", "own", "--data-dir", str(self.data_dir / "data"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"own={peer}", *self.flags]
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def start(self) -> "OwnEtcd":
+        """Start it (on the data it had, if any) and wait until it answers; returns itself."""
+        if not self.running:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            if self._watchdog is None:   # started first: no etcd of ours without one
+                self._watchdog = Watchdog(stop_timeout=STOP_TIMEOUT)
+                if self._temporary:
+                    self._watchdog.remove(self.data_dir)
+            self.process = launcher.start(launcher.Command(self._argv(), self.data_dir / "etcd.log",
+                                                           launcher.environment(system=True), self.data_dir,
+                                                           name="throwaway etcd", append=True))
+            self._watchdog.group(self.process.pid)
+            try:
+                launcher.wait_ready(lambda: tcp_open(self.client, timeout=0.5), bool, waiting=[self.process],
+                                    what=f"the throwaway etcd on {self.endpoint}", timeout=START_TIMEOUT,
+                                    interval=0.05)
+            except (launcher.Exited, WaitTimeout):
+                self.stop()
+                raise TimeoutError(f"the throwaway etcd on {self.endpoint} did not answer within "
+                                   f"{START_TIMEOUT:g} s (its log: {self.data_dir / 'etcd.log'})") from None
+            self.progress(f"throwaway etcd: up on {self.endpoint}")
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT seconds; the data stays for the next start."""
+        if self.running:
+            launcher.stop([self.process], STOP_TIMEOUT, kill_wait=STOP_TIMEOUT)
+            self.progress(f"throwaway etcd: stopped ({self.endpoint})")
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, no goodbye); the data stays for the next start."""
+        if self.running:
+            launcher.kill([self.process], kill_wait=STOP_TIMEOUT)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` (SIGSTOP freezes it: it takes requests and never answers; SIGCONT)."""
+        if self.running:
+            self.process.signal(signum)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop it, remove its data if it is the temporary folder, dismiss its watchdog (idempotent)."""
+        self.stop()
+        if self._temporary:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
 
 
-__all__ = ["OwnEtcd", "free_port"]
+__all__ = ["OwnEtcd", "free_port", "tcp_open"]

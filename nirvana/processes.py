@@ -1,4 +1,7 @@
-"""Process supervision, once for the whole kit: start in a process group, record, recognise, stop.
+"""Process supervision, once for the whole kit: record, recognise, stop a process group.
+
+The starting itself is :mod:`nirvana.launcher`'s; this module keeps what it and the services'
+records share.
 
 Everything the kit starts (the stack's components, JupyterLab, the ``svc`` services) runs in its
 own session, so its process group id is its pid and one signal reaches the whole group (a
@@ -17,14 +20,16 @@ import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import psutil
+
+from ._wait import poll, quiet
+from .errors import WaitTimeout
 
 # psutil derives a start time from the boot time in /proc/stat, which moves by up to a second
 # when the clock is adjusted; the kernel does not hand a freed pid out again within that time
@@ -86,25 +91,6 @@ def death_signal():
             os._exit(1)
 
     return set_death_signal
-
-
-def spawn(argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path,
-          append: bool = False, die_with_starter: bool = False) -> subprocess.Popen:
-    """Start ``argv`` in its own session (process group id = its pid), output to ``log``.
-
-    ``append`` keeps the log's earlier runs and writes a dated header line first;
-    ``die_with_starter`` has it killed when this process ends (:func:`death_signal`). Raises
-    OSError when the program cannot be executed.
-    """
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab" if append else "wb") as out:
-        if append:
-            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
-            out.flush()
-        # its own session: a stop reaches all of it, a Ctrl-C in Jupyter or the terminal none of it
-        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(env), cwd=cwd, start_new_session=True,
-                                preexec_fn=death_signal() if die_with_starter else None)
 
 
 def started_at(pid: int) -> float:
@@ -170,14 +156,17 @@ def wait_group(pgid: int, deadline: float, reaper: Callable[[int], None] = reap)
 
     ``reaper(pgid)`` collects the leader if it is a child of ours. False at the deadline.
     """
-    while True:
+    def left() -> int:
         reaper(pgid)
-        if not group_members(pgid):
-            reaper(pgid)   # it may have turned zombie after the first look: collect it now
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL)
+        return len(group_members(pgid))
+
+    try:
+        poll(left, lambda count: count == 0, what=f"process group {pgid} to end",
+             timeout=max(deadline - time.monotonic(), 0), progress=quiet, interval=POLL)
+    except WaitTimeout:
+        return False
+    reaper(pgid)   # it may have turned zombie after the last look: collect it now
+    return True
 
 
 def stop_groups(pgids: Iterable[int], timeout: float, *, kill_wait: float = KILL_WAIT,

@@ -1,6 +1,6 @@
 """Metrics a run leaves behind, removed: the made-up service names of the tests and chapter 08.
 
-A service with a made-up name (``svc.testing.World.service_name``: ``t1a2b3c_orders``) counts
+A service with a made-up name (``nirvana.testing.World.service_name``: ``t1a2b3c_orders``) counts
 under that name. statsd sends every counter and timer it has seen at each flush (0 when idle:
 statsd's ``deleteIdleStats`` is off), so carbon keeps writing them and Graphite's tree fills with
 names nobody will look at again, even after their whisper files are deleted, until statsd

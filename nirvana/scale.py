@@ -6,7 +6,7 @@ throughput with more replicas.
 temporary folder: the single-node stack the other chapters use (etcd on 2379, RabbitMQ on 5672)
 keeps running beside it, untouched. It is stopped and removed by :meth:`Cluster.close` (the
 chapter's last cells, and at interpreter exit); should the kernel die without an exit (SIGKILLed,
-restarted while hung), its watchdog (:class:`svc.watchdog.Watchdog`) stops every member and
+restarted while hung), its watchdog (:class:`nirvana.watchdog.Watchdog`) stops every member and
 removes the folder.
 
 :func:`stream_with_faults` runs ``orders`` and ``notify`` (replicas, deduplication by claims,
@@ -33,7 +33,7 @@ from svc import Etcd, topology
 from svc.config import parse_endpoints
 from svc.effects import counts_by_id
 from svc.errors import DedupUnavailable
-from svc.watchdog import Watchdog
+from .watchdog import Watchdog
 
 from . import checker, rabbit, services
 from .plots import subplots

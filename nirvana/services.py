@@ -4,7 +4,8 @@ Each service runs the way an operator would run it: ``python -m svc`` with its s
 environment, in its own session (so a stop reaches the whole process group), its output in
 ``state/logs/svc-<name>.log``. Each start is recorded (:mod:`nirvana.service_records`), so a
 later kernel can still stop what an earlier one started: before signalling, the pid is checked
-to still be that very ``python -m svc`` process. Stopping is :mod:`nirvana.processes`'.
+to still be that very ``python -m svc`` process. Starting and waiting are :mod:`nirvana.launcher`'s, stopping
+:mod:`nirvana.processes`'.
 
 One service name, one set of processes, whichever kernels ask: start, stop, kill and restart hold
 the service's lock (:func:`nirvana.service_records.exclusive`) from "is it running?" to the record
@@ -20,11 +21,10 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 
-from . import paths, processes, rabbit
+from . import launcher, paths, rabbit
 from . import service_records as records
 from ._wait import Progress, poll, quiet
 from .errors import ServiceError
@@ -53,25 +53,21 @@ def _check_etcd(endpoints_text: str) -> None:
     """Raise ServiceError unless one of the etcd endpoints (``host:port,...``) accepts a connection."""
     for endpoint in endpoints_text.split(","):
         host, _, port = endpoint.strip().rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=ETCD_CONNECT_TIMEOUT).close()
+        if port.isdigit() and launcher.tcp_open(int(port), host, ETCD_CONNECT_TIMEOUT):
             return
-        except (OSError, ValueError):
-            continue
     raise ServiceError(f"etcd is not answering at {endpoints_text}: start the stack with `./kit up` "
                        "(deduplication needs etcd; start with dedup=False to run without it)")
 
 
-def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -> Service:
+def _spawn(name: str, instance: int, dedup: bool, environment: dict[str, str]) -> tuple[Service, launcher.Launched]:
     log = log_path(name, instance)
     # it dies with this kernel, even busy (processes.death_signal): none outlives its notebook
-    child = processes.spawn([sys.executable, "-m", "svc"], log=log, env=environment, cwd=paths.ROOT,
-                            die_with_starter=True)
+    child = launcher.start(launcher.Command([sys.executable, "-m", "svc"], log, environment, paths.ROOT,
+                                            name=records.record_key(name, instance), die_with_starter=True))
     _register_atexit()
-    service = Service(name, child.pid, processes.started_at(child.pid), dedup, environment["EVENTS_EXCHANGE"],
-                      str(log), instance)
-    records.remember(service, child)
-    return service
+    service = Service(name, child.pid, child.started, dedup, environment["EVENTS_EXCHANGE"], str(log), instance)
+    records.remember(service, child.popen)
+    return service, child
 
 
 def start(
@@ -121,33 +117,31 @@ def _start(name: str, dedup: bool, wait: bool, timeout: float, replicas: int, en
     if dedup and wait:
         _check_etcd(environment["ETCD_ENDPOINTS"])   # with dedup on, svc consumes only once etcd answers
     free = (i for i in range(1, replicas + len(live) + 1) if i not in {s.instance for s in live})
-    started = [_spawn(name, next(free), dedup, environment) for _ in range(replicas - len(live))]
+    launched = [_spawn(name, next(free), dedup, environment) for _ in range(replicas - len(live))]
+    started = [service for service, _child in launched]
     if not wait:
         progress(f"{name}: started, {label}")
         return (live + started)[0]
-
-    def failed() -> Service | None:
-        return next((s for s in started if records.children[s.key].poll() is not None), None)
-
     try:
-        poll(
+        launcher.wait_ready(
             # its queue may not exist until the new process declares it: that reads as 0 consumers
-            lambda: (failed(), rabbit.queue_counts(rabbit.queue_of(name, exchange), url=url).consumers),
-            lambda seen: seen[0] is not None or seen[1] >= replicas,
+            lambda: rabbit.queue_counts(rabbit.queue_of(name, exchange), url=url).consumers,
+            lambda consumers: consumers >= replicas,
+            waiting=[child for _service, child in launched],
             what=f"{name} ({label}) to consume {rabbit.queue_of(name, exchange)}",
             timeout=timeout,
             progress=progress,
-            describe=lambda seen: f"{seen[1]} consumer(s)",
+            describe=lambda consumers: f"{consumers} consumer(s)",
         )
+    except launcher.Exited as exited:
+        dead = next(service for service, child in launched if child is exited.launched)
+        code = exited.launched.returncode
+        records.stop_now(started, 0)
+        records.exit_codes[name] = code
+        raise ServiceError(f"{name} exited with status {code} before it was ready:\n{logs(name, instance=dead.instance)}") from None
     except TimeoutError as error:
         records.stop_now(started, 0)
         raise ServiceError(f"{name} did not become ready: {error}\n{logs(name)}") from None
-    dead = failed()
-    if dead is not None:
-        code = records.children[dead.key].returncode
-        records.stop_now(started, 0)
-        records.exit_codes[name] = code
-        raise ServiceError(f"{name} exited with status {code} before it was ready:\n{logs(name, instance=dead.instance)}")
     records.exit_codes.pop(name, None)
     progress(f"{name}: ready, {label}")
     return (live + started)[0]

@@ -14,11 +14,11 @@ Two shapes are made here:
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import endpoints, paths
+from .launcher import free_ports
 
 HOST = endpoints.HOST
 SIZE = 3
@@ -79,20 +79,6 @@ def kit_shape() -> Shape:
                  amqp=endpoints.CLUSTER_AMQP_PORTS,
                  dist=tuple(port + 20000 for port in endpoints.CLUSTER_AMQP_PORTS),
                  epmd=endpoints.CLUSTER_EPMD_PORT)
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def private_shape(folder: Path) -> Shape:

@@ -1,7 +1,7 @@
 """In-memory stand-ins for etcd and statsd, for unit tests of pure logic only (the way dramatiq's
 StubBroker stands in for a broker): ``MemoryDedup`` is a :class:`svc.protocols.Dedup`,
 ``MemoryMeter`` a :class:`svc.protocols.Meter`. Integration tests use the real services
-(:mod:`svc.testing`). Re-exported by :mod:`svc.testing`."""
+(the tests, through :mod:`nirvana.testing`, which re-exports them)."""
 
 from .batch import Ready, Verdict
 from .event import Event

@@ -6,7 +6,6 @@ test; elsewhere it is skipped with the command that starts it.
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -14,7 +13,7 @@ import uuid
 import pika
 import pytest
 
-from nirvana import endpoints, services, settings, stack
+from nirvana import endpoints, launcher, services, settings, stack
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
@@ -105,11 +104,8 @@ def native_only(*components: str) -> None:
 
 
 def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    """The launcher's probe (:func:`nirvana.launcher.tcp_open`), host first as the fixtures ask."""
+    return launcher.tcp_open(port, host, timeout)
 
 
 @pytest.fixture(scope="session")
@@ -205,7 +201,7 @@ def svc_world(amqp_url, etcd_endpoint, tmp_path):
     """An isolated svc world: its own exchange, etcd prefix and service names, services run as real
     ``python -m svc`` processes; on teardown it kills them, then removes its queues and keys (and
     its metrics, at the end of the session)."""
-    from svc.testing import World
+    from nirvana.testing import World
 
     world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
                   rabbitmqctl=stack.rabbitmq_node().ctl())
@@ -218,7 +214,7 @@ def svc_world(amqp_url, etcd_endpoint, tmp_path):
 def etcd_factory(tmp_path):
     """Start throwaway etcds (``etcd_factory(*flags)``, e.g. ``"--max-txn-ops", "16"``) on free ports,
     never the stack's; each is killed at teardown."""
-    from svc.testing import OwnEtcd
+    from nirvana.testing import OwnEtcd
 
     need("etcd (on PATH, to run a throwaway one)", shutil.which("etcd") is not None)
     started = []
@@ -242,9 +238,9 @@ def own_etcd(etcd_factory):
 
 @pytest.fixture
 def own_rabbitmq(tmp_path):
-    """A throwaway RabbitMQ node on free ports (svc.testing.OwnRabbitMQ), never the system's or the
+    """A throwaway RabbitMQ node on free ports (nirvana.testing.OwnRabbitMQ), never the system's or the
     kit's, for resource alarms and a node stopped mid-stream; stopped at teardown."""
-    from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ
+    from nirvana.testing import RABBITMQ_SERVER, OwnRabbitMQ
 
     need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
          and os.path.exists(RABBITMQ_SERVER), hint="sudo apt-get install -y rabbitmq-server")

@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import pytest
 import requests
 
 from nirvana import endpoints, graphite, paths, plots, present, services
+from nirvana.launcher import free_port
 
 from conftest import IN_CI
 from kernel_trace import KernelTrace
@@ -65,12 +65,6 @@ def screenshots() -> Path:
     folder = paths.state_dir() / "browser"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((endpoints.HOST, 0))
-        return sock.getsockname()[1]
 
 
 def git_status() -> str:

@@ -13,7 +13,7 @@ from conftest import need, tcp_open
 
 from nirvana import paths
 from nirvana.stack.component import ports, render
-from svc.testing import free_port, wait_for
+from nirvana.testing import free_port, wait_for
 
 # carbon-cache and whisper are Debian's (graphite-carbon, python3-whisper), for the system python3.
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -29,7 +29,7 @@ from svc.errors import DedupUnavailable
 from svc.event import parse
 from svc.publisher import Publisher
 from svc.stream import log_end
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 DRAIN_TIMEOUT = 90.0              # seconds for every event to be processed after the fault
 EVENTS = 600

@@ -150,3 +150,82 @@ def test_notebooks_import_the_kit_from_one_namespace():
     assert used <= set(nirvana.__all__)
     for name in nirvana.__all__:
         assert getattr(nirvana, name, None) is not None or (ROOT / "nirvana" / f"{name}.py").exists(), name
+
+
+# -- one launcher (issue 22) ---------------------------------------------------------------------
+
+LAUNCHERS = {"nirvana.launcher"}   # the one place a long-lived process is started
+STARTS_ITS_OWN = {
+    # the guard of what the launcher starts: it needs the owner's pipe as its stdin (end-of-file is
+    # the owner's death) and must not depend on the launcher it guards (it runs with python -I)
+    "nirvana.watchdog": "the kernel-death watchdog",
+}
+ONE_SHOT = {
+    # commands that run to their end within a deadline (timeout=), never a process the kit keeps
+    "nirvana.cuts": "rabbitmqctl list_connections / close_connection / stop_app / start_app",
+    "nirvana.replay": "rabbitmqctl list_queues",
+    "nirvana.stack.members": "rabbitmqctl against a cluster's node",
+    "nirvana.stack.rabbitmq": "rabbitmqctl list_vhosts (may this user run it?)",
+    "nirvana.own_rabbitmq": "rabbitmqctl against a throwaway node",
+    "nirvana.testing": "rabbitmqctl for a test's world (policies, users, connections)",
+}
+LONG_LIVED = {"subprocess.Popen", "os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.posix_spawnp",
+              "os.spawnv", "os.spawnve", "os.spawnvp", "os.execv", "os.execve", "os.execvp", "pty.fork",
+              "multiprocessing.Process", "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell"}
+RUN_TO_END = {"subprocess.run", "subprocess.call", "subprocess.check_call", "subprocess.check_output"}
+
+
+def process_starts(path: Path) -> list[tuple[str, int, ast.Call]]:
+    """(``module.function``, line, the call) for each call that starts a process, as written:
+    ``subprocess.Popen(...)`` or a name imported from its module (``from subprocess import Popen``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    imported = {alias.asname or alias.name: f"{node.module}.{alias.name}" for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func, name = node.func, None
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            name = f"{func.value.id}.{func.attr}"
+        elif isinstance(func, ast.Name):
+            name = imported.get(func.id)
+        if name in LONG_LIVED | RUN_TO_END:
+            found.append((name, node.lineno, node))
+    return found
+
+
+def test_no_process_is_started_outside_the_launcher():
+    # every process the kit keeps running is started by nirvana.launcher: its log, start record,
+    # readiness wait and group stop are written once (a start elsewhere is one more copy of them)
+    bad = [f"{ALL[name].relative_to(ROOT)}:{line} {call}" for name in ALL
+           if name not in LAUNCHERS and name not in STARTS_ITS_OWN
+           for call, line, _node in process_starts(ALL[name]) if call in LONG_LIVED]
+    assert bad == []
+
+
+def test_one_shot_commands_are_named_and_have_a_deadline():
+    bad = []
+    for name in ALL:
+        for call, line, node in process_starts(ALL[name]):
+            if call not in RUN_TO_END:
+                continue
+            where = f"{ALL[name].relative_to(ROOT)}:{line} {call}"
+            if name not in ONE_SHOT:
+                bad.append(f"{where}: not among the one-shot commands this test names")
+            elif not any(keyword.arg == "timeout" for keyword in node.keywords):
+                bad.append(f"{where}: no timeout=")
+    assert bad == []
+
+
+MOVED_OUT_OF_SVC = ("watchdog", "own_etcd", "own_rabbitmq", "testing")
+
+
+def test_svc_is_the_service_and_its_stand_ins_only():
+    # the kit's infrastructure (never run by `python -m svc`) lives in nirvana; svc never imports it
+    assert [f"svc.{name}" for name in MOVED_OUT_OF_SVC if f"svc.{name}" in ALL] == []
+    bad = [f"{ALL[name].relative_to(ROOT)}:{line} imports {target}"
+           for name in ALL if name.startswith("svc")
+           for target, line, _ in imports(name, ALL[name])
+           if target.split(".")[-1] in MOVED_OUT_OF_SVC or target.startswith("nirvana")]
+    assert bad == []

@@ -15,7 +15,7 @@ import pytest
 
 from nirvana import deadletters, rabbit, settings
 from svc import topology
-from svc.testing import free_port, wait_for
+from nirvana.testing import free_port, wait_for
 
 SERVICES = ("orders", "notify")
 

@@ -14,7 +14,7 @@ from svc import projection, topology
 from svc.errors import SvcError
 from svc.event import parse
 from svc.stream import OFFSET_HEADER, log_end, log_start
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 
 def orders(count: int, start: int = 0) -> list[bytes]:

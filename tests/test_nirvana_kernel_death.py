@@ -24,7 +24,7 @@ import pytest
 from conftest import RUN_TIMEOUT, in_own_namespace, need
 from jupyter_client import KernelManager
 
-from svc.own_etcd import answering
+from nirvana.launcher import tcp_open as answering
 
 BUSY_MS = 10_000
 GRACE = 1.0     # seconds a service may outlive its kernel
@@ -109,9 +109,9 @@ def port_free(port: int) -> bool:
 
 
 def watchdogs(kernel_pid: int) -> list[int]:
-    """The kernel's watchdog processes (svc/watchdog.py), by pid."""
+    """The kernel's watchdog processes (nirvana/watchdog.py), by pid."""
     return [child.pid for child in psutil.Process(kernel_pid).children()
-            if any(part.endswith("svc/watchdog.py") for part in child.cmdline())]
+            if any(part.endswith("nirvana/watchdog.py") for part in child.cmdline())]
 
 
 def all_gone(pids: list[int], seconds: float) -> list[int]:

@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 
-from nirvana import processes
+from nirvana import launcher, processes
 
 SLEEPER = "import time; time.sleep(60)"
 # a group leader that ignores SIGTERM and has a child: only SIGKILL to the group ends both
@@ -16,8 +16,7 @@ STUBBORN = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM,
 
 
 def start(tmp_path, code):
-    child = processes.spawn([sys.executable, "-c", code], log=tmp_path / "p.log", env=os.environ, cwd=tmp_path)
-    return child
+    return launcher.start(launcher.Command([sys.executable, "-c", code], tmp_path / "p.log", os.environ, tmp_path)).popen
 
 
 def test_a_record_names_its_process_until_the_pid_means_another(tmp_path):

@@ -10,7 +10,7 @@ from nirvana import replay, stack
 from nirvana.publisher import Publisher, publish_bodies
 from svc import projection
 from svc.stream import log_start
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 from svc.event import parse
 
 

@@ -7,7 +7,6 @@ and is never touched. Every rabbitmqctl call must reach the throwaway node, not 
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -20,15 +19,10 @@ from conftest import need
 
 from nirvana import endpoints, paths, processes, stack
 from nirvana.stack import rabbitmq, running
-from svc.testing import World, wait_for
+from nirvana.testing import World, wait_for
+from nirvana.launcher import free_port
 
 START_TIMEOUT = 60.0   # seconds: the stack's own deadline for RabbitMQ
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((endpoints.HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _amqp_url(port: int) -> str:
@@ -52,18 +46,18 @@ def kit_node(tmp_path_factory):
     need("RabbitMQ's server (apt package rabbitmq-server)", rabbitmq.SERVER.exists())
     need("epmd (apt package erlang-base)", shutil.which("epmd") is not None)
     state = tmp_path_factory.mktemp("state")
-    port = _free_port()
+    port = free_port()
     user_cookie = Path.home() / ".erlang.cookie"
     had_cookie = user_cookie.exists()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NIRVANA_STATE", str(state))
         paths.log_dir().mkdir(parents=True)
-        argv, env = rabbitmq.server_launch(state, port, dist_port=_free_port())
+        argv, env = rabbitmq.server_launch(state, port, dist_port=free_port())
         process = running.start(rabbitmq.COMPONENT, stack.Launch(argv, env))
         try:
-            wait_for(lambda: _answers(port) or not processes.alive(process),
+            wait_for(lambda: _answers(port) or not process.alive(),
                      f"the kit's throwaway RabbitMQ on port {port}", START_TIMEOUT, interval=0.5)
-            assert processes.alive(process), running.tail(running.log_file("rabbitmq"), 20)
+            assert process.alive(), running.tail(running.log_file("rabbitmq"), 20)
             # the kit's node keeps its cookie in the state folder, never in the user's HOME
             assert user_cookie.exists() == had_cookie
             yield rabbitmq.node(port), port
@@ -138,8 +132,8 @@ def test_the_kits_node_leaves_no_process_behind_when_stopped(tmp_path, monkeypat
     monkeypatch.setenv("NIRVANA_STATE", str(tmp_path))
     paths.log_dir().mkdir(parents=True)
     epmds_before = _epmds()
-    port = _free_port()
-    argv, env = rabbitmq.server_launch(tmp_path, port, dist_port=_free_port())
+    port = free_port()
+    argv, env = rabbitmq.server_launch(tmp_path, port, dist_port=free_port())
     process = running.start(rabbitmq.COMPONENT, stack.Launch(argv, env))
     group = process.pid
     try:

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -24,6 +23,7 @@ import pytest
 from nirvana import endpoints, present
 from nirvana._wait import poll
 from nirvana.paths import NOTEBOOKS
+from nirvana.launcher import free_port
 
 CHAPTERS = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -98,12 +98,6 @@ def test_every_link_and_load_of_a_chapter_is_served_beside_it(served, chapter):
     assert missing == [], f"{chapter} names what ./kit present does not serve: {missing}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((endpoints.HOST, 0))
-        return sock.getsockname()[1]
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2):
@@ -115,7 +109,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def server(served):
     """A Jupyter server on the served copy, as ``./kit present`` starts it (loopback, a token)."""
-    token, port = secrets.token_hex(16), _free_port()
+    token, port = secrets.token_hex(16), free_port()
     env = {**os.environ, **present.lab_environment(token, served / "settings")}
     with (served / "lab.log").open("wb") as log:
         process = subprocess.Popen(present.lab_command(served, endpoints.HOST, port, open_browser=False),

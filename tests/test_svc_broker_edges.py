@@ -20,7 +20,7 @@ from conftest import need, need_rabbitmqctl
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 from svc.effects import count
-from svc.testing import OwnEtcd, ServiceProcess, graphite_total, wait_for
+from nirvana.testing import OwnEtcd, ServiceProcess, graphite_total, wait_for
 
 NEW_ORDER = {"type": "new_order", "id": "good"}
 
@@ -134,11 +134,11 @@ def test_waiting_on_a_silent_etcd_keeps_the_connection(svc_world):
             [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=etcd.endpoint, etcd_timeout=6,
                                         amqp_url=svc_world.amqp_url + "?heartbeat=2")
             # Given etcd frozen (it takes requests, never answers) with a 6 s deadline per call...
-            etcd.process.send_signal(signal.SIGSTOP)
+            etcd.signal(signal.SIGSTOP)
             svc_world.publish(orders, NEW_ORDER)
             wait_for(lambda: "etcd unavailable" in process.log(), "a claim to time out", timeout=20)
             # ... when etcd answers again, I expect the event processed once, the connection kept.
-            etcd.process.send_signal(signal.SIGCONT)
+            etcd.signal(signal.SIGCONT)
             client = Etcd(parse_endpoints(etcd.endpoint))
             try:
                 effects = lambda: count(client, orders, "good", prefix=svc_world.prefix)  # noqa: E731
@@ -151,7 +151,7 @@ def test_waiting_on_a_silent_etcd_keeps_the_connection(svc_world):
                 client.close()
             assert "reconnecting" not in process.log(), process.log()
         finally:
-            etcd.process.send_signal(signal.SIGCONT)
+            etcd.signal(signal.SIGCONT)
             etcd.stop()
 
 

@@ -10,7 +10,7 @@ import json
 import pika
 
 from svc import topology
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 PROPERTIES = dict(message_id="m-1", correlation_id="c-1", timestamp=1_700_000_000, app_id="shop", type="order.v1",
                   reply_to="replies", priority=3, user_id="guest", delivery_mode=2, content_type="text/plain",

@@ -5,7 +5,7 @@ Real ``python -m svc`` processes against the real RabbitMQ and etcd (the ``svc_w
 
 import re
 
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 # svc's log format: "<date> <time> LEVEL logger: message"
 LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>.*)$")

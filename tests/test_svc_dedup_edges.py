@@ -10,7 +10,7 @@ import pytest
 
 from svc import keys
 from svc.config import DEFAULT_PREFETCH
-from svc.testing import graphite_total, wait_for
+from nirvana.testing import graphite_total, wait_for
 
 
 def test_equal_numbers_are_one_payload_skipped_not_a_conflict(svc_world):

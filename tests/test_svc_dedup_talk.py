@@ -14,7 +14,7 @@ from svc.config import Config
 from svc.dedup import Verdict
 from svc.dedup_talk import TalkDedup, talk_prefix
 from svc.event import parse
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 
 def event(event_id: str):

@@ -15,7 +15,7 @@ from svc._etcd import Etcd
 from svc.dedup import EtcdDedup, Verdict
 from svc.errors import DedupUnavailable
 from svc.event import parse
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 EVENT = b'{"type": "new_order", "id": "unanswered-1"}'
 CLAIM_TTL = 2

@@ -4,7 +4,7 @@ import pytest
 
 from svc import DedupUnavailable, Etcd, keys
 from svc.config import parse_endpoints
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 
 def test_etcd3_runs_on_the_fast_protobuf(etcd_endpoint):

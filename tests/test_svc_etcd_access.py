@@ -11,7 +11,7 @@ import time
 import pytest
 
 from svc.config import parse_endpoints
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 PASSWORD = "s3cret-pw"
 

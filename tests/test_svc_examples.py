@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pika
 
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "svc" / "examples"
 

@@ -16,7 +16,7 @@ import pytest
 
 from nirvana.proxy import LOST_HANDSHAKES as LOST
 from nirvana.proxy import HandshakeProxy
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 
 @pytest.fixture

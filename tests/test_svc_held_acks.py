@@ -11,7 +11,7 @@ import json
 
 from svc import keys
 from svc.event import parse
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 
 def test_a_held_delivery_that_comes_due_mid_stream_is_not_lost(svc_world):
@@ -81,7 +81,7 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world
     from svc.dedup import EtcdDedup
     from svc.processor import Processor
     from svc.supervisor import open_dedup
-    from svc.testing import MemoryMeter
+    from nirvana.testing import MemoryMeter
 
     orders = svc_world.service_name("orders")
     etcd = svc_world.etcd

@@ -10,7 +10,7 @@ from nirvana.outbox import Outbox
 from nirvana.own_etcd import free_port
 from svc.config import Config
 from svc.errors import ConfigError
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Window processing with the in-memory stand-ins svc ships (svc.testing): verdicts to outcomes,
+"""Window processing with the in-memory stand-ins svc ships (nirvana.testing): verdicts to outcomes,
 repeats in a window, the hooks around the steps (metrics, fault injection)."""
 
 import json
@@ -13,7 +13,7 @@ from svc.hooks import Hook
 from svc.outcome import Settlement
 from svc.processor import Processor
 from svc.service import hooks
-from svc.testing import MemoryDedup, MemoryMeter
+from nirvana.testing import MemoryDedup, MemoryMeter
 
 
 def body(event_id, **args):

@@ -10,7 +10,7 @@ import pytest
 from svc import dedup, dedup_talk, protocols
 from svc._etcd import Etcd
 from svc.metrics import Metrics
-from svc.testing import MemoryDedup, MemoryMeter
+from nirvana.testing import MemoryDedup, MemoryMeter
 
 ETCD = Etcd([("127.0.0.1", 1)], timeout=0.1)   # never asked: only the objects' shapes are read
 

@@ -14,7 +14,7 @@ from nirvana import endpoints, rabbit, stack
 from svc import keys, requeue, topology
 from svc.event import parse
 from svc.publisher import Publisher
-from svc.testing import World, free_port, wait_for
+from nirvana.testing import World, free_port, wait_for
 
 LIMIT = 2
 

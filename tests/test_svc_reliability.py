@@ -12,7 +12,7 @@ from conftest import need
 from nirvana import stack
 from svc import keys
 from svc.effects import records
-from svc.testing import wait_for
+from nirvana.testing import wait_for
 
 NEW_ORDER = {"type": "new_order", "id": "dup"}
 
@@ -102,7 +102,7 @@ def test_closed_broker_connections_reconnect_and_lose_nothing(svc_world, enable_
 def test_etcd_stopped_mid_stream_fails_closed_then_processes_once(svc_world, own_etcd, graphite_url):
     from svc import Etcd, counts_by_id
     from svc.config import parse_endpoints
-    from svc.testing import graphite_total
+    from nirvana.testing import graphite_total
 
     orders = svc_world.service_name("orders")
     [process] = svc_world.start(orders, enable_etcd=True, etcd_endpoints=own_etcd.endpoint, etcd_timeout=0.5)

@@ -21,7 +21,7 @@ from svc.errors import InvalidEvent
 from svc.replay import LOG_OFFSET_HEADER, TXN_OPS
 from svc.stream import OFFSET_HEADER, log_end
 from svc.config import VARIABLES
-from svc.testing import ServiceProcess, wait_for
+from nirvana.testing import ServiceProcess, wait_for
 
 EVENTS = 3 * TXN_OPS // 2   # about three windows (two etcd operations an event): a crash in the first leaves work
 RUN_TIMEOUT = 30.0
@@ -100,12 +100,10 @@ class Reader(ServiceProcess):
     (svc.replay.TRACKING, set in the child before it starts: "txn" is the design)."""
 
     def __init__(self, world, service: str, tracking: str = "txn", **settings) -> None:
-        self.service, self.log_path = service, world.log_dir / f"{service}-{len(world.processes)}.log"
         env = world.env(service, **{"source": "log", "log_offset": "first", **settings})
         code = f"import sys, svc.replay, svc.service; svc.replay.TRACKING = {tracking!r}; sys.exit(svc.service.main())"
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(service, env, world.log_dir / f"{service}-{len(world.processes)}.log",
+                         [sys.executable, "-c", code])
         world.processes.append(self)
 
 
@@ -300,7 +298,7 @@ def test_a_log_declared_with_another_retention_keeps_its_own_with_one_warning(sv
 
 def test_a_broker_without_streams_keeps_the_topology_working_with_one_line(tmp_path, caplog, etcd_endpoint):
     from conftest import need
-    from svc.testing import RABBITMQ_SERVER, OwnRabbitMQ
+    from nirvana.testing import RABBITMQ_SERVER, OwnRabbitMQ
 
     need("rabbitmq-server (Debian's package, to run a throwaway node)", os.path.exists(RABBITMQ_SERVER))
     # Given a fresh RabbitMQ node whose stream_queue feature flag is off

@@ -8,7 +8,7 @@ import pytest
 
 from svc import keys, metrics
 from svc.config import VARIABLES
-from svc.testing import ServiceProcess, graphite_total, wait_for
+from nirvana.testing import ServiceProcess, graphite_total, wait_for
 from svc.topology import REASON_HEADER, ROUTING_KEY_HEADER, SERVICE_HEADER
 
 from test_svc_event import BAD_INPUT

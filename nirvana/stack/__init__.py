@@ -9,7 +9,7 @@ answers, ``reset`` returns the demo to a clean start, ``down`` stops what the ki
 One module per component (its probe, its launcher, what it needs): :mod:`.rabbitmq`,
 :mod:`.etcd`, :mod:`.statsd`, :mod:`.carbon`, :mod:`.graphite`; :mod:`.jupyterlab` for
 ``./kit present``; :mod:`.lifecycle` for up/status/down; :mod:`.reset`; :mod:`.running` for the
-processes the kit started (supervised by :mod:`nirvana.processes`).
+processes the kit started (started, awaited and stopped by :mod:`nirvana.launcher`).
 
 Every call has a deadline and every error is one line saying what to do.
 """

@@ -11,21 +11,20 @@ its own (the faults of chapter 09 and tests/test_cluster.py) and ``down`` finds 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-
-import psutil
 
 from svc import _amqp
 from svc.errors import SvcError
 
-from .. import processes
-from ..errors import StackError
+from .. import launcher
+from .._wait import poll, quiet
+from ..errors import StackError, WaitTimeout
+from ..launcher import Launched, display
 from . import members as m
+from . import running
 from .component import Launch, Probe, Progress, Row, tcp_open
 from .ports import port_holder
-from .running import display, tail
 from ..shape import Shape
 from .rabbitmq import PROBE_AMQP_TIMEOUT
 
@@ -42,14 +41,9 @@ def log_file(shape: Shape, member: m.Member) -> Path:
     return shape.folder / "logs" / f"{member.name}.log"
 
 
-def process(shape: Shape, member: m.Member) -> psutil.Process | None:
+def process(shape: Shape, member: m.Member) -> Launched | None:
     """The live process of ``member`` the kit started, or None (a stale record is removed)."""
-    path = record_file(shape, member)
-    record = processes.read_record(path)
-    found = processes.recorded_process(record) if record else None
-    if found is None:
-        path.unlink(missing_ok=True)
-    return found
+    return launcher.found(member.name, record_file(shape, member), log_file(shape, member))
 
 
 def probe(shape: Shape, member: m.Member) -> Probe:
@@ -75,40 +69,25 @@ def _launch(shape: Shape, member: m.Member) -> Launch:
     return m.epmd_launch(shape)
 
 
-def start(shape: Shape, member: m.Member) -> psutil.Process:
+def start(shape: Shape, member: m.Member) -> Launched:
     """Start ``member`` (not waiting for it); its start record and appended log in the shape's
-    folder. Raises StackError naming the holder when its port is taken by another program."""
+    folder (:func:`.running.launch`, as a component of the single-node stack). Raises StackError
+    naming the holder when its port is taken by another program."""
     holder = port_holder(member.port)
     if holder:
         raise StackError(f"port {member.port} that {member.name} needs is held by {holder}: stop that "
                          "program or free the port, then run `./kit up --cluster` again")
-    launch = _launch(shape, member)
-    env = {**os.environ, **launch.env}
-    for leaking in ("VIRTUAL_ENV", "PYTHONHOME"):
-        env.pop(leaking, None)
-    child = processes.spawn(launch.argv, log=log_file(shape, member), env=env, cwd=shape.folder, append=True)
-    started = psutil.Process(child.pid)
-    processes.write_record(record_file(shape, member),
-                           {"pid": child.pid, "started": started.create_time(), "argv": launch.argv})
-    return started
+    return running.launch(member.name, _launch(shape, member), log=log_file(shape, member),
+                          record=record_file(shape, member), cwd=shape.folder)
 
 
-def wait_healthy(shape: Shape, waiting: list[tuple[m.Member, psutil.Process]], progress: Progress) -> None:
+def wait_healthy(shape: Shape, waiting: list[tuple[m.Member, Launched]], progress: Progress) -> None:
     """Probe each started member until healthy, within its START_DEADLINE (seconds) from now.
     Raises StackError (one line, the log's last words) when one dies or its deadline passes."""
     began = time.monotonic()
     for member, proc in waiting:
-        deadline = began + START_DEADLINE[member.kind]
-        while not (health := probe(shape, member)).up:
-            log = log_file(shape, member)
-            if not processes.alive(proc):
-                processes.reap(proc.pid)
-                raise StackError(f"{member.name} died on start; its log {display(log)} ends: {tail(log)}")
-            if time.monotonic() >= deadline:
-                raise StackError(f"{member.name} not healthy after {START_DEADLINE[member.kind]:.0f} s "
-                                 f"({health.detail or 'not answering'}); see {display(log)}: {tail(log)}")
-            time.sleep(0.2)
-        progress(f"{member.name:<13} up in {time.monotonic() - began:.1f} s at {member.address}")
+        running.wait_healthy(member.name, member.address, proc, lambda member=member: probe(shape, member),
+                             START_DEADLINE[member.kind], began, progress)
 
 
 def start_members(shape: Shape, chosen: list[m.Member], progress: Progress) -> None:
@@ -144,19 +123,20 @@ def up(shape: Shape, progress: Progress = print) -> list[Row]:
 
 def wait_formed(shape: Shape, progress: Progress, timeout: float = FORM_DEADLINE) -> None:
     """Wait until an etcd leader is known and node 1 sees every node running (seconds)."""
-    deadline = time.monotonic() + timeout
     want = sorted(m.node_name(shape, i) for i in range(1, len(shape.amqp) + 1))
-    while True:
-        roles = [m.etcd_role(client) for client, _peer in shape.etcd]
-        seen = m.running_nodes(shape, 1)
-        if roles.count("leader") == 1 and seen == want:
-            progress(f"cluster       formed: etcd leader {'etcd-%d' % (roles.index('leader') + 1)}, "
-                     f"{len(seen)} RabbitMQ nodes running")
-            return
-        if time.monotonic() >= deadline:
-            raise StackError(f"the cluster did not form in {timeout:.0f} s: etcd roles {roles}, RabbitMQ "
-                             f"nodes running {seen or 'unknown'}; see {display(shape.folder / 'logs')}")
-        time.sleep(0.5)
+
+    def look() -> tuple[list[str], list[str]]:
+        return [m.etcd_role(client) for client, _peer in shape.etcd], m.running_nodes(shape, 1)
+
+    try:
+        roles, seen = poll(look, lambda found: found[0].count("leader") == 1 and found[1] == want,
+                           what="the cluster to form", timeout=timeout, progress=quiet, interval=0.5)
+    except WaitTimeout:
+        roles, seen = look()
+        raise StackError(f"the cluster did not form in {timeout:.0f} s: etcd roles {roles}, RabbitMQ "
+                         f"nodes running {seen or 'unknown'}; see {display(shape.folder / 'logs')}") from None
+    progress(f"cluster       formed: etcd leader {'etcd-%d' % (roles.index('leader') + 1)}, "
+             f"{len(seen)} RabbitMQ nodes running")
 
 
 def status(shape: Shape, queues: list[str] | None = None) -> list[Row]:
@@ -188,11 +168,9 @@ def status(shape: Shape, queues: list[str] | None = None) -> list[Row]:
 def stop(shape: Shape, chosen: list[m.Member], *, timeout: float = STOP_TIMEOUT) -> list[str]:
     """Stop ``chosen`` members the kit started, all at once (SIGTERM; SIGKILL after ``timeout``
     seconds; 0 is a crash: SIGKILL at once); the names stopped."""
-    found = [(member, proc) for member in chosen if (proc := process(shape, member)) is not None]
-    processes.stop_groups([proc.pid for _member, proc in found], timeout, kill_wait=STOP_TIMEOUT)
-    for member, _proc in found:
-        record_file(shape, member).unlink(missing_ok=True)
-    return [member.name for member, _proc in found]
+    found = [proc for member in chosen if (proc := process(shape, member)) is not None]
+    launcher.stop(found, timeout, kill_wait=STOP_TIMEOUT)
+    return [proc.name for proc in found]
 
 
 def down(shape: Shape, progress: Progress = print) -> list[str]:

@@ -1,19 +1,20 @@
-"""What every component of the stack is: how to probe it, how to launch it, what it needs."""
+"""What every component of the stack is: how to probe it, how to launch it, what it needs.
+
+Its TCP probe is the launcher's (:func:`nirvana.launcher.tcp_open`), re-exported here."""
 
 from __future__ import annotations
 
-import socket
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .. import endpoints, paths
+from ..launcher import PROBE_TIMEOUT, tcp_open  # noqa: F401 (the stack's probes use them from here)
 
 HOST = endpoints.HOST
 SETUP_HINT = "run `./kit setup`"
 DOCKER_HINT = "or use `docker compose up -d` (see README.md)"
-PROBE_TIMEOUT = 1.0   # seconds: everything answers on loopback at once or not at all
 
 Progress = Callable[[str], None]
 
@@ -53,15 +54,6 @@ class Component:
     needs: tuple[tuple[str, str], ...]  # (path that must exist, what provides it)
     deadline: float                     # seconds to become healthy after the start
     udp_ports: tuple[int, ...] = ()
-
-
-def tcp_open(port: int, timeout: float = PROBE_TIMEOUT) -> bool:
-    """True when something accepts a TCP connection on 127.0.0.1:``port`` within ``timeout`` s."""
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def render(template: str, target: Path, **values: object) -> Path:

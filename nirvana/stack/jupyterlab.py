@@ -13,7 +13,7 @@ from .. import endpoints, paths, present
 from ..errors import StackError
 from .component import DOWN, HOST, SETUP_HINT, Component, Launch, Probe, Progress, tcp_open
 from .ports import held_error, port_holder
-from .running import display, kit_process, log_file, start, wait_healthy
+from .running import display, kit_process, log_file, start, wait_component
 
 LAB_PORT = endpoints.LAB_PORT
 
@@ -78,5 +78,5 @@ def lab(open_browser: bool = True, progress: Progress = print, fresh: bool = Fal
         settings = paths.state_dir() / "jupyterlab" / "settings"
         process = start(LAB, Launch(argv, present.lab_environment(token, settings)))
         progress(f"{LAB.name:<13} starting (log {display(log_file(LAB.name))})")
-    wait_healthy(LAB, process, time.monotonic(), progress)
+    wait_component(LAB, process, time.monotonic(), progress)
     return lab_url()

@@ -9,18 +9,18 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-import psutil
-
 from svc import topology
 
 from .. import paths, services, shape
-from ..errors import StackError
+from .._wait import poll, quiet
+from ..launcher import Launched
+from ..errors import StackError, WaitTimeout
 from ..settings import current
 from . import carbon, cluster, etcd, graphite, rabbitmq, statsd
 from .component import DOCKER_HINT, SETUP_HINT, Component, Probe, Progress, Row
 from .jupyterlab import LAB
 from .ports import check_free, port_holder
-from .running import display, kit_process, log_file, start, stop, wait_healthy
+from .running import display, kit_process, log_file, start, stop, wait_component
 
 # in start order: the broker and etcd first, graphite-web after the carbon it reads
 COMPONENTS: tuple[Component, ...] = (rabbitmq.COMPONENT, etcd.COMPONENT, carbon.COMPONENT,
@@ -57,7 +57,7 @@ def _up_single(progress: Progress, only: list[str]) -> list[Row]:
     components = select(only)
     state = paths.state_dir()
     paths.log_dir().mkdir(parents=True, exist_ok=True)
-    waiting: list[tuple[Component, psutil.Process, float]] = []
+    waiting: list[tuple[Component, Launched, float]] = []
     found: list[tuple[Component, float]] = []
     for component in components:
         probe = component.probe()
@@ -77,7 +77,7 @@ def _up_single(progress: Progress, only: list[str]) -> list[Row]:
         progress(f"{component.name:<13} starting (log {display(log_file(component.name))})")
         waiting.append((component, process, time.monotonic()))
     for component, process, started in waiting:
-        wait_healthy(component, process, started, progress)
+        wait_component(component, process, started, progress)
     for component, started in found:
         _wait_found(component, started, progress)
     return status(components=[c.name for c in components])
@@ -101,18 +101,15 @@ def _wait_found(component: Component, started: float, progress: Progress) -> Non
     start deadline (seconds from ``started``, monotonic); then a port still held is the one-line
     "held by" error, and one no longer answering says to run ``up`` again."""
     progress(f"{component.name:<13} found, not healthy yet: waiting up to {component.deadline:.0f} s")
-    deadline = started + component.deadline
-    while True:
-        probe = component.probe()
-        if probe.up:
-            progress(f"{component.name:<13} up, found running at {component.address} "
-                     f"(healthy after {time.monotonic() - started:.1f} s)")
-            return
-        if time.monotonic() >= deadline:
-            _check_startable(component, probe)   # still held: one line naming the holder
-            raise StackError(f"{component.name} at {component.address} stopped answering while the kit "
-                             f"waited {component.deadline:.0f} s for it to become healthy: run `./kit up` again")
-        time.sleep(0.2)
+    try:
+        poll(component.probe, lambda seen: seen.up, what=f"{component.name} to be healthy",
+             timeout=started + component.deadline - time.monotonic(), progress=quiet, interval=0.2)
+    except WaitTimeout:
+        _check_startable(component, component.probe())   # still held: one line naming the holder
+        raise StackError(f"{component.name} at {component.address} stopped answering while the kit "
+                         f"waited {component.deadline:.0f} s for it to become healthy: run `./kit up` again") from None
+    progress(f"{component.name:<13} up, found running at {component.address} "
+             f"(healthy after {time.monotonic() - started:.1f} s)")
 
 
 def status(components: Iterable[str] = (), *, leaders: bool = False) -> list[Row]:

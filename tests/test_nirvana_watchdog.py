@@ -1,4 +1,4 @@
-"""svc.watchdog: what an owner started is stopped when the owner dies, however it died.
+"""nirvana.watchdog: what an owner started is stopped when the owner dies, however it died.
 
 The owner is a real Python process that starts a watchdog and a process group (a shell that
 ignores SIGTERM and has children of its own, as rabbitmq-server has); it is SIGKILLed, so no
@@ -17,13 +17,13 @@ import time
 import psutil
 from conftest import need
 
-from svc.own_etcd import answering
-from svc.testing import RABBITMQ_SERVER, wait_for
-from svc.watchdog import Watchdog
+from nirvana.launcher import tcp_open as answering
+from nirvana.testing import RABBITMQ_SERVER, wait_for
+from nirvana.watchdog import Watchdog
 
 OWNER = """
 import json, subprocess, sys, tempfile
-from svc.watchdog import Watchdog
+from nirvana.watchdog import Watchdog
 watchdog = Watchdog(stop_timeout=1.0)
 group = subprocess.Popen(["sh", "-c", 'trap "" TERM; sleep 300 & sleep 300 & wait'], start_new_session=True)
 folder = tempfile.mkdtemp(prefix="watchdog-test-")
@@ -35,7 +35,7 @@ sys.stdin.read()
 GONE_WITHIN = 10.0   # seconds: SIGTERM ignored, SIGKILL after the owner's 1 s, and some slack
 RABBIT_OWNER = """
 import json, pathlib, sys
-from svc.testing import OwnRabbitMQ
+from nirvana.testing import OwnRabbitMQ
 node = OwnRabbitMQ(pathlib.Path(sys.argv[1]))
 node.wait()
 print(json.dumps({"group": node.process.pid, "port": node.port}), flush=True)
@@ -161,7 +161,7 @@ def test_a_throwaway_rabbitmq_node_ends_with_the_test_run_that_started_it(tmp_pa
     need("rabbitmq-server (Debian's package, to run a throwaway node)", shutil.which("rabbitmqctl") is not None
          and os.path.exists(RABBITMQ_SERVER), hint="sudo apt-get install -y rabbitmq-server")
     with owner(RABBIT_OWNER, str(tmp_path / "rabbitmq")) as (process, facts):
-        # Given a test run that started a throwaway node (svc.testing.OwnRabbitMQ), speaking AMQP
+        # Given a test run that started a throwaway node (nirvana.testing.OwnRabbitMQ), speaking AMQP
         assert answering(facts["port"])
         # When the run is SIGKILLed (no fixture teardown runs)
         process.kill()

@@ -24,7 +24,7 @@ reused pid is never signalled); ``records <folder>`` stop the group of each star
 then; ``remove <folder>`` delete it after the stop; ``done`` the owner cleaned up: exit, stop
 nothing. The watchdog answers ``ready`` once, when it listens.
 
-The watchdog runs as ``python -I svc/watchdog.py`` (standard library and psutil only: it
+The watchdog runs as ``python -I nirvana/watchdog.py`` (standard library and psutil only: it
 starts in a fraction of a second and imports nothing of the project).
 """
 

@@ -4,11 +4,13 @@ and in-memory stand-ins for unit tests of pure logic.
 A ``World`` gives a test its own exchange, etcd prefix and service names (so queues, keys and
 metric paths never collide with another test or the demo), runs ``python -m svc`` as real
 subprocesses in their own process groups, and on ``close()`` kills them and removes every queue,
-exchange and key it made. Every wait has a deadline and says what it waited for. ``OwnEtcd``
-(svc/own_etcd.py) is a throwaway etcd to stop, freeze or limit, ``OwnRabbitMQ``
-(svc/own_rabbitmq.py) a throwaway RabbitMQ node. ``MemoryDedup`` and
-``MemoryMeter`` stand in for etcd and statsd where a test checks the processor's logic alone
-(the way dramatiq's StubBroker stands in for a broker); integration tests use the real ones.
+exchange and key it made. Every wait has a deadline and says what it waited for
+(:func:`nirvana._wait.poll`); every process is started, awaited and stopped by
+:mod:`nirvana.launcher`. ``OwnEtcd`` (nirvana/own_etcd.py) is a throwaway etcd to stop, freeze or
+limit, ``OwnRabbitMQ`` (nirvana/own_rabbitmq.py) a throwaway RabbitMQ node. ``MemoryDedup`` and
+``MemoryMeter`` (svc/stand_ins.py, the service's stand-ins, re-exported here) stand in for etcd and
+statsd where a test checks the processor's logic alone (the way dramatiq's StubBroker stands in for
+a broker); integration tests use the real ones. This is the kit's, never run by ``python -m svc``.
 The fault injection hook (CRASH_AT, WORK_MS) is :class:`svc.faults.Faults`.
 """
 
@@ -17,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -26,40 +27,41 @@ from typing import Sequence
 
 import pika
 
-from . import topology
-from ._etcd import Etcd
-from .config import VARIABLES, parse_endpoints
-from .consumer import connection_name
-from .effects import count, counts_by_id
-from .errors import DedupUnavailable
-from .own_etcd import OwnEtcd, free_port
+from svc import topology
+from svc._etcd import Etcd
+from svc.config import VARIABLES, parse_endpoints
+from svc.consumer import connection_name
+from svc.effects import count, counts_by_id
+from svc.errors import DedupUnavailable
+from svc.publisher import Publisher
+from svc.stand_ins import MemoryDedup, MemoryMeter
+
+from . import launcher
+from ._wait import poll, quiet
+from .launcher import free_port
+from .own_etcd import OwnEtcd
 from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
-from .publisher import Publisher
-from .stand_ins import MemoryDedup, MemoryMeter
 
 START_TIMEOUT = 15.0
 DEAD_CONSUMER_WAIT = 5.0   # seconds start() waits for a killed process's consumer to go
 STOP_TIMEOUT = 10.0
+
+
 def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"waited {timeout:g} s for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it returns something truthy; that value. WaitTimeout (a
+    TimeoutError) naming ``what`` after ``timeout`` seconds (:func:`nirvana._wait.poll`)."""
+    return poll(predicate, bool, what=what, timeout=timeout, progress=quiet, interval=interval)
 
 
 class ServiceProcess:
-    """One ``python -m svc`` subprocess, in its own session; its stderr in a log file."""
+    """One ``python -m svc`` subprocess, in its own session (:mod:`nirvana.launcher`); its output in a log file."""
 
-    def __init__(self, service: str, env: dict, log_path: Path) -> None:
+    def __init__(self, service: str, env: dict, log_path: Path, argv: Sequence[str] | None = None) -> None:
+        """``argv``: another way to run the service (default ``python -m svc``)."""
         self.service, self.log_path = service, log_path
-        with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", "svc"], env=env, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.launched = launcher.start(launcher.Command(list(argv or [sys.executable, "-m", "svc"]), log_path, env,
+                                                        name=service, append=True, header=False))
+        self.popen = self.launched.popen
 
     @property
     def pid(self) -> int:
@@ -72,22 +74,18 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.popen.pid, signum)
-            except ProcessLookupError:
-                pass
+        self.launched.signal(signum)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, wait for the exit (SIGKILL after ``timeout``); the exit status."""
-        self.signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise TimeoutError(f"{self.service} (pid {self.pid}) did not stop within {timeout:g} s") from None
+        """SIGTERM to its group, wait for the exit; TimeoutError (it is SIGKILLed) after ``timeout`` s.
+        The exit status."""
+        if launcher.stop([self.launched], timeout, kill_wait=STOP_TIMEOUT).get(self.pid) == "killed":
+            raise TimeoutError(f"{self.service} (pid {self.pid}) did not stop within {timeout:g} s")
+        return self.popen.wait(STOP_TIMEOUT)
 
     def kill(self) -> int:
+        """SIGKILL to its group; the exit status. Raises subprocess.TimeoutExpired when it is not
+        gone within STOP_TIMEOUT seconds."""
         self.signal(signal.SIGKILL)
         return self.popen.wait(STOP_TIMEOUT)
 
@@ -161,12 +159,15 @@ class World:
         return started
 
     def wait_consumers(self, service: str, consumers: int, processes=(), timeout: float = START_TIMEOUT) -> None:
-        def ready():
-            for process in processes:
-                if not process.alive():
-                    raise RuntimeError(f"{service} exited with {process.popen.returncode}:\n{process.log()}")
-            return self.consumers(service) >= consumers
-        wait_for(ready, f"{consumers} consumers on {self.queue(service)}", timeout)
+        """Wait until ``service``'s queue has ``consumers`` consumers while each of ``processes`` runs.
+        Raises RuntimeError (with its log) when one exits, TimeoutError at the deadline."""
+        try:
+            launcher.wait_ready(lambda: self.consumers(service), lambda seen: seen >= consumers,
+                                waiting=[process.launched for process in processes],
+                                what=f"{consumers} consumers on {self.queue(service)}", timeout=timeout, interval=0.05)
+        except launcher.Exited as exited:
+            process = next(p for p in processes if p.launched is exited.launched)
+            raise RuntimeError(f"{service} exited with {process.popen.returncode}:\n{process.log()}") from None
 
     # -- RabbitMQ -----------------------------------------------------------------------------
 
@@ -281,21 +282,21 @@ class World:
             try:
                 self.clear_policy(policy)
             except (subprocess.SubprocessError, OSError) as error:
-                print(f"svc.testing: could not clear the policy {policy}: {error}", file=sys.stderr)
+                print(f"nirvana.testing: could not clear the policy {policy}: {error}", file=sys.stderr)
         for user in sorted(self.users):
             try:
                 self._rabbitmqctl("delete_user", user)
             except (subprocess.SubprocessError, OSError) as error:
-                print(f"svc.testing: could not delete the user {user}: {error}", file=sys.stderr)
+                print(f"nirvana.testing: could not delete the user {user}: {error}", file=sys.stderr)
         try:
             topology.delete(self.channel(), self.exchange, services=sorted(self.services))
             self._connection.close()
         except (pika.exceptions.AMQPError, OSError) as error:
-            print(f"svc.testing: could not delete the queues of {self.exchange}: {error!r}", file=sys.stderr)
+            print(f"nirvana.testing: could not delete the queues of {self.exchange}: {error!r}", file=sys.stderr)
         try:
             self.etcd.delete_prefix(self.prefix + "/")
         except DedupUnavailable as error:
-            print(f"svc.testing: could not delete {self.prefix}/ from etcd: {error}", file=sys.stderr)
+            print(f"nirvana.testing: could not delete {self.prefix}/ from etcd: {error}", file=sys.stderr)
         finally:
             self.etcd.close()
         if stuck:
@@ -308,9 +309,6 @@ def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> floa
     with urllib.request.urlopen(f"{graphite_url}/render?{query}", timeout=5) as response:
         series = json.load(response)
     return sum(value or 0 for item in series for value, _ in item["datapoints"])
-
-
-_free_port = free_port  # its earlier name, which tests/test_svc_broker_edges.py imports
 
 
 __all__ = [

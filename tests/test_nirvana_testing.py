@@ -1,4 +1,4 @@
-"""svc.testing's World against the real RabbitMQ and etcd: its teardown leaves nothing behind."""
+"""nirvana.testing's World against the real RabbitMQ and etcd: its teardown leaves nothing behind."""
 
 import subprocess
 import threading
@@ -9,7 +9,7 @@ import pytest
 
 from svc import Etcd, topology
 from svc.config import parse_endpoints
-from svc.testing import World
+from nirvana.testing import World
 
 
 class StuckProcess:

@@ -1,19 +1,18 @@
 """A throwaway RabbitMQ node on free ports, and the one way tests reach a node's CLI (rabbitmqctl).
 
 For resource alarms and a node stopped mid-stream: never the system's node, never the kit's.
-Used by the tests through ``svc.testing`` (the ``own_rabbitmq`` fixture), beside the throwaway
-etcd of svc/own_etcd.py.
+Used by the tests through ``nirvana.testing`` (the ``own_rabbitmq`` fixture), beside the throwaway
+etcd of nirvana/own_etcd.py; started, awaited and stopped by :mod:`nirvana.launcher`.
 """
 
 import os
-import signal
 import subprocess
-import time
 import uuid
 
 import pika
 
-from .own_etcd import answering, free_port
+from . import launcher
+from .launcher import tcp_open
 from .watchdog import Watchdog
 
 START_TIMEOUT = 60.0    # seconds for a fresh node to speak AMQP
@@ -45,13 +44,14 @@ RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's script und
 class OwnRabbitMQ:
     """A throwaway RabbitMQ node on free ports, its files under ``base`` (for resource alarms, a node
     stopped mid-stream; never the system's node, never the kit's). ``wait()`` until it speaks AMQP,
-    ``stop()`` it (rabbitmqctl stop, SIGKILL after 30 s). Should the starter die without ``stop()``
-    (a test run SIGKILLed), its watchdog (:class:`svc.watchdog.Watchdog`) stops the node's group."""
+    ``stop()`` it (rabbitmqctl stop, SIGKILL to its group after 30 s). Should the starter die without
+    ``stop()`` (a test run SIGKILLed), its watchdog (:class:`nirvana.watchdog.Watchdog`) stops the
+    node's group."""
 
     def __init__(self, base, environment: dict[str, str] | None = None) -> None:
         """``environment``: more of the node's variables (e.g. RABBITMQ_FEATURE_FLAGS, the feature
         flags a fresh node enables)."""
-        self.port, dist = free_port(), free_port()
+        self.port, dist = launcher.free_ports(2)
         self.node = f"t{uuid.uuid4().hex[:8]}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         (base / "mnesia").mkdir(parents=True)
@@ -66,33 +66,30 @@ class OwnRabbitMQ:
                     "HOME": str(base), **(environment or {})}  # its own Erlang cookie, made there
         self.home = str(base)
         self._watchdog = Watchdog(stop_timeout=STOP_TIMEOUT)
-        self.process = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        # its output: the node's own logs are under base (RABBITMQ_LOGS); stdout says little more
+        self.process = launcher.start(launcher.Command([RABBITMQ_SERVER], base / "rabbitmq-server.out", self.env, base,
+                                                       name=f"rabbitmq-server {self.node}"))
         self._watchdog.group(self.process.pid)
 
     def wait(self) -> None:
-        def up():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server {self.node} exited with {self.process.returncode}")
-            return answering(self.port)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not up():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {START_TIMEOUT:g} s for RabbitMQ node {self.node} on port {self.port}")
-            time.sleep(0.5)
+        """Wait until it takes TCP connections, then open one AMQP connection (within START_TIMEOUT
+        seconds). Raises RuntimeError when the node exits meanwhile, TimeoutError at the deadline."""
+        try:
+            launcher.wait_ready(lambda: tcp_open(self.port, timeout=0.5), bool, waiting=[self.process],
+                                what=f"RabbitMQ node {self.node} on port {self.port}", timeout=START_TIMEOUT,
+                                interval=0.5)
+        except launcher.Exited:
+            raise RuntimeError(f"rabbitmq-server {self.node} exited with {self.process.returncode}") from None
         pika.BlockingConnection(pika.URLParameters(self.url)).close()  # it speaks AMQP
 
     def ctl(self, *args: str) -> str:
         return rabbitmqctl(*args, node=self.node, home=self.home)
 
     def stop(self) -> None:
+        """``rabbitmqctl stop``; SIGKILL to its process group if it has not ended STOP_TIMEOUT seconds later."""
         try:
             self.ctl("stop")
         except (subprocess.SubprocessError, OSError):
             pass
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        launcher.stop([self.process], STOP_TIMEOUT, kill_wait=10)
         self._watchdog.close()
