@@ -32,6 +32,7 @@ Crash points (``CRASH_AT``, svc/faults.py): ``read`` after a window is read and 
 """
 
 import collections
+import gc
 import json
 import logging
 import os
@@ -56,6 +57,9 @@ TXN_OPS = 1000           # operations per commit (an event takes 1 to 3: its don
                          # too large (its default is 128)
 IN_FLIGHT = 2            # commits sent to etcd and not yet answered, at most (etcd writes them
                          # to its log together; each guarded by the tracking record of the one before)
+GC_THRESHOLD = (10_000, 10, 10)   # the collector's thresholds while reading (Python's: 700, 10, 10):
+                         # 50,000 events read in 1.75-1.85 s of CPU instead of 2.4-2.75 (0.02 s in the
+                         # collector instead of 0.35-0.39)
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
 BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 CONNECT_TIMEOUT = 10.0
@@ -187,18 +191,29 @@ class LogReader:
         self.connection = None
 
     def run(self) -> None:
+        """Read until ``stop`` is set. Meanwhile the objects made so far (modules, settings) are
+        left out of the cyclic garbage collector's passes (``gc.freeze``) and it runs every
+        GC_THRESHOLD[0] allocations instead of 700: deliveries waiting for their window outlive a
+        few passes, and each full pass walked every module's objects again."""
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLD)
         backoff = BACKOFF_START
-        while not self.stop.is_set():
-            try:
-                state = self._open()
-                self._read(state)
-                backoff = BACKOFF_START
-            except (DedupUnavailable, BrokerUnavailable, ChannelClosed, MessageRefused, Restart) as error:
-                log.warning("%s; reading the log again from the tracking record in %.1f s", error, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-            finally:
-                self._close()
+        try:
+            while not self.stop.is_set():
+                try:
+                    state = self._open()
+                    self._read(state)
+                    backoff = BACKOFF_START
+                except (DedupUnavailable, BrokerUnavailable, ChannelClosed, MessageRefused, Restart) as error:
+                    log.warning("%s; reading the log again from the tracking record in %.1f s", error, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                finally:
+                    self._close()
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
 
     # -- start ------------------------------------------------------------------------------
 
