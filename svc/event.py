@@ -72,7 +72,7 @@ def parse(body: bytes) -> Event:
         raise InvalidEvent(f"body is JSON that cannot be read ({str(error).split(':')[0][:120]})") from None
     if not isinstance(data, dict):
         raise InvalidEvent(f"event is a JSON {_json_kind(data)}, not an object")
-    event = Event(type=_type(data), id=_id(data), args=_args(data))
+    event = Event(type=_type(data), id=_id(data), args=_args(data, text.count("{") + text.count("[")))
     if _MAYBE_SURROGATE.search(text):
         _no_lone_surrogate(event.args)
     return event
@@ -109,10 +109,13 @@ def _id(data: dict) -> str:
     return event_id
 
 
-def _args(data: dict) -> types.MappingProxyType:
+def _args(data: dict, brackets: int) -> types.MappingProxyType:
+    """``brackets``: how many ``{`` and ``[`` the body holds; a nesting over MAX_DEPTH needs more."""
     args = data.get("args", {})
     if not isinstance(args, dict):
         raise InvalidEvent(f"args is a JSON {_json_kind(args)}, not an object")
+    if brackets <= MAX_DEPTH:
+        return types.MappingProxyType(args)
     # Iterative, so checking the depth is never what runs out of stack.
     containers = [(args, 2)]
     while containers:

@@ -5,9 +5,10 @@ Keys of a service reading the log (``svc/replay.py``), under ``<prefix>/replay/<
 - ``current``: the version in use (``"1"``, ``"2"``...), switched in one put when a rebuild is done;
 - ``v<N>/tracking``: the tracking record, the offset of the last event of the log version N applied
   (written in the same etcd transaction as the effects, never apart);
-- ``v<N>/done/<encoded id>``: the digest of each event id applied (deduplication by id: the log
-  keeps every copy a publisher sent), put once per application: it is the effect record too (its
-  etcd version counts the applications);
+- ``v<N>/done/<encoded id>``: each event id applied, its value what its payload is compared by
+  (:func:`done_value`: ``=`` and the body itself when small, else the event's digest; deduplication
+  by id: the log keeps every copy a publisher sent), put once per application: it is the effect
+  record too (its etcd version counts the applications);
 - ``v<N>/effects/<encoded id>/<token><count>``: without dedup by id, one record per application,
   its value the offset it was applied from (so "applied twice" is a count there too);
 - ``snapshot/<offset>/...``: a copy of a version's done ids, view and tracking record at an offset,
@@ -20,6 +21,7 @@ A version's digest is SHA-256 over the RFC 8785 JSON of ``{view key (decoded, be
 so two builds with equal content have equal digests whatever the order they were written in.
 """
 
+import functools
 import hashlib
 import json
 
@@ -30,6 +32,8 @@ from .errors import InvalidEvent
 from .event import Event, parse
 
 VIEW = "view/"
+RAW = b"="             # a done mark's value that is the event's body itself (not a digest)
+MAX_RAW_BODY = 512     # bytes: a longer body's done mark holds its digest (32 hex digits) instead
 
 
 def replay_prefix(prefix: str, service: str) -> str:
@@ -60,6 +64,7 @@ def tracking_key(prefix: str, service: str, version: int) -> str:
 # Old event shapes, upgraded on read ("upcasting"): an older producer wrote ``item`` for ``sku``,
 # ``customer_id`` for ``customer``, and no ``qty`` (one item per order).
 RENAMED = {"item": "sku", "customer_id": "customer"}
+_OLD_NAME = {new: old for old, new in RENAMED.items()}
 
 
 def upcast(args: dict) -> dict:
@@ -76,14 +81,17 @@ def upcast(args: dict) -> dict:
 def apply(view: dict[str, dict], event: Event, base: dict[str, dict] | None = None) -> list[str]:
     """Apply ``event`` to ``view`` (``{view key: value}``, changed in place); the keys changed.
     A key missing from ``view`` starts from a copy of its value in ``base`` (the state the changes
-    build on), else from zero. Only ``new_order`` changes the view: a missing sku or customer
-    counts under ``"?"``, a qty that is not a whole number counts as 1."""
+    build on), else from zero. Only ``new_order`` changes the view, its args read as :func:`upcast`
+    makes them: a missing sku or customer counts under ``"?"``, a qty that is not a whole number
+    counts as 1."""
     if event.type != "new_order":
         return []
-    args = upcast(event.args)
-    qty = args["qty"] if isinstance(args["qty"], int) and not isinstance(args["qty"], bool) else 1
-    sku_key = "sku/" + keys.encode_id(str(args.get("sku", "?")) or "?")
-    customer_key = "customer/" + keys.encode_id(str(args.get("customer", "?")) or "?")
+    args = event.args   # read as upcast() writes them, without a copy per event (the replay's hot path)
+    qty = args.get("qty", 1)
+    if not isinstance(qty, int) or isinstance(qty, bool):
+        qty = 1
+    sku_key = _view_key("sku/", str(_field(args, "sku")))
+    customer_key = _view_key("customer/", str(_field(args, "customer")))
     sku = view.get(sku_key)
     if sku is None:
         sku = view[sku_key] = dict(base[sku_key]) if base and sku_key in base else {"orders": 0, "qty": 0}
@@ -94,6 +102,38 @@ def apply(view: dict[str, dict], event: Event, base: dict[str, dict] | None = No
         customer = view[customer_key] = dict(base[customer_key]) if base and customer_key in base else {"orders": 0}
     customer["orders"] += 1
     return [sku_key, customer_key]
+
+
+def _field(args, name: str):
+    """``args[name]`` as upcast() reads it: under its old name (RENAMED) if missing, else ``"?"``."""
+    return args[name] if name in args else args.get(_OLD_NAME[name], "?")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _view_key(kind: str, value: str) -> str:
+    return kind + keys.encode_id(value or "?")
+
+
+def done_value(event: Event, body: bytes) -> bytes:
+    """The value of ``event``'s done mark, read from ``body``: ``=`` and the body itself when it is at
+    most MAX_RAW_BODY bytes (no digest computed: a copy is nearly always the same bytes), else the
+    event's digest (svc.event.Event.digest). Compared by :func:`same_payload`."""
+    return RAW + body if len(body) <= MAX_RAW_BODY else event.digest.encode()
+
+
+def same_payload(value: bytes, event: Event, body: bytes) -> bool:
+    """True if done mark ``value`` (:func:`done_value`, or a digest as versions before kept) was
+    written for ``event``'s payload (``body`` its message body): the same bytes, else the same
+    RFC 8785 digest (so key order, spaces and escapes do not make a copy a conflict)."""
+    if value[:1] != RAW:
+        return event.matches(value)
+    kept = value[1:]
+    if kept == body:
+        return True
+    try:
+        return parse(kept).digest == event.digest
+    except InvalidEvent:
+        return False
 
 
 def digest(view: dict[str, dict]) -> str:

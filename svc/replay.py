@@ -12,13 +12,15 @@ nothing applied twice, nothing skipped. Each window, in order:
    one etcd transaction of TXN_OPS operations;
 2. every event applied to the state in memory: dedup by id (a copy of an id applied earlier is
    skipped, the same id with another payload is a conflict), effects, the view; while the
-   previous window's commit is still in flight, on top of what it writes;
+   previous windows' commits are still in flight, on top of what they write;
 3. what cannot be applied (a body that is no event, a conflict) is dead-lettered with its reason
    and offset (published with confirms to the dead-letter exchange: the stream itself has no
    dead-lettering) and counted (``{service}_event_invalid``, ``{service}_<type>_conflict``);
-4. commit: one etcd transaction, the effects and the tracking record together, sent once the
-   previous one is answered (its guard is the record that one wrote);
-5. ack (acks on a stream delete nothing: they are credit for the next deliveries).
+4. commit: one etcd transaction, the effects and the tracking record together, guarded by the
+   record the previous commit wrote; sent while at most IN_FLIGHT - 1 others await their answer
+   (etcd applies them in the order sent: one that overtook its predecessor fails its guard);
+5. ack, once its commit is answered (acks on a stream delete nothing: they are credit for the
+   next deliveries).
 
 A window's dead letters are published before its commit: killed in between, the window is read
 again and its dead letters published again (at least once, never lost). A commit etcd does not
@@ -29,6 +31,8 @@ Crash points (``CRASH_AT``, svc/faults.py): ``read`` after a window is read and 
 ``done`` after its commit (before the ack), ``acked`` after its ack.
 """
 
+import collections
+import gc
 import json
 import logging
 import os
@@ -51,6 +55,11 @@ TXN_OPS = 1000           # operations per commit (an event takes 1 to 3: its don
                          # the window changed them already; + the tracking record): the kit's
                          # etcd allows 1024 (--max-txn-ops); halved while etcd refuses a transaction as
                          # too large (its default is 128)
+IN_FLIGHT = 2            # commits sent to etcd and not yet answered, at most (etcd writes them
+                         # to its log together; each guarded by the tracking record of the one before)
+GC_THRESHOLD = (10_000, 10, 10)   # the collector's thresholds while reading (Python's: 700, 10, 10):
+                         # 50,000 events read in 1.75-1.85 s of CPU instead of 2.4-2.75 (0.02 s in the
+                         # collector instead of 0.35-0.39)
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
 BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 CONNECT_TIMEOUT = 10.0
@@ -77,7 +86,7 @@ class State:
         self.position = projection.read_tracking(etcd, prefix, service, version)
         self.view = projection.read_view(etcd, prefix, service, version)
         self.token, self.applications = os.urandom(6).hex() + "-", 0
-        done = (self.base + "done/").encode()
+        self.done_prefix = done = (self.base + "done/").encode()
         self.done = {key[len(done):]: value for page in etcd.scan_prefix(done) for key, value in page} if dedup else {}
 
     def effect_key(self, event: Event) -> bytes:
@@ -93,47 +102,51 @@ class Window:
     def __init__(self, state: State, deliveries: list, max_ops: int = TXN_OPS) -> None:
         """Apply ``deliveries`` in order while the commit stays within ``max_ops`` operations;
         ``taken`` says how many were (the rest wait for the next window)."""
-        self.state, self.deliveries_in = state, deliveries
+        self.state = state
         self.view: dict[str, dict] = {}      # the view keys changed, their new values
-        self.done: dict[bytes, bytes] = {}   # done marks added
+        self.done: dict[bytes, bytes] = {}   # done marks added (projection.done_value)
         self.applied: list[Event] = []
         self.applied_at: list[int] = []      # the offset of each event applied
         self.skipped: list[Event] = []
         self.dead: list[tuple[int, str, str]] = []   # (index, reason, kind: "invalid" or a conflict's type)
         self.taken = 0
+        self.offsets: list[int] = []         # the offset of each delivery taken
+        dedup = state.dedup
         for i, (_method, properties, body) in enumerate(deliveries):
-            if 1 + len(self.done) + (0 if state.dedup else len(self.applied)) + len(self.view) + 4 > max_ops \
+            if 1 + len(self.done) + (0 if dedup else len(self.applied)) + len(self.view) + 4 > max_ops \
                     and self.taken:
                 break
             self.taken = i + 1
+            offset = int(properties.headers[OFFSET_HEADER])
+            self.offsets.append(offset)
+            undecodable = _amqp.undecodable(properties)
+            if undecodable:
+                self.dead.append((i, undecodable, "invalid"))
+                continue
             try:
-                event = parse(body) if not _amqp.undecodable(properties) else None
+                event = parse(body)
             except InvalidEvent as error:
                 self.dead.append((i, error.reason, "invalid"))
                 continue
-            if event is None:
-                self.dead.append((i, _amqp.undecodable(properties), "invalid"))
-                continue
-            self._apply(i, event)
+            self._apply(i, event, body, offset)
         self.deliveries = deliveries[:self.taken]
-        self.offsets = [int(properties.headers[OFFSET_HEADER]) for _, properties, _ in self.deliveries]
 
-    def _apply(self, i: int, event: Event) -> None:
+    def _apply(self, i: int, event: Event, body: bytes, offset: int) -> None:
         state = self.state
         if state.dedup:
             encoded = keys.encode_id(event.id).encode()
-            digest = self.done.get(encoded) or state.done.get(encoded)
-            if digest is not None:
-                if event.matches(digest):
+            value = self.done.get(encoded) or state.done.get(encoded)
+            if value is not None:
+                if projection.same_payload(value, event, body):
                     self.skipped.append(event)  # a copy of an event applied before: once is enough
                 else:
                     self.dead.append((i, f"conflict: id {event.id[:64]!r} was applied with another payload",
                                       event.type))
                 return
-            self.done[encoded] = event.digest.encode()
+            self.done[encoded] = projection.done_value(event, body)
         projection.apply(self.view, event, state.view)   # the window's changes, on the state's values
         self.applied.append(event)
-        self.applied_at.append(int(self.deliveries_in[i][1].headers[OFFSET_HEADER]))
+        self.applied_at.append(offset)
 
     def transaction(self, position: bool = True):
         """The commit: effects, done marks and view, and (``position``) the tracking record, guarded
@@ -145,8 +158,9 @@ class Window:
             else:
                 _etcd.add_value_is(request.compare, state.tracking, str(state.position).encode())
             _etcd.add_put(request.success, state.tracking, str(self.offsets[-1]).encode())
-        for encoded, digest in self.done.items():
-            _etcd.add_put(request.success, f"{state.base}done/".encode() + encoded, digest)
+        done = state.done_prefix
+        for encoded, value in self.done.items():
+            _etcd.add_put(request.success, done + encoded, value)
         if not state.dedup:   # with dedup, the done mark put with each application is its record
             for event, offset in zip(self.applied, self.applied_at, strict=True):
                 # the effect: one record per application, its value the offset it was applied from
@@ -177,18 +191,29 @@ class LogReader:
         self.connection = None
 
     def run(self) -> None:
+        """Read until ``stop`` is set. Meanwhile the objects made so far (modules, settings) are
+        left out of the cyclic garbage collector's passes (``gc.freeze``) and it runs every
+        GC_THRESHOLD[0] allocations instead of 700: deliveries waiting for their window outlive a
+        few passes, and each full pass walked every module's objects again."""
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLD)
         backoff = BACKOFF_START
-        while not self.stop.is_set():
-            try:
-                state = self._open()
-                self._read(state)
-                backoff = BACKOFF_START
-            except (DedupUnavailable, BrokerUnavailable, ChannelClosed, MessageRefused, Restart) as error:
-                log.warning("%s; reading the log again from the tracking record in %.1f s", error, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-            finally:
-                self._close()
+        try:
+            while not self.stop.is_set():
+                try:
+                    state = self._open()
+                    self._read(state)
+                    backoff = BACKOFF_START
+                except (DedupUnavailable, BrokerUnavailable, ChannelClosed, MessageRefused, Restart) as error:
+                    log.warning("%s; reading the log again from the tracking record in %.1f s", error, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                finally:
+                    self._close()
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
 
     # -- start ------------------------------------------------------------------------------
 
@@ -220,8 +245,9 @@ class LogReader:
             self.dead = self.connection.channel()
             self.dead.confirm_delivery()
             # Credit per consumer (a stream refuses global QoS): acks come after a window's commit, so
-            # the window in flight keeps its credit while the next is read; PREFETCH at least three windows.
-            channel.basic_qos(prefetch_count=max(config.prefetch, 3 * TXN_OPS))
+            # the windows in flight keep their credit while the next is read; PREFETCH at least
+            # IN_FLIGHT + 2 windows.
+            channel.basic_qos(prefetch_count=max(config.prefetch, (IN_FLIGHT + 2) * TXN_OPS))
             self.pending: list = []
             channel.basic_consume(self.log_name, self._on_message, arguments={OFFSET_HEADER: start})
         except pika.exceptions.ChannelClosedByBroker as error:
@@ -254,11 +280,12 @@ class LogReader:
     # -- the loop ---------------------------------------------------------------------------
 
     def _read(self, state: State) -> None:
-        """Windows one after the other; while one's commit is in flight to etcd, the next is read and
-        applied in memory on top of it (the state follows each commit as sent: a commit that fails
-        raises Restart, and the state is read again from etcd). Commits are sent one at a time, each
-        guarded by the tracking record the one before wrote."""
-        in_flight = None
+        """Windows one after the other; while the commits of up to IN_FLIGHT windows are in flight to
+        etcd, the next is read and applied in memory on top of them (the state follows each commit
+        as sent: a commit that fails raises Restart, and the state is read again from etcd). Each
+        commit is guarded by the tracking record the one before it wrote, so etcd applies them in
+        the order sent or not at all; they are waited for and acked in that order."""
+        in_flight: collections.deque = collections.deque()
         try:
             while not self.stop.is_set():
                 busy = self.pending or in_flight
@@ -269,11 +296,15 @@ class LogReader:
                     if len(self.pending) == before:
                         break
                 window = self._next_window(state) if self.pending else None
-                if in_flight is not None:
-                    self._settle(*in_flight)
-                in_flight = (window, self._commit(window)) if window is not None else None
-            if in_flight is not None:
-                self._settle(*in_flight)
+                if window is None:
+                    while in_flight:   # nothing new to read: the commits sent are waited for
+                        self._settle(*in_flight.popleft())
+                    continue
+                if len(in_flight) == IN_FLIGHT:
+                    self._settle(*in_flight.popleft())
+                in_flight.append((window, self._commit(window)))
+            while in_flight:
+                self._settle(*in_flight.popleft())
         except BROKER_ERRORS as error:
             raise _amqp.translate(error, f"reading the log {self.log_name}") from None
 
@@ -349,10 +380,9 @@ class LogReader:
 
     def _count(self, window: Window) -> None:
         service, meter = self.config.service, self.meter
-        for event in window.applied:
-            meter.incr(metrics.ok(service, event.type))
-        for event in window.skipped:
-            meter.incr(metrics.skipped(service, event.type))
+        for counted, name in ((window.applied, metrics.ok), (window.skipped, metrics.skipped)):
+            for event_type, count in collections.Counter(event.type for event in counted).items():
+                meter.incr(name(service, event_type), count)
         for _i, _reason, kind in window.dead:
             meter.incr(metrics.invalid(service) if kind == "invalid" else metrics.conflict(service, kind))
         meter.flush()

@@ -18,12 +18,14 @@ import pytest
 from svc import projection, topology
 from svc.event import parse
 from svc.errors import InvalidEvent
-from svc.replay import LOG_OFFSET_HEADER, TXN_OPS
+from svc.replay import IN_FLIGHT, LOG_OFFSET_HEADER, TXN_OPS
 from svc.stream import OFFSET_HEADER, log_end
 from svc.config import VARIABLES
 from nirvana.testing import ServiceProcess, wait_for
 
-EVENTS = 3 * TXN_OPS // 2   # about three windows (two etcd operations an event): a crash in the first leaves work
+# A window holds at most TXN_OPS events (one or two etcd operations each): a crash after the first
+# window's commit, with IN_FLIGHT commits sent, still leaves windows unread
+EVENTS = (IN_FLIGHT + 2) * TXN_OPS
 RUN_TIMEOUT = 30.0
 
 
