@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pika
 import psutil
 
-from svc import keys
+from svc import _etcd, keys
 from svc.testing import World
 
 from nirvana.cost import bare_pika, fill
@@ -120,10 +120,13 @@ def budget_table(budgets: dict[str, list[dict[str, float]]], labels: dict[str, s
     return "\n".join(lines)
 
 
-def latencies(world: World, service: str, enable_etcd: bool, samples: int, event: dict) -> list[float]:
+def latencies(world: World, service: str, enable_etcd: bool, samples: int, event: dict,
+              round_trips: list | None = None) -> list[float]:
     """Milliseconds from each publish to the moment etcd's watch shows the event's effect record,
-    one event at a time on an idle ``python -m svc`` (``LOG_LEVEL=WARNING``). Raises TimeoutError
-    if an effect does not show within 10 s."""
+    one event at a time on an idle ``python -m svc`` (``LOG_LEVEL=WARNING``); before each, one
+    etcd round trip (a one-key transaction, ms) is added to ``round_trips``, so both are measured
+    on the same machine at the same moments. Raises TimeoutError if an effect does not show
+    within 10 s."""
     [process] = world.start(service, enable_etcd=enable_etcd, log_level="WARNING")
     base = keys.effects_prefix(world.prefix, service).encode()
     revision = _revision(world, base)
@@ -144,6 +147,8 @@ def latencies(world: World, service: str, enable_etcd: bool, samples: int, event
         for i in range(samples):
             body = json.dumps(dict(event, id=f"latency-{service}-{i}")).encode()
             time.sleep(0.01)   # idle between events: each is a lone one, not part of a window
+            if round_trips is not None:
+                round_trips.append(round_trip_ms(world.etcd))
             started = time.perf_counter()
             channel.basic_publish(world.exchange, "latency", body)
             try:
@@ -155,6 +160,15 @@ def latencies(world: World, service: str, enable_etcd: bool, samples: int, event
         watch.cancel()
         process.stop()
     return found
+
+
+def round_trip_ms(etcd) -> float:
+    """Milliseconds of one transaction reading one key, as a claim does (nirvana.cost.etcd_round_trip_ms's probe)."""
+    request = _etcd.new_txn()
+    _etcd.add_get(request.success, b"/nirvana/cost-probe")
+    started = time.perf_counter()
+    etcd.txn(request)
+    return (time.perf_counter() - started) * 1000
 
 
 def _revision(world: World, prefix: bytes) -> int:

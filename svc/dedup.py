@@ -39,7 +39,7 @@ class _Effects(Alarms):
 
     def _effect_key(self, event: Event) -> bytes:
         """svc.effects.effect_key, from the parts made once (the prefix, the event's key)."""
-        return b"%s%s/%s" % (self.effects_base, event.key, suffix().encode())
+        return self.effects_base + event.key + b"/" + suffix().encode()
 
     def _record(self, event: Event) -> bytes:
         return record(self.service, event).encode()
