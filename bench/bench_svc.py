@@ -2,18 +2,23 @@
 
     .venv/bin/python bench/bench_svc.py [--events 50000] [--repeat 5] [--warmup 1] [--prefetch 1500]
                                         [--done-ids 100000] [--sibling-events 20000] [--amqp-url URL] [--etcd HOST:PORT]
-                                        [--cluster]
+                                        [--latency-samples 100] [--latency-rounds 2] [--cluster]
 
 - consume: a bare pika consume-and-ack loop (the yardstick), ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
-  (goals: svc without dedup >= 0.8x the bare loop, with dedup >= 0.5x);
+  (goals: svc without dedup >= 1.0x the bare loop, with dedup >= 0.75x); each of these runs also
+  reads the CPU time of every process (bench/budget.py: the publisher filling the queue, RabbitMQ,
+  the consumer, etcd) and prints CPU µs per event, so deduplication's extra cost is split by where
+  it is paid;
 - publish: a bare pika publisher with pipelined confirms (nirvana.cost.bare_pika_publish, the
-  yardstick), ``svc.Publisher`` (goal >= 0.9x of the bare one);
+  yardstick), ``svc.Publisher`` (goal >= 0.95x of the bare one);
 - dead sibling (issue 8 case D): a replica with CRASH_AT=claimed claims a window of a full queue and
   dies; the survivor's rate on the other events while those claims live, as a ratio of its healthy
   rate (the same service draining the same number of events alone: the yardstick; goal >= 0.8);
 - startup: from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming, with 100,000 done
-  ids of that service in etcd (goal <= 1.5 s), once per round.
+  ids of that service in etcd (goal <= 1.5 s), once per round;
+- latency: publish to effect (etcd's watch shows its record), one lone event at a time on an idle
+  svc, dedup off and on alternating (p50 and p99, ms), beside one etcd round trip.
 
 A shared machine's speed changes from second to second, so each contender is bracketed by its
 yardstick in the same round: yardstick, contender, yardstick (the consume group: bare, plain, bare,
@@ -44,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -51,7 +58,10 @@ from svc import _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH, parse_endpoints  # noqa: E402
 from nirvana.testing import World, wait_for  # noqa: E402
 
-from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402  (the yardsticks of chapter 8 too)
+from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402,F401  (chapter 8's too)
+
+from nirvana.prune import prune  # noqa: E402
+from budget import Stack, add, bare_rate, budget_table, cpu_line, latencies, per_event, percentile, timed_fill  # noqa: E402,E501
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ETCD_ENDPOINT = "127.0.0.1:2379"
@@ -68,15 +78,21 @@ def retire(world: World, service: str) -> None:
 
 
 def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, pauses: list | None = None,
-             **code) -> float:
+             stack: Stack | None = None, budget: dict | None = None, start_cpu: float = 0.0, **code) -> float:
     """Events/s of ``python -m svc`` draining a full queue, from the times in its effect records
     (so the service's start and the wait for the end are not timed). ``pauses``, if given, gets
-    the longest time (s) between two consecutive effects (a window's; the rest are milliseconds)."""
-    fill(world, service, events)
+    the longest time (s) between two consecutive effects (a window's; the rest are milliseconds).
+    ``budget``, if given, gets the CPU µs per event of each process (``stack``'s, the publisher's
+    fill, svc's less ``start_cpu``, the seconds of CPU its start takes: see :func:`start_cpu`)."""
+    timed_fill(world, service, events, stack, budget)
+    before = stack.cpu() if stack and budget is not None else None
     [process] = world.start(service, enable_etcd=enable_etcd, prefetch=prefetch, log_level="WARNING", **code)
     # The queue's depth costs etcd nothing; the effects are counted only once it is drained.
     wait_for(lambda: world.depth(service) == 0, "the queue drained", timeout=300, interval=0.2)
     wait_for(lambda: world.effects(service) >= events, f"{events} effects", timeout=60, interval=0.2)
+    if before is not None:
+        after = stack.cpu(consumer=process.pid)
+        add(budget, per_event({**before, "consumer": start_cpu}, after, events))
     assert process.stop() == 0
     times = sorted(record["at"] for record in effects.records(world.etcd, service, prefix=world.prefix))
     assert len(times) == events, len(times)
@@ -109,6 +125,18 @@ def sibling_rate(world: World, service: str, events: int, prefetch: int, **code)
     assert len(records) == others and not claimed & {record["id"] for record in records}, "a dead claim ended"
     times = sorted(record["at"] for record in records)
     return (others - 1) / (times[-1] - times[0])
+
+
+def start_cpu(world: World, enable_etcd: bool, prefetch: int, **code) -> float:
+    """CPU seconds ``python -m svc`` takes to start consuming (imports, connections), on an idle
+    queue: what :func:`svc_rate` takes off its CPU so that the budget counts events only."""
+    service = world.service_name("idle")
+    topology.declare(world.channel(), world.exchange, services=(service,), **world.queue_arguments)
+    [process] = world.start(service, enable_etcd=enable_etcd, prefetch=prefetch, log_level="WARNING", **code)
+    seconds = psutil.Process(process.pid).cpu_times()
+    assert process.stop() == 0
+    retire(world, service)
+    return seconds.user + seconds.system
 
 
 def publish_rate(world: World, service: str, events: int) -> float:
@@ -164,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # (yardstick, contenders measured between its runs, label of the table, goal of the ratio)
 GROUPS = (("bare", ("plain", "dedup")), ("bare publish", ("publish",)), ("healthy", ("sibling",)))
-GOALS = {"plain": 0.8, "dedup": 0.5, "publish": 0.9, "sibling": 0.8}
+GOALS = {"plain": 1.0, "dedup": 0.75, "publish": 0.95, "sibling": 0.8}
 LABELS = {"bare": "bare pika consume+ack", "plain": "svc, dedup off", "dedup": "svc, etcd dedup",
           "bare publish": "bare pika publisher, confirms", "publish": "svc.Publisher, confirms",
           "healthy": "svc healthy (dedup on)", "sibling": "svc, a dead sibling's claims"}
@@ -186,21 +214,35 @@ def run_round(world: World, args, round_: int, measure) -> dict:
     return result
 
 
-def bench(args, amqp_url: str, etcd: str, queue_type: str = "classic") -> tuple[list[dict], list[float], str]:
-    """Every round against one broker and etcd: (each counted round's {contender: figures}, each
-    counted round's start seconds, the last start's "imported" log line)."""
+BUDGETED = ("bare", "plain", "dedup")   # the contenders whose CPU per event is read, by process
+
+
+def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") -> dict:
+    """Every round against one broker (the contenders on ``amqp_urls[0]``) and etcd: {"counted":
+    each counted round's {contender: figures}, "starts": each counted round's start seconds,
+    "imported": the last start's log line, "budgets": {contender: each counted run's CPU µs per
+    event by process}, "latency": {contender: milliseconds}, "round_trip": one etcd transaction, ms}."""
     counted: list[dict] = []
     starts: list[float] = []
+    budgets: dict[str, list[dict]] = {name: [] for name in BUDGETED}
+    stack = Stack(amqp_urls, etcd)
     with tempfile.TemporaryDirectory() as logs:
-        world = World(amqp_url, etcd, Path(logs), queue_type=queue_type)
+        world = World(amqp_urls[0], etcd, Path(logs), queue_type=queue_type)
         try:
             starter = world.service_name("start")
             world.channel().queue_delete(world.queue(starter))  # see startup
             lease = add_done_ids(world, starter, args.done_ids)
+            idle = {dedup: statistics.median(start_cpu(world, dedup, args.prefetch) for _ in range(3))
+                    for dedup in (False, True)}
+            print(f"svc's CPU to start consuming (idle queue, median of 3): {idle[False]:.2f} s dedup off, "
+                  f"{idle[True]:.2f} s dedup on (taken off its runs' CPU)", file=sys.stderr, flush=True)
+            budget: dict = {}
             contenders = {
-                "bare": lambda service, _: bare_pika(world, service, args.events, args.prefetch),
-                "plain": lambda service, pauses: svc_rate(world, service, args.events, False, args.prefetch, pauses),
-                "dedup": lambda service, pauses: svc_rate(world, service, args.events, True, args.prefetch, pauses),
+                "bare": lambda service, _: bare_rate(world, service, args.events, args.prefetch, stack, budget),
+                "plain": lambda service, pauses: svc_rate(world, service, args.events, False, args.prefetch, pauses,
+                                                          stack, budget, idle[False]),
+                "dedup": lambda service, pauses: svc_rate(world, service, args.events, True, args.prefetch, pauses,
+                                                          stack, budget, idle[True]),
                 "bare publish": lambda service, _: bare_pika_publish(world, service, args.events),
                 "publish": lambda service, _: publish_rate(world, service, args.events),
                 "healthy": lambda service, pauses: svc_rate(world, service, args.sibling_events, True, args.prefetch,
@@ -210,24 +252,44 @@ def bench(args, amqp_url: str, etcd: str, queue_type: str = "classic") -> tuple[
 
             def measure(name: str) -> tuple[float, float | None]:
                 service, pauses = world.service_name(name.replace(" ", "_")), []
+                budget.clear()
                 rate = contenders[name](service, pauses)
                 retire(world, service)
+                if budget:
+                    this_round[name].append(dict(budget))
                 return rate, (pauses or [None])[0]
 
             for round_ in range(args.warmup + args.repeat):
                 load = os.getloadavg()
+                this_round: dict[str, list[dict]] = {name: [] for name in BUDGETED}
                 result = run_round(world, args, round_, measure)
                 seconds, imported = startup(world, starter)
                 tag = f"warm-up {round_ + 1}" if round_ < args.warmup else f"round {round_ + 1 - args.warmup}"
-                print_round(tag, load, result, seconds)
+                print_round(tag, load, result, seconds, this_round)
                 if round_ >= args.warmup:
                     counted.append(result)
                     starts.append(seconds)
+                    for name, runs in this_round.items():
+                        budgets[name].extend(runs)
+            latency, round_trips, lone = {}, [], []
+            for round_ in range(args.latency_rounds):
+                for name in ("plain", "dedup") if round_ % 2 == 0 else ("dedup", "plain"):
+                    service = world.service_name("lone")
+                    lone.append(service)
+                    topology.declare(world.channel(), world.exchange, services=(service,), **world.queue_arguments)
+                    latency.setdefault(name, []).extend(
+                        latencies(world, service, name == "dedup", args.latency_samples, EVENT, round_trips))
+                    retire(world, service)
             world.etcd.revoke(lease)
         finally:
             world.close()
+            try:
+                prune(lone)   # the lone-event services' metrics, from statsd and Graphite's tree
+            except OSError:
+                pass
         reclaim(etcd)
-    return counted, starts, imported
+    return {"counted": counted, "starts": starts, "imported": imported, "budgets": budgets, "latency": latency,
+            "round_trip": statistics.median(round_trips)}
 
 
 def main() -> None:
@@ -237,9 +299,11 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="then the same rounds on a private cluster (3 etcd members, 3 RabbitMQ nodes, quorum "
                              "queues) started on free ports; both tables printed, then side by side")
+    parser.add_argument("--latency-samples", type=int, default=100, help="lone events per latency run")
+    parser.add_argument("--latency-rounds", type=int, default=2, help="latency runs of each, alternating")
     args = parser.parse_args()
-    single = bench(args, args.amqp_url, args.etcd)
-    report(args, *single)
+    single = bench(args, [args.amqp_url], args.etcd)
+    report(args, single)
     if args.cluster:
         from nirvana.scale import Cluster   # only here: it loads the kit's stack code
         cluster = Cluster(progress=lambda line: print(line, file=sys.stderr, flush=True)).up()
@@ -247,11 +311,11 @@ def main() -> None:
             shape = cluster.shape
             print(f"\ncluster: RabbitMQ {', '.join(u.split('@')[-1] for u in shape.amqp_urls)} (quorum queues, the "
                   f"contenders on the first node), etcd {shape.etcd_endpoints}", flush=True)
-            clustered = bench(args, shape.amqp_urls[0], shape.etcd_endpoints, queue_type="quorum")
+            clustered = bench(args, list(shape.amqp_urls), shape.etcd_endpoints, queue_type="quorum")
         finally:
             cluster.close()
-        report(args, *clustered)
-        side_by_side(single[0], clustered[0])
+        report(args, clustered)
+        side_by_side(single, clustered)
 
 
 def ratio(figures: tuple) -> float:
@@ -260,15 +324,16 @@ def ratio(figures: tuple) -> float:
     return rate / ((before + after) / 2)
 
 
-def print_round(tag: str, load: tuple, result: dict, seconds: float) -> None:
+def print_round(tag: str, load: tuple, result: dict, seconds: float, budgets: dict) -> None:
     parts = []
     for name, figures in result.items():
         rate, before, after, pause = figures
         verdict = "ok" if ratio(figures) >= GOALS[name] else "BELOW GOAL"
         paused = "" if pause is None else f", longest pause {pause * 1000:.0f} ms"
         parts.append(f"{name} {rate:.0f} ({ratio(figures):.2f}x of {before:.0f}|{after:.0f}, {verdict}{paused})")
-    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts)}; start {seconds:.2f} s",
-          file=sys.stderr, flush=True)
+    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts)}; start {seconds:.2f} s\n"
+          f"  CPU µs/event, all processes [the consumer's; etcd's]: {cpu_line(budgets)}", file=sys.stderr, flush=True)
+
 
 
 def reclaim(endpoints: str) -> None:
@@ -282,19 +347,31 @@ def reclaim(endpoints: str) -> None:
         etcd.close()
 
 
-def side_by_side(single: list[dict], clustered: list[dict]) -> None:
-    """One line per contender: the median ratio (and lowest) on the single node and on the cluster."""
+def side_by_side(single: dict, clustered: dict) -> None:
+    """One line per contender: the median ratio (and lowest) on the single node and on the cluster;
+    then the CPU µs per event of all processes and the latencies."""
     print(f"\n{'median ratio [lowest]':32} {'single node':>16} {'cluster':>16}   goal")
     for _, names in GROUPS:
         for name in names:
             cells = []
-            for counted in (single, clustered):
+            for counted in (single["counted"], clustered["counted"]):
                 each = [ratio(result[name]) for result in counted]
                 cells.append(f"{statistics.median(each):.2f}x [{min(each):.2f}x]")
             print(f"{LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}   >= {GOALS[name]:.2f}x")
+    for name in BUDGETED:
+        cells = [f"{statistics.median(sum(run.values()) for run in one['budgets'][name]):.0f} µs" for one in
+                 (single, clustered)]
+        print(f"{'CPU/event, ' + LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}")
+    for name in ("plain", "dedup"):
+        cells = [f"{percentile(one['latency'][name], 0.5):.1f}|{percentile(one['latency'][name], 0.99):.1f} ms"
+                 for one in (single, clustered)]
+        print(f"{'p50|p99 latency, ' + LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}")
+    cells = [f"{one['round_trip']:.2f} ms" for one in (single, clustered)]
+    print(f"{'one etcd round trip':32} {cells[0]:>16} {cells[1]:>16}")
 
 
-def report(args, counted: list[dict], starts: list[float], imported: str) -> None:
+def report(args, run: dict) -> None:
+    counted, starts, imported = run["counted"], run["starts"], run["imported"]
     print(f"{args.events} events per run ({args.sibling_events} for the dead sibling), prefetch {args.prefetch}, "
           f"{len(counted)} rounds counted after {args.warmup} warm-up; each ratio: the contender over the mean of its "
           "yardstick's runs just before and after it [every round]")
@@ -312,6 +389,13 @@ def report(args, counted: list[dict], starts: list[float], imported: str) -> Non
     print(f"{'start to consuming, ' + str(args.done_ids) + ' done':32} {statistics.median(starts):9.2f} s"
           f"   (goal <= 1.5 s) {spread(starts, '{:.2f}')}")
     print(f"  service log (last round): {imported}")
+    print(budget_table(run["budgets"], LABELS))
+    latency = run["latency"]
+    for name in ("plain", "dedup"):
+        print(f"{'publish to effect, ' + LABELS[name]:32} p50 {percentile(latency[name], 0.5):6.2f} ms, p99 "
+              f"{percentile(latency[name], 0.99):6.2f} ms  ({len(latency[name])} lone events)")
+    print(f"{'one etcd round trip':32} {run['round_trip']:6.2f} ms  (a one-key transaction, median; one before "
+          "each lone event)")
 
 
 if __name__ == "__main__":

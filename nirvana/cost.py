@@ -124,11 +124,14 @@ def fill(world: World, service: str, events: int) -> None:
     wait_for(lambda: world.depth(service) == events, f"{events} events in {service}'s queue", timeout=60)
 
 
-def bare_pika(world: World, service: str, events: int, prefetch: int = DEFAULT_PREFETCH) -> float:
+def bare_pika(world: World, service: str, events: int, prefetch: int = DEFAULT_PREFETCH, *,
+              filled: bool = False) -> float:
     """Events/s of the simplest correct consumer draining ``events`` queued events: pika's
     BlockingConnection, manual ack per event, the same prefetch as svc. The yardstick of chapter 8
-    and of bench/bench_svc.py (timed from the first ack to the last, so the start is not counted)."""
-    fill(world, service, events)
+    and of bench/bench_svc.py (timed from the first ack to the last, so the start is not counted).
+    ``filled``: the queue holds the events already (:func:`fill`), else they are put there first."""
+    if not filled:
+        fill(world, service, events)
     connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
     channel = connection.channel()
     channel.basic_qos(prefetch_count=prefetch)

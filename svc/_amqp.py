@@ -372,7 +372,10 @@ def _install_protocol_answer() -> None:
     original = connection._process_frame
 
     def _process_frame(self, frame_value):
-        if isinstance(frame_value, pika.frame.ProtocolHeader) and not self.is_open:
+        if self.is_open:
+            # The header was answered: pika's own method from now on (three frames per message).
+            self._process_frame = original.__get__(self)
+        elif isinstance(frame_value, pika.frame.ProtocolHeader):
             # (pika's ProtocolHeader turns a 0 in the version into 0-9-1's digit: the version is not named)
             self._terminate_stream(ServerProtocolError(
                 "the server answered svc's AMQP 0-9-1 protocol header with a protocol header of its own: "

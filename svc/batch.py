@@ -94,6 +94,21 @@ class InFlight:
         return request
 
     def _send(self, items: list) -> None:
+        """Send ``items`` in transactions of at most ``limits.events`` events, each measured once
+        whole (a message's size costs about what building it does: once per operation would double
+        a window's cost); one over ``limits.size`` is cut by its operations' sizes."""
+        for start in range(0, len(items), self.limits.events):
+            part = items[start:start + self.limits.events]
+            request = self._new_txn()
+            for item in part:
+                self._add(request.success, item[1])
+            size = request.ByteSize()
+            if size <= self.limits.size:
+                self._start(request, part, size)
+            else:
+                self._send_measured(part)
+
+    def _send_measured(self, items: list) -> None:
         request, part, size = self._new_txn(), [], 0
         for item in items:
             self._add(request.success, item[1])

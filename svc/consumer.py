@@ -170,11 +170,14 @@ class Consumer:
                     break
             self._retry_kept()
             batch, self._pending = self._pending[:window], self._pending[window:]
-            begun = (batch, self._call(self.processor.begin, _bodies(batch))) if batch else None
-            if in_flight:
-                self._settle(*in_flight)
-            if begun:
-                self._call(begun[1].proceed)
+            if batch and not in_flight:   # nothing to settle between: one hand-off to the worker, not two
+                begun = (batch, self._call(_begin_and_proceed, self.processor, _bodies(batch)))
+            else:
+                begun = (batch, self._call(self.processor.begin, _bodies(batch))) if batch else None
+                if in_flight:
+                    self._settle(*in_flight)
+                if begun:
+                    self._call(begun[1].proceed)
             in_flight = begun
             for drained in self._open.drained(self.channel):
                 drained.close()  # an earlier consumer's channel, its held deliveries all settled
@@ -363,6 +366,13 @@ class Consumer:
                 # Not done, not acked: back to the queue for another try (fail closed).
                 channel.basic_nack(method.delivery_tag, requeue=True)
             self._open.settled(method)
+
+
+def _begin_and_proceed(processor, bodies: list[bytes]):
+    """``processor.begin(bodies)`` and its ``proceed()``, in one call (on the worker thread)."""
+    window = processor.begin(bodies)
+    window.proceed()
+    return window
 
 
 def _bodies(batch) -> list[bytes]:

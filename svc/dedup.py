@@ -13,7 +13,7 @@ import time
 
 from . import _etcd, keys
 from .batch import InFlight, Ready, TxnLimits, Verdict
-from .effects import effect_key, record
+from .effects import record, suffix
 from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
 from .alarms import Alarms
@@ -33,11 +33,13 @@ class _Effects(Alarms):
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str) -> None:
         self.etcd, self.prefix, self.service = etcd, prefix, service
         self.limits = TxnLimits()
+        self.effects_base = keys.effects_prefix(prefix, service).encode()
         self.on_release = None   # see EtcdDedup: without claims nothing is ever held
         self.alarm = ""    # the alarms etcd has raised ("NOSPACE"): no writes while any is set
 
     def _effect_key(self, event: Event) -> bytes:
-        return effect_key(self.prefix, self.service, event).encode()
+        """svc.effects.effect_key, from the parts made once (the prefix, the event's key)."""
+        return self.effects_base + event.key + b"/" + suffix().encode()
 
     def _record(self, event: Event) -> bytes:
         return record(self.service, event).encode()
@@ -228,7 +230,7 @@ class EtcdDedup(_Effects, Orphans):
 
     def claim_key(self, event: Event) -> bytes:
         """The etcd key of ``event``'s claim and done mark."""
-        return self.key_prefix + keys.encode_id(event.id).encode()
+        return self.key_prefix + event.key
 
     def _claim_value(self, event: Event, lease: int) -> bytes:
         return f"claimed {event.digest} {lease:x}".encode()
@@ -265,7 +267,7 @@ class EtcdDedup(_Effects, Orphans):
         key = self.claim_key(event)
         claim = _etcd.add_txn(ops)
         _etcd.add_absent(claim.compare, key)
-        _etcd.add_put(claim.success, key, self._claim_value(event, lease), lease)
+        _etcd.add_put(claim.success, key, self._sent.get(key) or self._claim_value(event, lease), lease)
         _etcd.add_get(claim.failure, key)
 
     def _on_error(self, error: DedupUnavailable, lease: int = 0) -> None:
@@ -276,18 +278,19 @@ class EtcdDedup(_Effects, Orphans):
             self._drop_lease(lease, "is gone from etcd")
 
     def _known(self, event: Event) -> Verdict | None:
-        digest = self.done.get(keys.encode_id(event.id).encode())
+        digest = self.done.get(event.key)
         if digest is None:
             return None
         return Verdict.SKIPPED if event.matches(digest) else Verdict.CONFLICT
 
     def _claim_verdict(self, event: Event, reply, lease: int) -> Verdict:
-        self._sent.pop(self.claim_key(event), None)
+        key = self.claim_key(event)
+        sent = self._sent.pop(key, None)
         if self._orphans:
             with self._orphans_lock:
-                self._orphans.pop(self.claim_key(event), None)  # answered now: this window's to finish
+                self._orphans.pop(key, None)  # answered now: this window's to finish
         if reply.succeeded:
-            self._claimed[self.claim_key(event)] = self._claim_value(event, lease)
+            self._claimed[key] = sent or self._claim_value(event, lease)
             return Verdict.CLAIMED
         kvs = reply.responses[0].response_range.kvs
         if not kvs:
@@ -296,7 +299,7 @@ class EtcdDedup(_Effects, Orphans):
         if not event.matches(digest):
             return Verdict.CONFLICT
         if state == "done":
-            self.done[keys.encode_id(event.id).encode()] = digest.encode()
+            self.done[event.key] = digest.encode()
             return Verdict.SKIPPED
         if owner != [f"{lease:x}"] or self.claim_key(event) in self._claimed:
             return Verdict.HELD   # a sibling's, or an earlier window of ours still on it: wait for its end
@@ -359,7 +362,7 @@ class EtcdDedup(_Effects, Orphans):
         self._claimed.pop(self.claim_key(event), None)
         if not reply.response_txn.succeeded:
             return Verdict.LOST
-        self.done[keys.encode_id(event.id).encode()] = event.digest.encode()
+        self.done[event.key] = event.digest.encode()
         return Verdict.OK
 
     def _commit_error(self, error: DedupUnavailable) -> None:

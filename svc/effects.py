@@ -7,6 +7,7 @@ transaction as the done mark, so "processed exactly once" is a count of records,
 
 import json
 import os
+import random
 import time
 
 from . import keys
@@ -19,14 +20,25 @@ ACTIONS = {"new_order": "order recorded", "ban_user": "user banned"}
 
 def effect_key(prefix: str, service: str, event: Event) -> str:
     # A unique suffix per processing: processing the same event twice leaves two records.
-    # (16 hex digits as before, now all random, without building a UUID per event.)
-    return f"{keys.effects_prefix(prefix, service, event.id)}{os.urandom(8).hex()}"
+    return f"{keys.effects_prefix(prefix, service, event.id)}{suffix()}"
+
+
+def suffix() -> str:
+    """16 random hex digits, new for each processing (a generator seeded from os.urandom when svc
+    starts: a system call per event cost more than the rest of the key)."""
+    return f"{_random.getrandbits(64):016x}"
 
 
 def record(service: str, event: Event) -> str:
-    """The effect of handling ``event`` in ``service``, as stored (small: the args stay out)."""
-    return json.dumps({"service": service, "id": event.id, "type": event.type,
-                       "action": ACTIONS[event.type], "pid": os.getpid(), "at": round(time.time(), 6)})
+    """The effect of handling ``event`` in ``service``, as stored (small: the args stay out):
+    ``json.dumps`` of {"service", "id", "type", "action", "pid", "at"}, written out here, the same
+    text at a third of the cost (it runs per event)."""
+    return (f'{{"service": {_string(service)}, "id": {_string(event.id)}, "type": {_string(event.type)}, '
+            f'"action": {_string(ACTIONS[event.type])}, "pid": {os.getpid()}, "at": {round(time.time(), 6)!r}}}')
+
+
+_random = random.Random()   # seeded from os.urandom
+_string = json.encoder.encode_basestring_ascii   # a JSON string as json.dumps writes it (ensure_ascii)
 
 
 def count(client, service: str, event_id: str | None = None, *, prefix: str = DEFAULT_ETCD_PREFIX,

@@ -41,6 +41,12 @@ class Event:
         ``1``): done marks written then are still this event's, not conflicts."""
         return _sha256(_LEGACY.encode({"type": self.type, "id": self.id, "args": dict(self.args)}).encode())
 
+    @functools.cached_property
+    def key(self) -> bytes:
+        """The id as etcd's keys hold it (:func:`svc.keys.encode_id`, UTF-8): made once per event,
+        however many keys of it a claim, a done mark and an effect record build."""
+        return keys.encode_id(self.id).encode()
+
     def matches(self, digest: str | bytes) -> bool:
         """True if ``digest`` (read from a done mark or a claim) is this event's payload."""
         digest = digest.decode() if isinstance(digest, bytes) else digest
@@ -116,14 +122,16 @@ def _args(data: dict, brackets: int) -> types.MappingProxyType:
         raise InvalidEvent(f"args is a JSON {_json_kind(args)}, not an object")
     if brackets <= MAX_DEPTH:
         return types.MappingProxyType(args)
-    # Iterative, so checking the depth is never what runs out of stack.
+    # Iterative, so checking the depth is never what runs out of stack (a loop, not a generator:
+    # this runs per event, and flat args are the common case).
     containers = [(args, 2)]
     while containers:
         value, depth = containers.pop()
         if depth > MAX_DEPTH:
             raise InvalidEvent(f"body is JSON nested too deeply (over {MAX_DEPTH} levels)")
-        children = value.values() if isinstance(value, dict) else value
-        containers.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, (dict, list)):
+                containers.append((child, depth + 1))
     return types.MappingProxyType(args)
 
 
@@ -212,10 +220,12 @@ def _plain(value) -> bool:
         item = items.pop()
         kind = type(item)
         if kind is dict:
-            for key in item:
+            for key, child in item.items():
                 if type(key) is not str or not key.isascii():
                     return False
-            items.extend(item.values())
+                if type(child) is str:   # the common value, judged here (a digest is made per event)
+                    continue
+                items.append(child)
         elif kind is list:
             items.extend(item)
         elif kind is int:

@@ -100,7 +100,7 @@ class Publisher:
         self._declare(self.timeout)
         if fresh_ids:
             ids = _fresh_ids(event.get("id", "e"), count)
-            bodies = [json.dumps(dict(event, id=event_id)).encode() for event_id in ids]
+            bodies = _with_ids(event, ids)
         elif isinstance(event, dict):
             bodies, ids = [json.dumps(event).encode()] * count, [str(event.get("id"))] * count
         else:
@@ -131,6 +131,22 @@ def check_publish(exchange: str, routing_key: str, bodies=(), *, declare: bool =
         if len(body) > MAX_BODY:
             raise PublishRefused(f"an event of {len(body)} bytes is over RabbitMQ's highest max_message_size "
                                  f"({MAX_BODY} bytes); publish smaller events")
+
+
+def _with_ids(event: dict, ids: list[str]) -> list[bytes]:
+    """``json.dumps(dict(event, id=i)).encode()`` for each id ``i``: the event encoded once around a
+    marker, each body the text before it, the id, the text after it (a third of the cost per event;
+    per event again if the marker's text is in the event already)."""
+    marker = json.dumps(_ID_MARKER)
+    text = json.dumps(dict(event, id=_ID_MARKER))
+    if text.count(marker) != 1:
+        return [json.dumps(dict(event, id=event_id)).encode() for event_id in ids]
+    head, tail = text.split(marker)
+    string = json.encoder.encode_basestring_ascii   # a JSON string as json.dumps writes it
+    return [f"{head}{string(event_id)}{tail}".encode() for event_id in ids]
+
+
+_ID_MARKER = "\0svc id\0"
 
 
 def _fresh_ids(base, count: int) -> list[str]:
