@@ -104,3 +104,34 @@ def test_more_done_ids_than_the_cache_holds_are_not_imported_and_a_repeat_is_sti
         assert dedup.claim(fresh[-1:]).result() == [Verdict.SKIPPED]
     finally:
         dedup.close()
+
+
+def test_a_slow_import_does_not_hold_the_start_and_a_repeat_meanwhile_is_found_by_its_claim(etcd, monkeypatch):
+    import threading
+
+    from svc.testing import wait_for
+
+    client, prefix = etcd
+    event, other = parse(EVENT), parse(b'{"type": "new_order", "id": "456"}')
+    first = started(client, prefix)
+    assert first.claim([event, other]).result() == [Verdict.CLAIMED] * 2
+    assert first.commit([event, other]).result() == [Verdict.OK] * 2
+    first.close()
+    # Given an import of the done ids that takes 5 s (a million of them on a busy etcd took 18 s,
+    # and the kit's readiness wait gave up at 10 s)...
+    release = threading.Event()
+    real_import = EtcdDedup._import
+    monkeypatch.setattr(EtcdDedup, "_import", lambda self: (release.wait(5), real_import(self))[1])
+    # ... when the service starts, I expect it to return before the import ended (IMPORT_WAIT)...
+    restarted = started(client, prefix)
+    try:
+        assert keys.encode_id("456").encode() not in restarted.done, "the start waited for the import"
+        # ... a repeat claimed meanwhile skipped all the same (its claim finds the done mark)...
+        assert restarted.claim([event]).result() == [Verdict.SKIPPED]
+        assert restarted.etcd.txns == 1
+        # ... and the import, once let go, fills the cache.
+        release.set()
+        wait_for(lambda: keys.encode_id("456").encode() in restarted.done, "the import to end", timeout=10)
+    finally:
+        release.set()
+        restarted.close()
