@@ -1,7 +1,8 @@
 """Benchmarks of svc against the real stack, side by side in one run; prints ratios.
 
     .venv/bin/python bench/bench_svc.py [--events 50000] [--repeat 5] [--warmup 1] [--prefetch 1500]
-                                        [--done-ids 100000] [--sibling-events 20000] [--amqp-url URL] [--etcd HOST:PORT]
+                                        [--done-ids 100000] [--many-done-ids 1000000] [--sibling-events 20000]
+                                        [--amqp-url URL] [--etcd HOST:PORT]
                                         [--cluster]
 
 - consume: a bare pika consume-and-ack loop (the yardstick), ``python -m svc`` without and with etcd
@@ -11,9 +12,11 @@
   yardstick), ``svc.Publisher`` (goal >= 0.9x of the bare one);
 - dead sibling (issue 8 case D): a replica with CRASH_AT=claimed claims a window of a full queue and
   dies; the survivor's rate on the other events while those claims live, as a ratio of its healthy
-  rate (the same service draining the same number of events alone: the yardstick; goal >= 0.8);
-- startup: from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming, with 100,000 done
-  ids of that service in etcd (goal <= 1.5 s), once per round.
+  rate (the same service draining the same number of events alone: the yardstick; goal >= 0.9), on
+  a classic queue and on a quorum queue (the same broker), every round;
+- startup: from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming, and its peak
+  resident memory (VmHWM) then, with 100,000 done ids of that service in etcd (goal <= 1.5 s) and
+  with 1,000,000 (a busy service's day; goal <= 3 s and <= 100 MB), once per round.
 
 A shared machine's speed changes from second to second, so each contender is bracketed by its
 yardstick in the same round: yardstick, contender, yardstick (the consume group: bare, plain, bare,
@@ -122,29 +125,46 @@ def publish_rate(world: World, service: str, events: int) -> float:
 
 
 def add_done_ids(world: World, service: str, done_ids: int) -> int:
-    """Put ``done_ids`` done marks of ``service`` in etcd, on a lease (returned) that ends them."""
+    """Put ``done_ids`` done marks of ``service`` in etcd, on a lease (returned) that ends them
+    (transactions of 128 puts, 16 in flight)."""
     lease = world.etcd.grant(3600)
     base = keys.dedup_prefix(world.prefix, service)
     value = f"done {'0' * 32}".encode()
+    in_flight = []
     for start in range(0, done_ids, 128):
         request = _etcd.new_txn()
         for i in range(start, min(start + 128, done_ids)):
             _etcd.add_put(request.success, f"{base}{keys.encode_id(f'done-{i}')}".encode(), value, lease)
-        world.etcd.txn(request)
+        in_flight.append(world.etcd.txn_async(request))
+        if len(in_flight) >= 16:
+            in_flight.pop(0).result()
+    for pending in in_flight:
+        pending.result()
     return lease
 
 
-def startup(world: World, service: str, **code) -> tuple[float, str]:
-    """Seconds from spawning the service to its consumer on the queue; its "imported" log line."""
+def peak_rss(pid: int) -> float:
+    """A live process's peak resident memory so far (VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def startup(world: World, service: str, **code) -> tuple[float, float, str]:
+    """Seconds from spawning the service to its consumer on the queue, its peak resident memory (MB)
+    once its import of done ids ended, and its last log line on them (no deadline short of 120 s: the slow start is measured)."""
     # Its queue lives only while it is measured: left bound, it would collect every other run's events.
     topology.declare(world.channel(), world.exchange, services=(service,), **world.queue_arguments)
     started = time.perf_counter()
-    [process] = world.start(service, enable_etcd=True, log_level="INFO", **code)
+    [process] = world.start(service, enable_etcd=True, log_level="INFO", wait=False, **code)
+    world.wait_consumers(service, 1, [process], timeout=120)
     elapsed = time.perf_counter() - started
-    line = next((line for line in process.log().splitlines() if "imported" in line), "")
-    assert process.stop() == 0
+    # its import may go on while it consumes: the peak counts once it has said how it ended
+    wait_for(lambda: "imported" in process.log(), "its import of done ids to end", timeout=120, interval=0.1)
+    peak = peak_rss(process.pid)
+    assert process.stop() == 0   # its import may end after it consumes: its last word on it is read once stopped
+    line = next((line for line in reversed(process.log().splitlines()) if "done ids" in line), "")
     world.channel().queue_delete(world.queue(service))
-    return elapsed, line.split(": ", 1)[-1]
+    return elapsed, peak, line.split(": ", 1)[-1]
 
 
 def spread(rates: list[float], fmt: str = "{:.0f}") -> str:
@@ -157,17 +177,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds, interleaved; medians are printed")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, help="for both consumers")
     parser.add_argument("--done-ids", type=int, default=100000)
+    parser.add_argument("--many-done-ids", type=int, default=1000000, help="a second start's done ids (0: none)")
     parser.add_argument("--sibling-events", type=int, default=20000, help="events of the dead-sibling runs")
     parser.add_argument("--amqp-url", default=AMQP_URL, help="RabbitMQ (default: the stack's)")
     parser.add_argument("--etcd", default=ETCD_ENDPOINT, help="etcd endpoint(s) (default: the stack's)")
 
 
 # (yardstick, contenders measured between its runs, label of the table, goal of the ratio)
-GROUPS = (("bare", ("plain", "dedup")), ("bare publish", ("publish",)), ("healthy", ("sibling",)))
-GOALS = {"plain": 0.8, "dedup": 0.5, "publish": 0.9, "sibling": 0.8}
+GROUPS = (("bare", ("plain", "dedup")), ("bare publish", ("publish",)), ("healthy", ("sibling",)),
+          ("healthy quorum", ("sibling quorum",)))
+GOALS = {"plain": 0.8, "dedup": 0.5, "publish": 0.9, "sibling": 0.9, "sibling quorum": 0.9}
 LABELS = {"bare": "bare pika consume+ack", "plain": "svc, dedup off", "dedup": "svc, etcd dedup",
           "bare publish": "bare pika publisher, confirms", "publish": "svc.Publisher, confirms",
-          "healthy": "svc healthy (dedup on)", "sibling": "svc, a dead sibling's claims"}
+          "healthy": "svc healthy (dedup on)", "sibling": "svc, a dead sibling's claims",
+          "healthy quorum": "svc healthy, quorum queue", "sibling quorum": "svc, dead sibling, quorum"}
 
 
 def run_round(world: World, args, round_: int, measure) -> dict:
@@ -186,17 +209,23 @@ def run_round(world: World, args, round_: int, measure) -> dict:
     return result
 
 
-def bench(args, amqp_url: str, etcd: str, queue_type: str = "classic") -> tuple[list[dict], list[float], str]:
+def bench(args, amqp_url: str, etcd: str, queue_type: str = "classic") -> tuple[list[dict], list[dict], dict]:
     """Every round against one broker and etcd: (each counted round's {contender: figures}, each
-    counted round's start seconds, the last start's "imported" log line)."""
+    counted round's {done ids: (start seconds, peak MB)}, each start's last "imported" log line)."""
     counted: list[dict] = []
-    starts: list[float] = []
+    starts: list[dict] = []
+    imported: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as logs:
         world = World(amqp_url, etcd, Path(logs), queue_type=queue_type)
+        # The dead sibling on a quorum queue too, on the same broker (the cluster's are all quorum).
+        quorum = World(amqp_url, etcd, Path(logs), queue_type="quorum")
         try:
-            starter = world.service_name("start")
-            world.channel().queue_delete(world.queue(starter))  # see startup
-            lease = add_done_ids(world, starter, args.done_ids)
+            starters, leases = {}, []
+            for done_ids in (args.done_ids, args.many_done_ids):
+                if done_ids and done_ids not in starters:
+                    starters[done_ids] = world.service_name(f"start{done_ids}")
+                    world.channel().queue_delete(world.queue(starters[done_ids]))  # see startup
+                    leases.append(add_done_ids(world, starters[done_ids], done_ids))
             contenders = {
                 "bare": lambda service, _: bare_pika(world, service, args.events, args.prefetch),
                 "plain": lambda service, pauses: svc_rate(world, service, args.events, False, args.prefetch, pauses),
@@ -206,25 +235,37 @@ def bench(args, amqp_url: str, etcd: str, queue_type: str = "classic") -> tuple[
                 "healthy": lambda service, pauses: svc_rate(world, service, args.sibling_events, True, args.prefetch,
                                                             pauses),
                 "sibling": lambda service, _: sibling_rate(world, service, args.sibling_events, args.prefetch),
+                "healthy quorum": lambda service, pauses: svc_rate(quorum, service, args.sibling_events, True,
+                                                                   args.prefetch, pauses),
+                "sibling quorum": lambda service, _: sibling_rate(quorum, service, args.sibling_events, args.prefetch),
             }
 
             def measure(name: str) -> tuple[float, float | None]:
-                service, pauses = world.service_name(name.replace(" ", "_")), []
+                on = quorum if name.endswith("quorum") else world
+                service, pauses = on.service_name(name.replace(" ", "_")), []
                 rate = contenders[name](service, pauses)
-                retire(world, service)
+                retire(on, service)
                 return rate, (pauses or [None])[0]
 
             for round_ in range(args.warmup + args.repeat):
                 load = os.getloadavg()
                 result = run_round(world, args, round_, measure)
-                seconds, imported = startup(world, starter)
+                started = {}
+                for done_ids, starter in starters.items():
+                    *started[done_ids], imported[done_ids] = startup(world, starter)
                 tag = f"warm-up {round_ + 1}" if round_ < args.warmup else f"round {round_ + 1 - args.warmup}"
-                print_round(tag, load, result, seconds)
+                print_round(tag, load, result, started)
                 if round_ >= args.warmup:
                     counted.append(result)
-                    starts.append(seconds)
-            world.etcd.revoke(lease)
+                    starts.append(started)
+            patient = _etcd.Etcd(parse_endpoints(etcd), timeout=300)   # a million keys go with the lease
+            try:
+                for lease in leases:
+                    patient.revoke(lease)
+            finally:
+                patient.close()
         finally:
+            quorum.close()
             world.close()
         reclaim(etcd)
     return counted, starts, imported
@@ -260,15 +301,16 @@ def ratio(figures: tuple) -> float:
     return rate / ((before + after) / 2)
 
 
-def print_round(tag: str, load: tuple, result: dict, seconds: float) -> None:
+def print_round(tag: str, load: tuple, result: dict, started: dict) -> None:
     parts = []
     for name, figures in result.items():
         rate, before, after, pause = figures
         verdict = "ok" if ratio(figures) >= GOALS[name] else "BELOW GOAL"
         paused = "" if pause is None else f", longest pause {pause * 1000:.0f} ms"
         parts.append(f"{name} {rate:.0f} ({ratio(figures):.2f}x of {before:.0f}|{after:.0f}, {verdict}{paused})")
-    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts)}; start {seconds:.2f} s",
-          file=sys.stderr, flush=True)
+    parts += [f"start with {done_ids} done ids {seconds:.2f} s, {peak:.0f} MB"
+              for done_ids, (seconds, peak) in started.items()]
+    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts)}", file=sys.stderr, flush=True)
 
 
 def reclaim(endpoints: str) -> None:
@@ -294,7 +336,10 @@ def side_by_side(single: list[dict], clustered: list[dict]) -> None:
             print(f"{LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}   >= {GOALS[name]:.2f}x")
 
 
-def report(args, counted: list[dict], starts: list[float], imported: str) -> None:
+START_GOALS = {100000: (1.5, None), 1000000: (3.0, 100.0)}   # done ids: (seconds, MB) at most
+
+
+def report(args, counted: list[dict], starts: list[dict], imported: dict) -> None:
     print(f"{args.events} events per run ({args.sibling_events} for the dead sibling), prefetch {args.prefetch}, "
           f"{len(counted)} rounds counted after {args.warmup} warm-up; each ratio: the contender over the mean of its "
           "yardstick's runs just before and after it [every round]")
@@ -309,9 +354,15 @@ def report(args, counted: list[dict], starts: list[float], imported: str) -> Non
             print(f"{LABELS[name]:32} {statistics.median([result[name][0] for result in counted]):9.0f} events/s   "
                   f"median {statistics.median(each):.2f}x, lowest {min(each):.2f}x  (goal >= {GOALS[name]:.2f}x: "
                   f"{verdict})  {spread(each, '{:.2f}x')}")
-    print(f"{'start to consuming, ' + str(args.done_ids) + ' done':32} {statistics.median(starts):9.2f} s"
-          f"   (goal <= 1.5 s) {spread(starts, '{:.2f}')}")
-    print(f"  service log (last round): {imported}")
+    for done_ids in starts[0]:
+        seconds, peaks = [start[done_ids][0] for start in starts], [start[done_ids][1] for start in starts]
+        most, mb = START_GOALS.get(done_ids, (None, None))
+        goal = ", ".join(([f"<= {most:g} s"] if most else []) + ([f"<= {mb:g} MB"] if mb else [])) or "none"
+        met = (not most or max(seconds) <= most) and (not mb or max(peaks) <= mb)
+        print(f"{'start to consuming, ' + str(done_ids) + ' done':32} {statistics.median(seconds):9.2f} s, peak "
+              f"{statistics.median(peaks):.0f} MB   (goal {goal}: {'every round meets it' if met else 'NOT every round'})"
+              f" {spread(seconds, '{:.2f}')} s {spread(peaks)} MB")
+        print(f"  service log (last round): {imported[done_ids]}")
 
 
 if __name__ == "__main__":
