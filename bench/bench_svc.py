@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from svc import _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH, parse_endpoints  # noqa: E402
+from svc.errors import DedupUnavailable  # noqa: E402
 from svc.testing import World, wait_for  # noqa: E402
 
 from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402  (the yardsticks of chapter 8 too)
@@ -141,6 +142,24 @@ def add_done_ids(world: World, service: str, done_ids: int) -> int:
     for pending in in_flight:
         pending.result()
     return lease
+
+
+def drop(world: World, lease: int, service: str) -> None:
+    """Revoke add_done_ids' ``lease``. etcd may answer "request timed out" while it deletes a
+    million keys with it: then wait (up to 300 s) for them to be gone."""
+    try:
+        world.etcd.revoke(lease)
+    except DedupUnavailable as error:
+        print(f"{error}; waiting for the done ids to go", file=sys.stderr, flush=True)
+        base = keys.dedup_prefix(world.prefix, service)
+        wait_for(lambda: _counted(world, base) == 0, "the done ids deleted with their lease", timeout=300, interval=2)
+
+
+def _counted(world: World, prefix: str) -> int | None:
+    try:
+        return world.etcd.count_prefix(prefix)
+    except DedupUnavailable:
+        return None   # etcd still busy deleting
 
 
 def peak_rss(pid: int) -> float:
@@ -258,12 +277,8 @@ def bench(args, amqp_url: str, etcd: str, queue_type: str = "classic") -> tuple[
                 if round_ >= args.warmup:
                     counted.append(result)
                     starts.append(started)
-            patient = _etcd.Etcd(parse_endpoints(etcd), timeout=300)   # a million keys go with the lease
-            try:
-                for lease in leases:
-                    patient.revoke(lease)
-            finally:
-                patient.close()
+            for lease, service in zip(leases, starters.values(), strict=True):
+                drop(world, lease, service)
         finally:
             quorum.close()
             world.close()
