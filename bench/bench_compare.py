@@ -124,7 +124,7 @@ def measure(args, only: list[str], variants: dict[str, dict], logs: Path) -> dic
                         retire(world, service)
             if "start" in only:
                 for suffix, code in order:
-                    seconds, imported = startup(world, starter, **code)
+                    seconds, _peak, imported = startup(world, starter, **code)
                     runs.setdefault("start" + suffix, []).append(seconds)
                     runs["imported" + suffix] = [imported]
         if "start" in only:

@@ -32,7 +32,9 @@ from .settings import current
 from .service_records import (NAMES, Service, Status, StatusTable, dedup_label, instances, known_names, log_path,
                               running, running_pids)
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 10.0           # seconds for a start to consume: svc's start no longer grows with its done
+                                 # ids (it imports DONE_CACHE of them at most, svc/done.py; with 1,000,000 in
+                                 # etcd it took 18 s and the wait gave up): bench/bench_svc.py measures it
 LOG_TAIL_LINES = 20
 ETCD_CONNECT_TIMEOUT = 1.0       # seconds: etcd answers on loopback at once or not at all
 
@@ -131,7 +133,8 @@ def _start(name: str, dedup: bool, wait: bool, timeout: float, replicas: int, en
             what=f"{name} ({label}) to consume {rabbit.queue_of(name, exchange)}",
             timeout=timeout,
             progress=progress,
-            describe=lambda consumers: f"{consumers} consumer(s)",
+            # what the service last said (connecting, importing its done ids...): a slow start names its step
+            describe=lambda consumers: f"{consumers} consumer(s); {_last_line(started[0])}",
         )
     except launcher.Exited as exited:
         dead = next(service for service, child in launched if child is exited.launched)
@@ -145,6 +148,12 @@ def _start(name: str, dedup: bool, wait: bool, timeout: float, replicas: int, en
     records.exit_codes.pop(name, None)
     progress(f"{name}: ready, {label}")
     return (live + started)[0]
+
+
+def _last_line(service: Service) -> str:
+    """The last line ``service``'s replica wrote to its log, or that it wrote none yet."""
+    lines = logs(service.name, 1, instance=service.instance).strip()
+    return f"its log: {lines[-200:]}" if lines else "nothing in its log yet"
 
 
 def _targets(name: str, instance: int | None) -> list[Service]:

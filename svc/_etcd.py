@@ -190,6 +190,12 @@ class Etcd:
         request = _rpc().RangeRequest(key=_bytes(prefix), range_end=prefix_end(prefix), count_only=True)
         return self._call("count", "kvstub", "Range", request).count
 
+    def count_prefix_at(self, prefix) -> tuple[int, int]:
+        """How many keys are under ``prefix`` (no values read) and the revision counted at."""
+        request = _rpc().RangeRequest(key=_bytes(prefix), range_end=prefix_end(prefix), count_only=True)
+        response = self._call("count", "kvstub", "Range", request)
+        return response.count, response.header.revision
+
     def delete_prefix(self, prefix) -> int:
         request = _rpc().DeleteRangeRequest(key=_bytes(prefix), range_end=prefix_end(prefix))
         return self._call("delete", "kvstub", "DeleteRange", request).deleted

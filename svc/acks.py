@@ -43,6 +43,10 @@ class Open:
         """A delivery (pika's Basic.Deliver ``method``) is open until acked or requeued."""
         self._tags[self._channels[method.consumer_tag]].add(method.delivery_tag)
 
+    def count(self, channel) -> int:
+        """Deliveries open on ``channel``: received, not yet acked or requeued."""
+        return len(self._tags.get(channel, ()))
+
     def channel(self, method):
         """The channel ``method``'s delivery came on (the one to ack or nack it on)."""
         return self._channels[method.consumer_tag]

@@ -152,13 +152,12 @@ class Consumer:
         # Windows of a third of the prefetch: while one window's commit is in flight to etcd, the
         # next is parsed and its claims are sent, and a third is received. Held deliveries (a
         # sibling's claims) keep the prefetch slots of the consumer they came to while they wait;
-        # once they fill a tenth of it, a new consumer takes over with a full prefetch (classic only).
+        # once they fill a tenth of it, a new consumer takes over with a full prefetch.
         in_flight = None
         while not self.stop.is_set() and not self._cancelled:
             self._pending[:0] = self.held.due()
-            if self.config.queue_type == "classic" and \
-                    self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE) and \
-                    self._may_hand_over():
+            if self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE) and \
+                    self._nothing_on_its_way() and self._may_hand_over():
                 self._consume_again(connection)
             window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - self.held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
@@ -209,13 +208,24 @@ class Consumer:
         slots (counted per consumer), nor rule out an ack "multiple" of the new channel's windows
         (svc/acks.py). pika rejects (requeues) what reaches it for the old consumer during the
         cancel (it never reached _on_message): harmless on a classic queue; on a quorum queue each
-        return counts against the delivery limit, so the loop does this on classic queues only."""
+        return counts against the delivery limit, so the loop does this there only when nothing can
+        reach it (``_nothing_on_its_way``)."""
         held = self.held.held_by(self._tag)
         self.channel.basic_cancel(self._tag)
         self.channel = connection.channel()
         self._subscribe(self.channel)
         log.info("%s: %d deliveries held for siblings' claims; consuming again on a new channel",
                  self.config.service, held)
+
+    def _nothing_on_its_way(self) -> bool:
+        """Whether the consumer may be cancelled without a delivery coming back to the queue: on a
+        classic queue always (a return costs nothing); on a quorum queue, where each return counts
+        against the delivery limit, only while the deliveries open on its channel fill its prefetch.
+        The broker sends a consumer no more than its prefetch unacked, so then every delivery it
+        sent has been received (none in flight, none in pika's buffer), every ack sent has been
+        taken, and it sends none until the next ack, which comes after the cancel: pika has nothing
+        to reject."""
+        return self.config.queue_type != "quorum" or self._open.count(self.channel) >= self.config.prefetch
 
     def _may_hand_over(self) -> bool:
         """Whether a new channel may take over: fewer than HANDOVER_CHANNELS consume or hold

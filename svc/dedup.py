@@ -17,6 +17,7 @@ from .effects import record, suffix
 from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
 from .alarms import Alarms
+from .done import DoneIds
 from .orphans import Orphans, add_release
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest of the
                            # range on every page, so small pages cost quadratic time)
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
+IMPORT_WAIT = 1.0          # seconds the start waits for the done ids; then it consumes while they are read
 
 
 class _Effects(Alarms):
@@ -89,7 +91,7 @@ class EtcdDedup(_Effects, Orphans):
         super().__init__(etcd, prefix, service)
         self.claim_ttl, self.retention = claim_ttl, retention
         self.key_prefix = keys.dedup_prefix(prefix, service).encode()
-        self.done: dict[bytes, bytes] = {}   # encoded id -> digest, from the import and the watch
+        self.done = DoneIds()   # encoded id -> digest: the import, our commits, the watch (svc/done.py)
         # The claim lease is taken and dropped under a lock, each claim window uses one snapshot of
         # it, and the keepalive drops only the lease it found expired: no claim is ever written
         # without a lease (it would never expire, and siblings would hold its event forever).
@@ -115,31 +117,44 @@ class EtcdDedup(_Effects, Orphans):
     # -- start and stop -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Import the done ids (paged), then watch the prefix from that revision. Raises
-        DedupUnavailable if etcd does not answer (the caller retries)."""
-        started = time.monotonic()
-        revision = self._import()
+        """Take the claim lease and start the threads: the watch's imports the done ids (paged) if
+        they fit the cache (svc/done.py), then watches the prefix from that revision. Waits up to
+        IMPORT_WAIT for the import: a repeat claimed before it ends is found by its claim. Raises
+        DedupUnavailable if etcd does not answer (the caller retries), EtcdRefused if it refuses."""
+        self.etcd.get(self.key_prefix)   # one key, no range counted: is etcd there, and ours to read?
         self._check_alarms()
         if not self.alarm:  # a lease is a write: under an alarm the first claim takes it, once allowed
             try:
                 self._claim_lease()
             except _etcd.NoSpace as error:
                 self._on_error(error)
-        log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
-                 len(self.done), self.service, time.monotonic() - started, revision)
         self._start(self._keep_claims_alive, "claim-keepalive")
         self._start(self._release_orphans, "claim-release")
-        self._start(lambda: self._follow(revision + 1), "dedup-watch")
+        imported = threading.Event()
+        self._start(lambda: self._follow(None, imported), "dedup-watch")
+        if not imported.wait(IMPORT_WAIT):
+            log.info("consuming while the done ids of %s are read from etcd", self.service)
 
     def _import(self) -> int:
-        """Read every done id of this service into ``done``; the revision read at."""
+        """Read every done id of this service into ``done`` if they fit it, else none (etcd's
+        count alone); the revision read at."""
+        started = time.monotonic()
+        self._marks, revision = self.etcd.count_prefix_at(self.key_prefix)
+        if self._marks > self.done.bound:
+            log.info("imported none of the %d done ids and claims of %s in etcd, more than the %d kept in memory: a "
+                     "repeat is found by its claim (revision %d, %.2f s)", self._marks, self.service,
+                     self.done.bound, revision, time.monotonic() - started)
+            self.done.clear()
+            return revision
         pages = self.etcd.scan_prefix(self.key_prefix, IMPORT_PAGE)
-        skip, done = len(self.key_prefix), {}
+        skip, done = len(self.key_prefix), DoneIds(self.done.bound)
         try:
             while True:
                 done.update((key[skip:], value[5:]) for key, value in next(pages) if value.startswith(b"done "))
         except StopIteration as end:
             self.done = done
+            log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
+                     len(done), self.service, time.monotonic() - started, end.value)
             return end.value
 
     def close(self) -> None:
@@ -190,21 +205,22 @@ class EtcdDedup(_Effects, Orphans):
             self._lease = 0
         log.warning("claim lease %x %s; a new one is taken for the next claims", lease, why)
 
-    def _follow(self, revision: int) -> None:
-        """Learn siblings' done marks (and expiries) from the watch; resume after a break."""
+    def _follow(self, revision: int | None, imported: threading.Event) -> None:
+        """Import the done ids (``revision`` None: again after a compaction), set ``imported``, then
+        learn siblings' done marks (and expiries) from the watch from there; resume after a break."""
         delay = 0.2
         while not self._stop.is_set():
             try:
+                if revision is None:
+                    revision = self._import() + 1
+                    imported.set()
                 self._watch = self.etcd.watch_prefix(self.key_prefix, revision)
                 for is_put, key, value, mod_revision in self._watch:
                     self._learn(is_put, key, value)
                     revision, delay = mod_revision + 1, 0.2
             except _etcd.Compacted as error:
                 log.info("%s; reading the done ids again", error)
-                try:
-                    revision = self._import() + 1
-                except DedupUnavailable as again:
-                    log.debug("dedup re-import: %s", again)
+                revision = None
             except DedupUnavailable as error:
                 log.debug("dedup watch: %s", error)
             except EtcdRefused as error:  # refused after the start (a role revoked): said, retried slowly

@@ -59,3 +59,79 @@ def test_after_a_restart_the_claim_skips_a_repeat_and_the_import_only_saves_the_
     assert restarted.claim([event]).result() == [Verdict.SKIPPED]
     assert restarted.etcd.txns == 0
     restarted.close()
+
+
+def _done_marks(client, prefix: str, count: int) -> None:
+    """``count`` done marks of orders (ids ``done-<i>``, payload {"type": "new_order"}), 128 a transaction."""
+    from svc import _etcd
+
+    for start in range(0, count, 128):
+        request = _etcd.new_txn()
+        for i in range(start, min(start + 128, count)):
+            digest = parse(f'{{"type": "new_order", "id": "done-{i}"}}'.encode()).digest
+            _etcd.add_put(request.success, keys.dedup_key(prefix, "orders", f"done-{i}").encode(), f"done {digest}".encode())
+        client.txn(request)
+
+
+def test_more_done_ids_than_the_cache_holds_are_not_imported_and_a_repeat_is_still_skipped(etcd, monkeypatch, caplog):
+    import logging
+
+    from svc import done
+
+    client, prefix = etcd
+    # Given a cache of 100 done ids and 150 done marks of orders in etcd (a busy day's million
+    # took 18 s and 218 MB to import, and the kit gave up waiting for the service)...
+    monkeypatch.setattr(done, "DONE_CACHE", 100)
+    _done_marks(client, prefix, 150)
+    # ... when the service starts, I expect none imported (etcd's count alone), and it said so...
+    with caplog.at_level(logging.INFO, logger="svc.dedup"):
+        dedup = started(client, prefix)
+    try:
+        assert len(dedup.done) == 0
+        assert "imported none of the 150 done ids" in caplog.text
+        # ... and a repeat still skipped, found by its claim (one transaction), one with another
+        # payload a conflict: the cache never was the guarantee.
+        repeat, other = parse(b'{"type": "new_order", "id": "done-7"}'), parse(b'{"type": "ban_user", "id": "done-8"}')
+        assert dedup.claim([repeat, other]).result() == [Verdict.SKIPPED, Verdict.CONFLICT]
+        assert dedup.etcd.txns == 1
+        # When it processes 300 new events, I expect at most 200 done ids kept in memory, the newest
+        # 100 among them.
+        fresh = [parse(f'{{"type": "new_order", "id": "new-{i}"}}'.encode()) for i in range(300)]
+        assert dedup.claim(fresh).result() == [Verdict.CLAIMED] * 300
+        assert dedup.commit(fresh).result() == [Verdict.OK] * 300
+        assert len(dedup.done) <= 200
+        assert all(keys.encode_id(f"new-{i}").encode() in dedup.done for i in range(200, 300))
+        assert dedup.claim(fresh[-1:]).result() == [Verdict.SKIPPED]
+    finally:
+        dedup.close()
+
+
+def test_a_slow_import_does_not_hold_the_start_and_a_repeat_meanwhile_is_found_by_its_claim(etcd, monkeypatch):
+    import threading
+
+    from svc.testing import wait_for
+
+    client, prefix = etcd
+    event, other = parse(EVENT), parse(b'{"type": "new_order", "id": "456"}')
+    first = started(client, prefix)
+    assert first.claim([event, other]).result() == [Verdict.CLAIMED] * 2
+    assert first.commit([event, other]).result() == [Verdict.OK] * 2
+    first.close()
+    # Given an import of the done ids that takes 5 s (a million of them on a busy etcd took 18 s,
+    # and the kit's readiness wait gave up at 10 s)...
+    release = threading.Event()
+    real_import = EtcdDedup._import
+    monkeypatch.setattr(EtcdDedup, "_import", lambda self: (release.wait(5), real_import(self))[1])
+    # ... when the service starts, I expect it to return before the import ended (IMPORT_WAIT)...
+    restarted = started(client, prefix)
+    try:
+        assert keys.encode_id("456").encode() not in restarted.done, "the start waited for the import"
+        # ... a repeat claimed meanwhile skipped all the same (its claim finds the done mark)...
+        assert restarted.claim([event]).result() == [Verdict.SKIPPED]
+        assert restarted.etcd.txns == 1
+        # ... and the import, once let go, fills the cache.
+        release.set()
+        wait_for(lambda: keys.encode_id("456").encode() in restarted.done, "the import to end", timeout=10)
+    finally:
+        release.set()
+        restarted.close()

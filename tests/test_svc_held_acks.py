@@ -9,6 +9,8 @@ requeued it (held again) with a nack of a tag already acked: RabbitMQ closed the
 
 import json
 
+import pytest
+
 from svc import keys
 from svc.event import parse
 from nirvana.testing import wait_for
@@ -38,6 +40,19 @@ def test_a_held_delivery_that_comes_due_mid_stream_is_not_lost(svc_world):
     assert "closed the channel" not in process.log()
 
 
+@pytest.fixture(params=["classic", "quorum"])
+def any_world(request, amqp_url, etcd_endpoint, tmp_path):
+    """svc_world with classic queues, then with quorum queues (where a return to the queue counts
+    against the delivery limit: a hand-over must return nothing)."""
+    from nirvana import endpoints, stack
+    from svc.testing import World
+
+    world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
+                  rabbitmqctl=stack.rabbitmq_node().ctl(), queue_type=request.param)
+    yield world
+    world.close()
+
+
 def _unacked(world, service: str) -> int:
     """Deliveries of ``service``'s queue the broker counts as sent and not yet acked (rabbitmqctl)."""
     rows = (line.split("\t") for line in world._rabbitmqctl("list_queues", "name", "messages_unacknowledged").splitlines())
@@ -55,7 +70,8 @@ def _claimed_by_a_sibling(world, service: str, count: int) -> int:
     return lease
 
 
-def test_held_deliveries_leave_a_full_prefetch_of_workable_events(svc_world):
+def test_held_deliveries_leave_a_full_prefetch_of_workable_events(any_world):
+    svc_world = any_world
     orders = svc_world.service_name("orders")
     etcd = svc_world.etcd
     # Given a sibling's live claims on 10 events (a dead sibling's window: they outlive the test)...
@@ -72,8 +88,10 @@ def test_held_deliveries_leave_a_full_prefetch_of_workable_events(svc_world):
     assert set(svc_world.effects_by_id(orders).values()) == {1}
 
 
-def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world, monkeypatch):
+def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(any_world, monkeypatch):
     import threading
+
+    import pika
 
     from svc import _amqp
     from svc.config import Config
@@ -83,6 +101,7 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world
     from svc.supervisor import open_dedup
     from nirvana.testing import MemoryMeter
 
+    svc_world = any_world
     orders = svc_world.service_name("orders")
     etcd = svc_world.etcd
     # Given a dead sibling's claims on 10 events (they outlive the test) ahead of 300 more...
@@ -92,6 +111,10 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world
     one_by_one = []
     ack_each = _amqp.ack_each
     monkeypatch.setattr(_amqp, "ack_each", lambda channel, tags: (one_by_one.extend(tags), ack_each(channel, tags)))
+    returned = []   # deliveries pika rejected back to the queue (a consumer cancelled under them)
+    reject = pika.channel.Channel.basic_reject
+    monkeypatch.setattr(pika.channel.Channel, "basic_reject",
+                        lambda channel, tag=0, requeue=True: (returned.append(tag), reject(channel, tag, requeue)))
     config = Config.from_env(svc_world.env(orders, enable_etcd=True, claim_ttl=60, prefetch=30))
     dedup = EtcdDedup(etcd, config.etcd_prefix, orders, claim_ttl=60, retention=config.dedup_retention)
     stop = threading.Event()
@@ -109,6 +132,10 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world
     # acked one by one (300 ack frames; with a dead sibling's window held, a third of the survivor's time).
     assert len(one_by_one) <= 60, f"{len(one_by_one)} of 300 acked one by one"
     assert set(svc_world.effects_by_id(orders).values()) == {1}
+    # ... and none returned to the queue by the hand-over (a quorum queue counts each return
+    # against the delivery limit).
+    if svc_world.queue_arguments["queue_type"] == "quorum":
+        assert returned == []
     etcd.revoke(lease)
 
 
