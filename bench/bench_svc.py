@@ -47,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from svc import _etcd, effects, keys, topology  # noqa: E402
+from svc import etcd as _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH, parse_endpoints  # noqa: E402
 from svc.testing import World, wait_for  # noqa: E402
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pika
 from matplotlib.figure import Figure
 
-from svc import _etcd
+from svc import etcd as _etcd
 from svc.config import DEFAULT_PREFETCH, parse_endpoints, split_urls
 from svc.effects import records
 from svc.testing import World, wait_for

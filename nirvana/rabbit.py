@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import pika
 import pika.exceptions
 
-from svc import _amqp, topology
+from svc import amqp, topology
 from svc.errors import SvcError
 
 from ._wait import Progress, poll
@@ -38,23 +38,23 @@ class QueueCounts:
 
 @contextmanager
 def _connection(url: str | None, doing: str) -> Iterator[pika.BlockingConnection]:
-    """A connection through svc's broker edge (:mod:`svc._amqp`: every wait bounded by
+    """A connection through svc's broker edge (:mod:`svc.amqp`: every wait bounded by
     CONNECT_TIMEOUT seconds, one attempt); any broker error inside, ``doing`` something, becomes one
     line as RabbitUnavailable (the URL's password masked)."""
     url = url or current().amqp_url
     connection = None
     try:
-        connection = _amqp.connect(url, CONNECT_TIMEOUT, name="nirvana")
+        connection = amqp.connect(url, CONNECT_TIMEOUT, name="nirvana")
         yield connection
     except SvcError as error:   # connect() translated it already
         raise RabbitUnavailable(str(error)) from None
-    except _amqp.BROKER_ERRORS as error:
-        raise RabbitUnavailable(str(_amqp.translate(error, doing, url=url))) from None
+    except amqp.BROKER_ERRORS as error:
+        raise RabbitUnavailable(str(amqp.translate(error, doing, url=url))) from None
     finally:
         if connection is not None and connection.is_open:
             try:
                 connection.close()
-            except _amqp.BROKER_ERRORS:
+            except amqp.BROKER_ERRORS:
                 pass   # closing a connection the broker already dropped: nothing left to release
 
 

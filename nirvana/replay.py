@@ -20,7 +20,7 @@ import time
 
 import pika.exceptions
 
-from svc import Etcd, _etcd, projection, topology
+from svc import Etcd, etcd as _etcd, projection, topology
 from svc.config import Config
 from svc.errors import SvcError
 from svc.stream import log_end, log_start

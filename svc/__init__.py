@@ -4,7 +4,7 @@ Run a consumer with ``SERVICE_NAME=orders python -m svc`` (``ENABLE_ETCD=true`` 
 and publish with ``python -m svc.publish``.
 """
 
-from ._etcd import Etcd
+from .etcd import Etcd
 from .config import Config, EtcdAccess, mask_url
 from .dedup import EtcdDedup, NoDedup, Verdict
 from .effects import count as count_effects, counts_by_id

@@ -8,7 +8,7 @@ smaller size kept (TxnLimits).
 import enum
 import logging
 
-from . import _etcd
+from . import etcd as _etcd
 from .errors import DedupUnavailable
 from .event import Event
 

@@ -7,7 +7,7 @@ processed and skipped events are acked after their work is recorded; the rest ar
 pika is used from one thread only (this loop); the work of a window (etcd round trips, WORK_MS)
 runs on a worker thread while this loop keeps serving the connection (heartbeats, deliveries),
 the pattern of pika's examples/basic_consumer_threaded.py. What a broker error means is decided
-in one place, svc._amqp: a refusal no retry cures ends the service (BrokerRefused), a channel
+in one place, svc.amqp: a refusal no retry cures ends the service (BrokerRefused), a channel
 error reopens the channel, a connection error reconnects, a refused dead letter touches only
 its own message.
 """
@@ -21,8 +21,8 @@ import time
 
 import pika
 
-from . import _amqp, metrics, requeue, topology
-from ._amqp import BROKER_ERRORS, Action
+from . import amqp, metrics, requeue, topology
+from .amqp import BROKER_ERRORS, Action
 from .acks import Open
 from .config import Config
 from .errors import ChannelClosed, MessageRefused
@@ -81,7 +81,7 @@ class Consumer:
     def run(self) -> None:
         """Consume until ``stop`` is set (returns) or the connection fails (BrokerUnavailable);
         BrokerRefused when the broker refuses what no retry can cure."""
-        connection, self.url = _amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
+        connection, self.url = amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
                                                    blocked_timeout=BLOCKED_TIMEOUT)
         self.connection = connection
         self._user = pika.URLParameters(self.url).credentials.username   # what the broker takes as user_id
@@ -93,7 +93,7 @@ class Consumer:
                         self._sleep(BACKOFF_START)  # cancelled by the broker: consume again shortly
                     backoff = BACKOFF_START
                 except BROKER_ERRORS as error:
-                    svc_error = _amqp.translate(error, f"consuming {self.queue}")
+                    svc_error = amqp.translate(error, f"consuming {self.queue}")
                     if not isinstance(svc_error, (ChannelClosed, MessageRefused)):
                         raise svc_error from None
                     # The connection stands: a new channel, the topology declared again. The
@@ -102,7 +102,7 @@ class Consumer:
                     self._sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
         except BROKER_ERRORS as error:  # from the sleep between channels: the connection is gone
-            raise _amqp.translate(error, f"consuming {self.queue}") from None
+            raise amqp.translate(error, f"consuming {self.queue}") from None
         finally:
             if connection.is_open:
                 try:
@@ -190,7 +190,7 @@ class Consumer:
         if self.config.queue_type == "quorum":
             # A return would count against the delivery limit: buffered and held ones go as copies
             # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
-            self._requeue([(d, REQUEUE) for d in self._pending + self.held.due(float("inf")) if not _amqp.undecodable(d[1])])
+            self._requeue([(d, REQUEUE) for d in self._pending + self.held.due(float("inf")) if not amqp.undecodable(d[1])])
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
@@ -234,7 +234,7 @@ class Consumer:
         reason = self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit)
         reason = reason or unreadable_encoding(properties)
         if reason:  # dead-lettered unprocessed: its crashes add up past the limit, or svc cannot read its body
-            _amqp.refuse(properties, reason)
+            amqp.refuse(properties, reason)
         self._pending.append((method, properties, body))
 
     def _on_cancel(self, frame) -> None:
@@ -274,9 +274,9 @@ class Consumer:
     def _settle(self, batch, window) -> None:
         outcomes = iter(self._call(window.finish))
         settled = [(delivery, _dead(reason) if reason else next(outcomes))
-                   for delivery, reason in ((d, _amqp.undecodable(d[1])) for d in batch)]
+                   for delivery, reason in ((d, amqp.undecodable(d[1])) for d in batch)]
         for (_method, properties, _body), outcome in settled:
-            if _amqp.undecodable(properties):
+            if amqp.undecodable(properties):
                 self.processor.meter.incr(metrics.invalid(self.config.service))  # the worker is idle now
                 log.warning("%s: %s; dead-lettered", self.config.service, outcome.reason)
         acks, requeues = [], []
@@ -302,7 +302,7 @@ class Consumer:
         deliveries whose properties decoded, in order)."""
         events = iter(window.events.get(i) for i in range(len(window.outcomes)))
         for (method, properties, _body), outcome in settled:
-            event = None if _amqp.undecodable(properties) else next(events, None)
+            event = None if amqp.undecodable(properties) else next(events, None)
             what = f"event {event.id[:64]!r}" if event else f"delivery {method.delivery_tag} (not an event)"
             how = "requeued (not acked)" if outcome.action is Settlement.REQUEUE else (
                 ("dead-lettered, " if outcome.action is Settlement.DEAD else "") + ("acked" if id(method) in acked
@@ -320,7 +320,7 @@ class Consumer:
             self._dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
                                      letter, mandatory=True)
         except BROKER_ERRORS as error:
-            if _amqp.classify(error) is not Action.MESSAGE:
+            if amqp.classify(error) is not Action.MESSAGE:
                 raise
             self._keep(kept or _Kept(method, properties, body, reason, 0.0, 0.0), error)
             return False
@@ -335,7 +335,7 @@ class Consumer:
         self.processor.meter.incr(metrics.dead_letter_refused(self.config.service))
         self.processor.meter.flush()
         log.warning("%s: dead letter refused by RabbitMQ (%s); kept unacked, publishing it again in %.1f s "
-                    "(%d kept)", self.config.service, _amqp.translate(error, "dead-lettering"), kept.delay,
+                    "(%d kept)", self.config.service, amqp.translate(error, "dead-lettering"), kept.delay,
                     len(self._kept))
 
     def _retry_kept(self) -> None:
@@ -367,7 +367,7 @@ class Consumer:
 
 def _bodies(batch) -> list[bytes]:
     """The bodies the processor parses: not those whose properties could not be decoded."""
-    return [body for _, properties, body in batch if not _amqp.undecodable(properties)]
+    return [body for _, properties, body in batch if not amqp.undecodable(properties)]
 
 
 def _dead(reason: str) -> Outcome:

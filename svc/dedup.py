@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from . import _etcd, keys
+from . import etcd as _etcd, keys
 from .batch import InFlight, Ready, TxnLimits, Verdict
 from .effects import effect_key, record
 from .errors import DedupUnavailable, EtcdRefused

@@ -21,7 +21,7 @@ Chapter 06 counts those double effects side by side with the claims' zero. Keys:
 import logging
 import threading
 
-from . import _etcd, keys
+from . import etcd as _etcd, keys
 from .dedup import InFlight, NoDedup, Ready, Verdict
 from .errors import DedupUnavailable, EtcdRefused
 from .event import Event

@@ -10,7 +10,7 @@ import os
 import time
 
 from . import keys
-from ._etcd import Etcd
+from .etcd import Etcd
 from .config import DEFAULT_ETCD_PREFIX, parse_endpoints
 from .event import Event
 

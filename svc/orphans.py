@@ -9,7 +9,7 @@ in ``_orphans`` (key -> our claim's value) and this mixin deletes them, each gua
 
 import logging
 
-from . import _etcd
+from . import etcd as _etcd
 from .batch import InFlight, Verdict
 from .errors import EtcdRefused
 

@@ -20,7 +20,7 @@ import sys
 
 from . import topology
 from .config import DEFAULT_AMQP_URL, EXCHANGE_RE, MAX_DELIVERY_LIMIT
-from ._amqp import START_HINT
+from .amqp import START_HINT
 from .errors import BrokerRefused, BrokerUnavailable, PublishError
 from .publisher import DEFAULT_ROUTING_KEY, Publisher, PublishResult
 

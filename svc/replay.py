@@ -36,8 +36,8 @@ import threading
 
 import pika
 
-from . import _amqp, _etcd, keys, metrics, projection, topology
-from ._amqp import BROKER_ERRORS
+from . import amqp, etcd as _etcd, keys, metrics, projection, topology
+from .amqp import BROKER_ERRORS
 from .config import Config
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, InvalidEvent, MessageRefused
 from .event import Event, parse
@@ -107,12 +107,12 @@ class Window:
                 break
             self.taken = i + 1
             try:
-                event = parse(body) if not _amqp.undecodable(properties) else None
+                event = parse(body) if not amqp.undecodable(properties) else None
             except InvalidEvent as error:
                 self.dead.append((i, error.reason, "invalid"))
                 continue
             if event is None:
-                self.dead.append((i, _amqp.undecodable(properties), "invalid"))
+                self.dead.append((i, amqp.undecodable(properties), "invalid"))
                 continue
             self._apply(i, event)
         self.deliveries = deliveries[:self.taken]
@@ -211,7 +211,7 @@ class LogReader:
         version = self.version()
         state = State(self.etcd, config.etcd_prefix, config.service, version, config.enable_etcd)
         start = offset_argument(config.log_offset) if state.position is None else state.position + 1
-        self.connection, _url = _amqp.connect_first(config.amqp_urls, CONNECT_TIMEOUT,
+        self.connection, _url = amqp.connect_first(config.amqp_urls, CONNECT_TIMEOUT,
                                                     name=f"svc {config.service} log pid {os.getpid()}")
         try:
             channel = topology.declare(self.connection.channel(), config.exchange, services=(), queue_type=config.queue_type,
@@ -229,9 +229,9 @@ class LogReader:
                 raise BrokerRefused(f"{self.log_name} is not a stream ({error.reply_text}): SOURCE=log needs the "
                                     "log svc's topology declares; delete that queue") from None
             # declared just above: a log still missing is one the broker refused (no retry cures it)
-            raise _amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
+            raise amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
         except BROKER_ERRORS as error:
-            raise _amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
+            raise amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
         self.channel = channel
         log.info("%s reading the log %s into version %d from %s (tracking record: %s; %d done ids, %d view keys)",
                  config.service, self.log_name, version, start, "none" if state.position is None else state.position,
@@ -275,7 +275,7 @@ class LogReader:
             if in_flight is not None:
                 self._settle(*in_flight)
         except BROKER_ERRORS as error:
-            raise _amqp.translate(error, f"reading the log {self.log_name}") from None
+            raise amqp.translate(error, f"reading the log {self.log_name}") from None
 
     def _next_window(self, state: State) -> "Window | None":
         """Read and apply the next window from the head of the pending deliveries; None if they

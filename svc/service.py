@@ -7,7 +7,7 @@ import socket
 import sys
 import threading
 
-from ._etcd import Etcd
+from .etcd import Etcd
 from .config import Config, mask_url
 from .dedup import EtcdDedup, NoDedup
 from .dedup_talk import TalkDedup

@@ -6,7 +6,7 @@ import concurrent.futures
 import logging
 import threading
 
-from . import _amqp
+from . import amqp
 from .config import Config
 from .consumer import BACKOFF_MAX, BACKOFF_START, Consumer
 from .errors import BrokerUnavailable, DedupUnavailable
@@ -33,7 +33,7 @@ class Supervisor:
                 try:
                     consumer.run()
                 except BrokerUnavailable as error:
-                    self._urls = _amqp.lost(self._urls, consumer.url)  # the other nodes are tried first
+                    self._urls = amqp.lost(self._urls, consumer.url)  # the other nodes are tried first
                     log.warning("%s; reconnecting in %.1f s", error, self._backoff)
                     self.stop.wait(self._backoff)
                     self._backoff = min(self._backoff * 2, BACKOFF_MAX)

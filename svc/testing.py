@@ -27,7 +27,7 @@ from typing import Sequence
 import pika
 
 from . import topology
-from ._etcd import Etcd
+from .etcd import Etcd
 from .config import VARIABLES, parse_endpoints
 from .consumer import connection_name
 from .effects import count, counts_by_id

@@ -106,7 +106,7 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
     with them when empty and unused, else kept as it is with a warning (the broker never changes a
     queue's arguments: 406 PRECONDITION_FAILED); any other difference (a classic queue where a
     quorum one is declared, another delivery limit) is raised as pika's ChannelClosedByBroker for
-    the caller's broker edge (svc._amqp) to report.
+    the caller's broker edge (svc.amqp) to report.
 
     With services (a queue at all), the log ``<exchange>.log`` too (``declare_log``): ``log_retention``
     is its ``log_arguments(...)``, or None to keep the log as it is (declared with the defaults if

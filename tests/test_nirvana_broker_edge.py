@@ -1,4 +1,4 @@
-"""Every broker call of the kit goes through svc's one broker edge (svc._amqp): bounded, one line.
+"""Every broker call of the kit goes through svc's one broker edge (svc.amqp): bounded, one line.
 
 Found with a listener that accepts TCP and never speaks AMQP: ``rabbit.queue_counts`` blocked 15 s
 (pika's handshake default) past its 2 s CONNECT_TIMEOUT and raised AMQPConnectorStackTimeout,

@@ -1,4 +1,4 @@
-"""svc._amqp: pika's errors as actions and as svc's errors (pure logic: a table), and the tolerant
+"""svc.amqp: pika's errors as actions and as svc's errors (pure logic: a table), and the tolerant
 decoding of message properties."""
 
 import struct
@@ -8,8 +8,8 @@ import pika.exceptions as exc
 import pytest
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from svc import _amqp
-from svc._amqp import Action, classify, translate
+from svc import amqp
+from svc.amqp import Action, classify, translate
 from svc.errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused
 
 INEQUIVALENT = ("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 't-1.orders' in vhost '/': "
@@ -42,7 +42,7 @@ TABLE = [
     (exc.ProbableAccessDeniedError("ConnectionClosedByBroker: (530) 'NOT_ALLOWED - vhost v not found'"),
      True, Action.STOP),
     (exc.AuthenticationError("PLAIN"), True, Action.STOP),
-    (_amqp.ServerProtocolError("the server answered with a protocol header of its own"), True, Action.STOP),
+    (amqp.ServerProtocolError("the server answered with a protocol header of its own"), True, Action.STOP),
     (exc.ProtocolVersionMismatch("AMQP 0-9-1", "AMQP 0-8"), True, Action.STOP),
     # pika's guesses for a connection lost at each step of the handshake (pika/connection.py
     # _on_stream_terminated): a loss is no answer (issue 21: a chaos run's cut, a restarting broker)
@@ -109,12 +109,12 @@ def test_properties_pika_cannot_decode_leave_a_marked_empty_properties(entry, wo
     properties = pika.spec.BasicProperties()
     encoded = _encoded_properties(entry)
     properties.decode(encoded)
-    reason = _amqp.undecodable(properties)
+    reason = amqp.undecodable(properties)
     assert reason.startswith("message properties cannot be decoded") and any(w in reason for w in words.split("|"))
-    assert properties.headers is None and _amqp.raw_properties(properties) == encoded
+    assert properties.headers is None and amqp.raw_properties(properties) == encoded
 
 
 def test_decodable_properties_are_untouched():
     properties = pika.spec.BasicProperties()
     properties.decode(_encoded_properties(b"\x01kS" + struct.pack(">I", 2) + b"ok"))
-    assert properties.headers == {"k": "ok"} and _amqp.undecodable(properties) == ""
+    assert properties.headers == {"k": "ok"} and amqp.undecodable(properties) == ""

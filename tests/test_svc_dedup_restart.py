@@ -5,7 +5,7 @@ that round trip. Each test uses its own etcd prefix and deletes it afterwards.""
 
 
 from svc import keys
-from svc._etcd import Etcd
+from svc.etcd import Etcd
 from svc.dedup import EtcdDedup, Verdict
 from svc.event import parse
 

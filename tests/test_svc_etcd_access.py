@@ -23,7 +23,7 @@ def _enable_auth(endpoint: str) -> None:
     import grpc
     from etcd3.etcdrpc import auth_pb2
 
-    from svc import _etcd
+    from svc import etcd as _etcd
 
     rpc = _etcd._rpc()
     with grpc.insecure_channel(endpoint) as channel:

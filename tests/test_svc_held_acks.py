@@ -75,7 +75,7 @@ def test_held_deliveries_leave_a_full_prefetch_of_workable_events(svc_world):
 def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world, monkeypatch):
     import threading
 
-    from svc import _amqp
+    from svc import amqp
     from svc.config import Config
     from svc.consumer import Consumer
     from svc.dedup import EtcdDedup
@@ -90,8 +90,8 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(svc_world
     ids = svc_world.publish(orders, {"type": "new_order", "id": "s"}, count=300, fresh_ids=True).ids
     # ... consumed with PREFETCH=30 (in this process, to count its acks)...
     one_by_one = []
-    ack_each = _amqp.ack_each
-    monkeypatch.setattr(_amqp, "ack_each", lambda channel, tags: (one_by_one.extend(tags), ack_each(channel, tags)))
+    ack_each = amqp.ack_each
+    monkeypatch.setattr(amqp, "ack_each", lambda channel, tags: (one_by_one.extend(tags), ack_each(channel, tags)))
     config = Config.from_env(svc_world.env(orders, enable_etcd=True, claim_ttl=60, prefetch=30))
     dedup = EtcdDedup(etcd, config.etcd_prefix, orders, claim_ttl=60, retention=config.dedup_retention)
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""The one place that deals with pika's errors and connection settings (as ``_etcd.py`` is for etcd).
+"""The one place that deals with pika's errors and connection settings (as ``etcd.py`` is for etcd).
 
 Three things live here:
 
