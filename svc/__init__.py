@@ -1,9 +1,12 @@
 """svc: the service of the Reliability Nirvana talk, consumers and a publisher that can be trusted.
 
 Run a consumer with ``SERVICE_NAME=orders python -m svc`` (``ENABLE_ETCD=true`` to deduplicate)
-and publish with ``python -m svc.publish``.
+and publish with ``python -m svc.publish``. The edges to the libraries are :mod:`svc.amqp`
+(RabbitMQ, pika) and :mod:`svc.etcd` (etcd, gRPC); importing svc changes no library: the entry
+points call :func:`install_patches`.
 """
 
+from . import amqp, etcd
 from .etcd import Etcd
 from .config import Config, EtcdAccess, mask_url
 from .dedup import EtcdDedup, NoDedup, Verdict
@@ -33,4 +36,16 @@ __all__ = [
     # errors
     "SvcError", "ConfigError", "InvalidEvent", "DedupUnavailable", "EtcdRefused", "BrokerUnavailable", "PublishError",
     "BrokerRefused", "ChannelClosed", "MessageRefused",
+    # the edges, and their patches to pika and etcd3
+    "amqp", "etcd", "install_patches",
 ]
+
+
+def install_patches() -> None:
+    """Install svc's patches to its libraries (idempotent; never done at import): pika's tolerant
+    decoding of message properties and its protocol header answer (:func:`svc.amqp.install_patches`),
+    etcd3's protobuf modules regenerated for protobuf 4+ (:func:`svc.etcd.install_patches`). Called
+    by the entry points (``python -m svc``, ``python -m svc.publish``, ``python -m nirvana``,
+    :func:`nirvana.reset`) and by the edges before their first connection."""
+    amqp.install_patches()
+    etcd.install_patches()

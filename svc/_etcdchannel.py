@@ -13,6 +13,8 @@ import functools
 import logging
 import threading
 
+from . import _etcdrpc
+
 log = logging.getLogger("svc.etcd")
 
 _rpc_module = None
@@ -22,6 +24,7 @@ def _rpc():
     """etcd3's protobuf and gRPC module (imported on first use: `import svc` stays light)."""
     global _rpc_module
     if _rpc_module is None:
+        _etcdrpc.install()   # etcd3's own protobuf modules break under protobuf 4+: svc/_etcdrpc's
         import etcd3
         import etcd3.etcdrpc
         _rpc_module = etcd3.etcdrpc

@@ -224,13 +224,12 @@ class LogReader:
             channel.basic_qos(prefetch_count=max(config.prefetch, 3 * TXN_OPS))
             self.pending: list = []
             channel.basic_consume(self.log_name, self._on_message, arguments={OFFSET_HEADER: start})
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if "'x-stream-offset'" in error.reply_text:   # 406 invalid arg: a queue of another type
-                raise BrokerRefused(f"{self.log_name} is not a stream ({error.reply_text}): SOURCE=log needs the "
+        except BROKER_ERRORS as error:
+            _code, text = amqp.closed_by_broker(error) or (0, "")
+            if "'x-stream-offset'" in text:   # 406 invalid arg: a queue of another type
+                raise BrokerRefused(f"{self.log_name} is not a stream ({text}): SOURCE=log needs the "
                                     "log svc's topology declares; delete that queue") from None
             # declared just above: a log still missing is one the broker refused (no retry cures it)
-            raise amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
-        except BROKER_ERRORS as error:
             raise amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
         self.channel = channel
         log.info("%s reading the log %s into version %d from %s (tracking record: %s; %d done ids, %d view keys)",
@@ -343,7 +342,9 @@ class LogReader:
             self.dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
                                     pika.BasicProperties(headers=headers, delivery_mode=2,
                                                          content_type=properties.content_type), mandatory=True)
-        except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as error:
+        except BROKER_ERRORS as error:
+            if amqp.classify(error) is not amqp.Action.MESSAGE:   # a nack, or returned: only this letter
+                raise
             raise Restart(f"dead letter of offset {offset} refused by RabbitMQ ({type(error).__name__})") from None
         log.warning("%s: offset %d of the log dead-lettered: %s", self.config.service, offset, reason)
 

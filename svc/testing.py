@@ -26,12 +26,12 @@ from typing import Sequence
 
 import pika
 
-from . import topology
+from . import amqp, topology
 from .etcd import Etcd
 from .config import VARIABLES, parse_endpoints
 from .consumer import connection_name
 from .effects import count, counts_by_id
-from .errors import DedupUnavailable
+from .errors import DedupUnavailable, SvcError
 from .own_etcd import OwnEtcd, free_port
 from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
 from .publisher import Publisher
@@ -172,7 +172,7 @@ class World:
 
     def channel(self):
         if self._connection is None or not self._connection.is_open:
-            self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            self._connection = pika.BlockingConnection(amqp.parameters(self.amqp_url, name="svc.testing"))
             self._channel = self._connection.channel()
         elif not self._channel.is_open:  # a test's refused declaration closed it
             self._channel = self._connection.channel()
@@ -245,7 +245,7 @@ class World:
             self.users.add(user)
             self._rabbitmqctl("set_permissions", user, ".*", ".*", ".*")
         scheme, rest = self.amqp_url.split("://", 1)
-        connection = pika.BlockingConnection(pika.URLParameters(f"{scheme}://{user}:pw@{rest.rpartition('@')[2]}"))
+        connection = pika.BlockingConnection(amqp.parameters(f"{scheme}://{user}:pw@{rest.rpartition('@')[2]}"))
         try:
             properties.user_id = user
             connection.channel().basic_publish(self.exchange, "foo", body, properties)
@@ -290,7 +290,7 @@ class World:
         try:
             topology.delete(self.channel(), self.exchange, services=sorted(self.services))
             self._connection.close()
-        except (pika.exceptions.AMQPError, OSError) as error:
+        except (*amqp.BROKER_ERRORS, SvcError) as error:
             print(f"svc.testing: could not delete the queues of {self.exchange}: {error!r}", file=sys.stderr)
         try:
             self.etcd.delete_prefix(self.prefix + "/")

@@ -81,7 +81,7 @@ SVC_ERROR = {Action.STOP: BrokerRefused, Action.REOPEN_CHANNEL: ChannelClosed,
 def test_each_pika_error_has_its_action_and_svc_error(error, may_declare, action):
     assert classify(error, may_declare=may_declare) is action
     translated = translate(error, "declaring the topology", may_declare=may_declare, url="amqp://u:s3cret@h/%2F")
-    assert type(translated) is SVC_ERROR[action]
+    assert isinstance(translated, SVC_ERROR[action])   # MessageUnroutable is a MessageRefused
     assert "\n" not in str(translated) and "s3cret" not in str(translated)
     # "is RabbitMQ running?" only when the broker may really be away.
     assert ("is RabbitMQ running?" in str(translated)) == (action is Action.RECONNECT)
@@ -106,6 +106,7 @@ def _encoded_properties(table_entry: bytes) -> bytes:
     (b"\x01k" + b"Z", "InvalidFieldTypeException"),                       # a field type pika does not know
 ])
 def test_properties_pika_cannot_decode_leave_a_marked_empty_properties(entry, words):
+    amqp.install_patches()   # what the entry points and every connection of the edge do
     properties = pika.spec.BasicProperties()
     encoded = _encoded_properties(entry)
     properties.decode(encoded)
@@ -115,6 +116,7 @@ def test_properties_pika_cannot_decode_leave_a_marked_empty_properties(entry, wo
 
 
 def test_decodable_properties_are_untouched():
+    amqp.install_patches()
     properties = pika.spec.BasicProperties()
     properties.decode(_encoded_properties(b"\x01kS" + struct.pack(">I", 2) + b"ok"))
     assert properties.headers == {"k": "ok"} and amqp.undecodable(properties) == ""
