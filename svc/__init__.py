@@ -9,14 +9,14 @@ points call :func:`install_patches`.
 from . import amqp, etcd
 from .etcd import Etcd
 from .config import Config, EtcdAccess, mask_url
-from .dedup import EtcdDedup, NoDedup, Verdict
+from .dedup import EtcdDedup, NoDedup
 from .effects import count as count_effects, counts_by_id
 from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, ConfigError, DedupUnavailable, EtcdRefused,
                      InvalidEvent, MessageRefused, PublishError, SvcError)
 from .event import EVENT_TYPES, Event, parse
 from .hooks import Hook
 from .outcome import Outcome, Settlement
-from .protocols import Dedup, Meter
+from .protocols import Dedup, Meter, Verdict
 from .publisher import Publisher, PublishResult
 from .topology import DEFAULT_EXCHANGE, DEFAULT_SERVICES, declare, queue_name
 

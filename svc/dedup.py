@@ -12,10 +12,12 @@ import threading
 import time
 
 from . import etcd as _etcd, keys
-from .batch import InFlight, Ready, TxnLimits, Verdict
+from .backoff import Backoff
+from .batch import InFlight, Ready, TxnLimits
 from .effects import effect_key, record
 from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
+from .protocols import Verdict
 from .alarms import Alarms
 from .orphans import Orphans, add_release
 
@@ -46,6 +48,7 @@ class NoDedup(_Effects):
     """Deduplication off (the talk's first run): every event is processed, effects still recorded."""
 
     enabled = False
+    claim_ttl = 0   # no claims: nothing is ever held
 
     def claim_key(self, event: Event) -> bytes:
         """The key a claim would have (never asked: without claims nothing is held)."""
@@ -62,6 +65,9 @@ class NoDedup(_Effects):
 
     def release(self, events: list[Event]) -> None:
         """Without claims there is nothing to release."""
+
+    def abandon(self) -> None:
+        """Without claims there is nothing to let go of."""
 
     def commit(self, events: list[Event]) -> "InFlight":
         """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
@@ -190,13 +196,14 @@ class EtcdDedup(_Effects, Orphans):
 
     def _follow(self, revision: int) -> None:
         """Learn siblings' done marks (and expiries) from the watch; resume after a break."""
-        delay = 0.2
+        waits = Backoff()
         while not self._stop.is_set():
             try:
                 self._watch = self.etcd.watch_prefix(self.key_prefix, revision)
                 for is_put, key, value, mod_revision in self._watch:
                     self._learn(is_put, key, value)
-                    revision, delay = mod_revision + 1, 0.2
+                    revision = mod_revision + 1
+                    waits.reset()
             except _etcd.Compacted as error:
                 log.info("%s; reading the done ids again", error)
                 try:
@@ -207,11 +214,10 @@ class EtcdDedup(_Effects, Orphans):
                 log.debug("dedup watch: %s", error)
             except EtcdRefused as error:  # refused after the start (a role revoked): said, retried slowly
                 log.error("dedup watch: %s", error)
-                delay = 5.0
+                waits.slowest()
             if self._watch is not None:
                 self._watch.cancel()  # end the broken stream before a new one starts
-            self._stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+            self._stop.wait(waits.next())
 
     def _learn(self, is_put: bool, key: bytes, value: bytes) -> None:
         encoded = key[len(self.key_prefix):]

@@ -10,7 +10,8 @@ in ``_orphans`` (key -> our claim's value) and this mixin deletes them, each gua
 import logging
 
 from . import etcd as _etcd
-from .batch import InFlight, Verdict
+from .batch import InFlight
+from .protocols import Verdict
 from .errors import EtcdRefused
 
 log = logging.getLogger("svc.dedup")

@@ -38,6 +38,7 @@ import pika
 
 from . import amqp, etcd as _etcd, keys, metrics, projection, topology
 from .amqp import BROKER_ERRORS
+from .backoff import Backoff
 from .config import Config
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, InvalidEvent, MessageRefused
 from .event import Event, parse
@@ -52,7 +53,6 @@ TXN_OPS = 1000           # operations per commit (an event takes 1 to 3: its don
                          # etcd allows 1024 (--max-txn-ops); halved while etcd refuses a transaction as
                          # too large (its default is 128)
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
-BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 CONNECT_TIMEOUT = 10.0
 LOG_OFFSET_HEADER = "x-nirvana-log-offset"   # on a dead letter: where in the log its event is
 
@@ -177,16 +177,16 @@ class LogReader:
         self.connection = None
 
     def run(self) -> None:
-        backoff = BACKOFF_START
+        waits = Backoff()
         while not self.stop.is_set():
             try:
                 state = self._open()
                 self._read(state)
-                backoff = BACKOFF_START
+                waits.reset()
             except (DedupUnavailable, BrokerUnavailable, ChannelClosed, MessageRefused, Restart) as error:
-                log.warning("%s; reading the log again from the tracking record in %.1f s", error, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                delay = waits.next()
+                log.warning("%s; reading the log again from the tracking record in %.1f s", error, delay)
+                self.stop.wait(delay)
             finally:
                 self._close()
 
