@@ -205,3 +205,11 @@ def test_no_library_exception_is_named_outside_the_edges(name):
                 and not isinstance(getattr(node, "parent", None), ast.Attribute):
             bad.append(f"{path.relative_to(ROOT)}:{node.lineno} names {_dotted(node)}")
     assert bad == []
+
+
+def test_tests_set_the_kits_settings_the_public_way():
+    # nirvana.settings.use (through conftest's use_settings) or reload, never its private _current
+    bad = [f"{path.relative_to(ROOT)}:{number}" for path in OUTSIDE if path.name != "test_layout.py"
+           for number, line in enumerate(path.read_text().splitlines(), 1)
+           if '"_current"' in line or "settings._current" in line]
+    assert bad == []

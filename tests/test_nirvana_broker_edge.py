@@ -84,11 +84,10 @@ def test_the_publish_panel_says_why_in_one_line_within_its_deadline(silent_broke
 
 
 @pytest.fixture
-def broker_goes_silent(monkeypatch, silent_broker):
+def broker_goes_silent(use_settings, silent_broker):
     """From now on the kit's settings point at the silent broker."""
     def go() -> None:
-        monkeypatch.setattr(settings, "_current",
-                            dataclasses.replace(settings.current(), amqp_url=silent_broker))
+        use_settings(dataclasses.replace(settings.current(), amqp_url=silent_broker))
     return go
 
 
