@@ -12,6 +12,9 @@ import json
 import subprocess
 import sys
 
+from jupyter_client import KernelManager
+from test_etcd3_import import execute
+
 from nirvana import paths
 
 PRELUDE = """
@@ -81,3 +84,29 @@ etcd._rpc()   # what the client does before its first call
 print(json.dumps({"finders": ours(), "etcd3": "etcd3.etcdrpc.rpc_pb2" in sys.modules}))
 """)
     assert seen == {"finders": 1, "etcd3": True}
+
+
+def test_a_notebook_that_imports_the_kit_keeps_pika_as_it_ships_until_the_chapters_first_call():
+    # Given a real IPython kernel of .venv (as JupyterLab starts one) in notebooks/
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(cwd=str(paths.ROOT / "notebooks"))
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        # When a cell imports the kit (and its panels), I expect pika's decode as pika ships it
+        out = execute(client, "import nirvana, pika.spec\nfrom nirvana import rabbit, services, deadletters\n"
+                              "shipped = pika.spec.BasicProperties.decode\n"
+                              "print(getattr(shipped, '_svc_tolerant', False))")
+        assert out.split() == ["False"]
+        # When the chapter's first call runs (nirvana.reset: here with the stack's services and
+        # data left alone), I expect svc's tolerant decode installed
+        out = execute(client, "nirvana.services.stop_all = lambda **options: []\n"
+                              "nirvana.stack.reset = lambda progress: None\n"
+                              "nirvana.reset()\n"
+                              "print(pika.spec.BasicProperties.decode._svc_tolerant, "
+                              "pika.spec.BasicProperties.decode is not shipped)")
+        assert out.split()[-2:] == ["True", "True"]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
