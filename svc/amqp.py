@@ -1,29 +1,31 @@
-"""The one place that deals with pika's errors and connection settings (as ``etcd.py`` is for etcd).
-
-Three things live here:
+"""svc's broker edge: the one place that deals with pika's errors and connection settings (as
+``etcd.py`` is for etcd). svc and the kit use pika through it; no other module catches pika's errors.
 
 - ``connect(url, timeout=...)``: a BlockingConnection whose every wait is bounded (socket, the
   whole TCP+TLS+AMQP handshake, a connection blocked by a broker resource alarm), with one attempt
   per node; ``url`` may name several nodes of one cluster, comma-separated: the first that
-  answers is used (``connect_first`` says which).
+  answers is used (``connect_first`` says which). ``parameters`` gives the same bounds to a
+  connection made otherwise (a SelectConnection).
 - ``classify(error)``: what a pika/AMQP error means for the caller, as an ``Action``:
   STOP (a refusal no retry can cure: one line, exit status 2), REOPEN_CHANNEL (the broker closed a
   channel, the connection stands), RECONNECT (the connection is gone: reconnect with backoff),
   MESSAGE (the broker refused one published message: only that message is affected).
 - ``translate(error, doing)``: the same error as svc's own (svc/errors.py), one line naming what
-  was refused and what to do, so callers never catch ``pika.exceptions.*``.
+  was refused and what to do, so callers never catch ``pika.exceptions.*``; ``translated(doing)``
+  a block whose errors leave so; ``passive_declare``, ``missing``, ``closed_by_broker`` and
+  ``close_quietly`` for the questions callers asked of pika's errors themselves.
 
 Reply codes are AMQP 0-9-1's (spec section 1.9, "Constants"; https://www.rabbitmq.com/amqp-0-9-1-reference):
 channel errors 403 ACCESS_REFUSED, 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406 PRECONDITION_FAILED;
 connection errors 320 CONNECTION_FORCED, 530 NOT_ALLOWED, 5xx protocol faults.
 
 ``install_patches()`` (called by ``parameters``, so before any connection of svc or the kit opens,
-and by the entry points: ``python -m svc``, ``python -m nirvana``, the notebooks' setup) makes
-pika's decoding of message properties tolerant (svc/_pika.py): a delivery
-whose headers pika cannot decode arrives with ``undecodable(properties)`` set, instead of tearing
-the connection down on every redelivery; and makes a server's protocol header answer an error of
-its own, so that answer is told from a connection lost during the
-header. Importing this module changes nothing in pika.
+and by the entry points: ``python -m svc``, ``python -m nirvana``, the chapters' ``nirvana.reset``)
+makes pika's decoding of message properties tolerant (svc/_pika.py): a delivery whose headers pika
+cannot decode arrives with ``undecodable(properties)`` set, instead of tearing the connection down
+on every redelivery; and makes a server's protocol header answer an error of its own, so that
+answer is told from a connection lost during the header. Importing this module changes nothing
+in pika.
 """
 
 import contextlib
@@ -41,8 +43,8 @@ from ._pika import (BROKER_ERRORS, NOT_FOUND, ServerProtocolError, _describe, cl
 from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, MessageUnroutable, PublishRefused,
                      SvcError)
 
-__all__ = ["Action", "ServerProtocolError", "classify", "translate", "translated", "closed_by_broker", "missing", "passive_declare", "close_quietly", "refused_publish",
-           "connect", "connect_first", "lost", "ack_each", "parameters", "install_patches", "undecodable", "refuse",
+__all__ = ["Action", "ServerProtocolError", "classify", "translate", "translated", "closed_by_broker", "missing",
+           "passive_declare", "close_quietly", "refused_publish", "connect", "connect_first", "lost", "ack_each", "parameters", "install_patches", "undecodable", "refuse",
            "raw_properties", "own_user_id", "USER_ID_HEADER", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS", "NOT_FOUND"]
 
 log = logging.getLogger(__name__)

@@ -98,12 +98,7 @@ class Consumer:
         except BROKER_ERRORS as error:  # from the sleep between channels: the connection is gone
             raise amqp.translate(error, f"consuming {self.queue}") from None
         finally:
-            if connection.is_open:
-                try:
-                    # Unacked deliveries go back to the queue when the connection closes.
-                    connection.close()
-                except BROKER_ERRORS:
-                    pass
+            amqp.close_quietly(connection)   # unacked deliveries go back to the queue when it closes
 
     # -- one channel ---------------------------------------------------------------------------
 
@@ -119,11 +114,7 @@ class Consumer:
             return self._consume_on(connection)
         finally:
             for channel in {self.channel, self.settler.dead, *self.settler.open.channels()}:
-                if channel is not None and channel.is_open:
-                    try:
-                        channel.close()
-                    except BROKER_ERRORS:
-                        pass  # the connection went: the broker requeues all the same
+                amqp.close_quietly(channel)  # the connection gone: the broker requeues all the same
 
     def _consume_on(self, connection) -> bool:
         # Windows of an earlier channel or connection (given up on a broker error) are never
