@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pika  # noqa: E402
 import psutil  # noqa: E402
 
-from svc import projection, topology  # noqa: E402
+from svc import amqp, projection, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH  # noqa: E402
 from svc.publisher import Publisher  # noqa: E402
 from svc.stream import OFFSET_HEADER, log_end  # noqa: E402
@@ -58,7 +58,7 @@ def fill_log(world: World, events: int) -> int:
 def bare_reader(world: World, end: int, prefetch: int) -> tuple[float, float]:
     """Events/s of a bare pika stream reader from ``first`` to offset ``end`` (ack every delivery
     as credit, multiple every 100), and its CPU microseconds per event."""
-    connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
+    connection = pika.BlockingConnection(amqp.parameters(world.amqp_url))
     seen = [0, -1]
     try:
         channel = connection.channel()
@@ -77,10 +77,7 @@ def bare_reader(world: World, end: int, prefetch: int) -> tuple[float, float]:
             connection.process_data_events(time_limit=0.05)
         took, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
-        try:
-            connection.close()
-        except pika.exceptions.AMQPError:
-            pass  # pika rejects what it buffered; a stream answers by closing the connection
+        amqp.close_quietly(connection)  # pika rejects what it buffered; a stream answers by closing the connection
     return seen[0] / took, cpu * 1e6 / seen[0]
 
 

@@ -54,7 +54,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from svc import _etcd, effects, keys, topology  # noqa: E402
+from svc import etcd as _etcd, effects, keys, topology  # noqa: E402
 from svc.config import DEFAULT_PREFETCH, parse_endpoints  # noqa: E402
 from nirvana.testing import World, wait_for  # noqa: E402
 

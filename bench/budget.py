@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pika
 import psutil
 
-from svc import _etcd, keys
-from svc.testing import World
+from svc import etcd as _etcd, keys
+from nirvana.testing import World
 
 from nirvana.cost import bare_pika, fill
 

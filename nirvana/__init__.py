@@ -12,6 +12,8 @@ for them (``from nirvana import widgets``), so ``python -m nirvana status`` does
 import sys
 from typing import Callable
 
+import svc
+
 from . import effects, graphite, rabbit, services, settings, stack
 from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, \
     StackError, WaitTimeout
@@ -55,9 +57,11 @@ def reset(progress: Callable[[str], None] = print) -> None:
     Stops every ``svc`` process the kit started, naming each (``orders: stopped``), then purges
     the kit's queues and deletes its etcd keys and whisper files (see :func:`nirvana.stack.reset`);
     each step says what it did through ``progress``. Raises SettingError for a bad setting before
-    anything is stopped or deleted.
+    anything is stopped or deleted. The notebooks' entry point: it installs svc's patches to pika and
+    etcd3 (:func:`svc.install_patches`; importing the kit changes no library).
     """
     settings.current()
+    svc.install_patches()
     stopped = services.stop_all(progress=lambda line: progress(f"svc           {line}"))
     if not stopped:
         progress("svc           no service was running")

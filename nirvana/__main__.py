@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import nirvana
+import svc
 
 from . import export, replay, stack
 from .errors import KitError, SettingError
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     handout.add_argument("chapters", nargs="*", metavar="CHAPTER", help="only these (01 or 01_consume_produce); default all")
     handout.add_argument("--out", metavar="FOLDER", help="where to write (default state/export)")
     args = parser.parse_args(argv)
+    svc.install_patches()   # the kit's entry point: svc's patches to pika and etcd3, never at import
     if args.command == "export":
         try:
             export.resolve(args.chapters)

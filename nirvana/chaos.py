@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 
-from svc import _amqp, topology
+from svc import amqp, topology
 from svc.effects import counts_by_id
 
 from . import checker, deadletters, rabbit, services, settings, stack
@@ -300,7 +300,7 @@ def _dead_ids(exchange: str) -> dict[str, set[str]]:
 def _topology(exchange: str, names: tuple[str, ...], action) -> None:
     """Declare or delete the run's exchange and queues on a connection of its own (a connection
     kept through a long run would miss its heartbeats and be closed by the broker)."""
-    connection = _amqp.connect(settings.current().amqp_url, name="nirvana chaos")
+    connection = amqp.connect(settings.current().amqp_url, name="nirvana chaos")
     try:
         action(connection.channel(), exchange, services=names)
     finally:

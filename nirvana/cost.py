@@ -31,11 +31,12 @@ from pathlib import Path
 import pika
 from matplotlib.figure import Figure
 
-from svc import _etcd
+from svc import amqp, etcd as _etcd
 from svc.config import DEFAULT_PREFETCH, parse_endpoints, split_urls
 from svc.effects import records
 from .testing import World, wait_for
 
+from .errors import MeasureError
 from .plots import subplots
 from .prune import prune
 from ._wait import Progress
@@ -44,6 +45,7 @@ from .settings import current
 EVENT = {"type": "new_order", "id": "cost", "args": {"sku": "talk-tshirt", "qty": 1}}
 CONTENDERS = ("bare pika", "svc, dedup off", "svc, dedup on")
 DRAIN_TIMEOUT = 120.0   # seconds for one contender to drain its queue
+CONNECT_TIMEOUT = 10.0  # seconds for each wait of the bare contenders' connections (TCP, handshake, blocked)
 
 
 STEPS = ("delivery", "claim", "work", "done mark + effect", "ack")
@@ -119,8 +121,10 @@ class Cost:
 
 def fill(world: World, service: str, events: int) -> None:
     """Put ``events`` copies of :data:`EVENT` with fresh ids in ``service``'s queue and wait (60 s
-    at most) until the broker counts them all; raises AssertionError / TimeoutError otherwise."""
-    assert world.publisher(service).publish(EVENT, count=events, fresh_ids=True).ok
+    at most) until the broker counts them all; raises MeasureError / TimeoutError otherwise."""
+    result = world.publisher(service).publish(EVENT, count=events, fresh_ids=True)
+    if not result.ok:
+        raise MeasureError(f"filling {service}'s queue: {result}")
     wait_for(lambda: world.depth(service) == events, f"{events} events in {service}'s queue", timeout=60)
 
 
@@ -132,7 +136,7 @@ def bare_pika(world: World, service: str, events: int, prefetch: int = DEFAULT_P
     ``filled``: the queue holds the events already (:func:`fill`), else they are put there first."""
     if not filled:
         fill(world, service, events)
-    connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
+    connection = pika.BlockingConnection(amqp.parameters(world.amqp_url, CONNECT_TIMEOUT))
     channel = connection.channel()
     channel.basic_qos(prefetch_count=prefetch)
     acked: list[float] = []
@@ -154,9 +158,9 @@ def bare_pika_publish(world: World, service: str, events: int) -> float:
     pika's SelectConnection, publisher confirms pipelined (every event sent, then the broker's
     acks, often ``multiple``, counted), persistent and mandatory like svc's; each event its own id.
     Timed from opening the connection to the last confirm, as svc's ``publish()`` is. The events
-    land in ``service``'s queue (declared by ``world.service_name``). Raises AssertionError unless
+    land in ``service``'s queue (declared by ``world.service_name``). Raises MeasureError unless
     the broker confirmed every event, routed."""
-    unconfirmed, floor, returned = set(range(1, events + 1)), [1], []
+    unconfirmed, floor, returned, nacked = set(range(1, events + 1)), [1], [], []
     properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
 
     def on_open(connection) -> None:
@@ -173,7 +177,8 @@ def bare_pika_publish(world: World, service: str, events: int) -> float:
 
     def on_confirm(frame) -> None:
         method = frame.method
-        assert isinstance(method, pika.spec.Basic.Ack), f"the broker nacked {method}"
+        if not isinstance(method, pika.spec.Basic.Ack):
+            nacked.append(method.delivery_tag)   # said after the run (an error here would stop pika's loop)
         if method.multiple:  # every tag up to this one: each tag is looked at once in all
             unconfirmed.difference_update(range(floor[0], method.delivery_tag + 1))
             floor[0] = method.delivery_tag + 1
@@ -183,12 +188,14 @@ def bare_pika_publish(world: World, service: str, events: int) -> float:
             connection.close()
 
     started = time.perf_counter()
-    connection = pika.SelectConnection(pika.URLParameters(world.amqp_url), on_open_callback=on_open,
+    connection = pika.SelectConnection(amqp.parameters(world.amqp_url, CONNECT_TIMEOUT), on_open_callback=on_open,
                                        on_close_callback=lambda *_: connection.ioloop.stop())
     connection.ioloop.call_later(DRAIN_TIMEOUT, connection.close)
     connection.ioloop.start()
     elapsed = time.perf_counter() - started
-    assert not unconfirmed and not returned, f"{len(unconfirmed)} unconfirmed, {len(returned)} returned"
+    if unconfirmed or returned or nacked:
+        raise MeasureError(f"the bare publisher's {events} events: {len(unconfirmed)} unconfirmed, "
+                           f"{len(nacked)} nacked, {len(returned)} returned")
     return events / elapsed
 
 
@@ -239,7 +246,7 @@ def _latencies(world: World, service: str, dedup: bool, samples: int) -> tuple[l
     median milliseconds of each step (:func:`steps_of`). Raises TimeoutError if an event is not acked
     within 10 s."""
     [process] = world.start(service, enable_etcd=dedup, log_level="DEBUG")
-    connection = pika.BlockingConnection(pika.URLParameters(world.amqp_url))
+    connection = amqp.connect(world.amqp_url, CONNECT_TIMEOUT, name="nirvana cost")
     channel = connection.channel()
     sent: dict[str, float] = {}
     try:

@@ -23,7 +23,7 @@ import subprocess
 import time
 from urllib.parse import urlsplit
 
-from svc import _amqp
+from svc import amqp
 from svc.consumer import connection_name
 from svc.errors import SvcError
 
@@ -223,9 +223,9 @@ def restart_broker(node: stack.RabbitNode, *, down: float = BROKER_DOWN, url: st
 
     def answers() -> bool:
         try:
-            _amqp.connect(url, 2.0, name="nirvana chaos probe").close()
+            amqp.connect(url, 2.0, name="nirvana chaos probe").close()
             return True
-        except (SvcError, *_amqp.BROKER_ERRORS):
+        except (SvcError, *amqp.BROKER_ERRORS):
             return False
     poll(answers, bool, what="RabbitMQ taking connections again after start_app", timeout=BROKER_BACK_TIMEOUT,
          progress=quiet)

@@ -23,12 +23,12 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 import pika
-import pika.exceptions
 
-from svc import topology
+from svc import amqp, topology
+from svc.errors import MessageRefused, MessageUnroutable, SvcError
 
 from .errors import KitError
-from .rabbit import NOT_FOUND, _connection, _text, dead_letter_queue, queue_of
+from .rabbit import _connection, _text, dead_letter_queue, queue_of
 from .settings import current
 from .widgets import _Panel
 
@@ -85,12 +85,13 @@ def _walk(channel, exchange: str | None, limit: int, visit: Callable[[int, DeadL
     """
     exchange = exchange or current().exchange
     try:
-        for _ in range(limit):
-            method, properties, body = channel.basic_get(dead_letter_queue(exchange), auto_ack=False)
-            if method is None or visit(method.delivery_tag, _letter(properties, body, exchange)):
-                return
-    except pika.exceptions.ChannelClosedByBroker as error:
-        if error.reply_code != NOT_FOUND:   # no dead-letter queue yet: no letters
+        with amqp.translated("reading the dead letters"):
+            for _ in range(limit):
+                method, properties, body = channel.basic_get(dead_letter_queue(exchange), auto_ack=False)
+                if method is None or visit(method.delivery_tag, _letter(properties, body, exchange)):
+                    return
+    except SvcError as error:
+        if not amqp.missing(error):   # no dead-letter queue yet: no letters
             raise
 
 
@@ -105,8 +106,7 @@ def peek(limit: int = DEFAULT_LIMIT, *, exchange: str | None = None,
     with _connection(url, "reading the dead letters") as connection:
         channel = connection.channel()
         _walk(channel, exchange, limit, lambda _tag, letter: letters.append(letter))
-        if channel.is_open:
-            channel.close()   # unacknowledged letters go back to the queue: looking loses nothing
+        amqp.close_quietly(channel)   # unacknowledged letters go back to the queue: looking loses nothing
     return sorted(letters, key=lambda one: (one.service, one.reason, one.body))
 
 
@@ -130,8 +130,7 @@ def _take(letter: DeadLetter, exchange: str | None, url: str | None, limit: int,
                 before_ack(connection)
             channel.basic_ack(found[0])
         finally:
-            if channel.is_open:
-                channel.close()   # every other letter we fetched goes back to the queue
+            amqp.close_quietly(channel)   # every other letter we fetched goes back to the queue
 
 
 def discard(letter: DeadLetter, *, exchange: str | None = None, url: str | None = None,
@@ -163,15 +162,15 @@ def republish(letter: DeadLetter, body: bytes | str | None = None, *, exchange: 
             content_type="application/json", delivery_mode=2,
             headers={topology.ROUTING_KEY_HEADER: letter.routing_key} if letter.routing_key else None)
         try:
-            channel.basic_publish("", queue, payload, properties, mandatory=True)
-        except pika.exceptions.UnroutableError:
+            with amqp.translated(f"publishing to {queue}"):
+                channel.basic_publish("", queue, payload, properties, mandatory=True)
+        except MessageUnroutable:
             raise DeadLetterError(f"{queue} does not exist: start {letter.service} once "
                                   "(or `./kit up`) so it is declared; the dead letter stays") from None
-        except pika.exceptions.NackError:
+        except MessageRefused:
             raise DeadLetterError(f"RabbitMQ refused the event for {queue}; the dead letter stays") from None
         finally:
-            if channel.is_open:
-                channel.close()
+            amqp.close_quietly(channel)
 
     _take(letter, exchange, url, limit, before_ack=publish)
     return DeadLetter(letter.service, letter.reason, payload, letter.routing_key)

@@ -48,6 +48,12 @@ class WaitTimeout(KitError, TimeoutError):
     """A wait reached its deadline; the message names what it waited for and what it saw."""
 
 
+class MeasureError(KitError):
+    """A measurement could not be taken as it should (events the broker did not take, confirm or
+    route): its numbers would be wrong, so none are given."""
+
+
 __all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "NoSuchQueue", "GraphiteError",
            "GraphiteUnavailable",
-           "WaitTimeout"]
+           "WaitTimeout", "MeasureError"]
+

@@ -18,9 +18,7 @@ import dataclasses
 import datetime
 import time
 
-import pika.exceptions
-
-from svc import projection, topology
+from svc import amqp, projection, topology
 from svc.stream import OFFSET_HEADER, log_end, log_start
 
 from .rabbit import _connection
@@ -128,7 +126,4 @@ def _read_before(exchange: str, stop: int, timeout: float) -> list[tuple[int, by
 def _cancel(channel) -> None:
     """Stop the deliveries before the connection closes (pika rejects what it buffered, which a
     stream answers by closing the connection)."""
-    try:
-        channel.close()
-    except pika.exceptions.AMQPError:
-        pass
+    amqp.close_quietly(channel)

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Mapping
 import requests
 
 from svc import keys
-from svc._etcd import Etcd
+from svc.etcd import Etcd
 from svc.config import DEFAULT_ETCD_PREFIX, parse_endpoints
 
 from . import effects, rabbit, services

@@ -5,7 +5,7 @@ restarting does to a client in the middle of its handshake (pika/pika#830, #516)
 connection is accepted, then closed before the broker has answered anything (an EOF during the
 protocol header), closed after some of the broker's answer (during Connection.Start or
 Connection.Tune), or reset. A client must read each of these as the broker being away, never as
-a refusal (svc._amqp.classify). The chaos run (:mod:`nirvana.chaos`) puts its services behind one,
+a refusal (svc.amqp.classify). The chaos run (:mod:`nirvana.chaos`) puts its services behind one,
 and the tests of svc's handshake drive it through each mode.
 
     with HandshakeProxy(("127.0.0.1", 5672)) as proxy:

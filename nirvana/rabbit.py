@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import pika
-import pika.exceptions
 
-from svc import _amqp, topology
+from svc import amqp, topology
 from svc.errors import SvcError
 
 from ._wait import Progress, poll
@@ -24,7 +23,6 @@ from .settings import current
 CONNECT_TIMEOUT = 2.0   # seconds for TCP, the AMQP handshake and a blocked connection: RabbitMQ on
                         # loopback answers at once or not at all
 DEFAULT_TIMEOUT = 15.0
-NOT_FOUND = 404
 
 
 @dataclass(frozen=True)
@@ -38,37 +36,29 @@ class QueueCounts:
 
 @contextmanager
 def _connection(url: str | None, doing: str) -> Iterator[pika.BlockingConnection]:
-    """A connection through svc's broker edge (:mod:`svc._amqp`: every wait bounded by
+    """A connection through svc's broker edge (:mod:`svc.amqp`: every wait bounded by
     CONNECT_TIMEOUT seconds, one attempt); any broker error inside, ``doing`` something, becomes one
     line as RabbitUnavailable (the URL's password masked)."""
     url = url or current().amqp_url
     connection = None
     try:
-        connection = _amqp.connect(url, CONNECT_TIMEOUT, name="nirvana")
+        connection = amqp.connect(url, CONNECT_TIMEOUT, name="nirvana")
         yield connection
     except SvcError as error:   # connect() translated it already
         raise RabbitUnavailable(str(error)) from None
-    except _amqp.BROKER_ERRORS as error:
-        raise RabbitUnavailable(str(_amqp.translate(error, doing, url=url))) from None
+    except amqp.BROKER_ERRORS as error:
+        raise RabbitUnavailable(str(amqp.translate(error, doing, url=url))) from None
     finally:
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except _amqp.BROKER_ERRORS:
-                pass   # closing a connection the broker already dropped: nothing left to release
+        amqp.close_quietly(connection)   # one the broker already dropped: nothing left to release
 
 
 def queue_counts(queue: str, *, url: str | None = None) -> QueueCounts:
     """The counts of one queue by its full name (``events.orders``)."""
     with _connection(url, f"reading the counts of {queue}") as connection:
-        channel = connection.channel()
-        try:
-            frame = channel.queue_declare(queue=queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code == NOT_FOUND:
-                return QueueCounts(exists=False)
-            raise
-        return QueueCounts(frame.method.message_count, frame.method.consumer_count)
+        counts = amqp.passive_declare(connection.channel(), queue)
+        if counts is None:
+            return QueueCounts(exists=False)
+        return QueueCounts(counts.message_count, counts.consumer_count)
 
 
 def purge_queues(queues: Iterable[str], *, url: str | None = None) -> dict[str, int]:
@@ -78,12 +68,8 @@ def purge_queues(queues: Iterable[str], *, url: str | None = None) -> dict[str, 
         for queue in queues:
             # A passive declare of a missing queue closes the channel: one channel per queue.
             channel = connection.channel()
-            try:
-                channel.queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if error.reply_code == NOT_FOUND:
-                    continue
-                raise
+            if amqp.passive_declare(channel, queue) is None:
+                continue
             removed[queue] = channel.queue_purge(queue).method.message_count
             channel.close()
     return removed
@@ -202,21 +188,21 @@ def peek_dead_letters(
     with _connection(url, f"reading {queue}") as connection:
         channel = connection.channel()
         try:
-            for _ in range(limit):
-                method, properties, _body = channel.basic_get(queue, auto_ack=False)
-                if method is None:
-                    break
-                headers = properties.headers or {}
-                service = topology.dead_letter_service(headers, exchange or current().exchange)
-                reason = topology.dead_letter_reason(headers)  # svc's reason, or the broker's x-death
-                lines.append(f"{service}: {reason}")
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code == NOT_FOUND:
+            with amqp.translated(f"reading {queue}"):
+                for _ in range(limit):
+                    method, properties, _body = channel.basic_get(queue, auto_ack=False)
+                    if method is None:
+                        break
+                    headers = properties.headers or {}
+                    service = topology.dead_letter_service(headers, exchange or current().exchange)
+                    reason = topology.dead_letter_reason(headers)  # svc's reason, or the broker's x-death
+                    lines.append(f"{service}: {reason}")
+        except SvcError as error:
+            if amqp.missing(error):
                 raise NoSuchQueue(queue) from None
             raise
         finally:
-            if channel.is_open:
-                channel.close()   # unacknowledged letters go back to the queue
+            amqp.close_quietly(channel)   # unacknowledged letters go back to the queue
     return sorted(lines)
 
 

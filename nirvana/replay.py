@@ -18,9 +18,7 @@ import random
 import subprocess
 import time
 
-import pika.exceptions
-
-from svc import Etcd, _etcd, projection, topology
+from svc import Etcd, amqp, etcd as _etcd, projection, topology
 from svc.config import Config
 from svc.errors import SvcError
 from svc.stream import log_end, log_start
@@ -74,9 +72,7 @@ def log_status(ctl: list[str], exchange: str | None = None) -> str:
     name = topology.log_name(exchange)
     try:
         with _connection(None, f"reading {name}") as connection:
-            try:
-                connection.channel().queue_declare(name, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
+            if amqp.passive_declare(connection.channel(), name) is None:
                 return f"log           {name}: not declared yet (the first service or publisher declares it)"
         held = _held(exchange)
     except (RabbitUnavailable, SvcError) as error:
@@ -131,11 +127,8 @@ def reset_log(exchange: str | None = None, *, max_bytes: int | None = None,
     with _connection(None, f"emptying {name}") as connection:
         channel = connection.channel()
         channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-        try:   # a stream's counts lag by seconds (and the delete's is 0): its offsets say
-            connection.channel().queue_declare(name, passive=True)
-            held = _held(exchange)
-        except pika.exceptions.ChannelClosedByBroker:
-            held = None   # no log yet
+        # a stream's counts lag by seconds (and the delete's is 0): its offsets say; None: no log yet
+        held = None if amqp.passive_declare(connection.channel(), name) is None else _held(exchange)
         channel.queue_delete(name)
         small = max_bytes is not None or segment_bytes is not None
         topology.declare_log(channel, exchange, topology.log_arguments("", max_bytes or 0, segment_bytes or 0)

@@ -26,10 +26,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pika
 from matplotlib.figure import Figure
 
-from svc import Etcd, topology
+from svc import Etcd, amqp, topology
 from svc.config import parse_endpoints
 from svc.effects import counts_by_id
 from svc.errors import DedupUnavailable
@@ -45,6 +44,7 @@ from .stack import cluster, members, render_status
 SERVICES = topology.DEFAULT_SERVICES
 DRAIN_TIMEOUT = 90.0     # seconds for every event to be processed
 START_TIMEOUT = 60.0     # seconds for a service's replicas to consume
+CLOSE_TIMEOUT = 10.0     # seconds for the connection that deletes the run's queues (each wait of it)
 
 
 class Cluster:
@@ -189,9 +189,12 @@ class _Run:
     def close(self) -> None:
         services.stop_all(timeout=5)
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.cluster.live_url()))
-            topology.delete(connection.channel(), self.exchange, services=SERVICES)
-            connection.close()
+            connection = amqp.connect(self.cluster.live_url(), CLOSE_TIMEOUT, name="nirvana scale")
+            try:
+                with amqp.translated(f"deleting the queues of {self.exchange}"):
+                    topology.delete(connection.channel(), self.exchange, services=SERVICES)
+            finally:
+                amqp.close_quietly(connection)
         finally:
             self.etcd.close()
 

@@ -107,9 +107,18 @@ def reload(environ: Mapping[str, str] | None = None) -> Settings:
 
     A bad variable raises :class:`SettingError` and keeps the settings read before.
     """
+    settings = Settings.from_env(environ)
+    use(settings)
+    return settings
+
+
+def use(chosen: Settings | None) -> Settings | None:
+    """Make ``chosen`` the settings :func:`current` returns (None: read the environment again at
+    the next call, as a kernel started now would); returns those in use before (None if none were
+    read yet), to put them back. The one way to set them (:func:`reload` reads and uses them)."""
     global _current
-    _current = Settings.from_env(environ)
-    return _current
+    before, _current = _current, chosen
+    return before
 
 
-__all__ = ["Settings", "SettingError", "current", "reload", "SHARED", "NAME_PATTERN"]
+__all__ = ["Settings", "SettingError", "current", "reload", "use", "SHARED", "NAME_PATTERN"]

@@ -27,12 +27,12 @@ from typing import Sequence
 
 import pika
 
-from svc import topology
-from svc._etcd import Etcd
+from svc import amqp, topology
+from svc.etcd import Etcd
 from svc.config import VARIABLES, parse_endpoints
 from svc.consumer import connection_name
 from svc.effects import count, counts_by_id
-from svc.errors import DedupUnavailable
+from svc.errors import DedupUnavailable, SvcError
 from svc.publisher import Publisher
 from svc.stand_ins import MemoryDedup, MemoryMeter
 
@@ -173,7 +173,7 @@ class World:
 
     def channel(self):
         if self._connection is None or not self._connection.is_open:
-            self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            self._connection = pika.BlockingConnection(amqp.parameters(self.amqp_url, name="nirvana.testing"))
             self._channel = self._connection.channel()
         elif not self._channel.is_open:  # a test's refused declaration closed it
             self._channel = self._connection.channel()
@@ -246,7 +246,7 @@ class World:
             self.users.add(user)
             self._rabbitmqctl("set_permissions", user, ".*", ".*", ".*")
         scheme, rest = self.amqp_url.split("://", 1)
-        connection = pika.BlockingConnection(pika.URLParameters(f"{scheme}://{user}:pw@{rest.rpartition('@')[2]}"))
+        connection = pika.BlockingConnection(amqp.parameters(f"{scheme}://{user}:pw@{rest.rpartition('@')[2]}"))
         try:
             properties.user_id = user
             connection.channel().basic_publish(self.exchange, "foo", body, properties)
@@ -291,7 +291,7 @@ class World:
         try:
             topology.delete(self.channel(), self.exchange, services=sorted(self.services))
             self._connection.close()
-        except (pika.exceptions.AMQPError, OSError) as error:
+        except (*amqp.BROKER_ERRORS, SvcError) as error:
             print(f"nirvana.testing: could not delete the queues of {self.exchange}: {error!r}", file=sys.stderr)
         try:
             self.etcd.delete_prefix(self.prefix + "/")

@@ -4,7 +4,7 @@ The channel speaks TLS when svc.config.EtcdAccess says so (a CA, a client certif
 user, the login is etcd's own (its gRPC ``Auth.Authenticate``, as etcdctl --user does): the name
 and password buy a token, sent as the ``token`` metadata of every call; a token etcd no longer
 knows (a simple token expires after ``--auth-token-ttl``, 300 s without use, or after a restart)
-or issued before a change of users and roles is bought again by the caller (svc._etcd.Etcd), and
+or issued before a change of users and roles is bought again by the caller (svc.etcd.Etcd), and
 the call sent again, once. gRPC is imported on first use: ``import svc`` stays light.
 """
 
@@ -13,7 +13,9 @@ import functools
 import logging
 import threading
 
-log = logging.getLogger("svc._etcd")
+from . import _etcdrpc
+
+log = logging.getLogger("svc.etcd")
 
 _rpc_module = None
 
@@ -22,6 +24,7 @@ def _rpc():
     """etcd3's protobuf and gRPC module (imported on first use: `import svc` stays light)."""
     global _rpc_module
     if _rpc_module is None:
+        _etcdrpc.install()   # etcd3's own protobuf modules break under protobuf 4+: svc/_etcdrpc's
         import etcd3
         import etcd3.etcdrpc
         _rpc_module = etcd3.etcdrpc

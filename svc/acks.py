@@ -18,7 +18,7 @@ held delivery would call for a channel of its own.
 
 import logging
 
-from . import _amqp
+from . import amqp
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Open:
             if len(acks) > 1 and all(tag in acked for tag in open_ if tag <= top):
                 channel.basic_ack(top, multiple=True)
             else:
-                _amqp.ack_each(channel, acks)
+                amqp.ack_each(channel, acks)
             open_ -= acked
 
     def drained(self, current) -> list:

@@ -10,7 +10,7 @@ them whole too. Mixed into svc.dedup's classes, which set ``alarm`` (""), ``etcd
 
 import logging
 
-from . import _etcd
+from . import etcd as _etcd
 from .errors import DedupUnavailable
 
 log = logging.getLogger("svc.dedup")

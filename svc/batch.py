@@ -5,12 +5,12 @@ start at TXN_EVENTS events and TXN_BYTES bytes, and a refused one is sent again 
 smaller size kept (TxnLimits).
 """
 
-import enum
 import logging
 
-from . import _etcd
+from . import etcd as _etcd
 from .errors import DedupUnavailable
 from .event import Event
+from .protocols import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +20,6 @@ TXN_EVENTS = 512           # events per etcd transaction at first, a whole windo
                            # cost etcd and svc less per event. An etcd at its default --max-txn-ops
                            # (128) refuses the first large window: halved until it fits, then kept.
 TXN_BYTES = 1024 * 1024    # bytes per transaction at first: etcd's default --max-request-bytes is 1.5 MiB
-
-
-class Verdict(enum.Enum):
-    CLAIMED = "claimed"          # this consumer may process the event
-    OK = "ok"                    # processed: done mark and effect written
-    SKIPPED = "skipped"          # done before: ack without processing
-    CONFLICT = "conflict"        # same id, other payload: dead-letter
-    HELD = "held"                # a sibling holds the claim: set aside until it is released
-    UNAVAILABLE = "unavailable"  # etcd did not answer: requeue with backoff (fail closed)
-    LOST = "lost"                # our claim expired before the done mark: requeue, process again
-    RETRY = "retry"              # a repeat in a window whose first copy was not processed: requeue
 
 
 class TxnLimits:

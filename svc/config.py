@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import pika
 
 from .errors import ConfigError
+from .faults import CRASH_POINTS, LOG_CRASH_POINTS
 from .topology import log_arguments
 from .topology import DEFAULT_DELIVERY_LIMIT, DEFAULT_EXCHANGE, DEFAULT_LOG_MAX_AGE, DEFAULT_LOG_MAX_BYTES, QUEUE_TYPES
 
@@ -135,7 +136,8 @@ class Config:
     log_level: str = "INFO"
     pika_log_level: str = "CRITICAL"  # pika's own logger: quiet unless asked (PIKA_LOG_LEVEL=DEBUG)
     work_ms: int = 0          # simulated work per window (demos and tests of concurrent claims)
-    crash_at: str = ""        # "claimed" or "done": SIGKILL itself there, once (fault injection)
+    crash_at: str = ""        # one of svc.faults' CRASH_POINTS ("claimed", "sent", "done"; with SOURCE=log its
+                              # LOG_CRASH_POINTS "read", "done", "acked"): SIGKILL itself there, once (fault injection)
     dedup_mode: str = "claims"  # with ENABLE_ETCD: "claims" (the kit's) or "talk" (the original design)
     outbox_url: str = ""        # a mail per event handed to this outbox (svc/mail.py), "" for none
     outbox_idempotency: bool = False  # hand the event id on as the mail's idempotency key
@@ -174,9 +176,9 @@ class Config:
                         PREFIX_RE, "an absolute key prefix such as /nirvana")
         log_level = _choice("LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), LOG_LEVELS)
         pika_log_level = _choice("PIKA_LOG_LEVEL", get("PIKA_LOG_LEVEL", "CRITICAL").upper(), (*LOG_LEVELS, "CRITICAL"))
-        crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", "claimed", "sent", "done", "read", "acked"))
+        crash_at = _choice("CRASH_AT", get("CRASH_AT", "").lower(), ("", *dict.fromkeys(CRASH_POINTS + LOG_CRASH_POINTS)))
         source = _choice("SOURCE", get("SOURCE", "queue").lower(), SOURCES)
-        points = {"queue": ("", "claimed", "sent", "done"), "log": ("", "read", "done", "acked")}[source]
+        points = {"queue": ("", *CRASH_POINTS), "log": ("", *LOG_CRASH_POINTS)}[source]
         if crash_at not in points:
             raise ConfigError(f"CRASH_AT={crash_at!r} is invalid with SOURCE={source}: use one of "
                               f"{', '.join(p or repr(p) for p in points)}")

@@ -1,19 +1,19 @@
 """The RabbitMQ side of the service: one Consumer per connection, a Supervisor that reconnects.
 
 Deliveries are taken in windows of up to PREFETCH messages, processed together (one etcd round
-trip per window), then settled: dead letters are published with confirms and only then acked;
-processed and skipped events are acked after their work is recorded; the rest are requeued.
+trip per window), then settled (svc/settle.py): dead letters are published with confirms and only
+then acked; processed and skipped events are acked after their work is recorded; the rest are
+requeued.
 
 pika is used from one thread only (this loop); the work of a window (etcd round trips, WORK_MS)
 runs on a worker thread while this loop keeps serving the connection (heartbeats, deliveries),
 the pattern of pika's examples/basic_consumer_threaded.py. What a broker error means is decided
-in one place, svc._amqp: a refusal no retry cures ends the service (BrokerRefused), a channel
+in one place, svc.amqp: a refusal no retry cures ends the service (BrokerRefused), a channel
 error reopens the channel, a connection error reconnects, a refused dead letter touches only
 its own message.
 """
 
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import threading
@@ -21,20 +21,19 @@ import time
 
 import pika
 
-from . import _amqp, metrics, requeue, topology
-from ._amqp import BROKER_ERRORS, Action
-from .acks import Open
+from . import amqp, backoff, requeue, topology
+from .amqp import BROKER_ERRORS
+from .backoff import Backoff
 from .config import Config
 from .errors import ChannelClosed, MessageRefused
-from .letters import letter_properties, unreadable_encoding
-from .outcome import REQUEUE, Outcome, Settlement
+from .letters import unreadable_encoding
+from .outcome import REQUEUE
 from .processor import Processor
+from .settle import Settler
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
-BACKOFF_START = 0.2      # seconds; doubled up to BACKOFF_MAX while etcd or RabbitMQ is away
-BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 10.0   # seconds for the TCP + AMQP handshake of one connection attempt
 BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm) before it is dropped
                          # and opened again (a blocked connection cannot even ack; a new one can)
@@ -52,18 +51,6 @@ def connection_name(service: str, pid: int | None = None) -> str:
     return f"svc {service} pid {os.getpid() if pid is None else pid}"
 
 
-@dataclasses.dataclass
-class _Kept:
-    """A delivery whose dead letter the broker refused: kept unacked, published again later."""
-
-    method: pika.spec.Basic.Deliver
-    properties: pika.BasicProperties
-    body: bytes
-    reason: str
-    due: float
-    delay: float
-
-
 class Consumer:
     """Consumes one service's queue over one connection until stopped or disconnected."""
 
@@ -76,64 +63,58 @@ class Consumer:
         self.on_consuming = on_consuming or (lambda: None)
         self.queue = topology.queue_name(config.service, config.exchange)
         self._worker = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svc-work")
-        self._etcd_backoff = BACKOFF_START
+        self.settler = Settler(config, processor.meter, self._sleep)   # ack, dead-letter, hold, keep, requeue
+        self.connection = None
+        # One broker channel's state (set again by _consume for each channel):
+        self.channel = None
+        self._tag: str | None = None   # the consumer tag of the current channel's consumer
+        self._pending: list = []       # deliveries received, not yet in a window
+        self._cancelled = False        # the broker cancelled the consumer
+        self._at_bound = False         # HANDOVER_CHANNELS reached (and logged)
 
     def run(self) -> None:
         """Consume until ``stop`` is set (returns) or the connection fails (BrokerUnavailable);
         BrokerRefused when the broker refuses what no retry can cure."""
-        connection, self.url = _amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
+        connection, self.url = amqp.connect_first(self.urls, CONNECT_TIMEOUT, name=connection_name(self.config.service),
                                                    blocked_timeout=BLOCKED_TIMEOUT)
         self.connection = connection
         self._user = pika.URLParameters(self.url).credentials.username   # what the broker takes as user_id
         try:
-            backoff = BACKOFF_START
+            reopen = Backoff()
             while not self.stop.is_set():
                 try:
                     if self._consume(connection):
-                        self._sleep(BACKOFF_START)  # cancelled by the broker: consume again shortly
-                    backoff = BACKOFF_START
+                        self._sleep(backoff.START)  # cancelled by the broker: consume again shortly
+                    reopen.reset()
                 except BROKER_ERRORS as error:
-                    svc_error = _amqp.translate(error, f"consuming {self.queue}")
+                    svc_error = amqp.translate(error, f"consuming {self.queue}")
                     if not isinstance(svc_error, (ChannelClosed, MessageRefused)):
                         raise svc_error from None
                     # The connection stands: a new channel, the topology declared again. The
                     # deliveries of the closed channel are back in the queue (never acked).
-                    log.warning("%s; reopening the channel in %.1f s", svc_error, backoff)
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    delay = reopen.next()
+                    log.warning("%s; reopening the channel in %.1f s", svc_error, delay)
+                    self._sleep(delay)
         except BROKER_ERRORS as error:  # from the sleep between channels: the connection is gone
-            raise _amqp.translate(error, f"consuming {self.queue}") from None
+            raise amqp.translate(error, f"consuming {self.queue}") from None
         finally:
-            if connection.is_open:
-                try:
-                    # Unacked deliveries go back to the queue when the connection closes.
-                    connection.close()
-                except BROKER_ERRORS:
-                    pass
+            amqp.close_quietly(connection)   # unacked deliveries go back to the queue when it closes
 
     # -- one channel ---------------------------------------------------------------------------
 
     def _consume(self, connection) -> bool:
         """Consume on a new channel until stopped (False) or cancelled by the broker (True); the
         channels are closed on the way out, so what they held unacked returns to the queue."""
-        self._pending: list = []
-        self._kept: list[_Kept] = []
-        # Deliveries not yet acked or requeued (pending, in a window, held, kept), by channel (svc/acks.py).
-        self._open = Open()
+        self._pending = []
         # Deliveries a sibling's claim holds wait aside (unacked), never at the head of the queue.
-        self.held = self.processor.held()
-        self._cancelled = False
-        self._at_bound = False   # HANDOVER_CHANNELS reached (and logged)
-        self.channel = self._dead = None
+        self.settler.begin(self.processor.held(), self._user)
+        self._cancelled = self._at_bound = False
+        self.channel = None
         try:
             return self._consume_on(connection)
         finally:
-            for channel in {self.channel, self._dead, *self._open.channels()}:
-                if channel is not None and channel.is_open:
-                    try:
-                        channel.close()
-                    except BROKER_ERRORS:
-                        pass  # the connection went: the broker requeues all the same
+            for channel in {self.channel, self.settler.dead, *self.settler.open.channels()}:
+                amqp.close_quietly(channel)  # the connection gone: the broker requeues all the same
 
     def _consume_on(self, connection) -> bool:
         # Windows of an earlier channel or connection (given up on a broker error) are never
@@ -143,8 +124,8 @@ class Consumer:
         channel = self.channel = topology.declare(channel, self.config.exchange, services=(self.config.service,),
                                                   queue_type=self.config.queue_type,
                                                   delivery_limit=self.config.delivery_limit)
-        self._dead = connection.channel()  # confirmed publishes: dead letters, and copies requeued at the tail
-        self._dead.confirm_delivery()
+        self.settler.dead = connection.channel()  # confirmed publishes: dead letters, and copies requeued at the tail
+        self.settler.dead.confirm_delivery()
         self._subscribe(channel)
         log.info("%s consuming %s (prefetch %d, dedup %s)", self.config.service, self.queue,
                  self.config.prefetch, "on" if self.processor.dedup.enabled else "off")
@@ -153,13 +134,13 @@ class Consumer:
         # next is parsed and its claims are sent, and a third is received. Held deliveries (a
         # sibling's claims) keep the prefetch slots of the consumer they came to while they wait;
         # once they fill a tenth of it, a new consumer takes over with a full prefetch.
-        in_flight = None
+        in_flight, held = None, self.settler.held
         while not self.stop.is_set() and not self._cancelled:
-            self._pending[:0] = self.held.due()
-            if self.held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE) and \
+            self._pending[:0] = held.due()
+            if held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE) and \
                     self._nothing_on_its_way() and self._may_hand_over():
                 self._consume_again(connection)
-            window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - self.held.held_by(self._tag)) // 2))
+            window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
             connection.process_data_events(time_limit=0 if busy else self._idle_wait())
             while self._pending and len(self._pending) < window:
@@ -167,7 +148,7 @@ class Consumer:
                 connection.process_data_events(time_limit=0)
                 if len(self._pending) == before:
                     break
-            self._retry_kept()
+            self.settler.retry_kept()
             batch, self._pending = self._pending[:window], self._pending[window:]
             if batch and not in_flight:   # nothing to settle between: one hand-off to the worker, not two
                 begun = (batch, self._call(_begin_and_proceed, self.processor, _bodies(batch)))
@@ -178,7 +159,7 @@ class Consumer:
                 if begun:
                     self._call(begun[1].proceed)
             in_flight = begun
-            for drained in self._open.drained(self.channel):
+            for drained in self.settler.open.drained(self.channel):
                 drained.close()  # an earlier consumer's channel, its held deliveries all settled
         if in_flight:
             self._settle(*in_flight)
@@ -192,7 +173,8 @@ class Consumer:
         if self.config.queue_type == "quorum":
             # A return would count against the delivery limit: buffered and held ones go as copies
             # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
-            self._requeue([(d, REQUEUE) for d in self._pending + self.held.due(float("inf")) if not _amqp.undecodable(d[1])])
+            self.settler.requeue([(d, REQUEUE) for d in self._pending + held.due(float("inf"))
+                                  if not amqp.undecodable(d[1])])
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
@@ -200,7 +182,7 @@ class Consumer:
         channel.basic_qos(prefetch_count=self.config.prefetch)
         channel.add_on_cancel_callback(self._on_cancel)
         self._tag = channel.basic_consume(self.queue, self._on_message)
-        self._open.consuming(self._tag, channel)
+        self.settler.open.consuming(self._tag, channel)
 
     def _consume_again(self, connection) -> None:
         """A new consumer on a new channel, the current one cancelled: the deliveries held by the old
@@ -210,7 +192,7 @@ class Consumer:
         cancel (it never reached _on_message): harmless on a classic queue; on a quorum queue each
         return counts against the delivery limit, so the loop does this there only when nothing can
         reach it (``_nothing_on_its_way``)."""
-        held = self.held.held_by(self._tag)
+        held = self.settler.held.held_by(self._tag)
         self.channel.basic_cancel(self._tag)
         self.channel = connection.channel()
         self._subscribe(self.channel)
@@ -225,29 +207,29 @@ class Consumer:
         sent has been received (none in flight, none in pika's buffer), every ack sent has been
         taken, and it sends none until the next ack, which comes after the cancel: pika has nothing
         to reject."""
-        return self.config.queue_type != "quorum" or self._open.count(self.channel) >= self.config.prefetch
+        return self.config.queue_type != "quorum" or self.settler.open.count(self.channel) >= self.config.prefetch
 
     def _may_hand_over(self) -> bool:
         """Whether a new channel may take over: fewer than HANDOVER_CHANNELS consume or hold
         deliveries. At the bound the consumer goes on with the prefetch slots its held deliveries
         leave (none, with PREFETCH=1) until one of them comes due (its claim released or its wait
         over) and an older channel drains and closes; logged once each time the bound is reached."""
-        if len(self._open.channels()) < HANDOVER_CHANNELS:
+        if len(self.settler.open.channels()) < HANDOVER_CHANNELS:
             self._at_bound = False
             return True
         if not self._at_bound:
             self._at_bound = True
             log.info("%s: %d deliveries held for siblings' claims on %d channels, the most one connection opens for "
                      "them; consuming on with what the held ones leave of the prefetch", self.config.service,
-                     len(self.held), HANDOVER_CHANNELS)
+                     len(self.settler.held), HANDOVER_CHANNELS)
         return False
 
     def _on_message(self, channel, method, properties, body) -> None:
-        self._open.add(method)
+        self.settler.open.add(method)
         reason = self.config.queue_type == "quorum" and requeue.over_limit(properties, self.config.delivery_limit)
         reason = reason or unreadable_encoding(properties)
         if reason:  # dead-lettered unprocessed: its crashes add up past the limit, or svc cannot read its body
-            _amqp.refuse(properties, reason)
+            amqp.refuse(properties, reason)
         self._pending.append((method, properties, body))
 
     def _on_cancel(self, frame) -> None:
@@ -256,9 +238,8 @@ class Consumer:
         self._cancelled = True
 
     def _idle_wait(self) -> float:
-        if not self._kept:
-            return IDLE_WAIT
-        return max(0.0, min(IDLE_WAIT, min(k.due for k in self._kept) - time.monotonic()))
+        due = self.settler.next_due()   # a kept dead letter to publish again
+        return IDLE_WAIT if due is None else max(0.0, min(IDLE_WAIT, due - time.monotonic()))
 
     def _call(self, function, *args):
         """``function(*args)`` on the worker thread; meanwhile this thread serves the connection, so
@@ -282,100 +263,9 @@ class Consumer:
         while not self.stop.is_set() and time.monotonic() < deadline:
             self.connection.sleep(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())))
 
-    # -- settling ------------------------------------------------------------------------------
-
     def _settle(self, batch, window) -> None:
-        outcomes = iter(self._call(window.finish))
-        settled = [(delivery, _dead(reason) if reason else next(outcomes))
-                   for delivery, reason in ((d, _amqp.undecodable(d[1])) for d in batch)]
-        for (_method, properties, _body), outcome in settled:
-            if _amqp.undecodable(properties):
-                self.processor.meter.incr(metrics.invalid(self.config.service))  # the worker is idle now
-                log.warning("%s: %s; dead-lettered", self.config.service, outcome.reason)
-        acks, requeues = [], []
-        for (method, properties, body), outcome in settled:
-            if outcome.action is Settlement.REQUEUE:
-                requeues.append(((method, properties, body), outcome))
-            elif outcome.action is Settlement.HOLD:
-                if not self.held.hold(outcome.key, (method, properties, body), owner=method.consumer_tag):
-                    requeues.append(((method, properties, body), outcome))  # waited once already: let any replica have it
-            elif outcome.action is not Settlement.DEAD or self._dead_letter(method, properties, body, outcome.reason):
-                acks.append(method)
-        # An ack that fails because the connection dropped is safe: the broker redelivers, and
-        # the done mark (with dedup) turns the redelivery into a skip. "multiple": svc/acks.py.
-        self._open.ack(acks)
-        if log.isEnabledFor(logging.DEBUG):
-            self._trace(window, settled, {id(method) for method in acks})
-        if requeues:
-            self._requeue(requeues)
-
-    @staticmethod
-    def _trace(window, settled, acked: set) -> None:
-        """One DEBUG line per delivery, by event id: how it was settled (the window holds only the
-        deliveries whose properties decoded, in order)."""
-        events = iter(window.events.get(i) for i in range(len(window.outcomes)))
-        for (method, properties, _body), outcome in settled:
-            event = None if _amqp.undecodable(properties) else next(events, None)
-            what = f"event {event.id[:64]!r}" if event else f"delivery {method.delivery_tag} (not an event)"
-            how = "requeued (not acked)" if outcome.action is Settlement.REQUEUE else (
-                ("dead-lettered, " if outcome.action is Settlement.DEAD else "") + ("acked" if id(method) in acked
-                                                                             else "kept unacked"))
-            log.debug("%s: %s", what, how)
-
-    def _dead_letter(self, method, properties, body, reason: str, kept: _Kept | None = None) -> bool:
-        """Publish to the dead-letter exchange and wait for the broker's confirm; True if confirmed.
-        The caller acks the original only then, so a failed publish loses nothing. A dead letter
-        the broker refuses (nack: a full dead-letter queue; returned: no queue bound) is kept
-        unacked and published again with backoff; only that message waits."""
-        letter = letter_properties(properties, {topology.REASON_HEADER: reason, topology.SERVICE_HEADER: self.config.service,
-                                                topology.ROUTING_KEY_HEADER: method.routing_key}, self._user)
-        try:
-            self._dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
-                                     letter, mandatory=True)
-        except BROKER_ERRORS as error:
-            if _amqp.classify(error) is not Action.MESSAGE:
-                raise
-            self._keep(kept or _Kept(method, properties, body, reason, 0.0, 0.0), error)
-            return False
-        log.debug("dead-lettered %d bytes: %s", len(body), reason)
-        return True
-
-    def _keep(self, kept: _Kept, error) -> None:
-        """Hold a refused dead letter (unacked) until its next try; counted and logged each time."""
-        kept.delay = min(kept.delay * 2, BACKOFF_MAX) if kept.delay else BACKOFF_START
-        kept.due = time.monotonic() + kept.delay
-        self._kept.append(kept)
-        self.processor.meter.incr(metrics.dead_letter_refused(self.config.service))
-        self.processor.meter.flush()
-        log.warning("%s: dead letter refused by RabbitMQ (%s); kept unacked, publishing it again in %.1f s "
-                    "(%d kept)", self.config.service, _amqp.translate(error, "dead-lettering"), kept.delay,
-                    len(self._kept))
-
-    def _retry_kept(self) -> None:
-        now = time.monotonic()
-        for kept in [k for k in self._kept if k.due <= now]:
-            self._kept.remove(kept)
-            if self._dead_letter(kept.method, kept.properties, kept.body, kept.reason, kept):
-                self._open.ack([kept.method])
-                log.info("%s: a kept dead letter was published and acked", self.config.service)
-
-    def _requeue(self, requeues) -> None:
-        if any(outcome.backoff for _, outcome in requeues):
-            delay, self._etcd_backoff = self._etcd_backoff, min(self._etcd_backoff * 2, BACKOFF_MAX)
-            log.warning("etcd unavailable: %d events requeued after %.1f s", len(requeues), delay)
-        else:
-            delay, self._etcd_backoff = 0.0, BACKOFF_START
-        self._sleep(delay)
-        for delivery, _ in requeues:
-            method, channel = delivery[0], self._open.channel(delivery[0])
-            if self.config.queue_type == "quorum" and requeue.at_tail(self._dead, self.queue, *delivery, user=self._user):
-                # Its copy is confirmed at the tail: acking the original loses nothing, and the quorum
-                # queue's delivery limit stays for consumers that die on it (svc/requeue.py).
-                channel.basic_ack(method.delivery_tag)
-            else:
-                # Not done, not acked: back to the queue for another try (fail closed).
-                channel.basic_nack(method.delivery_tag, requeue=True)
-            self._open.settled(method)
+        """Settle a window's deliveries once its commit is done (svc/settle.py)."""
+        self.settler.settle(batch, window, self._call(window.finish))
 
 
 def _begin_and_proceed(processor, bodies: list[bytes]):
@@ -387,8 +277,5 @@ def _begin_and_proceed(processor, bodies: list[bytes]):
 
 def _bodies(batch) -> list[bytes]:
     """The bodies the processor parses: not those whose properties could not be decoded."""
-    return [body for _, properties, body in batch if not _amqp.undecodable(properties)]
+    return [body for _, properties, body in batch if not amqp.undecodable(properties)]
 
-
-def _dead(reason: str) -> Outcome:
-    return Outcome(Settlement.DEAD, reason)

@@ -11,19 +11,20 @@ import logging
 import threading
 import time
 
-from . import _etcd, keys
-from .batch import InFlight, Ready, TxnLimits, Verdict
+from . import etcd as _etcd, keys
+from .backoff import Backoff
+from .batch import InFlight, Ready, TxnLimits
 from .effects import record, suffix
 from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
+from .protocols import Verdict
 from .alarms import Alarms
 from .done import DoneIds
 from .orphans import Orphans, add_release
 
 log = logging.getLogger(__name__)
 
-IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest of the
-                           # range on every page, so small pages cost quadratic time)
+IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest each page: not smaller)
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
 IMPORT_WAIT = 1.0          # seconds the start waits for the done ids; then it consumes while they are read
 
@@ -46,10 +47,12 @@ class _Effects(Alarms):
     def _record(self, event: Event) -> bytes:
         return record(self.service, event).encode()
 
+
 class NoDedup(_Effects):
     """Deduplication off (the talk's first run): every event is processed, effects still recorded."""
 
     enabled = False
+    claim_ttl = 0   # no claims: nothing is ever held
 
     def claim_key(self, event: Event) -> bytes:
         """The key a claim would have (never asked: without claims nothing is held)."""
@@ -66,6 +69,9 @@ class NoDedup(_Effects):
 
     def release(self, events: list[Event]) -> None:
         """Without claims there is nothing to release."""
+
+    def abandon(self) -> None:
+        """Without claims there is nothing to let go of."""
 
     def commit(self, events: list[Event]) -> "InFlight":
         """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
@@ -100,12 +106,8 @@ class EtcdDedup(_Effects, Orphans):
         self._claimed: dict[bytes, bytes] = {}   # key -> value of our claim, from claim to commit
         self._sent: dict[bytes, bytes] = {}      # key -> value of a claim sent, until its answer is read
         self._releasing = None                 # the last release of unfinished claims, in flight
-        # Claims of ours that no window will finish, their events requeued: claims sent whose answer
-        # never came (etcd stopped after applying them, or answered after ETCD_TIMEOUT), and released
-        # claims whose delete etcd may not have taken. Left on our lease (kept alive as long as we
-        # live), a sibling given the redelivery would hold it until the broker happens to give it
-        # back to us, which it need not ever do. key -> claim value, deleted in the background
-        # (guarded by that value) until etcd answers.
+        # Claims of ours no window will finish (answer never came; release maybe not taken): left on our
+        # lease, a sibling given the redelivery would hold it forever. key -> value, deleted (guarded) in the background.
         self._orphans: dict[bytes, bytes] = {}
         self._orphans_lock = threading.Lock()
         self._retention_lease, self._retention_until = 0, 0.0
@@ -175,10 +177,8 @@ class EtcdDedup(_Effects, Orphans):
         self._threads.append(thread)
 
     def _keep_claims_alive(self) -> None:
-        # While we work, our claims must not expire; if they do (etcd was away longer than the
-        # TTL), the done transaction's guard fails and the event is requeued, never lost.
-        # Each refresh must end before the next is due: a 2 s etcd timeout with CLAIM_TTL=1 would
-        # let one slow call outlive the lease.
+        # Our claims must not expire while we work (if they do, the done transaction's guard fails and the
+        # event is requeued); each refresh ends before the next is due (a 2 s timeout would outlive CLAIM_TTL=1).
         interval = self.claim_ttl / 3
         deadline = min(self.etcd.timeout, interval)
         while not self._stop.wait(interval):
@@ -208,7 +208,7 @@ class EtcdDedup(_Effects, Orphans):
     def _follow(self, revision: int | None, imported: threading.Event) -> None:
         """Import the done ids (``revision`` None: again after a compaction), set ``imported``, then
         learn siblings' done marks (and expiries) from the watch from there; resume after a break."""
-        delay = 0.2
+        waits = Backoff()
         while not self._stop.is_set():
             try:
                 if revision is None:
@@ -217,7 +217,8 @@ class EtcdDedup(_Effects, Orphans):
                 self._watch = self.etcd.watch_prefix(self.key_prefix, revision)
                 for is_put, key, value, mod_revision in self._watch:
                     self._learn(is_put, key, value)
-                    revision, delay = mod_revision + 1, 0.2
+                    revision = mod_revision + 1
+                    waits.reset()
             except _etcd.Compacted as error:
                 log.info("%s; reading the done ids again", error)
                 revision = None
@@ -225,11 +226,10 @@ class EtcdDedup(_Effects, Orphans):
                 log.debug("dedup watch: %s", error)
             except EtcdRefused as error:  # refused after the start (a role revoked): said, retried slowly
                 log.error("dedup watch: %s", error)
-                delay = 5.0
+                waits.slowest()
             if self._watch is not None:
                 self._watch.cancel()  # end the broken stream before a new one starts
-            self._stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+            self._stop.wait(waits.next())
 
     def _learn(self, is_put: bool, key: bytes, value: bytes) -> None:
         encoded = key[len(self.key_prefix):]

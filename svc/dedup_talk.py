@@ -21,9 +21,10 @@ Chapter 06 counts those double effects side by side with the claims' zero. Keys:
 import logging
 import threading
 
-from . import _etcd, keys
-from .dedup import InFlight, NoDedup, Ready, Verdict
+from . import etcd as _etcd, keys
+from .dedup import InFlight, NoDedup, Ready
 from .errors import DedupUnavailable, EtcdRefused
+from .protocols import Verdict
 from .event import Event
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class TalkDedup:
     """
 
     enabled = True
+    claim_ttl = 0   # no claims: nothing is ever held
 
     def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str, *,
                  flush_interval: float = FLUSH_INTERVAL) -> None:
@@ -102,6 +104,9 @@ class TalkDedup:
 
     def release(self, events: list[Event]) -> None:
         """No claims: nothing to release."""
+
+    def abandon(self) -> None:
+        """No claims: nothing to let go of."""
 
     def claim_key(self, event: Event) -> bytes:
         """Where the id is kept once flushed (never asked: without claims nothing is held)."""

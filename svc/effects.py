@@ -11,7 +11,7 @@ import random
 import time
 
 from . import keys
-from ._etcd import Etcd
+from .etcd import Etcd
 from .config import DEFAULT_ETCD_PREFIX, parse_endpoints
 from .event import Event
 

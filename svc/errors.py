@@ -58,6 +58,10 @@ class MessageRefused(PublishError):
     message is affected, the channel and connection stand."""
 
 
+class MessageUnroutable(MessageRefused):
+    """RabbitMQ returned a message published as mandatory: no queue is bound to take it."""
+
+
 class PublishRefused(PublishError, BrokerRefused):
     """RabbitMQ refused a publish, or would (a rule checked before sending): the message names the
     reason (a body over the broker's max_message_size, a routing key over 255 bytes, an exchange

@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Callable
 
-from .batch import Verdict
+from .protocols import Verdict
 from .event import Event
 from .hooks import Hook
 

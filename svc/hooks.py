@@ -15,7 +15,7 @@ methods a hook overrides). Metrics are one hook (:class:`svc.metrics.MetricsHook
 fault injection is another (:class:`svc.faults.Faults`, only with CRASH_AT or WORK_MS).
 """
 
-from .batch import Verdict
+from .protocols import Verdict
 from .event import Event
 from .outcome import Outcome
 

@@ -3,7 +3,7 @@ dead-lettering keeps them, plus the reason; and the reason for a body svc cannot
 
 import pika
 
-from . import _amqp, topology
+from . import amqp, topology
 
 # content_encoding values that leave the body as it is (RFC 9110's "identity"; "utf-8", "utf8",
 # "7bit", "8bit" and "binary" are charsets or MIME transfer encodings often set there by publishers)
@@ -26,14 +26,14 @@ def letter_properties(properties, reason_headers: dict, user: str | None) -> pik
     letter must not expire in the dead-letter queue), as RabbitMQ's own dead-lettering keeps them;
     its headers with ``reason_headers`` added. ``delivery_mode`` is kept as published (1 transient,
     2 persistent) and persistent when it was not set. A ``user_id`` other than ``user`` (svc's
-    own, from AMQP_URL) is moved to a header (``_amqp.own_user_id``: the broker would refuse it).
+    own, from AMQP_URL) is moved to a header (``amqp.own_user_id``: the broker would refuse it).
     Properties pika could not decode are kept as sent in RAW_PROPERTIES_HEADER."""
     headers = dict(properties.headers or {})
     headers.update(reason_headers)
-    raw = _amqp.raw_properties(properties)
+    raw = amqp.raw_properties(properties)
     if raw:
         headers[topology.RAW_PROPERTIES_HEADER] = raw  # what pika could not decode, kept as sent
-    user_id = _amqp.own_user_id(properties, headers, user)
+    user_id = amqp.own_user_id(properties, headers, user)
     return pika.BasicProperties(
         content_type=properties.content_type, content_encoding=properties.content_encoding, headers=headers,
         delivery_mode=properties.delivery_mode if properties.delivery_mode in (1, 2) else 2,

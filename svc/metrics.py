@@ -3,7 +3,7 @@ that counts each event's verdict."""
 
 import statsd
 
-from .batch import Verdict
+from .protocols import Verdict
 from .event import Event
 from .hooks import Hook
 from .outcome import Outcome

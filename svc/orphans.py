@@ -9,8 +9,9 @@ in ``_orphans`` (key -> our claim's value) and this mixin deletes them, each gua
 
 import logging
 
-from . import _etcd
-from .batch import InFlight, Verdict
+from . import etcd as _etcd
+from .batch import InFlight
+from .protocols import Verdict
 from .errors import EtcdRefused
 
 log = logging.getLogger("svc.dedup")

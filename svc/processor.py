@@ -10,14 +10,13 @@ import time
 from typing import Sequence
 
 from . import hooks as _hooks
-from .batch import Verdict
 from .errors import InvalidEvent
 from .event import Event, parse
 from .held import Held
 from .mail import MailUnavailable
 from .metrics import MetricsHook
 from .outcome import ACK, REQUEUE, UNAVAILABLE, Outcome, Settlement
-from .protocols import Dedup, Meter
+from .protocols import Dedup, Meter, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class Processor:
     def held(self) -> Held:
         """A new set of held deliveries (one per broker channel), released by the dedup watch; a
         claim lives at most CLAIM_TTL after its owner's last refresh, so that is the longest wait."""
-        held = Held(retry_after=getattr(self.dedup, "claim_ttl", 0) + 0.5)
+        held = Held(retry_after=self.dedup.claim_ttl + 0.5)
         self.dedup.on_release = held.release
         return held
 
@@ -49,9 +48,7 @@ class Processor:
         """The windows begun so far will not be settled (their broker channel is gone, their
         deliveries back in the queue): let go of their claims, so a sibling given a redelivery
         does not hold it for as long as this replica lives."""
-        abandon = getattr(self.dedup, "abandon", None)
-        if abandon is not None:
-            abandon()
+        self.dedup.abandon()
 
     def process(self, bodies: list[bytes]) -> list[Outcome]:
         return self.begin(bodies).finish()

@@ -206,7 +206,7 @@ def applied_twice(etcd, prefix: str, service: str, version: int) -> int:
     with dedup by id, the done marks whose etcd ``version`` (puts since created) is over 1 (each
     application puts its event's done mark once, in its commit); without, the events with more than
     one effect record."""
-    from . import _etcd   # the key's version is not in scan_prefix's pages
+    from . import etcd as _etcd   # the key's version is not in scan_prefix's pages
     twice = 0
     start, end = (version_prefix(prefix, service, version) + "done/").encode(), None
     end = _etcd.prefix_end(start)

@@ -1,4 +1,4 @@
-"""The shapes the processor works with: a deduplication, a meter, a verdict on its way.
+"""The shapes the processor works with: a deduplication, its verdicts, a meter.
 
 Structural types (:class:`typing.Protocol`): a class satisfies one by having its members, not by
 inheriting. :class:`svc.dedup.NoDedup`, :class:`svc.dedup.EtcdDedup`, the talk's
@@ -6,10 +6,23 @@ inheriting. :class:`svc.dedup.NoDedup`, :class:`svc.dedup.EtcdDedup`, the talk's
 ``Dedup``; :class:`svc.metrics.Metrics` and :class:`svc.stand_ins.MemoryMeter` are each a ``Meter``.
 """
 
+import enum
 from typing import Callable, Protocol, runtime_checkable
 
-from .batch import Verdict
 from .event import Event
+
+
+class Verdict(enum.Enum):
+    """A deduplication's answer for one event of a window (``Dedup.claim`` / ``Dedup.commit``)."""
+
+    CLAIMED = "claimed"          # this consumer may process the event
+    OK = "ok"                    # processed: done mark and effect written
+    SKIPPED = "skipped"          # done before: ack without processing
+    CONFLICT = "conflict"        # same id, other payload: dead-letter
+    HELD = "held"                # a sibling holds the claim: set aside until it is released
+    UNAVAILABLE = "unavailable"  # etcd did not answer: requeue with backoff (fail closed)
+    LOST = "lost"                # our claim expired before the done mark: requeue, process again
+    RETRY = "retry"              # a repeat in a window whose first copy was not processed: requeue
 
 
 @runtime_checkable
@@ -32,6 +45,8 @@ class Dedup(Protocol):
 
     enabled: bool                                    # False: no claims, every event processed
     on_release: Callable[[bytes], None] | None       # told the key of each claim that ends (svc.held)
+    claim_ttl: int   # seconds a claim outlives its owner's last refresh: a HELD delivery's longest wait
+                     # (0: no claims, nothing is ever held)
 
     def open(self) -> None:
         """Get ready (import what is known done); raises DedupUnavailable while etcd is away."""
@@ -47,6 +62,10 @@ class Dedup(Protocol):
 
     def release(self, events: list[Event]) -> None:
         """Let go of our claims on events requeued unfinished (best effort, not waited for)."""
+
+    def abandon(self) -> None:
+        """The windows begun so far will not be finished (their broker channel went, their deliveries
+        are back in the queue): let go of their claims, for whichever replica gets them (best effort)."""
 
     def claim_key(self, event: Event) -> bytes:
         """The key a HELD verdict waits on (what ``on_release`` is told when it ends)."""

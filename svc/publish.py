@@ -18,9 +18,9 @@ import json
 import os
 import sys
 
-from . import topology
+from . import install_patches, topology
 from .config import DEFAULT_AMQP_URL, EXCHANGE_RE, MAX_DELIVERY_LIMIT
-from ._amqp import START_HINT
+from .amqp import START_HINT
 from .errors import BrokerRefused, BrokerUnavailable, PublishError
 from .publisher import DEFAULT_ROUTING_KEY, Publisher, PublishResult
 
@@ -28,6 +28,8 @@ __all__ = ["Publisher", "PublishResult", "main"]
 
 
 def main(argv=None) -> int:
+    """``python -m svc.publish``: publish an event (``--count`` copies) with confirms; the exit status."""
+    install_patches()
     parser = argparse.ArgumentParser(prog="python -m svc.publish", description="Publish events to RabbitMQ.")
     parser.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     parser.add_argument("--exchange", default=topology.DEFAULT_EXCHANGE)

@@ -12,7 +12,7 @@ import time
 
 import pika
 
-from . import _amqp, topology
+from . import amqp, topology
 from .config import DEFAULT_AMQP_URL, mask_url, split_urls
 from .errors import BrokerRefused, BrokerUnavailable, PublishError, PublishRefused
 
@@ -66,12 +66,12 @@ class Publisher:
         if self._declared:
             return
         check_publish(self.exchange, "", declare=True)   # a reserved name is refused before connecting
-        connection = _amqp.connect(self.amqp_url, timeout)  # BrokerRefused / BrokerUnavailable, one line
+        connection = amqp.connect(self.amqp_url, timeout)  # BrokerRefused / BrokerUnavailable, one line
         try:
             topology.declare(connection.channel(), self.exchange, services=self.services, queue_type=self.queue_type,
                              delivery_limit=self.delivery_limit)
-        except _amqp.BROKER_ERRORS as error:
-            raise _amqp.translate(error, "declaring the topology", url=self.amqp_url) from None
+        except amqp.BROKER_ERRORS as error:
+            raise amqp.translate(error, "declaring the topology", url=self.amqp_url) from None
         finally:
             if connection.is_open:
                 connection.close()
@@ -206,7 +206,7 @@ class ConfirmedBatch:
         return [self.bodies[tag - 1] for tag in tags] + self.returned
 
     def _connect(self, ioloop=None) -> None:
-        self.connection = pika.SelectConnection(_amqp.parameters(self.url, self.timeout), on_open_callback=self._on_open,
+        self.connection = pika.SelectConnection(amqp.parameters(self.url, self.timeout), on_open_callback=self._on_open,
                                                 on_open_error_callback=self._on_open_error,
                                                 on_close_callback=self._on_closed, custom_ioloop=ioloop)
 
@@ -225,7 +225,7 @@ class ConfirmedBatch:
 
     def _refused(self, error, doing: str) -> None:
         """Keep the first refusal no retry cures (pika passes errors to callbacks, not up the stack)."""
-        translated = _amqp.translate(error, doing, may_declare=False, url=self.url)
+        translated = amqp.translate(error, doing, may_declare=False, url=self.url)
         if isinstance(translated, BrokerRefused) and self.refused is None:
             self.refused = translated
 
@@ -243,7 +243,7 @@ class ConfirmedBatch:
     def _on_channel_closed(self, channel, reason) -> None:
         # The broker closes the publishing channel over what was published (too large, no such
         # exchange, no permission): a refusal of the publish, named as such.
-        self.refused = self.refused or _amqp.refused_publish(reason, self.exchange, self.url)
+        self.refused = self.refused or amqp.refused_publish(reason, self.exchange, self.url)
         self._refused(reason, f"publishing to exchange {self.exchange!r}")
         if self.pending and not self.error:
             self.error = f"channel closed with {len(self.pending)} events unconfirmed: {reason!r}"

@@ -40,8 +40,9 @@ import threading
 
 import pika
 
-from . import _amqp, _etcd, keys, metrics, projection, topology
-from ._amqp import BROKER_ERRORS
+from . import amqp, etcd as _etcd, keys, metrics, projection, topology
+from .amqp import BROKER_ERRORS
+from .backoff import Backoff
 from .config import Config
 from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, InvalidEvent, MessageRefused
 from .event import Event, parse
@@ -61,7 +62,6 @@ GC_THRESHOLD = (10_000, 10, 10)   # the collector's thresholds while reading (Py
                          # 50,000 events read in 1.75-1.85 s of CPU instead of 2.4-2.75 (0.02 s in the
                          # collector instead of 0.35-0.39)
 IDLE_WAIT = 0.2          # seconds to wait for deliveries before checking for a stop
-BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 CONNECT_TIMEOUT = 10.0
 LOG_OFFSET_HEADER = "x-nirvana-log-offset"   # on a dead letter: where in the log its event is
 
@@ -119,7 +119,7 @@ class Window:
             self.taken = i + 1
             offset = int(properties.headers[OFFSET_HEADER])
             self.offsets.append(offset)
-            undecodable = _amqp.undecodable(properties)
+            undecodable = amqp.undecodable(properties)
             if undecodable:
                 self.dead.append((i, undecodable, "invalid"))
                 continue
@@ -198,17 +198,17 @@ class LogReader:
         thresholds = gc.get_threshold()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLD)
-        backoff = BACKOFF_START
+        waits = Backoff()
         try:
             while not self.stop.is_set():
                 try:
                     state = self._open()
                     self._read(state)
-                    backoff = BACKOFF_START
+                    waits.reset()
                 except (DedupUnavailable, BrokerUnavailable, ChannelClosed, MessageRefused, Restart) as error:
-                    log.warning("%s; reading the log again from the tracking record in %.1f s", error, backoff)
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    delay = waits.next()
+                    log.warning("%s; reading the log again from the tracking record in %.1f s", error, delay)
+                    self.stop.wait(delay)
                 finally:
                     self._close()
         finally:
@@ -236,7 +236,7 @@ class LogReader:
         version = self.version()
         state = State(self.etcd, config.etcd_prefix, config.service, version, config.enable_etcd)
         start = offset_argument(config.log_offset) if state.position is None else state.position + 1
-        self.connection, _url = _amqp.connect_first(config.amqp_urls, CONNECT_TIMEOUT,
+        self.connection, _url = amqp.connect_first(config.amqp_urls, CONNECT_TIMEOUT,
                                                     name=f"svc {config.service} log pid {os.getpid()}")
         try:
             channel = topology.declare(self.connection.channel(), config.exchange, services=(), queue_type=config.queue_type,
@@ -250,14 +250,13 @@ class LogReader:
             channel.basic_qos(prefetch_count=max(config.prefetch, (IN_FLIGHT + 2) * TXN_OPS))
             self.pending: list = []
             channel.basic_consume(self.log_name, self._on_message, arguments={OFFSET_HEADER: start})
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if "'x-stream-offset'" in error.reply_text:   # 406 invalid arg: a queue of another type
-                raise BrokerRefused(f"{self.log_name} is not a stream ({error.reply_text}): SOURCE=log needs the "
+        except BROKER_ERRORS as error:
+            _code, text = amqp.closed_by_broker(error) or (0, "")
+            if "'x-stream-offset'" in text:   # 406 invalid arg: a queue of another type
+                raise BrokerRefused(f"{self.log_name} is not a stream ({text}): SOURCE=log needs the "
                                     "log svc's topology declares; delete that queue") from None
             # declared just above: a log still missing is one the broker refused (no retry cures it)
-            raise _amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
-        except BROKER_ERRORS as error:
-            raise _amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
+            raise amqp.translate(error, f"reading the log {self.log_name}", may_declare=False) from None
         self.channel = channel
         log.info("%s reading the log %s into version %d from %s (tracking record: %s; %d done ids, %d view keys)",
                  config.service, self.log_name, version, start, "none" if state.position is None else state.position,
@@ -306,7 +305,7 @@ class LogReader:
             while in_flight:
                 self._settle(*in_flight.popleft())
         except BROKER_ERRORS as error:
-            raise _amqp.translate(error, f"reading the log {self.log_name}") from None
+            raise amqp.translate(error, f"reading the log {self.log_name}") from None
 
     def _next_window(self, state: State) -> "Window | None":
         """Read and apply the next window from the head of the pending deliveries; None if they
@@ -374,7 +373,9 @@ class LogReader:
             self.dead.basic_publish(topology.dead_letter_exchange(self.config.exchange), method.routing_key, body,
                                     pika.BasicProperties(headers=headers, delivery_mode=2,
                                                          content_type=properties.content_type), mandatory=True)
-        except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as error:
+        except BROKER_ERRORS as error:
+            if amqp.classify(error) is not amqp.Action.MESSAGE:   # a nack, or returned: only this letter
+                raise
             raise Restart(f"dead letter of offset {offset} refused by RabbitMQ ({type(error).__name__})") from None
         log.warning("%s: offset %d of the log dead-lettered: %s", self.config.service, offset, reason)
 

@@ -17,8 +17,8 @@ crashes, and svc dead-letters it itself once they add up past the limit (``over_
 import copy
 import logging
 
-from . import _amqp
-from ._amqp import BROKER_ERRORS, Action
+from . import amqp
+from .amqp import BROKER_ERRORS, Action
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,13 @@ def over_limit(properties, delivery_limit: int) -> str:
 def copy_properties(properties, user: str | None = None):
     """The delivery's properties for its copy: the same, with the returns so far in RETURNED_HEADER,
     and a ``user_id`` other than ``user`` (svc's own) in a header (the broker would refuse the copy
-    with it: ``_amqp.own_user_id``)."""
+    with it: ``amqp.own_user_id``)."""
     headers = dict(properties.headers or {})
     count = returned(properties)
     headers.pop(DELIVERY_COUNT_HEADER, None)
     if count:
         headers[RETURNED_HEADER] = count
-    user_id = _amqp.own_user_id(properties, headers, user)
+    user_id = amqp.own_user_id(properties, headers, user)
     properties = copy.copy(properties)
     properties.headers, properties.delivery_mode, properties.user_id = headers, 2, user_id
     return properties
@@ -69,9 +69,9 @@ def at_tail(channel, queue: str, method, properties, body: bytes, *, user: str |
     try:
         channel.basic_publish("", queue, body, copy_properties(properties, user), mandatory=True)
     except BROKER_ERRORS as error:
-        if _amqp.classify(error) is not Action.MESSAGE:
+        if amqp.classify(error) is not Action.MESSAGE:
             raise
         log.warning("the copy of delivery %d for the tail of %s was refused (%s); requeued with a nack instead",
-                    method.delivery_tag, queue, _amqp.translate(error, "requeueing at the tail"))
+                    method.delivery_tag, queue, amqp.translate(error, "requeueing at the tail"))
         return False
     return True

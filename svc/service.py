@@ -7,10 +7,11 @@ import socket
 import sys
 import threading
 
-from ._etcd import Etcd
+from . import install_patches
 from .config import Config, mask_url
 from .dedup import EtcdDedup, NoDedup
 from .dedup_talk import TalkDedup
+from .etcd import Etcd
 from .errors import BrokerRefused, ConfigError, EtcdRefused
 from .faults import Faults
 from .hooks import Hook
@@ -29,6 +30,9 @@ STOP_DEADLINE = 8.0  # seconds from SIGTERM/SIGINT to exit, whatever holds the l
 
 
 def main(environ=None) -> int:
+    """``python -m svc``: run the service the environment describes (svc.config) until SIGTERM or
+    SIGINT; the exit status (0, 2 for a bad setting or a refusal no retry cures)."""
+    install_patches()
     try:
         config = Config.from_env(environ)
         meter = _metrics(config)

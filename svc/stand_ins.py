@@ -3,8 +3,9 @@ StubBroker stands in for a broker): ``MemoryDedup`` is a :class:`svc.protocols.D
 ``MemoryMeter`` a :class:`svc.protocols.Meter`. Integration tests use the real services
 (the tests, through :mod:`nirvana.testing`, which re-exports them)."""
 
-from .batch import Ready, Verdict
+from .batch import Ready
 from .event import Event
+from .protocols import Verdict
 
 
 class MemoryDedup:
@@ -15,14 +16,20 @@ class MemoryDedup:
     ``state`` maps an event id to ``("claimed" | "done", digest)``; ``effects`` lists the ids
     whose effects were written, in order (a double effect shows as a repeated id). With
     ``available`` False every claim and commit answers UNAVAILABLE, as with etcd away.
+    ``claim_ttl`` (seconds) is how long a delivery held by another's claim waits at most; this
+    one's own live claims are ``claims`` (id -> event), let go of by ``release`` and ``abandon``.
+    Two stand-ins given the same ``state`` dict are siblings sharing one etcd.
     """
 
     enabled = True
 
-    def __init__(self, *, available: bool = True) -> None:
-        self.state: dict[str, tuple[str, str]] = {}
+    def __init__(self, *, available: bool = True, claim_ttl: int = 10,
+                 state: dict[str, tuple[str, str]] | None = None) -> None:
+        self.state: dict[str, tuple[str, str]] = {} if state is None else state
         self.effects: list[str] = []
         self.available = available
+        self.claim_ttl = claim_ttl
+        self.claims: dict[str, Event] = {}
         self.on_release = None
 
     def open(self) -> None:
@@ -43,6 +50,7 @@ class MemoryDedup:
         held = self.state.get(event.id)
         if held is None:
             self.state[event.id] = ("claimed", event.digest)
+            self.claims[event.id] = event
             return Verdict.CLAIMED
         if held[1] != event.digest:
             return Verdict.CONFLICT
@@ -53,15 +61,20 @@ class MemoryDedup:
             return Ready([Verdict.UNAVAILABLE] * len(events))
         for event in events:
             self.state[event.id] = ("done", event.digest)
+            self.claims.pop(event.id, None)
             self.effects.append(event.id)
         return Ready([Verdict.OK] * len(events))
 
     def release(self, events: list[Event]) -> None:
         for event in events:
-            if self.state.get(event.id, ("",))[0] == "claimed":
+            if self.claims.pop(event.id, None) is not None and self.state.get(event.id, ("",))[0] == "claimed":
                 del self.state[event.id]
                 if self.on_release is not None:
                     self.on_release(self.claim_key(event))
+
+    def abandon(self) -> None:
+        """Let go of every claim of the windows begun so far (their deliveries went back to the queue)."""
+        self.release(list(self.claims.values()))
 
 
 class MemoryMeter:

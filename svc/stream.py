@@ -9,8 +9,8 @@ grow by one per event but are not a count: a segment's start takes offsets of it
 import datetime
 import time
 
-from . import _amqp, topology
-from ._amqp import BROKER_ERRORS
+from . import amqp, topology
+from .amqp import BROKER_ERRORS
 from .config import split_urls
 
 OFFSET_HEADER = "x-stream-offset"
@@ -41,7 +41,7 @@ def log_start(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout:
 
 
 def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | None:
-    connection = _amqp.connect_first(split_urls(amqp_url), CONNECT_TIMEOUT, name=f"log {where}")[0]
+    connection = amqp.connect_first(split_urls(amqp_url), CONNECT_TIMEOUT, name=f"log {where}")[0]
     seen: list[int] = []
     try:
         channel = connection.channel()
@@ -59,7 +59,7 @@ def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | Non
             if seen and len(seen) == before:
                 break  # the last chunk has come in whole
     except BROKER_ERRORS as error:
-        raise _amqp.translate(error, f"reading the {where} event of the log {topology.log_name(exchange)}") from None
+        raise amqp.translate(error, f"reading the {where} event of the log {topology.log_name(exchange)}") from None
     finally:
         try:
             connection.close()

@@ -6,9 +6,10 @@ import concurrent.futures
 import logging
 import threading
 
-from . import _amqp
+from . import amqp
 from .config import Config
-from .consumer import BACKOFF_MAX, BACKOFF_START, Consumer
+from .backoff import Backoff
+from .consumer import Consumer
 from .errors import BrokerUnavailable, DedupUnavailable
 from .processor import Processor
 from .protocols import Dedup
@@ -22,7 +23,7 @@ class Supervisor:
 
     def __init__(self, config: Config, processor: Processor, stop: threading.Event) -> None:
         self.config, self.processor, self.stop = config, processor, stop
-        self._backoff = BACKOFF_START
+        self._backoff = Backoff()   # reset once a consumer consumes again
         self._urls = config.amqp_urls
 
     def run(self) -> None:
@@ -33,25 +34,25 @@ class Supervisor:
                 try:
                     consumer.run()
                 except BrokerUnavailable as error:
-                    self._urls = _amqp.lost(self._urls, consumer.url)  # the other nodes are tried first
-                    log.warning("%s; reconnecting in %.1f s", error, self._backoff)
-                    self.stop.wait(self._backoff)
-                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                    self._urls = amqp.lost(self._urls, consumer.url)  # the other nodes are tried first
+                    delay = self._backoff.next()
+                    log.warning("%s; reconnecting in %.1f s", error, delay)
+                    self.stop.wait(delay)
 
     def _reset(self) -> None:
-        self._backoff = BACKOFF_START
+        self._backoff.reset()
 
 
 def open_dedup(dedup: Dedup, stop: threading.Event) -> bool:
     """Import the done ids, retrying with backoff while etcd is away; False if stopped first."""
-    delay = BACKOFF_START
+    waits = Backoff()
     while not stop.is_set():
         try:
             dedup.open()
             return True
         except DedupUnavailable as error:
+            delay = waits.next()
             log.warning("%s; deduplication waits for etcd (is it running? `./kit up` starts the stack), "
                         "retrying in %.1f s", error, delay)
             stop.wait(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
     return False

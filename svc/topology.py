@@ -5,7 +5,10 @@ Every name derives from the events exchange, so a test can isolate itself with i
 
 import logging
 
-import pika.exceptions
+import pika
+
+from ._pika import BROKER_ERRORS, NOT_FOUND, closed_by_broker   # svc.amqp's lowest layer (svc.amqp imports this module)
+
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
     with them when empty and unused, else kept as it is with a warning (the broker never changes a
     queue's arguments: 406 PRECONDITION_FAILED); any other difference (a classic queue where a
     quorum one is declared, another delivery limit) is raised as pika's ChannelClosedByBroker for
-    the caller's broker edge (svc._amqp) to report.
+    the caller's broker edge (svc.amqp) to report.
 
     With services (a queue at all), the log ``<exchange>.log`` too (``declare_log``): ``log_retention``
     is its ``log_arguments(...)``, or None to keep the log as it is (declared with the defaults if
@@ -122,9 +125,10 @@ def declare(channel, exchange: str = DEFAULT_EXCHANGE, services=DEFAULT_SERVICES
         queue = queue_name(service, exchange)
         try:
             channel.queue_declare(queue, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if f"inequivalent arg '{DEAD_LETTER_EXCHANGE_ARG}'" not in error.reply_text \
-                    or not error.reply_text.endswith("but current is none") or queue_type != "classic":
+        except BROKER_ERRORS as error:
+            _code, text = closed_by_broker(error) or (0, "")
+            if f"inequivalent arg '{DEAD_LETTER_EXCHANGE_ARG}'" not in text \
+                    or not text.endswith("but current is none") or queue_type != "classic":
                 raise  # a quorum queue is never a classic one upgraded in place: the caller stops
             channel = _upgrade(channel.connection.channel(), queue, arguments)
         channel.queue_bind(queue, exchange, routing_key=BINDING_KEY)
@@ -152,8 +156,8 @@ def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | Non
             side.queue_declare(name, passive=True)
             side.queue_bind(name, exchange, routing_key=BINDING_KEY)
             return channel
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code != 404:
+        except BROKER_ERRORS as error:
+            if (closed_by_broker(error) or (0,))[0] != NOT_FOUND:
                 raise
             arguments = log_arguments()
         finally:
@@ -164,18 +168,22 @@ def declare_log(channel, exchange: str = DEFAULT_EXCHANGE, arguments: dict | Non
         side = apart.channel()
         try:
             side.queue_declare(name, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if "inequivalent arg" not in error.reply_text:
+        except BROKER_ERRORS as error:
+            _code, text = closed_by_broker(error) or (0, "")
+            if "inequivalent arg" not in text:
                 raise
             side = apart.channel()
             log.warning("the log %s exists with other arguments (%s) and keeps its own: RabbitMQ never changes a "
                         "queue's arguments (a queue there that is no stream is refused by SOURCE=log); `./kit "
-                        "reset` deletes the log and declares it again", name, error.reply_text)
+                        "reset` deletes the log and declares it again", name, text)
         side.queue_bind(name, exchange, routing_key=BINDING_KEY)
-    except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as error:
+    except BROKER_ERRORS as error:
+        closed = closed_by_broker(error, connection=True)
+        if closed is None:
+            raise
         log.error("RabbitMQ refused the log %s (%s): events are not kept for replay; a stream needs "
                   "RabbitMQ 3.9+ with its feature flag on (rabbitmqctl enable_feature_flag stream_queue)",
-                  name, error.reply_text)
+                  name, closed[1])
     finally:
         if apart.is_open:
             apart.close()
@@ -194,7 +202,10 @@ def _upgrade(channel, queue: str, arguments: dict):
         channel.queue_declare(queue, durable=True, arguments=arguments)
         log.info("queue %s declared again with its dead-letter exchange %s", queue, arguments[DEAD_LETTER_EXCHANGE_ARG])
         return channel
-    except pika.exceptions.ChannelClosedByBroker:  # 406: not empty, or in use
+    except BROKER_ERRORS as error:
+        if closed_by_broker(error) is None:
+            raise
+        # 406: not empty, or in use
         channel = channel.connection.channel()
         channel.queue_declare(queue, durable=True)
         log.warning("queue %s has no dead-letter exchange (declared by an earlier kit) and holds messages "

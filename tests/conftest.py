@@ -146,7 +146,24 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def kit_env(monkeypatch, amqp_url, etcd_endpoint):
+def use_settings():
+    """``use_settings(chosen)``: the kit's settings for this test (:func:`nirvana.settings.use`: a
+    Settings, or None to read the environment again at the next call, as a kernel started now
+    would); those in use before the test come back afterwards."""
+    before: list = []
+
+    def use(chosen=None) -> None:
+        previous = settings.use(chosen)
+        if not before:
+            before.append(previous)
+
+    yield use
+    if before:
+        settings.use(before[0])
+
+
+@pytest.fixture
+def kit_env(monkeypatch, use_settings, amqp_url, etcd_endpoint):
     """EVENTS_EXCHANGE and ETCD_PREFIX exported to values of this test only, and the kit's settings
     read again (as a kernel started now would). On teardown it stops every service the kit started,
     deletes the exchange with the talk's queues and those the test adds to ``services``, and the
@@ -155,7 +172,7 @@ def kit_env(monkeypatch, amqp_url, etcd_endpoint):
     env = {"EVENTS_EXCHANGE": f"nirvana-test-{tag}", "ETCD_PREFIX": f"/nirvana-test-{tag}"}
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
-    monkeypatch.setattr(settings, "_current", None)
+    use_settings(None)
     world = {"tag": tag, "env": env, "exchange": env["EVENTS_EXCHANGE"], "url": amqp_url,
              "services": list(topology.DEFAULT_SERVICES)}
     yield world

@@ -229,3 +229,66 @@ def test_svc_is_the_service_and_its_stand_ins_only():
            for target, line, _ in imports(name, ALL[name])
            if target.split(".")[-1] in MOVED_OUT_OF_SVC or target.startswith("nirvana")]
     assert bad == []
+
+
+# The edges: svc.amqp (RabbitMQ, pika) and svc.etcd (etcd, gRPC), with the private layers only
+# they use (svc._pika: svc.amqp's lowest layer, which svc.topology needs below it; svc._etcdchannel,
+# svc._etcdrpc). svc.examples is the talk's bare pika, shown as it is written without svc.
+EDGES = ("svc.amqp", "svc._pika", "svc.etcd", "svc._etcdchannel", "svc._etcdrpc")
+BARE = ("svc.examples",)
+OUTSIDE = sorted(path for folder in ("tests", "bench") for path in (ROOT / folder).glob("*.py"))
+
+
+def _within(name: str, prefixes) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def test_no_private_svc_module_is_imported_from_outside_svc():
+    # svc's public edges are svc.amqp and svc.etcd: nirvana, the tests and the benchmarks use those
+    found = [(f"{ALL[name].relative_to(ROOT)}", target, line) for name in ALL if not name.startswith("svc")
+             for target, line, _ in imports(name, ALL[name])]
+    found += [(f"{path.relative_to(ROOT)}", target, line) for path in OUTSIDE
+              for target, line, _ in imports(f"{path.parent.name}.{path.stem}", path)]
+    bad = [f"{where}:{line} imports {target}" for where, target, line in found
+           if target.startswith("svc.") and any(part.startswith("_") and not part.startswith("__")
+                                                for part in (resolve(target) or target).split(".")[1:])]
+    assert bad == []
+
+
+LIBRARY_MODULES = ("pika.exceptions", "grpc", "etcd3.exceptions", "pika.adapters.utils.connection_workflow")
+LIBRARY_ERRORS = ("pika.exceptions.", "grpc.RpcError", "grpc.FutureTimeoutError", "etcd3.exceptions.")
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else ""
+
+
+@pytest.mark.parametrize("name", sorted(name for name in ALL if not _within(name, EDGES + BARE)))
+def test_no_library_exception_is_named_outside_the_edges(name):
+    # pika's and gRPC's errors are translated into svc.errors at the edges (svc.amqp.translate /
+    # translated / passive_declare / closed_by_broker; svc.etcd's DedupUnavailable, EtcdRefused):
+    # the rest of svc and the kit catch svc's errors (or svc.amqp.BROKER_ERRORS, the edge's own name)
+    path = ALL[name]
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}" for a in node.names
+                    if _within(a.name, LIBRARY_MODULES)]
+        elif isinstance(node, ast.ImportFrom) and _within(node.module or "", LIBRARY_MODULES):
+            bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports from {node.module}")
+        elif isinstance(node, ast.Attribute) and _dotted(node).startswith(LIBRARY_ERRORS) \
+                and not isinstance(getattr(node, "parent", None), ast.Attribute):
+            bad.append(f"{path.relative_to(ROOT)}:{node.lineno} names {_dotted(node)}")
+    assert bad == []
+
+
+def test_tests_set_the_kits_settings_the_public_way():
+    # nirvana.settings.use (through conftest's use_settings) or reload, never its private _current
+    bad = [f"{path.relative_to(ROOT)}:{number}" for path in OUTSIDE if path.name != "test_layout.py"
+           for number, line in enumerate(path.read_text().splitlines(), 1)
+           if '"_current"' in line or "settings._current" in line]
+    assert bad == []

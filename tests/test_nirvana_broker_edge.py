@@ -1,4 +1,4 @@
-"""Every broker call of the kit goes through svc's one broker edge (svc._amqp): bounded, one line.
+"""Every broker call of the kit goes through svc's one broker edge (svc.amqp): bounded, one line.
 
 Found with a listener that accepts TCP and never speaks AMQP: ``rabbit.queue_counts`` blocked 15 s
 (pika's handshake default) past its 2 s CONNECT_TIMEOUT and raised AMQPConnectorStackTimeout,
@@ -84,11 +84,10 @@ def test_the_publish_panel_says_why_in_one_line_within_its_deadline(silent_broke
 
 
 @pytest.fixture
-def broker_goes_silent(monkeypatch, silent_broker):
+def broker_goes_silent(use_settings, silent_broker):
     """From now on the kit's settings point at the silent broker."""
     def go() -> None:
-        monkeypatch.setattr(settings, "_current",
-                            dataclasses.replace(settings.current(), amqp_url=silent_broker))
+        use_settings(dataclasses.replace(settings.current(), amqp_url=silent_broker))
     return go
 
 

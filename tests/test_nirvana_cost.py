@@ -3,11 +3,14 @@
 import json
 import re
 
+import pytest
+
 import matplotlib
 
 matplotlib.use("Agg")
 
 from nirvana import cost, prune  # noqa: E402
+from nirvana.errors import MeasureError  # noqa: E402
 from nirvana.stack.carbon import whisper_dir  # noqa: E402
 
 # two rounds: bare, off, bare, on, bare, then bare, on, bare, off, bare
@@ -94,3 +97,18 @@ def test_the_bare_publisher_yardstick_puts_every_event_in_the_queue_confirmed(sv
     assert rate > 0 and svc_world.depth(orders) == 3000
     bodies = [svc_world.channel().basic_get(svc_world.queue(orders), auto_ack=True)[2] for _ in range(10)]
     assert len({json.loads(body)["id"] for body in bodies}) == 10
+
+
+def test_a_queue_the_broker_did_not_fill_is_an_error_of_the_kit_also_under_python_O():
+    # Given a publish the broker did not confirm (found: `assert ... .ok`, gone under python -O,
+    # so the measurement went on with an empty queue)
+    class Refusing:
+        def publisher(self, service):
+            return self
+
+        def publish(self, event, **options):
+            return type("Result", (), {"ok": False, "__str__": lambda self: "3 of 3 unconfirmed"})()
+
+    # When the queue is filled for a measurement, I expect the kit's error naming what happened
+    with pytest.raises(MeasureError, match="filling orders's queue: 3 of 3 unconfirmed"):
+        cost.fill(Refusing(), "orders", 3)

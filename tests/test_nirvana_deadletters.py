@@ -66,19 +66,17 @@ def test_peek_lists_service_reason_and_body_sorted_and_leaves_them(world, amqp_u
     assert deadletters.peek(exchange=exchange, url=amqp_url) == first
 
 
-def test_the_helpers_and_the_panel_read_the_kits_settings(world, amqp_url, monkeypatch):
+def test_the_helpers_and_the_panel_read_the_kits_settings(world, amqp_url, use_settings):
     # Given the kit's settings naming this test's exchange (EVENTS_EXCHANGE) and the real broker
     exchange, letter, _take = world
     letter("orders", "event has no id", b'{"type": "new_order"}')
-    monkeypatch.setattr(settings, "_current", dataclasses.replace(settings.current(), amqp_url=amqp_url,
-                                                                  exchange=exchange))
+    use_settings(dataclasses.replace(settings.current(), amqp_url=amqp_url, exchange=exchange))
     # When the helpers and the panel are called without an exchange or a URL, I expect that letter
     assert [str(one) for one in deadletters.peek()] == ['orders: event has no id: {"type": "new_order"}']
     assert [str(one) for one in deadletters.DeadLetterPanel().letters] == [str(deadletters.peek()[0])]
     # Given settings whose AMQP_URL names a port where nothing listens
     port = free_port()
-    monkeypatch.setattr(settings, "_current", dataclasses.replace(settings.current(),
-                                                                  amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/%2F"))
+    use_settings(dataclasses.replace(settings.current(), amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/%2F"))
     # I expect every call to go there (and fail in one line naming it), not to the stack's broker
     for call in (deadletters.peek, lambda: deadletters.discard(deadletters.DeadLetter("orders", "r", b"x"))):
         with pytest.raises(rabbit.RabbitUnavailable, match=f"127.0.0.1:{port}"):

@@ -15,8 +15,8 @@ from nirvana.own_etcd import OwnEtcd
 from nirvana import own_etcd, testing
 from svc import effects as svc_effects
 from svc import keys
-from svc import _etcd
-from svc._etcd import Etcd
+from svc import etcd as _etcd
+from svc.etcd import Etcd
 from svc.config import parse_endpoints
 from svc.event import parse as parse_event
 

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from nirvana import chaos, cost, designs, settings, stack
+from nirvana import chaos, cost, designs, stack
 from svc.errors import DedupUnavailable
 
 
@@ -31,12 +31,12 @@ def vhost(amqp_url):
     run("delete_vhost", name)
 
 
-def test_a_chaos_run_publishes_to_the_settings_broker(kit_env, vhost, monkeypatch, tmp_path):
+def test_a_chaos_run_publishes_to_the_settings_broker(kit_env, vhost, monkeypatch, tmp_path, use_settings):
     # Given AMQP_URL exported naming another vhost (as a recorded cluster names other ports)
     node = stack.rabbitmq_node()
     monkeypatch.setenv("NIRVANA_STATE", str(tmp_path / "state"))
     monkeypatch.setenv("AMQP_URL", vhost)
-    monkeypatch.setattr(settings, "_current", None)
+    use_settings(None)
     # When a small chaos run without faults runs
     plan = chaos.Plan(events=40, replicas=1, kills=0, crash_points=False, cut=False, etcd_restart=False,
                       drain_timeout=20)
@@ -53,10 +53,10 @@ def test_the_designs_scenario_publishes_and_counts_where_the_settings_say(kit_en
     assert (outcome.published, outcome.processed, outcome.double) == (6, 3, 0)
 
 
-def test_the_etcd_round_trip_asks_the_settings_etcd(monkeypatch):
+def test_the_etcd_round_trip_asks_the_settings_etcd(monkeypatch, use_settings):
     # Given ETCD_ENDPOINTS exported naming a member that does not answer (nothing listens on port 9)
     monkeypatch.setenv("ETCD_ENDPOINTS", "127.0.0.1:9")
-    monkeypatch.setattr(settings, "_current", None)
+    use_settings(None)
     # I expect the measurement to ask it, and say it is away (not the stack's etcd on 2379)
     with pytest.raises(DedupUnavailable):
         cost.etcd_round_trip_ms(samples=1)

@@ -19,7 +19,7 @@ import requests
 import statsd
 from conftest import native_only
 
-from nirvana import endpoints, paths, settings, stack
+from nirvana import endpoints, paths, stack
 from nirvana.stack import statsd as stack_statsd
 
 NAMES = [component.name for component in stack.COMPONENTS]
@@ -306,11 +306,11 @@ def test_present_leaves_jupyterlab_answering_on_its_url():
 
 
 @pytest.mark.parametrize("prefix", ["/", "//", "nirvana", "/a b"])
-def test_reset_refuses_an_etcd_prefix_that_is_not_one_absolute_prefix(prefix, monkeypatch):
+def test_reset_refuses_an_etcd_prefix_that_is_not_one_absolute_prefix(prefix, monkeypatch, use_settings):
     # Given ETCD_PREFIX=/ (every key in etcd) or another bad value, I expect the kit to refuse it
     # (reset stops before touching anything) with one line naming the variable, and the CLI to exit 2.
     monkeypatch.setenv("ETCD_PREFIX", prefix)
-    monkeypatch.setattr(settings, "_current", None)   # as a kernel started now reads it
+    use_settings(None)   # as a kernel started now reads it
     with pytest.raises(stack.SettingError, match="ETCD_PREFIX"):
         stack.reset(progress=quiet)
     result = run_cli("reset")

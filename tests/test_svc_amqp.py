@@ -1,4 +1,4 @@
-"""svc._amqp: pika's errors as actions and as svc's errors (pure logic: a table), and the tolerant
+"""svc.amqp: pika's errors as actions and as svc's errors (pure logic: a table), and the tolerant
 decoding of message properties."""
 
 import struct
@@ -8,8 +8,8 @@ import pika.exceptions as exc
 import pytest
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from svc import _amqp
-from svc._amqp import Action, classify, translate
+from svc import amqp
+from svc.amqp import Action, classify, translate
 from svc.errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused
 
 INEQUIVALENT = ("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 't-1.orders' in vhost '/': "
@@ -42,7 +42,7 @@ TABLE = [
     (exc.ProbableAccessDeniedError("ConnectionClosedByBroker: (530) 'NOT_ALLOWED - vhost v not found'"),
      True, Action.STOP),
     (exc.AuthenticationError("PLAIN"), True, Action.STOP),
-    (_amqp.ServerProtocolError("the server answered with a protocol header of its own"), True, Action.STOP),
+    (amqp.ServerProtocolError("the server answered with a protocol header of its own"), True, Action.STOP),
     (exc.ProtocolVersionMismatch("AMQP 0-9-1", "AMQP 0-8"), True, Action.STOP),
     # pika's guesses for a connection lost at each step of the handshake (pika/connection.py
     # _on_stream_terminated): a loss is no answer (issue 21: a chaos run's cut, a restarting broker)
@@ -81,7 +81,7 @@ SVC_ERROR = {Action.STOP: BrokerRefused, Action.REOPEN_CHANNEL: ChannelClosed,
 def test_each_pika_error_has_its_action_and_svc_error(error, may_declare, action):
     assert classify(error, may_declare=may_declare) is action
     translated = translate(error, "declaring the topology", may_declare=may_declare, url="amqp://u:s3cret@h/%2F")
-    assert type(translated) is SVC_ERROR[action]
+    assert isinstance(translated, SVC_ERROR[action])   # MessageUnroutable is a MessageRefused
     assert "\n" not in str(translated) and "s3cret" not in str(translated)
     # "is RabbitMQ running?" only when the broker may really be away.
     assert ("is RabbitMQ running?" in str(translated)) == (action is Action.RECONNECT)
@@ -106,15 +106,17 @@ def _encoded_properties(table_entry: bytes) -> bytes:
     (b"\x01k" + b"Z", "InvalidFieldTypeException"),                       # a field type pika does not know
 ])
 def test_properties_pika_cannot_decode_leave_a_marked_empty_properties(entry, words):
+    amqp.install_patches()   # what the entry points and every connection of the edge do
     properties = pika.spec.BasicProperties()
     encoded = _encoded_properties(entry)
     properties.decode(encoded)
-    reason = _amqp.undecodable(properties)
+    reason = amqp.undecodable(properties)
     assert reason.startswith("message properties cannot be decoded") and any(w in reason for w in words.split("|"))
-    assert properties.headers is None and _amqp.raw_properties(properties) == encoded
+    assert properties.headers is None and amqp.raw_properties(properties) == encoded
 
 
 def test_decodable_properties_are_untouched():
+    amqp.install_patches()
     properties = pika.spec.BasicProperties()
     properties.decode(_encoded_properties(b"\x01kS" + struct.pack(">I", 2) + b"ok"))
-    assert properties.headers == {"k": "ok"} and _amqp.undecodable(properties) == ""
+    assert properties.headers == {"k": "ok"} and amqp.undecodable(properties) == ""

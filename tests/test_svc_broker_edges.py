@@ -1,7 +1,7 @@
 """svc at the broker's edges (issue 8, cases 1-5) against the real RabbitMQ and etcd: refusals no
 retry can cure, a dead-letter queue that refuses publishes, work longer than the heartbeat, a
 consumer the broker cancels, a message whose headers pika cannot decode, the broker's own
-dead-lettering. Each test failed on main before svc/_amqp.py and the consumer's changes."""
+dead-lettering. Each test failed on main before svc/amqp.py and the consumer's changes."""
 
 import re
 import shutil

@@ -105,3 +105,24 @@ def test_every_variable_read_is_listed():
     source = inspect.getsource(config.Config.from_env) + inspect.getsource(config.EtcdAccess.from_env)
     read = set(re.findall(r'get\("([A-Z_]+)"', source))
     assert read == set(config.VARIABLES)
+
+
+@pytest.mark.parametrize("source, points", [("queue", ("claimed", "sent", "done")), ("log", ("read", "done", "acked"))])
+def test_crash_at_is_said_and_checked_with_the_points_svc_crashes_at(source, points):
+    # found: the setting's words said "claimed" or "done" while "sent" was accepted too
+    from pathlib import Path
+
+    from svc import faults
+
+    assert (faults.CRASH_POINTS if source == "queue" else faults.LOG_CRASH_POINTS) == points
+    for point in points:
+        assert Config.from_env({"SERVICE_NAME": "orders", "SOURCE": source, "CRASH_AT": point}).crash_at == point
+    other = "acked" if source == "queue" else "claimed"
+    with pytest.raises(ConfigError, match=f"CRASH_AT='{other}' is invalid with SOURCE={source}: use one of '', "
+                                          + ", ".join(points)):
+        Config.from_env({"SERVICE_NAME": "orders", "SOURCE": source, "CRASH_AT": other})
+    source_text = (Path(__file__).resolve().parent.parent / "svc" / "config.py").read_text()
+    lines = source_text.splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.strip().startswith("crash_at: str")]
+    words = " ".join(lines[at:at + 2])   # the field and its comment
+    assert "CRASH_POINTS" in words and all(f'"{point}"' in words for point in points)

@@ -66,7 +66,7 @@ def test_a_gzip_body_is_dead_lettered_with_its_encoding_and_a_reason_naming_it(s
 
 
 def test_a_user_id_svc_may_not_publish_goes_to_a_header(svc_world):
-    from svc._amqp import USER_ID_HEADER
+    from svc.amqp import USER_ID_HEADER
 
     orders = svc_world.service_name("orders")
     # Given a poison event published by another user, its user_id that user's (the broker checks it)...

@@ -58,7 +58,7 @@ class ExpiringEtcd:
         return Answer([])
 
     def txn_async(self, request):
-        from svc import _etcd
+        from svc import etcd as _etcd
         self.requests.append(request)
         reply = _etcd._rpc().TxnResponse(succeeded=True)
         for _ in request.success:
@@ -70,7 +70,7 @@ def drop_the_lease_while_claiming(monkeypatch, dedup, expire=lambda: None) -> No
     """The forced interleaving: the keepalive thread finds the claim lease expired (``expire()``
     makes it so) and drops it just after claim() checked it, before the claims' operations are
     written (a pause point in the first operation of the first claim)."""
-    from svc import _etcd
+    from svc import etcd as _etcd
 
     add_absent, keepalive, paused = _etcd.add_absent, dedup.etcd.keepalive, []
 

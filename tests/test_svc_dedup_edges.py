@@ -128,7 +128,7 @@ def test_a_dead_siblings_claims_do_not_stall_the_queue(svc_world):
 
 def _fill(etcd) -> None:
     """Write 512 KiB values until etcd refuses for space: it raises its NOSPACE alarm."""
-    from svc._etcd import NoSpace
+    from svc.etcd import NoSpace
 
     for i in range(200):
         try:
@@ -141,7 +141,7 @@ def _fill(etcd) -> None:
 def _free_space(endpoint: str) -> None:
     """What an operator does (etcd's maintenance guide, "Space quota"): delete, compact, defragment,
     disarm; here through etcd3's client, as etcdctl is not installed."""
-    from svc import _etcd
+    from svc import etcd as _etcd
 
     host, port = endpoint.rsplit(":", 1)
     client = _etcd._client(host, int(port), 10)
@@ -198,7 +198,7 @@ def test_the_nospace_alarm_is_honoured_and_says_how_to_recover(svc_world, etcd_f
 
 def _revision(etcd) -> int:
     """etcd's current revision: it moves with every write (a put, a delete that deletes)."""
-    from svc import _etcd
+    from svc import etcd as _etcd
 
     return etcd._call("range", "kvstub", "Range", _etcd._rpc().RangeRequest(key=b"\0")).header.revision
 

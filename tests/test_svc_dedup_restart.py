@@ -5,7 +5,7 @@ that round trip. Each test uses its own etcd prefix and deletes it afterwards.""
 
 
 from svc import keys
-from svc._etcd import Etcd
+from svc.etcd import Etcd
 from svc.dedup import EtcdDedup, Verdict
 from svc.event import parse
 
@@ -63,7 +63,7 @@ def test_after_a_restart_the_claim_skips_a_repeat_and_the_import_only_saves_the_
 
 def _done_marks(client, prefix: str, count: int) -> None:
     """``count`` done marks of orders (ids ``done-<i>``, payload {"type": "new_order"}), 128 a transaction."""
-    from svc import _etcd
+    from svc import etcd as _etcd
 
     for start in range(0, count, 128):
         request = _etcd.new_txn()
@@ -109,7 +109,7 @@ def test_more_done_ids_than_the_cache_holds_are_not_imported_and_a_repeat_is_sti
 def test_a_slow_import_does_not_hold_the_start_and_a_repeat_meanwhile_is_found_by_its_claim(etcd, monkeypatch):
     import threading
 
-    from svc.testing import wait_for
+    from nirvana.testing import wait_for
 
     client, prefix = etcd
     event, other = parse(EVENT), parse(b'{"type": "new_order", "id": "456"}')

@@ -11,7 +11,7 @@ chaos run: a delivery held for 35 s, once past its 120 s drain, while the claima
 import contextlib
 
 from svc import keys
-from svc._etcd import Etcd
+from svc.etcd import Etcd
 from svc.dedup import EtcdDedup, Verdict
 from svc.errors import DedupUnavailable
 from svc.event import parse

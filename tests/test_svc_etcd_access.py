@@ -23,7 +23,7 @@ def _enable_auth(endpoint: str) -> None:
     import grpc
     from etcd3.etcdrpc import auth_pb2
 
-    from svc import _etcd
+    from svc import etcd as _etcd
 
     rpc = _etcd._rpc()
     with grpc.insecure_channel(endpoint) as channel:
@@ -229,7 +229,7 @@ def test_a_bad_etcd_access_setting_is_one_line_and_exit_2(svc_world, settings, w
     assert process.log().strip().splitlines() == [process.log().strip()] and words in process.log()
 
 
-def test_the_kit_logs_in_with_the_settings_it_hands_its_services(auth_etcd, monkeypatch):
+def test_the_kit_logs_in_with_the_settings_it_hands_its_services(auth_etcd, use_settings):
     from nirvana import effects as kit_effects
     from nirvana import settings
     from nirvana.stack.reset import etcd_client
@@ -237,7 +237,7 @@ def test_the_kit_logs_in_with_the_settings_it_hands_its_services(auth_etcd, monk
     # Given the kit's settings naming an etcd with authentication, its user and password...
     env = {"ETCD_ENDPOINTS": auth_etcd.endpoint, "ETCD_USER": "root", "ETCD_PASSWORD": PASSWORD,
            "ETCD_PREFIX": "/kit-auth"}
-    monkeypatch.setattr(settings, "_current", settings.Settings.from_env(env))
+    use_settings(settings.Settings.from_env(env))
     etcd = _client(auth_etcd.endpoint, user="root", password=PASSWORD)
     try:
         etcd.put("/kit-auth/effects/orders/x/1", "{}")

@@ -45,7 +45,7 @@ def any_world(request, amqp_url, etcd_endpoint, tmp_path):
     """svc_world with classic queues, then with quorum queues (where a return to the queue counts
     against the delivery limit: a hand-over must return nothing)."""
     from nirvana import endpoints, stack
-    from svc.testing import World
+    from nirvana.testing import World
 
     world = World(amqp_url, etcd_endpoint, tmp_path, statsd=(endpoints.HOST, endpoints.STATSD_PORT),
                   rabbitmqctl=stack.rabbitmq_node().ctl(), queue_type=request.param)
@@ -93,7 +93,7 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(any_world
 
     import pika
 
-    from svc import _amqp
+    from svc import amqp
     from svc.config import Config
     from svc.consumer import Consumer
     from svc.dedup import EtcdDedup
@@ -109,8 +109,8 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(any_world
     ids = svc_world.publish(orders, {"type": "new_order", "id": "s"}, count=300, fresh_ids=True).ids
     # ... consumed with PREFETCH=30 (in this process, to count its acks)...
     one_by_one = []
-    ack_each = _amqp.ack_each
-    monkeypatch.setattr(_amqp, "ack_each", lambda channel, tags: (one_by_one.extend(tags), ack_each(channel, tags)))
+    ack_each = amqp.ack_each
+    monkeypatch.setattr(amqp, "ack_each", lambda channel, tags: (one_by_one.extend(tags), ack_each(channel, tags)))
     returned = []   # deliveries pika rejected back to the queue (a consumer cancelled under them)
     reject = pika.channel.Channel.basic_reject
     monkeypatch.setattr(pika.channel.Channel, "basic_reject",

@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 from svc import dedup, dedup_talk, protocols
-from svc._etcd import Etcd
+from svc.etcd import Etcd
 from svc.metrics import Metrics
 from nirvana.testing import MemoryDedup, MemoryMeter
 

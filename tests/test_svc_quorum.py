@@ -170,13 +170,13 @@ def _effects(world, etcd, service) -> dict:
         client.close()
 
 
-def test_the_kits_publisher_and_svc_declare_the_same_quorum_queue(quorum_world, monkeypatch):
-    from nirvana import publisher, settings
+def test_the_kits_publisher_and_svc_declare_the_same_quorum_queue(quorum_world, monkeypatch, use_settings):
+    from nirvana import publisher
 
     world = quorum_world
     orders = f"t{os.urandom(3).hex()}_orders"
     world.services.add(orders)
-    monkeypatch.setattr(settings, "_current", None)
+    use_settings(None)
     for variable, value in {"EVENTS_EXCHANGE": world.exchange, "QUEUE_TYPE": "quorum",
                             "DELIVERY_LIMIT": str(LIMIT), "AMQP_URL": world.amqp_url}.items():
         monkeypatch.setenv(variable, value)

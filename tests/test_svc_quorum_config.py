@@ -85,7 +85,7 @@ def test_returns_add_up_over_an_events_copies():
 
 
 def test_after_a_node_is_lost_the_nodes_after_it_are_tried_first():
-    from svc._amqp import lost
+    from svc.amqp import lost
 
     urls = ("amqp://a", "amqp://b", "amqp://c")
     assert lost(urls, "amqp://a") == ("amqp://b", "amqp://c", "amqp://a")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from svc import _amqp
+from svc import amqp
 from svc.errors import SvcError
 
 from .. import launcher
@@ -54,8 +54,8 @@ def probe(shape: Shape, member: m.Member) -> Probe:
         if not tcp_open(member.port):
             return Probe("down")
         try:
-            _amqp.connect(shape.amqp_urls[member.index - 1], PROBE_AMQP_TIMEOUT, name="nirvana-probe").close()
-        except (SvcError, *_amqp.BROKER_ERRORS) as error:
+            amqp.connect(shape.amqp_urls[member.index - 1], PROBE_AMQP_TIMEOUT, name="nirvana-probe").close()
+        except (SvcError, *amqp.BROKER_ERRORS) as error:
             return Probe("unhealthy", f"no AMQP connection ({type(error).__name__})")
         return Probe("up")
     return Probe("up") if tcp_open(member.port) else Probe("down")

@@ -16,10 +16,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import yaml
 
-from svc._etcdrpc import rpc_pb2
+from svc.errors import SvcError
+from svc.etcd import Etcd
 
 from .. import paths
 from . import etcd, rabbitmq
@@ -83,19 +83,16 @@ def etcd_launch(shape: Shape, index: int) -> Launch:
 
 
 def etcd_status(port: int) -> tuple[int, int] | None:
-    """(this member's id, the leader's id) from etcd's maintenance Status call, or None when the
-    member does not answer within STATUS_TIMEOUT seconds. A leader id of 0: no leader known."""
-    channel = grpc.insecure_channel(f"{HOST}:{port}")
+    """(this member's id, the leader's id) from etcd's maintenance Status call (through svc's etcd
+    edge, :meth:`svc.etcd.Etcd.status`), or None when the member does not answer within
+    STATUS_TIMEOUT seconds. A leader id of 0: no leader known."""
+    client = Etcd([(HOST, port)], timeout=STATUS_TIMEOUT)
     try:
-        call = channel.unary_unary("/etcdserverpb.Maintenance/Status",
-                                   request_serializer=rpc_pb2.StatusRequest.SerializeToString,
-                                   response_deserializer=rpc_pb2.StatusResponse.FromString)
-        reply = call(rpc_pb2.StatusRequest(), timeout=STATUS_TIMEOUT)
-        return reply.header.member_id, reply.leader
-    except grpc.RpcError:
+        return client.status()
+    except SvcError:
         return None
     finally:
-        channel.close()
+        client.close()
 
 
 def etcd_role(port: int) -> str:

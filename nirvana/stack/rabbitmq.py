@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from svc import _amqp
+from svc import amqp
 from svc.errors import SvcError
 
 from .. import endpoints, paths
@@ -37,10 +37,10 @@ def probe() -> Probe:
     if not tcp_open(endpoints.AMQP_PORT):
         return DOWN
     try:
-        _amqp.connect(endpoints.AMQP_URL, PROBE_AMQP_TIMEOUT, name="nirvana-probe").close()
+        amqp.connect(endpoints.AMQP_URL, PROBE_AMQP_TIMEOUT, name="nirvana-probe").close()
     except SvcError as error:   # svc's broker edge translated it: "not RabbitMQ, or not ready"
         return Probe("unhealthy", f"no AMQP connection ({type(error).__name__})")
-    except _amqp.BROKER_ERRORS as error:   # the close itself failed: it answered, then dropped us
+    except amqp.BROKER_ERRORS as error:   # the close itself failed: it answered, then dropped us
         return Probe("unhealthy", f"AMQP connection dropped ({type(error).__name__})")
     return Probe("up")
 

@@ -3,8 +3,9 @@
 etcd3 0.12.0 imports ``etcd3.etcdrpc.{kv,auth,rpc}_pb2``, made by protoc 3.x, which protobuf 4+
 refuses ("TypeError: Descriptors cannot be created directly"). :func:`install` puts a finder first
 on ``sys.meta_path`` that answers exactly those three names with this folder's regenerated files,
-so ``import etcd3`` works in any interpreter that has imported svc: svc's own client, and a
-learner importing etcd3 in a notebook after the kit. Each file is loaded once, under etcd3's name
+so ``import etcd3`` works in any interpreter that has called it (``svc.etcd.install_patches()``, the
+entry points' call, or svc's etcd client before its first call): svc's own client, and a learner
+importing etcd3 in a notebook after the kit's setup. Importing svc does not call it. Each file is loaded once, under etcd3's name
 (their descriptors say ``etcd3.etcdrpc``); nothing is imported until etcd3 itself is.
 
 etcd3 imported *before* svc, or without it (``import etcd3`` alone), needs the finder in place

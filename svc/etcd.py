@@ -2,8 +2,8 @@
 
 etcd3 0.12.0 ships protobuf modules made by protoc 3.x, which protobuf 4+ refuses to import.
 ``svc/_etcdrpc`` holds the same descriptors regenerated for protobuf 4+ (see its ``_generate.py``)
-and serves them under etcd3's names to whoever imports etcd3 after svc, so etcd3 runs on the fast
-upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable (etcd away or
+and serves them under etcd3's names to whoever imports etcd3 after ``install_patches()`` (called
+before svc's first etcd call), so etcd3 runs on the fast upb protobuf. Every gRPC or etcd3 error leaves this module as DedupUnavailable (etcd away or
 busy: retried), or as EtcdRefused when etcd answered with a refusal no retry cures (a login
 required or wrong, a permission denied, a TLS handshake that fails). One endpoint's channel,
 its TLS and etcd's login live in svc/_etcdchannel.py.
@@ -18,9 +18,13 @@ from .errors import DedupUnavailable, EtcdRefused
 
 log = logging.getLogger(__name__)
 
-# From here on `import etcd3` finds its protobuf modules in svc/_etcdrpc, whoever imports it
-# (this module, or a learner poking at etcd from a notebook): etcd3 stays importable on its own.
-_etcdrpc.install()
+
+def install_patches() -> None:
+    """From now on ``import etcd3`` finds its protobuf modules in svc/_etcdrpc, whoever imports it
+    (svc's client, or a learner poking at etcd from a notebook). Idempotent; called by the entry
+    points and before etcd3 is first imported (``_rpc``), never at import: importing svc leaves
+    ``sys.meta_path`` as it was."""
+    _etcdrpc.install()
 
 
 def _bytes(text) -> bytes:
@@ -262,6 +266,11 @@ class Etcd:
             finally:
                 client.close()
         return sizes
+
+    def status(self) -> tuple[int, int]:
+        """(the member's id, its leader's id; 0: no leader known) from etcd's Maintenance.Status."""
+        reply = self._call("status", "maintenancestub", "Status", _rpc().StatusRequest())
+        return reply.header.member_id, reply.leader
 
     def alarms(self) -> list[str]:
         """The names of the alarms raised in the cluster (``NOSPACE``, ``CORRUPT``), each once;

@@ -1,64 +1,59 @@
-"""The one place that deals with pika's errors and connection settings (as ``_etcd.py`` is for etcd).
-
-Three things live here:
+"""svc's broker edge: the one place that deals with pika's errors and connection settings (as
+``etcd.py`` is for etcd). svc and the kit use pika through it; no other module catches pika's errors.
 
 - ``connect(url, timeout=...)``: a BlockingConnection whose every wait is bounded (socket, the
   whole TCP+TLS+AMQP handshake, a connection blocked by a broker resource alarm), with one attempt
   per node; ``url`` may name several nodes of one cluster, comma-separated: the first that
-  answers is used (``connect_first`` says which).
+  answers is used (``connect_first`` says which). ``parameters`` gives the same bounds to a
+  connection made otherwise (a SelectConnection).
 - ``classify(error)``: what a pika/AMQP error means for the caller, as an ``Action``:
   STOP (a refusal no retry can cure: one line, exit status 2), REOPEN_CHANNEL (the broker closed a
   channel, the connection stands), RECONNECT (the connection is gone: reconnect with backoff),
   MESSAGE (the broker refused one published message: only that message is affected).
 - ``translate(error, doing)``: the same error as svc's own (svc/errors.py), one line naming what
-  was refused and what to do, so callers never catch ``pika.exceptions.*``.
+  was refused and what to do, so callers never catch ``pika.exceptions.*``; ``translated(doing)``
+  a block whose errors leave so; ``passive_declare``, ``missing``, ``closed_by_broker`` and
+  ``close_quietly`` for the questions callers asked of pika's errors themselves.
 
 Reply codes are AMQP 0-9-1's (spec section 1.9, "Constants"; https://www.rabbitmq.com/amqp-0-9-1-reference):
 channel errors 403 ACCESS_REFUSED, 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406 PRECONDITION_FAILED;
 connection errors 320 CONNECTION_FORCED, 530 NOT_ALLOWED, 5xx protocol faults.
 
-Importing this module also makes pika's decoding of message properties tolerant (see
-``_install_tolerant_properties``): a delivery whose headers pika cannot decode arrives with
-``undecodable(properties)`` set, instead of tearing the connection down on every redelivery; and
-makes a server's protocol header answer an error of its own (``_install_protocol_answer``), so
-that answer is told from a connection lost during the header.
+``install_patches()`` (called by ``parameters``, so before any connection of svc or the kit opens,
+and by the entry points: ``python -m svc``, ``python -m nirvana``, the chapters' ``nirvana.reset``)
+makes pika's decoding of message properties tolerant (svc/_pika.py): a delivery whose headers pika
+cannot decode arrives with ``undecodable(properties)`` set, instead of tearing the connection down
+on every redelivery; and makes a server's protocol header answer an error of its own, so that
+answer is told from a connection lost during the header. Importing this module changes nothing
+in pika.
 """
 
+import contextlib
 import enum
 import logging
 import re
 
 import pika
 import pika.adapters.blocking_connection
-import pika.connection
 import pika.exceptions
-import pika.frame
-import pika.spec
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from .config import mask_url, split_urls
-from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, PublishRefused, SvcError
+from ._pika import (BROKER_ERRORS, NOT_FOUND, ServerProtocolError, _describe, closed_by_broker, install_patches,
+                    raw_properties, refuse, undecodable)
+from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, MessageRefused, MessageUnroutable, PublishRefused,
+                     SvcError)
 
-__all__ = ["Action", "ServerProtocolError", "classify", "translate", "refused_publish", "connect", "connect_first", "lost", "ack_each", "parameters",
-           "undecodable", "refuse", "raw_properties", "own_user_id", "USER_ID_HEADER", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS"]
+__all__ = ["Action", "ServerProtocolError", "classify", "translate", "translated", "closed_by_broker", "missing",
+           "passive_declare", "close_quietly", "refused_publish", "connect", "connect_first", "lost", "ack_each", "parameters", "install_patches", "undecodable", "refuse",
+           "raw_properties", "own_user_id", "USER_ID_HEADER", "START_HINT", "DEFAULT_TIMEOUT", "BROKER_ERRORS", "NOT_FOUND"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0  # seconds for the TCP connect, the AMQP handshake, and a blocked connection
 START_HINT = "is RabbitMQ running? `./kit up` starts the stack"
 
-# Everything pika raises at us: its own errors, a handshake that timed out (AMQPConnectorException is
-# not an AMQPError) and the socket's OSError.
-BROKER_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
-
-ACCESS_REFUSED, NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 403, 404, 405, 406
+ACCESS_REFUSED, RESOURCE_LOCKED, PRECONDITION_FAILED = 403, 405, 406
 NOT_ALLOWED = 530
-
-
-class ServerProtocolError(pika.exceptions.IncompatibleProtocolError):
-    """The server answered svc's AMQP 0-9-1 protocol header with its own, another protocol's (AMQP
-    0-9-1 section 4.2.2: a server that does not speak the client's version answers so and closes):
-    it is not a RabbitMQ that svc can talk to. Raised through pika (see ``_install_protocol_answer``)."""
 
 
 class Action(enum.Enum):
@@ -132,7 +127,8 @@ def translate(error: BaseException, doing: str, *, may_declare: bool = True, url
     """svc's error for ``error``, one line: ``doing`` says what was attempted ("declaring the topology").
 
     STOP -> BrokerRefused (with what to do), REOPEN_CHANNEL -> ChannelClosed, RECONNECT ->
-    BrokerUnavailable (naming the command that starts the stack), MESSAGE -> MessageRefused.
+    BrokerUnavailable (naming the command that starts the stack), MESSAGE -> MessageRefused
+    (MessageUnroutable when no queue was bound to take a mandatory message).
     ``url`` (masked) is named in connection errors.
     """
     action = classify(error, may_declare=may_declare)
@@ -143,8 +139,50 @@ def translate(error: BaseException, doing: str, *, may_declare: bool = True, url
     if action is Action.REOPEN_CHANNEL:
         return ChannelClosed(f"RabbitMQ closed the channel while {doing}: ({code}) {text}", code=code, text=text)
     if action is Action.MESSAGE:
+        if isinstance(error, pika.exceptions.UnroutableError):
+            return MessageUnroutable(f"RabbitMQ returned a message while {doing}: no queue is bound to take it")
         return MessageRefused(f"RabbitMQ refused a message while {doing}: {_describe(error)}")
     return BrokerUnavailable(f"RabbitMQ{where} unavailable for {doing}: {_describe(error)} ({START_HINT})")
+
+
+@contextlib.contextmanager
+def translated(doing: str, *, may_declare: bool = True, url: str | None = None):
+    """A block whose broker errors (BROKER_ERRORS) leave as svc's own (``translate``): callers
+    outside this module catch svc.errors only, e.g. ``ChannelClosed`` whose ``code`` is
+    ``NOT_FOUND`` (404) for a passive declare of a queue that does not exist."""
+    try:
+        yield
+    except BROKER_ERRORS as error:
+        raise translate(error, doing, may_declare=may_declare, url=url) from None
+
+
+def missing(error: SvcError) -> bool:
+    """Whether ``error`` (svc's, from ``translate``) is the broker saying that what was asked for
+    does not exist (404 NOT_FOUND: a queue or exchange; the broker closed that channel)."""
+    return isinstance(error, (ChannelClosed, BrokerRefused)) and error.code == NOT_FOUND
+
+
+def passive_declare(channel, queue: str):
+    """``queue``'s counts from a passive declare (``.message_count``, ``.consumer_count``: nothing
+    is created or changed), or None when no such queue exists (the broker then closed ``channel``:
+    take a new one). Raises svc's error (``translate``) for anything else."""
+    try:
+        return channel.queue_declare(queue, passive=True).method
+    except BROKER_ERRORS as error:
+        translated = translate(error, f"reading the counts of {queue}")
+        if missing(translated):
+            return None
+        raise translated from None
+
+
+def close_quietly(closable) -> None:
+    """Close a channel or connection if it is open; a broker that already dropped it is no error
+    (nothing is left to release: what it held unacked goes back to its queue)."""
+    if closable is not None and closable.is_open:
+        try:
+            closable.close()
+        except BROKER_ERRORS:
+            pass
 
 
 def refused_publish(error: BaseException, exchange: str, url: str | None = None) -> PublishRefused | None:
@@ -168,7 +206,9 @@ def parameters(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None =
     blocked_connection_timeout (a connection the broker blocks for a resource alarm is closed with
     ConnectionBlockedTimeout instead of waiting forever; ``blocked_timeout`` if given, else ``timeout``).
     One connection attempt; ``name`` is shown
-    by ``rabbitmqctl list_connections client_properties`` and the management UI."""
+    by ``rabbitmqctl list_connections client_properties`` and the management UI. Installs svc's
+    patches to pika first (``install_patches``): every connection of svc and the kit has them."""
+    install_patches()
     params = pika.URLParameters(url)
     params.connection_attempts = 1
     params.socket_timeout = min(params.socket_timeout or timeout, timeout)
@@ -281,11 +321,6 @@ def _advice(error: BaseException, code: int, text: str) -> str:
     return f"({code}) {text}" if code else _describe(error)
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error) or repr(error.args)  # pika's connect errors keep the cause in args, str() is ""
-    return f"{type(error).__name__}: {text}".replace("\n", " ")[:300]
-
-
 # -- a message svc publishes again (a dead letter, a copy at a queue's tail) ---------------------
 
 USER_ID_HEADER = "x-nirvana-user-id"   # an event's user_id that svc's own user may not publish
@@ -302,90 +337,3 @@ def own_user_id(properties, headers: dict, user: str | None) -> str | None:
         return user_id
     headers[USER_ID_HEADER] = user_id
     return None
-
-
-# -- properties pika cannot decode -------------------------------------------------------------
-
-_UNDECODABLE, _RAW = "_svc_undecodable", "_svc_raw_properties"
-
-
-def undecodable(properties) -> str:
-    """Why pika could not decode a delivery's properties ("" if it could): the message is whole
-    (body and routing), only its properties (headers, content type...) are unknown."""
-    return getattr(properties, _UNDECODABLE, "")
-
-
-def refuse(properties, reason: str) -> None:
-    """Mark a delivery as one not to process: the consumer dead-letters it with ``reason``, as it
-    does one whose properties cannot be decoded (``undecodable`` then returns the reason)."""
-    setattr(properties, _UNDECODABLE, reason)
-
-
-def raw_properties(properties) -> bytes:
-    """The encoded properties pika could not decode (b"" if it could), to keep them with the dead letter."""
-    return getattr(properties, _RAW, b"")
-
-
-def _install_tolerant_properties() -> None:
-    """Make ``BasicProperties.decode`` tolerant of values Python cannot represent.
-
-    pika decodes a content header frame's properties inside its frame reader: an exception there
-    (an AMQP timestamp 'T' holding milliseconds -> ``datetime.fromtimestamp`` ValueError "year
-    58122 is out of range"; a negative Java timestamp -> OverflowError; an unknown field type)
-    becomes StreamLostError and the connection drops. The message is never acked, so it comes back
-    on every reconnect and blocks the queue (pika issues #98, #1698; fixed for timestamps only in
-    pika's PR #1699, not in a release as of pika 1.4.4). Here any such failure leaves the
-    properties empty and marked (``undecodable``), the frame is still consumed whole (its size is
-    read before the properties), and the consumer dead-letters the message with the reason.
-    """
-    properties = pika.spec.BasicProperties
-    if getattr(properties.decode, "_svc_tolerant", False):
-        return
-    original = properties.decode
-
-    def decode(self, encoded, offset=0):
-        try:
-            return original(self, encoded, offset)
-        except Exception as error:  # noqa: BLE001 - anything raised here would drop the connection
-            self.__dict__.update(pika.spec.BasicProperties().__dict__)
-            setattr(self, _UNDECODABLE, f"message properties cannot be decoded ({_describe(error)})")
-            setattr(self, _RAW, bytes(encoded[offset:]))
-            return self
-
-    decode._svc_tolerant = True
-    properties.decode = decode
-
-
-def _install_protocol_answer() -> None:
-    """Make a server's protocol header answer an error that says so (ServerProtocolError).
-
-    A server that does not speak AMQP 0-9-1 answers the client's protocol header with its own and
-    closes (AMQP 0-9-1 section 4.2.2). pika 1.4 decodes that header and drops it
-    (``Connection._process_frame``), then reads the close as a stream lost during the header, the
-    same IncompatibleProtocolError(StreamLostError EOF) a proxy or a restarting broker gives: an
-    answer could not be told from a loss. Here the header ends the connection with
-    ServerProtocolError, which ``classify`` reads as a refusal.
-    """
-    connection = pika.connection.Connection
-    if getattr(connection._process_frame, "_svc_protocol_answer", False):
-        return
-    original = connection._process_frame
-
-    def _process_frame(self, frame_value):
-        if self.is_open:
-            # The header was answered: pika's own method from now on (three frames per message).
-            self._process_frame = original.__get__(self)
-        elif isinstance(frame_value, pika.frame.ProtocolHeader):
-            # (pika's ProtocolHeader turns a 0 in the version into 0-9-1's digit: the version is not named)
-            self._terminate_stream(ServerProtocolError(
-                "the server answered svc's AMQP 0-9-1 protocol header with a protocol header of its own: "
-                "it does not speak AMQP 0-9-1"))
-            return None
-        return original(self, frame_value)
-
-    _process_frame._svc_protocol_answer = True
-    connection._process_frame = _process_frame
-
-
-_install_tolerant_properties()
-_install_protocol_answer()
