@@ -22,7 +22,7 @@ import pika
 import psutil
 
 from svc import _etcd, keys
-from svc.testing import World
+from nirvana.testing import World
 
 from nirvana.cost import bare_pika, fill
 
