@@ -1,8 +1,9 @@
 """Benchmarks of svc against the real stack, side by side in one run; prints ratios.
 
     .venv/bin/python bench/bench_svc.py [--events 50000] [--repeat 5] [--warmup 1] [--prefetch 1500]
-                                        [--done-ids 100000] [--sibling-events 20000] [--amqp-url URL] [--etcd HOST:PORT]
-                                        [--latency-samples 100] [--latency-rounds 2] [--cluster]
+                                        [--done-ids 100000] [--many-done-ids 1000000] [--sibling-events 20000]
+                                        [--amqp-url URL] [--etcd HOST:PORT] [--latency-samples 100]
+                                        [--latency-rounds 2] [--cluster]
 
 - consume: a bare pika consume-and-ack loop (the yardstick), ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
@@ -14,9 +15,12 @@
   yardstick), ``svc.Publisher`` (goal >= 0.95x of the bare one);
 - dead sibling (issue 8 case D): a replica with CRASH_AT=claimed claims a window of a full queue and
   dies; the survivor's rate on the other events while those claims live, as a ratio of its healthy
-  rate (the same service draining the same number of events alone: the yardstick; goal >= 0.8);
-- startup: from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming, with 100,000 done
-  ids of that service in etcd (goal <= 1.5 s), once per round;
+  rate (the same service draining the same number of events alone: the yardstick; goal >= 0.9), on
+  a classic queue and on a quorum queue (the same broker), every round;
+- startup (bench/starts.py): from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming,
+  and its peak resident memory (VmHWM) once its import of done ids ended, with 100,000 done ids
+  of that service in etcd (goal <= 1.5 s) and with 1,000,000 (a busy service's day; goal <= 3 s
+  and <= 100 MB), once per round;
 - latency: publish to effect (etcd's watch shows its record), one lone event at a time on an idle
   svc, dedup off and on alternating (p50 and p99, ms), beside one etcd round trip.
 
@@ -62,6 +66,7 @@ from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402,F401  
 
 from nirvana.prune import prune  # noqa: E402
 from budget import Stack, add, bare_rate, budget_table, cpu_line, latencies, per_event, percentile, timed_fill  # noqa: E402,E501
+from starts import add_done_ids, drop, spread, start_lines, start_part, startup  # noqa: E402  (bench_compare's too)
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ETCD_ENDPOINT = "127.0.0.1:2379"
@@ -149,53 +154,26 @@ def publish_rate(world: World, service: str, events: int) -> float:
     return events / elapsed
 
 
-def add_done_ids(world: World, service: str, done_ids: int) -> int:
-    """Put ``done_ids`` done marks of ``service`` in etcd, on a lease (returned) that ends them."""
-    lease = world.etcd.grant(3600)
-    base = keys.dedup_prefix(world.prefix, service)
-    value = f"done {'0' * 32}".encode()
-    for start in range(0, done_ids, 128):
-        request = _etcd.new_txn()
-        for i in range(start, min(start + 128, done_ids)):
-            _etcd.add_put(request.success, f"{base}{keys.encode_id(f'done-{i}')}".encode(), value, lease)
-        world.etcd.txn(request)
-    return lease
-
-
-def startup(world: World, service: str, **code) -> tuple[float, str]:
-    """Seconds from spawning the service to its consumer on the queue; its "imported" log line."""
-    # Its queue lives only while it is measured: left bound, it would collect every other run's events.
-    topology.declare(world.channel(), world.exchange, services=(service,), **world.queue_arguments)
-    started = time.perf_counter()
-    [process] = world.start(service, enable_etcd=True, log_level="INFO", **code)
-    elapsed = time.perf_counter() - started
-    line = next((line for line in process.log().splitlines() if "imported" in line), "")
-    assert process.stop() == 0
-    world.channel().queue_delete(world.queue(service))
-    return elapsed, line.split(": ", 1)[-1]
-
-
-def spread(rates: list[float], fmt: str = "{:.0f}") -> str:
-    return f"[{' '.join(fmt.format(rate) for rate in rates)}]"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every bench of svc (this one and bench/bench_compare.py)."""
     parser.add_argument("--events", type=int, default=50000, help="events per run (a second of noise stays small)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds, interleaved; medians are printed")
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, help="for both consumers")
     parser.add_argument("--done-ids", type=int, default=100000)
+    parser.add_argument("--many-done-ids", type=int, default=1000000, help="a second start's done ids (0: none)")
     parser.add_argument("--sibling-events", type=int, default=20000, help="events of the dead-sibling runs")
     parser.add_argument("--amqp-url", default=AMQP_URL, help="RabbitMQ (default: the stack's)")
     parser.add_argument("--etcd", default=ETCD_ENDPOINT, help="etcd endpoint(s) (default: the stack's)")
 
 
 # (yardstick, contenders measured between its runs, label of the table, goal of the ratio)
-GROUPS = (("bare", ("plain", "dedup")), ("bare publish", ("publish",)), ("healthy", ("sibling",)))
-GOALS = {"plain": 1.0, "dedup": 0.75, "publish": 0.95, "sibling": 0.8}
+GROUPS = (("bare", ("plain", "dedup")), ("bare publish", ("publish",)), ("healthy", ("sibling",)),
+          ("healthy quorum", ("sibling quorum",)))
+GOALS = {"plain": 1.0, "dedup": 0.75, "publish": 0.95, "sibling": 0.9, "sibling quorum": 0.9}
 LABELS = {"bare": "bare pika consume+ack", "plain": "svc, dedup off", "dedup": "svc, etcd dedup",
           "bare publish": "bare pika publisher, confirms", "publish": "svc.Publisher, confirms",
-          "healthy": "svc healthy (dedup on)", "sibling": "svc, a dead sibling's claims"}
+          "healthy": "svc healthy (dedup on)", "sibling": "svc, a dead sibling's claims",
+          "healthy quorum": "svc healthy, quorum queue", "sibling quorum": "svc, dead sibling, quorum"}
 
 
 def run_round(world: World, args, round_: int, measure) -> dict:
@@ -219,19 +197,26 @@ BUDGETED = ("bare", "plain", "dedup")   # the contenders whose CPU per event is 
 
 def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") -> dict:
     """Every round against one broker (the contenders on ``amqp_urls[0]``) and etcd: {"counted":
-    each counted round's {contender: figures}, "starts": each counted round's start seconds,
-    "imported": the last start's log line, "budgets": {contender: each counted run's CPU µs per
-    event by process}, "latency": {contender: milliseconds}, "round_trip": one etcd transaction, ms}."""
+    each counted round's {contender: figures}, "starts": each counted round's {done ids: (start
+    seconds, peak MB)}, "imported": {done ids: the last start's log line}, "budgets": {contender:
+    each counted run's CPU µs per event by process}, "latency": {contender: milliseconds},
+    "round_trip": one etcd transaction, ms}."""
     counted: list[dict] = []
-    starts: list[float] = []
+    starts: list[dict] = []
+    imported: dict[int, str] = {}
     budgets: dict[str, list[dict]] = {name: [] for name in BUDGETED}
     stack = Stack(amqp_urls, etcd)
     with tempfile.TemporaryDirectory() as logs:
         world = World(amqp_urls[0], etcd, Path(logs), queue_type=queue_type)
+        # The dead sibling on a quorum queue too, on the same broker (the cluster's are all quorum).
+        quorum = World(amqp_urls[0], etcd, Path(logs), queue_type="quorum")
         try:
-            starter = world.service_name("start")
-            world.channel().queue_delete(world.queue(starter))  # see startup
-            lease = add_done_ids(world, starter, args.done_ids)
+            starters, leases = {}, []
+            for done_ids in (args.done_ids, args.many_done_ids):
+                if done_ids and done_ids not in starters:
+                    starters[done_ids] = world.service_name(f"start{done_ids}")
+                    world.channel().queue_delete(world.queue(starters[done_ids]))  # see startup
+                    leases.append(add_done_ids(world, starters[done_ids], done_ids))
             idle = {dedup: statistics.median(start_cpu(world, dedup, args.prefetch) for _ in range(3))
                     for dedup in (False, True)}
             print(f"svc's CPU to start consuming (idle queue, median of 3): {idle[False]:.2f} s dedup off, "
@@ -248,13 +233,17 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                 "healthy": lambda service, pauses: svc_rate(world, service, args.sibling_events, True, args.prefetch,
                                                             pauses),
                 "sibling": lambda service, _: sibling_rate(world, service, args.sibling_events, args.prefetch),
+                "healthy quorum": lambda service, pauses: svc_rate(quorum, service, args.sibling_events, True,
+                                                                   args.prefetch, pauses),
+                "sibling quorum": lambda service, _: sibling_rate(quorum, service, args.sibling_events, args.prefetch),
             }
 
             def measure(name: str) -> tuple[float, float | None]:
-                service, pauses = world.service_name(name.replace(" ", "_")), []
+                on = quorum if name.endswith("quorum") else world
+                service, pauses = on.service_name(name.replace(" ", "_")), []
                 budget.clear()
                 rate = contenders[name](service, pauses)
-                retire(world, service)
+                retire(on, service)
                 if budget:
                     this_round[name].append(dict(budget))
                 return rate, (pauses or [None])[0]
@@ -263,12 +252,14 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                 load = os.getloadavg()
                 this_round: dict[str, list[dict]] = {name: [] for name in BUDGETED}
                 result = run_round(world, args, round_, measure)
-                seconds, imported = startup(world, starter)
+                started = {}
+                for done_ids, starter in starters.items():
+                    *started[done_ids], imported[done_ids] = startup(world, starter)
                 tag = f"warm-up {round_ + 1}" if round_ < args.warmup else f"round {round_ + 1 - args.warmup}"
-                print_round(tag, load, result, seconds, this_round)
+                print_round(tag, load, result, started, this_round)
                 if round_ >= args.warmup:
                     counted.append(result)
-                    starts.append(seconds)
+                    starts.append(started)
                     for name, runs in this_round.items():
                         budgets[name].extend(runs)
             latency, round_trips, lone = {}, [], []
@@ -280,8 +271,10 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                     latency.setdefault(name, []).extend(
                         latencies(world, service, name == "dedup", args.latency_samples, EVENT, round_trips))
                     retire(world, service)
-            world.etcd.revoke(lease)
+            for lease, service in zip(leases, starters.values(), strict=True):
+                drop(world, lease, service)
         finally:
+            quorum.close()
             world.close()
             try:
                 prune(lone)   # the lone-event services' metrics, from statsd and Graphite's tree
@@ -324,16 +317,15 @@ def ratio(figures: tuple) -> float:
     return rate / ((before + after) / 2)
 
 
-def print_round(tag: str, load: tuple, result: dict, seconds: float, budgets: dict) -> None:
+def print_round(tag: str, load: tuple, result: dict, started: dict, budgets: dict) -> None:
     parts = []
     for name, figures in result.items():
         rate, before, after, pause = figures
         verdict = "ok" if ratio(figures) >= GOALS[name] else "BELOW GOAL"
         paused = "" if pause is None else f", longest pause {pause * 1000:.0f} ms"
         parts.append(f"{name} {rate:.0f} ({ratio(figures):.2f}x of {before:.0f}|{after:.0f}, {verdict}{paused})")
-    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts)}; start {seconds:.2f} s\n"
+    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts + start_part(started))}\n"
           f"  CPU µs/event, all processes [the consumer's; etcd's]: {cpu_line(budgets)}", file=sys.stderr, flush=True)
-
 
 
 def reclaim(endpoints: str) -> None:
@@ -386,9 +378,7 @@ def report(args, run: dict) -> None:
             print(f"{LABELS[name]:32} {statistics.median([result[name][0] for result in counted]):9.0f} events/s   "
                   f"median {statistics.median(each):.2f}x, lowest {min(each):.2f}x  (goal >= {GOALS[name]:.2f}x: "
                   f"{verdict})  {spread(each, '{:.2f}x')}")
-    print(f"{'start to consuming, ' + str(args.done_ids) + ' done':32} {statistics.median(starts):9.2f} s"
-          f"   (goal <= 1.5 s) {spread(starts, '{:.2f}')}")
-    print(f"  service log (last round): {imported}")
+    print("\n".join(start_lines(starts, imported)))
     print(budget_table(run["budgets"], LABELS))
     latency = run["latency"]
     for name in ("plain", "dedup"):
