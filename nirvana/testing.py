@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import unittest
 import urllib.parse
 import urllib.request
 import uuid
@@ -40,6 +41,8 @@ from . import launcher
 from ._wait import poll, quiet
 from .launcher import free_port
 from .own_etcd import OwnEtcd
+from .cuts import rabbitmqctl_refused
+from .errors import KitError
 from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
 
 START_TIMEOUT = 15.0
@@ -89,6 +92,11 @@ class ServiceProcess:
         self.signal(signal.SIGKILL)
         return self.popen.wait(STOP_TIMEOUT)
 
+
+
+class RabbitmqctlRefused(KitError, unittest.SkipTest):
+    """This user may not run the broker's rabbitmqctl (Debian's allows root and rabbitmq only): a
+    test that needs it is skipped with this reason (pytest and unittest read SkipTest as a skip)."""
 
 class World:
     """An isolated set of names on the real RabbitMQ, etcd and statsd."""
@@ -221,9 +229,19 @@ class World:
         return len(pids)
 
     def _rabbitmqctl(self, *args: str) -> str:
-        """``rabbitmqctl -q *args`` against the node this world's broker is (its stdout)."""
-        return subprocess.run([*self.rabbitmqctl, "-q", *args], capture_output=True, text=True,
-                              timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
+        """``rabbitmqctl -q *args`` against the node this world's broker is (its stdout). Raises
+        RabbitmqctlRefused (a skip, for pytest) when this user may not run it there, as a normal user
+        beside Debian's system RabbitMQ; subprocess.CalledProcessError for any other failure."""
+        try:
+            return subprocess.run([*self.rabbitmqctl, "-q", *args], capture_output=True, text=True,
+                                  timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
+        except (subprocess.CalledProcessError, OSError) as error:
+            if os.geteuid() != 0 and rabbitmqctl_refused(error):
+                reason = (getattr(error, "stderr", "") or str(error)).strip().splitlines()[-1:] or ["refused"]
+                raise RabbitmqctlRefused(
+                    f"the broker's rabbitmqctl refuses this user ({reason[0]}), needed for `rabbitmqctl {args[0]}`: "
+                    "run as root, or stop that RabbitMQ so that ./kit up starts the kit's own") from None
+            raise
 
     def set_policy(self, suffix: str, pattern: str, definition: dict, apply_to: str = "queues") -> str:
         """A broker policy named after this world (removed by ``close``); its name."""
@@ -314,6 +332,7 @@ def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> floa
 __all__ = [
     # real processes and names on the real stack
     "World", "ServiceProcess", "OwnEtcd", "OwnRabbitMQ", "RABBITMQ_SERVER", "free_port", "rabbitmqctl",
+    "RabbitmqctlRefused",
     "graphite_total", "wait_for",
     # in-memory stand-ins for unit tests of pure logic
     "MemoryDedup", "MemoryMeter",

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from conftest import need_rabbitmqctl
 from nirvana import chaos, cost, designs, stack
 from svc.errors import DedupUnavailable
 
@@ -20,6 +21,7 @@ from svc.errors import DedupUnavailable
 def vhost(amqp_url):
     """The AMQP URL of a vhost of the test's own on the stack's RabbitMQ (guest allowed), deleted
     afterwards: a broker the single-node constants do not name."""
+    need_rabbitmqctl("to add a vhost of the test's own")
     ctl = stack.rabbitmq_node().ctl()
     name = f"nirvana-test-{uuid.uuid4().hex[:8]}"
 
