@@ -56,7 +56,8 @@ def rabbitmqctl_refused(error: Exception) -> bool:
     if isinstance(error, (FileNotFoundError, PermissionError)):
         return True
     text = f"{getattr(error, 'stderr', '') or ''}{getattr(error, 'stdout', '') or ''}"
-    return isinstance(error, subprocess.CalledProcessError) and any(word in text for word in REFUSED)
+    # 127: ``env`` found no rabbitmqctl on this user's PATH (Debian puts it in /usr/sbin)
+    return isinstance(error, subprocess.CalledProcessError) and (error.returncode == 127 or any(word in text for word in REFUSED))
 
 
 def _broker_port() -> int:

@@ -41,7 +41,7 @@ from . import launcher
 from ._wait import poll, quiet
 from .launcher import free_port
 from .own_etcd import OwnEtcd
-from .cuts import rabbitmqctl_refused
+from .cuts import REFUSED, rabbitmqctl_refused
 from .errors import KitError
 from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
 
@@ -237,7 +237,9 @@ class World:
                                   timeout=RABBITMQCTL_TIMEOUT, check=True).stdout
         except (subprocess.CalledProcessError, OSError) as error:
             if os.geteuid() != 0 and rabbitmqctl_refused(error):
-                reason = (getattr(error, "stderr", "") or str(error)).strip().splitlines()[-1:] or ["refused"]
+                said = f"{getattr(error, 'stdout', '') or ''}\n{getattr(error, 'stderr', '') or ''}".strip()
+                lines = (said or str(error)).splitlines()
+                reason = [line for line in lines if any(word in line for word in REFUSED)] or lines[-1:]
                 raise RabbitmqctlRefused(
                     f"the broker's rabbitmqctl refuses this user ({reason[0]}), needed for `rabbitmqctl {args[0]}`: "
                     "run as root, or stop that RabbitMQ so that ./kit up starts the kit's own") from None
