@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from svc import _etcd, keys, topology
+from svc import etcd as _etcd, keys, topology
 from svc.errors import DedupUnavailable
 from nirvana.testing import World, wait_for
 
