@@ -7,6 +7,7 @@ svc, failed the same way until ``./kit setup`` put svc/_etcdrpc's finder in plac
 start (.venv's reliability_nirvana.pth). Each case runs in a fresh interpreter, or a fresh kernel.
 """
 
+import contextlib
 import subprocess
 import sys
 import uuid
@@ -69,15 +70,23 @@ etcd.close()
 def test_a_kernel_that_imported_nirvana_imports_etcd3(etcd_endpoint):
     # Given a real IPython kernel of .venv (as JupyterLab starts one) that imported the kit
     code, _key = etcd3_round_trip(etcd_endpoint)
+    with notebook_kernel() as client:
+        # When a cell imports etcd3 and uses it, I expect it to work
+        out = execute(client, "import nirvana\nimport etcd3\n" + code)
+        assert out.split() == ["1", "upb"], out
+
+
+@contextlib.contextmanager
+def notebook_kernel():
+    """A real IPython kernel of .venv started in notebooks/ (as JupyterLab starts one): its client,
+    ready (60 s at most); the kernel is shut down on leaving."""
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(cwd=str(paths.ROOT / "notebooks"))
     client = manager.client()
     client.start_channels()
     try:
         client.wait_for_ready(timeout=60)
-        # When a cell imports etcd3 and uses it, I expect it to work
-        out = execute(client, "import nirvana\nimport etcd3\n" + code)
-        assert out.split() == ["1", "upb"], out
+        yield client
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)

@@ -12,8 +12,7 @@ import json
 import subprocess
 import sys
 
-from jupyter_client import KernelManager
-from test_etcd3_import import execute
+from test_etcd3_import import execute, notebook_kernel
 
 from nirvana import paths
 
@@ -88,12 +87,7 @@ print(json.dumps({"finders": ours(), "etcd3": "etcd3.etcdrpc.rpc_pb2" in sys.mod
 
 def test_a_notebook_that_imports_the_kit_keeps_pika_as_it_ships_until_the_chapters_first_call():
     # Given a real IPython kernel of .venv (as JupyterLab starts one) in notebooks/
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(cwd=str(paths.ROOT / "notebooks"))
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
+    with notebook_kernel() as client:
         # When a cell imports the kit (and its panels), I expect pika's decode as pika ships it
         out = execute(client, "import nirvana, pika.spec\nfrom nirvana import rabbit, services, deadletters\n"
                               "shipped = pika.spec.BasicProperties.decode\n"
@@ -107,6 +101,3 @@ def test_a_notebook_that_imports_the_kit_keeps_pika_as_it_ships_until_the_chapte
                               "print(pika.spec.BasicProperties.decode._svc_tolerant, "
                               "pika.spec.BasicProperties.decode is not shipped)")
         assert out.split()[-2:] == ["True", "True"]
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
