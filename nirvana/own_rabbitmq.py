@@ -9,7 +9,7 @@ import os
 import subprocess
 import uuid
 
-import pika
+from svc import amqp
 
 from . import launcher
 from .launcher import tcp_open
@@ -80,7 +80,7 @@ class OwnRabbitMQ:
                                 interval=0.5)
         except launcher.Exited:
             raise RuntimeError(f"rabbitmq-server {self.node} exited with {self.process.returncode}") from None
-        pika.BlockingConnection(pika.URLParameters(self.url)).close()  # it speaks AMQP
+        amqp.connect(self.url, START_TIMEOUT, name="nirvana-own-rabbitmq").close()  # it speaks AMQP (bounded)
 
     def ctl(self, *args: str) -> str:
         return rabbitmqctl(*args, node=self.node, home=self.home)
