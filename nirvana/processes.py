@@ -40,10 +40,16 @@ POLL = 0.05         # seconds between looks at a group that is stopping
 
 
 def alive(process: psutil.Process) -> bool:
-    """Running and not a zombie: an exited process whose parent has not reaped it yet holds no
-    port and no file, so it counts as stopped."""
+    """Running, or a zombie whose other threads still run.
+
+    An exited process whose parent has not reaped it yet holds no port and no file, so it counts as
+    stopped — but only once its whole thread group has ended: a leader whose own thread ended first
+    shows as a zombie while its other threads still exit and still hold its sockets, with no pid the
+    port's holder can be found by (Linux keeps a thread-group leader a zombie until its last thread
+    has exited: ``delay_group_leader`` in kernel/exit.c). Seen with node's statsd after SIGTERM.
+    """
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        return process.is_running() and (process.status() != psutil.STATUS_ZOMBIE or process.num_threads() > 1)
     except psutil.Error:
         return False
 

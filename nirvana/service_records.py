@@ -234,9 +234,9 @@ def forget(service: Service, *, stale: bool = False) -> None:
 
 
 def is_svc(process: psutil.Process) -> bool:
-    """True for a live ``python -m svc`` process (not a zombie)."""
+    """True for a live ``python -m svc`` process (processes.alive: not a zombie whose threads all ended)."""
     try:
-        return process.status() != psutil.STATUS_ZOMBIE and process.cmdline()[1:3] == ["-m", "svc"]
+        return processes.alive(process) and process.cmdline()[1:3] == ["-m", "svc"]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

@@ -137,14 +137,16 @@ def _recorded(folder: Path) -> dict[int, float | None]:
 
 
 def _live(pgids: set[int]) -> set[int]:
-    """Those of ``pgids`` with a live (non-zombie) process left."""
+    """Those of ``pgids`` with a live process left: not a zombie, or a zombie leader whose other threads
+    still run and hold its sockets (the rule of nirvana.processes.alive, written here again: this
+    module imports nothing of the project)."""
     left = set()
-    for process in psutil.process_iter(["status"]):
+    for process in psutil.process_iter(["status", "num_threads"]):
         try:
             pgid = os.getpgid(process.pid)
         except OSError:
             continue
-        if pgid in pgids and process.info["status"] != psutil.STATUS_ZOMBIE:
+        if pgid in pgids and (process.info["status"] != psutil.STATUS_ZOMBIE or (process.info["num_threads"] or 0) > 1):
             left.add(pgid)
     return left
 

@@ -159,3 +159,24 @@ def test_setup_warms_the_chapters_imports_and_matplotlibs_font_cache_once(tmp_pa
     assert first.returncode == 0, first.stderr
     assert list(cache.glob("fontlist-*.json")), list(cache.iterdir()) if cache.exists() else "no cache folder"
     assert "warming" in first.stdout and second.stdout == "" and second.returncode == 0, second.stdout
+
+
+@pytest.mark.parametrize("given, paths_run", [
+    ([], ["tests", "notebooks"]),
+    (["-x", "-k", "stack"], ["tests", "notebooks"]),
+    (["tests/test_stack.py", "-x"], ["tests/test_stack.py"]),
+    (["notebooks/01_consume_produce.ipynb"], ["notebooks/01_consume_produce.ipynb"]),
+])
+def test_kit_test_runs_the_paths_it_is_given_else_every_test_and_chapter(tmp_path, given, paths_run):
+    # Given a python that prints what pytest is asked to run (ruff passes)
+    shim = tmp_path / "python"
+    shim.write_text('#!/bin/bash\n[ "$2" = pytest ] && printf "%s\\n" "${@:3}"; exit 0\n')
+    shim.chmod(0o755)
+    # When `./kit test` runs its tests with those arguments
+    run = kit(f"PY={shim} run_tests {' '.join(given)}", {"PATH": os.environ["PATH"]})
+    assert run.returncode == 0, run.stderr
+    # I expect only the paths given (the whole suite when none is), the notebooks' options always there
+    asked = run.stdout.split()
+    assert [a for a in asked if a in ("tests", "notebooks", *given) and not a.startswith("-") and a != "stack"] \
+        == paths_run, asked
+    assert "--nbval" in asked and asked[len(asked) - len(given):] == given, asked
