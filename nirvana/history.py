@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import time
 
 from svc import amqp, projection, topology
 from svc.stream import OFFSET_HEADER, log_end, log_start
@@ -87,9 +86,7 @@ def first_offset_at(moment: datetime.datetime, *, exchange: str | None = None) -
             seen.append(int(properties.headers[OFFSET_HEADER]))
 
         channel.basic_consume(topology.log_name(exchange), on_message, arguments={OFFSET_HEADER: moment})
-        deadline = time.monotonic() + NOTHING_AFTER
-        while not seen and time.monotonic() < deadline:
-            connection.process_data_events(time_limit=0.05)
+        amqp.pump_until(connection, lambda: bool(seen), NOTHING_AFTER)
         _cancel(channel)
     return seen[0] if seen else None
 
@@ -113,12 +110,9 @@ def _read_before(exchange: str, stop: int, timeout: float) -> list[tuple[int, by
             channel.basic_ack(method.delivery_tag)
 
         channel.basic_consume(name, on_message, arguments={OFFSET_HEADER: "first"})
-        deadline = time.monotonic() + timeout
-        while not done and not (got and got[-1][0] == stop - 1):
-            if time.monotonic() > deadline:
-                raise RebuildError(f"the log {name} was read up to offset {got[-1][0] if got else None} of "
-                                   f"{stop - 1} within {timeout:g} s")
-            connection.process_data_events(time_limit=0.1)
+        if not amqp.pump_until(connection, lambda: done or bool(got and got[-1][0] == stop - 1), timeout, step=0.1):
+            raise RebuildError(f"the log {name} was read up to offset {got[-1][0] if got else None} of "
+                               f"{stop - 1} within {timeout:g} s")
         _cancel(channel)
     return got
 

@@ -12,6 +12,7 @@ effects, makes the result the same.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -25,7 +26,7 @@ from svc.stream import log_end, log_start
 
 from . import services
 from ._wait import Progress, poll, quiet, until_or_stalled
-from .errors import KitError, RabbitUnavailable
+from .errors import KitError, RabbitUnavailable, WaitTimeout
 from .rabbit import _connection
 from .settings import current
 
@@ -263,8 +264,9 @@ def rebuild(service: str, *, kills: int = 0, kill_every: float = 0.5, mid_work: 
                 if mid_work and not until_or_stalled(position, moved, deadline, STALL):
                     services.kill(name, progress=quiet)   # stuck, no commit: started again, not counted
                     continue
-                while time.monotonic() < pause and position() != end:
-                    time.sleep(0.05)
+                with contextlib.suppress(WaitTimeout):   # the pause ends the wait: a kill then
+                    poll(position, lambda at: at == end, what="the kill's moment", progress=quiet,
+                         timeout=max(pause - time.monotonic(), 0), interval=0.05)
                 if position() != end:
                     services.kill(name, progress=quiet)   # SIGKILL: no goodbye, wherever it is
                     killed += 1

@@ -98,6 +98,12 @@ class RabbitmqctlRefused(KitError, unittest.SkipTest):
     """This user may not run the broker's rabbitmqctl (Debian's allows root and rabbitmq only): a
     test that needs it is skipped with this reason (pytest and unittest read SkipTest as a skip)."""
 
+    def __init__(self, reason: str, purpose: str) -> None:
+        """``reason``: rabbitmqctl's own words (one line); ``purpose``: what it was needed for, as
+        "for `rabbitmqctl list_queues`" or "to set a policy"."""
+        super().__init__(f"the broker's rabbitmqctl refuses this user ({reason}), needed {purpose}: run as root, "
+                         "or stop that RabbitMQ so that ./kit up starts the kit's own")
+
 class World:
     """An isolated set of names on the real RabbitMQ, etcd and statsd."""
 
@@ -240,9 +246,7 @@ class World:
                 said = f"{getattr(error, 'stdout', '') or ''}\n{getattr(error, 'stderr', '') or ''}".strip()
                 lines = (said or str(error)).splitlines()
                 reason = [line for line in lines if any(word in line for word in REFUSED)] or lines[-1:]
-                raise RabbitmqctlRefused(
-                    f"the broker's rabbitmqctl refuses this user ({reason[0]}), needed for `rabbitmqctl {args[0]}`: "
-                    "run as root, or stop that RabbitMQ so that ./kit up starts the kit's own") from None
+                raise RabbitmqctlRefused(reason[0], f"for `rabbitmqctl {args[0]}`") from None
             raise
 
     def set_policy(self, suffix: str, pattern: str, definition: dict, apply_to: str = "queues") -> str:

@@ -32,6 +32,7 @@ import contextlib
 import enum
 import logging
 import re
+import time
 
 import pika
 import pika.adapters.blocking_connection
@@ -230,6 +231,20 @@ def ack_each(channel: pika.adapters.blocking_connection.BlockingChannel, deliver
     for delivery_tag in first:
         channel._impl.basic_ack(delivery_tag=delivery_tag, multiple=False)  # queued; sent by the flush below
     channel.basic_ack(last)
+
+
+def pump_until(connection: pika.BlockingConnection, done, timeout: float, *, step: float = 0.05) -> bool:
+    """Turn ``connection``'s I/O loop (its deliveries call their callbacks) until ``done()`` is true
+    or ``timeout`` seconds have passed, at most ``step`` seconds a turn; returns ``done()``. The one
+    wait on a BlockingConnection outside a consumer's own loop. Raises what pika raises
+    (BROKER_ERRORS: the caller translates)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        connection.process_data_events(time_limit=min(step, left))
+    return True
 
 
 def connect(url: str, timeout: float = DEFAULT_TIMEOUT, *, name: str | None = None,

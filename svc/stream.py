@@ -7,7 +7,6 @@ grow by one per event but are not a count: a segment's start takes offsets of it
 """
 
 import datetime
-import time
 
 from . import amqp, topology
 from .amqp import BROKER_ERRORS
@@ -52,12 +51,15 @@ def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | Non
             channel.basic_ack(method.delivery_tag)
 
         channel.basic_consume(topology.log_name(exchange), on_message, arguments={OFFSET_HEADER: where})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not (where == "first" and seen):
-            before = len(seen)
-            connection.process_data_events(time_limit=0.1)
-            if seen and len(seen) == before:
-                break  # the last chunk has come in whole
+        counted = [-1]   # deliveries seen at the last turn: none new after some came is the whole last chunk
+
+        def whole() -> bool:
+            if where == "first" and seen:
+                return True
+            before, counted[0] = counted[0], len(seen)
+            return bool(seen) and counted[0] == before
+
+        amqp.pump_until(connection, whole, timeout, step=0.1)
     except BROKER_ERRORS as error:
         raise amqp.translate(error, f"reading the {where} event of the log {topology.log_name(exchange)}") from None
     finally:

@@ -14,6 +14,7 @@ import pika
 import pytest
 
 from nirvana import endpoints, launcher, services, settings, stack
+from nirvana.testing import RabbitmqctlRefused
 from svc import Etcd, topology
 from svc.config import parse_endpoints
 
@@ -87,8 +88,7 @@ def need_rabbitmqctl(purpose: str) -> None:
          hint="sudo apt-get install -y rabbitmq-server")
     refused = stack.rabbitmq_node().refused()
     if refused:
-        message = (f"the broker's rabbitmqctl refuses this user ({refused}), needed {purpose}: run as root, or "
-                   "stop that RabbitMQ so that ./kit up starts the kit's own")
+        message = str(RabbitmqctlRefused(refused, purpose))
         # (root is never refused: in CI as root this is a fault; a normal user's run skips with the reason)
         pytest.fail(message, pytrace=False) if IN_CI and os.geteuid() == 0 else pytest.skip(message)
 

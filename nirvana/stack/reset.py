@@ -9,6 +9,8 @@ from pathlib import Path
 from svc import Etcd, topology
 
 from .. import rabbit, replay, services
+from .._wait import poll, quiet
+from ..errors import WaitTimeout
 from ..settings import current
 from . import carbon, statsd
 from .carbon import whisper_dir
@@ -99,14 +101,18 @@ def await_carbon_written(files: list[Path], timeout: float = CACHE_DRAINED) -> N
     seconds; a carbon that does not answer is not waited for): deleted before carbon writes
     them, each file would be created again."""
     metrics = [carbon.metric_of(path) for path in files]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def cached() -> bool | None:   # None: carbon does not answer (nothing to wait for)
         try:
-            if not carbon.cached(metrics):
-                return
+            return bool(carbon.cached(metrics))
         except (OSError, EOFError, ValueError, pickle.UnpicklingError):
-            return
-        time.sleep(0.1)
+            return None
+
+    try:
+        poll(cached, lambda held: not held, what="carbon to write its cached points", timeout=timeout,
+             progress=quiet, interval=0.1)
+    except WaitTimeout:
+        pass   # as before: the files are deleted anyway (carbon may create one again)
 
 
 def reset(progress: Progress = print, exchange: str | None = None) -> None:
