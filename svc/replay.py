@@ -18,7 +18,7 @@ nothing applied twice, nothing skipped. Each window, in order:
    dead-lettering) and counted (``{service}_event_invalid``, ``{service}_<type>_conflict``);
 4. commit: one etcd transaction, the effects and the tracking record together, guarded by the
    record the previous commit wrote; sent while at most IN_FLIGHT - 1 others await their answer
-   (etcd applies them in the order sent: one that overtook its predecessor fails its guard);
+   (one that reached etcd before its predecessor fails its guard, writes nothing, and is sent again);
 5. ack, once its commit is answered (acks on a stream delete nothing: they are credit for the
    next deliveries).
 
@@ -283,7 +283,8 @@ class LogReader:
         etcd, the next is read and applied in memory on top of them (the state follows each commit
         as sent: a commit that fails raises Restart, and the state is read again from etcd). Each
         commit is guarded by the tracking record the one before it wrote, so etcd applies them in
-        the order sent or not at all; they are waited for and acked in that order."""
+        the order sent or not at all (one evaluated too early is sent again once its predecessor
+        is answered); they are waited for and acked in that order."""
         in_flight: collections.deque = collections.deque()
         try:
             while not self.stop.is_set():
@@ -330,8 +331,9 @@ class LogReader:
 
     def _commit(self, window: Window):
         """Send the window's commit (not waited for) and move the state in memory to what it writes."""
+        window.request = window.transaction(position=TRACKING == "txn")   # kept: sent again in _settle
         try:
-            pending = self.etcd.txn_async(window.transaction(position=TRACKING == "txn"))
+            pending = self.etcd.txn_async(window.request)
         except DedupUnavailable as error:
             raise Restart(f"the commit of offsets {window.offsets[0]}..{window.offsets[-1]} was not sent "
                           f"({error})") from None
@@ -342,6 +344,11 @@ class LogReader:
         """Wait for the window's commit, then ack its deliveries (credit for the next ones)."""
         try:
             reply = pending.result()
+            if not reply.succeeded:
+                # Commits in flight may reach etcd's apply loop in either order: one evaluated before
+                # its predecessor failed its guard and wrote nothing. The predecessor is applied now
+                # (settled in order): the same commit again; refused again, the record moved.
+                reply = self.etcd.txn(window.request)
         except _etcd.TxnTooLarge as error:
             if self.max_ops <= 8:
                 raise Restart(f"etcd refuses even one event in a transaction ({error}): raise its --max-txn-ops") \
