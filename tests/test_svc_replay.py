@@ -151,6 +151,28 @@ def test_a_late_service_catches_up_from_the_first_event_of_the_log(svc_world):
     assert "offset 11 of the log dead-lettered" in reader.log()
 
 
+def test_a_window_commits_one_done_record_and_done_marks_of_old_still_count(svc_world):
+    # Given a log of four windows, and a version holding done marks of one key per id (as svc
+    # wrote them before done records) for its first ten events
+    publish(svc_world, orders(EVENTS))
+    log = read_log(svc_world)
+    service = svc_world.service_name("billing")
+    base = projection.version_prefix(svc_world.prefix, service, 1)
+    for _offset, body in log[:10]:
+        svc_world.etcd.put(f"{base}done/{parse(body).id}".encode(), b"=" + body)
+    # When billing reads the log
+    reader = Reader(svc_world, service, enable_etcd=True)
+    run_until(svc_world, reader, service, log[-1][0])
+    reader.stop()
+    # I expect those ten skipped (the view of the rest), the rest in one done record per window, not
+    # a key per id, and nothing applied twice
+    assert projection.digest(state(svc_world, service)[1]) == projection.digest(expected_view(log[10:]))
+    assert svc_world.etcd.count_prefix(f"{base}done/") == 10
+    assert 1 <= svc_world.etcd.count_prefix(f"{base}{projection.WINDOWS}") <= EVENTS // 500
+    assert len(projection.read_done(svc_world.etcd, svc_world.prefix, service, 1)) == EVENTS
+    assert applied_twice(svc_world, service) == 0
+
+
 @pytest.mark.parametrize("dedup", [True, False], ids=["dedup", "no-dedup"])
 @pytest.mark.parametrize("point", ["read", "done", "acked"])
 def test_a_reader_killed_at_any_step_resumes_where_its_effects_end(svc_world, point, dedup):
