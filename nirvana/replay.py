@@ -179,7 +179,7 @@ def snapshot(service: str) -> int:
         if version is None:
             raise RebuildError(f"{service} has no read model to snapshot yet: start it with SOURCE=log, or rebuild it")
         base = projection.version_prefix(prefix, service, version).encode()
-        kept = [(key[len(base):], value) for page in etcd.scan_prefix(base) for key, value in page
+        kept = [(key[len(base):], value) for page in etcd.scan_prefix(base, page=projection.RECORD_PAGE) for key, value in page
                 if not key[len(base):].startswith(b"effects/")]   # one revision: a consistent copy
         position = dict(kept).get(b"tracking")
         if position is None:
@@ -193,11 +193,17 @@ def snapshot(service: str) -> int:
         etcd.close()
 
 
-def _put_all(etcd, items: list[tuple[bytes, bytes]], chunk: int = 100) -> None:
-    for start in range(0, len(items), chunk):
-        request = _etcd.new_txn()
-        for key, value in items[start:start + chunk]:
-            _etcd.add_put(request.success, key, value)
+def _put_all(etcd, items: list[tuple[bytes, bytes]], chunk: int = 100, max_bytes: int = 1 << 20) -> None:
+    """Put ``items`` in transactions of at most ``chunk`` puts and about ``max_bytes`` (etcd's
+    --max-request-bytes is 1.5 MiB by default; a done record may be near 1 MiB alone)."""
+    request, size = _etcd.new_txn(), 0
+    for key, value in items:
+        if request.success and (len(request.success) == chunk or size + len(key) + len(value) > max_bytes):
+            etcd.txn(request)
+            request, size = _etcd.new_txn(), 0
+        _etcd.add_put(request.success, key, value)
+        size += len(key) + len(value)
+    if request.success:
         etcd.txn(request)
 
 
@@ -210,7 +216,7 @@ def _start_from_snapshot(etcd, prefix: str, service: str, offset: int, version: 
     """Copy the snapshot at ``offset`` into ``version`` (its tracking record last)."""
     source = projection.snapshot_prefix(prefix, service, offset).encode()
     target = projection.version_prefix(prefix, service, version).encode()
-    items = [(target + key[len(source):], value) for page in etcd.scan_prefix(source) for key, value in page]
+    items = [(target + key[len(source):], value) for page in etcd.scan_prefix(source, page=projection.RECORD_PAGE) for key, value in page]
     _put_all(etcd, [item for item in items if not item[0].endswith(b"/tracking")])
     _put_all(etcd, [item for item in items if item[0].endswith(b"/tracking")])
 

@@ -5,10 +5,14 @@ Keys of a service reading the log (``svc/replay.py``), under ``<prefix>/replay/<
 - ``current``: the version in use (``"1"``, ``"2"``...), switched in one put when a rebuild is done;
 - ``v<N>/tracking``: the tracking record, the offset of the last event of the log version N applied
   (written in the same etcd transaction as the effects, never apart);
-- ``v<N>/done/<encoded id>``: each event id applied, its value what its payload is compared by
-  (:func:`done_value`: ``=`` and the body itself when small, else the event's digest; deduplication
-  by id: the log keeps every copy a publisher sent), put once per application: it is the effect
-  record too (its etcd version counts the applications);
+- ``v<N>/windows/<offset, 20 digits>``: the *done record* of the window whose last event is at that
+  offset, put in its commit: the ids it applied (deduplication by id: the log keeps every copy a
+  publisher sent), JSON ``{encoded id: done value}`` (:func:`done_record`), the value what the
+  payload is compared by (:func:`done_value`: ``=`` and the body itself when small, else the event's
+  digest). It is the effect record too: an id in two records was applied twice. One put per window
+  rather than per id: etcd's CPU per event was more than the reader's own;
+- ``v<N>/done/<encoded id>``: the same, one key per id, as versions before wrote it (read still;
+  its etcd version counts the applications);
 - ``v<N>/effects/<encoded id>/<token><count>``: without dedup by id, one record per application,
   its value the offset it was applied from (so "applied twice" is a count there too);
 - ``snapshot/<offset>/...``: a copy of a version's done ids, view and tracking record at an offset,
@@ -114,6 +118,36 @@ def _view_key(kind: str, value: str) -> str:
     return kind + keys.encode_id(value or "?")
 
 
+WINDOWS = "windows/"
+DONE = "done/"   # one key per id (written before the done records)
+_RECORD = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+RECORD_PAGE = 16   # done records per etcd read (each up to about 1 MiB: under gRPC's receive limit)
+
+
+def done_record_key(base: str, offset: int) -> bytes:
+    """The key of the done record of a window whose last event is at ``offset``, under ``base``
+    (:func:`version_prefix`); zero-padded so the records sort by offset."""
+    return f"{base}{WINDOWS}{offset:020d}".encode()
+
+
+def done_record(done: dict[bytes, bytes]) -> bytes:
+    """A window's done record: ``done`` (``{encoded id: done_value}``, ids from svc.keys.encode_id)
+    as UTF-8 JSON. Values are UTF-8: a body svc.event.parse read, or a digest."""
+    return _RECORD.encode({key.decode(): value.decode() for key, value in done.items()}).encode()
+
+
+def read_done(etcd, prefix: str, service: str, version: int) -> dict[bytes, bytes]:
+    """Every id ``version`` applied, ``{encoded id: done_value}``: its done records' and the done
+    marks of one key per id that versions before wrote."""
+    base = version_prefix(prefix, service, version)
+    legacy = (base + DONE).encode()
+    done = {key[len(legacy):]: value for page in etcd.scan_prefix(legacy) for key, value in page}
+    for page in etcd.scan_prefix((base + WINDOWS).encode(), page=RECORD_PAGE):
+        for _key, value in page:
+            done.update((key.encode(), kept.encode()) for key, kept in json.loads(value).items())
+    return done
+
+
 def done_value(event: Event, body: bytes) -> bytes:
     """The value of ``event``'s done mark, read from ``body``: ``=`` and the body itself when it is at
     most MAX_RAW_BODY bytes (no digest computed: a copy is nearly always the same bytes), else the
@@ -203,24 +237,30 @@ def versions(etcd, prefix: str, service: str) -> list[int]:
 
 def applied_twice(etcd, prefix: str, service: str, version: int) -> int:
     """How many events of ``version`` were applied more than once (0 unless something went wrong):
-    with dedup by id, the done marks whose etcd ``version`` (puts since created) is over 1 (each
-    application puts its event's done mark once, in its commit); without, the events with more than
-    one effect record."""
+    with dedup by id, the ids in more than one done record or done mark, or in a record or mark put
+    more than once (its etcd ``version``); without, the events with more than one effect record."""
     from . import etcd as _etcd   # the key's version is not in scan_prefix's pages
-    twice = 0
-    start, end = (version_prefix(prefix, service, version) + "done/").encode(), None
-    end = _etcd.prefix_end(start)
-    while True:
-        reply = etcd._call("range", "kvstub", "Range", _etcd._rpc().RangeRequest(key=start, range_end=end, limit=5000,
-                                                                                 keys_only=True))
-        twice += sum(1 for kv in reply.kvs if kv.version > 1)
-        if not reply.more or not reply.kvs:
-            break
-        start = reply.kvs[-1].key + b"\0"
-    base = (version_prefix(prefix, service, version) + "effects/").encode()
+    base = version_prefix(prefix, service, version)
+    applications: dict[bytes, int] = {}
+    for kind in (DONE, WINDOWS):
+        start = under = (base + kind).encode()
+        end = _etcd.prefix_end(start)
+        while True:
+            request = _etcd._rpc().RangeRequest(key=start, range_end=end, limit=RECORD_PAGE if kind == WINDOWS else 5000,
+                                                keys_only=kind == DONE)
+            reply = etcd._call("range", "kvstub", "Range", request)
+            for kv in reply.kvs:
+                ids = [kv.key[len(under):]] if kind == DONE else [key.encode() for key in json.loads(kv.value)]
+                for event in ids:
+                    applications[event] = applications.get(event, 0) + kv.version
+            if not reply.more or not reply.kvs:
+                break
+            start = reply.kvs[-1].key + b"\0"
+    twice = sum(1 for n in applications.values() if n > 1)
+    effects = (base + "effects/").encode()
     counts: dict[bytes, int] = {}
-    for page in etcd.scan_prefix(base):
+    for page in etcd.scan_prefix(effects):
         for key, _ in page:
-            event = key[len(base):].split(b"/", 1)[0]
+            event = key[len(effects):].split(b"/", 1)[0]
             counts[event] = counts.get(event, 0) + 1
     return twice + sum(1 for n in counts.values() if n > 1)

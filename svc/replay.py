@@ -3,7 +3,7 @@
 The log ``<exchange>.log`` is a RabbitMQ stream (svc/topology.py). Over AMQP 0.9.1 a stream keeps
 no position for its readers, has no dead-lettering and refuses nacks; so this loop keeps its own
 position, the *tracking record* (the offset of the last event applied), and writes it in the same
-etcd transaction as the window's effects, done marks and read model (svc/projection.py), guarded
+etcd transaction as the window's effects, done record and read model (svc/projection.py), guarded
 by "the tracking record is still what this reader last wrote". A reader killed between any two
 steps starts again from the record plus one: what it had applied is exactly what the record says,
 nothing applied twice, nothing skipped. Each window, in order:
@@ -12,13 +12,13 @@ nothing applied twice, nothing skipped. Each window, in order:
    one etcd transaction of TXN_OPS operations;
 2. every event applied to the state in memory: dedup by id (a copy of an id applied earlier is
    skipped, the same id with another payload is a conflict), effects, the view; while the
-   previous windows' commits are still in flight, on top of what they write;
+   previous windows' commits are still in flight, on top of what they write (svc/window.py);
 3. what cannot be applied (a body that is no event, a conflict) is dead-lettered with its reason
    and offset (published with confirms to the dead-letter exchange: the stream itself has no
    dead-lettering) and counted (``{service}_event_invalid``, ``{service}_<type>_conflict``);
 4. commit: one etcd transaction, the effects and the tracking record together, guarded by the
    record the previous commit wrote; sent while at most IN_FLIGHT - 1 others await their answer
-   (etcd applies them in the order sent: one that overtook its predecessor fails its guard);
+   (one that reached etcd before its predecessor fails its guard, writes nothing, and is sent again);
 5. ack, once its commit is answered (acks on a stream delete nothing: they are credit for the
    next deliveries).
 
@@ -33,27 +33,26 @@ Crash points (``CRASH_AT``, svc/faults.py): ``read`` after a window is read and 
 
 import collections
 import gc
-import json
 import logging
 import os
 import threading
 
 import pika
 
-from . import amqp, etcd as _etcd, keys, metrics, projection, topology
+from . import amqp, etcd as _etcd, metrics, projection, topology
 from .amqp import BROKER_ERRORS
 from .backoff import Backoff
 from .config import Config
-from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, InvalidEvent, MessageRefused
-from .event import Event, parse
+from .errors import BrokerRefused, BrokerUnavailable, ChannelClosed, DedupUnavailable, MessageRefused
 from .faults import crash
 from .stream import OFFSET_HEADER, offset_argument
+from .window import State, Window
 
 log = logging.getLogger(__name__)
 
-TXN_OPS = 1000           # operations per commit (an event takes 1 to 3: its done mark, which with dedup
-                         # is its effect record too (else an effect record), and its view keys unless
-                         # the window changed them already; + the tracking record): the kit's
+TXN_OPS = 1000           # events per window, and operations per commit at most (with dedup, the
+                         # window's done record, which is its effect record too, and the view keys it
+                         # changed; without, an effect record per event; + the tracking record): the kit's
                          # etcd allows 1024 (--max-txn-ops); halved while etcd refuses a transaction as
                          # too large (its default is 128)
 IN_FLIGHT = 2            # commits sent to etcd and not yet answered, at most (etcd writes them
@@ -73,110 +72,6 @@ TRACKING = "txn"
 
 class Restart(Exception):
     """The state in memory may differ from etcd's: read it again and read the log from the record."""
-
-
-class State:
-    """What one version has applied, as read from etcd at start: the tracking record
-    (``position``, None before any event), the done ids and the view."""
-
-    def __init__(self, etcd: _etcd.Etcd, prefix: str, service: str, version: int, dedup: bool) -> None:
-        self.etcd, self.prefix, self.service, self.version, self.dedup = etcd, prefix, service, version, dedup
-        self.base = projection.version_prefix(prefix, service, version)
-        self.tracking = projection.tracking_key(prefix, service, version).encode()
-        self.position = projection.read_tracking(etcd, prefix, service, version)
-        self.view = projection.read_view(etcd, prefix, service, version)
-        self.token, self.applications = os.urandom(6).hex() + "-", 0
-        self.done_prefix = done = (self.base + "done/").encode()
-        self.done = {key[len(done):]: value for page in etcd.scan_prefix(done) for key, value in page} if dedup else {}
-
-    def effect_key(self, event: Event) -> bytes:
-        # a unique suffix per application (this process's random token and a count): an event
-        # applied twice leaves two records
-        self.applications += 1
-        return f"{self.base}effects/{keys.encode_id(event.id)}/{self.token}{self.applications:x}".encode()
-
-
-class Window:
-    """One window of deliveries applied to a copy of the state: its verdicts, dead letters and commit."""
-
-    def __init__(self, state: State, deliveries: list, max_ops: int = TXN_OPS) -> None:
-        """Apply ``deliveries`` in order while the commit stays within ``max_ops`` operations;
-        ``taken`` says how many were (the rest wait for the next window)."""
-        self.state = state
-        self.view: dict[str, dict] = {}      # the view keys changed, their new values
-        self.done: dict[bytes, bytes] = {}   # done marks added (projection.done_value)
-        self.applied: list[Event] = []
-        self.applied_at: list[int] = []      # the offset of each event applied
-        self.skipped: list[Event] = []
-        self.dead: list[tuple[int, str, str]] = []   # (index, reason, kind: "invalid" or a conflict's type)
-        self.taken = 0
-        self.offsets: list[int] = []         # the offset of each delivery taken
-        dedup = state.dedup
-        for i, (_method, properties, body) in enumerate(deliveries):
-            if 1 + len(self.done) + (0 if dedup else len(self.applied)) + len(self.view) + 4 > max_ops \
-                    and self.taken:
-                break
-            self.taken = i + 1
-            offset = int(properties.headers[OFFSET_HEADER])
-            self.offsets.append(offset)
-            undecodable = amqp.undecodable(properties)
-            if undecodable:
-                self.dead.append((i, undecodable, "invalid"))
-                continue
-            try:
-                event = parse(body)
-            except InvalidEvent as error:
-                self.dead.append((i, error.reason, "invalid"))
-                continue
-            self._apply(i, event, body, offset)
-        self.deliveries = deliveries[:self.taken]
-
-    def _apply(self, i: int, event: Event, body: bytes, offset: int) -> None:
-        state = self.state
-        if state.dedup:
-            encoded = keys.encode_id(event.id).encode()
-            value = self.done.get(encoded) or state.done.get(encoded)
-            if value is not None:
-                if projection.same_payload(value, event, body):
-                    self.skipped.append(event)  # a copy of an event applied before: once is enough
-                else:
-                    self.dead.append((i, f"conflict: id {event.id[:64]!r} was applied with another payload",
-                                      event.type))
-                return
-            self.done[encoded] = projection.done_value(event, body)
-        projection.apply(self.view, event, state.view)   # the window's changes, on the state's values
-        self.applied.append(event)
-        self.applied_at.append(offset)
-
-    def transaction(self, position: bool = True):
-        """The commit: effects, done marks and view, and (``position``) the tracking record, guarded
-        by "the tracking record is what this reader last wrote"."""
-        state, request = self.state, _etcd.new_txn()
-        if position:
-            if state.position is None:
-                _etcd.add_absent(request.compare, state.tracking)
-            else:
-                _etcd.add_value_is(request.compare, state.tracking, str(state.position).encode())
-            _etcd.add_put(request.success, state.tracking, str(self.offsets[-1]).encode())
-        done = state.done_prefix
-        for encoded, value in self.done.items():
-            _etcd.add_put(request.success, done + encoded, value)
-        if not state.dedup:   # with dedup, the done mark put with each application is its record
-            for event, offset in zip(self.applied, self.applied_at, strict=True):
-                # the effect: one record per application, its value the offset it was applied from
-                _etcd.add_put(request.success, state.effect_key(event), str(offset).encode())
-        for key, value in self.view.items():
-            _etcd.add_put(request.success, f"{state.base}{projection.VIEW}{key}".encode(),
-                          json.dumps(value, sort_keys=True).encode())
-        return request
-
-    def committed(self) -> None:
-        """The commit is sent: the state in memory follows what it writes (if etcd refuses it, the
-        reader reads the state again from etcd)."""
-        state = self.state
-        state.done.update(self.done)
-        state.view.update(self.view)
-        state.position = self.offsets[-1]
 
 
 class LogReader:
@@ -283,7 +178,8 @@ class LogReader:
         etcd, the next is read and applied in memory on top of them (the state follows each commit
         as sent: a commit that fails raises Restart, and the state is read again from etcd). Each
         commit is guarded by the tracking record the one before it wrote, so etcd applies them in
-        the order sent or not at all; they are waited for and acked in that order."""
+        the order sent or not at all (one evaluated too early is sent again once its predecessor
+        is answered); they are waited for and acked in that order."""
         in_flight: collections.deque = collections.deque()
         try:
             while not self.stop.is_set():
@@ -330,8 +226,9 @@ class LogReader:
 
     def _commit(self, window: Window):
         """Send the window's commit (not waited for) and move the state in memory to what it writes."""
+        window.request = window.transaction(position=TRACKING == "txn")   # kept: sent again in _settle
         try:
-            pending = self.etcd.txn_async(window.transaction(position=TRACKING == "txn"))
+            pending = self.etcd.txn_async(window.request)
         except DedupUnavailable as error:
             raise Restart(f"the commit of offsets {window.offsets[0]}..{window.offsets[-1]} was not sent "
                           f"({error})") from None
@@ -342,6 +239,11 @@ class LogReader:
         """Wait for the window's commit, then ack its deliveries (credit for the next ones)."""
         try:
             reply = pending.result()
+            if not reply.succeeded:
+                # Commits in flight may reach etcd's apply loop in either order: one evaluated before
+                # its predecessor failed its guard and wrote nothing. The predecessor is applied now
+                # (settled in order): the same commit again; refused again, the record moved.
+                reply = self.etcd.txn(window.request)
         except _etcd.TxnTooLarge as error:
             if self.max_ops <= 8:
                 raise Restart(f"etcd refuses even one event in a transaction ({error}): raise its --max-txn-ops") \

@@ -78,3 +78,14 @@ def test_once_retention_dropped_events_a_rebuild_starts_from_a_snapshot_or_refus
                                                     r"\(retention dropped the events before\), and audit has no snapshot: "
                                                     r"a rebuild would miss events; take a snapshot"):
         replay.rebuild("audit", progress=lambda line: None)
+
+
+def test_a_snapshot_copies_done_records_near_a_mebibyte_each_in_transactions_etcd_takes(etcd):
+    client, prefix = etcd
+    # Given three done records of 600 KB each (a window of long ids and bodies): 1.8 MB in all, over
+    # etcd's --max-request-bytes (1.5 MiB) in one transaction
+    items = [(f"{prefix}/copy/windows/{i:020d}".encode(), b"x" * 600_000) for i in range(3)]
+    # When they are copied as a snapshot copies
+    replay._put_all(client, items)
+    # I expect each copied whole (in transactions of about 1 MiB at most)
+    assert [client.get(key) for key, _ in items] == [value for _, value in items]

@@ -29,6 +29,13 @@ BAD_INPUT = [
      "nested too deeply"),
     ("number of 5001 digits", b'{"type":"new_order","id":"big","args":{"n":1' + b"0" * 5000 + b"}}", "4300 digits"),
     ("duplicate key", b'{"type":"new_order","id":"1","id":"2"}', "appears twice"),
+    ("duplicate key in args", b'{"type":"new_order","id":"1","args":{"sku":"a","sku":"b"}}', "appears twice"),
+    ("duplicate key escaped", b'{"type":"new_order","i\\u0064":"1","id":"2"}', "appears twice"),
+    ("duplicate key, a colon in a string", b'{"type":"new_order","id":"1:2","args":{"t":"12:00","t":"13:00"}}',
+     "appears twice"),
+    ("duplicate key two levels down", b'{"type":"new_order","id":"1","args":{"a":{"b":1,"b":2}}}', "appears twice"),
+    ("duplicate key in an array", b'{"type":"new_order","id":"1","args":{"a":[{"b":1,"b":2}]}}', "appears twice"),
+    ("duplicate key and a colon short", b'{"type":"new_order","id":"1","args":{"a":1,"a":2,"b:":3}}', "appears twice"),
     ("no id", b'{"type":"new_order"}', "no id"),
     ("id null", b'{"type":"new_order","id":null}', "id is a JSON null"),
     ("id number", b'{"type":"new_order","id":123}', "id is a JSON number"),
@@ -183,3 +190,18 @@ def test_an_id_is_one_id_whatever_its_unicode_normal_form():
     # Payload strings stay as written (RFC 8785 does not normalize): other args, other digest.
     a, b = (parse(json.dumps({"type": "new_order", "id": "x", "args": {"name": n}}).encode()) for n in (nfc, nfd))
     assert a.digest != b.digest
+
+
+@pytest.mark.parametrize("body", [
+    b'{"type":"new_order","id":"1","args":{"sku":"a","customer":"c"}}',
+    b'{"type":"new_order","id":"1:2","args":{"at":"12:00:00","url":"http://x/"}}',
+    b'{"type":"new_order","id":"1","args":{"a":{"b":{"c":[1,{"d":":"}]}},"e":[]}}',
+    b'{"type":"new_order","id":"\\u003a","args":{"\\u003a":1,"k":"\\\\:"}}',
+    b'{ "type" : "new_order" , "id" : "1" , "args" : { } }',
+])
+def test_a_body_without_duplicate_keys_parses_as_json_reads_it(body):
+    # Given bodies with no key twice: flat, with colons in strings, nested, escaped, spaced...
+    # ... I expect the event json.loads reads (the duplicate-key check refuses nothing else).
+    event = parse(body)
+    data = json.loads(body)
+    assert (event.type, event.id, dict(event.args)) == (data["type"], data["id"], data.get("args", {}))

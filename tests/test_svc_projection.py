@@ -49,3 +49,19 @@ def test_the_digest_depends_on_content_not_on_order():
     assert projection.digest(a) == projection.digest(b)
     assert projection.digest(a) != projection.digest({**a, "sku/s1": {"orders": 1, "qty": 2}})
     assert len(projection.digest(a)) == 64
+
+
+def test_done_records_are_read_back_and_an_id_in_two_counts_as_applied_twice(etcd):
+    client, prefix = etcd
+    base = projection.version_prefix(prefix, "billing", 1)
+    # Given two windows' done records and a done mark of one key per id (as versions before wrote)
+    first = {b"a": b'={"id":"a"}', b"caf%C3%A9": b"=" + '{"id":"café"}'.encode()}
+    client.put(projection.done_record_key(base, 9), projection.done_record(first))
+    client.put(projection.done_record_key(base, 19), projection.done_record({b"b": b"0" * 32}))
+    client.put(f"{base}done/old".encode(), b'={"id":"old"}')
+    # I expect every id read back with its value, and none applied twice ...
+    assert projection.read_done(client, prefix, "billing", 1) == {**first, b"b": b"0" * 32, b"old": b'={"id":"old"}'}
+    assert projection.applied_twice(client, prefix, "billing", 1) == 0
+    # ... until an id shows up in a second record, or in a record and a done mark
+    client.put(projection.done_record_key(base, 29), projection.done_record({b"a": b'={"id":"a"}', b"old": b"="}))
+    assert projection.applied_twice(client, prefix, "billing", 1) == 2

@@ -101,9 +101,11 @@ class Reader(ServiceProcess):
     """``python -m svc`` with SOURCE=log; ``tracking`` the way the tracking record is written
     (svc.replay.TRACKING, set in the child before it starts: "txn" is the design)."""
 
-    def __init__(self, world, service: str, tracking: str = "txn", **settings) -> None:
+    def __init__(self, world, service: str, tracking: str = "txn", prelude: str = "", **settings) -> None:
+        """``prelude``: Python run in the child before svc starts."""
         env = world.env(service, **{"source": "log", "log_offset": "first", **settings})
-        code = f"import sys, svc.replay, svc.service; svc.replay.TRACKING = {tracking!r}; sys.exit(svc.service.main())"
+        code = (f"import sys, svc.replay, svc.service; svc.replay.TRACKING = {tracking!r}\n{prelude}\n"
+                "sys.exit(svc.service.main())")
         super().__init__(service, env, world.log_dir / f"{service}-{len(world.processes)}.log",
                          [sys.executable, "-c", code])
         world.processes.append(self)
@@ -149,6 +151,28 @@ def test_a_late_service_catches_up_from_the_first_event_of_the_log(svc_world):
     assert "offset 11 of the log dead-lettered" in reader.log()
 
 
+def test_a_window_commits_one_done_record_and_done_marks_of_old_still_count(svc_world):
+    # Given a log of four windows, and a version holding done marks of one key per id (as svc
+    # wrote them before done records) for its first ten events
+    publish(svc_world, orders(EVENTS))
+    log = read_log(svc_world)
+    service = svc_world.service_name("billing")
+    base = projection.version_prefix(svc_world.prefix, service, 1)
+    for _offset, body in log[:10]:
+        svc_world.etcd.put(f"{base}done/{parse(body).id}".encode(), b"=" + body)
+    # When billing reads the log
+    reader = Reader(svc_world, service, enable_etcd=True)
+    run_until(svc_world, reader, service, log[-1][0])
+    reader.stop()
+    # I expect those ten skipped (the view of the rest), the rest in one done record per window, not
+    # a key per id, and nothing applied twice
+    assert projection.digest(state(svc_world, service)[1]) == projection.digest(expected_view(log[10:]))
+    assert svc_world.etcd.count_prefix(f"{base}done/") == 10
+    assert 1 <= svc_world.etcd.count_prefix(f"{base}{projection.WINDOWS}") <= EVENTS // 500
+    assert len(projection.read_done(svc_world.etcd, svc_world.prefix, service, 1)) == EVENTS
+    assert applied_twice(svc_world, service) == 0
+
+
 @pytest.mark.parametrize("dedup", [True, False], ids=["dedup", "no-dedup"])
 @pytest.mark.parametrize("point", ["read", "done", "acked"])
 def test_a_reader_killed_at_any_step_resumes_where_its_effects_end(svc_world, point, dedup):
@@ -172,6 +196,44 @@ def test_a_reader_killed_at_any_step_resumes_where_its_effects_end(svc_world, po
     assert (position is None) if point == "read" else (0 <= position < log[-1][0])
     assert f"reading the log {svc_world.exchange}.log into version 1 from {position + 1 if position is not None else 'first'}" \
         in resumed.log()
+
+
+# In the child: every other commit reaches etcd 0.2 s late, after the next one (as two calls in
+# flight on one connection may, etcd serving each in a goroutine of its own).
+LATE_COMMITS = """
+import threading, time, concurrent.futures, svc.etcd
+_send, _sent = svc.etcd.Etcd.txn_async, [0]
+def _late(self, request):
+    _sent[0] += 1
+    if _sent[0] % 2 == 0:
+        return _send(self, request)
+    future = concurrent.futures.Future()
+    def send():
+        time.sleep(0.2)
+        try:
+            future.set_result(_send(self, request).result())
+        except Exception as error:
+            future.set_exception(error)
+    threading.Thread(target=send, daemon=True).start()
+    return future
+svc.etcd.Etcd.txn_async = _late
+"""
+
+
+def test_a_commit_that_overtakes_its_predecessor_is_sent_again_not_restarted(svc_world):
+    # Given a log of four windows
+    publish(svc_world, orders(EVENTS))
+    log = read_log(svc_world)
+    service = svc_world.service_name("projector")
+    # When each odd commit reaches etcd after the commit that follows it (which fails its guard)
+    reader = Reader(svc_world, service, prelude=LATE_COMMITS, enable_etcd=True)
+    run_until(svc_world, reader, service, log[-1][0])
+    reader.stop()
+    # I expect the overtaking commits sent again once their predecessor is answered: no restart
+    # (reading again from the tracking record), each event applied once, the view of the log
+    assert "moved under this reader" not in reader.log() and reader.log().count("reading the log") == 1
+    assert projection.digest(state(svc_world, service)[1]) == projection.digest(expected_view(log))
+    assert applied_twice(svc_world, service) == 0
 
 
 @pytest.mark.parametrize("point, tracking, dedup, outcome", [
