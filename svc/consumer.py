@@ -21,7 +21,7 @@ import time
 
 import pika
 
-from . import amqp, backoff, requeue, topology
+from . import amqp, backoff, collector, requeue, topology
 from .amqp import BROKER_ERRORS
 from .backoff import Backoff
 from .config import Config
@@ -80,25 +80,30 @@ class Consumer:
         self.connection = connection
         self._user = pika.URLParameters(self.url).credentials.username   # what the broker takes as user_id
         try:
-            reopen = Backoff()
-            while not self.stop.is_set():
-                try:
-                    if self._consume(connection):
-                        self._sleep(backoff.START)  # cancelled by the broker: consume again shortly
-                    reopen.reset()
-                except BROKER_ERRORS as error:
-                    svc_error = amqp.translate(error, f"consuming {self.queue}")
-                    if not isinstance(svc_error, (ChannelClosed, MessageRefused)):
-                        raise svc_error from None
-                    # The connection stands: a new channel, the topology declared again. The
-                    # deliveries of the closed channel are back in the queue (never acked).
-                    delay = reopen.next()
-                    log.warning("%s; reopening the channel in %.1f s", svc_error, delay)
-                    self._sleep(delay)
+            with collector.tuned():   # svc/collector.py: about 3 µs of CPU per event less
+                self._run(connection)
         except BROKER_ERRORS as error:  # from the sleep between channels: the connection is gone
             raise amqp.translate(error, f"consuming {self.queue}") from None
         finally:
             amqp.close_quietly(connection)   # unacked deliveries go back to the queue when it closes
+
+    def _run(self, connection) -> None:
+        """Consume on channel after channel until stopped; a closed channel is opened again."""
+        reopen = Backoff()
+        while not self.stop.is_set():
+            try:
+                if self._consume(connection):
+                    self._sleep(backoff.START)  # cancelled by the broker: consume again shortly
+                reopen.reset()
+            except BROKER_ERRORS as error:
+                svc_error = amqp.translate(error, f"consuming {self.queue}")
+                if not isinstance(svc_error, (ChannelClosed, MessageRefused)):
+                    raise svc_error from None
+                # The connection stands: a new channel, the topology declared again. The
+                # deliveries of the closed channel are back in the queue (never acked).
+                delay = reopen.next()
+                log.warning("%s; reopening the channel in %.1f s", svc_error, delay)
+                self._sleep(delay)
 
     # -- one channel ---------------------------------------------------------------------------
 

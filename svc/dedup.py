@@ -12,7 +12,6 @@ import threading
 import time
 
 from . import etcd as _etcd, keys
-from .backoff import Backoff
 from .batch import InFlight, Ready, TxnLimits
 from .effects import record, suffix
 from .errors import DedupUnavailable, EtcdRefused
@@ -20,11 +19,11 @@ from .event import Event
 from .protocols import Verdict
 from .alarms import Alarms
 from .done import DoneIds
+from .follow import IMPORT_PAGE, Follow  # noqa: F401  (IMPORT_PAGE: was here)
 from .orphans import Orphans, add_release
 
 log = logging.getLogger(__name__)
 
-IMPORT_PAGE = 5000         # done ids per range request at start (etcd counts the rest each page: not smaller)
 RETENTION_LEASE_REUSE = 0.1  # share a retention lease for this fraction of its TTL
 IMPORT_WAIT = 1.0          # seconds the start waits for the done ids; then it consumes while they are read
 
@@ -87,7 +86,7 @@ class NoDedup(_Effects):
         return Verdict.OK
 
 
-class EtcdDedup(_Effects, Orphans):
+class EtcdDedup(_Effects, Orphans, Follow):
     """Deduplication on: claims on a lease, done marks with the effect, a local set of done ids."""
 
     enabled = True
@@ -104,6 +103,7 @@ class EtcdDedup(_Effects, Orphans):
         self._lease = 0
         self._lease_lock = threading.Lock()
         self._claimed: dict[bytes, bytes] = {}   # key -> value of our claim, from claim to commit
+        self._held_own: set[bytes] = set()       # keys of copies held for a window of ours, until its commit
         self._sent: dict[bytes, bytes] = {}      # key -> value of a claim sent, until its answer is read
         self._releasing = None                 # the last release of unfinished claims, in flight
         # Claims of ours no window will finish (answer never came; release maybe not taken): left on our
@@ -136,28 +136,6 @@ class EtcdDedup(_Effects, Orphans):
         self._start(lambda: self._follow(None, imported), "dedup-watch")
         if not imported.wait(IMPORT_WAIT):
             log.info("consuming while the done ids of %s are read from etcd", self.service)
-
-    def _import(self) -> int:
-        """Read every done id of this service into ``done`` if they fit it, else none (etcd's
-        count alone); the revision read at."""
-        started = time.monotonic()
-        self._marks, revision = self.etcd.count_prefix_at(self.key_prefix)
-        if self._marks > self.done.bound:
-            log.info("imported none of the %d done ids and claims of %s in etcd, more than the %d kept in memory: a "
-                     "repeat is found by its claim (revision %d, %.2f s)", self._marks, self.service,
-                     self.done.bound, revision, time.monotonic() - started)
-            self.done.clear()
-            return revision
-        pages = self.etcd.scan_prefix(self.key_prefix, IMPORT_PAGE)
-        skip, done = len(self.key_prefix), DoneIds(self.done.bound)
-        try:
-            while True:
-                done.update((key[skip:], value[5:]) for key, value in next(pages) if value.startswith(b"done "))
-        except StopIteration as end:
-            self.done = done
-            log.info("imported %d done ids of %s from etcd in %.2f s (revision %d)",
-                     len(done), self.service, time.monotonic() - started, end.value)
-            return end.value
 
     def close(self) -> None:
         self._stop.set()
@@ -204,43 +182,6 @@ class EtcdDedup(_Effects, Orphans):
                 return
             self._lease = 0
         log.warning("claim lease %x %s; a new one is taken for the next claims", lease, why)
-
-    def _follow(self, revision: int | None, imported: threading.Event) -> None:
-        """Import the done ids (``revision`` None: again after a compaction), set ``imported``, then
-        learn siblings' done marks (and expiries) from the watch from there; resume after a break."""
-        waits = Backoff()
-        while not self._stop.is_set():
-            try:
-                if revision is None:
-                    revision = self._import() + 1
-                    imported.set()
-                self._watch = self.etcd.watch_prefix(self.key_prefix, revision)
-                for is_put, key, value, mod_revision in self._watch:
-                    self._learn(is_put, key, value)
-                    revision = mod_revision + 1
-                    waits.reset()
-            except _etcd.Compacted as error:
-                log.info("%s; reading the done ids again", error)
-                revision = None
-            except DedupUnavailable as error:
-                log.debug("dedup watch: %s", error)
-            except EtcdRefused as error:  # refused after the start (a role revoked): said, retried slowly
-                log.error("dedup watch: %s", error)
-                waits.slowest()
-            if self._watch is not None:
-                self._watch.cancel()  # end the broken stream before a new one starts
-            self._stop.wait(waits.next())
-
-    def _learn(self, is_put: bool, key: bytes, value: bytes) -> None:
-        encoded = key[len(self.key_prefix):]
-        if not is_put:
-            self.done.pop(encoded, None)
-        elif value.startswith(b"done "):
-            self.done[encoded] = value[5:]
-        else:
-            return
-        if self.on_release is not None:
-            self.on_release(key)  # a claim ended: events held for it may be tried again
 
     # -- claim and commit ---------------------------------------------------------------------
 
@@ -316,9 +257,13 @@ class EtcdDedup(_Effects, Orphans):
             return Verdict.CONFLICT
         if state == "done":
             self.done[event.key] = digest.encode()
+            self._released(key)   # the watch skips a done mark known here: a copy held for it is due
             return Verdict.SKIPPED
-        if owner != [f"{lease:x}"] or self.claim_key(event) in self._claimed:
-            return Verdict.HELD   # a sibling's, or an earlier window of ours still on it: wait for its end
+        if key in self._claimed:
+            self._held_own.add(key)   # released by that window's commit (_commit_verdict)
+            return Verdict.HELD   # an earlier window of ours still on it: wait for its end
+        if owner != [f"{lease:x}"]:
+            return Verdict.HELD   # a sibling's: wait for its end (the watch)
         known = self._known(event)
         if known is not None:
             return known          # an earlier window of ours finished it since etcd answered
@@ -356,6 +301,7 @@ class EtcdDedup(_Effects, Orphans):
         answers, they are sent again in the background (``_orphans``): a claim left on our lease
         would hold the redelivery from every sibling for as long as we live."""
         claimed = {key: self._claimed.pop(key, b"") for key in map(self.claim_key, events)}
+        self._held_own.difference_update(claimed)   # the watch sees these claims deleted
         self._orphan((key, value) for key, value in claimed.items() if value)
 
         def add_event_release(ops, event: Event) -> None:
@@ -372,14 +318,18 @@ class EtcdDedup(_Effects, Orphans):
         with the broker channel or connection that carried them. Their claims are released (in
         the background, until etcd answers) for whichever replica the broker gives them to."""
         claimed, self._claimed, sent, self._sent = self._claimed, {}, self._sent, {}
+        self._held_own.clear()   # the watch sees these claims deleted
         self._orphan([*claimed.items(), *sent.items()])   # sent: claims whose answer nobody reads
 
     def _commit_verdict(self, event: Event, reply) -> Verdict:
-        self._claimed.pop(self.claim_key(event), None)
-        if not reply.response_txn.succeeded:
-            return Verdict.LOST
-        self.done[event.key] = event.digest.encode()
-        return Verdict.OK
+        key = self.key_prefix + event.key
+        succeeded = reply.response_txn.succeeded
+        if succeeded:   # in the cache before the claim is forgotten: the watch skips our done mark (_learn)
+            self.done[event.key] = event.digest.encode()
+        self._claimed.pop(key, None)
+        if key in self._held_own:
+            self._released(key)   # a copy held for this window: due now (the watch skipped the key while ours)
+        return Verdict.OK if succeeded else Verdict.LOST
 
     def _commit_error(self, error: DedupUnavailable) -> None:
         if isinstance(error, _etcd.LeaseNotFound):
@@ -389,6 +339,12 @@ class EtcdDedup(_Effects, Orphans):
             self._retention_until = 0.0
         else:
             self._on_error(error)
+
+    def _released(self, key: bytes) -> None:
+        """Copies held for ``key`` are due: told here, not by the watch, which skips what is known."""
+        self._held_own.discard(key)
+        if self.on_release is not None:
+            self.on_release(key)
 
     def _retention(self) -> int:
         """A lease that keeps done marks for the retention time, shared for a tenth of it."""

@@ -362,7 +362,8 @@ class _Watch:
                 if response.compact_revision:
                     raise Compacted(f"etcd compacted past the watch's revision ({response.compact_revision})")
                 for event in response.events:
-                    yield event.type == put, event.kv.key, event.kv.value, event.kv.mod_revision
+                    kv = event.kv   # one wrapper per event, not three (two events per event svc handles)
+                    yield event.type == put, kv.key, kv.value, kv.mod_revision
         except Compacted:
             raise
         except Exception as error:
