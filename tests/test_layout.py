@@ -292,3 +292,16 @@ def test_tests_set_the_kits_settings_the_public_way():
            for number, line in enumerate(path.read_text().splitlines(), 1)
            if '"_current"' in line or "settings._current" in line]
     assert bad == []
+
+
+# The I/O loops that are a consumer's own (the hot path, not a wait) and the one wait helper.
+PUMPS = {"svc.amqp", "svc.consumer", "svc.replay"}
+
+
+def test_a_blocking_connection_is_waited_on_through_svc_amqp_pump_until():
+    # a hand-written `while ...: connection.process_data_events(...)` is one more wait without a
+    # name or a shared deadline: outside a consumer's own loop, svc.amqp.pump_until is the one
+    bad = [f"{ALL[name].relative_to(ROOT)}:{node.lineno}" for name in ALL if name not in PUMPS
+           for node in ast.walk(ast.parse(ALL[name].read_text()))
+           if isinstance(node, ast.Attribute) and node.attr == "process_data_events"]
+    assert bad == []
