@@ -6,10 +6,16 @@ mark known already (our commit's, or read in a claim's answer) releases the copi
 where it is learnt, so the watch has nothing to do for it.
 """
 
+import contextlib
+
 from nirvana.testing import wait_for
+from svc.protocols import Verdict
 
 
+@contextlib.contextmanager
 def _dedups(svc_world, *, watching: bool):
+    """(etcd, ours, sibling, released): two EtcdDedup of one service on one etcd client, ours
+    recording the keys it releases; all closed at the end."""
     from svc import Etcd
     from svc.config import parse_endpoints
     from svc.dedup import EtcdDedup
@@ -19,9 +25,14 @@ def _dedups(svc_world, *, watching: bool):
     sibling = EtcdDedup(etcd, svc_world.prefix, "orders", claim_ttl=10, retention=60)
     released: list[bytes] = []
     ours.on_release = released.append
-    if watching:
-        ours.open()
-    return etcd, ours, sibling, released
+    try:
+        if watching:
+            ours.open()
+        yield etcd, ours, sibling, released
+    finally:
+        ours.close()
+        sibling.close()
+        etcd.close()
 
 
 def _event(event_id: str):
@@ -30,10 +41,7 @@ def _event(event_id: str):
 
 
 def test_a_copy_held_for_a_window_of_ours_is_released_by_that_windows_commit(svc_world):
-    from svc.protocols import Verdict
-
-    etcd, ours, sibling, released = _dedups(svc_world, watching=False)
-    try:
+    with _dedups(svc_world, watching=False) as (etcd, ours, sibling, released):
         # Given a window of ours working on an event, and a copy of it held for that window...
         first, copy = _event("w"), _event("w")
         assert ours.claim([first]).result() == [Verdict.CLAIMED]
@@ -49,17 +57,10 @@ def test_a_copy_held_for_a_window_of_ours_is_released_by_that_windows_commit(svc
         assert ours.claim([other]).result() == [Verdict.CLAIMED]
         assert ours.commit([other]).result() == [Verdict.OK]
         assert released == [ours.claim_key(first)]
-    finally:
-        ours.close()
-        sibling.close()
-        etcd.close()
 
 
 def test_a_claim_that_finds_a_siblings_done_mark_releases_the_copies_held_for_it(svc_world):
-    from svc.protocols import Verdict
-
-    etcd, ours, sibling, released = _dedups(svc_world, watching=False)
-    try:
+    with _dedups(svc_world, watching=False) as (etcd, ours, sibling, released):
         # Given an event a sibling claimed and marked done...
         event = _event("s")
         assert sibling.claim([event]).result() == [Verdict.CLAIMED]
@@ -68,17 +69,10 @@ def test_a_claim_that_finds_a_siblings_done_mark_releases_the_copies_held_for_it
         # released: the watch, which finds that done mark in the cache then, would not tell.
         assert ours.claim([_event("s")]).result() == [Verdict.SKIPPED]
         assert released == [ours.claim_key(event)]
-    finally:
-        ours.close()
-        sibling.close()
-        etcd.close()
 
 
 def test_the_watch_releases_a_siblings_work_and_skips_our_own_done_marks(svc_world):
-    from svc.protocols import Verdict
-
-    etcd, ours, sibling, released = _dedups(svc_world, watching=True)
-    try:
+    with _dedups(svc_world, watching=True) as (etcd, ours, sibling, released):
         # Given an event we processed, then one a sibling processed (later in etcd's history)...
         mine, theirs = _event("mine"), _event("theirs")
         assert ours.claim([mine]).result() == [Verdict.CLAIMED]
@@ -95,7 +89,3 @@ def test_the_watch_releases_a_siblings_work_and_skips_our_own_done_marks(svc_wor
         assert sibling.claim([gone]).result() == [Verdict.CLAIMED]
         sibling.release([gone])
         wait_for(lambda: ours.claim_key(gone) in released, "the sibling's released claim learnt")
-    finally:
-        ours.close()
-        sibling.close()
-        etcd.close()
