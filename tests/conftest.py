@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pika
 import pytest
@@ -23,6 +24,9 @@ START_HINT = "start the stack with `./kit up`"
 PROGRAM_WORDS = ("on PATH", "package", "./kit setup")   # in need()'s what: a program is missing
 INSIDE = "NIRVANA_TEST_NETNS"     # set to the test's node id inside its namespace
 RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, cluster start and stop included
+WORKER_PYTHON = Path(__file__).with_name("private-stack-python")   # each pytest-xdist worker's Python
+PRIVATE_STACK = "NIRVANA_PRIVATE_STACK"   # set in an xdist worker's environment: its stack is its own
+STACK_DEADLINE = 180.0            # seconds for a worker's `python -m nirvana up` (or down) on a loaded machine
 
 
 def need(what: str, ok: bool, hint: str = "") -> None:
@@ -56,7 +60,8 @@ def in_own_namespace(request, tmp_path) -> bool:
         pytest.skip(f"no network namespace here ({' '.join(unshare)}: {probe.stderr.strip()}): run as root, "
                     "or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)")
     env = {**os.environ, INSIDE: request.node.nodeid, "NIRVANA_STATE": str(tmp_path / "state")}
-    for variable in ("AMQP_URL", "ETCD_ENDPOINTS", "EVENTS_EXCHANGE", "ETCD_PREFIX"):
+    for variable in ("AMQP_URL", "ETCD_ENDPOINTS", "EVENTS_EXCHANGE", "ETCD_PREFIX", PRIVATE_STACK,
+                     "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         env.pop(variable, None)   # inside, the cluster's: nothing of the outer stack
     report = tmp_path / "inside.xml"
     script = 'ip link set lo up && exec "$@"'
@@ -140,10 +145,89 @@ def graphite_url() -> str:
     return endpoints.GRAPHITE_URL
 
 
+def pytest_configure(config):
+    """``pytest -n N`` (pytest-xdist; ``./kit test`` passes it): every worker runs in a network
+    namespace of its own (tests/private-stack-python) with a stack of its own, brought up here before
+    its first test and down after its last, its state under ``state/workers/<gwN>``; nothing of the
+    machine's services is seen or touched. Serially (``-n 0``) the tests use the stack on this machine.
+
+    Raises pytest.UsageError (exit status 4) when workers are asked for and no network namespace
+    can be made here, with the way to run serially."""
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        if os.environ.get(PRIVATE_STACK):
+            private_stack_up(worker["workerid"])
+        return
+    tx = getattr(config.option, "tx", None) or []
+    if not tx or getattr(config.option, "dist", "no") == "no" or any(spec != "popen" for spec in tx):
+        return   # serial, or workers of the caller's own choosing (--tx)
+    probe = subprocess.run([str(WORKER_PYTHON), "-c", "pass"], capture_output=True, text=True, timeout=30,
+                           env={**os.environ, PRIVATE_STACK: ""})
+    if probe.returncode != 0:
+        raise pytest.UsageError(f"pytest -n {len(tx)} runs each worker in a network namespace of its own, and "
+                                f"none can be made here ({probe.stderr.strip()}): run the tests serially "
+                                "against the stack on this machine with `./kit test -n 0`")
+    config.option.tx = [f"popen//python={WORKER_PYTHON}//env:{PRIVATE_STACK}=1"] * len(tx)
+
+
+def private_stack_up(worker: str) -> None:
+    """Bring up a stack of this worker's own (inside its network namespace) under a fresh state folder,
+    after stopping whatever an earlier run of the same worker left there. pytest.exit on a failure."""
+    state = (Path(os.environ.get("NIRVANA_STATE") or Path(__file__).parents[1] / "state") / "workers" / worker)
+    os.environ["NIRVANA_STATE"] = str(state)
+    if state.exists():
+        kit_command("down")   # an earlier run's leftovers (their processes outlive a lost namespace)
+        shutil.rmtree(state)
+    kit_command("up")
+
+
+def kit_command(command: str) -> None:
+    """``python -m nirvana COMMAND`` for this worker's own stack; pytest.exit naming its output on a failure."""
+    run = subprocess.run([sys.executable, "-m", "nirvana", command], capture_output=True, text=True,
+                         timeout=STACK_DEADLINE, env={**os.environ, "CI": ""})
+    if run.returncode != 0:
+        pytest.exit(f"this worker's own stack: `python -m nirvana {command}` failed (exit {run.returncode}):\n"
+                    f"{run.stdout[-3000:]}{run.stderr[-2000:]}", returncode=3)
+
+
+def pytest_unconfigure(config):
+    """A worker with a stack of its own stops it (every component, service and JupyterLab of its state)."""
+    if hasattr(config, "workerinput") and os.environ.get(PRIVATE_STACK):
+        kit_command("down")
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``stack`` stop or restart components: run them last (after the notebooks too),
-    so nothing else sees the stack go down; each leaves the stack up."""
-    items.sort(key=lambda item: item.get_closest_marker("stack") is not None)
+    so nothing else sees the stack go down; each leaves the stack up.
+
+    Under pytest-xdist (``--dist loadgroup``; each worker's stack is its own, so ``stack`` tests need
+    no order there) tests that must share a worker form groups: the cells of one notebook, the tests
+    of a module with a module-scoped fixture (a JupyterLab, a browser), and every test marked
+    ``cluster`` (one cluster of three at a time: three at once overran 2 cores). Groups go first,
+    clusters foremost, so the longest work starts first; every other test goes to whichever
+    worker is free."""
+    if not (hasattr(config, "workerinput") or getattr(config.option, "tx", None)):
+        items.sort(key=lambda item: item.get_closest_marker("stack") is not None)
+        return
+    rank = {}
+    for item in items:
+        group = share_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+        rank[item.nodeid] = 0 if group == "clusters" else 1 if group else 2
+    items.sort(key=lambda item: rank[item.nodeid])
+
+
+def share_group(item) -> str | None:
+    """The worker group ``item`` must run in under pytest-xdist, or None (any worker)."""
+    if item.get_closest_marker("cluster"):
+        return "clusters"
+    path = item.nodeid.split("::")[0]
+    if not isinstance(item, pytest.Function):
+        return path   # a notebook's cell (nbval): its kernel holds what the cells before it made
+    fixtures = item._fixtureinfo.name2fixturedefs.values()
+    return path if any(d.scope in ("module", "class", "package") for defs in fixtures for d in defs) else None
 
 
 @pytest.fixture
@@ -208,6 +292,8 @@ def prune_made_up_metrics():
     """At the end of the session, the made-up services' metrics leave statsd and Graphite's tree
     (:func:`nirvana.prune.prune`, once: it waits for statsd's last flush)."""
     yield
+    if os.environ.get(PRIVATE_STACK):
+        return   # the worker's own stack goes down with its metrics
     if MADE_UP_SERVICES and tcp_open(endpoints.HOST, endpoints.STATSD_ADMIN_PORT):
         from nirvana import prune
 

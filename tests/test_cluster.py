@@ -35,7 +35,7 @@ DRAIN_TIMEOUT = 90.0              # seconds for every event to be processed afte
 EVENTS = 600
 
 # last (tests/conftest.py), and the outer test waits for the inner run past pytest's 180 s default
-pytestmark = [pytest.mark.stack, pytest.mark.timeout(RUN_TIMEOUT + 90)]
+pytestmark = [pytest.mark.stack, pytest.mark.cluster, pytest.mark.timeout(RUN_TIMEOUT + 90)]
 
 
 def quiet(_line: str) -> None:

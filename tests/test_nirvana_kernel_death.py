@@ -191,6 +191,7 @@ def member_processes(folder: Path) -> list[int]:
 
 
 @pytest.mark.stack   # last: ~40 s of RabbitMQ starting (tests/conftest.py)
+@pytest.mark.cluster
 @pytest.mark.timeout(RUN_TIMEOUT + 90)
 @pytest.mark.parametrize("end", ["sigkill", "close"])
 def test_a_private_cluster_ends_with_its_kernel_or_its_close(request, tmp_path, end):

@@ -1,0 +1,54 @@
+"""``pytest -n N`` (``./kit test`` runs 3 workers): each worker in a network namespace of its own
+with a stack of its own (tests/conftest.py, tests/private-stack-python); a notebook's cells and the
+``cluster`` tests each stay on one worker; nothing is left running afterwards."""
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+
+from nirvana import paths
+
+WORKERS = 2
+DEADLINE = 400   # seconds: two stacks up and down and one chapter, on a loaded 2-core machine
+
+
+def test_workers_have_stacks_of_their_own_notebook_cells_one_worker_and_nothing_is_left(tmp_path):
+    # Given the probe tests and chapter 00 (whose later cells read what its first one made)
+    probe = tmp_path / "probe.jsonl"
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CI", "PYTEST_ADDOPTS", "NIRVANA_PRIVATE_STACK") and not k.startswith("PYTEST_XDIST")}
+    env.update(NIRVANA_PARALLEL_PROBE=str(probe), NIRVANA_STATE=str(state))
+    # When pytest runs them on two workers, as ./kit test does
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-n", str(WORKERS), "--dist", "loadgroup",
+         "--nbval", "--nbval-current-env", "--nbval-sanitize-with", "notebooks/sanitize.cfg",
+         "tests/parallel_probe.py", "notebooks/00_setup.ipynb"],
+        cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE)
+    # I expect every test and cell to pass
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " failed" not in run.stdout and " passed" in run.stdout, run.stdout[-2000:]
+    rows = [json.loads(line) for line in probe.read_text().splitlines()]
+    assert len(rows) == 6, rows
+    # each worker in a namespace of its own (not this test's), with a state folder of its own under
+    # NIRVANA_STATE and a RabbitMQ, etcd and statsd the kit started there
+    mine = os.readlink("/proc/self/ns/net")
+    by_worker = {row["worker"]: row for row in rows}
+    assert len(by_worker) == WORKERS, rows
+    assert len({row["netns"] for row in by_worker.values()}) == WORKERS and mine not in {row["netns"] for row in rows}
+    assert {row["state"] for row in by_worker.values()} == {str(state / "workers" / worker) for worker in by_worker}
+    assert all(len(row["answering"]) == 3 and row["rabbitmq"] == ["started by kit"] for row in rows), rows
+    # the cluster tests on one worker
+    assert len({row["worker"] for row in rows if row["test"].startswith("cluster")}) == 1, rows
+    # and afterwards no process of either worker's stack still runs
+    left = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if str(state) in " ".join(process.info["cmdline"] or []) or str(state) in process.environ().get("NIRVANA_STATE", ""):
+                left.append((process.pid, process.info["cmdline"]))
+        except psutil.Error:
+            continue
+    assert left == [], left
