@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
-from svc import amqp, projection, topology
+from svc import projection, stream, topology
+from svc.errors import SvcError
 from svc.stream import OFFSET_HEADER, log_end, log_start
 
-from .rabbit import _connection
+from .errors import RabbitUnavailable
 from .replay import RebuildError, view_of
 from .settings import current
 
@@ -75,19 +76,16 @@ def as_of(moment: datetime.datetime, *, timeout: float = READ_TIMEOUT, exchange:
 
 def first_offset_at(moment: datetime.datetime, *, exchange: str | None = None) -> int | None:
     """The offset of the first event the log got at or after ``moment`` (whole seconds), None if
-    none yet (known after NOTHING_AFTER seconds without a delivery)."""
+    none yet (known after NOTHING_AFTER seconds without a delivery). RabbitUnavailable (one line)
+    if the log cannot be read (a stream's member away is read again: svc.stream.read)."""
     exchange = exchange or current().exchange
     seen: list[int] = []
-    with _connection(None, f"reading {topology.log_name(exchange)} from {moment.isoformat()}") as connection:
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=1)
 
-        def on_message(channel, method, properties, body):
-            seen.append(int(properties.headers[OFFSET_HEADER]))
+    def on_message(channel, method, properties, body):
+        seen.append(int(properties.headers[OFFSET_HEADER]))
 
-        channel.basic_consume(topology.log_name(exchange), on_message, arguments={OFFSET_HEADER: moment})
-        amqp.pump_until(connection, lambda: bool(seen), NOTHING_AFTER)
-        _cancel(channel)
+    _read(exchange, moment, on_message, lambda: bool(seen), NOTHING_AFTER, prefetch=1,
+          doing=f"reading {topology.log_name(exchange)} from {moment.isoformat()}", again=seen.clear)
     return seen[0] if seen else None
 
 
@@ -96,28 +94,32 @@ def _read_before(exchange: str, stop: int, timeout: float) -> list[tuple[int, by
     got: list[tuple[int, bytes]] = []
     done = False
     name = topology.log_name(exchange)
-    with _connection(None, f"reading {name} up to offset {stop}") as connection:
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=PREFETCH)
 
-        def on_message(channel, method, properties, body):
-            nonlocal done
-            offset = int(properties.headers[OFFSET_HEADER])
-            if offset >= stop:
-                done = True
-            elif not done:
-                got.append((offset, body))
-            channel.basic_ack(method.delivery_tag)
+    def on_message(channel, method, properties, body):
+        nonlocal done
+        offset = int(properties.headers[OFFSET_HEADER])
+        if offset >= stop:
+            done = True
+        elif not done:
+            got.append((offset, body))
+        channel.basic_ack(method.delivery_tag)
 
-        channel.basic_consume(name, on_message, arguments={OFFSET_HEADER: "first"})
-        if not amqp.pump_until(connection, lambda: done or bool(got and got[-1][0] == stop - 1), timeout, step=0.1):
-            raise RebuildError(f"the log {name} was read up to offset {got[-1][0] if got else None} of "
-                               f"{stop - 1} within {timeout:g} s")
-        _cancel(channel)
+    def again() -> None:   # a read started again (the stream's member was away) starts from the first event
+        nonlocal done
+        got.clear()
+        done = False
+
+    if not _read(exchange, "first", on_message, lambda: done or bool(got and got[-1][0] == stop - 1), timeout,
+                 prefetch=PREFETCH, doing=f"reading {name} up to offset {stop}", again=again):
+        raise RebuildError(f"the log {name} was read up to offset {got[-1][0] if got else None} of "
+                           f"{stop - 1} within {timeout:g} s")
     return got
 
 
-def _cancel(channel) -> None:
-    """Stop the deliveries before the connection closes (pika rejects what it buffered, which a
-    stream answers by closing the connection)."""
-    amqp.close_quietly(channel)
+def _read(exchange: str, start, on_message, done, timeout: float, *, prefetch: int, doing: str, again) -> bool:
+    """svc.stream.read on the kit's broker, its errors as RabbitUnavailable (one line)."""
+    try:
+        return stream.read(current().amqp_url, exchange, start, on_message, done, timeout, prefetch=prefetch,
+                           doing=doing, again=again)
+    except SvcError as error:
+        raise RabbitUnavailable(str(error)) from None

@@ -22,7 +22,7 @@ import time
 from svc import Etcd, amqp, etcd as _etcd, projection, topology
 from svc.config import Config
 from svc.errors import SvcError
-from svc.stream import log_end, log_start
+from svc.stream import log_end, log_start, takes_reader
 
 from . import services
 from ._wait import Progress, poll, quiet, until_or_stalled
@@ -134,19 +134,21 @@ def reset_log(exchange: str | None = None, *, max_bytes: int | None = None,
         small = max_bytes is not None or segment_bytes is not None
         topology.declare_log(channel, exchange, topology.log_arguments("", max_bytes or 0, segment_bytes or 0)
                              if small else log_arguments())
-    # a stream declared a moment ago may refuse a reader (406 "does not have a replica on the local node")
-    poll(lambda: _takes_readers(exchange), bool, what=f"{name} to take readers", timeout=CTL_TIMEOUT, progress=quiet)
+    # A stream declared a moment ago may have no member up to read from: RabbitMQ refuses a reader
+    # (406 "does not have a replica on the local node") or takes it and then closes its connection
+    # (541 INTERNAL_ERROR: svc.stream.member_away). The log is handed over once it takes one.
+    poll(lambda: _takes_reader(exchange), bool, what=f"{name}, declared again, to take a reader (no 406 no-replica, "
+         "no 541 INTERNAL_ERROR)", timeout=CTL_TIMEOUT, progress=quiet)
     return held
 
 
-def _takes_readers(exchange: str) -> bool:
-    """False only while the log refuses a reader for want of its replica (any other answer, such as
-    no log on a broker without streams, is for the readers to tell)."""
+def _takes_reader(exchange: str) -> bool:
+    """False only while the log's member is away (svc.stream.takes_reader); any other answer, such
+    as no log on a broker without streams, is for the readers to tell."""
     try:
-        log_start(current().amqp_url, exchange, timeout=0.05)
-    except SvcError as error:
-        return "does not have a replica" not in str(error)
-    return True
+        return takes_reader(current().amqp_url, exchange)
+    except SvcError:
+        return True
 
 
 def version_in_use(service: str) -> int | None:
