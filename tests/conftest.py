@@ -48,7 +48,8 @@ def in_own_namespace(request, tmp_path) -> bool:
     skipped (a skip inside would otherwise pass the outer test having run nothing). For the tests of
     a cluster of the kit's own: inside, nothing answers on loopback, and the machine's RabbitMQ,
     epmd and the shared stack are never seen nor touched. Not root: ``unshare --map-root-user``."""
-    if os.environ.get(INSIDE) == request.node.nodeid:
+    nodeid = plain_nodeid(request.node)
+    if os.environ.get(INSIDE) == nodeid:
         return True
     need("unshare (util-linux) and ip (iproute2)", bool(shutil.which("unshare") and shutil.which("ip")),
          hint="install util-linux and iproute2")
@@ -59,7 +60,7 @@ def in_own_namespace(request, tmp_path) -> bool:
     if probe.returncode != 0:
         pytest.skip(f"no network namespace here ({' '.join(unshare)}: {probe.stderr.strip()}): run as root, "
                     "or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)")
-    env = {**os.environ, INSIDE: request.node.nodeid, "NIRVANA_STATE": str(tmp_path / "state")}
+    env = {**os.environ, INSIDE: nodeid, "NIRVANA_STATE": str(tmp_path / "state")}
     for variable in ("AMQP_URL", "ETCD_ENDPOINTS", "EVENTS_EXCHANGE", "ETCD_PREFIX", PRIVATE_STACK,
                      "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         env.pop(variable, None)   # inside, the cluster's: nothing of the outer stack
@@ -67,7 +68,7 @@ def in_own_namespace(request, tmp_path) -> bool:
     script = 'ip link set lo up && exec "$@"'
     argv = [*unshare, "sh", "-c", script, "sh", sys.executable, "-m", "pytest", "-q", "-x", "-rA",
             "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", str(int(RUN_TIMEOUT)),
-            f"--junitxml={report}", request.node.nodeid]
+            f"--junitxml={report}", nodeid]
     run = subprocess.run(argv, cwd=request.config.rootpath, env=env, capture_output=True, text=True,
                          timeout=RUN_TIMEOUT + 60)
     output = f"in its own network namespace:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
@@ -75,6 +76,15 @@ def in_own_namespace(request, tmp_path) -> bool:
     counts = inner_counts(report)
     assert counts == {"tests": 1, "failures": 0, "errors": 0, "skipped": 0}, f"ran {counts}, not 1 passed: {output}"
     return False
+
+
+def plain_nodeid(node) -> str:
+    """``node``'s test id as pytest takes it on a command line: under ``--dist loadgroup`` xdist
+    appends ``@<group>`` to the id of a test in a group (share_group)."""
+    groups = sorted(str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                    for mark in node.iter_markers("xdist_group"))
+    suffix = "@" + "_".join(groups)
+    return node.nodeid.removesuffix(suffix) if groups else node.nodeid
 
 
 def inner_counts(report) -> dict[str, int]:

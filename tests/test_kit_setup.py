@@ -180,3 +180,29 @@ def test_kit_test_runs_the_paths_it_is_given_else_every_test_and_chapter(tmp_pat
     assert [a for a in asked if a in ("tests", "notebooks", *given) and not a.startswith("-") and a != "stack"] \
         == paths_run, asked
     assert "--nbval" in asked and asked[len(asked) - len(given):] == given, asked
+
+
+@pytest.mark.parametrize("given, workers", [
+    ([], "3"),                                   # where a network namespace can be made (root, or userns)
+    (["-x", "tests/test_stack.py"], "3"),
+    (["-n", "0"], "0"),                          # serially, on this machine's stack
+    (["-n2", "-x"], "2"),
+    (["--numprocesses=4", "-n", "1"], "1"),      # the last one counts, as for pytest
+])
+def test_kit_test_runs_three_workers_unless_told(given, workers):
+    unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
+    if workers == "3" and subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        workers = "0"   # no network namespace for this user here: serially (the next test fakes that case)
+    run = kit(f"test_workers {' '.join(given)}", {"PATH": os.environ["PATH"]})
+    assert (run.returncode, run.stdout.strip()) == (0, workers), run.stderr
+
+
+def test_kit_test_runs_serially_where_no_network_namespace_can_be_made(tmp_path):
+    # Given an unshare that refuses (a kernel without user namespaces for this user)
+    (tmp_path / "unshare").write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    (tmp_path / "unshare").chmod(0o755)
+    run = kit("test_workers", {"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert (run.returncode, run.stdout.strip()) == (0, "0"), run.stderr
+    # and NIRVANA_TEST_WORKERS chooses when no -n is given
+    run = kit("test_workers -x", {"PATH": os.environ["PATH"], "NIRVANA_TEST_WORKERS": "2"})
+    assert run.stdout.strip() == "2", run.stderr

@@ -15,7 +15,7 @@ SAMPLE = '''
 import sys
 sys.path.insert(0, {tests!r})
 import pytest
-from conftest import in_own_namespace
+from conftest import in_own_namespace, plain_nodeid
 
 
 def test_skips_inside(request, tmp_path):
@@ -27,7 +27,7 @@ def test_skips_inside(request, tmp_path):
 def test_passes_inside(request, tmp_path):
     if not in_own_namespace(request, tmp_path):
         return
-    assert os.environ.get("NIRVANA_TEST_NETNS") == request.node.nodeid
+    assert os.environ.get("NIRVANA_TEST_NETNS") == plain_nodeid(request.node)
 
 
 import os

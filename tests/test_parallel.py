@@ -33,13 +33,15 @@ def test_workers_have_stacks_of_their_own_notebook_cells_one_worker_and_nothing_
     assert " failed" not in run.stdout and " passed" in run.stdout, run.stdout[-2000:]
     rows = [json.loads(line) for line in probe.read_text().splitlines()]
     assert len(rows) == 6, rows
-    # each worker in a namespace of its own (not this test's), with a state folder of its own under
-    # NIRVANA_STATE and a RabbitMQ, etcd and statsd the kit started there
+    # each worker brought up a stack of its own under NIRVANA_STATE/workers/<gwN> (which worker runs
+    # which test is xdist's choice: both may not run a probe), in a namespace that is not this test's
+    workers = {f"gw{n}": state / "workers" / f"gw{n}" for n in range(WORKERS)}
+    assert all((folder / "logs" / "rabbitmq.log").is_file() for folder in workers.values()), list(state.rglob("*.log"))
     mine = os.readlink("/proc/self/ns/net")
-    by_worker = {row["worker"]: row for row in rows}
-    assert len(by_worker) == WORKERS, rows
-    assert len({row["netns"] for row in by_worker.values()}) == WORKERS and mine not in {row["netns"] for row in rows}
-    assert {row["state"] for row in by_worker.values()} == {str(state / "workers" / worker) for worker in by_worker}
+    assert all(row["state"] == str(workers[row["worker"]]) and row["netns"] != mine for row in rows), rows
+    netns = {row["worker"]: row["netns"] for row in rows}
+    assert all(netns[row["worker"]] == row["netns"] for row in rows) and len(set(netns.values())) == len(netns), rows
+    # where RabbitMQ, etcd and statsd answer, started by the kit there
     assert all(len(row["answering"]) == 3 and row["rabbitmq"] == ["started by kit"] for row in rows), rows
     # the cluster tests on one worker
     assert len({row["worker"] for row in rows if row["test"].startswith("cluster")}) == 1, rows
