@@ -26,6 +26,7 @@ INSIDE = "NIRVANA_TEST_NETNS"     # set to the test's node id inside its namespa
 RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, cluster start and stop included
 WORKER_PYTHON = Path(__file__).with_name("private-stack-python")   # each pytest-xdist worker's Python
 PRIVATE_STACK = "NIRVANA_PRIVATE_STACK"   # set in an xdist worker's environment: its stack is its own
+CLUSTER_LANES = 2                 # clusters of three at once under pytest-xdist (three at once overran 2 cores)
 STACK_DEADLINE = 180.0            # seconds for a worker's `python -m nirvana up` (or down) on a loaded machine
 
 
@@ -213,24 +214,28 @@ def pytest_collection_modifyitems(config, items):
 
     Under pytest-xdist (``--dist loadgroup``; each worker's stack is its own, so ``stack`` tests need
     no order there) tests that must share a worker form groups: the cells of one notebook, the tests
-    of a module with a module-scoped fixture (a JupyterLab, a browser), and every test marked
-    ``cluster`` (one cluster of three at a time: three at once overran 2 cores). Groups go first,
+    of a module with a module-scoped fixture (a JupyterLab, a browser), and the tests marked
+    ``cluster``, dealt to CLUSTER_LANES groups (two clusters of three at a time: three at once
+    overran 2 cores). Groups go first,
     clusters foremost, so the longest work starts first; every other test goes to whichever
     worker is free."""
     if not (hasattr(config, "workerinput") or getattr(config.option, "tx", None)):
         items.sort(key=lambda item: item.get_closest_marker("stack") is not None)
         return
-    rank = {}
+    rank, clusters = {}, 0
     for item in items:
         group = share_group(item)
+        if group == "clusters":   # dealt in turn to CLUSTER_LANES groups
+            group, clusters = f"clusters-{clusters % CLUSTER_LANES}", clusters + 1
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-        rank[item.nodeid] = 0 if group == "clusters" else 1 if group else 2
+        rank[item.nodeid] = 0 if group and group.startswith("clusters") else 1 if group else 2
     items.sort(key=lambda item: rank[item.nodeid])
 
 
 def share_group(item) -> str | None:
-    """The worker group ``item`` must run in under pytest-xdist, or None (any worker)."""
+    """The worker group ``item`` must run in under pytest-xdist ("clusters": one of the cluster
+    lanes), or None (any worker)."""
     if item.get_closest_marker("cluster"):
         return "clusters"
     path = item.nodeid.split("::")[0]
