@@ -27,6 +27,7 @@ RUN_TIMEOUT = 300.0               # seconds for one test in its namespace, clust
 WORKER_PYTHON = Path(__file__).with_name("private-stack-python")   # each pytest-xdist worker's Python
 PRIVATE_STACK = "NIRVANA_PRIVATE_STACK"   # set in an xdist worker's environment: its stack is its own
 CLUSTER_LANES = 2                 # clusters of three at once under pytest-xdist (three at once overran 2 cores)
+STACK_WATCHDOG: list = []        # a worker's nirvana.watchdog.Watchdog over its own stack's start records
 STACK_DEADLINE = 180.0            # seconds for a worker's `python -m nirvana up` (or down) on a loaded machine
 
 
@@ -190,6 +191,12 @@ def private_stack_up(worker: str) -> None:
         kit_command("down")   # an earlier run's leftovers (their processes outlive a lost namespace)
         shutil.rmtree(state)
     kit_command("up")
+    # a worker that dies without its unconfigure (its controller killed, a SIGKILL) leaves no stack:
+    # the watchdog stops the groups of the stack's start records when this process ends, however
+    from nirvana.watchdog import Watchdog
+
+    STACK_WATCHDOG.append(Watchdog())
+    STACK_WATCHDOG[0].records(state)
 
 
 def kit_command(command: str) -> None:
@@ -205,6 +212,8 @@ def pytest_unconfigure(config):
     """A worker with a stack of its own stops it (every component, service and JupyterLab of its state)."""
     if hasattr(config, "workerinput") and os.environ.get(PRIVATE_STACK):
         kit_command("down")
+        for watchdog in STACK_WATCHDOG:
+            watchdog.close()   # the stack is down: dismissed, it stops nothing
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the groups into the test ids

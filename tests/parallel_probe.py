@@ -4,6 +4,7 @@ answer there — as one JSON line to the file named by NIRVANA_PARALLEL_PROBE.""
 
 import json
 import os
+import time
 
 import pytest
 
@@ -33,3 +34,14 @@ def test_anywhere(n):
 @pytest.mark.parametrize("n", range(2))
 def test_one_cluster_at_a_time(n):
     record(f"cluster-{n}")
+
+
+def test_hold():
+    """Records, then holds its worker (up to 120 s) until NIRVANA_PARALLEL_PROBE.end exists: the run
+    is killed meanwhile (tests/test_parallel.py)."""
+    record("hold")
+    end = os.environ["NIRVANA_PARALLEL_PROBE"] + ".end"
+    for _ in range(1200):
+        if os.path.exists(end):
+            return
+        time.sleep(0.1)   # the probe's own hold: the test kills the run meanwhile

@@ -2,14 +2,17 @@
 with a stack of its own (tests/conftest.py, tests/private-stack-python); a notebook's cells stay on
 one worker, the ``cluster`` tests in two lanes; nothing is left running afterwards."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import psutil
 
 from nirvana import paths
+from nirvana.testing import wait_for
 
 WORKERS = 2
 DEADLINE = 400   # seconds: two stacks up and down and one chapter, on a loaded 2-core machine
@@ -26,7 +29,7 @@ def test_workers_have_stacks_of_their_own_notebook_cells_one_worker_and_nothing_
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-n", str(WORKERS), "--dist", "loadgroup",
          "--nbval", "--nbval-current-env", "--nbval-sanitize-with", "notebooks/sanitize.cfg",
-         "tests/parallel_probe.py", "notebooks/00_setup.ipynb"],
+         "-k", "not hold", "tests/parallel_probe.py", "notebooks/00_setup.ipynb"],
         cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE)
     # I expect every test and cell to pass
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
@@ -50,6 +53,34 @@ def test_workers_have_stacks_of_their_own_notebook_cells_one_worker_and_nothing_
     assert sorted(test.split("@")[1] for test in passed if "cluster_at_a_time" in test) == ["clusters-0", "clusters-1"]
     assert all("@" not in test for test in passed if "test_anywhere" in test), passed
     # and afterwards no process of either worker's stack still runs
+    assert running_from(state) == []
+
+
+def test_a_run_killed_mid_test_leaves_no_stack_running(tmp_path):
+    # Given a run on one worker whose test holds it, once the worker's stack is up
+    probe, state = tmp_path / "probe.jsonl", tmp_path / "state"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CI", "PYTEST_ADDOPTS", "NIRVANA_PRIVATE_STACK") and not k.startswith("PYTEST_XDIST")}
+    env.update(NIRVANA_PARALLEL_PROBE=str(probe), NIRVANA_STATE=str(state))
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "1",
+                            "tests/parallel_probe.py::test_hold"], cwd=paths.ROOT, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(probe.exists, "the held test to start on its worker's stack", timeout=DEADLINE)
+        assert running_from(state), "the worker's stack is not running"
+        # When the run is SIGKILLed, controller and worker (no teardown runs)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+        # I expect the worker's stack stopped all the same (its watchdog), within its stop deadline
+        wait_for(lambda: running_from(state) == [], "the killed worker's stack to stop", timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        (tmp_path / "probe.jsonl.end").touch()
+
+
+def running_from(state) -> list:
+    """(pid, argv) of every process whose command line or NIRVANA_STATE names the folder ``state``."""
     left = []
     for process in psutil.process_iter(["cmdline"]):
         try:
@@ -57,4 +88,4 @@ def test_workers_have_stacks_of_their_own_notebook_cells_one_worker_and_nothing_
                 left.append((process.pid, process.info["cmdline"]))
         except psutil.Error:
             continue
-    assert left == [], left
+    return left
