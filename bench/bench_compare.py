@@ -72,6 +72,21 @@ def checkout(baseline: str, into: Path) -> Path:
     return into
 
 
+def alternating(baseline: str, rounds: int, measure, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """``measure(folder)`` (a tuple of figures named ``names``) of this checkout's svc ("") and of
+    ``baseline``'s ("@base"; see :func:`checkout`), ``rounds`` times, alternating which goes first:
+    {name + suffix: [its figure in each round]}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = checkout(baseline, Path(tmp) / "baseline")
+        runs: dict[str, list[float]] = {}
+        for round_ in range(rounds):
+            order = [("", ROOT), ("@base", base)]
+            for suffix, folder in order if round_ % 2 == 0 else reversed(order):
+                for name, figure in zip(names, measure(folder), strict=True):
+                    runs.setdefault(name + suffix, []).append(figure)
+    return runs
+
+
 def checkout_env(folder: Path) -> dict[str, str]:
     """The settings that make ``python -m svc`` (started from a folder without svc/) import the svc
     of ``folder``: PYTHONPATH comes before .venv's link to this checkout. Checked here: raises

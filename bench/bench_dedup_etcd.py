@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_compare import ROOT, checkout
+from bench_compare import ROOT, alternating
 from bench_svc import spread
 
 CHILD = r'''
@@ -81,15 +81,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40, help="windows per measurement")
     parser.add_argument("--window", type=int, default=500, help="events per window (svc: PREFETCH / 3)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        base = checkout(args.baseline, Path(tmp) / "baseline")
-        runs: dict[str, list[float]] = {}
-        for round_ in range(args.rounds):
-            order = [("", ROOT), ("@base", base)]
-            for suffix, folder in order if round_ % 2 == 0 else reversed(order):
-                etcd, client = run(folder, args.etcd, args.windows, args.window)
-                runs.setdefault("etcd" + suffix, []).append(etcd)
-                runs.setdefault("client" + suffix, []).append(client)
+    runs = alternating(args.baseline, args.rounds, lambda folder: run(folder, args.etcd, args.windows, args.window),
+                       ("etcd", "client"))
     print(f"svc.dedup.EtcdDedup claim + commit, {args.windows} windows of {args.window} events, {args.rounds} rounds, "
           f"CPU µs per event (median [each round]); this checkout ({ROOT}) vs {args.baseline}")
     for kind in ("etcd", "client"):
