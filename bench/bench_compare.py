@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
+from budget import Stack
 
 from bench_svc import (EVENT, GOALS, World, add_arguments, add_done_ids, bare_pika, reclaim, retire, sibling_rate,
                        spread, startup, svc_rate, wait_for)
@@ -34,19 +35,25 @@ from bench_svc import (EVENT, GOALS, World, add_arguments, add_done_ids, bare_pi
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def svc_cpu(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, **code) -> float:
+def svc_cpu(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, stack: Stack | None = None,
+            **code) -> dict[str, float]:
     """CPU milliseconds (user + system) ``python -m svc`` spends per 1000 events, counted from its
     consumer's start to its last effect: what the service's own code costs, which a busy machine
-    changes far less than it changes a rate (other processes take turns, not this one's work)."""
+    changes far less than it changes a rate (other processes take turns, not this one's work).
+    {"": svc's, "-etcd": etcd's over the same time (``stack``'s etcd; absent without a stack)}."""
     [process] = world.start(service, enable_etcd=enable_etcd, prefetch=prefetch, log_level="WARNING", **code)
+    etcd_before = stack.cpu()["etcd"] if stack is not None else 0.0
     before = psutil.Process(process.pid).cpu_times()
     result = world.publisher(service).publish(EVENT, count=events, fresh_ids=True)
     assert result.ok, result
     wait_for(lambda: world.depth(service) == 0, "the queue drained", timeout=300, interval=0.2)
     wait_for(lambda: world.effects(service) >= events, f"{events} effects", timeout=60, interval=0.2)
     after = psutil.Process(process.pid).cpu_times()
+    figures = {"": (after.user + after.system - before.user - before.system) * 1000 / events * 1000}
+    if stack is not None:
+        figures["-etcd"] = (stack.cpu()["etcd"] - etcd_before) * 1000 / events * 1000
     assert process.stop() == 0
-    return (after.user + after.system - before.user - before.system) * 1000 / events * 1000
+    return figures
 
 
 def checkout(baseline: str, into: Path) -> Path:
@@ -63,6 +70,21 @@ def checkout(baseline: str, into: Path) -> Path:
                          f"({archive.stderr.decode(errors='replace').strip()})")
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60)
     return into
+
+
+def alternating(baseline: str, rounds: int, measure, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """``measure(folder)`` (a tuple of figures named ``names``) of this checkout's svc ("") and of
+    ``baseline``'s ("@base"; see :func:`checkout`), ``rounds`` times, alternating which goes first:
+    {name + suffix: [its figure in each round]}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = checkout(baseline, Path(tmp) / "baseline")
+        runs: dict[str, list[float]] = {}
+        for round_ in range(rounds):
+            order = [("", ROOT), ("@base", base)]
+            for suffix, folder in order if round_ % 2 == 0 else reversed(order):
+                for name, figure in zip(names, measure(folder), strict=True):
+                    runs.setdefault(name + suffix, []).append(figure)
+    return runs
 
 
 def checkout_env(folder: Path) -> dict[str, str]:
@@ -120,7 +142,9 @@ def measure(args, only: list[str], variants: dict[str, dict], logs: Path) -> dic
                 for suffix, code in order:
                     for kind, measure_one in _runs(args, name, code):
                         service = world.service_name(kind)
-                        runs.setdefault(kind + suffix, []).append(measure_one(world, service))
+                        figures = measure_one(world, service)
+                        for extra, figure in (figures.items() if isinstance(figures, dict) else [("", figures)]):
+                            runs.setdefault(kind + extra + suffix, []).append(figure)
                         retire(world, service)
             if "start" in only:
                 for suffix, code in order:
@@ -141,8 +165,9 @@ def _runs(args, name: str, code: dict):
     if name == "dedup":
         return [("dedup", lambda world, service: svc_rate(world, service, args.events, True, args.prefetch, **code))]
     if name == "cpu":
+        stack = Stack([args.amqp_url], args.etcd)
         return [(f"cpu-{kind}", lambda world, service, dedup=dedup: svc_cpu(world, service, args.events, dedup,
-                                                                          args.prefetch, **code))
+                                                                          args.prefetch, stack, **code))
                 for kind, dedup in (("plain", False), ("dedup", True))]
     if name == "sibling":
         return [("healthy", lambda world, service: svc_rate(world, service, args.sibling_events, True, args.prefetch,
@@ -180,8 +205,8 @@ def report(args, only: list[str], variants: dict[str, dict], runs: dict[str, lis
                   f"{spread(runs['sibling' + suffix])} "
                   f"{spread(held, '{:.2f}x')}")
         if "cpu" in only:
-            for kind in ("plain", "dedup"):
-                label = f"svc CPU, dedup {'off' if kind == 'plain' else 'on'}{tag}"
+            for kind in ("plain", "dedup", "plain-etcd", "dedup-etcd"):
+                label = f"{'etcd' if kind.endswith('etcd') else 'svc'} CPU, dedup {'off' if kind.startswith('plain') else 'on'}{tag}"
                 print(f"{label:40} {statistics.median(runs[f'cpu-{kind}' + suffix]):9.0f} CPU ms per 1000 events  "
                       f"{spread(runs[f'cpu-{kind}' + suffix])}")
         if "start" in only:
@@ -191,7 +216,8 @@ def report(args, only: list[str], variants: dict[str, dict], runs: dict[str, lis
             print(f"  service log (last round): {runs['imported' + suffix][0]}")
     if args.baseline:
         print(f"this checkout's svc as a ratio of {args.baseline}'s (each round against its twin; median [each round]):")
-        kinds = [kind for kind in ("plain", "dedup", "healthy", "sibling", "cpu-plain", "cpu-dedup") if kind in runs]
+        kinds = [kind for kind in ("plain", "dedup", "healthy", "sibling", "cpu-plain", "cpu-dedup", "cpu-plain-etcd",
+                                   "cpu-dedup-etcd") if kind in runs]
         for kind in kinds + (["start"] if "start" in only else []):
             ratios = [mine / base for mine, base in zip(runs[kind], runs[kind + "@base"], strict=True)]
             what = "start time" if kind == "start" else "CPU/event" if kind.startswith("cpu") else "events/s"

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_compare import ROOT, checkout
+from bench_compare import ROOT, alternating
 from bench_svc import spread
 
 CHILD = r'''
@@ -83,15 +83,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=400, help="windows per measurement")
     parser.add_argument("--window", type=int, default=50, help="events per window (PREFETCH / 2)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        base = checkout(args.baseline, Path(tmp) / "baseline")
-        runs: dict[str, list[float]] = {}
-        for round_ in range(args.rounds):
-            order = [("", ROOT), ("@base", base)]
-            for suffix, folder in order if round_ % 2 == 0 else reversed(order):
-                off, on = run(folder, args.windows, args.window)
-                runs.setdefault("off" + suffix, []).append(off)
-                runs.setdefault("on" + suffix, []).append(on)
+    runs = alternating(args.baseline, args.rounds, lambda folder: run(folder, args.windows, args.window), ("off", "on"))
     print(f"svc.processor.Processor, {args.windows} windows of {args.window} events, {args.rounds} rounds, "
           f"CPU µs per event (median [each round]); this checkout ({ROOT}) vs {args.baseline}")
     for kind, label in (("off", "dedup off"), ("on", "dedup on (all claimed)")):

@@ -130,7 +130,7 @@ class InFlight:
         while self._parts:
             part, size, pending = self._parts.pop(0)
             try:
-                replies = pending.result().responses
+                reply = pending.result()
             except _etcd.TxnTooLarge as error:
                 if self.limits.shrink(len(part), size, error):
                     self._send(part)  # nothing of a refused transaction was applied: send it again
@@ -138,12 +138,69 @@ class InFlight:
             except DedupUnavailable as error:
                 self._fail(error)
                 continue
-            for (i, event), reply in zip(part, replies, strict=True):
-                self.verdicts[i] = self._judge(event, reply)
+            self._read(part, reply)
         unanswered = [event for i, event in self._items if self.verdicts[i] is None]
         if unanswered and self.on_unanswered is not None:
             self.on_unanswered(unanswered)
         return [Verdict.UNAVAILABLE if v is None else v for v in self.verdicts]
+
+    def _read(self, part: list, reply) -> None:
+        """The verdicts of ``part`` ((index, event) pairs) from etcd's ``reply`` to its transaction."""
+        for (i, event), response in zip(part, reply.responses, strict=True):
+            self.verdicts[i] = self._judge(event, response)
+
+
+class Whole(InFlight):
+    """A window's commit as one flat transaction per part, all or nothing: ``add(request, event)``
+    puts an event's compares and operations at the transaction's top level, ``close(ops, events)``
+    adds what the part writes once (its window record). A part whose compares all hold is judged
+    ``judge(event, None)`` per event; one whose compares do not all hold wrote nothing, and is sent
+    again one nested transaction per event (``fallback(events)``: an InFlight, sent; its verdicts
+    are taken): only the events whose own guard fails lose, at the price of a round trip more.
+
+    With no compares, a part is one put: the window record of an effect-only commit (dedup off).
+    Puts at the top level count toward etcd's space quota (see InFlight): no ``quota_key``."""
+
+    def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
+                 on_error=None, close=None, fallback=None) -> None:
+        super().__init__(etcd, verdicts, limits, on_error)
+        self._close, self._fallback = close, fallback
+
+    def _send(self, items: list) -> None:
+        # A part of n events takes n + 1 operations (the window record): one event fewer than
+        # limits.events, so an etcd that takes a claim window of limits.events takes this too.
+        step = max(1, self.limits.events - 1)
+        for start in range(0, len(items), step):
+            self._send_part(items[start:start + step])
+
+    def _send_part(self, part: list) -> None:
+        request = _etcd.new_txn()
+        events = [event for _, event in part]
+        add = self._add
+        for event in events:
+            add(request, event)
+        if self._close is not None:
+            self._close(request.success, events)
+        size = request.ByteSize()
+        if size > self.limits.size and len(part) > 1:
+            half = len(part) // 2
+            self._send_part(part[:half])
+            self._send_part(part[half:])
+            return
+        self._start(request, part, size)
+
+    def _read(self, part: list, reply) -> None:
+        if reply.succeeded:
+            judge, verdicts = self._judge, self.verdicts
+            for i, event in part:
+                verdicts[i] = judge(event, None)
+            return
+        if self._fallback is None:   # cannot be: without compares a transaction always succeeds
+            raise AssertionError("a transaction without compares failed")
+        log.info("a commit's guard failed for some of its %d events: committed one by one", len(part))
+        again = self._fallback([event for _, event in part]).result()
+        for (i, _), verdict in zip(part, again, strict=True):
+            self.verdicts[i] = verdict
 
 
 class Ready:

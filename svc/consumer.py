@@ -39,6 +39,11 @@ BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm
                          # and opened again (a blocked connection cannot even ack; a new one can)
 HELD_SHARE = 10          # a consumer whose held deliveries fill this fraction (1/N) of its prefetch
                          # hands over to a new consumer with a full prefetch (Consumer._consume_again)
+HELD_HANDOVER_AFTER = 0.5   # ... and one with fewer, once some have waited this long (seconds), unbroken: a
+                         # held delivery's low tag makes every later ack on its channel one by one (svc/acks.py);
+                         # a live sibling's claim ends sooner (its window's commit), a dead one's after CLAIM_TTL
+FILL_WAIT = 0.1          # on a quorum queue, seconds a hand-over waits for the broker to fill the prefetch
+FILL_RETRY = 1.0         # (Consumer._nothing_on_its_way), at most once in this many seconds
 HANDOVER_CHANNELS = 16   # channels at most that consume or hold deliveries on one connection: a hand-over
                          # needs a channel of its own while the old one keeps its held deliveries (up to
                          # CLAIM_TTL); unbounded, PREFETCH=1 and 2,100 deliveries claimed by a live sibling
@@ -71,6 +76,7 @@ class Consumer:
         self._pending: list = []       # deliveries received, not yet in a window
         self._cancelled = False        # the broker cancelled the consumer
         self._at_bound = False         # HANDOVER_CHANNELS reached (and logged)
+        self._fill_after = 0.0         # monotonic time before which no wait for a full prefetch is tried
 
     def run(self) -> None:
         """Consume until ``stop`` is set (returns) or the connection fails (BrokerUnavailable);
@@ -142,8 +148,7 @@ class Consumer:
         in_flight, held = None, self.settler.held
         while not self.stop.is_set() and not self._cancelled:
             self._pending[:0] = held.due()
-            if held.held_by(self._tag) >= max(1, self.config.prefetch // HELD_SHARE) and \
-                    self._nothing_on_its_way() and self._may_hand_over():
+            if self._holds_too_long(held) and self._may_hand_over() and self._nothing_on_its_way(connection):
                 self._consume_again(connection)
             window = max(1, min(self.config.prefetch // 3, (self.config.prefetch - held.held_by(self._tag)) // 2))
             busy = in_flight or self._pending
@@ -204,15 +209,36 @@ class Consumer:
         log.info("%s: %d deliveries held for siblings' claims; consuming again on a new channel",
                  self.config.service, held)
 
-    def _nothing_on_its_way(self) -> bool:
+    def _holds_too_long(self, held) -> bool:
+        """Whether the current consumer's held deliveries call for a hand-over: they fill a tenth
+        of its prefetch (HELD_SHARE), or some have waited HELD_HANDOVER_AFTER seconds (a few held
+        for a dead sibling's claims would make every ack on this channel one by one until CLAIM_TTL)."""
+        count = held.held_by(self._tag)
+        if not count:
+            return False
+        if count >= max(1, self.config.prefetch // HELD_SHARE):
+            return True
+        since = held.waiting_since(self._tag)
+        return since is not None and time.monotonic() - since >= HELD_HANDOVER_AFTER
+
+    def _nothing_on_its_way(self, connection=None) -> bool:
         """Whether the consumer may be cancelled without a delivery coming back to the queue: on a
         classic queue always (a return costs nothing); on a quorum queue, where each return counts
         against the delivery limit, only while the deliveries open on its channel fill its prefetch.
         The broker sends a consumer no more than its prefetch unacked, so then every delivery it
         sent has been received (none in flight, none in pika's buffer), every ack sent has been
         taken, and it sends none until the next ack, which comes after the cancel: pika has nothing
-        to reject."""
-        return self.config.queue_type != "quorum" or self.settler.open.count(self.channel) >= self.config.prefetch
+        to reject. A busy consumer has just acked a window when it asks, so with ``connection`` it
+        waits up to FILL_WAIT for the broker to fill the prefetch (at most once per FILL_RETRY
+        seconds: a queue with fewer messages than that never fills it); its deliveries go to the
+        pending ones as in the loop."""
+        open_, channel, prefetch = self.settler.open, self.channel, self.config.prefetch
+        if self.config.queue_type != "quorum" or open_.count(channel) >= prefetch:
+            return True
+        if connection is None or time.monotonic() < self._fill_after:
+            return False
+        self._fill_after = time.monotonic() + FILL_RETRY
+        return amqp.pump_until(connection, lambda: open_.count(channel) >= prefetch, FILL_WAIT, step=0.01)
 
     def _may_hand_over(self) -> bool:
         """Whether a new channel may take over: fewer than HANDOVER_CHANNELS consume or hold

@@ -3,7 +3,11 @@
 Keys: ``<prefix>/dedup/<service>/<encoded id>``, value ``claimed <digest> <lease>`` while a
 consumer works on the event, then ``done <digest>`` for the retention time. A window of events is
 claimed in one etcd transaction (one nested create-if-absent transaction per event) and committed
-in another, so a round trip is paid per batch, not per event.
+in another, so a round trip is paid per batch, not per event. The commit is one flat transaction:
+a compare per event ("the claim is still mine"), a done mark per event and one window record of
+the effects (svc/effects.py), all written or none; if any claim is no longer ours, the window is
+committed again one nested transaction per event (done mark + event record), so only that event
+is refused. Two puts per event (claim, done mark), not three.
 """
 
 import functools
@@ -12,8 +16,8 @@ import threading
 import time
 
 from . import etcd as _etcd, keys
-from .batch import InFlight, Ready, TxnLimits
-from .effects import record, suffix
+from .batch import InFlight, Ready, TxnLimits, Whole
+from .effects import WINDOWS, record, suffix, window_record
 from .errors import DedupUnavailable, EtcdRefused
 from .event import Event
 from .protocols import Verdict
@@ -36,6 +40,7 @@ class _Effects(Alarms):
         self.etcd, self.prefix, self.service = etcd, prefix, service
         self.limits = TxnLimits()
         self.effects_base = keys.effects_prefix(prefix, service).encode()
+        self.windows_base = self.effects_base + WINDOWS.encode()
         self.on_release = None   # see EtcdDedup: without claims nothing is ever held
         self.alarm = ""    # the alarms etcd has raised ("NOSPACE"): no writes while any is set
 
@@ -45,6 +50,10 @@ class _Effects(Alarms):
 
     def _record(self, event: Event) -> bytes:
         return record(self.service, event).encode()
+
+    def _add_window_record(self, ops, events: list[Event]) -> None:
+        """svc.effects.window_key and window_record: one put of ``events``' effects."""
+        _etcd.add_put(ops, self.windows_base + suffix().encode(), window_record(self.service, events))
 
 
 class NoDedup(_Effects):
@@ -73,17 +82,21 @@ class NoDedup(_Effects):
         """Without claims there is nothing to let go of."""
 
     def commit(self, events: list[Event]) -> "InFlight":
-        """Send the effect of each event, one transaction per chunk; ``result()`` waits for it."""
+        """Send the effects of the events, a window record per transaction (svc/effects.py);
+        ``result()`` waits for it."""
         # Top-level puts: etcd counts them toward its space quota and refuses them under NOSPACE.
-        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._on_error)
-        add = lambda ops, event: _etcd.add_put(ops, self._effect_key(event), self._record(event))  # noqa: E731
-        commit.send(range(len(events)), events, add, self._written)
+        commit = Whole(self.etcd, [None] * len(events), self.limits, self._on_error, close=self._add_window_record)
+        commit.send(range(len(events)), events, _nothing, self._written)
         return commit
 
     def _written(self, event: Event, reply) -> Verdict:
         if self.alarm:
             self._set_alarm("")   # etcd took a write: its alarm is gone
         return Verdict.OK
+
+
+def _nothing(request, event: Event) -> None:
+    """Without dedup an event adds nothing of its own to the commit: its window record has it."""
 
 
 class EtcdDedup(_Effects, Orphans, Follow):
@@ -260,7 +273,7 @@ class EtcdDedup(_Effects, Orphans, Follow):
             self._released(key)   # the watch skips a done mark known here: a copy held for it is due
             return Verdict.SKIPPED
         if key in self._claimed:
-            self._held_own.add(key)   # released by that window's commit (_commit_verdict)
+            self._held_own.add(key)   # released by that window's commit (_committed)
             return Verdict.HELD   # an earlier window of ours still on it: wait for its end
         if owner != [f"{lease:x}"]:
             return Verdict.HELD   # a sibling's: wait for its end (the watch)
@@ -272,26 +285,44 @@ class EtcdDedup(_Effects, Orphans, Follow):
         return Verdict.CLAIMED
 
     def commit(self, events: list[Event]) -> InFlight:
-        """Per event, one transaction guarded by "the claim is still mine": the done mark (on the
-        retention lease) and the effect, written together or not at all."""
-        # Refused by etcd as a whole under NOSPACE (quota_key): UNAVAILABLE, the claims released.
-        commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error, self.quota_key)
+        """One transaction per part of the window, guarded by "every claim is still mine": the done
+        marks (on the retention lease) and the window record of the effects, written together or
+        not at all; a part whose guard fails is committed again per event (done mark and event
+        record, each guarded by its own claim), so only the events whose claims are lost lose."""
+        # Refused by etcd as a whole under NOSPACE (top-level puts; the fallback's quota_key):
+        # UNAVAILABLE, the claims released.
+        claimed_values = self._claimed
         # The value each claim was written with (on its lease): the guard compares it.
-        claimed = {key: self._claimed.get(key, b"") for key in map(self.claim_key, events)}
+        claimed = {key: claimed_values.get(key, b"") for key in map(self.claim_key, events)}
         try:
             lease = self._retention()
         except DedupUnavailable as error:
+            commit = InFlight(self.etcd, [None] * len(events), self.limits, self._commit_error)
             self._commit_error(error)
             return commit
+        base, value_is, put = self.key_prefix, _etcd.add_value_is, _etcd.add_put
 
-        def add_done(ops, event: Event) -> None:
-            key = self.claim_key(event)
+        def add_done(request, event: Event) -> None:
+            key = base + event.key
+            value_is(request.compare, key, claimed[key] or self._claim_value(event, 0))
+            put(request.success, key, b"done " + event.digest.encode(), lease)
+
+        def add_done_alone(ops, event: Event) -> None:
+            key = base + event.key
             done = _etcd.add_txn(ops)
-            _etcd.add_value_is(done.compare, key, claimed[key] or self._claim_value(event, 0))
-            _etcd.add_put(done.success, key, f"done {event.digest}".encode(), lease)
-            _etcd.add_put(done.success, self._effect_key(event), self._record(event))
+            value_is(done.compare, key, claimed[key] or self._claim_value(event, 0))
+            put(done.success, key, b"done " + event.digest.encode(), lease)
+            put(done.success, self._effect_key(event), self._record(event))
 
-        commit.send(range(len(events)), events, add_done, self._commit_verdict)
+        def one_by_one(part: list[Event]) -> InFlight:
+            alone = InFlight(self.etcd, [None] * len(part), self.limits, self._commit_error, self.quota_key)
+            alone.send(range(len(part)), part, add_done_alone,
+                       lambda event, reply: self._committed(event, reply.response_txn.succeeded))
+            return alone
+
+        commit = Whole(self.etcd, [None] * len(events), self.limits, self._commit_error,
+                       close=self._add_window_record, fallback=one_by_one)
+        commit.send(range(len(events)), events, add_done, lambda event, _reply: self._committed(event, True))
         return commit
 
     def release(self, events: list[Event]) -> None:
@@ -321,9 +352,9 @@ class EtcdDedup(_Effects, Orphans, Follow):
         self._held_own.clear()   # the watch sees these claims deleted
         self._orphan([*claimed.items(), *sent.items()])   # sent: claims whose answer nobody reads
 
-    def _commit_verdict(self, event: Event, reply) -> Verdict:
+    def _committed(self, event: Event, succeeded: bool) -> Verdict:
+        """The verdict of ``event``'s commit (``succeeded``: its done mark and effect written)."""
         key = self.key_prefix + event.key
-        succeeded = reply.response_txn.succeeded
         if succeeded:   # in the cache before the claim is forgotten: the watch skips our done mark (_learn)
             self.done[event.key] = event.digest.encode()
         self._claimed.pop(key, None)

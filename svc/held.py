@@ -30,6 +30,7 @@ class Held:
         self._waited: set[bytes] = set()   # keys whose last wait ended by its deadline, not a release
         self._count = 0                    # deliveries waiting
         self._owners: collections.Counter = collections.Counter()   # owner -> deliveries waiting
+        self._since: dict = {}             # owner -> when (monotonic) its deliveries began to wait, unbroken
 
     def __len__(self) -> int:
         return self._count  # the consumer asks at every turn of its loop: counted, not summed
@@ -37,6 +38,11 @@ class Held:
     def held_by(self, owner) -> int:
         """Deliveries waiting that were held with ``owner`` (a consumer tag)."""
         return self._owners[owner]
+
+    def waiting_since(self, owner) -> float | None:
+        """When (time.monotonic(), seconds) ``owner`` last went from no delivery waiting to one:
+        it has had one waiting ever since. None when it has none."""
+        return self._since.get(owner)
 
     def hold(self, key: bytes, delivery, now: float | None = None, owner=None) -> bool:
         """Set ``delivery`` aside until ``key`` is released or ``retry_after`` seconds pass; False
@@ -51,6 +57,8 @@ class Held:
             deadline = now if now - self._released.get(key, -RECENT) < RECENT else now + self.retry_after
             self._waiting.setdefault(key, []).append((deadline, delivery, owner))
             self._count += 1
+            if not self._owners[owner]:
+                self._since[owner] = now
             self._owners[owner] += 1
             return True
 
@@ -85,4 +93,7 @@ class Held:
                     del self._waiting[key]
             self._count -= len(due)
             self._owners.subtract(owner for _, _, owner in due)
+            for owner in {owner for _, _, owner in due}:
+                if self._owners[owner] <= 0:
+                    self._since.pop(owner, None)
         return [delivery for _, delivery, _ in sorted(due, key=lambda item: item[0])]

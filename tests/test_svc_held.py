@@ -62,3 +62,18 @@ def test_only_the_last_recent_seconds_of_releases_are_remembered():
     assert list(held._released) == [b"new", b"b"]
     held.hold(b"new", "n1", now=3.5 + RECENT)
     assert held.due(now=3.5 + RECENT) == ["n1"]
+
+
+def test_an_owner_waits_since_its_first_hold_until_none_of_its_deliveries_waits():
+    held = Held(retry_after=10)
+    assert held.waiting_since("a") is None
+    held.hold(b"k1", "d1", now=100.0, owner="a")
+    held.hold(b"k2", "d2", now=101.0, owner="a")   # a later hold: still waiting since 100
+    held.hold(b"k3", "d3", now=102.0, owner="b")
+    assert (held.waiting_since("a"), held.waiting_since("b")) == (100.0, 102.0)
+    held.release(b"k1", now=103.0)
+    assert held.due(now=103.0) == ["d1"] and held.waiting_since("a") == 100.0   # d2 waits on, unbroken
+    held.release(b"k2", now=104.0)
+    assert held.due(now=104.0) == ["d2"] and held.waiting_since("a") is None
+    held.hold(b"k4", "d4", now=105.0, owner="a")    # a new wait begins
+    assert held.waiting_since("a") == 105.0 and held.waiting_since("b") == 102.0

@@ -88,7 +88,11 @@ def test_held_deliveries_leave_a_full_prefetch_of_workable_events(any_world):
     assert set(svc_world.effects_by_id(orders).values()) == {1}
 
 
-def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(any_world, monkeypatch):
+def _acked(world, monkeypatch, held: int, events: int, prefetch: int, work_ms: int = 0) -> tuple[list, list, str]:
+    """A consumer in this process (to count its acks) with PREFETCH=``prefetch`` on ``held`` events a
+    dead sibling claimed (they outlive the test) ahead of ``events`` more, until those are processed:
+    (the delivery tags it acked one by one, those pika rejected back to the queue, its log lines)."""
+    import logging
     import threading
 
     import pika
@@ -97,17 +101,16 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(any_world
     from svc.config import Config
     from svc.consumer import Consumer
     from svc.dedup import EtcdDedup
+    from svc.faults import Faults
+    from svc.metrics import MetricsHook
     from svc.processor import Processor
     from svc.supervisor import open_dedup
     from nirvana.testing import MemoryMeter
 
-    svc_world = any_world
-    orders = svc_world.service_name("orders")
-    etcd = svc_world.etcd
-    # Given a dead sibling's claims on 10 events (they outlive the test) ahead of 300 more...
-    lease = _claimed_by_a_sibling(svc_world, orders, 10)
-    ids = svc_world.publish(orders, {"type": "new_order", "id": "s"}, count=300, fresh_ids=True).ids
-    # ... consumed with PREFETCH=30 (in this process, to count its acks)...
+    orders = world.service_name("orders")
+    etcd = world.etcd
+    lease = _claimed_by_a_sibling(world, orders, held)
+    ids = world.publish(orders, {"type": "new_order", "id": "s"}, count=events, fresh_ids=True).ids
     one_by_one = []
     ack_each = amqp.ack_each
     monkeypatch.setattr(amqp, "ack_each", lambda channel, tags: (one_by_one.extend(tags), ack_each(channel, tags)))
@@ -115,28 +118,56 @@ def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(any_world
     reject = pika.channel.Channel.basic_reject
     monkeypatch.setattr(pika.channel.Channel, "basic_reject",
                         lambda channel, tag=0, requeue=True: (returned.append(tag), reject(channel, tag, requeue)))
-    config = Config.from_env(svc_world.env(orders, enable_etcd=True, claim_ttl=60, prefetch=30))
+    lines = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("svc.consumer")
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    config = Config.from_env(world.env(orders, enable_etcd=True, claim_ttl=60, prefetch=prefetch, work_ms=work_ms))
     dedup = EtcdDedup(etcd, config.etcd_prefix, orders, claim_ttl=60, retention=config.dedup_retention)
     stop = threading.Event()
     assert open_dedup(dedup, stop)
-    consumer = Consumer(config, Processor(orders, dedup, MemoryMeter()), stop)
+    hooks = [MetricsHook(orders, MemoryMeter()), Faults(work_ms=work_ms)]
+    consumer = Consumer(config, Processor(orders, dedup, hooks[0].meter, hooks=hooks), stop)
     thread = threading.Thread(target=consumer.run)
     thread.start()
     try:
-        wait_for(lambda: len(svc_world.effects_by_id(orders)) >= len(ids), "the 300 processed", timeout=60)
+        wait_for(lambda: len(world.effects_by_id(orders)) >= len(ids), f"the {len(ids)} processed", timeout=60)
     finally:
         stop.set()
         thread.join(30)
         dedup.close()
+        logger.removeHandler(handler)
+    assert set(world.effects_by_id(orders).values()) == {1}
+    etcd.revoke(lease)
+    return one_by_one, returned, "\n".join(lines)
+
+
+def test_windows_after_held_deliveries_are_acked_with_one_ack_multiple(any_world, monkeypatch):
+    # Given a dead sibling's claims on 10 events ahead of 300 more, consumed with PREFETCH=30...
+    one_by_one, returned, _ = _acked(any_world, monkeypatch, held=10, events=300, prefetch=30)
     # ... I expect the held ones' low delivery tags not to make every later window's deliveries
     # acked one by one (300 ack frames; with a dead sibling's window held, a third of the survivor's time).
     assert len(one_by_one) <= 60, f"{len(one_by_one)} of 300 acked one by one"
-    assert set(svc_world.effects_by_id(orders).values()) == {1}
     # ... and none returned to the queue by the hand-over (a quorum queue counts each return
     # against the delivery limit).
-    if svc_world.queue_arguments["queue_type"] == "quorum":
+    if any_world.queue_arguments["queue_type"] == "quorum":
         assert returned == []
-    etcd.revoke(lease)
+
+
+def test_a_few_held_deliveries_do_not_make_every_later_ack_one_by_one(any_world, monkeypatch):
+    # Given a dead sibling's claims on 2 events, far fewer than a tenth of PREFETCH=300 (the bench's
+    # dead sibling on a quorum queue: its first window held 7 of 1500), ahead of 1,500 more
+    # consumed slowly enough (100 ms of work a window of 100) to outlast HELD_HANDOVER_AFTER...
+    one_by_one, returned, log = _acked(any_world, monkeypatch, held=2, events=1500, prefetch=300, work_ms=100)
+    # ... I expect a hand-over to a new channel once they have waited that long, and the windows
+    # after it acked with one ack "multiple" (before: all 1,500 acked one by one).
+    assert "2 deliveries held for siblings' claims; consuming again on a new channel" in log
+    # (svc.consumer.HELD_HANDOVER_AFTER = 0.5 s: about 5 windows of 100 before the hand-over)
+    assert len(one_by_one) <= 900, f"{len(one_by_one)} of 1500 acked one by one"
+    if any_world.queue_arguments["queue_type"] == "quorum":
+        assert returned == []
 
 
 def _channels(world, process) -> int:
