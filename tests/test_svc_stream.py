@@ -72,25 +72,6 @@ def test_the_read_edges_read_again_while_the_streams_member_is_away(log):
     assert answers and set(answers) == {(0, end)}
 
 
-def test_a_member_away_past_the_edges_timeout_is_one_line_naming_the_log(log):
-    # Given the log's member killed every 10 ms for 5 s (away nearly all along)
-    url, exchange, name, _end = log
-    kill_members(name, 5.0, every=0.01)
-    time.sleep(START_IN + 0.2)   # (the kills have begun)
-    # When the first event is read within 0.3 s, while it lasts; I expect one line naming the log
-    # (or, when one of the reads fell between two kills, the answer)
-    outcomes = []
-    for _ in range(10):
-        try:
-            outcomes.append(log_start(url, exchange, timeout=0.3))
-        except SvcError as error:
-            outcomes.append(str(error))
-    lines = [outcome for outcome in outcomes if isinstance(outcome, str)]
-    assert lines, f"no read met the member away: {outcomes}"
-    for line in lines:
-        assert "\n" not in line and f"reading the first event of the log {name}" in line
-
-
 def test_a_stream_deleted_and_declared_again_is_read_at_once(kit_env):
     # Given the log deleted and declared again (reset_log), time after time
     failures = []
@@ -104,18 +85,3 @@ def test_a_stream_deleted_and_declared_again_is_read_at_once(kit_env):
         except SvcError as error:
             failures.append(str(error))
     assert failures == []
-
-
-def test_takes_reader_is_false_while_the_member_is_away_and_reset_log_waits_for_true(log):
-    from svc.stream import takes_reader   # (here: a module without it still runs the other tests)
-    # Given the log's member killed every 0.1 s for 1 s
-    url, exchange, name, _end = log
-    until = kill_members(name, 1.0)
-    # When the probe asks all along; I expect it to say False at least once
-    probes = []
-    while time.monotonic() < until:
-        probes.append(takes_reader(url, exchange, hold=0.05))
-    assert False in probes
-    # ... and reset_log to return only once its new log takes a reader
-    replay.reset_log()
-    assert takes_reader(url, exchange)
