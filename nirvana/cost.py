@@ -202,13 +202,18 @@ def bare_pika_publish(world: World, service: str, events: int) -> float:
 def _svc(world: World, service: str, events: int, dedup: bool) -> float:
     """Events/s of python -m svc draining a full queue, from its effect records' times (the first
     to the last: the service's start is not timed, nor its first window's work, which flatters it
-    by up to a window, 500 events at the default PREFETCH, in ``events``: a reason for thousands)."""
+    by up to a window, 500 events at the default PREFETCH, in ``events``: a reason for thousands).
+    Raises MeasureError when every event was committed in one window (an effect's time is its
+    window's commit time: svc/effects.py)."""
     fill(world, service, events)
     [process] = world.start(service, enable_etcd=dedup, log_level="WARNING")
     wait_for(lambda: world.depth(service) == 0 and world.effects(service) >= events, "the queue drained",
              timeout=DRAIN_TIMEOUT, interval=0.2)
     process.stop()
     times = sorted(record["at"] for record in records(world.etcd, service, prefix=world.prefix))
+    if times[-1] <= times[0]:   # an effect's time is its window's commit: one window, no span to time
+        raise MeasureError(f"svc committed all {events} events in one window: measure more events than a window "
+                           "holds (a third of PREFETCH, 500 by default), e.g. events=6000 as chapter 08 does")
     return (events - 1) / (times[-1] - times[0])
 
 

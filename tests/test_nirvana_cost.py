@@ -72,7 +72,8 @@ def test_the_steps_of_an_event_are_read_from_svcs_debug_lines():
 
 
 def test_a_small_live_measurement_processes_every_event(amqp_url, etcd_endpoint):
-    measured = cost.measure(events=200, rounds=1, latency_samples=3, progress=print)
+    # (1,200 events: three windows of svc's at the default PREFETCH; its rate is timed between them)
+    measured = cost.measure(events=1200, rounds=1, latency_samples=3, progress=print)
     # one round: bare, off, bare, on, bare
     assert [len(measured.rates[name]) for name in cost.CONTENDERS] == [3, 1, 1]
     assert all(rate > 0 for rates in measured.rates.values() for rate in rates)
