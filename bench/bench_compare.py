@@ -87,6 +87,18 @@ def alternating(baseline: str, rounds: int, measure, names: tuple[str, ...]) -> 
     return runs
 
 
+def child_figures(folder: Path, child: str, *args: str) -> list[float]:
+    """Run the script ``child`` (its arguments ``args``) in a fresh interpreter that imports the svc
+    of ``folder`` (checked: AssertionError naming what it imported instead); the figures of its one
+    line of output, space-separated."""
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    out = subprocess.run([sys.executable, "-c", "import svc; print(svc.__file__)\n" + child, *args], env=env,
+                         cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=600, check=True)
+    path, numbers = out.stdout.splitlines()
+    assert path == str(folder / "svc" / "__init__.py"), f"imported {path}, not {folder}/svc"
+    return [float(number) for number in numbers.split()]
+
+
 def checkout_env(folder: Path) -> dict[str, str]:
     """The settings that make ``python -m svc`` (started from a folder without svc/) import the svc
     of ``folder``: PYTHONPATH comes before .venv's link to this checkout. Checked here: raises

@@ -11,14 +11,10 @@ per run, deleted after it. Raises LookupError if nothing listens on the etcd por
 """
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from bench_compare import ROOT, alternating
+from bench_compare import ROOT, alternating, child_figures
 from bench_svc import spread
 
 CHILD = r'''
@@ -63,13 +59,7 @@ finally:
 
 def run(folder: Path, endpoint: str, windows: int, size: int) -> tuple[float, float]:
     """(etcd's µs per event, the client's) of the svc in ``folder``, in a fresh interpreter."""
-    env = {**os.environ, "PYTHONPATH": str(folder)}
-    out = subprocess.run([sys.executable, "-c", "import svc; print(svc.__file__)\n" + CHILD, endpoint, str(windows),
-                          str(size)], env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=600,
-                         check=True)
-    path, numbers = out.stdout.splitlines()
-    assert path == str(folder / "svc" / "__init__.py"), f"imported {path}, not {folder}/svc"
-    etcd, client = map(float, numbers.split())
+    etcd, client = child_figures(folder, CHILD, endpoint, str(windows), str(size))
     return etcd, client
 
 

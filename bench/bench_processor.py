@@ -11,14 +11,10 @@ event; the ratio this checkout / baseline per round, and its median, are printed
 """
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from bench_compare import ROOT, alternating
+from bench_compare import ROOT, alternating, child_figures
 from bench_svc import spread
 
 CHILD = r'''
@@ -67,12 +63,7 @@ print(*results)
 
 def run(folder: Path, windows: int, size: int) -> tuple[float, float]:
     """(µs per event with dedup off, with dedup on) of the svc in ``folder``, in a fresh interpreter."""
-    env = {**os.environ, "PYTHONPATH": str(folder)}
-    out = subprocess.run([sys.executable, "-c", "import svc; print(svc.__file__)\n" + CHILD, str(windows), str(size)],
-                         env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=600, check=True)
-    path, numbers = out.stdout.splitlines()
-    assert path == str(folder / "svc" / "__init__.py"), f"imported {path}, not {folder}/svc"
-    off, on = map(float, numbers.split())
+    off, on = child_figures(folder, CHILD, str(windows), str(size))
     return off, on
 
 
