@@ -29,6 +29,7 @@ class Open:
     def __init__(self) -> None:
         self._channels: dict[str, object] = {}   # consumer tag -> the channel it consumes on
         self._tags: dict[object, set[int]] = {}  # channel -> its open delivery tags
+        self._single: dict[object, int] = {}     # channel -> deliveries acked one by one on it
 
     def consuming(self, consumer_tag: str, channel) -> None:
         """``consumer_tag``'s deliveries come on ``channel`` (a pika BlockingChannel)."""
@@ -65,12 +66,19 @@ class Open:
                 channel.basic_ack(top, multiple=True)
             else:
                 amqp.ack_each(channel, acks)
+                self._single[channel] = self._single.get(channel, 0) + len(acks)
             open_ -= acked
+
+    def acked_one_by_one(self, channel) -> int:
+        """How many deliveries were acked one by one on ``channel`` (an open lower tag ruled out an
+        ack "multiple"): what a held delivery's wait has cost so far, in ack frames."""
+        return self._single.get(channel, 0)
 
     def drained(self, current) -> list:
         """Forget and return the channels other than ``current`` with nothing open (to be closed)."""
         done = [channel for channel, tags in self._tags.items() if channel is not current and not tags]
         for channel in done:
             del self._tags[channel]
+            self._single.pop(channel, None)
         self._channels = {tag: channel for tag, channel in self._channels.items() if channel in self._tags}
         return done

@@ -39,7 +39,8 @@ BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm
                          # and opened again (a blocked connection cannot even ack; a new one can)
 HELD_SHARE = 10          # a consumer whose held deliveries fill this fraction (1/N) of its prefetch
                          # hands over to a new consumer with a full prefetch (Consumer._consume_again)
-HELD_HANDOVER_AFTER = 0.5   # ... and one with fewer, once some have waited this long (seconds), unbroken: a
+HELD_HANDOVER_AFTER = 0.5   # ... and one with fewer, once they have made a prefetch of acks one by one, or
+                         # some have waited this long (seconds), unbroken: a
                          # held delivery's low tag makes every later ack on its channel one by one (svc/acks.py);
                          # a live sibling's claim ends sooner (its window's commit), a dead one's after CLAIM_TTL
 FILL_WAIT = 0.1          # on a quorum queue, seconds a hand-over waits for the broker to fill the prefetch
@@ -211,12 +212,15 @@ class Consumer:
 
     def _holds_too_long(self, held) -> bool:
         """Whether the current consumer's held deliveries call for a hand-over: they fill a tenth
-        of its prefetch (HELD_SHARE), or some have waited HELD_HANDOVER_AFTER seconds (a few held
-        for a dead sibling's claims would make every ack on this channel one by one until CLAIM_TTL)."""
+        of its prefetch (HELD_SHARE), or their low tags have made a whole prefetch of acks one by one
+        on its channel (a fast consumer may drain its queue within the wait), or some have waited
+        HELD_HANDOVER_AFTER seconds (a few held for a dead sibling's claims would make every ack on
+        this channel one by one until CLAIM_TTL)."""
         count = held.held_by(self._tag)
         if not count:
             return False
-        if count >= max(1, self.config.prefetch // HELD_SHARE):
+        if count >= max(1, self.config.prefetch // HELD_SHARE) \
+                or self.settler.open.acked_one_by_one(self.channel) >= self.config.prefetch:
             return True
         since = held.waiting_since(self._tag)
         return since is not None and time.monotonic() - since >= HELD_HANDOVER_AFTER
