@@ -29,6 +29,8 @@ from pathlib import Path
 import psutil
 from budget import Stack
 
+from nirvana import launcher
+
 from bench_svc import (EVENT, GOALS, World, add_arguments, add_done_ids, bare_pika, reclaim, retire, sibling_rate,
                        spread, startup, svc_rate, wait_for)
 
@@ -100,15 +102,17 @@ def child_figures(folder: Path, child: str, *args: str) -> list[float]:
 
 
 def checkout_env(folder: Path) -> dict[str, str]:
-    """The settings that make ``python -m svc`` (started from a folder without svc/) import the svc
-    of ``folder``: PYTHONPATH comes before .venv's link to this checkout. Checked here: raises
-    SystemExit when another svc is imported."""
-    env = {**os.environ, "PYTHONPATH": str(folder)}
-    found = subprocess.run([sys.executable, "-c", "import svc; print(svc.__file__)"], env=env, cwd=tempfile.gettempdir(),
+    """The settings that make ``python -m svc`` import the svc of ``folder``. nirvana.launcher
+    starts it in this checkout (its ``cwd``), which Python would put first on sys.path, before
+    PYTHONPATH: PYTHONSAFEPATH keeps it off, and PYTHONPATH comes before .venv's link to this
+    checkout. Checked here, from the same folder: raises SystemExit when another svc is imported."""
+    settings = {"pythonpath": str(folder), "pythonsafepath": "1"}
+    env = {**os.environ, **{key.upper(): value for key, value in settings.items()}}
+    found = subprocess.run([sys.executable, "-c", "import svc; print(svc.__file__)"], env=env, cwd=launcher.Command.cwd,
                            capture_output=True, text=True, timeout=60).stdout.strip()
     if found != str(folder / "svc" / "__init__.py"):
         raise SystemExit(f"bench_compare: python -m svc would import {found or 'nothing'}, not {folder}/svc")
-    return {"pythonpath": str(folder)}
+    return settings
 
 
 def main() -> None:

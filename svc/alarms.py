@@ -3,9 +3,9 @@
 Under NOSPACE etcd takes reads and deletes, and refuses every write: svc processes nothing (fail
 closed, events requeued with backoff and counted as ``<service>_dedup_unavailable``) and says so
 once, with the fix, when the alarm is first met and again when it is cleared. etcd 3.4/3.5 count
-toward the quota only the puts at a transaction's top level; claims and done marks, nested, carry
-a put in a never-taken failure branch (svc.batch.InFlight's ``quota_key``) so that etcd refuses
-them whole too. Mixed into svc.dedup's classes, which set ``alarm`` (""), ``etcd`` and ``service``.
+toward the quota only the puts at a transaction's top level: flat claims and commits are counted;
+claims sent one nested transaction per event carry a put in a never-taken failure branch
+(svc.batch.InFlight's ``quota_key``) so that etcd refuses them whole too. Mixed into svc.dedup's classes, which set ``alarm`` (""), ``etcd`` and ``service``.
 """
 
 import logging

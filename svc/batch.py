@@ -15,7 +15,7 @@ from .protocols import Verdict
 log = logging.getLogger(__name__)
 
 TXN_EVENTS = 512           # events per etcd transaction at first, a whole window (a third of the
-                           # default PREFETCH): an event takes one operation (a nested transaction),
+                           # default PREFETCH): an event takes one operation (a put, or a nested transaction),
                            # and the kit's etcd allows 1024 (assets/etcd). Fewer, larger transactions
                            # cost etcd and svc less per event. An etcd at its default --max-txn-ops
                            # (128) refuses the first large window: halved until it fits, then kept.
@@ -151,12 +151,13 @@ class InFlight:
 
 
 class Whole(InFlight):
-    """A window's commit as one flat transaction per part, all or nothing: ``add(request, event)``
-    puts an event's compares and operations at the transaction's top level, ``close(ops, events)``
-    adds what the part writes once (its window record). A part whose compares all hold is judged
-    ``judge(event, None)`` per event; one whose compares do not all hold wrote nothing, and is sent
-    again one nested transaction per event (``fallback(events)``: an InFlight, sent; its verdicts
-    are taken): only the events whose own guard fails lose, at the price of a round trip more.
+    """A window's claims or commit as one flat transaction per part, all or nothing: ``add(request,
+    event)`` puts an event's compares and operations at the transaction's top level, ``close(ops,
+    events)`` adds what the part writes once (the commit's window record). A part whose compares
+    all hold is judged ``judge(event, None)`` per event; one whose compares do not all hold wrote
+    nothing, and is sent again one nested transaction per event (``fallback(events)``: an
+    InFlight, sent; its verdicts are taken): only the events whose own compare fails lose, at the
+    price of a round trip more.
 
     With no compares, a part is one put: the window record of an effect-only commit (dedup off).
     Puts at the top level count toward etcd's space quota (see InFlight): no ``quota_key``."""
@@ -164,7 +165,7 @@ class Whole(InFlight):
     def __init__(self, etcd: _etcd.Etcd, verdicts: list[Verdict | None], limits: TxnLimits,
                  on_error=None, close=None, fallback=None) -> None:
         super().__init__(etcd, verdicts, limits, on_error)
-        self._close, self._fallback = close, fallback
+        self._close, self.fallback = close, fallback
 
     def _send(self, items: list) -> None:
         # A part of n events takes n + 1 operations (the window record): one event fewer than
@@ -195,10 +196,11 @@ class Whole(InFlight):
             for i, event in part:
                 verdicts[i] = judge(event, None)
             return
-        if self._fallback is None:   # cannot be: without compares a transaction always succeeds
+        if self.fallback is None:   # cannot be: without compares a transaction always succeeds
             raise AssertionError("a transaction without compares failed")
-        log.info("a commit's guard failed for some of its %d events: committed one by one", len(part))
-        again = self._fallback([event for _, event in part]).result()
+        log.debug("a compare of a transaction of %d events failed: sent again one nested transaction per event",
+                  len(part))
+        again = self.fallback([event for _, event in part]).result()
         for (i, _), verdict in zip(part, again, strict=True):
             self.verdicts[i] = verdict
 

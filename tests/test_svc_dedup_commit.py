@@ -1,11 +1,13 @@
-"""A window's commit against the real etcd: one transaction of done marks and one window record.
+"""A window's claims and commit against the real etcd: one flat transaction each.
 
 A commit writes, for every event of a part of its window, the done mark (guarded by "the claim
 is still mine") and, once for the part, a window record of the effects (svc/effects.py): one
 put per event fewer than a done mark and an effect record each (issue 24). What must hold:
 the done marks and the window record are one transaction (all or none); an event whose claim was
 lost before the commit leaves neither (the rest of its window is committed); a repeat of a
-committed id is skipped, by the replica that did it and by one that knows nothing of it.
+committed id is skipped, by the replica that did it and by one that knows nothing of it. A
+window's claims are one flat transaction too ("none of these keys exists", a claim each); a
+window one of whose keys exists is claimed again per event, and only that event is not claimed.
 """
 
 import contextlib
@@ -111,3 +113,84 @@ def test_without_dedup_a_window_leaves_one_record_counted_per_event_repeats_incl
     assert effects.counts_by_id(client, "orders", prefix=prefix) == {"n-1": 3, "n-2": 1}
     assert effects.count(client, "orders", prefix=prefix) == 4
     assert effects.count(client, "orders", "n-1", prefix=prefix) == 3
+
+
+def _claim_requests(client, monkeypatch) -> list:
+    """The transactions sent through ``client`` from now on (sent to etcd as they are)."""
+    sent, send = [], client.txn_async
+    monkeypatch.setattr(client, "txn_async", lambda request: sent.append(request) or send(request))
+    return sent
+
+
+def test_a_window_of_new_events_is_claimed_in_one_flat_transaction(etcd, monkeypatch):
+    client, prefix = etcd
+    events = [_event("f-1"), _event("f-2"), _event("f/3")]
+    with _dedup(client, prefix) as dedup:
+        # A start's first window is claimed per event (most often its predecessor's deliveries)...
+        assert dedup.claim([_event("f-0")]).result() == [Verdict.CLAIMED]
+        # ... and once one found no key, the next ones flat.
+        sent = _claim_requests(client, monkeypatch)
+        assert dedup.claim(events).result() == [Verdict.CLAIMED] * 3
+        lease = dedup._lease
+        # Written together: one revision (read before the close revokes the lease and its claims).
+        revisions = _revisions(client, keys.dedup_prefix(prefix, "orders"))
+        assert len({revisions[key.encode()] for key in (keys.dedup_key(prefix, "orders", e.id) for e in events)}) == 1
+    # One transaction: a compare "absent" and a claim put per event at its top level, no nested
+    # transaction (etcd parses, checks and applies each of those apart), nothing in its failure branch.
+    [request] = sent
+    claim_keys = [keys.dedup_key(prefix, "orders", event.id).encode() for event in events]
+    assert [(c.key, c.create_revision) for c in request.compare] == [(key, 0) for key in claim_keys]
+    assert [op.WhichOneof("request") for op in request.success] == ["request_put"] * 3 and not request.failure
+    assert [(op.request_put.key, op.request_put.lease) for op in request.success] == [(k, lease) for k in claim_keys]
+
+
+def test_a_window_meeting_a_siblings_claim_and_a_done_mark_claims_the_rest(etcd, monkeypatch):
+    client, prefix = etcd
+    events = [_event("m-1"), _event("m-2"), _event("m-3"), _event("m-4")]
+    held, done = (keys.dedup_key(prefix, "orders", event_id) for event_id in ("m-2", "m-3"))
+    client.put(held, f"claimed {events[1].digest} 1234")   # a sibling's claim
+    client.put(done, f"done {events[2].digest}")           # a sibling's done mark, not in our cache
+    with _dedup(client, prefix) as dedup:
+        dedup.done.clear()
+        assert dedup.claim([_event("m-0")]).result() == [Verdict.CLAIMED]   # a start's window: per event
+        sent = _claim_requests(client, monkeypatch)
+        # The flat transaction finds keys that exist and writes nothing; the window is claimed
+        # again one create-if-absent transaction per event: only those two are not claimed.
+        assert dedup.claim(events).result() == [Verdict.CLAIMED, Verdict.HELD, Verdict.SKIPPED, Verdict.CLAIMED]
+        assert len(sent) == 2 and all(op.WhichOneof("request") == "request_txn" for op in sent[1].success)
+        lease = dedup._lease
+        for event_id in ("m-1", "m-4"):
+            assert client.get(keys.dedup_key(prefix, "orders", event_id)) == \
+                f"claimed {_event(event_id).digest} {lease:x}".encode()
+        assert client.get(held) == f"claimed {events[1].digest} 1234".encode()
+        assert client.get(done) == f"done {events[2].digest}".encode()
+        assert dedup.commit([events[0], events[3]]).result() == [Verdict.OK, Verdict.OK]
+        # Keys found come in runs: the next window is claimed per event at once (one transaction,
+        # not a flat one that fails first); a window that found none makes the one after it flat.
+        sent.clear()   # the commit's
+        fresh = [_event("m-5"), _event("m-6")]
+        assert dedup.claim(fresh).result() == [Verdict.CLAIMED] * 2
+        assert len(sent) == 1 and all(op.WhichOneof("request") == "request_txn" for op in sent[0].success)
+        assert dedup.claim([_event("m-7")]).result() == [Verdict.CLAIMED]
+        assert len(sent) == 2 and sent[1].success[0].WhichOneof("request") == "request_put"
+    assert effects.counts_by_id(client, "orders", prefix=prefix) == {"m-1": 1, "m-4": 1}
+
+
+def test_a_starts_first_window_is_claimed_per_event_and_finds_its_predecessors_work_in_one_transaction(
+        etcd, monkeypatch):
+    client, prefix = etcd
+    events = [_event("s-1"), _event("s-2")]
+    with _dedup(client, prefix) as first:
+        assert first.claim(events).result() == [Verdict.CLAIMED] * 2
+        assert first.commit(events[:1]).result() == [Verdict.OK]
+        # s-2's delivery went back to the queue unfinished (a crash: its claim stays on the lease)
+        first._stop.set()
+        restarted = EtcdDedup(client, prefix, "orders", claim_ttl=5, retention=60)
+        restarted.open()
+        try:
+            restarted.done.clear()   # its predecessor's done ids not imported yet
+            sent = _claim_requests(client, monkeypatch)
+            assert restarted.claim(events).result() == [Verdict.SKIPPED, Verdict.HELD]
+            assert len(sent) == 1   # per event at once: no flat transaction that fails first
+        finally:
+            restarted.close()
