@@ -9,7 +9,8 @@ points call :func:`install_patches`.
 from . import amqp, etcd
 from .etcd import Etcd
 from .config import Config, EtcdAccess, mask_url
-from .dedup import EtcdDedup, NoDedup
+from .dedup import EtcdDedup
+from .nodedup import NoDedup
 from .effects import count as count_effects, counts_by_id
 from .errors import (BrokerRefused, BrokerUnavailable, ChannelClosed, ConfigError, DedupUnavailable, EtcdRefused,
                      InvalidEvent, MessageRefused, PublishError, SvcError)

@@ -22,7 +22,8 @@ import logging
 import threading
 
 from . import etcd as _etcd, keys
-from .dedup import InFlight, NoDedup, Ready
+from .batch import InFlight, Ready
+from .nodedup import NoDedup
 from .errors import DedupUnavailable, EtcdRefused
 from .protocols import Verdict
 from .event import Event

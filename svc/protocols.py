@@ -1,7 +1,7 @@
 """The shapes the processor works with: a deduplication, its verdicts, a meter.
 
 Structural types (:class:`typing.Protocol`): a class satisfies one by having its members, not by
-inheriting. :class:`svc.dedup.NoDedup`, :class:`svc.dedup.EtcdDedup`, the talk's
+inheriting. :class:`svc.nodedup.NoDedup`, :class:`svc.dedup.EtcdDedup`, the talk's
 :class:`svc.dedup_talk.TalkDedup` and the in-memory :class:`svc.stand_ins.MemoryDedup` are each a
 ``Dedup``; :class:`svc.metrics.Metrics` and :class:`svc.stand_ins.MemoryMeter` are each a ``Meter``.
 """

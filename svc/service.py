@@ -9,7 +9,8 @@ import threading
 
 from . import install_patches
 from .config import Config, mask_url
-from .dedup import EtcdDedup, NoDedup
+from .dedup import EtcdDedup
+from .nodedup import NoDedup
 from .dedup_talk import TalkDedup
 from .etcd import Etcd
 from .errors import BrokerRefused, ConfigError, EtcdRefused

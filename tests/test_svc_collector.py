@@ -23,7 +23,7 @@ def test_the_consumer_handles_events_with_the_collector_tuned(svc_world):
     from svc import collector
     from svc.config import Config
     from svc.consumer import Consumer
-    from svc.dedup import NoDedup
+    from svc.nodedup import NoDedup
     from svc.processor import Processor
     from nirvana.testing import MemoryMeter
 

@@ -14,7 +14,8 @@ import contextlib
 
 from svc import effects, keys
 from svc import etcd as _etcd
-from svc.dedup import EtcdDedup, NoDedup, Verdict
+from svc.dedup import EtcdDedup, Verdict
+from svc.nodedup import NoDedup
 from svc.event import parse
 
 

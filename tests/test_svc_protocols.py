@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from svc import dedup, dedup_talk, protocols
+from svc import dedup, dedup_talk, nodedup, protocols
 from svc.etcd import Etcd
 from svc.metrics import Metrics
 from nirvana.testing import MemoryDedup, MemoryMeter
@@ -15,7 +15,7 @@ from nirvana.testing import MemoryDedup, MemoryMeter
 ETCD = Etcd([("127.0.0.1", 1)], timeout=0.1)   # never asked: only the objects' shapes are read
 
 DEDUPS = {
-    "NoDedup": lambda: dedup.NoDedup(ETCD, "/p", "orders"),
+    "NoDedup": lambda: nodedup.NoDedup(ETCD, "/p", "orders"),
     "EtcdDedup": lambda: dedup.EtcdDedup(ETCD, "/p", "orders", claim_ttl=5, retention=60),
     "TalkDedup": lambda: dedup_talk.TalkDedup(ETCD, "/p", "orders"),
     "MemoryDedup": MemoryDedup,
@@ -39,7 +39,7 @@ def test_every_deduplication_is_a_dedup_with_the_protocols_signatures(name):
 def test_no_deduplication_is_a_kind_of_nodedup():
     # The type is the protocol; NoDedup is one deduplication among others, not their base
     for name in ("EtcdDedup", "TalkDedup", "MemoryDedup"):
-        assert not isinstance(DEDUPS[name](), dedup.NoDedup), name
+        assert not isinstance(DEDUPS[name](), nodedup.NoDedup), name
 
 
 def test_the_processor_and_the_service_are_annotated_with_the_protocols():

@@ -7,6 +7,7 @@ the next consumer, so nothing is lost — and, with no deduplication, it may be 
 """
 
 import logging
+import signal
 
 import pika
 
@@ -32,11 +33,22 @@ def main() -> None:
     channel.queue_declare(QUEUE, durable=True)
     channel.basic_qos(prefetch_count=PREFETCH)
     channel.basic_consume(QUEUE, on_message)
+    # Ctrl-C (or SIGTERM) asks for a stop, taken between two frames: a KeyboardInterrupt raised in
+    # the middle of pika's send made it send an ack twice ("unknown delivery tag", channel closed).
+    asked = []
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: asked.append(True))
+
+    def stop_if_asked() -> None:
+        if asked:
+            channel.stop_consuming()   # after the message in hand is acked; the rest stay queued
+        else:
+            connection.call_later(0.2, stop_if_asked)
+
+    connection.call_later(0.2, stop_if_asked)
     log.info("consuming %s, Ctrl-C to stop", QUEUE)
     try:
         channel.start_consuming()
-    except KeyboardInterrupt:
-        channel.stop_consuming()
     finally:
         connection.close()
         log.info("stopped")
