@@ -40,9 +40,9 @@ BLOCKED_TIMEOUT = 60.0   # seconds a connection may stay blocked (resource alarm
 HELD_SHARE = 10          # a consumer whose held deliveries fill this fraction (1/N) of its prefetch
                          # hands over to a new consumer with a full prefetch (Consumer._consume_again)
 HELD_HANDOVER_AFTER = 0.5   # ... and one with fewer, once they have made a prefetch of acks one by one, or
-                         # some have waited this long (seconds), unbroken: a
-                         # held delivery's low tag makes every later ack on its channel one by one (svc/acks.py);
-                         # a live sibling's claim ends sooner (its window's commit), a dead one's after CLAIM_TTL
+                         # some have waited this long (seconds), unbroken: a held delivery's low tag makes
+                         # every later ack on its channel one by one (svc/acks.py); a live sibling's claim
+                         # ends sooner (its window's commit), a dead one's after CLAIM_TTL
 FILL_WAIT = 0.1          # on a quorum queue, seconds a hand-over waits for the broker to fill the prefetch
 FILL_RETRY = 1.0         # (Consumer._nothing_on_its_way), at most once in this many seconds
 HANDOVER_CHANNELS = 16   # channels at most that consume or hold deliveries on one connection: a hand-over
