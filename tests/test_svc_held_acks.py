@@ -123,7 +123,12 @@ def _acked(world, monkeypatch, held: int, events: int, prefetch: int, work_ms: i
     handler.emit = lambda record: lines.append(record.getMessage())
     logger = logging.getLogger("svc.consumer")
     logger.addHandler(handler)
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    # An earlier test in this worker may have asked this logger for INFO while it was at WARNING:
+    # the logger caches that answer (Logger._cache), and only setLevel clears it; assigning .level
+    # kept the cached "no" and the log came back empty (a CI run: 4 failed on gw0). As then:
+    logger.isEnabledFor(logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)
     config = Config.from_env(world.env(orders, enable_etcd=True, claim_ttl=60, prefetch=prefetch, work_ms=work_ms))
     dedup = EtcdDedup(etcd, config.etcd_prefix, orders, claim_ttl=60, retention=config.dedup_retention)
     stop = threading.Event()
@@ -139,6 +144,7 @@ def _acked(world, monkeypatch, held: int, events: int, prefetch: int, work_ms: i
         thread.join(30)
         dedup.close()
         logger.removeHandler(handler)
+        logger.setLevel(level)
     assert set(world.effects_by_id(orders).values()) == {1}
     etcd.revoke(lease)
     return one_by_one, returned, "\n".join(lines)
