@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_svc.py [--events 50000] [--repeat 5] [--warmup 1] [--prefetch 1500]
                                         [--done-ids 100000] [--many-done-ids 1000000] [--sibling-events 20000]
                                         [--amqp-url URL] [--etcd HOST:PORT] [--latency-samples 100]
-                                        [--latency-rounds 2] [--cluster]
+                                        [--latency-rounds 2] [--cluster] [--only healthy sibling ...]
 
 - consume: a bare pika consume-and-ack loop (the yardstick), ``python -m svc`` without and with etcd
   deduplication, each draining the same number of events from the same queue setup
@@ -65,8 +65,9 @@ from nirvana.testing import World, wait_for  # noqa: E402
 from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402,F401  (chapter 8's too)
 
 from nirvana.prune import prune  # noqa: E402
-from budget import Stack, add, bare_rate, budget_table, cpu_line, latencies, per_event, percentile, timed_fill  # noqa: E402,E501
-from starts import add_done_ids, drop, spread, start_lines, start_part, startup  # noqa: E402  (bench_compare's too)
+from budget import Stack, add, bare_rate, latencies, per_event, timed_fill  # noqa: E402
+from starts import add_done_ids, drop, spread, startup  # noqa: E402,F401  (bench_compare's too)
+from svc_report import BUDGETED, GOALS, GROUPS, chosen, print_round, report, side_by_side  # noqa: E402,F401
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ETCD_ENDPOINT = "127.0.0.1:2379"
@@ -166,21 +167,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--etcd", default=ETCD_ENDPOINT, help="etcd endpoint(s) (default: the stack's)")
 
 
-# (yardstick, contenders measured between its runs, label of the table, goal of the ratio)
-GROUPS = (("bare", ("plain", "dedup")), ("bare publish", ("publish",)), ("healthy", ("sibling",)),
-          ("healthy quorum", ("sibling quorum",)))
-GOALS = {"plain": 1.0, "dedup": 0.75, "publish": 0.95, "sibling": 0.9, "sibling quorum": 0.9}
-LABELS = {"bare": "bare pika consume+ack", "plain": "svc, dedup off", "dedup": "svc, etcd dedup",
-          "bare publish": "bare pika publisher, confirms", "publish": "svc.Publisher, confirms",
-          "healthy": "svc healthy (dedup on)", "sibling": "svc, a dead sibling's claims",
-          "healthy quorum": "svc healthy, quorum queue", "sibling quorum": "svc, dead sibling, quorum"}
-
-
-def run_round(world: World, args, round_: int, measure) -> dict:
+def run_round(world: World, args, round_: int, measure, groups: tuple = GROUPS) -> dict:
     """One round: each group's yardstick, then each contender followed by its yardstick again, the
     groups in an order that rotates by ``round_`` and a group's contenders alternating. Returns
     {contender: (rate, yardstick before, yardstick after, longest pause or None)}."""
-    groups = GROUPS[round_ % len(GROUPS):] + GROUPS[:round_ % len(GROUPS)]
+    groups = groups[round_ % len(groups):] + groups[:round_ % len(groups)]
     result = {}
     for yardstick, contenders in groups:
         before = measure(yardstick)[0]
@@ -190,9 +181,6 @@ def run_round(world: World, args, round_: int, measure) -> dict:
             result[name] = (rate, before, after, pause)
             before = after
     return result
-
-
-BUDGETED = ("bare", "plain", "dedup")   # the contenders whose CPU per event is read, by process
 
 
 def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") -> dict:
@@ -211,16 +199,19 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
         # The dead sibling on a quorum queue too, on the same broker (the cluster's are all quorum).
         quorum = World(amqp_urls[0], etcd, Path(logs), queue_type="quorum")
         try:
-            starters, leases = {}, []
-            for done_ids in (args.done_ids, args.many_done_ids):
+            starters, leases, whole = {}, [], not args.only   # --only: the groups' rounds alone
+            groups = chosen(args.only)
+            for done_ids in (args.done_ids, args.many_done_ids) if whole else ():
                 if done_ids and done_ids not in starters:
                     starters[done_ids] = world.service_name(f"start{done_ids}")
                     world.channel().queue_delete(world.queue(starters[done_ids]))  # see startup
                     leases.append(add_done_ids(world, starters[done_ids], done_ids))
-            idle = {dedup: statistics.median(start_cpu(world, dedup, args.prefetch) for _ in range(3))
-                    for dedup in (False, True)}
-            print(f"svc's CPU to start consuming (idle queue, median of 3): {idle[False]:.2f} s dedup off, "
-                  f"{idle[True]:.2f} s dedup on (taken off its runs' CPU)", file=sys.stderr, flush=True)
+            idle = {False: 0.0, True: 0.0}
+            if {"plain", "dedup"} & {name for _, names in groups for name in names}:
+                idle = {dedup: statistics.median(start_cpu(world, dedup, args.prefetch) for _ in range(3))
+                        for dedup in (False, True)}
+                print(f"svc's CPU to start consuming (idle queue, median of 3): {idle[False]:.2f} s dedup off, "
+                      f"{idle[True]:.2f} s dedup on (taken off its runs' CPU)", file=sys.stderr, flush=True)
             budget: dict = {}
             contenders = {
                 "bare": lambda service, _: bare_rate(world, service, args.events, args.prefetch, stack, budget),
@@ -251,7 +242,7 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
             for round_ in range(args.warmup + args.repeat):
                 load = os.getloadavg()
                 this_round: dict[str, list[dict]] = {name: [] for name in BUDGETED}
-                result = run_round(world, args, round_, measure)
+                result = run_round(world, args, round_, measure, groups)
                 started = {}
                 for done_ids, starter in starters.items():
                     *started[done_ids], imported[done_ids] = startup(world, starter)
@@ -263,7 +254,7 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                     for name, runs in this_round.items():
                         budgets[name].extend(runs)
             latency, round_trips, lone = {}, [], []
-            for round_ in range(args.latency_rounds):
+            for round_ in range(args.latency_rounds if whole else 0):
                 for name in ("plain", "dedup") if round_ % 2 == 0 else ("dedup", "plain"):
                     service = world.service_name("lone")
                     lone.append(service)
@@ -282,7 +273,7 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                 pass
         reclaim(etcd)
     return {"counted": counted, "starts": starts, "imported": imported, "budgets": budgets, "latency": latency,
-            "round_trip": statistics.median(round_trips)}
+            "round_trip": statistics.median(round_trips) if round_trips else None, "groups": groups}
 
 
 def main() -> None:
@@ -294,6 +285,8 @@ def main() -> None:
                              "queues) started on free ports; both tables printed, then side by side")
     parser.add_argument("--latency-samples", type=int, default=100, help="lone events per latency run")
     parser.add_argument("--latency-rounds", type=int, default=2, help="latency runs of each, alternating")
+    parser.add_argument("--only", nargs="+", choices=[name for group in GROUPS for name in (group[0], *group[1])],
+                        help="only the groups of these yardsticks or contenders (no starts, no latencies)")
     args = parser.parse_args()
     single = bench(args, [args.amqp_url], args.etcd)
     report(args, single)
@@ -311,23 +304,6 @@ def main() -> None:
         side_by_side(single, clustered)
 
 
-def ratio(figures: tuple) -> float:
-    """A contender's rate over the mean of the yardstick runs before and after it."""
-    rate, before, after, _ = figures
-    return rate / ((before + after) / 2)
-
-
-def print_round(tag: str, load: tuple, result: dict, started: dict, budgets: dict) -> None:
-    parts = []
-    for name, figures in result.items():
-        rate, before, after, pause = figures
-        verdict = "ok" if ratio(figures) >= GOALS[name] else "BELOW GOAL"
-        paused = "" if pause is None else f", longest pause {pause * 1000:.0f} ms"
-        parts.append(f"{name} {rate:.0f} ({ratio(figures):.2f}x of {before:.0f}|{after:.0f}, {verdict}{paused})")
-    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts + start_part(started))}\n"
-          f"  CPU µs/event, all processes [the consumer's; etcd's]: {cpu_line(budgets)}", file=sys.stderr, flush=True)
-
-
 def reclaim(endpoints: str) -> None:
     """Compact and defragment the bench's etcd: its deleted keys' space is given back."""
     etcd = _etcd.Etcd(parse_endpoints(endpoints))
@@ -337,55 +313,6 @@ def reclaim(endpoints: str) -> None:
               file=sys.stderr)
     finally:
         etcd.close()
-
-
-def side_by_side(single: dict, clustered: dict) -> None:
-    """One line per contender: the median ratio (and lowest) on the single node and on the cluster;
-    then the CPU µs per event of all processes and the latencies."""
-    print(f"\n{'median ratio [lowest]':32} {'single node':>16} {'cluster':>16}   goal")
-    for _, names in GROUPS:
-        for name in names:
-            cells = []
-            for counted in (single["counted"], clustered["counted"]):
-                each = [ratio(result[name]) for result in counted]
-                cells.append(f"{statistics.median(each):.2f}x [{min(each):.2f}x]")
-            print(f"{LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}   >= {GOALS[name]:.2f}x")
-    for name in BUDGETED:
-        cells = [f"{statistics.median(sum(run.values()) for run in one['budgets'][name]):.0f} µs" for one in
-                 (single, clustered)]
-        print(f"{'CPU/event, ' + LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}")
-    for name in ("plain", "dedup"):
-        cells = [f"{percentile(one['latency'][name], 0.5):.1f}|{percentile(one['latency'][name], 0.99):.1f} ms"
-                 for one in (single, clustered)]
-        print(f"{'p50|p99 latency, ' + LABELS[name]:32} {cells[0]:>16} {cells[1]:>16}")
-    cells = [f"{one['round_trip']:.2f} ms" for one in (single, clustered)]
-    print(f"{'one etcd round trip':32} {cells[0]:>16} {cells[1]:>16}")
-
-
-def report(args, run: dict) -> None:
-    counted, starts, imported = run["counted"], run["starts"], run["imported"]
-    print(f"{args.events} events per run ({args.sibling_events} for the dead sibling), prefetch {args.prefetch}, "
-          f"{len(counted)} rounds counted after {args.warmup} warm-up; each ratio: the contender over the mean of its "
-          "yardstick's runs just before and after it [every round]")
-    for yardstick, names in GROUPS:
-        rates = sorted({figures[i] for result in counted for name in names for i in (1, 2)
-                        for figures in [result[name]]})
-        print(f"{LABELS[yardstick]:32} {statistics.median(rates):9.0f} events/s   yardstick, "
-              f"{min(rates):.0f}-{max(rates):.0f} over {len(rates)} runs")
-        for name in names:
-            each = [ratio(result[name]) for result in counted]
-            verdict = "every round meets it" if min(each) >= GOALS[name] else "NOT every round meets it"
-            print(f"{LABELS[name]:32} {statistics.median([result[name][0] for result in counted]):9.0f} events/s   "
-                  f"median {statistics.median(each):.2f}x, lowest {min(each):.2f}x  (goal >= {GOALS[name]:.2f}x: "
-                  f"{verdict})  {spread(each, '{:.2f}x')}")
-    print("\n".join(start_lines(starts, imported)))
-    print(budget_table(run["budgets"], LABELS))
-    latency = run["latency"]
-    for name in ("plain", "dedup"):
-        print(f"{'publish to effect, ' + LABELS[name]:32} p50 {percentile(latency[name], 0.5):6.2f} ms, p99 "
-              f"{percentile(latency[name], 0.99):6.2f} ms  ({len(latency[name])} lone events)")
-    print(f"{'one etcd round trip':32} {run['round_trip']:6.2f} ms  (a one-key transaction, median; one before "
-          "each lone event)")
 
 
 if __name__ == "__main__":
