@@ -32,7 +32,7 @@ from budget import Stack
 from nirvana import launcher
 
 from bench_svc import (EVENT, GOALS, World, add_arguments, add_done_ids, bare_pika, reclaim, retire, sibling_rate,
-                       spread, startup, svc_rate, wait_for)
+                       sibling_settings, spread, startup, svc_rate, wait_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,7 +187,7 @@ def _runs(args, name: str, code: dict):
                 for kind, dedup in (("plain", False), ("dedup", True))]
     if name == "sibling":
         return [("healthy", lambda world, service: svc_rate(world, service, args.sibling_events, True, args.prefetch,
-                                                             **code)),
+                                                             **sibling_settings(**code))),
                 ("sibling", lambda world, service: sibling_rate(world, service, args.sibling_events, args.prefetch,
                                                                 **code))]
     return []   # start: once per round, on its own service (see measure)
