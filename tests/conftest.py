@@ -53,6 +53,18 @@ def in_own_namespace(request, tmp_path) -> bool:
     nodeid = plain_nodeid(request.node)
     if os.environ.get(INSIDE) == nodeid:
         return True
+    returncode, output, report = run_in_namespace(request, tmp_path, [nodeid])
+    assert returncode == 0, output
+    counts = inner_counts(report)
+    assert counts == {"tests": 1, "failures": 0, "errors": 0, "skipped": 0}, f"ran {counts}, not 1 passed: {output}"
+    return False
+
+
+def run_in_namespace(request, tmp_path, nodeids: list[str]) -> tuple[int, str, Path]:
+    """Run pytest on ``nodeids`` (one pytest, in their order) in a network namespace of their own with a
+    state folder under ``tmp_path``, INSIDE set to the ids (one a line); (its exit status, the end of
+    its output, its junit report). Skips (fails in CI) when no namespace can be made here. Raises
+    subprocess.TimeoutExpired past RUN_TIMEOUT seconds a test, plus 60."""
     need("unshare (util-linux) and ip (iproute2)", bool(shutil.which("unshare") and shutil.which("ip")),
          hint="install util-linux and iproute2")
     need("etcd and RabbitMQ's server (./kit setup)", bool(shutil.which("etcd")) and stack.rabbitmq.SERVER.exists(),
@@ -62,22 +74,18 @@ def in_own_namespace(request, tmp_path) -> bool:
     if probe.returncode != 0:
         pytest.skip(f"no network namespace here ({' '.join(unshare)}: {probe.stderr.strip()}): run as root, "
                     "or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)")
-    env = {**os.environ, INSIDE: nodeid, "NIRVANA_STATE": str(tmp_path / "state")}
+    env = {**os.environ, INSIDE: "\n".join(nodeids), "NIRVANA_STATE": str(tmp_path / "state")}
     for variable in ("AMQP_URL", "ETCD_ENDPOINTS", "EVENTS_EXCHANGE", "ETCD_PREFIX", PRIVATE_STACK,
                      "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         env.pop(variable, None)   # inside, the cluster's: nothing of the outer stack
     report = tmp_path / "inside.xml"
     script = 'ip link set lo up && exec "$@"'
-    argv = [*unshare, "sh", "-c", script, "sh", sys.executable, "-m", "pytest", "-q", "-x", "-rA",
+    argv = [*unshare, "sh", "-c", script, "sh", sys.executable, "-m", "pytest", "-q", "-rA",
             "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", str(int(RUN_TIMEOUT)),
-            f"--junitxml={report}", nodeid]
+            f"--junitxml={report}", *nodeids]
     run = subprocess.run(argv, cwd=request.config.rootpath, env=env, capture_output=True, text=True,
-                         timeout=RUN_TIMEOUT + 60)
-    output = f"in its own network namespace:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
-    assert run.returncode == 0, output
-    counts = inner_counts(report)
-    assert counts == {"tests": 1, "failures": 0, "errors": 0, "skipped": 0}, f"ran {counts}, not 1 passed: {output}"
-    return False
+                         timeout=RUN_TIMEOUT * len(nodeids) + 60)
+    return run.returncode, f"in its own network namespace:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}", report
 
 
 def plain_nodeid(node) -> str:
@@ -225,17 +233,18 @@ def pytest_collection_modifyitems(config, items):
     no order there) tests that must share a worker form groups: the cells of one notebook, the tests
     of a module with a module-scoped fixture (a JupyterLab, a browser), and the tests marked
     ``cluster``, dealt to CLUSTER_LANES groups (two clusters of three at a time: three at once
-    overran 2 cores). Groups go first,
-    clusters foremost, so the longest work starts first; every other test goes to whichever
-    worker is free."""
+    overran 2 cores): each test alone, or the tests of a module that share one cluster (a
+    module-scoped fixture) together, in one lane. Groups go first, clusters foremost, so the
+    longest work starts first; every other test goes to whichever worker is free."""
     if not (hasattr(config, "workerinput") or getattr(config.option, "tx", None)):
         items.sort(key=lambda item: item.get_closest_marker("stack") is not None)
         return
-    rank, clusters = {}, 0
+    rank, lanes = {}, {}
     for item in items:
         group = share_group(item)
-        if group == "clusters":   # dealt in turn to CLUSTER_LANES groups
-            group, clusters = f"clusters-{clusters % CLUSTER_LANES}", clusters + 1
+        if group and group.startswith("clusters"):   # a lane of its own (or of its module's), in turn
+            key = item.nodeid if group == "clusters" else group
+            group = lanes.setdefault(key, f"clusters-{len(lanes) % CLUSTER_LANES}")
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
         rank[item.nodeid] = 0 if group and group.startswith("clusters") else 1 if group else 2
@@ -244,14 +253,15 @@ def pytest_collection_modifyitems(config, items):
 
 def share_group(item) -> str | None:
     """The worker group ``item`` must run in under pytest-xdist ("clusters": one of the cluster
-    lanes), or None (any worker)."""
-    if item.get_closest_marker("cluster"):
-        return "clusters"
+    lanes; "clusters:<module>": one lane for every such test of the module), or None (any worker)."""
     path = item.nodeid.split("::")[0]
     if not isinstance(item, pytest.Function):
         return path   # a notebook's cell (nbval): its kernel holds what the cells before it made
     fixtures = item._fixtureinfo.name2fixturedefs.values()
-    return path if any(d.scope in ("module", "class", "package") for defs in fixtures for d in defs) else None
+    shared = any(d.scope in ("module", "class", "package") for defs in fixtures for d in defs)
+    if item.get_closest_marker("cluster"):
+        return f"clusters:{path}" if shared else "clusters"
+    return path if shared else None
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
 """The kit's cluster (``./kit up --cluster``): three etcd members, three RabbitMQ nodes, and svc on
 quorum queues through a leader's death, a node's stop and a poison event.
 
-Each test runs itself again in a network namespace of its own (``unshare --net``) with a state
-folder of its own: inside, nothing answers on loopback, so the cluster takes the kit's ports
+The tests run themselves again in a network namespace of their own (``unshare --net``) with a
+state folder of its own: inside, nothing answers on loopback, so the cluster takes the kit's ports
 (2379, 5673...) and the machine's RabbitMQ, epmd and the shared stack are never seen nor touched.
-Marked ``stack`` (tests/conftest.py runs them last); each takes 20-40 s, mostly RabbitMQ's start.
+The first test brings its own cluster up from nothing and down; the four fault tests share ONE
+cluster in ONE namespace (``shared_cluster``: one inner run of the four, tests/shared_namespace.py),
+brought back whole before each and down, with nothing left, after the last; each outer test checks
+its own outcome inside. Marked ``stack`` (tests/conftest.py runs them last); a cluster's start and
+stop takes 20-40 s, mostly RabbitMQ's.
 """
 
 import json
@@ -18,6 +22,7 @@ import pika
 import psutil
 import pytest
 from conftest import RUN_TIMEOUT, in_own_namespace
+from shared_namespace import in_shared_namespace, inside, run_together
 
 from nirvana import checker, paths, rabbit, services, shape, stack
 from nirvana.publisher import publish_bodies
@@ -36,6 +41,8 @@ EVENTS = 600
 
 # last (tests/conftest.py), and the outer test waits for the inner run past pytest's 180 s default
 pytestmark = [pytest.mark.stack, pytest.mark.cluster, pytest.mark.timeout(RUN_TIMEOUT + 90)]
+SHARING = 4                       # tests on the shared cluster: the first outer one waits for their run
+together = pytest.mark.timeout(RUN_TIMEOUT * SHARING + 90)
 
 
 def quiet(_line: str) -> None:
@@ -148,10 +155,57 @@ def _stream_with_fault(kit: shape.Shape, world: dict, fault) -> dict[str, checke
         etcd.close()
 
 
-def test_a_sigkilled_etcd_leader_mid_stream_loses_and_doubles_nothing(request, tmp_path):
-    if not in_own_namespace(request, tmp_path):
+@pytest.fixture(scope="module")
+def one_cluster(request, tmp_path_factory):
+    """Outside: the tests that ask for ``shared_cluster`` run once, together, in one namespace of
+    their own (:class:`shared_namespace.Together`). Inside: the kit's cluster (etcd and RabbitMQ
+    only) up once for them all, as ``(its shape, the names of the tests run on it)``; after the
+    last, every service and member stopped, and no process of the cluster left."""
+    if not inside():
+        yield run_together(request, tmp_path_factory.mktemp("cluster"), "shared_cluster")
         return
-    with_cluster(_etcd_leader_killed)
+    try:
+        stack.up(progress=quiet, only=["etcd", "rabbitmq"], cluster=True)
+        kit = shape.recorded()
+        yield kit, []
+    finally:
+        services.stop_all(timeout=2)
+        stack.down(progress=quiet)
+    assert leftovers(kit) == []
+
+
+@pytest.fixture
+def shared_cluster(request, one_cluster):
+    """Outside: the run of the tests together (each checks its own outcome there). Inside: the
+    shared cluster's shape, whole (:func:`whole_again` after the test before); its services stopped
+    afterwards. Each test's names are its own (``_world``): what one leaves never meets another."""
+    if not inside():
+        yield one_cluster
+        return
+    kit, ran = one_cluster
+    if ran:
+        whole_again(kit, ran[-1])
+    ran.append(request.node.name)
+    yield kit
+    services.stop_all(timeout=2)
+
+
+def whole_again(kit: shape.Shape, after: str) -> None:
+    """Start again every member stopped or killed (:func:`cluster.up`: idempotent; it waits until
+    an etcd leader is known and node 1 sees the three nodes running), then check every member
+    healthy and started by the kit, and one etcd leader. Raises AssertionError naming ``after``, the
+    test the cluster was not whole again after (StackError from cluster.up: a member did not start)."""
+    rows = cluster.up(kit, progress=quiet)
+    assert all(row.healthy and row.origin == "started by kit" for row in rows), f"after {after}: {rows}"
+    etcds = sorted(row.role for row in rows if row.name.startswith("etcd-"))
+    assert etcds == ["follower", "follower", "leader"], f"after {after}: {rows}"
+
+
+@together
+def test_a_sigkilled_etcd_leader_mid_stream_loses_and_doubles_nothing(request, shared_cluster):
+    if not in_shared_namespace(request, shared_cluster):
+        return
+    _etcd_leader_killed(shared_cluster)
 
 
 def _etcd_leader_killed(kit: shape.Shape) -> None:
@@ -172,10 +226,11 @@ def _etcd_leader_killed(kit: shape.Shape) -> None:
     assert [(r.lost, r.duplicated, r.unexpected, r.processed_once) for r in rows.values()] == [(0, 0, 0, EVENTS)] * 2
 
 
-def test_a_stopped_rabbitmq_node_mid_stream_loses_and_doubles_nothing(request, tmp_path):
-    if not in_own_namespace(request, tmp_path):
+@together
+def test_a_stopped_rabbitmq_node_mid_stream_loses_and_doubles_nothing(request, shared_cluster):
+    if not in_shared_namespace(request, shared_cluster):
         return
-    with_cluster(_queue_leader_stopped)
+    _queue_leader_stopped(shared_cluster)
 
 
 def _queue_leader_stopped(kit: shape.Shape) -> None:
@@ -197,10 +252,11 @@ def _queue_leader_stopped(kit: shape.Shape) -> None:
     assert [(r.lost, r.duplicated, r.unexpected, r.processed_once) for r in rows.values()] == [(0, 0, 0, EVENTS)] * 2
 
 
-def test_a_replay_reads_the_whole_log_while_its_leader_node_is_stopped(request, tmp_path):
-    if not in_own_namespace(request, tmp_path):
+@together
+def test_a_replay_reads_the_whole_log_while_its_leader_node_is_stopped(request, shared_cluster):
+    if not in_shared_namespace(request, shared_cluster):
         return
-    with_cluster(_log_leader_stopped)
+    _log_leader_stopped(shared_cluster)
 
 
 def _log_leader_stopped(kit: shape.Shape) -> None:
@@ -233,23 +289,11 @@ def _log_leader_stopped(kit: shape.Shape) -> None:
         etcd.close()
 
 
-def with_cluster(body) -> None:
-    """Inside the namespace: ``body(shape)`` with the kit's cluster up (etcd and RabbitMQ only);
-    then every service and member stopped, and no process of the cluster left."""
-    stack.up(progress=quiet, only=["etcd", "rabbitmq"], cluster=True)
-    kit = shape.recorded()
-    try:
-        body(kit)
-    finally:
-        services.stop_all(timeout=2)
-        stack.down(progress=quiet)
-    assert leftovers(kit) == []
-
-
-def test_a_poison_event_is_stopped_by_the_delivery_limit(request, tmp_path):
-    if not in_own_namespace(request, tmp_path):
+@together
+def test_a_poison_event_is_stopped_by_the_delivery_limit(request, shared_cluster):
+    if not in_shared_namespace(request, shared_cluster):
         return
-    with_cluster(_poison)
+    _poison(shared_cluster)
 
 
 def _poison(kit: shape.Shape) -> None:

@@ -1,8 +1,11 @@
 """conftest.in_own_namespace: the outer test passes only when its run inside the namespace ran
 the test and it passed (a skip inside once counted as a pass: a cluster test could pass having run
-nothing). Checked on a test module of the test's own, run by pytest as the suite would."""
+nothing); tests that share a module-scoped fixture (tests/shared_namespace.py) run in one namespace
+together, and each outer test passes only when its own test passed there. Checked on a test module
+of the test's own, run by pytest as the suite would."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +19,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import pytest
 from conftest import in_own_namespace, plain_nodeid
+from shared_namespace import in_shared_namespace, inside, run_together
 
 
 def test_skips_inside(request, tmp_path):
@@ -30,12 +34,36 @@ def test_passes_inside(request, tmp_path):
     assert os.environ.get("NIRVANA_TEST_NETNS") == plain_nodeid(request.node)
 
 
+@pytest.fixture(scope="module")
+def together(request, tmp_path_factory):
+    yield run_together(request, tmp_path_factory.mktemp("in"), "together") if not inside() else []
+
+
+def test_shared_skips_inside(request, together):
+    if not in_shared_namespace(request, together):
+        return
+    pytest.skip("nothing to check here")
+
+
+def test_shared_fails_inside(request, together):
+    if not in_shared_namespace(request, together):
+        return
+    assert 5 == 4
+
+
+def test_shared_passes_inside(request, together):
+    if not in_shared_namespace(request, together):
+        return
+    assert len(os.environ["NIRVANA_TEST_NETNS"].split("\\n")) == 3   # the three in one run inside
+
+
 import os
 '''
 
 
 def test_a_skip_inside_its_namespace_fails_the_outer_test(tmp_path):
-    # Given two tests run in their own namespace, one skipping inside, one passing inside
+    # Given two tests run in their own namespace, one skipping inside, one passing inside, and three
+    # run together in one namespace, one skipping, one failing, one passing inside
     (tmp_path / "test_sample.py").write_text(SAMPLE.format(tests=str(paths.ROOT / "tests")))
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "NIRVANA_TEST_NETNS", "PYTEST_ADDOPTS")}
     # When pytest runs them
@@ -45,6 +73,12 @@ def test_a_skip_inside_its_namespace_fails_the_outer_test(tmp_path):
     assert "PASSED test_sample.py::test_passes_inside" in run.stdout, run.stdout[-3000:]
     assert "FAILED test_sample.py::test_skips_inside" in run.stdout, run.stdout[-3000:]
     assert "'skipped': 1" in run.stdout, run.stdout[-3000:]
+    # and, together, the skip and the failure inside to fail their own outer tests only, saying why
+    assert "PASSED test_sample.py::test_shared_passes_inside" in run.stdout, run.stdout[-3000:]
+    for name, outcome, why in (("skips", "skipped", "nothing to check here"), ("fails", "failed", "assert 5 == 4")):
+        assert f"FAILED test_sample.py::test_shared_{name}_inside" in run.stdout, run.stdout[-3000:]
+        said = rf"AssertionError: test_shared_{name}_inside: {outcome} inside, not passed:\nE\s+{why}\n"
+        assert re.search(said, run.stdout), run.stdout[-3000:]
 
 
 @pytest.mark.parametrize(("what", "says"), [
