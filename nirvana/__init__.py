@@ -9,10 +9,18 @@ Every helper takes its broker, exchange, etcd endpoints and prefix from :mod:`ni
 for them (``from nirvana import widgets``), so ``python -m nirvana status`` does not pay for them.
 """
 
+import os
 import sys
 from typing import Callable
 
-import svc
+# Before gRPC loads (svc's etcd client): no gRPC fork handlers in this process. With them (grpcio's
+# default), every fork() of a kernel that has talked to etcd restarts gRPC's threads in the child
+# (a process that then closes its files, as a `!command` or pexpect does before its exec, can be
+# aborted by gRPC: grpc/grpc#43055). The kit never uses gRPC in a forked child (it always execs);
+# an explicit GRPC_ENABLE_FORK_SUPPORT in the environment is kept.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import svc  # noqa: E402 (after the setting above)
 
 from . import effects, graphite, rabbit, services, settings, stack
 from .errors import GraphiteError, GraphiteUnavailable, KitError, RabbitUnavailable, ServiceError, SettingError, \

@@ -17,11 +17,8 @@ the rest the same way for all of them, in the manner of mirakuru's ``Executor``:
 
 Why not mirakuru underneath (weighed: mirakuru 3.1.0, PyPI): its executor keeps the
 ``subprocess.Popen`` it started and stops only that, where the kit stops from a later interpreter
-what an earlier one started (start records); its ``Popen`` arguments are its own (a
-``start_new_session``/``preexec_fn`` of its choosing), which leaves no room for the parent-death
-signal the services need (:func:`nirvana.processes.death_signal`) short of rewriting its
-``start``; it finds a process's leftovers by scanning ``ps`` for an environment variable, where
-the kit stops whole process groups; and its readiness wait raises a bare TimeoutExpired that
+what an earlier one started (start records); it finds a process's leftovers by scanning ``ps``
+for an environment variable, where the kit stops whole process groups; and its readiness wait raises a bare TimeoutExpired that
 does not say what it saw. What would remain of it is the loop :func:`wait_ready` already is.
 
 The one TCP probe (:func:`tcp_open`) and the one free-port finder (:func:`free_ports`) are here too.
@@ -114,7 +111,7 @@ class Command:
     False: a log a test reads line by line holds only what the process wrote); ``record`` is the start
     record's path (none: the caller keeps the handle); ``fields`` more of the record's fields;
     ``die_with_starter`` has Linux SIGKILL it when the starting thread ends
-    (:func:`nirvana.processes.death_signal`).
+    (:func:`nirvana.processes.death_signal`: ``argv`` runs under setpriv(1), same pid).
     """
 
     argv: Sequence[str]
@@ -174,10 +171,11 @@ def start(command: Command) -> Launched:
         if command.append and command.header:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command.argv)}\n".encode())
             out.flush()
-        # its own session: a stop reaches all of it, a Ctrl-C in Jupyter or the terminal none of it
-        child = subprocess.Popen(list(command.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 env=dict(command.env), cwd=command.cwd, start_new_session=True,
-                                 preexec_fn=processes.death_signal() if command.die_with_starter else None)
+        # its own session: a stop reaches all of it, a Ctrl-C in Jupyter or the terminal none of it;
+        # never a preexec_fn: it forks the whole starter and runs its at-fork handlers (death_signal says why)
+        prefix = processes.death_signal() if command.die_with_starter else []
+        child = subprocess.Popen([*prefix, *command.argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 env=dict(command.env), cwd=command.cwd, start_new_session=True)
     try:
         started = psutil.Process(child.pid).create_time()
     except psutil.Error:   # gone already: it is a zombie of ours until reaped, so only on an odd platform

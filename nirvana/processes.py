@@ -16,9 +16,9 @@ Stopping is SIGTERM to each group, a shared deadline, SIGKILL to what is left (P
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -74,29 +74,36 @@ def reap(pid: int) -> None:
         pass
 
 
-PR_SET_PDEATHSIG = 1   # prctl(2): the signal a process gets when the thread that started it ends
+PDEATHSIG_PROGRAM = "setpriv"   # util-linux's setpriv(1) (>= 2.33): "--pdeathsig KILL", then exec
 
 
-def death_signal():
-    """A ``preexec_fn`` that has Linux SIGKILL the child when its starter ends (prctl(2), PR_SET_PDEATHSIG).
+def death_signal() -> list[str]:
+    """The argv prefix that has Linux SIGKILL a child when the thread that started it ends:
+    ``["setpriv", "--pdeathsig", "KILL", "--"]`` (prctl(2) PR_SET_PDEATHSIG, set by util-linux's
+    setpriv(1) before it execs the command; the setting survives that exec). [] off Linux or
+    where setpriv is missing (atexit's stop remains).
 
     For the services a notebook kernel starts: Jupyter gives a kernel that it shuts down or restarts
     a few seconds for atexit's graceful stop and then kills it, and a busy service (WORK_MS) would
     outlive it. SIGKILL is the crash the talk demonstrates anyway: events not acked go back to the
     queue. The signal follows the *thread* that started the child: the kit starts services from the
-    kernel's main thread (cells and widget clicks run there). None off Linux (atexit's stop remains).
+    kernel's main thread (cells and widget clicks run there).
+
+    Why a program and not a ``preexec_fn`` calling prctl: a ``preexec_fn`` makes CPython fork()
+    the whole kernel (no vfork) and run the at-fork handlers in the child, and gRPC's (the kernel's
+    etcd client) restart its poller threads there; the child then closes every inherited file
+    before its exec, the restarted poller's epoll_wait meets a closed descriptor and gRPC aborts
+    the child (SIGABRT, status -6: grpc/grpc#43055, grpcio 1.80 to at least 1.85; Python's
+    subprocess documentation also warns that ``preexec_fn`` is not safe with threads). Without
+    one, CPython vforks and no handler runs. What is given up: a kernel that dies in the
+    microseconds between the exec of setpriv and its prctl leaves its service running (the old
+    hook checked the parent pid after prctl; ``./kit down`` and the next start's record check
+    stop such a service).
     """
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before the fork: the child only calls it
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:   # the starter ended before prctl took effect: no signal would come
-            os._exit(1)
-
-    return set_death_signal
+        return []
+    program = shutil.which(PDEATHSIG_PROGRAM)
+    return [program, "--pdeathsig", "KILL", "--"] if program else []
 
 
 def started_at(pid: int) -> float:

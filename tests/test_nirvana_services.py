@@ -151,7 +151,7 @@ SUBPROCESS = textwrap.dedent("""
     import os, sys
     from nirvana import processes, services
     if sys.argv[3] == "vanish":   # an orphan as off Linux, where no death signal takes the service along
-        processes.death_signal = lambda: None
+        processes.death_signal = lambda: []
     services.start(sys.argv[1], env={"EVENTS_EXCHANGE": sys.argv[2]}, progress=lambda _: None)
     if sys.argv[3] == "vanish":
         os._exit(0)   # like a kernel killed with SIGKILL: no atexit
