@@ -32,24 +32,32 @@ def poll(
     interval: float = POLL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    transient: tuple[type[Exception], ...] = (),
 ) -> T:
     """Call ``read()`` until ``done(value)``; return that value.
 
-    Raises WaitTimeout (a TimeoutError) after ``timeout`` seconds, naming ``what`` and the last value seen.
+    ``transient``: errors of ``read()`` that mean "not readable yet" (an etcd without a leader for
+    a moment, a RabbitMQ node restarting): the wait goes on and says so, and only the deadline ends it.
+
+    Raises WaitTimeout (a TimeoutError) after ``timeout`` seconds, naming ``what`` and the last value
+    seen (or the last transient error, when no read had succeeded since).
     """
     start = clock()
     deadline = start + timeout
     next_report = start + REPORT_EVERY_SECONDS
     progress(f"waiting for {what} (up to {timeout:g} s)")
     while True:
-        value = read()
-        if done(value):
+        try:
+            value, seen = read(), None
+        except transient as error:
+            value, seen = None, f"{type(error).__name__}: {error}"
+        if seen is None and done(value):
             return value
         now = clock()
         if now >= deadline:
-            raise WaitTimeout(f"gave up after {timeout:g} s waiting for {what}: saw {describe(value)}")
+            raise WaitTimeout(f"gave up after {timeout:g} s waiting for {what}: saw {seen or describe(value)}")
         if now >= next_report:
-            progress(f"  still waiting after {now - start:.0f} s: {describe(value)}")
+            progress(f"  still waiting after {now - start:.0f} s: {seen or describe(value)}")
             next_report += REPORT_EVERY_SECONDS
         sleep(min(interval, max(deadline - now, 0)))
 

@@ -35,7 +35,7 @@ from svc.effects import counts_by_id
 from . import checker, deadletters, rabbit, services, settings, stack
 from .plots import plot_reports   # chapter 7 draws its reports with chaos.plot_reports
 from ._wait import Progress, poll, quiet
-from .errors import KitError
+from .errors import TRANSIENT_READ_ERRORS, KitError
 from .cuts import CUT_TIMEOUT, RABBITMQCTL_TIMEOUT, cut_connection, cut_replica, restart_broker
 from .own_etcd import OwnEtcd
 from .proxy import LOST_HANDSHAKES, HandshakeProxy
@@ -355,7 +355,8 @@ def run(plan: Plan = Plan(), *, progress: Progress = print, node: stack.RabbitNo
                  lambda seen: all(n == want for n in seen[:len(plan.services)]) and seen[-1] == 0,
                  what=f"every id processed by {' and '.join(plan.services)}, queues empty",
                  timeout=plan.drain_timeout, progress=progress,
-                 describe=lambda seen: f"processed {', '.join(map(str, seen[:-2]))} of {want}, {seen[-1]} waiting")
+                 describe=lambda seen: f"processed {', '.join(map(str, seen[:-2]))} of {want}, {seen[-1]} waiting",
+                 transient=TRANSIENT_READ_ERRORS)
         except TimeoutError as error:   # what each replica last said is the way to the cause
             tails = [f"--- {s.key}:\n{services.logs(name, 8, instance=s.instance)}"
                      for name in plan.services for s in services.instances(name)]

@@ -4,6 +4,8 @@ svc's own errors (:mod:`svc.errors`: BrokerUnavailable, DedupUnavailable, Publis
 a notebook unchanged where it calls svc (a publish, an effects count); the kit raises these.
 """
 
+from svc.errors import BrokerUnavailable, DedupUnavailable
+
 
 class KitError(Exception):
     """Base class of every error the kit raises."""
@@ -53,7 +55,11 @@ class MeasureError(KitError):
     route): its numbers would be wrong, so none are given."""
 
 
+# A read of etcd or RabbitMQ that failed for now (no etcd leader for a moment, a node restarting or
+# cut): a wait that reads through faults takes it as "not yet" (nirvana._wait.poll's ``transient``)
+TRANSIENT_READ_ERRORS = (DedupUnavailable, BrokerUnavailable, RabbitUnavailable)
+
 __all__ = ["KitError", "SettingError", "StackError", "ServiceError", "RabbitUnavailable", "NoSuchQueue", "GraphiteError",
            "GraphiteUnavailable",
-           "WaitTimeout", "MeasureError"]
+           "WaitTimeout", "MeasureError", "TRANSIENT_READ_ERRORS"]
 

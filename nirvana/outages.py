@@ -17,6 +17,7 @@ from svc.config import DEFAULT_ETCD_PREFIX, parse_endpoints
 
 from . import effects, rabbit, services
 from ._wait import Progress, poll
+from .errors import TRANSIENT_READ_ERRORS
 
 HTTP_TIMEOUT = 2.0     # seconds per request to etcd's gateway on loopback
 TICK = 1.0             # seconds between two lines of a countdown
@@ -143,7 +144,8 @@ def wait_processed(endpoint: str, service: str, ids: Iterable[str], *, timeout: 
     ids = list(ids)
     read = read or (lambda: effects.counts_by_id(endpoint, service))
     counts = poll(lambda: tally(ids, read()), lambda seen: seen.missing == 0,
-                  what=f"{len(ids)} events processed by {service}", timeout=timeout, progress=progress)
+                  what=f"{len(ids)} events processed by {service}", timeout=timeout, progress=progress,
+                  transient=TRANSIENT_READ_ERRORS)
     progress(f"{service}: {counts}")
     return counts
 

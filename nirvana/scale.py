@@ -37,6 +37,7 @@ from .watchdog import Watchdog
 from . import checker, rabbit, services
 from .plots import subplots
 from ._wait import Progress, poll, quiet
+from .errors import TRANSIENT_READ_ERRORS
 from .publisher import publish_bodies
 from .shape import Shape, private_shape
 from .stack import cluster, members, render_status
@@ -180,7 +181,7 @@ class _Run:
              lambda seen: seen[:-1] == [want] * len(SERVICES) and seen[-1] == 0,
              what=f"{want} ids processed by {' and '.join(SERVICES)}", timeout=DRAIN_TIMEOUT, progress=progress,
              describe=lambda seen: f"processed {', '.join(map(str, seen[:-1]))} of {want}, {seen[-1]} waiting",
-             interval=0.1)
+             interval=0.1, transient=TRANSIENT_READ_ERRORS)
 
     def start(self, replicas: int) -> None:
         for name in SERVICES:
