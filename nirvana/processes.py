@@ -106,6 +106,13 @@ def death_signal() -> list[str]:
     return [program, "--pdeathsig", "KILL", "--"] if program else []
 
 
+def command_of(argv: list[str]) -> list[str]:
+    """``argv`` without a :func:`death_signal` prefix: what a process started under setpriv(1) runs,
+    or is about to run (between setpriv's start and its exec its command line is setpriv's)."""
+    prefix = death_signal()
+    return argv[len(prefix):] if prefix and argv[:len(prefix)] == prefix else argv
+
+
 def started_at(pid: int) -> float:
     """The start time of ``pid`` (seconds since the epoch) as recorded with it."""
     return psutil.Process(pid).create_time()

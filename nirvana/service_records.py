@@ -234,9 +234,12 @@ def forget(service: Service, *, stale: bool = False) -> None:
 
 
 def is_svc(process: psutil.Process) -> bool:
-    """True for a live ``python -m svc`` process (processes.alive: not a zombie whose threads all ended)."""
+    """True for a live ``python -m svc`` process (processes.alive: not a zombie whose threads all ended),
+    one still in its setpriv(1) step included (processes.command_of): taken for dead there, its
+    record was dropped and a supervisor's loop started a second replica (CI: the poison-event test
+    counted 5 and 6 starts for 4)."""
     try:
-        return processes.alive(process) and process.cmdline()[1:3] == ["-m", "svc"]
+        return processes.alive(process) and processes.command_of(process.cmdline())[1:3] == ["-m", "svc"]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

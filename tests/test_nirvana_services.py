@@ -136,6 +136,18 @@ def test_replicas_share_one_queue_and_one_can_crash_while_its_sibling_carries_on
     assert services.running_pids() == []
 
 
+# A replica is started under setpriv(1) (its parent-death signal) and is setpriv until that execs it:
+# read then, the kit took it for dead and dropped its record, and a loop starting replicas until a
+# queue was empty (test_cluster's poison event) started more than it meant to (CI: 5 and 6 for 4).
+def test_a_replica_asked_for_at_once_after_its_start_is_running(kit):
+    name = kit["names"]["a"]
+    for _ in range(3):
+        started = services.start(name, env=kit["env"], wait=False, progress=lambda _: None)
+        assert [s.pid for s in services.instances(name)] == [started.pid]
+        services.kill(name, progress=lambda _: None)
+        assert services.instances(name) == []
+
+
 def test_a_start_that_fails_says_why_with_the_last_log_lines(kit):
     name = kit["names"]["b"]
     with pytest.raises(services.ServiceError) as caught:
