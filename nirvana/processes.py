@@ -95,10 +95,11 @@ def death_signal() -> list[str]:
     before its exec, the restarted poller's epoll_wait meets a closed descriptor and gRPC aborts
     the child (SIGABRT, status -6: grpc/grpc#43055, grpcio 1.80 to at least 1.85; Python's
     subprocess documentation also warns that ``preexec_fn`` is not safe with threads). Without
-    one, CPython vforks and no handler runs. What is given up: a kernel that dies in the
-    microseconds between the exec of setpriv and its prctl leaves its service running (the old
-    hook checked the parent pid after prctl; ``./kit down`` and the next start's record check
-    stop such a service).
+    one, CPython vforks and no handler runs. What is given up: a kernel that dies in the moment
+    between the exec of setpriv and its prctl (well under a millisecond) leaves its service
+    running (the old hook checked the parent pid after prctl); the next chapter's ``reset()`` or
+    ``./kit down`` stops it from its record. Until setpriv execs the command, the child's command
+    line is setpriv's (:func:`command_of`).
     """
     if not sys.platform.startswith("linux"):
         return []
