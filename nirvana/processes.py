@@ -96,10 +96,11 @@ def death_signal() -> list[str]:
     the child (SIGABRT, status -6: grpc/grpc#43055, grpcio 1.80 to at least 1.85; Python's
     subprocess documentation also warns that ``preexec_fn`` is not safe with threads). Without
     one, CPython vforks and no handler runs. What is given up: a kernel that dies in the moment
-    between the exec of setpriv and its prctl (well under a millisecond) leaves its service
+    between the exec of setpriv and its prctl (a few milliseconds) leaves its service
     running (the old hook checked the parent pid after prctl); the next chapter's ``reset()`` or
     ``./kit down`` stops it from its record. Until setpriv execs the command, the child's command
-    line is setpriv's (:func:`command_of`).
+    line is setpriv's (:func:`command_of`): measured from the start's return to the command's exec,
+    median 18 ms and up to 0.3 s on a 2-core machine at a load average of 15.
     """
     if not sys.platform.startswith("linux"):
         return []
@@ -109,7 +110,8 @@ def death_signal() -> list[str]:
 
 def command_of(argv: list[str]) -> list[str]:
     """``argv`` without a :func:`death_signal` prefix: what a process started under setpriv(1) runs,
-    or is about to run (between setpriv's start and its exec its command line is setpriv's)."""
+    or is about to run (between setpriv's start and its exec its command line is setpriv's). An
+    empty ``argv`` stays empty: a live process reads so for a moment inside execve(2)."""
     prefix = death_signal()
     return argv[len(prefix):] if prefix and argv[:len(prefix)] == prefix else argv
 
