@@ -251,7 +251,7 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                 for done_ids, starter in starters.items():
                     *started[done_ids], imported[done_ids] = startup(world, starter)
                 tag = f"warm-up {round_ + 1}" if round_ < args.warmup else f"round {round_ + 1 - args.warmup}"
-                print_round(tag, load, result, started, this_round)
+                print_round(tag, load, result, started, this_round, os.getloadavg()[0])
                 if round_ >= args.warmup:
                     counted.append(result)
                     starts.append(started)

@@ -76,15 +76,15 @@ def dead_sibling(world: World, service: str, events: int, prefetch: int, **code)
 def drain_together(runs: list[tuple[World, str, int, frozenset]], prefetch: int, **code) -> list[list[float]]:
     """Start one ``python -m svc`` (dedup on, ``sibling_settings(**code)``) on each of ``runs``
     ((world, service, events, ids a dead sibling claimed)) at once, in that order, wait until each
-    has processed its ``events`` (SIBLING_CLAIM_TTL / 2 seconds at most, while the dead claims
-    live) and stop them. Each run's effect times (Unix seconds, sorted, one per event). Raises
+    has processed its ``events`` (two thirds of SIBLING_CLAIM_TTL at most, while the dead claims
+    live: two services at once take up to twice as long as one) and stop them. Each run's effect times (Unix seconds, sorted, one per event). Raises
     AssertionError if a run processed another number of events, or a claimed one."""
     settings = sibling_settings(**code)
     processes = [world.start(service, enable_etcd=True, prefetch=prefetch, log_level="WARNING", wait=False,
                              **settings)[0] for world, service, _, _ in runs]
     for (world, service, _, _), process in zip(runs, processes, strict=True):
         world.wait_consumers(service, 1, [process])
-    deadline = time.monotonic() + settings["claim_ttl"] / 2
+    deadline = time.monotonic() + settings["claim_ttl"] * 2 / 3
     for world, service, events, _ in runs:
         wait_for(lambda world=world, service=service, events=events: world.effects(service) >= events,
                  f"{events} unclaimed events of {service}", timeout=max(1.0, deadline - time.monotonic()), interval=0.3)

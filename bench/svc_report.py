@@ -64,9 +64,12 @@ def figures_part(name: str, figures: tuple) -> str:
     return f"{name} {rate:.0f} ({ratio(figures):.2f}x of {before:.0f}|{after:.0f}, {judged}{paused})"
 
 
-def print_round(tag: str, load: tuple, result: dict, started: dict, budgets: dict) -> None:
+def print_round(tag: str, load: tuple, result: dict, started: dict, budgets: dict, end: float | None = None) -> None:
+    """One round's figures as it ends: ``load`` the load averages (1, 5, 15 min) at its start,
+    ``end`` the 1-minute one at its end."""
     parts = [figures_part(name, figures) for name, figures in result.items()]
-    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): {'; '.join(parts + start_part(started))}\n"
+    ended = "" if end is None else f", {end:.1f} at its end"
+    print(f"{tag} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}{ended}): {'; '.join(parts + start_part(started))}\n"
           f"  CPU µs/event, all processes [the consumer's; etcd's]: {cpu_line(budgets)}", file=sys.stderr, flush=True)
 
 

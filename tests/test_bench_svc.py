@@ -93,12 +93,13 @@ def test_the_table_judges_a_pair_by_its_twin_and_shows_the_a_a_controls_spread(c
     args = type("Args", (), {"events": 10, "sibling_events": 10, "prefetch": 3, "warmup": 1})
     svc_report.report(args, {"counted": counted, "groups": bench_svc.chosen(["sibling"]), "latency": {},
                               "starts": [], "imported": {}})
-    svc_report.print_round("round 1", (1.0, 2.0, 3.0), counted[1], {}, {})
+    svc_report.print_round("round 1", (1.0, 2.0, 3.0), counted[1], {}, {}, end=4.5)
     out, err = capsys.readouterr()
     # ... I expect each ratio taken against its twin's rate in the same seconds, the 0.88x round
     # judged below the goal, and the A/A control's rounds and widest distance from 1.0x shown.
     assert "lowest 0.88x  (goal >= 0.90x: NOT every round meets it)  [0.95x 0.88x 0.92x]" in out
     assert "median 1.00x, lowest 0.96x  (A/A: within 0.04 of 1.00x)  [1.03x 0.96x 1.00x]" in out
+    assert err.startswith("round 1 (load 1.0 2.0 3.0, 4.5 at its end): ")
     assert "sibling 88 (0.88x of its twin's 100 in the same 10.0 s, BELOW GOAL" in err
     assert "control 96 (0.96x of its twin's 100 in the same 10.0 s, A/A: within 0.04 of 1.00x" in err
 
