@@ -15,9 +15,12 @@ counted over the seconds both drained, from the later first commit to the earlie
 (:func:`together`): a head start or a tail alone, with the machine to itself, is left out. The ratio
 is the contender's events/s over its twin's in those same seconds: both contend for the same 2
 cores, RabbitMQ and etcd at once, so a swing of the machine moves both rates, not the ratio. What
-pairing does not remove: the survivor's extra work on the broker and etcd (its held deliveries) is
-also paid by its twin, which would hide a small part of that cost; the A/A control shows how far
-apart two identical services come out measured this way (the method's own noise).
+pairing does not remove, or adds: the survivor's extra work on the broker and etcd (its held
+deliveries) is also paid by its twin, which hides a small part of that cost; a stall of the
+survivor (waiting, not working: its longest pause is printed) hands the cores to its twin in those
+moments, so in a pair a stall counts about twice (the survivor slower, its twin faster), where
+the survivor's rate alone counted it once. The A/A control shows how far apart two identical
+services come out measured this way (the method's own noise: see bench/bench_svc.py's docstring).
 """
 
 import itertools
