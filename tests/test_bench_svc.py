@@ -113,7 +113,10 @@ def test_a_pair_drains_the_contender_and_its_twin_at_once(svc_world, tmp_path, m
                        rabbitmqctl=svc_world.rabbitmqctl)
     try:
         twin, contender = twin_world.service_name("twin"), svc_world.service_name("contender")
-        pair = siblings.paired((twin_world, twin), (svc_world, contender), 2000, 30, dead=dead, contender_first=dead)
+        # WORK_MS 40 a window of 30: each drain lasts over 2.6 s, so a start slowed by a loaded machine
+        # (the suite's) still overlaps its twin's drain (2,000 events alone drain in under half a second)
+        pair = siblings.paired((twin_world, twin), (svc_world, contender), 2000, 30, dead=dead, contender_first=dead,
+                               work_ms=40)
         # ... I expect each to process its 2,000 events (the survivor none its dead sibling claimed),
         # both rates counted over seconds in which both drained.
         for world, service in ((twin_world, twin), (svc_world, contender)):
