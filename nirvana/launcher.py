@@ -18,8 +18,8 @@ the rest the same way for all of them, in the manner of mirakuru's ``Executor``:
 Why not mirakuru underneath (weighed: mirakuru 3.1.0, PyPI): its executor keeps the
 ``subprocess.Popen`` it started and stops only that, where the kit stops from a later interpreter
 what an earlier one started (start records); it finds a process's leftovers by scanning ``ps``
-for an environment variable, where the kit stops whole process groups; and its readiness wait raises a bare TimeoutExpired that
-does not say what it saw. What would remain of it is the loop :func:`wait_ready` already is.
+for an environment variable, where the kit stops whole process groups; and its readiness wait
+raises a bare TimeoutExpired that does not say what it saw. What would remain of it is the loop :func:`wait_ready` already is.
 
 The one TCP probe (:func:`tcp_open`) and the one free-port finder (:func:`free_ports`) are here too.
 """

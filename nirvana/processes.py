@@ -16,6 +16,7 @@ Stopping is SIGTERM to each group, a shared deadline, SIGKILL to what is left (P
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -77,6 +78,7 @@ def reap(pid: int) -> None:
 PDEATHSIG_PROGRAM = "setpriv"   # util-linux's setpriv(1) (>= 2.33): "--pdeathsig KILL", then exec
 
 
+@functools.cache   # one PATH lookup per interpreter: is_svc asks for every process it reads
 def death_signal() -> list[str]:
     """The argv prefix that has Linux SIGKILL a child when the thread that started it ends:
     ``["setpriv", "--pdeathsig", "KILL", "--"]`` (prctl(2) PR_SET_PDEATHSIG, set by util-linux's
@@ -105,7 +107,7 @@ def death_signal() -> list[str]:
     if not sys.platform.startswith("linux"):
         return []
     program = shutil.which(PDEATHSIG_PROGRAM)
-    return [program, "--pdeathsig", "KILL", "--"] if program else []
+    return [program, "--pdeathsig", "KILL", "--"] if program else []   # callers copy it, never change it
 
 
 def command_of(argv: list[str]) -> list[str]:
