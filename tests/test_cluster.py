@@ -4,11 +4,13 @@ quorum queues through a leader's death, a node's stop and a poison event.
 The tests run themselves again in a network namespace of their own (``unshare --net``) with a
 state folder of its own: inside, nothing answers on loopback, so the cluster takes the kit's ports
 (2379, 5673...) and the machine's RabbitMQ, epmd and the shared stack are never seen nor touched.
-The first test brings its own cluster up from nothing and down; the four fault tests share ONE
-cluster in ONE namespace (``shared_cluster``: one inner run of the four, tests/shared_namespace.py),
-brought back whole before each and down, with nothing left, after the last; each outer test checks
-its own outcome inside. Marked ``stack`` (tests/conftest.py runs them last); a cluster's start and
-stop takes 20-40 s, mostly RabbitMQ's.
+They share ONE cluster in ONE namespace (``shared_cluster``: one inner run of them all,
+tests/shared_namespace.py): brought up from nothing on the command line (``python -m nirvana up
+--cluster``; the first test checks it), whole again before each fault test, and down on the command
+line by the last test, which checks that nothing is left. Each outer test checks its own outcome
+inside. Marked ``stack`` (tests/conftest.py runs them last); a cluster's start and stop takes
+20-40 s, mostly RabbitMQ's: one cluster for the module, not one for the up-and-down test and one
+for the fault tests (48 s of a worker's time in a suite run of 652 s).
 """
 
 import json
@@ -21,7 +23,7 @@ import uuid
 import pika
 import psutil
 import pytest
-from conftest import RUN_TIMEOUT, in_own_namespace
+from conftest import RUN_TIMEOUT
 from shared_namespace import in_shared_namespace, inside, run_together
 
 from nirvana import checker, paths, rabbit, services, shape, stack
@@ -41,7 +43,7 @@ EVENTS = 600
 
 # last (tests/conftest.py), and the outer test waits for the inner run past pytest's 180 s default
 pytestmark = [pytest.mark.stack, pytest.mark.cluster, pytest.mark.timeout(RUN_TIMEOUT + 90)]
-SHARING = 4                       # tests on the shared cluster: the first outer one waits for their run
+SHARING = 6                       # tests on the shared cluster: the first outer one waits for their run
 together = pytest.mark.timeout(RUN_TIMEOUT * SHARING + 90)
 
 
@@ -60,40 +62,6 @@ def leftovers(kit: shape.Shape) -> list[str]:
         if str(kit.folder) in text and process.pid != os.getpid():
             found.append(f"{process.pid} {' '.join(process.info['cmdline'] or [])[:120]}")
     return found
-
-
-def test_up_cluster_from_a_fresh_state_brings_three_members_of_each_and_down_leaves_nothing(request, tmp_path):
-    if not in_own_namespace(request, tmp_path):
-        return
-    # Given a fresh state folder and nothing answering on loopback
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "nirvana", *args], cwd=paths.ROOT, capture_output=True,
-                              text=True, timeout=240)
-    # When the cluster is brought up on the command line
-    up = cli("up", "--cluster", "etcd", "rabbitmq")
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        # I expect three healthy etcd members, one leader, and three RabbitMQ nodes in one cluster
-        rows = {row.name: row for row in stack.status(["etcd", "rabbitmq"])}
-        assert sorted(rows) == ["epmd", "etcd-1", "etcd-2", "etcd-3", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
-        assert all(row.healthy and row.origin == "started by kit" for row in rows.values())
-        assert sorted(rows[f"etcd-{i}"].role for i in (1, 2, 3)) == ["follower", "follower", "leader"]
-        kit = shape.recorded()
-        assert kit is not None and kit.amqp == (5673, 5674, 5675)
-        assert members.running_nodes(kit, 2) == sorted(members.node_name(kit, i) for i in (1, 2, 3))
-        status = cli("status", "etcd", "rabbitmq")
-        assert status.returncode == 0, status.stderr
-        assert "leader" in status.stdout and status.stdout.count("running") == 3
-        # and a second up to be a no-op that starts nothing
-        again = cli("up", "--cluster", "etcd", "rabbitmq")
-        assert again.returncode == 0 and "starting" not in again.stdout, again.stdout
-    finally:
-        down = cli("down")
-    # and down to stop every member and leave no process of the cluster behind
-    assert down.returncode == 0, down.stderr
-    assert down.stdout.count("stopped") == 7, down.stdout
-    assert leftovers(kit) == []
-    assert shape.recorded() is None
 
 
 def _world(kit: shape.Shape, **extra: str) -> dict:
@@ -155,19 +123,29 @@ def _stream_with_fault(kit: shape.Shape, world: dict, fault) -> dict[str, checke
         etcd.close()
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m nirvana ARGS`` as a user runs it (``./kit`` calls it), its output captured."""
+    return subprocess.run([sys.executable, "-m", "nirvana", *args], cwd=paths.ROOT, capture_output=True,
+                          text=True, timeout=240)
+
+
 @pytest.fixture(scope="module")
 def one_cluster(request, tmp_path_factory):
     """Outside: the tests that ask for ``shared_cluster`` run once, together, in one namespace of
     their own (:class:`shared_namespace.Together`). Inside: the kit's cluster (etcd and RabbitMQ
-    only) up once for them all, as ``(its shape, the names of the tests run on it)``; after the
-    last, every service and member stopped, and no process of the cluster left."""
+    only) brought up once for them all from a fresh state folder, on the command line, as
+    ``(its shape, the names of the tests run on it, the up's CompletedProcess)``; after the last,
+    every service and member stopped (the last test's own ``down`` already did), and no process
+    of the cluster left."""
     if not inside():
         yield run_together(request, tmp_path_factory.mktemp("cluster"), "shared_cluster")
         return
+    kit = None
     try:
-        stack.up(progress=quiet, only=["etcd", "rabbitmq"], cluster=True)
+        up = cli("up", "--cluster", "etcd", "rabbitmq")
         kit = shape.recorded()
-        yield kit, []
+        assert up.returncode == 0 and kit is not None, up.stdout + up.stderr
+        yield kit, [], up
     finally:
         services.stop_all(timeout=2)
         stack.down(progress=quiet)
@@ -182,7 +160,7 @@ def shared_cluster(request, one_cluster):
     if not inside():
         yield one_cluster
         return
-    kit, ran = one_cluster
+    kit, ran, _up = one_cluster
     if ran:
         whole_again(kit, ran[-1])
     ran.append(request.node.name)
@@ -199,6 +177,30 @@ def whole_again(kit: shape.Shape, after: str) -> None:
     assert all(row.healthy and row.origin == "started by kit" for row in rows), f"after {after}: {rows}"
     etcds = sorted(row.role for row in rows if row.name.startswith("etcd-"))
     assert etcds == ["follower", "follower", "leader"], f"after {after}: {rows}"
+
+
+@together
+def test_up_cluster_from_a_fresh_state_brings_three_members_of_each(request, shared_cluster, one_cluster):
+    if not in_shared_namespace(request, shared_cluster):
+        return
+    # Given a fresh state folder and nothing answering on loopback, when the cluster is brought up
+    # on the command line (the module's fixture: one_cluster)
+    up = one_cluster[2]
+    assert up.returncode == 0, up.stdout + up.stderr
+    # I expect three healthy etcd members, one leader, and three RabbitMQ nodes in one cluster
+    rows = {row.name: row for row in stack.status(["etcd", "rabbitmq"])}
+    assert sorted(rows) == ["epmd", "etcd-1", "etcd-2", "etcd-3", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+    assert all(row.healthy and row.origin == "started by kit" for row in rows.values())
+    assert sorted(rows[f"etcd-{i}"].role for i in (1, 2, 3)) == ["follower", "follower", "leader"]
+    kit = shape.recorded()
+    assert kit is not None and kit.amqp == (5673, 5674, 5675)
+    assert members.running_nodes(kit, 2) == sorted(members.node_name(kit, i) for i in (1, 2, 3))
+    status = cli("status", "etcd", "rabbitmq")
+    assert status.returncode == 0, status.stderr
+    assert "leader" in status.stdout and status.stdout.count("running") == 3
+    # and a second up to be a no-op that starts nothing
+    again = cli("up", "--cluster", "etcd", "rabbitmq")
+    assert again.returncode == 0 and "starting" not in again.stdout, again.stdout
 
 
 @together
@@ -336,3 +338,16 @@ def _dead_letter_deaths(url: str, exchange: str) -> list[tuple[str, str]]:
                           if isinstance(deaths[0].get("reason"), bytes) else str(deaths[0].get("reason"))))
     finally:
         connection.close()
+
+
+@together
+def test_down_stops_every_member_of_the_cluster_and_leaves_nothing(request, shared_cluster):
+    if not in_shared_namespace(request, shared_cluster):
+        return
+    # Given the cluster whole after every fault test, when it is brought down on the command line
+    down = cli("down")
+    # I expect every member stopped, no process of the cluster left behind, no shape recorded
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.count("stopped") == 7, down.stdout
+    assert leftovers(shared_cluster) == []
+    assert shape.recorded() is None
