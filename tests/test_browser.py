@@ -281,14 +281,16 @@ def check_run(page, recorder, chapter: str) -> None:
 
 
 @contextlib.contextmanager
-def chapter_run(lab, browser, chapter: str):
+def chapter_run(lab, browser, chapter: str, *, at_once: bool = False):
     """The chapter Run All in the browser, checked and saved: (page, recorder). Then its page is
-    closed (a failed run's page left open would autosave half a run) and its kernel shut down."""
+    closed (a failed run's page left open would autosave half a run) and its kernel shut down.
+    ``at_once``: Run All as soon as the cells show, while the kernel still starts (else once it is idle)."""
     base, token, root = lab
     context = browser.new_context(viewport={"width": 1920, "height": 1080})
     try:
-        page, recorder = open_chapter(context, base, token, chapter)
-        print(f"{chapter}: Run All {run_all(page, chapter, recorder.trace, root / 'jupyterlab.log'):.1f} s")
+        page, recorder = open_chapter(context, base, token, chapter, wait_idle=not at_once)
+        took = run_all(page, chapter, recorder.trace, root / 'jupyterlab.log')
+        print(f"{chapter}: Run All{' at once' if at_once else ''} {took:.1f} s;", recorder.trace.summary())
         check_run(page, recorder, chapter)
         yield page, recorder
     finally:
@@ -303,8 +305,13 @@ def chapter_one(lab, browser):
         yield run
 
 
+AT_ONCE = next((c for c in WITH_WIDGETS if c != ONE), ONE)   # a chapter with panels, its own kernel
+
+
+# (AT_ONCE's Run All, clicks and slides are checked by test_run_all_at_once_after_open_runs_every_cell:
+# one Run All of it, not two; a chapter's Run All in the browser is 20-50 s of a loaded machine)
 @pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.timeout(360)) if c in SLOW_CHAPTERS_MS else c
-                                     for c in RUN_HERE])
+                                     for c in RUN_HERE if c != AT_ONCE or AT_ONCE == ONE])
 def test_chapter_with_panels_runs_all_in_the_browser(lab, browser, chapter, request):
     # Given JupyterLab as the presenter starts it, when a chapter with panels is Run All in the browser,
     # I expect (check_run) no error output, widgets as widgets, plots as images, the teardown line
@@ -320,41 +327,39 @@ def test_chapter_with_panels_runs_all_in_the_browser(lab, browser, chapter, requ
 def burners_needed(wanted: int = 2) -> int:
     """How many CPU burners make this machine loaded: ``wanted`` (two: a load of two burners beside
     the test on 2 cores), none when it already is (the 1-minute load average at least ``wanted``
-    per core, as under ``./kit test``'s three workers: 5-8 on 2 cores); there burners would only
+    per core, as under ``./kit test``'s five workers: 8-18 on 2 cores); there burners would only
     take the cores from the other workers' tests (the suite is CPU-bound)."""
     cores = os.cpu_count() or 1
     return 0 if os.getloadavg()[0] >= wanted * cores else wanted
 
 
-AT_ONCE = next((c for c in WITH_WIDGETS if c != ONE), ONE)   # a chapter with panels, its own kernel
 BURN = "import time\nend = time.monotonic() + 300\nwhile time.monotonic() < end: pass"
 
 
+@pytest.mark.timeout(300)   # a Run All and its clicks (each 180 s at most)
 def test_run_all_at_once_after_open_runs_every_cell(lab, browser):
     # Given a loaded machine (two CPU burners, or the suite's other workers) and a chapter the
     # presenter has just opened, when Run All is clicked at once, while the chapter's kernel is
     # still starting (JupyterLab 4.5 lost such a Run All: each cell started a kernel of its own and
     # none ran; the kit's plugin nirvana-run-when-ready makes it wait for the kernel), I expect
-    # every cell to run (check_run)
-    base, token, root = lab
+    # every cell to run (check_run), every execute_request answered, all by one kernel; and then, as
+    # for every chapter with panels (test_chapter_with_panels_runs_all_in_the_browser), its slides
+    # at 1280x720 with every panel button clicked six times, each slide with panels inside the window
     burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(burners_needed())]
     print(f"{len(burners)} CPU burners at a 1-minute load average of {os.getloadavg()[0]:.1f}")
-    context = browser.new_context(viewport={"width": 1920, "height": 1080})
     try:
-        page, recorder = open_chapter(context, base, token, AT_ONCE, wait_idle=False)
-        print(f"{AT_ONCE}: Run All at once {run_all(page, AT_ONCE, recorder.trace, root / 'jupyterlab.log'):.1f} s;",
-              recorder.trace.summary())
-        check_run(page, recorder, AT_ONCE)
-        # every execute_request answered, all by one kernel
-        assert recorder.trace.requests_unanswered() == [], recorder.trace.summary()
-        kernels = {line["kernel"] for line in recorder.trace.lines if line.get("type") == "execute_request"}
-        assert len(kernels) == 1, f"the cells ran on kernels {sorted(kernels)}, not one"
+        with chapter_run(lab, browser, AT_ONCE, at_once=True) as (_page, recorder):
+            for burner in burners:
+                burner.kill()
+            assert recorder.trace.requests_unanswered() == [], recorder.trace.summary()
+            kernels = {line["kernel"] for line in recorder.trace.lines if line.get("type") == "execute_request"}
+            assert len(kernels) == 1, f"the cells ran on kernels {sorted(kernels)}, not one"
+            if AT_ONCE != ONE:   # (chapter 1's clicks: test_six_clicks_in_chapter_one_...)
+                assert_inside_after_clicks(click_every_panel_button(lab, browser, AT_ONCE), AT_ONCE)
     finally:
         for burner in burners:
             burner.kill()
             burner.wait()
-        context.close()
-        shut_down_kernel(base, token, AT_ONCE)
 
 
 def service_panel(scope):
