@@ -104,6 +104,7 @@ def test_the_table_judges_a_pair_by_its_twin_and_shows_the_a_a_controls_spread(c
     assert "control 96 (0.96x of its twin's 100 in the same 10.0 s, A/A: within 0.04 of 1.00x" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dead", [True, False], ids=["survivor", "a-a-control"])
 def test_a_pair_drains_the_contender_and_its_twin_at_once(svc_world, tmp_path, monkeypatch, dead):
     # Given a healthy twin in a world of its own and a contender: a dead sibling's survivor, or a

@@ -183,15 +183,15 @@ def test_kit_test_runs_the_paths_it_is_given_else_every_test_and_chapter(tmp_pat
 
 
 @pytest.mark.parametrize("given, workers", [
-    ([], "3"),                                   # where a network namespace can be made (root, or userns)
-    (["-x", "tests/test_stack.py"], "3"),
+    ([], "5"),                                   # where a network namespace can be made (root, or userns)
+    (["-x", "tests/test_stack.py"], "5"),
     (["-n", "0"], "0"),                          # serially, on this machine's stack
     (["-n2", "-x"], "2"),
     (["--numprocesses=4", "-n", "1"], "1"),      # the last one counts, as for pytest
 ])
-def test_kit_test_runs_three_workers_unless_told(given, workers):
+def test_kit_test_runs_five_workers_unless_told(given, workers):
     unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
-    if workers == "3" and subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+    if workers == "5" and subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
         workers = "0"   # no network namespace for this user here: serially (the next test fakes that case)
     run = kit(f"test_workers {' '.join(given)}", {"PATH": os.environ["PATH"]})
     assert (run.returncode, run.stdout.strip()) == (0, workers), run.stderr

@@ -36,6 +36,7 @@ def test_workload_publishes_each_id_once_and_a_share_twice_later():
     assert all(seen.index(i) < len(seen) - 1 - seen[::-1].index(i) for i in set(seen) if seen.count(i) == 2)
 
 
+@pytest.mark.slow
 def test_claims_survive_every_fault_and_dedup_off_is_caught(own_state):
     # Given kills at both crash points, a cut connection and an etcd restart, with claims...
     report = chaos.run(chaos.Plan(events=300, kills=6), progress=print, node=own_state)
@@ -53,6 +54,7 @@ def test_claims_survive_every_fault_and_dedup_off_is_caught(own_state):
     assert all(row.duplicated >= 30 and row.lost == 0 for row in control.rows), control.table()
 
 
+@pytest.mark.slow
 def test_a_broker_restart_and_lost_handshakes_make_no_service_exit(request, tmp_path, monkeypatch):
     from conftest import in_own_namespace
 

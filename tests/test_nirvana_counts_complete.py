@@ -136,6 +136,7 @@ def publish_steadily(url, exchange, count, seconds):
             time.sleep(seconds / count)
 
 
+@pytest.mark.slow
 @pytest.mark.stack
 def test_a_count_while_carbon_was_down_says_it_is_incomplete(kit_env, graphite_url):
     # kit_env: an exchange and prefix of the test's own, the stack's own state folder (its carbon)

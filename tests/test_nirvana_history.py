@@ -46,6 +46,7 @@ def offsets(kit_env) -> list[int]:
     return got
 
 
+@pytest.mark.slow
 def test_the_state_as_of_a_past_moment_is_the_view_the_reader_had_then(kit_env):
     # Given a log in segments of 100 bytes (a new segment, so an offset skipped, before nearly every
     # chunk), 120 orders, billing's view built from them by svc's reader, a moment, then 80 more

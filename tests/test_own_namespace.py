@@ -61,6 +61,7 @@ import os
 '''
 
 
+@pytest.mark.slow
 def test_a_skip_inside_its_namespace_fails_the_outer_test(tmp_path):
     # Given two tests run in their own namespace, one skipping inside, one passing inside, and three
     # run together in one namespace, one skipping, one failing, one passing inside

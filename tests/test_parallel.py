@@ -1,4 +1,4 @@
-"""``pytest -n N`` (``./kit test`` runs 3 workers): each worker in a network namespace of its own
+"""``pytest -n N`` (``./kit test`` runs 5 workers): each worker in a network namespace of its own
 with a stack of its own (tests/run_layout.py, tests/private-stack-python); a notebook's cells stay on
 one worker, the ``cluster`` tests in two lanes; nothing is left running afterwards."""
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from nirvana import paths
 from nirvana.testing import wait_for
@@ -18,6 +19,7 @@ WORKERS = 2
 DEADLINE = 400   # seconds: two stacks up and down and one chapter, on a loaded 2-core machine
 
 
+@pytest.mark.slow
 def test_workers_have_stacks_of_their_own_notebook_cells_one_worker_and_nothing_is_left(tmp_path):
     # Given the probe tests and chapter 00 (whose later cells read what its first one made)
     probe = tmp_path / "probe.jsonl"
@@ -107,3 +109,14 @@ def test_a_run_of_one_chapter_alone_keeps_its_cells_on_one_worker():
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     passed = [line.removeprefix("PASSED ") for line in run.stdout.splitlines() if line.startswith("PASSED ")]
     assert passed and all(test.endswith("@notebooks/00_setup.ipynb") for test in passed), passed
+
+
+def test_the_longest_work_starts_first():
+    # Given the kinds of work a run deals out under pytest-xdist, in file order
+    from run_layout import work_rank
+    work = [("quick", None, False), ("a notebook's cells", "notebooks/01_consume_produce.ipynb", False),
+            ("slow alone", None, True), ("a cluster lane", "clusters-0", False),
+            ("a module's shared browser", "tests/test_browser.py", True)]
+    # When they are ranked; I expect the clusters first, then groups, then slow tests alone, the rest last
+    ranked = [name for name, *_ in sorted(work, key=lambda w: work_rank(w[1], w[2]))]
+    assert ranked == ["a cluster lane", "a notebook's cells", "a module's shared browser", "slow alone", "quick"]

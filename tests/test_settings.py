@@ -57,6 +57,7 @@ def test_the_publish_panel_publishes_to_the_exported_exchange(kit_env):
     assert rabbit.queue_of("orders") == f"{kit_env['exchange']}.orders"
 
 
+@pytest.mark.slow
 def test_chapter_3_passes_strict_nbval_with_prefix_and_exchange_exported(kit_env, graphite_url):
     # Given ETCD_PREFIX and EVENTS_EXCHANGE exported, when chapter 3 runs under strict nbval
     env = {**os.environ, **kit_env["env"]}

@@ -225,6 +225,7 @@ def test_down_stops_what_the_kit_started_and_up_brings_all_back(running):
     assert sum("starting" in line for line in lines) == len(ours)
 
 
+@pytest.mark.slow
 @pytest.mark.stack
 def test_a_held_port_or_a_missing_program_gives_a_one_line_error(running, monkeypatch):
     native_only("statsd")

@@ -111,6 +111,7 @@ def test_a_refused_dead_letter_is_counted(svc_world, graphite_url):
 
 # -- B. pika's I/O loop ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_work_longer_than_the_heartbeat_keeps_the_connection(svc_world):
     orders = svc_world.service_name("orders")
     # Given a 2 s heartbeat and 8 s of work per window (dedup off)...
@@ -273,6 +274,7 @@ def test_publish_refusals_are_one_line_and_exit_2(svc_world, case):
 
 # -- B, the kind: a connection the broker blocks ---------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_stops_svc_within_10_s_while_the_broker_blocks_its_connection(svc_world, own_rabbitmq, tmp_path):
     orders = f"t{uuid.uuid4().hex[:6]}_orders"
     connection = pika.BlockingConnection(pika.URLParameters(own_rabbitmq.url))

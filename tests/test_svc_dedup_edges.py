@@ -93,6 +93,7 @@ def _claims(svc_world, service) -> set[bytes]:
     return {key for page in svc_world.etcd.scan_prefix(base) for key, value in page if value.startswith(b"claimed ")}
 
 
+@pytest.mark.slow
 def test_a_dead_siblings_claims_do_not_stall_the_queue(svc_world):
     orders = svc_world.service_name("orders")
     claim_ttl = 15

@@ -31,6 +31,7 @@ def _exited(process, timeout: float = 20.0) -> int:
     return process.popen.returncode
 
 
+@pytest.mark.slow
 def test_a_connection_lost_at_any_step_of_the_handshake_is_retried_until_the_broker_answers(svc_world, proxy):
     orders = svc_world.service_name("orders")
     svc_world.publish(orders, {"type": "new_order", "id": "after-the-handshake"})

@@ -70,6 +70,7 @@ def _claimed_by_a_sibling(world, service: str, count: int) -> int:
     return lease
 
 
+@pytest.mark.slow
 def test_held_deliveries_leave_a_full_prefetch_of_workable_events(any_world):
     svc_world = any_world
     orders = svc_world.service_name("orders")
@@ -200,6 +201,7 @@ def _channels(world, process) -> int:
     return sum(int(line.split("\t", 1)[0]) for line in out.splitlines() if marker in line)
 
 
+@pytest.mark.slow
 def test_hand_overs_for_held_deliveries_keep_the_channels_bounded_with_a_prefetch_of_1(svc_world):
     import time
 

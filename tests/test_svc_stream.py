@@ -72,6 +72,7 @@ def test_the_read_edges_read_again_while_the_streams_member_is_away(log):
     assert answers and set(answers) == {(0, end)}
 
 
+@pytest.mark.slow
 def test_a_stream_deleted_and_declared_again_is_read_at_once(kit_env):
     # Given the log deleted and declared again (reset_log), time after time
     failures = []
