@@ -41,13 +41,13 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-import requests
 
 from svc import metrics
 
 from . import endpoints
 from ._wait import Progress, poll
 from .errors import GraphiteError, GraphiteUnavailable
+from .render_api import datapoints, post_render
 from .settings import current
 from .stack import statsd as statsd_admin
 
@@ -58,7 +58,6 @@ DELIVERED = "stats.statsd.graphiteStats.last_flush"    # when the flush delivere
 SKIPS = "stats.gauges.statsd.timestamp_lag"            # seconds statsd's stamp jumped past one interval (none flushed)
 STATSD_SERIES = (FLUSHED, DELIVERED, SKIPS)
 DELIVERY_LATE = 3.0     # seconds: statsd's last delivered flush older than this means it cannot deliver now
-HTTP_TIMEOUT = 2.0      # seconds per render request: graphite-web answers locally in ms
 LOOKBACK = 60           # seconds fetched before the mark, so the aligned first bucket is in range
 DEFAULT_TIMEOUT = 15.0
 
@@ -131,13 +130,7 @@ def _render(targets: Sequence[str], since: float, now: float, url: str | None) -
     url = url or current().graphite_url
     params = [("target", target) for target in targets]
     params += [("from", str(int(since) - LOOKBACK)), ("until", str(int(now) + 1)), ("format", "json")]
-    try:
-        response = requests.post(f"{url}/render", data=params, timeout=HTTP_TIMEOUT)
-    except requests.RequestException as error:
-        raise GraphiteUnavailable(
-            f"graphite-web is not answering at {url} ({type(error).__name__}): start the stack with `./kit up`"
-        ) from None
-    found = _datapoints(response, url, len(targets))
+    found = datapoints(post_render(url, params), url, len(targets))
     series = {}
     for target in targets:
         points = found.get(target)
@@ -316,18 +309,6 @@ class Count(int):
         printer.text(repr(self))
 
 
-def _datapoints(response: requests.Response, url: str, count: int) -> dict[str, list]:
-    """{target: datapoints} of a render answer; GraphiteError (one line) for an error or non-JSON."""
-    what = f"graphite-web at {url} answered the render query for {count} counter(s)"
-    if response.status_code != 200:
-        first = next(iter(response.text.strip().splitlines()), "")[:200]
-        raise GraphiteError(f"{what} with HTTP {response.status_code} {response.reason}: {first}")
-    try:
-        return {item["target"]: item["datapoints"] for item in response.json()}
-    except (ValueError, TypeError, KeyError):
-        raise GraphiteError(f"{what} with something else than the render API's JSON") from None
-
-
 def counters(names: Iterable[str], since: float, *, url: str | None = None) -> dict[str, Count]:
     """Each counter's total since the mark (0 for a counter with no data yet), one render request
     and one question to statsd's admin port. Each is a :class:`Count`: it prints as the number when
@@ -395,6 +376,6 @@ def wait_for(
 
 
 __all__ = [
-    "GraphiteError", "GraphiteUnavailable", "Series", "Count", "Incomplete", "Gap",
+    "GraphiteError", "GraphiteUnavailable", "Series", "Count", "Incomplete", "Gap", "post_render",
     "counter_names", "mark", "fetch", "counter", "counters", "wait_for", "wait_until", "completeness", "check",
 ]

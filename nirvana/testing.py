@@ -20,8 +20,6 @@ import signal
 import subprocess
 import sys
 import unittest
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +41,7 @@ from .launcher import free_port
 from .own_etcd import OwnEtcd
 from .cuts import REFUSED, rabbitmqctl_refused
 from .errors import KitError
+from .render_api import post_render
 from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rabbitmqctl
 
 START_TIMEOUT = 15.0
@@ -328,11 +327,13 @@ class World:
 
 
 def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> float:
-    """The sum of a Graphite series (``stats_counts.<name>``, ``stats.timers.<name>.count``)."""
-    query = urllib.parse.urlencode({"target": target, "from": since, "format": "json"})
-    with urllib.request.urlopen(f"{graphite_url}/render?{query}", timeout=5) as response:
-        series = json.load(response)
-    return sum(value or 0 for item in series for value, _ in item["datapoints"])
+    """The sum of a Graphite series (``stats_counts.<name>``, ``stats.timers.<name>.count``) from
+    ``since`` (a render API time: ``-5min``) to now, through :func:`nirvana.graphite.post_render`
+    (a series read while carbon creates its file is asked again). Raises requests.HTTPError for an
+    error answer, GraphiteUnavailable when nothing answers."""
+    answer = post_render(graphite_url, [("target", target), ("from", since), ("format", "json")])
+    answer.raise_for_status()
+    return sum(value or 0 for item in answer.json() for value, _ in item["datapoints"])
 
 
 __all__ = [

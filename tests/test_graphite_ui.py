@@ -14,7 +14,7 @@ import requests
 import statsd
 
 from conftest import IN_CI, native_only
-from nirvana import endpoints, paths, prune
+from nirvana import endpoints, graphite, paths, prune
 from nirvana._wait import poll
 from nirvana.stack.carbon import whisper_dir
 
@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def render(graphite_url, **params):
-    answer = requests.get(f"{graphite_url}/render", params={"format": "json", **params}, timeout=10)
+    answer = graphite.post_render(graphite_url, [("format", "json"), *((k, str(v)) for k, v in params.items())])
     answer.raise_for_status()
     return answer.json()
 

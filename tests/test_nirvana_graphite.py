@@ -1,5 +1,6 @@
 """nirvana.graphite: the bucket arithmetic of a counter since a mark, and the real render API."""
 
+import threading
 import time
 import uuid
 
@@ -7,8 +8,11 @@ import pytest
 import requests
 import statsd
 
-from nirvana import endpoints, graphite
+from conftest import native_only
+from nirvana import endpoints, graphite, prune
 from nirvana._wait import poll
+from nirvana.stack.carbon import whisper_dir
+from test_stack import nonzero_points
 
 GUNICORN_REQUEST_LINE = 4094   # bytes: gunicorn's default limit_request_line (docs.gunicorn.org, settings)
 
@@ -188,3 +192,29 @@ def test_graphite_answering_an_error_is_not_called_down(graphite_url):
     assert not isinstance(error.value, graphite.GraphiteUnavailable)
     assert "HTTP 404" in str(error.value) and "not answering" not in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_series_read_while_carbon_creates_its_file_is_read_again_not_an_error(graphite_url):
+    # Given a counter whose whisper file carbon has created but not yet written (whisper writes the
+    # header right after creating the file in place: graphite-web reading it then raises
+    # CorruptWhisperFile and answers HTTP 500), written a moment later
+    native_only("carbon")
+    service = f"tc{uuid.uuid4().hex[:8]}"
+    name, model = f"{service}_creating", f"{service}_model"
+    since = graphite.mark()
+    statsd.StatsClient(endpoints.HOST, endpoints.STATSD_PORT).incr(model)
+    folder = whisper_dir() / graphite.PREFIX.strip(".")
+    [(stamp, _one)] = poll(lambda: (folder / f"{model}.wsp").exists() and nonzero_points(folder / f"{model}.wsp"),
+                           bool, what=f"{model}'s count on disk", timeout=30, progress=lambda _: None)
+    time.sleep(max(0.0, stamp + 1.1 - time.time()))   # its 1 s bucket ended: a read counts it, not partial
+    creating = folder / f"{name}.wsp"
+    creating.touch()
+    writer = threading.Timer(0.4, lambda: creating.write_bytes((folder / f"{model}.wsp").read_bytes()))
+    writer.start()
+    try:
+        # When the kit reads it (as a panel does right after a chapter's first event), I expect its
+        # count, not "HTTP 500"
+        assert graphite.counters([name], since, url=graphite_url) == {name: 1}
+    finally:
+        writer.join()
+        prune.prune([service])

@@ -19,7 +19,7 @@ import requests
 import statsd
 from conftest import native_only
 
-from nirvana import endpoints, paths, stack
+from nirvana import endpoints, graphite, paths, stack
 from nirvana.stack import statsd as stack_statsd
 
 NAMES = [component.name for component in stack.COMPONENTS]
@@ -96,8 +96,7 @@ def test_an_unknown_component_is_a_usage_error():
 
 
 def render_total(target: str) -> float:
-    answer = requests.get(f"{endpoints.GRAPHITE_URL}/render",
-                          params={"target": target, "from": "-5min", "format": "json"}, timeout=5)
+    answer = graphite.post_render(endpoints.GRAPHITE_URL, [("target", target), ("from", "-5min"), ("format", "json")])
     answer.raise_for_status()
     return sum(value or 0 for series in answer.json() for value, _ in series["datapoints"])
 
