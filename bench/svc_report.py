@@ -57,11 +57,18 @@ def figures_part(name: str, figures: tuple) -> str:
     if isinstance(figures, Pair):
         return (f"{name} {figures.rate:.0f} ({figures.ratio:.2f}x of its twin's {figures.twin:.0f} in the same "
                 f"{figures.seconds:.1f} s, {verdict(name, [figures.ratio])}, "
-                f"longest pause {figures.pause * 1000:.0f} ms)")
+                f"longest pause {figures.pause * 1000:.0f} ms{_split(figures)})")
     rate, before, after, pause = figures
     paused = "" if pause is None else f", longest pause {pause * 1000:.0f} ms"
     judged = verdict(name, [ratio(figures)])
     return f"{name} {rate:.0f} ({ratio(figures):.2f}x of {before:.0f}|{after:.0f}, {judged}{paused})"
+
+
+def _split(pair: Pair) -> str:
+    """Where a pair's ratio came from: its first seconds and the rest (siblings.HEAD_SECONDS)."""
+    if pair.head is None or pair.rest is None:
+        return ""
+    return f", {pair.head:.2f}x in its first seconds, {pair.rest:.2f}x after"
 
 
 def print_round(tag: str, load: tuple, result: dict, started: dict, budgets: dict, end: float | None = None) -> None:

@@ -63,6 +63,24 @@ def test_a_pairs_rates_are_counted_over_the_seconds_both_drained():
     assert siblings.drained(twin, 99.0) == 1000
 
 
+def test_a_pairs_ratio_is_split_into_its_first_seconds_and_the_rest(capsys):
+    # Given a twin at 100 events/s for 10 s, and a contender at 50 events/s for its first 3 s, then
+    # at 100 events/s like its twin...
+    twin = commits(0.0, 100, 1000)
+    contender = commits(0.0, 50, 150) + commits(3.0, 100, 700)
+    pair = siblings.together(contender, twin)
+    # ... I expect its lag placed in the first HEAD_SECONDS from the later first commit (0.2 s to
+    # 3.2 s: 160 events against 300, 0.53x), none after (1.0x): a slow start, not a cost per event;
+    # and the round's line to say so.
+    assert siblings.HEAD_SECONDS == 3.0
+    assert pair.head == pytest.approx(160 / 300, abs=0.01) and pair.rest == pytest.approx(1.0, abs=0.01)
+    assert pair.ratio < pair.rest
+    assert "0.53x in its first seconds, 1.00x after" in svc_report.figures_part("sibling", pair)
+    # A short pair is split at half its seconds.
+    short = siblings.together(commits(0.0, 100, 200), commits(0.0, 100, 200))
+    assert short.head == pytest.approx(1.0) and short.rest == pytest.approx(1.0)
+
+
 def test_a_pair_that_did_not_drain_at_the_same_time_has_no_ratio():
     with pytest.raises(ValueError, match="did not drain at the same time"):
         siblings.together(commits(20.0, 100, 100), commits(0.0, 100, 100))
