@@ -156,7 +156,7 @@ def together(contender: list[float], twin: list[float]) -> Pair:
     if end <= start:
         raise ValueError(f"the two runs did not drain at the same time ({start:.3f} >= {end:.3f})")
     seconds = end - start
-    rate, other = ((drained(run, end) - drained(run, start)) / seconds for run in (contender, twin))
+    rate, other = (_between(run, start, end) / seconds for run in (contender, twin))
     moments = [start, *sorted({moment for moment in contender if start < moment < end}), end]
     split = start + min(HEAD_SECONDS, seconds / 2)
     head, rest = (_ratio(contender, twin, a, b) for a, b in ((start, split), (split, end)))
@@ -165,5 +165,10 @@ def together(contender: list[float], twin: list[float]) -> Pair:
 
 def _ratio(contender: list[float], twin: list[float], start: float, end: float) -> float | None:
     """The contender's events over its twin's from ``start`` to ``end`` (s); None if the twin drained none."""
-    theirs = drained(twin, end) - drained(twin, start)
-    return (drained(contender, end) - drained(contender, start)) / theirs if theirs else None
+    theirs = _between(twin, start, end)
+    return _between(contender, start, end) / theirs if theirs else None
+
+
+def _between(times: list[float], start: float, end: float) -> float:
+    """How many events a run processed from ``start`` to ``end`` (s), from its effects' times."""
+    return drained(times, end) - drained(times, start)

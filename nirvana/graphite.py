@@ -41,7 +41,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-
 from svc import metrics
 
 from . import endpoints

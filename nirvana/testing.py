@@ -328,7 +328,7 @@ class World:
 
 def graphite_total(graphite_url: str, target: str, since: str = "-5min") -> float:
     """The sum of a Graphite series (``stats_counts.<name>``, ``stats.timers.<name>.count``) from
-    ``since`` (a render API time: ``-5min``) to now, through :func:`nirvana.graphite.post_render`
+    ``since`` (a render API time: ``-5min``) to now, through :func:`nirvana.render_api.post_render`
     (a series read while carbon creates its file is asked again). Raises requests.HTTPError for an
     error answer, GraphiteUnavailable when nothing answers."""
     answer = post_render(graphite_url, [("target", target), ("from", since), ("format", "json")])

@@ -19,8 +19,9 @@ import requests
 import statsd
 from conftest import native_only
 
-from nirvana import endpoints, graphite, paths, stack
+from nirvana import endpoints, paths, stack
 from nirvana.stack import statsd as stack_statsd
+from nirvana.testing import graphite_total
 
 NAMES = [component.name for component in stack.COMPONENTS]
 VISIBLE_WITHIN = 5.0   # seconds for a counter to reach the render API (measured ~1.5 s: bench/)
@@ -96,9 +97,7 @@ def test_an_unknown_component_is_a_usage_error():
 
 
 def render_total(target: str) -> float:
-    answer = graphite.post_render(endpoints.GRAPHITE_URL, [("target", target), ("from", "-5min"), ("format", "json")])
-    answer.raise_for_status()
-    return sum(value or 0 for series in answer.json() for value, _ in series["datapoints"])
+    return graphite_total(endpoints.GRAPHITE_URL, target)
 
 
 def wait_total(target: str, at_least: float, timeout: float) -> float:
