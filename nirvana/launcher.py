@@ -27,6 +27,7 @@ The one TCP probe (:func:`tcp_open`) and the one free-port finder (:func:`free_p
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import psutil
 
-from . import paths, processes
+from . import endpoints, paths, processes
 from ._wait import POLL_SECONDS, Progress, poll, quiet
 from .errors import KitError
 
@@ -66,23 +67,73 @@ def tcp_open(port: int, host: str = HOST, timeout: float = PROBE_TIMEOUT) -> boo
         return False
 
 
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """``count`` distinct TCP ports on ``host`` that nothing listens on right now (all held
-    open together while the kernel picks them, so none is handed out twice)."""
-    sockets = []
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LINUX_EPHEMERAL_RANGE = (32768, 60999)   # Linux's default ip_local_port_range (ip-sysctl.rst)
+POOL_SIZE = 8192   # ports: how many below the ephemeral range free_ports picks from
+_handed_out: set[int] = set()   # this process's picks: never one twice
+
+
+def ephemeral_range(source: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """(first, last) of the ports Linux hands out as source ports of outgoing connections and to
+    bind(0) (``net.ipv4.ip_local_port_range``, Documentation/networking/ip-sysctl.rst); Linux's
+    default (32768, 60999) when ``source`` cannot be read."""
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        first, last = (int(word) for word in source.read_text().split())
+        return first, last
+    except (OSError, ValueError):
+        return LINUX_EPHEMERAL_RANGE
+
+
+def port_pool(ephemeral: tuple[int, int]) -> range:
+    """The ports :func:`free_ports` picks from: the POOL_SIZE just below the ephemeral range, or just
+    above it when those would reach under 10,000 (well-known services' ports, the privileged ones
+    under 1024), or, with neither, the range itself (a port could then still be taken by a client
+    before a server binds it)."""
+    first, last = ephemeral
+    if first - POOL_SIZE >= 10000:
+        return range(first - POOL_SIZE, first)
+    if last + POOL_SIZE <= 65535:
+        return range(last + 1, last + 1 + POOL_SIZE)
+    return range(max(first, 1024), last + 1)
+
+
+def _bindable(port: int, host: str) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """``count`` distinct TCP ports on ``host`` that nothing holds right now and no outgoing
+    connection can take before a server binds them.
+
+    A port from bind(0) lies in the kernel's ephemeral range (:func:`ephemeral_range`), which the
+    kernel also hands out as the source port of every client connection: a server binding it
+    seconds later (a RabbitMQ node booting under load) could find it taken by one of the tests'
+    own connections (``could_not_start_listener ... eaddrinuse``). So the ports are drawn at random
+    from :func:`port_pool`, outside that range, each checked by a bind, none of the stack's fixed
+    ports (:func:`nirvana.endpoints.fixed_ports`) and none this process handed out
+    before. Raises :class:`nirvana.errors.KitError` when the pool has fewer than ``count`` free.
+    """
+    fixed, pool = endpoints.fixed_ports(), port_pool(ephemeral_range())
+    candidates = [port for port in pool if port not in fixed and port not in _handed_out]
+    random.SystemRandom().shuffle(candidates)
+    ports = []
+    for port in candidates:
+        if _bindable(port, host):
+            ports.append(port)
+            if len(ports) == count:
+                _handed_out.update(ports)
+                return ports
+    raise KitError(f"fewer than {count} free TCP ports on {host} in {pool}: "
+                   "stop what holds them, or widen net.ipv4.ip_local_port_range's gap below it")
 
 
 def free_port(host: str = HOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
+    """A TCP port on ``host`` that nothing holds right now (:func:`free_ports`)."""
     return free_ports(1, host)[0]
 
 

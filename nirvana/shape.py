@@ -77,7 +77,7 @@ def kit_shape() -> Shape:
     return Shape(folder=paths.state_dir() / "cluster",
                  etcd=tuple(zip(endpoints.CLUSTER_ETCD_PORTS, endpoints.CLUSTER_ETCD_PEER_PORTS, strict=True)),
                  amqp=endpoints.CLUSTER_AMQP_PORTS,
-                 dist=tuple(port + 20000 for port in endpoints.CLUSTER_AMQP_PORTS),
+                 dist=tuple(port + endpoints.DIST_OFFSET for port in endpoints.CLUSTER_AMQP_PORTS),
                  epmd=endpoints.CLUSTER_EPMD_PORT)
 
 

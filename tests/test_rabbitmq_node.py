@@ -17,7 +17,7 @@ import psutil
 import pytest
 from conftest import need
 
-from nirvana import endpoints, paths, processes, stack
+from nirvana import endpoints, launcher, paths, processes, stack
 from nirvana.stack import rabbitmq, running
 from nirvana.testing import World, wait_for
 from nirvana.launcher import free_port
@@ -39,6 +39,16 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _wait_answering(process, port: int) -> None:
+    """Until the node started as ``process`` answers AMQP on ``port``; a node that exits meanwhile
+    fails the test at once with its log's last lines (not at the 60 s deadline)."""
+    try:
+        launcher.wait_ready(lambda: _answers(port), bool, waiting=[process], timeout=START_TIMEOUT, interval=0.5,
+                            what=f"the kit's throwaway RabbitMQ on port {port}")
+    except launcher.Exited as exited:
+        pytest.fail(f"{exited}; its log ends: {running.tail(running.log_file('rabbitmq'), 5)}")
+
+
 @pytest.fixture(scope="module")
 def kit_node(tmp_path_factory):
     """A node the kit started (its pid file under a state folder of its own) on a free AMQP port;
@@ -55,9 +65,7 @@ def kit_node(tmp_path_factory):
         argv, env = rabbitmq.server_launch(state, port, dist_port=free_port())
         process = running.start(rabbitmq.COMPONENT, stack.Launch(argv, env))
         try:
-            wait_for(lambda: _answers(port) or not process.alive(),
-                     f"the kit's throwaway RabbitMQ on port {port}", START_TIMEOUT, interval=0.5)
-            assert process.alive(), running.tail(running.log_file("rabbitmq"), 20)
+            _wait_answering(process, port)
             # the kit's node keeps its cookie in the state folder, never in the user's HOME
             assert user_cookie.exists() == had_cookie
             yield rabbitmq.node(port), port
@@ -137,7 +145,7 @@ def test_the_kits_node_leaves_no_process_behind_when_stopped(tmp_path, monkeypat
     process = running.start(rabbitmq.COMPONENT, stack.Launch(argv, env))
     group = process.pid
     try:
-        wait_for(lambda: _answers(port), f"the kit's throwaway RabbitMQ on port {port}", START_TIMEOUT, interval=0.5)
+        _wait_answering(process, port)
     finally:
         running.stop("rabbitmq", process)
     # I expect nothing of its process group left, and no epmd the node started (an `epmd -daemon`
