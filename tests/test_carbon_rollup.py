@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 from conftest import need, tcp_open
+from whisper_files import READ_COMPLETE
 
 from nirvana import paths
 from nirvana.stack.component import ports, render
@@ -17,11 +18,14 @@ from nirvana.testing import free_port, wait_for
 
 # carbon-cache and whisper are Debian's (graphite-carbon, python3-whisper), for the system python3.
 SYSTEM_PYTHON = "/usr/bin/python3"
-READ_MINUTE = """
-import json, sys, whisper
+READ_MINUTE = READ_COMPLETE + """
+import json, sys
 start = int(sys.argv[1])
 out = {}
 for path in sys.argv[2:]:
+    if not complete(path):   # carbon still creating it: no points yet
+        print("null")
+        sys.exit()
     seconds = whisper.fetch(path, start - 1, start + 59, archiveToSelect=1)[1]
     minute = whisper.fetch(path, start - 60, start, archiveToSelect=60)[1]
     out[path] = [seconds, minute]
@@ -79,7 +83,7 @@ def test_a_minute_rolls_up_as_statsd_means_it(own_carbon):
         out = subprocess.run([SYSTEM_PYTHON, "-c", READ_MINUTE, str(start), *map(str, files.values())],
                              capture_output=True, text=True, timeout=30, check=True).stdout
         archives = json.loads(out)
-        return archives if all(None not in seconds for seconds, _ in archives.values()) else None
+        return archives if archives is not None and all(None not in seconds for seconds, _ in archives.values()) else None
 
     archives = wait_for(read, "60 points of every metric on disk", timeout=30, interval=0.5)
     # ... I expect the minute archive to hold the sum of the seconds for totals (counts, sums,

@@ -12,7 +12,7 @@ from conftest import native_only
 from nirvana import endpoints, graphite, prune
 from nirvana._wait import poll
 from nirvana.stack.carbon import whisper_dir
-from test_stack import nonzero_points
+from whisper_files import nonzero_points
 
 GUNICORN_REQUEST_LINE = 4094   # bytes: gunicorn's default limit_request_line (docs.gunicorn.org, settings)
 
@@ -204,8 +204,8 @@ def test_a_series_read_while_carbon_creates_its_file_is_read_again_not_an_error(
     since = graphite.mark()
     statsd.StatsClient(endpoints.HOST, endpoints.STATSD_PORT).incr(model)
     folder = whisper_dir() / graphite.PREFIX.strip(".")
-    [(stamp, _one)] = poll(lambda: (folder / f"{model}.wsp").exists() and nonzero_points(folder / f"{model}.wsp"),
-                           bool, what=f"{model}'s count on disk", timeout=30, progress=lambda _: None)
+    [(stamp, _one)] = poll(lambda: nonzero_points(folder / f"{model}.wsp"), bool, what=f"{model}'s count on disk",
+                           timeout=30, progress=lambda _: None)
     time.sleep(max(0.0, stamp + 1.1 - time.time()))   # its 1 s bucket ended: a read counts it, not partial
     creating = folder / f"{name}.wsp"
     creating.touch()

@@ -7,7 +7,6 @@ leaves the whole stack up again.
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import requests
 import statsd
 from conftest import native_only
+from whisper_files import nonzero_points, seconds_per_point
 
 from nirvana import endpoints, paths, stack
 from nirvana.stack import statsd as stack_statsd
@@ -118,30 +118,6 @@ def test_statsd_counter_is_readable_from_the_render_api_within_seconds(running):
     total = wait_total(f"stats_counts.{name}", 3, VISIBLE_WITHIN)
     # I expect graphite-web to answer exactly 3 within the deadline
     assert total == 3, f"stats_counts.{name} summed to {total} after {time.monotonic() - sent:.1f} s"
-
-
-def seconds_per_point(path) -> int:
-    """The resolution of a whisper file's first archive, read from its header."""
-    with open(path, "rb") as whisper:
-        header = whisper.read(16 + 12)
-    _aggregation, _max_retention, _xff, archives = struct.unpack("!LLfL", header[:16])
-    _offset, seconds, _points = struct.unpack("!LLL", header[16:28])
-    assert archives >= 1
-    return seconds
-
-
-def nonzero_points(path) -> list[tuple[int, float]]:
-    """(timestamp, value) of every point of a whisper file's first archive that is neither empty
-    nor 0 (whisper's format: a 16-byte header, 12 bytes per archive, then points of "!Ld")."""
-    with open(path, "rb") as whisper:
-        data = whisper.read()
-    offset, _seconds, points = struct.unpack("!LLL", data[16:28])
-    found = []
-    for index in range(points):
-        stamp, value = struct.unpack("!Ld", data[offset + 12 * index:offset + 12 * (index + 1)])
-        if stamp and value:
-            found.append((stamp, value))
-    return found
 
 
 @pytest.mark.stack
