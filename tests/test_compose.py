@@ -59,6 +59,20 @@ def test_native_ports_are_the_endpoints(compose):
     assert native_ports() == expected
 
 
+def test_every_etcd_in_compose_has_the_settings_of_the_kits_etcd(compose):
+    # Given the settings of the native etcd's config (assets/etcd: bounded history, a window of svc
+    # per transaction, raft entries kept in memory), I expect each as a flag of every etcd in compose
+    config = yaml.safe_load((paths.ASSETS / "etcd" / "etcd.conf.yml.in").read_text())
+    tuned = {key: value for key, value in config.items()
+             if key in ("auto-compaction-mode", "auto-compaction-retention", "max-txn-ops", "snapshot-count")}
+    assert len(tuned) == 4
+    etcds = [service for service in compose["services"].values() if "etcd" in " ".join(service.get("command") or [])]
+    assert len(etcds) == 4   # the single node's and the cluster's three
+    for service in etcds:
+        for key, value in tuned.items():
+            assert f"--{key}={value}" in service["command"]
+
+
 # Where each image reads what the kit mounts, from the images' own sources:
 # graphiteapp/graphite-statsd 1.1.10-5 (github.com/graphite-project/docker-graphite-statsd, tag
 # 1.1.10-5): Dockerfile `COPY conf/opt/graphite/conf/* /opt/graphite/conf/`, carbon-cache started

@@ -53,6 +53,14 @@ def kit_pids() -> dict[str, int]:
     return pids
 
 
+def test_the_kits_etcd_keeps_a_bounded_raft_log_in_memory(running):
+    # Given the stack's etcd up, I expect it started with a snapshot every 10,000 raft entries, as
+    # its own start line says (etcd 3.4's default of 100,000 window transactions held GBs)
+    native_only("etcd")   # its log is the kit's file only when the kit started it
+    started = re.findall(r'"snapshot-count":(\d+)', (paths.log_dir() / "etcd.log").read_text())
+    assert started and started[-1] == "10000"
+
+
 def test_second_up_is_a_no_op(running):
     # Given a running stack
     before = kit_pids()
