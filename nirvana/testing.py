@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import unittest
 import uuid
 from pathlib import Path
@@ -47,6 +48,11 @@ from .own_rabbitmq import RABBITMQ_SERVER, RABBITMQCTL_TIMEOUT, OwnRabbitMQ, rab
 START_TIMEOUT = 15.0
 DEAD_CONSUMER_WAIT = 5.0   # seconds start() waits for a killed process's consumer to go
 STOP_TIMEOUT = 10.0
+# Seconds a World's connection may sit unused before channel() checks it with a round trip: the
+# broker closes one that missed two heartbeats (60 s each), and only a read tells. bench_svc's
+# dead-sibling pairs on a cluster left the bench's world idle that long (a StreamLostError at its
+# next declaration, 2026-12-07).
+IDLE_PROBE = 30.0
 
 
 def wait_for(predicate, what: str, timeout: float = 10.0, interval: float = 0.05):
@@ -126,6 +132,7 @@ class World:
         self.policies: set[str] = set()
         self.users: set[str] = set()
         self._connection = None
+        self._used = 0.0   # when channel() was last called (time.monotonic(), s)
 
     # -- names and settings -------------------------------------------------------------------
 
@@ -185,6 +192,16 @@ class World:
     # -- RabbitMQ -----------------------------------------------------------------------------
 
     def channel(self):
+        """The world's own channel (declarations, depths, consumer counts), opened again as needed:
+        after IDLE_PROBE seconds unused, one round trip checks that the broker has not closed it."""
+        if self._connection is not None and self._connection.is_open \
+                and time.monotonic() - self._used >= IDLE_PROBE and self._channel.is_open:
+            try:
+                self._channel.basic_qos(prefetch_count=0)   # a round trip: the answer, or the lost connection
+            except amqp.BROKER_ERRORS:   # a lost connection (or channel): a new one below
+                amqp.close_quietly(self._connection)
+                self._connection = None
+        self._used = time.monotonic()
         if self._connection is None or not self._connection.is_open:
             self._connection = pika.BlockingConnection(amqp.parameters(self.amqp_url, name="nirvana.testing"))
             self._channel = self._connection.channel()

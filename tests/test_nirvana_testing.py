@@ -2,6 +2,7 @@
 
 import subprocess
 import threading
+import time
 
 import pika
 import pika.exceptions
@@ -66,3 +67,27 @@ def test_start_does_not_count_a_consumer_that_is_going_away(amqp_url, etcd_endpo
     finally:
         closer.join()
         world.close()
+
+
+def test_a_world_whose_idle_connection_the_broker_closed_connects_again(amqp_url, etcd_endpoint, tmp_path,
+                                                                       monkeypatch):
+    from nirvana import testing
+    from nirvana.proxy import HandshakeProxy
+
+    monkeypatch.setattr(testing, "IDLE_PROBE", 0.4, raising=False)
+
+    # Given a world whose own connection (through a relay) sat idle while others worked, and was
+    # closed under it (the broker closes one that missed two heartbeats: bench_svc's dead-sibling
+    # pairs on a cluster, a StreamLostError at the world's next declaration)...
+    broker = pika.URLParameters(amqp_url)
+    with HandshakeProxy((broker.host, broker.port)) as proxy:
+        world = World(proxy.url(amqp_url), etcd_endpoint, tmp_path)
+        try:
+            orders = world.service_name("orders")
+            proxy.cut()
+            time.sleep(0.5)   # (idle for longer than IDLE_PROBE)
+            # ... I expect its next use to open a new connection, not to raise
+            assert world.depth(orders) == 0
+            assert world.service_name("notify")
+        finally:
+            world.close()
