@@ -22,6 +22,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 # How each new connection is treated:
@@ -45,12 +46,16 @@ class HandshakeProxy:
 
     ``mode`` (one of MODES, changeable at any time) says what a new connection gets; ``cycle``
     (a sequence of modes, optional) gives each new connection the next of them in turn instead.
-    ``accepted`` counts connections per mode. ``cut()`` closes every relayed connection now.
+    ``accepted`` counts connections per mode. ``pace`` (optional, changeable at any time: bytes,
+    seconds) relays what the broker sends at most that many bytes every that many seconds, as a slow
+    link or a loaded broker that sends a consumer its deliveries in a trickle.
+    ``cut()`` closes every relayed connection now.
     ``close()`` (or leaving ``with``) stops it and closes everything.
     """
 
     def __init__(self, target: tuple[str, int], *, port: int = 0, mode: str = "forward") -> None:
         self.target, self.mode, self.cycle = target, mode, ()
+        self.pace: tuple[int, float] | None = None
         self.accepted: dict[str, int] = {name: 0 for name in MODES}
         self._lock = threading.Lock()
         self._relayed: set[socket.socket] = set()
@@ -126,17 +131,21 @@ class HandshakeProxy:
             self._relayed.update((client, broker))
         answers = {"start": 1, "tune": 2}.get(mode)   # the broker's answers let through before the close
         threading.Thread(target=self._pipe, args=(client, broker, None), daemon=True).start()
-        self._pipe(broker, client, answers)
+        self._pipe(broker, client, answers, paced=True)
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, answers: int | None) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, answers: int | None, paced: bool = False) -> None:
         """Copy ``source`` to ``sink`` until either ends; with ``answers``, close both after that many
-        chunks (AMQP frames from the broker arrive one answer per read during the handshake)."""
+        chunks (AMQP frames from the broker arrive one answer per read during the handshake);
+        ``paced``: at the proxy's ``pace`` while it has one."""
         try:
             while True:
-                data = source.recv(CHUNK)
+                pace = self.pace if paced else None
+                data = source.recv(pace[0] if pace else CHUNK)
                 if not data:
                     break
                 sink.sendall(data)
+                if pace:
+                    time.sleep(pace[1])
                 if answers is not None:
                     answers -= 1
                     if answers <= 0:

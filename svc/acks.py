@@ -14,6 +14,15 @@ channel (Consumer._consume_again): the held deliveries stay open on the old one,
 settled when they come due, and the new channel's windows are acked with one "multiple" again.
 At most HANDOVER_CHANNELS (svc/consumer.py) consume or hold at once: with a small prefetch every
 held delivery would call for a channel of its own.
+
+On an old channel (no longer consuming) the deliveries done above a held one are not acked one by
+one either: their acks wait (``_done``) until no held tag is open below them, then go as one ack
+"multiple" (when the held ones come due, or one by one when the consumer stops: ``flush``). Acked
+one by one at once, a dead sibling's window of 500 held left the 1,000 deliveries the old channel
+had been sent to be acked in 1,000 frames just after the hand-over, and the queue settled them
+before it sent the new consumer anything: the survivor stood idle for 0.3-0.5 s at load 4
+(bench_svc.py's dead sibling, 2026-12-07, svc's own timings). A crash meanwhile returns them to the
+queue, where their done marks make them skips, as after any lost ack.
 """
 
 import logging
@@ -30,11 +39,14 @@ class Open:
         self._channels: dict[str, object] = {}   # consumer tag -> the channel it consumes on
         self._tags: dict[object, set[int]] = {}  # channel -> its open delivery tags
         self._single: dict[object, int] = {}     # channel -> deliveries acked one by one on it
+        self._done: dict[object, set[int]] = {}  # old channel -> open tags done, their ack waiting
+        self._current = None                     # the channel consuming now
 
     def consuming(self, consumer_tag: str, channel) -> None:
         """``consumer_tag``'s deliveries come on ``channel`` (a pika BlockingChannel)."""
         self._channels[consumer_tag] = channel
         self._tags.setdefault(channel, set())
+        self._current = channel
 
     def channels(self) -> list:
         """Every channel still tracked: the current one and those with deliveries open."""
@@ -53,21 +65,52 @@ class Open:
         return self._channels[method.consumer_tag]
 
     def settled(self, method) -> None:
-        self._tags[self.channel(method)].discard(method.delivery_tag)
+        """``method``'s delivery was acked or requeued by the caller: no longer open."""
+        channel = self.channel(method)
+        self._tags[channel].discard(method.delivery_tag)
+        if channel in self._done:
+            self._ack_done(channel)   # a held one gone from below the waiting acks
 
     def ack(self, methods) -> None:
-        """Ack these deliveries: per channel one ack "multiple" when it covers only them, else one by one."""
+        """Ack these deliveries: per channel one ack "multiple" when it covers only them, else one by
+        one on the consuming channel; on an old one, they wait until one "multiple" covers them
+        (see the module's docstring)."""
         by_channel: dict[object, list[int]] = {}
         for method in methods:
             by_channel.setdefault(self.channel(method), []).append(method.delivery_tag)
         for channel, acks in by_channel.items():
             top, acked, open_ = max(acks), set(acks), self._tags[channel]
+            if channel is not self._current:   # open until acked: waiting, counted, not drained
+                self._done.setdefault(channel, set()).update(acked)
+                self._ack_done(channel)
+                continue
             if len(acks) > 1 and all(tag in acked for tag in open_ if tag <= top):
                 channel.basic_ack(top, multiple=True)
             else:
                 amqp.ack_each(channel, acks)
                 self._single[channel] = self._single.get(channel, 0) + len(acks)
             open_ -= acked
+
+    def _ack_done(self, channel) -> None:
+        """Ack with one "multiple" the done deliveries of an old ``channel`` that no open one
+        (held) lies below."""
+        done, open_ = self._done[channel], self._tags[channel]
+        lowest = min((tag for tag in open_ if tag not in done), default=None)
+        ackable = done if lowest is None else {tag for tag in done if tag < lowest}
+        if ackable:
+            channel.basic_ack(max(ackable), multiple=True)
+            open_ -= ackable
+            done -= ackable
+        if not done:
+            del self._done[channel]
+
+    def flush(self) -> None:
+        """Ack one by one what still waits on old channels (the consumer is stopping: the held ones
+        below return to the queue with their channel; these are done)."""
+        for channel, done in list(self._done.items()):
+            amqp.ack_each(channel, sorted(done))
+            self._tags[channel] -= done
+            del self._done[channel]
 
     def acked_one_by_one(self, channel) -> int:
         """How many deliveries were acked one by one on ``channel`` (an open lower tag ruled out an

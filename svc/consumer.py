@@ -43,7 +43,7 @@ HELD_HANDOVER_AFTER = 0.5   # ... and one with fewer, once they have made a pref
                          # some have waited this long (seconds), unbroken: a held delivery's low tag makes
                          # every later ack on its channel one by one (svc/acks.py); a live sibling's claim
                          # ends sooner (its window's commit), a dead one's after CLAIM_TTL
-FILL_WAIT = 0.1          # on a quorum queue, seconds a hand-over waits for the broker to fill the prefetch
+FILL_WAIT = 0.1          # seconds a hand-over waits for the broker to fill the prefetch
 FILL_RETRY = 1.0         # (Consumer._nothing_on_its_way), at most once in this many seconds
 HANDOVER_CHANNELS = 16   # channels at most that consume or hold deliveries on one connection: a hand-over
                          # needs a channel of its own while the old one keeps its held deliveries (up to
@@ -186,6 +186,7 @@ class Consumer:
             # (not those svc dead-letters unread: a copy could not carry properties pika did not decode).
             self.settler.requeue([(d, REQUEUE) for d in self._pending + held.due(float("inf"))
                                   if not amqp.undecodable(d[1])])
+        self.settler.open.flush()   # done deliveries whose acks wait on old channels (svc/acks.py)
         log.info("%s stopped consuming %s", self.config.service, self.queue)
         return False
 
@@ -200,9 +201,8 @@ class Consumer:
         one (unacked, its channel's to ack or requeue when they come due) no longer take prefetch
         slots (counted per consumer), nor rule out an ack "multiple" of the new channel's windows
         (svc/acks.py). pika rejects (requeues) what reaches it for the old consumer during the
-        cancel (it never reached _on_message): harmless on a classic queue; on a quorum queue each
-        return counts against the delivery limit, so the loop does this there only when nothing can
-        reach it (``_nothing_on_its_way``)."""
+        cancel (it never reached _on_message), so the loop does this once nothing can reach it, or
+        on a classic queue once it has waited for that (``_nothing_on_its_way``)."""
         held = self.settler.held.held_by(self._tag)
         self.channel.basic_cancel(self._tag)
         self.channel = connection.channel()
@@ -226,23 +226,28 @@ class Consumer:
         return since is not None and time.monotonic() - since >= HELD_HANDOVER_AFTER
 
     def _nothing_on_its_way(self, connection=None) -> bool:
-        """Whether the consumer may be cancelled without a delivery coming back to the queue: on a
-        classic queue always (a return costs nothing); on a quorum queue, where each return counts
-        against the delivery limit, only while the deliveries open on its channel fill its prefetch.
-        The broker sends a consumer no more than its prefetch unacked, so then every delivery it
+        """Whether the consumer may be cancelled now: only while the deliveries open on its channel
+        fill its prefetch is none of them on its way. pika rejects (returns to the queue) what
+        reaches a cancelled consumer; on a quorum queue each return counts against the delivery
+        limit, and on either kind a held delivery returned comes to the new consumer, is held there
+        again and calls for a second hand-over (a run of held deliveries split in two, each half
+        acking a prefetch one by one: a CI run at load 10 split 10 held 9 + 1). The broker sends a
+        consumer no more than its prefetch unacked, so with the prefetch full every delivery it
         sent has been received (none in flight, none in pika's buffer), every ack sent has been
-        taken, and it sends none until the next ack, which comes after the cancel: pika has nothing
-        to reject. A busy consumer has just acked a window when it asks, so with ``connection`` it
-        waits up to FILL_WAIT for the broker to fill the prefetch (at most once per FILL_RETRY
-        seconds: a queue with fewer messages than that never fills it); its deliveries go to the
-        pending ones as in the loop."""
+        taken, and it sends none until the next ack, which comes after the cancel. A busy consumer
+        has just acked a window when it asks, so with ``connection`` it waits up to FILL_WAIT for
+        the broker to fill the prefetch (at most once per FILL_RETRY seconds: a queue with fewer
+        messages than that never fills it); its deliveries go to the pending ones as in the loop.
+        Unfilled after that wait, a classic queue's consumer hands over all the same (a return
+        costs it no delivery count), a quorum queue's does not yet."""
         open_, channel, prefetch = self.settler.open, self.channel, self.config.prefetch
-        if self.config.queue_type != "quorum" or open_.count(channel) >= prefetch:
+        if open_.count(channel) >= prefetch:
             return True
-        if connection is None or time.monotonic() < self._fill_after:
-            return False
-        self._fill_after = time.monotonic() + FILL_RETRY
-        return amqp.pump_until(connection, lambda: open_.count(channel) >= prefetch, FILL_WAIT, step=0.01)
+        filled = False
+        if connection is not None and time.monotonic() >= self._fill_after:
+            self._fill_after = time.monotonic() + FILL_RETRY
+            filled = amqp.pump_until(connection, lambda: open_.count(channel) >= prefetch, FILL_WAIT, step=0.01)
+        return filled or self.config.queue_type != "quorum"
 
     def _may_hand_over(self) -> bool:
         """Whether a new channel may take over: fewer than HANDOVER_CHANNELS consume or hold
