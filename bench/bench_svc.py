@@ -37,7 +37,15 @@
 - startup (bench/starts.py): from spawning ``python -m svc`` with ENABLE_ETCD=true to consuming,
   and its peak resident memory (VmHWM) once its import of done ids ended, with 100,000 done ids
   of that service in etcd (goal <= 1.5 s) and with 1,000,000 (a busy service's day; goal <= 3 s
-  and <= 100 MB), once per round;
+  and <= 100 MB), once per round of a second pass, after every other group's rounds;
+- busy etcd: in that second pass, with those 1,100,000 done ids in etcd, svc with etcd dedup again
+  between runs of the bare loop (goal >= 0.75x, as dedup's). Those keys stay out of the first pass:
+  they were in etcd through every round once the starts came (b539505), and etcd's CPU per event of
+  a dedup run rose with them, in lumps — its heap holds every key and each Go garbage collection
+  marks it all, so the run a collection falls in pays for it. Measured (a throwaway script, 50,000
+  events a drain, the stack's etcd, 2026-12-07): 21-34 µs per event over 6 drains without them,
+  24-49 (median 44) over 10 drains with them, 1-2 collections a drain either way; in the bench,
+  dedup rounds of 0.57x and 0.76x came with etcd at 77 and 54 µs per event, a 0.80x one at 25.
 - latency: publish to effect (etcd's watch shows its record), one lone event at a time on an idle
   svc, dedup off and on alternating (p50 and p99, ms), beside one etcd round trip.
 
@@ -49,8 +57,9 @@ a group in an order that alternates, each on a fresh queue deleted after its run
 figures are printed as it ends (with the load average, the two yardstick runs around each ratio,
 and each svc run's longest pause between two effects, which tells a stall of svc from a slow
 machine); the table gives the median and the lowest ratio of the counted rounds and whether every
-counted round met its goal. ``--warmup`` rounds run first and are printed, not counted. Everything
-runs under its own exchange and etcd prefix, removed at the end; then etcd is compacted and
+counted round met its goal. ``--warmup`` rounds run first and are printed, not counted (in each pass). Everything
+runs under its own exchange and etcd prefix, retired after its run (its queue and keys deleted,
+etcd's history compacted: see retire), removed at the end; then etcd is compacted and
 defragmented, so the kit's etcd is left the size it was (its space freed, not only its keys).
 ``--amqp-url`` and ``--etcd`` point it at another broker and etcd (a cluster's); ``--cluster``
 then runs the same rounds on a private cluster of its own (nirvana.scale.Cluster: three etcd
@@ -84,8 +93,8 @@ from nirvana.cost import bare_pika, bare_pika_publish, fill  # noqa: E402,F401  
 from nirvana.prune import prune  # noqa: E402
 from budget import Stack, add, bare_rate, latencies, per_event, timed_fill  # noqa: E402
 from starts import add_done_ids, drop, spread, startup  # noqa: E402,F401  (bench_compare's too)
-from siblings import SIBLING_CLAIM_TTL, paired, sibling_rate, sibling_settings  # noqa: E402,F401  (and theirs)
-from svc_report import BUDGETED, GOALS, GROUPS, PAIRED, chosen, print_round, report, side_by_side  # noqa: E402,F401
+from siblings import SIBLING_CLAIM_TTL, overlapping, paired, sibling_rate, sibling_settings  # noqa: E402,F401  (and theirs)
+from svc_report import BUDGETED, BUSY, GOALS, GROUPS, PAIRED, chosen, print_round, report, side_by_side  # noqa: E402,F401
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ETCD_ENDPOINT = "127.0.0.1:2379"
@@ -93,12 +102,24 @@ EVENT = {"type": "new_order", "id": "bench", "args": {"sku": "talk-tshirt", "qty
 
 
 def retire(world: World, service: str) -> None:
-    """Delete a measured service's queue and etcd keys: every queue of the world is bound to the
-    one exchange with ``#``, so a queue left behind would receive (and slow) every later fill."""
+    """Delete a measured service's queue and etcd keys, then compact etcd's history: every queue of
+    the world is bound to the one exchange with ``#``, so a queue left behind would receive (and
+    slow) every later fill; and etcd keeps every revision since its last compaction in its heap
+    (the kit's compacts every 10 minutes, a whole bench), which grew from 0.4 to 1.5 GB over the
+    rounds, so that each of its Go garbage collections cost 0.5-1.1 s of CPU, landing on whichever
+    run it fell in (measured 2026-12-07, GODEBUG=gctrace=1 on a throwaway etcd under the whole
+    bench: collections took 29% of etcd's CPU in the first pass; with this compaction, 12% in all,
+    and a dedup run's etcd CPU per event 20-28 µs in every round against 22-53 without)."""
     world.channel().queue_delete(world.queue(service))
     world.services.discard(service)
     for base in (keys.dedup_prefix(world.prefix, service), keys.effects_prefix(world.prefix, service)):
         world.etcd.delete_prefix(base)
+    compact_history(world)
+
+
+def compact_history(world: World) -> None:
+    """Compact etcd's history up to now (physically, no defragment; up to 300 s): see retire."""
+    world.etcd.compact_and_defragment(timeout=300, defragment=False)
 
 
 def svc_rate(world: World, service: str, events: int, enable_etcd: bool, prefetch: int, pauses: list | None = None,
@@ -204,11 +225,6 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
         try:
             starters, leases, whole = {}, [], not args.only   # --only: the groups' rounds alone
             groups = chosen(args.only)
-            for done_ids in (args.done_ids, args.many_done_ids) if whole else ():
-                if done_ids and done_ids not in starters:
-                    starters[done_ids] = world.service_name(f"start{done_ids}")
-                    world.channel().queue_delete(world.queue(starters[done_ids]))  # see startup
-                    leases.append(add_done_ids(world, starters[done_ids], done_ids))
             idle = {False: 0.0, True: 0.0}
             if {"plain", "dedup"} & {name for _, names in groups for name in names}:
                 idle = {dedup: statistics.median(start_cpu(world, dedup, args.prefetch) for _ in range(3))
@@ -222,6 +238,9 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                                                           stack, budget, idle[False]),
                 "dedup": lambda service, pauses: svc_rate(world, service, args.events, True, args.prefetch, pauses,
                                                           stack, budget, idle[True]),
+                "bare again": lambda service, _: bare_rate(world, service, args.events, args.prefetch),
+                "dedup busy": lambda service, pauses: svc_rate(world, service, args.events, True, args.prefetch,
+                                                               pauses, stack, budget, idle[True]),
                 "bare publish": lambda service, _: bare_pika_publish(world, service, args.events),
                 "publish": lambda service, _: publish_rate(world, service, args.events),
             }
@@ -231,14 +250,18 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                 # for this pair: a world's connection left idle while others run longer than the broker's
                 # 60 s heartbeat timeout is closed by the broker (it was, with 150,000 events a run).
                 kind = "quorum" if name.endswith("quorum") else queue_type
-                both = [World(amqp_urls[0], etcd, Path(logs), queue_type=kind) for _ in range(2)]
-                try:
-                    return paired((both[0], both[0].service_name("twin")),
-                                  (both[1], both[1].service_name(name.replace(" ", "_"))), args.sibling_events,
-                                  args.prefetch, dead=name.startswith("sibling"), contender_first=contender_first)
-                finally:
-                    for one in both:
-                        one.close()
+
+                def once():
+                    both = [World(amqp_urls[0], etcd, Path(logs), queue_type=kind) for _ in range(2)]
+                    try:
+                        return paired((both[0], both[0].service_name("twin")),
+                                      (both[1], both[1].service_name(name.replace(" ", "_"))), args.sibling_events,
+                                      args.prefetch, dead=name.startswith("sibling"), contender_first=contender_first)
+                    finally:
+                        for one in both:
+                            one.close()
+                        compact_history(world)   # as retire does
+                return overlapping(once, name, args.sibling_events)
 
             def measure(name: str) -> tuple[float, float | None]:
                 on = quorum if name.endswith("quorum") else world
@@ -250,20 +273,31 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                     this_round[name].append(dict(budget))
                 return rate, (pauses or [None])[0]
 
-            for round_ in range(args.warmup + args.repeat):
-                load = os.getloadavg()
-                this_round: dict[str, list[dict]] = {name: [] for name in BUDGETED}
-                result = run_round(world, args, round_, measure, groups, pair)
-                started = {}
-                for done_ids, starter in starters.items():
-                    *started[done_ids], imported[done_ids] = startup(world, starter)
-                tag = f"warm-up {round_ + 1}" if round_ < args.warmup else f"round {round_ + 1 - args.warmup}"
-                print_round(tag, load, result, started, this_round, os.getloadavg()[0])
-                if round_ >= args.warmup:
-                    counted.append(result)
-                    starts.append(started)
-                    for name, runs in this_round.items():
-                        budgets[name].extend(runs)
+            def rounds(groups: tuple, busy: str = "") -> None:
+                # Every round of these groups; with ``busy``, the starts too, and each counted round's
+                # figures join those of the same round of the first pass.
+                nonlocal this_round
+                for round_ in range(args.warmup + args.repeat):
+                    load = os.getloadavg()
+                    this_round = {name: [] for name in BUDGETED}
+                    result = run_round(world, args, round_, measure, groups, pair)
+                    started = {}
+                    for done_ids, starter in starters.items():
+                        *started[done_ids], imported[done_ids] = startup(world, starter)
+                    tag = f"warm-up {round_ + 1}" if round_ < args.warmup else f"round {round_ + 1 - args.warmup}"
+                    print_round(tag + busy, load, result, started, this_round, os.getloadavg()[0])
+                    if round_ >= args.warmup:
+                        if busy:
+                            counted[round_ - args.warmup].update(result)
+                            starts.append(started)
+                        else:
+                            counted.append(result)
+                        for name, runs in this_round.items():
+                            budgets[name].extend(runs)
+
+            this_round: dict[str, list[dict]] = {}
+            # First every group on an etcd holding only the bench's own runs (each retired after it)...
+            rounds(groups)
             latency, round_trips = {}, []
             for round_ in range(args.latency_rounds if whole else 0):
                 for name in ("plain", "dedup") if round_ % 2 == 0 else ("dedup", "plain"):
@@ -273,6 +307,17 @@ def bench(args, amqp_urls: list[str], etcd: str, queue_type: str = "classic") ->
                     latency.setdefault(name, []).extend(
                         latencies(world, service, name == "dedup", args.latency_samples, EVENT, round_trips))
                     retire(world, service)
+            # ...then, with the starts' done ids in etcd (as a busy service's after a day), the starts and
+            # dedup again beside its bare loop: etcd's heap holds every key (its Go GC marks it all), so
+            # its CPU per event rises, in lumps as collections come (this module's docstring)
+            for done_ids in (args.done_ids, args.many_done_ids) if whole else ():
+                if done_ids and done_ids not in starters:
+                    starters[done_ids] = world.service_name(f"start{done_ids}")
+                    world.channel().queue_delete(world.queue(starters[done_ids]))  # see startup
+                    leases.append(add_done_ids(world, starters[done_ids], done_ids))
+            if starters:
+                groups = (*groups, *BUSY)
+                rounds(BUSY, f", etcd holding {sum(starters):,} done ids")
             for lease, service in zip(leases, starters.values(), strict=True):
                 drop(world, lease, service)
         finally:

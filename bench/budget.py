@@ -32,16 +32,25 @@ ROLES = ("publisher", "rabbitmq", "consumer", "etcd")   # the columns of the bud
 class Stack:
     """The broker and etcd processes of a run, found by their listening ports (``amqp_urls``:
     ``amqp://`` URLs; ``etcd_endpoints``: ``host:port[,host:port...]``). Raises LookupError if a
-    port has no listening process here (psutil reads this network namespace's sockets)."""
+    port has no listening process here (psutil reads this network namespace's sockets), or one of
+    another user this user cannot read (the machine's RabbitMQ, to a normal user)."""
 
     def __init__(self, amqp_urls, etcd_endpoints: str) -> None:
         ports = {urlsplit(url).port or 5672: "rabbitmq" for url in amqp_urls}
         ports.update({int(endpoint.rsplit(":", 1)[1]): "etcd" for endpoint in etcd_endpoints.split(",")})
         self.pids: dict[str, set[int]] = {"rabbitmq": set(), "etcd": set()}
+        hidden = set()   # listening, but the process is another user's: psutil gives no pid
         for connection in psutil.net_connections(kind="tcp"):
-            if connection.status == psutil.CONN_LISTEN and connection.laddr.port in ports and connection.pid:
-                self.pids[ports[connection.laddr.port]].add(connection.pid)
-        missing = [port for port, role in ports.items() if not self.pids[role]]
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.port in ports:
+                if connection.pid:
+                    self.pids[ports[connection.laddr.port]].add(connection.pid)
+                else:
+                    hidden.add(connection.laddr.port)
+        missing = sorted(port for port, role in ports.items() if not self.pids[role])
+        if set(missing) & hidden:
+            raise LookupError(f"port(s) {sorted(set(missing) & hidden)} belong to another user's process (the machine's "
+                              "RabbitMQ?), whose CPU this user cannot read: run the bench as root, or on the kit's own "
+                              "stack (`./kit up`)")
         if missing:
             raise LookupError(f"no process listens on port(s) {missing} here: is the stack up in this namespace?")
 

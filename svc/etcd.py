@@ -241,12 +241,12 @@ class Etcd:
 
     # -- maintenance --------------------------------------------------------------------------
 
-    def compact_and_defragment(self, timeout: float = 120.0) -> list[int]:
+    def compact_and_defragment(self, timeout: float = 120.0, defragment: bool = True) -> list[int]:
         """Give back the space of deleted keys and old revisions, as an operator does (etcd's
-        maintenance guide): compact the history up to the current revision (physically), then
-        defragment every endpoint (a member of a cluster frees its file only when defragmented
-        itself). Returns each endpoint's database size in bytes afterwards. ``timeout``: seconds
-        per call (a defragment rewrites the whole file). Raises DedupUnavailable if one fails."""
+        maintenance guide): compact the history up to the current revision (physically: done when
+        it returns), then defragment every endpoint (each member frees its own file; skipped with
+        ``defragment=False``). Returns each endpoint's database size in bytes afterwards.
+        ``timeout``: seconds per call (a defragment rewrites the whole file). Raises DedupUnavailable."""
         rpc, sizes = _rpc(), []
         for host, port in self._endpoints:
             client = _Client(host, port, self._access)
@@ -259,7 +259,8 @@ class Etcd:
                     except Exception as error:  # grpc.RpcError
                         if "compacted" not in _describe(error):
                             raise
-                client.maintenancestub.Defragment(rpc.DefragmentRequest(), timeout)
+                if defragment:
+                    client.maintenancestub.Defragment(rpc.DefragmentRequest(), timeout)
                 sizes.append(client.maintenancestub.Status(rpc.StatusRequest(), timeout).dbSize)
             except Exception as error:  # grpc.RpcError: this member did not answer
                 raise DedupUnavailable(f"etcd compact and defragment at {host}:{port} failed: {_describe(error)}") from None

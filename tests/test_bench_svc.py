@@ -1,7 +1,9 @@
 """bench/bench_svc.py: which groups ``--only`` runs, the dead-sibling runs as long as their twin's,
 and the dead sibling measured in pairs: the survivor and a healthy twin draining at the same time,
-each rate over the seconds both drained (bench/siblings.py)."""
+each rate over the seconds both drained (bench/siblings.py); the groups' rates measured on an etcd
+without the starts' done ids, then dedup again beside them."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,10 +12,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import bench_svc  # noqa: E402
+import budget  # noqa: E402
 import siblings  # noqa: E402
 import svc_report  # noqa: E402
+from conftest import IN_CI  # noqa: E402
 from nirvana.testing import World  # noqa: E402
 from svc import effects  # noqa: E402
+from svc.etcd import Compacted, Etcd  # noqa: E402
 
 
 def test_only_runs_the_groups_it_names_by_a_yardstick_or_a_contender():
@@ -86,6 +91,30 @@ def test_a_pair_that_did_not_drain_at_the_same_time_has_no_ratio():
         siblings.together(commits(20.0, 100, 100), commits(0.0, 100, 100))
 
 
+def test_a_pair_whose_runs_did_not_overlap_is_measured_again_on_fresh_services(capsys):
+    # Given a pair whose services, started at once on a loaded machine, did not drain at the same
+    # time (CI at 36fce66: one drained its 5,000 events 0.18 s before the other's first commit)...
+    tries = []
+
+    def measure():
+        tries.append(len(tries))
+        if len(tries) < 3:
+            return siblings.together(commits(20.0, 100, 100), commits(0.0, 100, 100))
+        return siblings.together(commits(0.0, 100, 1000), commits(0.0, 100, 1000))
+
+    # ... I expect it measured again, each time saying so, and the first pair that overlapped kept
+    pair = siblings.overlapping(measure, "sibling", 5000)
+    assert len(tries) == 3 and pair.ratio == pytest.approx(1.0)
+    err = capsys.readouterr().err
+    assert err.count("sibling: the two runs did not drain at the same time") == 2
+    assert "measured again on fresh services (try 3 of 3)" in err
+    # and a pair that never overlaps stopped after PAIR_TRIES, with the fix named in one line.
+    with pytest.raises(siblings.NoOverlap, match=r"in 3 tries: raise --sibling-events \(now 5000\)") as error:
+        siblings.overlapping(lambda: siblings.together(commits(20.0, 100, 100), commits(0.0, 100, 100)),
+                             "sibling", 5000)
+    assert "\n" not in str(error.value)
+
+
 def test_a_round_runs_each_dead_sibling_pair_and_its_a_a_control_alternating():
     # Given the dead sibling's groups, measured in pairs...
     calls = []
@@ -143,3 +172,59 @@ def test_a_pair_drains_the_contender_and_its_twin_at_once(svc_world, tmp_path, m
         assert pair.seconds > 0 and pair.rate > 0 and pair.twin > 0
     finally:
         twin_world.close()
+
+
+def readable_at(client: Etcd, revision: int) -> bool:
+    """Whether etcd still has its history from ``revision`` (False: compacted away): a watch from
+    there either gives the first change after it (every run writes some) or says Compacted."""
+    watch = client.watch_prefix("/", revision)
+    try:
+        next(iter(watch))
+        return True
+    except Compacted:
+        return False
+    finally:
+        watch.cancel()
+
+
+@pytest.mark.slow
+def test_the_rates_are_measured_without_the_starts_done_ids_and_each_on_compacted_history(amqp_url, etcd_factory,
+                                                                                        monkeypatch, capsys):
+    # Given the whole bench, small, on a throwaway etcd with the stack's transaction limit...
+    etcd = etcd_factory("--max-txn-ops", "1024")
+    try:
+        budget.Stack([amqp_url], etcd.endpoint)
+    except LookupError as error:   # a normal user beside the machine's RabbitMQ: the bench cannot read its CPU
+        pytest.fail(str(error)) if IN_CI and os.geteuid() == 0 else pytest.skip(str(error))
+    done_ids_seen, history_kept, revisions = {}, [], []
+    real_rate = bench_svc.svc_rate
+
+    def svc_rate(world, service, *args, **kwargs):
+        # (every service's keys lie under the world's prefix: the starts' done ids are all there is
+        # before a run fills its queue; the earlier runs' keys were retired)
+        done_ids_seen[service] = world.etcd.count_prefix(f"{world.prefix}/")
+        if revisions:   # etcd's history at the start of the run before: still readable?
+            history_kept.append(readable_at(world.etcd, revisions[-1]))
+        revisions.append(budget._revision(world, b"\0"))
+        return real_rate(world, service, *args, **kwargs)
+
+    monkeypatch.setattr(bench_svc, "svc_rate", svc_rate)
+    args = type("Args", (), {"events": 300, "sibling_events": 5000, "prefetch": 100, "repeat": 1, "warmup": 0,
+                             "done_ids": 200, "many_done_ids": 500, "only": None, "latency_samples": 2,
+                             "latency_rounds": 1})
+    # When it runs
+    run = bench_svc.bench(args, [amqp_url], etcd.endpoint)
+    # I expect svc's runs of the groups measured on an etcd without the starts' 700 done ids, then
+    # dedup again beside them, judged in the same round, and the starts measured then
+    assert {service.split("_", 1)[-1]: seen for service, seen in done_ids_seen.items()} == {
+        "plain": 0, "dedup": 0, "dedup_busy": 700}, done_ids_seen
+    # and each svc run on an etcd whose history was compacted since the run before it began
+    assert history_kept == [False, False], history_kept
+    [counted] = run["counted"]
+    assert {"plain", "dedup", "publish", "sibling", "dedup busy"} <= set(counted)
+    assert run["groups"][-1] == ("bare again", ("dedup busy",))
+    [started] = run["starts"]
+    assert set(started) == {200, 500}
+    err = capsys.readouterr().err
+    first, busy = err.index("round 1 ("), err.index("round 1, etcd holding 700 done ids (")
+    assert first < busy and "start with" not in err[first:busy] and "start with 500 done ids" in err[busy:]
