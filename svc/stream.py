@@ -129,10 +129,10 @@ def takes_reader(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, hold:
 
 
 def log_end(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout: float = 2.0) -> int | None:
-    """The offset of the last event in the log (read from its last chunk), None if it is empty
-    (known after ``timeout`` seconds without a delivery); BrokerUnavailable/BrokerRefused (one
-    line) if RabbitMQ does not answer or has no such log. A stream's member away is read again
-    within ``timeout`` (``read``)."""
+    """The offset of the last event in the log (read from its last chunk to its end: see
+    ``_edge``), None if it is empty (known after ``timeout`` seconds without a delivery);
+    BrokerUnavailable/BrokerRefused (one line) if RabbitMQ does not answer or has no such log. A
+    stream's member away is read again within ``timeout`` (``read``)."""
     return _edge(amqp_url, exchange, "last", timeout)
 
 
@@ -143,25 +143,50 @@ def log_start(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout:
     return _edge(amqp_url, exchange, "first", timeout)
 
 
+LAST_PREFETCH = 1000   # credit of the reader of the last chunk (a chunk may hold more: see _edge)
+
+
 def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | None:
+    """The first delivery of a read from ``where`` (``first``), or the last one (``last``: the last
+    chunk to its end).
+
+    A quiet turn of the I/O loop does not end the last chunk: the broker sends a stream's consumer at
+    most its prefetch (LAST_PREFETCH) before acks give it credit again, and a chunk can hold more (a
+    loaded broker writes thousands of confirmed publishes as one), so its rest comes after the acks'
+    round trip; on a loaded machine that took longer than a turn, and a CI run read the end of 20,001
+    events as 19,996. So a quiet turn is followed by one round trip on the channel (basic.qos): RabbitMQ
+    3.10's channel process reads the stream itself and sends what an ack's credit lets it read while
+    it handles that ack (rabbit_stream_queue:settle), before it answers the next method, so every
+    delivery the acks called for arrives before the answer; none new after it is the end."""
     seen: list[int] = []
-    counted = [-1]   # deliveries seen at the last turn: none new after some came is the whole last chunk
+    counted = [-1]   # deliveries seen at the last turn
+    asked = [-1]     # deliveries seen when the last round trip was made
+    channels = []
 
     def on_message(channel, method, properties, body):
         seen.append(int(properties.headers[OFFSET_HEADER]))
         channel.basic_ack(method.delivery_tag)
+        channels[:] = [channel]
 
     def whole() -> bool:
         if where == "first" and seen:
             return True
         before, counted[0] = counted[0], len(seen)
-        return bool(seen) and counted[0] == before
+        if not seen or counted[0] != before:
+            return False
+        if asked[0] == len(seen):
+            return True   # a round trip after the last acks brought nothing more
+        asked[0] = len(seen)
+        channels[0].basic_qos(prefetch_count=LAST_PREFETCH)      # answered after what the acks called for
+        channels[0].connection.process_data_events(time_limit=0)  # its deliveries, to on_message
+        counted[0] = len(seen)
+        return asked[0] == len(seen)
 
     def again() -> None:
         seen.clear()
-        counted[0] = -1
+        counted[0] = asked[0] = -1
 
-    read(amqp_url, exchange, where, on_message, whole, timeout, prefetch=1 if where == "first" else 1000,
+    read(amqp_url, exchange, where, on_message, whole, timeout, prefetch=1 if where == "first" else LAST_PREFETCH,
          doing=f"reading the {where} event of the log {topology.log_name(exchange)}", again=again)
     if not seen:
         return None

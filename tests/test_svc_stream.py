@@ -72,6 +72,34 @@ def test_the_read_edges_read_again_while_the_streams_member_is_away(log):
     assert answers and set(answers) == {(0, end)}
 
 
+@pytest.mark.parametrize("prefetch", [None, 3], ids=["whole-chunk-credit", "credit-3"])
+def test_the_end_of_a_log_whose_last_chunk_comes_in_a_trickle_is_its_last_event(log, monkeypatch, prefetch):
+    from urllib.parse import urlsplit
+
+    from nirvana.proxy import HandshakeProxy
+    from svc import stream
+
+    # Given 2,000 more events in the log, published at once (the broker writes them in chunks of
+    # up to hundreds), read through a link that brings the broker's bytes 1,000 every 0.15 s, longer
+    # than a turn of the reader's loop (a chunk's rest after a pause, as a loaded broker sends it: a
+    # CI run read the end of 20,001 events as 19,996) — with the reader's whole credit, or with a
+    # credit of 3 (the rest of the chunk then comes only after the acks' round trip)...
+    url, exchange, _, _ = log
+    publish_bodies([b'{"type":"new_order","id":"t-%d","args":{}}' % i for i in range(2000)])
+    offsets = []   # every event's offset, read from the first (a read that knows how many to wait for)
+    stream.read(url, exchange, "first", lambda channel, method, properties, body: (
+        offsets.append(properties.headers[stream.OFFSET_HEADER]), channel.basic_ack(method.delivery_tag)),
+        lambda: len(offsets) >= 2020, 30, prefetch=500, doing="reading the whole log")
+    assert len(offsets) == 2020
+    if prefetch:
+        monkeypatch.setattr(stream, "LAST_PREFETCH", prefetch, raising=False)
+    broker = urlsplit(url)
+    with HandshakeProxy((broker.hostname, broker.port)) as proxy:
+        proxy.pace = (1000, 0.15)
+        # I expect log_end to read to the last event, not stop at the first pause (before: 1942, 2016)
+        assert log_end(proxy.url(url), exchange, timeout=60) == max(offsets)
+
+
 @pytest.mark.slow
 def test_a_stream_deleted_and_declared_again_is_read_at_once(kit_env):
     # Given the log deleted and declared again (reset_log), time after time
