@@ -144,6 +144,8 @@ def log_start(amqp_url: str, exchange: str = topology.DEFAULT_EXCHANGE, timeout:
 
 
 LAST_PREFETCH = 1000   # credit of the reader of the last chunk (a chunk may hold more: see _edge)
+ROUND_TRIP_DISPATCH = 0.01   # seconds _edge turns the loop after its round trip: what came before the answer
+                             # is in pika's buffer already, dispatched at the first turn
 
 
 def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | None:
@@ -177,8 +179,9 @@ def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | Non
         if asked[0] == len(seen):
             return True   # a round trip after the last acks brought nothing more
         asked[0] = len(seen)
-        channels[0].basic_qos(prefetch_count=LAST_PREFETCH)      # answered after what the acks called for
-        channels[0].connection.process_data_events(time_limit=0)  # its deliveries, to on_message
+        channels[0].basic_qos(prefetch_count=LAST_PREFETCH)   # answered after what the acks called for
+        # what came before the answer waits in pika's buffer: dispatched to on_message at once
+        amqp.pump_until(channels[0].connection, lambda: len(seen) > asked[0], ROUND_TRIP_DISPATCH, step=ROUND_TRIP_DISPATCH)
         counted[0] = len(seen)
         return asked[0] == len(seen)
 
