@@ -19,9 +19,10 @@ from . import launcher
 from ._wait import Progress, quiet
 from .errors import StackError, WaitTimeout
 from .launcher import free_port, tcp_open
+from .stack import etcd
 from .watchdog import Watchdog
 
-START_TIMEOUT = 20.0    # seconds for a fresh etcd to accept connections
+START_TIMEOUT = 20.0    # seconds for a fresh etcd to serve requests (GET /health)
 STOP_TIMEOUT = 10.0     # seconds for etcd to exit after SIGTERM, then SIGKILL
 
 
@@ -66,7 +67,11 @@ class OwnEtcd:
         return self.process is not None and self.process.alive()
 
     def start(self) -> "OwnEtcd":
-        """Start it (on the data it had, if any) and wait until it answers; returns itself."""
+        """Start it (on the data it had, if any) and wait until it serves requests: ``GET /health``
+        answers ``{"health":"true"}`` (etcd's own check: a leader, and a read served). Its client port
+        accepts connections before that: a read sent then waits for the member to elect itself, and a
+        restarted member at load 10 made a test's first read after the restart fail with
+        DEADLINE_EXCEEDED (a CI run, 2026-12-07). Returns itself."""
         if not self.running:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if self._watchdog is None:   # started first: no etcd of ours without one
@@ -78,7 +83,7 @@ class OwnEtcd:
                                                            name="throwaway etcd", append=True))
             self._watchdog.group(self.process.pid)
             try:
-                launcher.wait_ready(lambda: tcp_open(self.client, timeout=0.5), bool, waiting=[self.process],
+                launcher.wait_ready(lambda: etcd.probe(self.client).up, bool, waiting=[self.process],
                                     what=f"the throwaway etcd on {self.endpoint}", timeout=START_TIMEOUT,
                                     interval=0.05)
             except (launcher.Exited, WaitTimeout):
