@@ -19,10 +19,10 @@ from . import launcher
 from ._wait import Progress, quiet
 from .errors import StackError, WaitTimeout
 from .launcher import free_port, tcp_open
-from .stack import etcd
 from .watchdog import Watchdog
 
-START_TIMEOUT = 20.0    # seconds for a fresh etcd to serve requests (GET /health)
+START_TIMEOUT = 20.0    # seconds for a fresh etcd to serve requests
+READY = "ready to serve client requests"   # etcd's log line once its server is ready (embed, etcd 3.4 and 3.5)
 STOP_TIMEOUT = 10.0     # seconds for etcd to exit after SIGTERM, then SIGKILL
 
 
@@ -67,13 +67,16 @@ class OwnEtcd:
         return self.process is not None and self.process.alive()
 
     def start(self) -> "OwnEtcd":
-        """Start it (on the data it had, if any) and wait until it serves requests: ``GET /health``
-        answers ``{"health":"true"}`` (etcd's own check: a leader, and a read served). Its client port
-        accepts connections before that: a read sent then waits for the member to elect itself, and a
-        restarted member at load 10 made a test's first read after the restart fail with
-        DEADLINE_EXCEEDED (a CI run, 2026-12-07). Returns itself."""
+        """Start it (on the data it had, if any) and wait until it serves requests: its log says
+        READY once more than before this start (etcd logs it once its server is ready: it has a
+        leader and has published itself through it) and its client port takes connections. The port
+        alone accepts connections before that: a read sent then waits for the member to elect itself,
+        and a restarted member at load 10 made a test's first read after the restart fail with
+        DEADLINE_EXCEEDED (a CI run, 2026-12-07). The log, not ``GET /health``, because a TLS etcd
+        (``--cert-file``, ``--client-cert-auth``) answers no plain request. Returns itself."""
         if not self.running:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            ready_before = self._readies()
             if self._watchdog is None:   # started first: no etcd of ours without one
                 self._watchdog = Watchdog(stop_timeout=STOP_TIMEOUT)
                 if self._temporary:
@@ -83,7 +86,8 @@ class OwnEtcd:
                                                            name="throwaway etcd", append=True))
             self._watchdog.group(self.process.pid)
             try:
-                launcher.wait_ready(lambda: etcd.probe(self.client).up, bool, waiting=[self.process],
+                launcher.wait_ready(lambda: self._readies() > ready_before and tcp_open(self.client, timeout=0.5), bool,
+                                    waiting=[self.process],
                                     what=f"the throwaway etcd on {self.endpoint}", timeout=START_TIMEOUT,
                                     interval=0.05)
             except (launcher.Exited, WaitTimeout):
@@ -92,6 +96,13 @@ class OwnEtcd:
                                    f"{START_TIMEOUT:g} s (its log: {self.data_dir / 'etcd.log'})") from None
             self.progress(f"throwaway etcd: up on {self.endpoint}")
         return self
+
+    def _readies(self) -> int:
+        """How many times its log (kept across starts) says READY."""
+        try:
+            return (self.data_dir / "etcd.log").read_text(errors="replace").count(READY)
+        except FileNotFoundError:
+            return 0
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT seconds; the data stays for the next start."""
