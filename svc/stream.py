@@ -162,7 +162,6 @@ def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | Non
     delivery the acks called for arrives before the answer; none new after it is the end."""
     seen: list[int] = []
     counted = [-1]   # deliveries seen at the last turn
-    asked = [-1]     # deliveries seen when the last round trip was made
     channels = []
 
     def on_message(channel, method, properties, body):
@@ -176,18 +175,16 @@ def _edge(amqp_url: str, exchange: str, where: str, timeout: float) -> int | Non
         before, counted[0] = counted[0], len(seen)
         if not seen or counted[0] != before:
             return False
-        if asked[0] == len(seen):
-            return True   # a round trip after the last acks brought nothing more
-        asked[0] = len(seen)
+        quiet = len(seen)   # a quiet turn: one round trip, and the end if it brings nothing more
         channels[0].basic_qos(prefetch_count=LAST_PREFETCH)   # answered after what the acks called for
         # what came before the answer waits in pika's buffer: dispatched to on_message at once
-        amqp.pump_until(channels[0].connection, lambda: len(seen) > asked[0], ROUND_TRIP_DISPATCH, step=ROUND_TRIP_DISPATCH)
+        amqp.pump_until(channels[0].connection, lambda: len(seen) > quiet, ROUND_TRIP_DISPATCH, step=ROUND_TRIP_DISPATCH)
         counted[0] = len(seen)
-        return asked[0] == len(seen)
+        return len(seen) == quiet
 
     def again() -> None:
         seen.clear()
-        counted[0] = asked[0] = -1
+        counted[0] = -1
 
     read(amqp_url, exchange, where, on_message, whole, timeout, prefetch=1 if where == "first" else LAST_PREFETCH,
          doing=f"reading the {where} event of the log {topology.log_name(exchange)}", again=again)
